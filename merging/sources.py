@@ -1,0 +1,273 @@
+"""Model sources: a local Hugging Face folder or a Hub id, read lazily one tensor at a time.
+
+Names, shapes and dtypes come from the safetensors headers (a few KB per shard); `get(name)` reads one tensor through
+a memory-mapped `safe_open` handle. Pickle checkpoints (`*.bin`) are refused unless the caller opts in, and then load
+with `torch.load(weights_only=True, mmap=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import struct
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from safetensors import safe_open
+
+from merging.errors import SourceError
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+# Files a merge needs from a Hub repository besides the weights: config, tokenizer, chat template, generation config.
+HUB_SIDE_FILES = ["*.json", "*.model", "*.jinja", "*.txt", "*.tiktoken"]
+HUB_CONNECT_TIMEOUT_S = 3.0
+
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)\.")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class ModelSource:
+    """One model's tensors, read lazily. Use as a context manager (or call `close()`) to release file handles."""
+
+    def __init__(self, path: Path, ref: str, *, allow_pickle: bool = False) -> None:
+        self.path = Path(path)
+        self.ref = ref
+        self.config: dict[str, Any] = _read_config(self.path, ref)
+        self._files: dict[str, Path] = {}  # tensor name -> file holding it
+        self._meta: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+        self._handles: dict[Path, Any] = {}
+        self._lock = threading.Lock()
+        self.is_pickle = False
+        safetensors_files = _safetensors_files(self.path)
+        if safetensors_files:
+            for file in safetensors_files:
+                for name, (shape, dtype) in read_safetensors_header(file).items():
+                    self._files[name] = file
+                    self._meta[name] = (shape, dtype)
+        else:
+            self._open_pickle(allow_pickle)
+
+    # --- the ModelSource contract -------------------------------------------------------------------------------
+    def tensor_names(self) -> list[str]:
+        return list(self._meta)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._meta[self._known(name)][0]
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self._meta[self._known(name)][1]
+
+    def nbytes(self, name: str) -> int:
+        shape, dtype = self._meta[self._known(name)]
+        return _numel(shape) * dtype.itemsize
+
+    def total_bytes(self) -> int:
+        return sum(self.nbytes(n) for n in self._meta)
+
+    def get(self, name: str) -> torch.Tensor:
+        """One tensor, read from its memory-mapped shard (thread-safe)."""
+        file = self._files[self._known(name)]
+        with self._lock:
+            handle = self._handles.get(file)
+            if handle is None:
+                handle = self._open_file(file)
+                self._handles[file] = handle
+        if self.is_pickle:
+            return handle[name]
+        return handle.get_tensor(name)
+
+    @property
+    def num_layers(self) -> int:
+        for key in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
+            value = self.config.get(key) or self.config.get("text_config", {}).get(key)
+            if isinstance(value, int) and value > 0:
+                return value
+        indices = [int(m.group(1)) for n in self._meta if (m := _LAYER_INDEX.search(n))]
+        return max(indices) + 1 if indices else 0
+
+    @property
+    def architecture(self) -> str:
+        archs = self.config.get("architectures") or []
+        return archs[0] if archs else str(self.config.get("model_type", "unknown"))
+
+    @property
+    def vocab_size(self) -> int | None:
+        value = self.config.get("vocab_size") or self.config.get("text_config", {}).get("vocab_size")
+        return value if isinstance(value, int) else None
+
+    def close(self) -> None:
+        with self._lock:
+            self._handles.clear()
+
+    def __enter__(self) -> ModelSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ModelSource({self.ref!r}, {len(self._meta)} tensors)"
+
+    # --- internals --------------------------------------------------------------------------------------------
+    def _known(self, name: str) -> str:
+        if name not in self._meta:
+            raise SourceError(f"Model {self.ref!r} has no tensor named {name!r}.")
+        return name
+
+    def _open_file(self, file: Path) -> Any:
+        if self.is_pickle:
+            try:
+                return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as exc:  # noqa: BLE001 - any unpickling failure is the user's file
+                raise SourceError(f"Could not read {file} of {self.ref!r} as weights-only pickle: {exc}") from exc
+        return safe_open(str(file), framework="pt", device="cpu")
+
+    def _open_pickle(self, allow_pickle: bool) -> None:
+        files = _pickle_files(self.path)
+        if not files:
+            raise SourceError(
+                f"Model {self.ref!r} at {self.path} has no weights: expected *.safetensors files "
+                f"(optionally with {SAFETENSORS_INDEX}) next to config.json."
+            )
+        if not allow_pickle:
+            raise SourceError(
+                f"Model {self.ref!r} has only pickle weights ({', '.join(f.name for f in files)}). Pickle files can "
+                "run code when loaded: convert them to safetensors, or opt in with allow_pickle=True "
+                "(they are then loaded with torch.load(weights_only=True))."
+            )
+        self.is_pickle = True
+        for file in files:
+            state = self._open_file(file)
+            self._handles[file] = state
+            for name, tensor in state.items():
+                if isinstance(tensor, torch.Tensor):
+                    self._files[name] = file
+                    self._meta[name] = (tuple(tensor.shape), tensor.dtype)
+
+
+def open_model(ref: str | os.PathLike, *, allow_pickle: bool = False, cache_dir: str | None = None) -> ModelSource:
+    """A local folder in Hugging Face format, or a Hub id (downloaded once, safetensors only unless allow_pickle)."""
+    ref_str = str(ref)
+    local = Path(ref_str).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise SourceError(f"{ref_str!r} is a file; give the model's folder (the one holding config.json).")
+        return ModelSource(local, ref_str, allow_pickle=allow_pickle)
+    if not looks_like_hub_id(ref_str):
+        raise SourceError(f"Model folder {ref_str!r} does not exist. Check the path (relative paths start at the "
+                          f"current directory, {os.getcwd()}).")
+    folder = download_from_hub(ref_str, allow_pickle=allow_pickle, cache_dir=cache_dir)
+    return ModelSource(folder, ref_str, allow_pickle=allow_pickle)
+
+
+def looks_like_hub_id(ref: str) -> bool:
+    return bool(_HUB_ID.match(ref)) and not ref.startswith((".", "~"))
+
+
+def download_from_hub(repo_id: str, *, allow_pickle: bool = False, cache_dir: str | None = None) -> Path:
+    """Snapshot the files a merge needs. Offline (no route to the Hub, or HF_HUB_OFFLINE=1) only the local cache is
+    used, and a model missing from it fails at once with a SourceError naming the id."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.safetensors", "*.safetensors.index.json", *HUB_SIDE_FILES]
+    if allow_pickle:
+        patterns += ["*.bin", "*.bin.index.json"]
+    offline = _hub_offline()
+    try:
+        folder = snapshot_download(repo_id, allow_patterns=patterns, cache_dir=cache_dir, local_files_only=offline)
+    except Exception as exc:  # noqa: BLE001 - network, auth and not-found errors all become one clear message
+        if offline:
+            raise SourceError(
+                f"Cannot fetch {repo_id!r}: this machine cannot reach the Hugging Face Hub and the model is not in "
+                "the local cache, nor is it a local folder. Give a local folder path, or download the model where "
+                "there is network and copy it here."
+            ) from exc
+        raise SourceError(f"Could not download {repo_id!r} from the Hugging Face Hub: {exc}. Check the id, and "
+                          "for a gated or private model log in (hf auth login).") from exc
+    return Path(folder)
+
+
+def read_safetensors_header(file: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Tensor name -> (shape, dtype) from a safetensors header, without touching the data."""
+    try:
+        with open(file, "rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(length))
+    except (OSError, struct.error, ValueError) as exc:
+        raise SourceError(f"{file} is not a readable safetensors file ({exc}); the download may be incomplete.") from exc
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = SAFETENSORS_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise SourceError(f"{file}: tensor {name!r} has dtype {info['dtype']}, which MergeLab cannot merge.")
+        out[name] = (tuple(info["shape"]), dtype)
+    return out
+
+
+def _read_config(path: Path, ref: str) -> dict[str, Any]:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise SourceError(f"{ref!r} ({path}) is not a Hugging Face model folder: it has no config.json.")
+    try:
+        return json.loads(config_file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise SourceError(f"{config_file} is not valid JSON ({exc}).") from exc
+
+
+def _indexed_files(path: Path, index_name: str) -> list[Path] | None:
+    index = path / index_name
+    if not index.is_file():
+        return None
+    weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+    files = sorted({path / f for f in weight_map.values()})
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise SourceError(f"{path} lists shards that are missing: {', '.join(missing)}. Download them again.")
+    return files
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    indexed = _indexed_files(path, SAFETENSORS_INDEX)
+    return indexed if indexed is not None else sorted(path.glob("*.safetensors"))
+
+
+def _pickle_files(path: Path) -> list[Path]:
+    indexed = _indexed_files(path, PICKLE_INDEX)
+    return indexed if indexed is not None else sorted(path.glob("*.bin"))
+
+
+def _hub_offline() -> bool:
+    """True when the Hub cannot be reached: offline mode requested, or no TCP connection within a few seconds."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return True
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=HUB_CONNECT_TIMEOUT_S):
+            return False
+    except OSError:
+        return True
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
