@@ -1,0 +1,110 @@
+"""Catalog presets (assets/catalog.yaml) and a quick, cached check of whether the Hugging Face Hub is reachable, so a
+preset that needs the Hub says so at once instead of failing minutes later."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+
+from merging.errors import SourceError
+
+CATALOG_PATH = Path(__file__).resolve().parents[1] / "assets" / "catalog.yaml"
+HUB_CHECK_TIMEOUT_S = 1.5
+HUB_CHECK_TTL_S = 300.0
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    source: str  # "zoo" or "hub"
+    models: tuple[str, ...]
+    family: str | None = None  # zoo family
+    kind: str = "lm"
+    base: str | None = None  # Hub id (hub presets); zoo presets use the family's base
+    method: str = "task_arithmetic"
+    parameters: dict[str, Any] = field(default_factory=dict)
+    about: str = ""
+
+    @property
+    def needs_hub(self) -> bool:
+        return self.source == "hub"
+
+
+def load_catalog(path: Path = CATALOG_PATH) -> list[Preset]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    presets = []
+    for entry in data.get("presets", []):
+        presets.append(Preset(
+            name=entry["name"], source=entry["source"], models=tuple(entry.get("models", ())),
+            family=entry.get("family"), kind=entry.get("kind", "lm"), base=entry.get("base"),
+            method=entry.get("method", "task_arithmetic"), parameters=dict(entry.get("parameters") or {}),
+            about=entry.get("about", ""),
+        ))
+    return presets
+
+
+def get_preset(name: str, presets: list[Preset] | None = None) -> Preset:
+    presets = load_catalog() if presets is None else presets
+    for preset in presets:
+        if preset.name == name:
+            return preset
+    raise SourceError(f"Unknown preset {name!r}: choose one of {', '.join(p.name for p in presets)}.")
+
+
+class _HubCheck:
+    """Remembers the answer for a few minutes: the check runs on the request path and must stay cheap."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._answer: tuple[float, bool] | None = None
+
+    def reachable(self, *, timeout_s: float = HUB_CHECK_TIMEOUT_S, ttl_s: float = HUB_CHECK_TTL_S) -> bool:
+        with self._lock:
+            if self._answer and time.monotonic() - self._answer[0] < ttl_s:
+                return self._answer[1]
+        answer = _probe_hub(timeout_s)
+        with self._lock:
+            self._answer = (time.monotonic(), answer)
+        return answer
+
+    def forget(self) -> None:
+        with self._lock:
+            self._answer = None
+
+
+def _probe_hub(timeout_s: float) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return False
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+HUB = _HubCheck()
+
+
+def hub_reachable() -> bool:
+    return HUB.reachable()
+
+
+def require_hub(what: str) -> None:
+    """Fail at once, with what to do instead, when `what` needs the Hub and it is out of reach."""
+    if not hub_reachable():
+        raise SourceError(
+            f"{what} needs the Hugging Face Hub, which this server cannot reach right now. Use a zoo preset, or "
+            "download the models where there is network and give their local folders."
+        )

@@ -1,0 +1,82 @@
+"""Where the app runs and what that allows: local (any folder on this machine) or hosted (a Space or a shared
+server: local paths confined to ./models, upload size limited, no server paths in messages)."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from merging.errors import SourceError
+
+APP_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODELS_DIR = APP_ROOT / "models"
+HOSTED_MAX_UPLOAD = "20mb"
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[^\s'\"`:,()]+/)+([^\s'\"`:,()]*)")
+
+
+def running_on_space() -> bool:
+    return bool(os.environ.get("SPACE_ID"))
+
+
+def hosted_from_env() -> bool:
+    """MERGELAB_HOSTED=1 or a Hugging Face Space (SPACE_ID set) switch hosted mode on."""
+    flag = os.environ.get("MERGELAB_HOSTED", "").strip().lower() in {"1", "true", "yes", "on"}
+    return flag or running_on_space()
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """How this server treats paths and uploads. One instance per launched page."""
+
+    hosted: bool = False
+    models_dir: Path = DEFAULT_MODELS_DIR
+    max_upload: str | None = None
+    gpu: bool = False
+    extra_roots: tuple[Path, ...] = field(default=())
+
+    @classmethod
+    def detect(cls, hosted: bool | None = None, models_dir: Path | None = None) -> HostConfig:
+        import torch
+
+        hosted = hosted_from_env() if hosted is None else hosted
+        return cls(
+            hosted=hosted,
+            models_dir=Path(models_dir or DEFAULT_MODELS_DIR).resolve(),
+            max_upload=HOSTED_MAX_UPLOAD if hosted else None,
+            gpu=torch.cuda.is_available(),
+        )
+
+    @property
+    def merged_dir(self) -> Path:
+        return self.models_dir / "merged"
+
+    def resolve_local(self, ref: str) -> Path:
+        """A local model folder the user typed. Hosted: relative to ./models and never outside it."""
+        text = ref.strip()
+        if not self.hosted:
+            return Path(text).expanduser().resolve()
+        candidate = (self.models_dir / text.lstrip("/")).resolve()
+        if not candidate.is_relative_to(self.models_dir):
+            raise SourceError(
+                f"{text!r} is outside the app's models folder. On this hosted app, give a folder name inside "
+                "models/ (for example merged/<name>), a zoo model, or a Hub id."
+            )
+        return candidate
+
+    def public_message(self, message: str) -> str:
+        """The text a user sees. Hosted: server paths are cut down to their last part."""
+        if not self.hosted:
+            return message
+        for root, shown in self._known_roots():
+            message = message.replace(str(root), shown)
+        return _ABSOLUTE_PATH.sub(lambda m: f"…/{m.group(1)}", message)
+
+    def _known_roots(self) -> list[tuple[Path, str]]:
+        roots = [(self.models_dir, "models"), (APP_ROOT, "."), (Path(sys.prefix), "<python>"),
+                 (Path(tempfile.gettempdir()), "<tmp>"), (Path.home(), "~")]
+        # Longest first so a nested root wins over its parent.
+        return sorted(roots, key=lambda r: len(str(r[0])), reverse=True)
