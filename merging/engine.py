@@ -1,0 +1,455 @@
+"""Streaming merge to a Hugging Face model folder.
+
+Three stages run at once, joined by small bounded queues so memory stays at a few tensors per input:
+  reader thread  -> reads tensor k+1 (and k+2) of every input from memory-mapped safetensors, moves it to the device;
+  calling thread -> merges tensor k with the method from the registry, casts it to the output dtype;
+  writer thread  -> appends tensor k-1 to its planned safetensors shard (headers are planned up front).
+The folder is built under a hidden temporary sibling (`.OUT.incomplete-<pid>`, config.json written last) and renamed
+into place only when complete, so a failed, cancelled or killed merge never leaves something that looks like a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from merging.errors import CompatibilityError, MergeCancelled, MergeLabError
+from merging.inputs import MergeInputs, fit_rows, is_vocab_mismatch, open_inputs
+from merging.shards import PlannedTensor, ShardWriter, parse_size, plan_shards
+
+RECIPE_FILE = "mergelab_recipe.yaml"
+MERGEKIT_RECIPE_FILE = "mergekit_config.yml"
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.model",
+    "vocab.json", "merges.txt", "vocab.txt", "spiece.model", "chat_template.jinja", "chat_template.json",
+)
+PREFETCH_TENSORS = 2  # tensors read ahead of the one being merged
+WRITE_BEHIND_TENSORS = 2  # merged tensors waiting for the writer
+# Test-only hook: seconds to sleep per tensor, so a test can kill a merge mid-way.
+_DELAY_ENV = "MERGELAB_TEST_TENSOR_DELAY_S"
+
+
+class OutputFolderError(MergeLabError):
+    """The output folder cannot be used (exists and is not empty, or is a file)."""
+
+
+@dataclass
+class MergeProgress:
+    """Handed to the progress callback after each tensor."""
+
+    tensor_index: int  # tensors done so far (1..num_tensors)
+    num_tensors: int
+    tensor_name: str
+    bytes_done: int  # input bytes read and merged so far
+    bytes_total: int
+    elapsed_s: float
+    eta_s: float | None
+
+    @property
+    def fraction(self) -> float:
+        return self.bytes_done / self.bytes_total if self.bytes_total else 1.0
+
+
+@dataclass
+class MergeResult:
+    out_dir: Path
+    files: list[str]
+    num_tensors: int
+    bytes_read: int
+    bytes_written: int
+    seconds: float
+    device: str
+    out_dtype: str
+    notes: list[str] = field(default_factory=list)  # what the merge report should mention (fallbacks, resizes)
+
+
+ProgressFn = Callable[[MergeProgress], None]
+CancelFlag = threading.Event | Callable[[], bool] | None
+
+
+def merge_to_folder(
+    recipe: Any,
+    out_dir: str | os.PathLike,
+    *,
+    device: str = "cpu",
+    seed: int = 0,
+    shard_size: str | int = "2GB",
+    progress: ProgressFn | None = None,
+    cancel: CancelFlag = None,
+    overwrite: bool = False,
+    allow_pickle: bool = False,
+) -> MergeResult:
+    """Merge `recipe` (a Recipe, a YAML path or YAML text) into a complete model folder at `out_dir`.
+
+    Runs the pre-flight check first and raises CompatibilityError with its errors; raises MergeCancelled (leaving
+    nothing behind) when `cancel` is set. `overwrite` replaces an existing non-empty folder only once the new one is
+    complete.
+    """
+    from merging.preflight import preflight
+
+    recipe = _as_recipe(recipe)
+    out = Path(out_dir).expanduser().absolute()
+    _check_output_folder(out, overwrite)
+    max_shard = parse_size(shard_size)
+    device = _check_device(device)
+    report = preflight(recipe, out_dir=out, device=device, allow_pickle=allow_pickle)
+    if not report.ok:
+        raise CompatibilityError("The merge cannot start:\n- " + "\n- ".join(report.errors))
+
+    started = time.perf_counter()
+    _remove_stale_temps(out)
+    temp = out.parent / f".{out.name}.incomplete-{os.getpid()}"
+    shutil.rmtree(temp, ignore_errors=True)
+    temp.mkdir(parents=True)
+    try:
+        with open_inputs(recipe, allow_pickle=allow_pickle) as inputs:
+            plan = plan_outputs(inputs)
+            shards = plan_shards([p.planned for p in plan], max_shard)
+            merged = _run_pipeline(inputs, plan, shards, temp, device=device, seed=seed, progress=progress,
+                                   cancel=cancel, started=started)
+            out_dtype = _dominant_dtype(plan)
+            _write_side_files(inputs, temp, out_dtype, recipe)
+        _move_into_place(temp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return MergeResult(
+        out_dir=out, files=sorted(p.name for p in out.iterdir()), num_tensors=len(plan),
+        bytes_read=sum(p.bytes_read for p in plan), bytes_written=sum(p.planned.nbytes for p in plan),
+        seconds=time.perf_counter() - started, device=device, out_dtype=_dtype_name(out_dtype), notes=merged,
+    )
+
+
+# --- planning ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TensorPlan:
+    planned: PlannedTensor  # output name, shape, dtype
+    merge: bool  # False: copied from the donor (non-float tensors such as integer buffers)
+    bytes_read: int
+
+
+def plan_outputs(inputs: MergeInputs) -> list[TensorPlan]:
+    """Every output tensor in the donor's order, with its shape and dtype decided before any data is read."""
+    recipe = inputs.recipe
+    fixed_dtype = _torch_dtype(getattr(recipe, "out_dtype", None) or getattr(recipe, "dtype", None))
+    refs = inputs.refs_read_per_tensor()
+    plan = []
+    for name in inputs.donor.tensor_names():
+        dtypes = [inputs.sources[r].dtype(name) for r in refs]
+        floating = all(d.is_floating_point for d in dtypes)
+        shape = inputs.donor.shape(name)
+        if inputs.resolve_vocab and is_vocab_mismatch(inputs, name):
+            shape = inputs.tokenizer_donor.shape(name)
+        if not floating:
+            out_dtype = inputs.donor.dtype(name)
+        elif fixed_dtype is not None:
+            out_dtype = fixed_dtype
+        else:
+            out_dtype = dtypes[0]
+            for d in dtypes[1:]:
+                out_dtype = torch.promote_types(out_dtype, d)
+        read = sum(inputs.sources[r].nbytes(name) for r in refs) if floating else inputs.donor.nbytes(name)
+        plan.append(TensorPlan(PlannedTensor(name, tuple(shape), out_dtype), floating, read))
+    return plan
+
+
+# --- the pipeline -----------------------------------------------------------------------------------------------
+
+
+def _run_pipeline(inputs: MergeInputs, plan: list[TensorPlan], shards: list, folder: Path, *, device: str, seed: int,
+                  progress: ProgressFn | None, cancel: CancelFlag, started: float) -> list[str]:
+    """Read, merge and write every planned tensor; returns the methods' notes (deduplicated, in order)."""
+    from merging.methods.registry import collect_notes
+    from merging.recipe import ParameterResolver
+
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    read_q: queue.Queue = queue.Queue(maxsize=PREFETCH_TENSORS)
+    write_q: queue.Queue = queue.Queue(maxsize=WRITE_BEHIND_TENSORS)
+    writer = ShardWriter(folder, shards, metadata={"merged_by": "mergelab"})
+    reader_thread = threading.Thread(target=_stage, args=(_read_all, (inputs, plan, device, read_q, stop), stop, errors),
+                                     name="mergelab-reader", daemon=True)
+    writer_thread = threading.Thread(target=_stage, args=(_write_all, (writer, write_q, stop), stop, errors),
+                                     name="mergelab-writer", daemon=True)
+    reader_thread.start()
+    writer_thread.start()
+
+    def stopped() -> BaseException:
+        return errors[0] if errors else RuntimeError("the merge pipeline stopped unexpectedly")
+
+    method, resolve_parameters = inputs.method, ParameterResolver(inputs.recipe)
+    num_layers = inputs.donor.num_layers
+    delay = float(os.environ.get(_DELAY_ENV, "0") or 0)
+    total = sum(p.bytes_read for p in plan)
+    done_bytes = 0
+    notes: dict[str, None] = {}
+    try:
+        for index, item in enumerate(plan):
+            if _cancelled(cancel):
+                raise MergeCancelled("Merge cancelled; no output folder was written.")
+            got = _get(read_q, stop)
+            if got is _STOPPED:
+                raise stopped()
+            name, base, operands = got
+            if item.merge:
+                model_params, global_params = resolve_parameters(name, num_layers)
+                generator = None
+                if method.random:
+                    generator = torch.Generator(device=device).manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
+                with collect_notes() as tensor_notes:
+                    merged = method.fn(base, operands, model_params, global_params, generator)
+                for message in tensor_notes:
+                    notes.setdefault(message)
+            else:
+                merged = base
+            merged = merged.to(device="cpu", dtype=item.planned.dtype)
+            del got, base, operands
+            if delay:
+                time.sleep(delay)
+            if not _put(write_q, (name, merged), stop):
+                raise stopped()
+            done_bytes += item.bytes_read
+            if progress is not None:
+                elapsed = time.perf_counter() - started
+                eta = elapsed / done_bytes * (total - done_bytes) if done_bytes else None
+                progress(MergeProgress(index + 1, len(plan), name, done_bytes, total, elapsed, eta))
+        if not _put(write_q, _DONE, stop):
+            raise stopped()
+        writer_thread.join()
+        if errors:
+            raise errors[0]
+        writer.finish()
+    except BaseException:
+        stop.set()
+        writer_thread.join(timeout=60)
+        writer.close()
+        raise
+    finally:
+        stop.set()
+        reader_thread.join(timeout=60)
+    return list(notes)
+
+
+def _stage(body: Callable[..., None], args: tuple, stop: threading.Event, errors: list[BaseException]) -> None:
+    """Run a pipeline stage in its thread; its exception goes to the merging thread, which re-raises it."""
+    try:
+        body(*args)
+    except BaseException as exc:  # noqa: BLE001
+        errors.append(exc)
+        stop.set()
+
+
+def _read_all(inputs: MergeInputs, plan: list[TensorPlan], device: str, out_q: queue.Queue,
+              stop: threading.Event) -> None:
+    """Read every tensor of every input in plan order, resolve vocabulary rows, and move it to the device."""
+    for item in plan:
+        name = item.planned.name
+        if item.merge:
+            base, operands = _read_tensor(inputs, name, device)
+        else:
+            base, operands = inputs.donor.get(name), []
+        if not _put(out_q, (name, base, operands), stop):
+            return
+
+
+def _read_tensor(inputs: MergeInputs, name: str, device: str) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    compute_dtype = _torch_dtype(getattr(inputs.recipe, "dtype", None))  # inputs are rounded to it, as in mergekit
+    loaded: dict[str, torch.Tensor] = {}  # a model listed twice is read once
+
+    def load(ref: str) -> torch.Tensor:
+        if ref not in loaded:
+            loaded[ref] = inputs.sources[ref].get(name)
+        return loaded[ref]
+
+    rows_donor = load(inputs.tokenizer_ref) if inputs.resolve_vocab and is_vocab_mismatch(inputs, name) else None
+
+    def prepared(ref: str) -> torch.Tensor:
+        tensor = load(ref)
+        if rows_donor is not None:
+            tensor = fit_rows(tensor, rows_donor)
+        if compute_dtype is not None:
+            tensor = tensor.to(compute_dtype)
+        return tensor if device == "cpu" else tensor.to(device, non_blocking=True)
+
+    base = prepared(inputs.base_ref) if inputs.method_uses_base else None
+    return base, [prepared(ref) for ref in inputs.operand_refs]
+
+
+def _write_all(writer: ShardWriter, in_q: queue.Queue, stop: threading.Event) -> None:
+    while True:
+        item = _get(in_q, stop)
+        if item is _STOPPED or item is _DONE:
+            return
+        writer.write(*item)
+
+
+_DONE = object()
+_STOPPED = object()
+
+
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
+    """Put, unless the pipeline stops first (then False): no stage blocks forever on a dead neighbour."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _get(q: queue.Queue, stop: threading.Event) -> Any:
+    """Get the next item; _STOPPED once the pipeline stops and nothing is left."""
+    while True:
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            if stop.is_set():
+                return _STOPPED
+
+
+# --- the output folder ------------------------------------------------------------------------------------------
+
+
+def _write_side_files(inputs: MergeInputs, folder: Path, out_dtype: torch.dtype, recipe: Any) -> None:
+    """Tokenizer, generation config, model card and recipe; config.json last (its presence marks completeness)."""
+    tok_path = inputs.tokenizer_donor.path
+    for name in TOKENIZER_FILES:
+        if (tok_path / name).is_file():
+            shutil.copy2(tok_path / name, folder / name)
+    donor_path = inputs.donor.path
+    if (donor_path / "generation_config.json").is_file():
+        shutil.copy2(donor_path / "generation_config.json", folder / "generation_config.json")
+    recipe_yaml = recipe.to_yaml()
+    (folder / RECIPE_FILE).write_text(recipe_yaml, encoding="utf-8")
+    (folder / MERGEKIT_RECIPE_FILE).write_text(recipe_yaml, encoding="utf-8")
+    (folder / "README.md").write_text(model_card(inputs, recipe_yaml), encoding="utf-8")
+    config = dict(inputs.donor.config)
+    config["dtype"] = _dtype_name(out_dtype)
+    if "torch_dtype" in config:
+        config["torch_dtype"] = _dtype_name(out_dtype)
+    if inputs.resolve_vocab and inputs.tokenizer_donor.vocab_size is not None and "vocab_size" in config:
+        config["vocab_size"] = inputs.tokenizer_donor.vocab_size
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def model_card(inputs: MergeInputs, recipe_yaml: str) -> str:
+    recipe = inputs.recipe
+    models = "\n".join(f"- {ref}" for ref in dict.fromkeys(e.model for e in recipe.models))
+    base = f" with `{recipe.base_model}` as the base" if recipe.base_model else ""
+    return (
+        "---\nlibrary_name: transformers\ntags:\n- mergelab\n- merge\n---\n"
+        f"# Merged model\n\nMade with MergeLab using the `{recipe.merge_method}` method{base}.\n\n"
+        f"## Models merged\n\n{models}\n\n## Recipe\n\nThe recipe (also in `{RECIPE_FILE}`; mergekit accepts it):\n\n"
+        f"```yaml\n{recipe_yaml.rstrip()}\n```\n"
+    )
+
+
+def _move_into_place(temp: Path, out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:  # someone wrote there while we merged
+            raise OutputFolderError(f"{out} appeared while merging; the merge was discarded. Choose another folder.")
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        temp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    if out.exists():
+        out.rmdir()
+    temp.rename(out)
+
+
+def _check_output_folder(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"{out} is a file; give a folder path for the merged model.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise OutputFolderError(f"{out} already exists and is not empty. Choose a new folder, or pass --overwrite "
+                                "(overwrite=True) to replace it once the new merge is complete.")
+
+
+def _remove_stale_temps(out: Path) -> None:
+    """Leftovers of killed merges into the same folder (their process is gone)."""
+    for temp in out.parent.glob(f".{out.name}.incomplete-*"):
+        pid = temp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- small helpers ----------------------------------------------------------------------------------------------
+
+
+def _as_recipe(recipe: Any) -> Any:
+    if isinstance(recipe, (str, os.PathLike)):
+        from merging.recipe import load_recipe
+
+        return load_recipe(recipe)
+    return recipe
+
+
+def _check_device(device: str) -> str:
+    if device == "cpu":
+        return device
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise MergeLabError(f"Device {device!r} was asked for but this machine has no CUDA GPU usable by torch; "
+                                "use --device cpu.")
+        return device
+    raise MergeLabError(f"Unknown device {device!r}: use cpu or cuda (cuda:N for a given GPU).")
+
+
+def _cancelled(cancel: CancelFlag) -> bool:
+    if cancel is None:
+        return False
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set()
+    return bool(cancel())
+
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
+           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "half": torch.float16,
+           "float": torch.float32}
+
+
+def _torch_dtype(value: Any) -> torch.dtype | None:
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    key = str(value).removeprefix("torch.")
+    if key not in _DTYPES:
+        raise MergeLabError(f"Unknown dtype {value!r}: use float32, float16 or bfloat16.")
+    return _DTYPES[key]
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _dominant_dtype(plan: list[TensorPlan]) -> torch.dtype:
+    """The output dtype holding most bytes among merged tensors (what config.json should announce)."""
+    totals: dict[torch.dtype, int] = {}
+    for item in plan:
+        if item.merge:
+            totals[item.planned.dtype] = totals.get(item.planned.dtype, 0) + item.planned.nbytes
+    return max(totals, key=totals.__getitem__) if totals else torch.float32

@@ -1,0 +1,142 @@
+"""The models a recipe names, opened as lazy sources, and the roles each plays in a merge.
+
+Shared by the pre-flight check (which reports problems) and the engine (which merges once the check is clean):
+- operands: the models passed to the method as `tensors` (the non-base models, or every listed model when the
+  method ignores the base), in recipe order;
+- donor: the model whose config, tensor order and generation config the output takes (the base, else the first model);
+- tokenizer donor: the model whose tokenizer files are copied and whose vocabulary size the output takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from merging.errors import RecipeError
+from merging.sources import ModelSource, open_model
+
+
+@dataclass
+class MergeInputs:
+    recipe: Any  # merging.recipe.Recipe
+    method: Any  # merging.methods.registry.Method
+    sources: dict[str, ModelSource]  # one per distinct model reference
+    base_ref: str | None
+    operand_refs: list[str]
+    donor_ref: str
+    tokenizer_ref: str
+    resolve_vocab: bool  # tokenizer_source set: cut/pad vocabulary rows to the tokenizer donor's
+
+    @property
+    def base(self) -> ModelSource | None:
+        return self.sources[self.base_ref] if self.base_ref else None
+
+    @property
+    def donor(self) -> ModelSource:
+        return self.sources[self.donor_ref]
+
+    @property
+    def tokenizer_donor(self) -> ModelSource:
+        return self.sources[self.tokenizer_ref]
+
+    @property
+    def method_uses_base(self) -> bool:
+        return self.method.base != "ignored" and self.base_ref is not None
+
+    def refs_read_per_tensor(self) -> list[str]:
+        """Distinct models read for every tensor (base first when the method uses it)."""
+        refs = ([self.base_ref] if self.method_uses_base else []) + self.operand_refs
+        if self.resolve_vocab and self.tokenizer_ref not in refs:
+            refs.append(self.tokenizer_ref)
+        return list(dict.fromkeys(refs))
+
+    def close(self) -> None:
+        for source in self.sources.values():
+            source.close()
+
+    def __enter__(self) -> MergeInputs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def operand_refs(recipe: Any, method: Any) -> list[str]:
+    listed = [entry.model for entry in recipe.models]
+    if method.base == "ignored":
+        return listed
+    return [ref for ref in listed if ref != recipe.base_model]
+
+
+def tokenizer_ref(recipe: Any, donor_ref: str) -> tuple[str, bool]:
+    """(model whose tokenizer the output gets, whether vocabulary rows are resolved to it)."""
+    source = recipe.tokenizer_source
+    block = getattr(recipe, "tokenizer", None)  # mergekit's `tokenizer: {source: ...}` form
+    if source is None and isinstance(block, dict):
+        source = block.get("source")
+    if source is None:
+        return donor_ref, False
+    if not isinstance(source, str):
+        raise RecipeError("tokenizer_source must be `base` or one of the recipe's model references; "
+                          "mergekit's tokenizer dictionaries are not supported.")
+    if source == "base":
+        if recipe.base_model is None:
+            raise RecipeError("tokenizer_source: base needs a base_model; set base_model or name a model instead.")
+        return recipe.base_model, True
+    if source == "union":
+        raise RecipeError("tokenizer_source: union (building a merged vocabulary) is not supported; use "
+                          "tokenizer_source: base to cut or pad every model's embeddings to the base vocabulary.")
+    known = {entry.model for entry in recipe.models} | ({recipe.base_model} if recipe.base_model else set())
+    if source not in known:
+        raise RecipeError(f"tokenizer_source {source!r} is not a model of this recipe; use `base` or one of "
+                          f"{sorted(known)}.")
+    return source, True
+
+
+def open_inputs(recipe: Any, *, allow_pickle: bool = False, cache_dir: str | None = None) -> MergeInputs:
+    """Open every model the recipe names (raises SourceError / RecipeError, closing what was opened)."""
+    from merging.methods.registry import get_method
+
+    method = get_method(recipe.merge_method)
+    refs = list(dict.fromkeys(([recipe.base_model] if recipe.base_model else []) +
+                              [entry.model for entry in recipe.models]))
+    if not refs:
+        raise RecipeError("The recipe names no models: add a `models:` list.")
+    donor = recipe.base_model or recipe.models[0].model
+    tok_ref, resolve = tokenizer_ref(recipe, donor)
+    sources: dict[str, ModelSource] = {}
+    try:
+        for ref in refs:
+            sources[ref] = open_model(ref, allow_pickle=allow_pickle, cache_dir=cache_dir)
+    except BaseException:
+        for source in sources.values():
+            source.close()
+        raise
+    return MergeInputs(recipe=recipe, method=method, sources=sources, base_ref=recipe.base_model,
+                       operand_refs=operand_refs(recipe, method), donor_ref=donor, tokenizer_ref=tok_ref,
+                       resolve_vocab=resolve)
+
+
+def is_vocab_mismatch(inputs: MergeInputs, name: str) -> bool:
+    """True when `name` differs across models only in its first (vocabulary) dimension, and that dimension is each
+    model's vocabulary size as far as the configs say: the embedding / lm_head case `tokenizer_source` resolves."""
+    shapes = {ref: src.shape(name) for ref, src in inputs.sources.items() if name in src.tensor_names()}
+    if len({s for s in shapes.values()}) <= 1:
+        return False
+    if any(len(s) == 0 or s[1:] != next(iter(shapes.values()))[1:] for s in shapes.values()):
+        return False
+    for ref, shape in shapes.items():
+        vocab = inputs.sources[ref].vocab_size
+        if vocab is not None and shape[0] != vocab:
+            return False
+    return True
+
+
+def fit_rows(tensor: torch.Tensor, donor: torch.Tensor) -> torch.Tensor:
+    """Cut `tensor` to the donor's number of rows, or pad it with the donor's rows (a zero task vector there)."""
+    rows = donor.shape[0]
+    if tensor.shape[0] >= rows:
+        return tensor[:rows]
+    return torch.cat([tensor, donor[tensor.shape[0]:].to(tensor.dtype)], dim=0)

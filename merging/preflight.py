@@ -1,0 +1,338 @@
+"""Pre-flight check: can these models be merged with this recipe, and what will it cost on this host?
+
+Reads only configs and safetensors headers, so it answers in well under a second even for 7B models. Problems the
+user can cause are collected into the report (never raised): the UI shows `to_markdown()`, the CLI prints it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from merging.errors import MergeLabError
+from merging.inputs import MergeInputs, is_vocab_mismatch, open_inputs
+
+# Merge throughput (input bytes read per second, reading + merging + writing overlapped), measured with
+# bench/bench_engine.py on a contended 2-core CPU (see docs/benchmarks.md); deliberately on the slow side.
+CPU_BYTES_PER_S = 150e6
+CUDA_BYTES_PER_S = 600e6
+MAX_LISTED = 6  # names listed per problem before "and N more"
+
+
+@dataclass
+class PreflightReport:
+    ok: bool = True
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def error(self, message: str) -> None:
+        self.errors.append(message)
+        self.ok = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_markdown(self) -> str:
+        if self.ok:
+            lines = ["### Pre-flight: ready to merge ✅"]
+        else:
+            lines = [f"### Pre-flight: {len(self.errors)} problem{'s' * (len(self.errors) != 1)} to fix ❌"]
+        if self.errors:
+            lines += ["", "**Problems**", ""] + [f"- {e}" for e in self.errors]
+        if self.warnings:
+            lines += ["", "**Warnings**", ""] + [f"- {w}" for w in self.warnings]
+        summary = _summary_rows(self.facts)
+        if summary:
+            lines += ["", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in summary]
+        models = self.facts.get("models") or {}
+        if models:
+            lines += ["", "| model | architecture | parameters | dtype | vocabulary | layers |", "|---|---|---|---|---|---|"]
+            for ref, m in models.items():
+                lines.append(f"| `{ref}` | {m['architecture']} | {_count(m['parameters'])} | {m['dtype']} | "
+                             f"{m['vocab_size']} | {m['num_layers']} |")
+        return "\n".join(lines) + "\n"
+
+
+def preflight(recipe: Any, out_dir: str | os.PathLike | None = None, device: str = "cpu", *,
+              allow_pickle: bool = False) -> PreflightReport:
+    """Check `recipe` (a Recipe, a YAML path or YAML text) before any tensor is merged."""
+    report = PreflightReport()
+    report.facts["device"] = device
+    recipe = _load(recipe, report)
+    if recipe is None:
+        return report
+    report.facts["method"] = recipe.merge_method
+    try:
+        inputs = open_inputs(recipe, allow_pickle=allow_pickle)
+    except MergeLabError as exc:
+        report.error(str(exc))
+        return report
+    with inputs:
+        _describe_models(inputs, report)
+        _check_architecture(inputs, report)
+        _check_tensors(inputs, report)
+        _check_vocabulary(inputs, report)
+        _check_tokenizers(inputs, report)
+        _check_dtypes(inputs, report)
+        _check_resources(inputs, report, out_dir, device)
+    return report
+
+
+# --- checks -----------------------------------------------------------------------------------------------------
+
+
+def _load(recipe: Any, report: PreflightReport) -> Any:
+    from merging.recipe import load_recipe, validate_recipe
+
+    try:
+        if isinstance(recipe, (str, os.PathLike)):
+            recipe = load_recipe(recipe)
+        validate_recipe(recipe)
+    except MergeLabError as exc:
+        report.error(str(exc))
+        return None
+    return recipe
+
+
+def _describe_models(inputs: MergeInputs, report: PreflightReport) -> None:
+    models = {}
+    for ref, src in inputs.sources.items():
+        names = src.tensor_names()
+        dtypes = sorted({_dtype_name(src.dtype(n)) for n in names})
+        models[ref] = {
+            "architecture": src.architecture,
+            "parameters": sum(_numel(src.shape(n)) for n in names),
+            "bytes": src.total_bytes(),
+            "dtype": "/".join(dtypes),
+            "vocab_size": src.vocab_size,
+            "num_layers": src.num_layers,
+            "path": str(src.path),
+            "role": _role(inputs, ref),
+        }
+    report.facts["models"] = models
+
+
+def _role(inputs: MergeInputs, ref: str) -> str:
+    roles = []
+    if ref == inputs.base_ref:
+        roles.append("base")
+    if ref in inputs.operand_refs:
+        roles.append("merged")
+    if ref == inputs.tokenizer_ref:
+        roles.append("tokenizer")
+    return ", ".join(roles) or "unused"
+
+
+def _check_architecture(inputs: MergeInputs, report: PreflightReport) -> None:
+    archs = {ref: src.architecture for ref, src in inputs.sources.items()}
+    if len(set(archs.values())) > 1:
+        listed = "; ".join(f"`{ref}` is {arch}" for ref, arch in archs.items())
+        report.error(f"Architectures differ ({listed}). Merging needs models of one architecture fine-tuned from the "
+                     "same base: choose models that share it.")
+    layers = {ref: src.num_layers for ref, src in inputs.sources.items()}
+    if len(set(layers.values())) > 1:
+        listed = ", ".join(f"`{ref}`: {n}" for ref, n in layers.items())
+        report.error(f"Layer counts differ ({listed}); models must have the same depth to be merged tensor by tensor.")
+
+
+def _check_tensors(inputs: MergeInputs, report: PreflightReport) -> None:
+    donor = inputs.donor
+    donor_names = set(donor.tensor_names())
+    for ref, src in inputs.sources.items():
+        if ref == inputs.donor_ref:
+            continue
+        names = set(src.tensor_names())
+        missing, extra = sorted(donor_names - names), sorted(names - donor_names)
+        if missing:
+            report.error(f"`{ref}` lacks {len(missing)} tensor(s) that `{inputs.donor_ref}` has: {_listed(missing)}. "
+                         "The models are not the same architecture variant; choose fine-tunes of the same base.")
+        if extra:
+            report.error(f"`{ref}` has {len(extra)} tensor(s) that `{inputs.donor_ref}` lacks: {_listed(extra)}. "
+                         "Choose fine-tunes of the same base (extra heads or adapters must be removed first).")
+        shape_diffs = [n for n in sorted(donor_names & names)
+                       if src.shape(n) != donor.shape(n) and not is_vocab_mismatch(inputs, n)]
+        if shape_diffs:
+            details = ", ".join(f"{n} {tuple(donor.shape(n))} vs {tuple(src.shape(n))}" for n in shape_diffs[:MAX_LISTED])
+            more = f" and {len(shape_diffs) - MAX_LISTED} more" if len(shape_diffs) > MAX_LISTED else ""
+            report.error(f"Tensor shapes of `{ref}` differ from `{inputs.donor_ref}`: {details}{more}. Models must "
+                         "have the same sizes (hidden, intermediate, heads) to be merged.")
+
+
+def _check_vocabulary(inputs: MergeInputs, report: PreflightReport) -> None:
+    donor_names = set(inputs.donor.tensor_names())
+    vocab_tensors = sorted(n for n in donor_names if is_vocab_mismatch(inputs, n))
+    sizes = {ref: src.vocab_size for ref, src in inputs.sources.items()}
+    report.facts["vocab_sizes"] = sizes
+    if not vocab_tensors and len({s for s in sizes.values() if s is not None}) <= 1:
+        return
+    listed = ", ".join(f"`{ref}`: {size}" for ref, size in sizes.items())
+    if not inputs.resolve_vocab:
+        report.error(
+            f"Vocabulary sizes differ ({listed}), so the embedding/lm_head tensors ({', '.join(vocab_tensors) or 'none'})"
+            " cannot be merged row for row. Either choose models that share a tokenizer, or add "
+            "`tokenizer_source: base` to the recipe: embedding and lm_head rows are then cut or padded (with the "
+            "base's rows) to the base's vocabulary, and the base's tokenizer is used."
+        )
+        return
+    target = inputs.tokenizer_donor.vocab_size
+    report.warnings.append(
+        f"Vocabulary sizes differ ({listed}); as `tokenizer_source` asks, the rows of {', '.join(vocab_tensors)} are "
+        f"cut or padded to {target} (the vocabulary of `{inputs.tokenizer_ref}`, whose tokenizer is copied). Tokens "
+        "beyond a model's own vocabulary take the tokenizer model's rows. This assumes the shared token ids mean "
+        "the same tokens."
+    )
+
+
+def _check_tokenizers(inputs: MergeInputs, report: PreflightReport) -> None:
+    digests = {ref: _file_digest(src.path / "tokenizer.json") for ref, src in inputs.sources.items()}
+    known = {d for d in digests.values() if d is not None}
+    if len(known) > 1 and not inputs.resolve_vocab:
+        report.warnings.append(
+            "The models' tokenizer.json files differ; if their token ids do not mean the same tokens the merge will "
+            f"talk gibberish. The output takes `{inputs.tokenizer_ref}`'s tokenizer (set `tokenizer_source` to choose)."
+        )
+
+
+def _check_dtypes(inputs: MergeInputs, report: PreflightReport) -> None:
+    dtypes = {ref: m["dtype"] for ref, m in report.facts["models"].items()}
+    if len(set(dtypes.values())) > 1 and not getattr(inputs.recipe, "dtype", None):
+        listed = ", ".join(f"`{r}`: {d}" for r, d in dtypes.items())
+        report.warnings.append(f"Input dtypes differ ({listed}); each tensor is computed in the wider of them. Set "
+                               "`dtype:` (and `out_dtype:`) in the recipe to choose.")
+
+
+def _check_resources(inputs: MergeInputs, report: PreflightReport, out_dir: Any, device: str) -> None:
+    from merging.engine import PREFETCH_TENSORS, WRITE_BEHIND_TENSORS, plan_outputs
+
+    refs = inputs.refs_read_per_tensor()
+    if not report.ok:  # shapes or names differ: estimate from the donor alone
+        out_bytes = inputs.donor.total_bytes()
+        largest_out = max((inputs.donor.nbytes(n) for n in inputs.donor.tensor_names()), default=0)
+        out_dtype = report.facts["models"][inputs.donor_ref]["dtype"]
+        read_bytes = out_bytes * len(refs)
+        num_tensors = len(inputs.donor.tensor_names())
+    else:
+        plan = plan_outputs(inputs)
+        out_bytes = sum(p.planned.nbytes for p in plan)
+        largest_out = max((p.planned.nbytes for p in plan), default=0)
+        dtypes = sorted({_dtype_name(p.planned.dtype) for p in plan if p.merge})
+        out_dtype = "/".join(dtypes)
+        read_bytes = sum(p.bytes_read for p in plan)
+        num_tensors = len(plan)
+    largest_numel = max((_numel(inputs.donor.shape(n)) for n in inputs.donor.tensor_names()), default=0)
+    largest_in = max((src.nbytes(n) for src in inputs.sources.values() for n in src.tensor_names()), default=0)
+    # In flight at once: prefetched inputs, the method's float32 working copies (inputs + deltas + result) and the
+    # merged tensors waiting for the writer. Methods with masks use a little more; this is an estimate.
+    memory = (largest_in * len(refs) * (PREFETCH_TENSORS + 1) + largest_numel * 4 * (2 * len(refs) + 2)
+              + largest_out * (WRITE_BEHIND_TENSORS + 1))
+    rate = CUDA_BYTES_PER_S if device.startswith("cuda") else CPU_BYTES_PER_S
+    report.facts.update({
+        "num_tensors": num_tensors,
+        "output_dtype": out_dtype,
+        "read_bytes": read_bytes,
+        "output_bytes": out_bytes,
+        "memory_needed_bytes": memory,
+        "estimated_seconds": round(read_bytes / rate + 1.0, 1),
+    })
+    available = _available_memory(device)
+    report.facts["memory_available_bytes"] = available
+    if available is not None and memory > available:
+        where = "GPU memory" if device.startswith("cuda") else "RAM"
+        report.error(f"This merge needs about {_gb(memory)} of {where} at once but only {_gb(available)} is free. "
+                     "Close other programs, merge on the CPU, or choose smaller models.")
+    if out_dir is not None:
+        free = shutil.disk_usage(_existing_parent(Path(out_dir))).free
+        report.facts["disk_free_bytes"] = free
+        if out_bytes > free:
+            report.error(f"The merged model needs {_gb(out_bytes)} of disk but only {_gb(free)} is free where "
+                         f"{out_dir} would be written. Free space or choose another output folder.")
+        elif out_bytes > 0.9 * free:
+            report.warnings.append(f"The merged model ({_gb(out_bytes)}) nearly fills the free disk ({_gb(free)}).")
+
+
+# --- helpers ----------------------------------------------------------------------------------------------------
+
+
+def _available_memory(device: str) -> int | None:
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return None
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
+
+
+def _existing_parent(path: Path) -> Path:
+    path = path.expanduser().absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _file_digest(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def _summary_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    if "method" in facts:
+        rows.append(("method", str(facts["method"])))
+    if "num_tensors" in facts:
+        rows.append(("tensors", str(facts["num_tensors"])))
+        rows.append(("output", f"{_gb(facts['output_bytes'])} ({facts['output_dtype']})"))
+        rows.append(("to read", _gb(facts["read_bytes"])))
+        available = facts.get("memory_available_bytes")
+        rows.append(("memory", f"{_gb(facts['memory_needed_bytes'])} needed"
+                     + (f", {_gb(available)} free" if available is not None else "")))
+        if "disk_free_bytes" in facts:
+            rows.append(("disk", f"{_gb(facts['output_bytes'])} needed, {_gb(facts['disk_free_bytes'])} free"))
+        rows.append(("estimated time", f"about {facts['estimated_seconds']:.0f} s on {facts.get('device', 'cpu')}"))
+    return rows
+
+
+def _listed(names: list[str]) -> str:
+    shown = ", ".join(names[:MAX_LISTED])
+    return shown + (f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
+
+
+def _gb(n: int | float) -> str:
+    if n >= 1e9:
+        return f"{n / 1e9:.2f} GB"
+    if n >= 1e6:
+        return f"{n / 1e6:.1f} MB"
+    return f"{n / 1e3:.1f} KB"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
