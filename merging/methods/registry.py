@@ -1,0 +1,142 @@
+"""The method registry: every merge method declares its parameters once, here, and recipe validation, the command
+line and the UI all read that declaration.
+
+A method is a pure tensor function (see DEVELOPERS.md, "Methods"). Methods that need to tell the caller something
+about one tensor (SCE falling back to uniform coefficients, say) call `note(...)`; a caller that wants those notes
+wraps the call in `with collect_notes() as notes:`. Notes are per thread (a context variable), so an engine that
+merges tensors in several threads collects each tensor's notes separately.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from merging.errors import RecipeError
+
+Scope = Literal["model", "global"]
+Kind = Literal["float", "bool", "int", "choice"]
+BasePolicy = Literal["required", "optional", "ignored"]
+
+MethodFn = Callable[[torch.Tensor | None, list[torch.Tensor], list[dict], dict, torch.Generator | None], torch.Tensor]
+DeltaFn = Callable[[list[torch.Tensor], list[dict], dict, torch.Generator | None], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a method. `scope="model"` values may be set per model or globally (per-model wins);
+    `scope="global"` values only under the recipe's top-level `parameters`."""
+
+    name: str
+    scope: Scope
+    default: Any
+    low: float | None
+    high: float | None
+    kind: Kind
+    help: str
+    choices: tuple = ()
+    required: bool = False  # no default: every model must get a value (mergekit's `weight`)
+    ui_range: tuple[float, float] | None = None  # slider range to offer when low/high leave the value open
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    family: str
+    explanation: str
+    formula: str
+    params: tuple[Param, ...]
+    base: BasePolicy
+    random: bool
+    min_models: int  # counted over the `tensors` passed to fn (non-base inputs unless base is "ignored")
+    max_models: int | None
+    fn: MethodFn
+    fn_deltas: DeltaFn | None = None  # task-arithmetic family: mixed delta from task vectors (live merging)
+    aliases: tuple[str, ...] = field(default=())
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    def defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params if not p.required}
+
+
+_METHODS: dict[str, Method] = {}
+_FAMILY_MODULES = (
+    "merging.methods.linear",
+    "merging.methods.task_arithmetic",
+    "merging.methods.sce",
+    "merging.methods.interpolation",
+    "merging.methods.model_stock",
+    "merging.methods.passthrough",
+)
+_loaded = False
+
+
+def register(method: Method) -> Method:
+    """Make a method available by name (and its aliases); registering a name twice is a programming error."""
+    for name in (method.name, *method.aliases):
+        if name in _METHODS and _METHODS[name] is not method:
+            raise ValueError(f"merge method {name!r} is already registered")
+        _METHODS[name] = method
+    return method
+
+
+def _ensure_loaded() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in _FAMILY_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as error:  # a family not written yet must not break the others
+            if error.name != module:
+                raise
+
+
+def get_method(name: str) -> Method:
+    _ensure_loaded()
+    try:
+        return _METHODS[name]
+    except KeyError:
+        known = ", ".join(m.name for m in list_methods())
+        raise RecipeError(f"unknown merge_method {name!r}: use one of {known}") from None
+
+
+def list_methods() -> list[Method]:
+    """Each method once (aliases not repeated), in registration order."""
+    _ensure_loaded()
+    seen: dict[str, Method] = {}
+    for method in _METHODS.values():
+        seen.setdefault(method.name, method)
+    return list(seen.values())
+
+
+# --- per-tensor notes -------------------------------------------------------------------------------------------
+
+_notes: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("merge_notes", default=None)
+
+
+def note(message: str) -> None:
+    """Record something the user should know about the tensor being merged; free when nobody collects."""
+    notes = _notes.get()
+    if notes is not None:
+        notes.append(message)
+
+
+@contextlib.contextmanager
+def collect_notes() -> Iterator[list[str]]:
+    """`with collect_notes() as notes: method.fn(...)` — `notes` then holds that call's messages."""
+    notes: list[str] = []
+    token = _notes.set(notes)
+    try:
+        yield notes
+    finally:
+        _notes.reset(token)

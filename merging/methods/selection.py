@@ -1,0 +1,83 @@
+"""Exact rank selection on non-negative float32 tensors without a full sort.
+
+A full sort of a 4096×4096 tensor takes seconds on a laptop CPU; mergekit sorts every tensor. Non-negative
+float32 values order like their int32 bit patterns, so two counting passes over 16-bit digits (a radix select)
+find the value at any rank exactly, with counts of the elements below and equal to it, in a few linear passes.
+Ties at a boundary are broken by flat index (lowest index first), so the number of kept elements is always exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+_DIGIT = 16
+_BINS = 1 << _DIGIT
+
+
+@dataclass(frozen=True)
+class RankValue:
+    value: float  # the value at the asked rank
+    n_less: int  # elements strictly below it
+    n_equal: int  # elements equal to it
+
+
+def value_at_rank(scores: torch.Tensor, rank: int) -> RankValue:
+    """The value with ascending 0-based `rank` in a flat, contiguous, non-negative float32 tensor."""
+    bits = scores.view(torch.int32)
+    high = torch.bitwise_right_shift(bits, _DIGIT)
+    counts = torch.bincount(high, minlength=_BINS // 2)
+    cumulative = counts.cumsum(0)
+    high_digit = int(torch.searchsorted(cumulative, rank, right=True))
+    below_bin = int(cumulative[high_digit - 1]) if high_digit > 0 else 0
+    low = torch.bitwise_and(bits[high == high_digit], _BINS - 1)
+    low_counts = torch.bincount(low, minlength=_BINS)
+    low_cumulative = low_counts.cumsum(0)
+    low_digit = int(torch.searchsorted(low_cumulative, rank - below_bin, right=True))
+    n_less = below_bin + (int(low_cumulative[low_digit - 1]) if low_digit > 0 else 0)
+    value_bits = torch.tensor([(high_digit << _DIGIT) | low_digit], dtype=torch.int32)
+    return RankValue(float(value_bits.view(torch.float32)), n_less, int(low_counts[low_digit]))
+
+
+def rank_window_mask(scores: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Bool mask of the elements whose ascending rank lies in [start, stop) (ties broken by flat index)."""
+    flat = scores.reshape(-1)
+    if flat.dtype != torch.float32:
+        flat = flat.float()
+    flat = flat.contiguous()
+    n = flat.numel()
+    start, stop = max(0, start), min(n, stop)
+    if stop <= start:
+        return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    if start == 0 and stop == n:
+        return torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
+    lo = value_at_rank(flat, start) if start > 0 else None
+    hi = value_at_rank(flat, stop - 1) if stop < n else None
+    if lo is not None and hi is not None:
+        keep = torch.ge(flat, lo.value)
+        keep.logical_and_(torch.le(flat, hi.value))
+    elif lo is not None:
+        keep = torch.ge(flat, lo.value)
+    else:
+        keep = torch.le(flat, hi.value)
+    # Elements tied with a boundary value: drop the first ones below `start` and the last ones past `stop`.
+    if lo is not None and lo.n_less < start:
+        _drop_ties(flat, keep, lo.value, first=start - lo.n_less, last=0)
+    if hi is not None and hi.n_less + hi.n_equal > stop:
+        _drop_ties(flat, keep, hi.value, first=0, last=hi.n_less + hi.n_equal - stop)
+    return keep.view(scores.shape)
+
+
+def _drop_ties(flat: torch.Tensor, keep: torch.Tensor, value: float, *, first: int, last: int) -> None:
+    tied = torch.nonzero(torch.logical_and(flat == value, keep)).squeeze(1)
+    if first:
+        keep[tied[:first]] = False
+    if last:
+        keep[tied[tied.numel() - last :]] = False
+
+
+def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask of exactly the `k` largest elements (ties at the threshold: lowest flat indices kept)."""
+    n = scores.numel()
+    return rank_window_mask(scores, n - k, n)
