@@ -1,0 +1,95 @@
+"""evaluation.answers: extracting and normalising final answers, full-width forms included."""
+
+from __future__ import annotations
+
+import pytest
+
+from evaluation.answers import canonical_number, expected_answer, extract, extract_answer, extract_text_answer
+
+CASES = [
+    # the number after the marker wins over later numbers
+    ("答え: 42", "42"),
+    ("答え：42", "42"),
+    ("答え: 42 (途中で 7 を使いました)", "42"),
+    ("3+4=7 なので 答え: 7", "7"),
+    ("途中式 12×3=36。答え： 36個", "36"),
+    ("答え : 15", "15"),
+    ("答え:15\n別解: 16", "15"),
+    ("最初の答え: 3、見直して 答え: 4", "4"),
+    # full-width digits, separators and signs
+    ("答え：１２", "12"),
+    ("答え：１，２００円", "1200"),
+    ("答え: 1,200円", "1200"),
+    ("答え: 1200", "1200"),
+    ("答え: １２００．０", "1200"),
+    ("答え: 1200.0", "1200"),
+    ("答え：－５", "-5"),
+    ("答え: −5", "-5"),
+    ("答え：＋７", "7"),
+    ("気温は－３度です", "-3"),
+    ("合計は 1,234,567 円", "1234567"),
+    ("答え: 3.50", "3.5"),
+    ("答え: ３．１４", "3.14"),
+    ("答え: 0.0", "0"),
+    ("答え: -0", "0"),
+    ("答え: .5", "0.5"),
+    # no marker: the last number in the text
+    ("りんごが 3 個とみかんが 5 個", "5"),
+    ("7-2=5", "5"),
+    ("1,2,3", "3"),
+    ("1,2345", "2345"),
+    ("x2 = 10", "10"),
+    ("令和5年は2023年", "2023"),
+    # a marker with no number after it falls back to the last number
+    ("5 と 6 を足します。答え: わかりません", "6"),
+    # nothing numeric
+    ("わかりません", None),
+    ("", None),
+    ("答え: 三", None),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), CASES)
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_there_are_enough_cases():
+    assert len(CASES) >= 30
+    assert sum(any("\uff01" <= ch <= "\uff5e" for ch in text) for text, _ in CASES) >= 8  # full-width forms
+
+
+def test_none_text_has_no_answer():
+    assert extract_answer(None) is None
+
+
+@pytest.mark.parametrize(
+    ("a", "b"), [("１，２００", "1200"), ("1200.0", "1200"), ("+3", "3"), ("－２", "-2"), ("0.50", ".5")]
+)
+def test_equal_values_have_one_canonical_form(a, b):
+    assert canonical_number(a) == canonical_number(b) is not None
+
+
+def test_canonical_number_rejects_text():
+    assert canonical_number("abc") is None
+    assert canonical_number("1.2.3") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("答え: olleh", "olleh"),
+        ("答え：ｄｃｂａ\n次の問題", "dcba"),
+        ("  abc  ", "abc"),
+        ("答え: ", None),
+        ("", None),
+    ],
+)
+def test_extract_text_answer(text, expected):
+    assert extract_text_answer(text) == expected
+
+
+def test_extract_picks_the_mode_and_expected_answers_normalise_the_same_way():
+    assert extract("答え: 1,200", numeric=True) == expected_answer(1200, numeric=True) == "1200"
+    assert extract("答え: ＡＢＣ", numeric=False) == expected_answer("ABC", numeric=False) == "ABC"
+    assert expected_answer(None, numeric=True) is None
