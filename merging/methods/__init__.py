@@ -1,0 +1,5 @@
+"""Merge methods: a registry of pure tensor functions, one module per family (loaded on first registry lookup)."""
+
+from merging.methods.registry import Method, Param, collect_notes, get_method, list_methods, note, register
+
+__all__ = ["Method", "Param", "collect_notes", "get_method", "list_methods", "note", "register"]
