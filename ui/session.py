@@ -19,6 +19,7 @@ class SourceModel:
     ref: str
     label: str
     path: Path
+    origin: str = "local"  # "zoo", "local" or "hub"
 
 
 @dataclass
@@ -34,7 +35,8 @@ class Session:
     unlabeled_path: Path | None = None
     preflight: Any = None
     live: Any = None  # merging.live.LiveMerger when the models are small enough to merge in memory
-    recipe: Any = None  # the last merged Recipe
+    recipe: Any = None  # the last merged Recipe (models named by portable path or Hub id)
+    merge_settings: Any = None  # the ui.workspace.MergeSettings that produced it
     merged_tensors: dict | None = None
     merged_path: Path | None = None  # folder written by "Merge to folder"
     chat_model: Any = None  # this session's own model instance holding the merged weights
@@ -45,8 +47,10 @@ class Session:
     evaluation: Any = None  # last evaluation result (for downloads)
     sweep: Any = None
     learned: Any = None
+    tokenizers: dict[str, Any] = field(default_factory=dict, repr=False)  # folder -> this session's tokenizer
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
-    cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    cancel: threading.Event = field(default_factory=threading.Event, repr=False)  # set to stop a merge or training
+    stop_chat: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def __deepcopy__(self, memo: dict) -> Session:
         # gr.State deep-copies the value its factory returns; a Session is created per browser session and holds
@@ -69,6 +73,7 @@ class Session:
         self.preflight = None
         self.live = None
         self.recipe = None
+        self.merge_settings = None
         self.merged_tensors = None
         self.merged_path = None
         self.chat_model = None

@@ -1,0 +1,41 @@
+"""MergeLab: build the page from ui/ panels and launch it.
+
+    python app.py                          # http://127.0.0.1:7860, local folders allowed
+    python app.py --host 0.0.0.0 --hosted  # shared server / Space: paths confined to ./models, uploads limited
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ui.hosting import HostConfig, hosted_from_env
+from ui.page import CSS, build_page
+
+QUEUE_CONCURRENCY = int(os.environ.get("MERGELAB_CONCURRENCY", "4"))  # events of one kind running at once
+QUEUE_MAX_SIZE = int(os.environ.get("MERGELAB_QUEUE_SIZE", "64"))  # beyond this, new users are told to retry
+
+
+def create_app(config: HostConfig | None = None):
+    """The page with its queue set up; tests launch it themselves."""
+    demo = build_page(config or HostConfig.detect())
+    demo.queue(default_concurrency_limit=QUEUE_CONCURRENCY, max_size=QUEUE_MAX_SIZE)
+    return demo
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="MergeLab: a model-merging workbench in the browser.")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument("--hosted", action="store_true", default=hosted_from_env(),
+                        help="confine local paths to ./models, limit uploads, hide server paths in errors")
+    args = parser.parse_args(argv)
+    config = HostConfig.detect(hosted=args.hosted)
+    config.models_dir.mkdir(parents=True, exist_ok=True)
+    demo = create_app(config)
+    demo.launch(server_name=args.host, server_port=args.port, max_file_size=config.max_upload, css=CSS,
+                show_error=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Models panel: pick a catalog preset, a zoo family, local folders or Hub ids; the pre-flight report says whether
+they can be merged and what it will cost, before anything heavy starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from ui.catalog import Preset, get_preset, hub_reachable, load_catalog
+from ui.hosting import HostConfig
+from ui.session import Session
+from ui.workspace import ORIGINS, MergeSettings, build_recipe_for_engine, prepare_live, select_models, zoo_families
+
+DEFAULT_PRESET = "Zoo · language models: math + japanese"
+
+
+@dataclass
+class ModelsChoice:
+    """The Models panel's controls as values (what /preflight takes)."""
+
+    origin: str
+    family: str | None
+    experts: list[str]
+    base: str
+    sources: str
+
+
+def preset_choice(preset: Preset) -> ModelsChoice:
+    if preset.source == "zoo":
+        return ModelsChoice("Zoo", preset.family, list(preset.models), "", "")
+    return ModelsChoice("Hub ids", None, [], preset.base or "", "\n".join(preset.models))
+
+
+def preset_settings(preset: Preset | None, n_sources: int) -> MergeSettings:
+    """The merge a preset starts from (task arithmetic at weight 1/n when there is no preset)."""
+    if preset is None:
+        return MergeSettings("task_arithmetic", [round(1 / max(n_sources, 1), 2)] * n_sources)
+    params = dict(preset.parameters)
+    weight = float(params.pop("weight", 1 / max(n_sources, 1)))
+    return MergeSettings(preset.method, [weight] * n_sources, params)
+
+
+def describe_preset(name: str | None) -> str:
+    if not name:
+        return ""
+    preset = get_preset(name)
+    text = preset.about
+    if preset.needs_hub:
+        reachable = hub_reachable()
+        text += ("\n\n✅ The Hugging Face Hub is reachable: the models download on Check models." if reachable else
+                 "\n\n⚠ **This preset needs the Hugging Face Hub, which this server cannot reach.** Pick a zoo "
+                 "preset, or give local folders of these models.")
+    return text
+
+
+def check_models(
+    session: Session,
+    config: HostConfig,
+    choice: ModelsChoice,
+    preset_name: str | None = None,
+    progress: Any = None,
+) -> str:
+    """Resolve the chosen models, run the pre-flight check, and prepare live merging when they are small.
+    Returns the report as Markdown (problems are listed in it, not raised)."""
+
+    def step(fraction: float, text: str) -> None:
+        if progress is not None:
+            progress(fraction, desc=text)
+
+    preset = None
+    if preset_name:
+        candidate = get_preset(preset_name)
+        if preset_choice(candidate) == choice:
+            preset = candidate
+    select_models(session, config, choice.origin, choice.family, choice.experts, choice.base, choice.sources,
+                  progress=step)
+    settings = preset_settings(preset, len(session.sources))
+    step(0.9, "Pre-flight check…")
+    from merging.preflight import preflight
+    from ui.resources import device
+
+    report = preflight(build_recipe_for_engine(session, _fit_method(settings, session)), device=device())
+    session.preflight = report
+    session.merge_settings = settings
+    text = _with_labels(report.to_markdown(), session)
+    if report.ok:
+        live = prepare_live(session)
+        text += ("\n\n**Live merging is on**: these models are small, so sliders re-merge in memory at once."
+                 if live else "\n\n**Live merging is off** for models this large: use *Merge to folder*.")
+    return config.public_message(text)
+
+
+def _fit_method(settings: MergeSettings, session: Session) -> MergeSettings:
+    from merging.methods import get_method
+
+    method = get_method(settings.method)
+    if method.max_models is not None and len(session.sources) > method.max_models:
+        return MergeSettings("task_arithmetic", [1 / len(session.sources)] * len(session.sources))
+    return settings
+
+
+def _with_labels(markdown: str, session: Session) -> str:
+    # The report names models by folder; show the labels the rest of the page uses.
+    for model in [session.base, *session.sources]:
+        markdown = markdown.replace(f"`{model.path}`", f"`{model.label}`").replace(str(model.path), model.label)
+    return markdown
+
+
+# --- components ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class ModelsPanel:
+    preset: gr.Dropdown
+    preset_about: gr.Markdown
+    origin: gr.Radio
+    family: gr.Dropdown
+    experts: gr.CheckboxGroup
+    base: gr.Textbox
+    sources: gr.Textbox
+    check: gr.Button
+    report: gr.Markdown
+
+    @property
+    def choice_inputs(self) -> list[gr.components.Component]:
+        return [self.origin, self.family, self.experts, self.base, self.sources]
+
+
+def _family_experts(family: str | None) -> list[str]:
+    families = zoo_families()
+    return list(families[family].experts) if family in families else []
+
+
+def build(config: HostConfig) -> ModelsPanel:
+    presets = load_catalog()
+    default = get_preset(DEFAULT_PRESET, presets)
+    choice = preset_choice(default)
+    families = list(zoo_families())
+    with gr.Row():
+        preset = gr.Dropdown([p.name for p in presets], value=default.name, label="Preset", scale=2,
+                             elem_id="preset")
+        preset_about = gr.Markdown(default.about, elem_id="preset-about")
+    origin = gr.Radio(list(ORIGINS), value=choice.origin, label="Models from", elem_id="origin")
+    with gr.Row():
+        family = gr.Dropdown(families, value=choice.family, label="Zoo family", elem_id="zoo-family",
+                             visible=choice.origin == "Zoo")
+        experts = gr.CheckboxGroup(_family_experts(choice.family), value=choice.experts, label="Experts to merge",
+                                   elem_id="zoo-experts", visible=choice.origin == "Zoo")
+    where = "a folder inside models/" if config.hosted else "a local folder"
+    with gr.Row():
+        base = gr.Textbox(label="Base model", placeholder=f"{where} or a Hub id (e.g. mistralai/Mistral-7B-v0.1)",
+                          visible=choice.origin != "Zoo", elem_id="base-model")
+        sources = gr.Textbox(label="Source models (one per line)", lines=3, visible=choice.origin != "Zoo",
+                             elem_id="source-models")
+    check = gr.Button("Check models", variant="primary", elem_id="check-models")
+    report = gr.Markdown(elem_id="preflight-report")
+    panel = ModelsPanel(preset, preset_about, origin, family, experts, base, sources, check, report)
+
+    def apply_preset(name: str):
+        chosen = preset_choice(get_preset(name))
+        zoo = chosen.origin == "Zoo"
+        return (describe_preset(name), chosen.origin, gr.Dropdown(value=chosen.family, visible=zoo),
+                gr.CheckboxGroup(choices=_family_experts(chosen.family), value=chosen.experts, visible=zoo),
+                gr.Textbox(value=chosen.base, visible=not zoo), gr.Textbox(value=chosen.sources, visible=not zoo))
+
+    preset.input(apply_preset, preset, [preset_about, origin, family, experts, base, sources],
+                 api_visibility="private")
+
+    def show_origin(value: str):
+        zoo = value == "Zoo"
+        return (gr.Dropdown(visible=zoo), gr.CheckboxGroup(visible=zoo), gr.Textbox(visible=not zoo),
+                gr.Textbox(visible=not zoo))
+
+    origin.input(show_origin, origin, [family, experts, base, sources], api_visibility="private")
+    family.input(lambda f: gr.CheckboxGroup(choices=_family_experts(f), value=_family_experts(f)), family, experts,
+                 api_visibility="private")
+    return panel

@@ -1,0 +1,130 @@
+"""The page: one tab per panel, the per-session state, and the events between them. Every action has an api_name,
+so gradio_client can drive everything a person can (see README "API")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from ui import chat_panel, merge_panel, models_panel
+from ui.feedback import guarded
+from ui.hosting import HostConfig
+from ui.session import Session, close_session, new_session
+
+TITLE = "MergeLab"
+INTRO = ("Merge fine-tuned models with mergekit-compatible methods, chat with the result beside its sources, and see "
+         "per-task agreement and interference. Runs offline on the built-in zoo.")
+CSS = """
+#preflight-report table { font-size: 0.85em; }
+#merge-status, #eval-status { min-height: 1.5em; }
+footer { display: none !important; }
+"""
+
+
+def _session(state: Session | None) -> Session:
+    return state if state is not None else new_session()
+
+
+def build_page(config: HostConfig) -> gr.Blocks:
+    delete = (lambda s: close_session(s, config.models_dir)) if config.hosted else (lambda s: close_session(s))
+    with gr.Blocks(title=TITLE) as demo:
+        state = gr.State(new_session, time_to_live=4 * 3600, delete_callback=delete)
+        gr.Markdown(f"# 🧪 {TITLE}\n{INTRO}")
+        with gr.Tabs(elem_id="tabs"):
+            with gr.Tab("Models", id="models", elem_id="tab-models"):
+                models = models_panel.build(config)
+            with gr.Tab("Merge", id="merge", elem_id="tab-merge"):
+                merge = merge_panel.build(config)
+            with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
+                chat = chat_panel.build(config)
+        _wire(config, state, models, merge, chat)
+    return demo
+
+
+def _wire(config: HostConfig, state: gr.State, models: models_panel.ModelsPanel, merge: merge_panel.MergePanel,
+          chat: chat_panel.ChatPanel) -> None:
+    specs = merge_panel.param_specs()
+    param_controls = list(merge.params.values())
+
+    # --- Models -> pre-flight, then the merge controls and chat choices follow the chosen models ---------------------
+    @guarded(config, "pre-flight")
+    def preflight(session: Session, origin: str, family: str | None, experts: list[str] | None, base: str,
+                  sources: str, preset: str | None, progress: gr.Progress = gr.Progress()) -> str:
+        choice = models_panel.ModelsChoice(origin, family, list(experts or []), base or "", sources or "")
+        return models_panel.check_models(_session(session), config, choice, preset, progress)
+
+    def follow_models(session: Session) -> list[Any]:
+        return [*merge_panel.session_control_updates(session, specs),
+                gr.update(choices=chat_panel.compare_choices(session), value=chat_panel.NO_COMPARISON)]
+
+    checked = models.check.click(preflight, [state, *models.choice_inputs, models.preset], models.report,
+                                 api_name="preflight")
+    follow_outputs = [merge.method, merge.help, *merge.weights, *param_controls, chat.compare_label]
+    checked.success(follow_models, state, follow_outputs, api_visibility="private")
+
+    # --- Merge ---------------------------------------------------------------------------------------------------
+    def method_changed(name: str) -> list[Any]:
+        return [merge_panel.method_help(name), *merge_panel.control_updates(name, specs)]
+
+    merge.method.input(method_changed, merge.method, [merge.help, *param_controls], api_visibility="private")
+
+    n_weights = len(merge.weights)
+
+    @guarded(config, "merge settings")
+    def collect(session: Session, method: str, seed: float, *values: Any) -> dict:
+        weights, params = values[:n_weights], dict(zip(specs, values[n_weights:]))
+        return merge_panel.collect_settings(_session(session), method, seed, list(weights), params)
+
+    @guarded(config, "merge")
+    def do_merge(session: Session, settings: dict, progress: gr.Progress = gr.Progress()) -> str:
+        return merge_panel.run_merge(_session(session), config, settings, progress)
+
+    @guarded(config, "merge to folder")
+    def do_merge_folder(session: Session, settings: dict, name: str,
+                        progress: gr.Progress = gr.Progress()) -> str:
+        return merge_panel.run_merge_to_folder(_session(session), config, settings, name, progress)
+
+    def live_if_small(session: Session, settings: dict) -> str | Any:
+        # Slider moves re-merge only where live merging is on; big models wait for a button.
+        if session is None or session.live is None:
+            return gr.update()
+        return do_merge(session, settings)
+
+    controls = [state, *merge.controls]
+    merge.merge.click(collect, controls, merge.settings, api_visibility="private").success(
+        do_merge, [state, merge.settings], merge.status, api_name="merge")
+    folder_event = merge.merge_folder.click(collect, controls, merge.settings, api_visibility="private").success(
+        do_merge_folder, [state, merge.settings, merge.folder_name], merge.status, api_name="merge_to_folder")
+
+    def cancel_merge(session: Session) -> str:
+        if session is not None:
+            session.cancel.set()
+        return "Cancelled: nothing was written."
+
+    merge.cancel.click(cancel_merge, state, merge.status, cancels=[folder_event], api_name="cancel_merge")
+    triggers = [c.release if isinstance(c, gr.Slider) else c.input for c in [*merge.weights, *param_controls]]
+    gr.on(triggers, collect, controls, merge.settings, api_visibility="private", trigger_mode="always_last",
+          show_progress="hidden").success(live_if_small, [state, merge.settings], merge.status,
+                                          api_visibility="private", show_progress="minimal")
+
+    # --- Chat ----------------------------------------------------------------------------------------------------
+    @guarded(config, "chat")
+    def send(session: Session, message: str, merged_history: list, compare_history: list, compare_label: str,
+             max_new_tokens: float, temperature: float, top_p: float, quantization: str):
+        settings = chat_panel.GenerationSettings(int(max_new_tokens), float(temperature), float(top_p), quantization)
+        for merged_msgs, compare_msgs in chat_panel.chat(_session(session), config, message, merged_history,
+                                                         compare_history, compare_label, settings):
+            yield merged_msgs, compare_msgs, ""
+
+    chat_inputs = [state, chat.message, chat.merged, chat.compare, chat.compare_label, *chat.settings_inputs]
+    chat_outputs = [chat.merged, chat.compare, chat.message]
+    sent = chat.send.click(send, chat_inputs, chat_outputs, api_name="chat")
+    submitted = chat.message.submit(send, chat_inputs, chat_outputs, api_visibility="private")
+
+    def stop_chat(session: Session) -> None:
+        if session is not None:
+            session.stop_chat.set()
+
+    chat.stop.click(stop_chat, state, None, cancels=[sent, submitted], api_visibility="private")
+    chat.clear.click(lambda: ([], []), None, [chat.merged, chat.compare], api_visibility="private")

@@ -1,0 +1,65 @@
+"""What sessions share: one memory-bounded, least-recently-used cache of read-only models (sources and merged
+folders), plus where to run them. Anything a session changes (merged weights) lives in the session, never here."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import torch
+
+from inference import LoadedModel, ModelCache, load_model, load_tokenizer
+
+DEFAULT_CACHE_BYTES = int(float(os.environ.get("MERGELAB_CACHE_GB", "4")) * 2**30)
+_CACHE = ModelCache(DEFAULT_CACHE_BYTES)
+
+
+def model_cache() -> ModelCache:
+    return _CACHE
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def shared_model(path: Path, quantization: str | None = None) -> LoadedModel:
+    """A read-only model from the shared cache. Callers must not change its weights."""
+    return _CACHE.load(path, device=device(), quantization=quantization)
+
+
+def private_copy(path: Path) -> LoadedModel:
+    """A model this session may overwrite (live-merged weights): a copy of the cached one, with its own tokenizer
+    (a fast tokenizer is not safe to use from two threads at once)."""
+    shared = shared_model(path)
+    return LoadedModel(model=copy.deepcopy(shared.model), tokenizer=load_tokenizer(path), kind=shared.kind, path=path)
+
+
+def fresh_tokenizer(path: Path):
+    return load_tokenizer(path)
+
+
+def load_private(path: Path, quantization: str | None = None) -> LoadedModel:
+    """Load a model for one session only (not cached)."""
+    return load_model(path, device=device(), quantization=quantization)
+
+
+def session_tokenizer(session, path: Path):
+    """This session's own tokenizer for a folder (shared models, private tokenizers: see private_copy)."""
+    key = str(path)
+    if key not in session.tokenizers:
+        session.tokenizers[key] = load_tokenizer(path)
+    return session.tokenizers[key]
+
+
+def on_gpu(fn):
+    """Wrap a GPU function for ZeroGPU on a Hugging Face Space; elsewhere return it unchanged."""
+    from ui.hosting import running_on_space
+
+    if not running_on_space():
+        return fn
+    try:
+        import spaces
+    except ImportError:
+        return fn
+    return spaces.GPU(fn)
