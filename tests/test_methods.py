@@ -1,0 +1,263 @@
+"""Unit tests of the merge methods as pure tensor functions (hand-made tensors, exact expectations)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from merging.errors import RecipeError
+from merging.methods import collect_notes, get_method, list_methods
+from merging.methods import sparsify
+from merging.methods.selection import rank_window_mask, top_k_mask
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def defaults(name: str, **overrides) -> dict:
+    method = get_method(name)
+    params = {p.name: p.default for p in method.params if p.scope == "global" and not p.required}
+    params.update(overrides)
+    return params
+
+
+def per_model(name: str, *dicts: dict) -> list[dict]:
+    method = get_method(name)
+    base = {p.name: p.default for p in method.params if p.scope == "model" and not p.required}
+    return [{**base, **d} for d in dicts]
+
+
+# --- registry --------------------------------------------------------------------------------------------------
+
+
+def test_registry_has_the_promised_methods_each_documented():
+    names = {m.name for m in list_methods()}
+    expected = {"linear", "task_arithmetic", "magnitude_prune", "ties", "dare_linear", "dare_ties", "breadcrumbs",
+                "breadcrumbs_ties", "della", "della_linear", "sce", "slerp", "nuslerp", "model_stock", "passthrough",
+                "multislerp", "karcher", "nearswap"}
+    assert expected <= names
+    for method in list_methods():
+        assert method.explanation and method.formula
+        assert all(p.help for p in method.params), method.name
+        assert len({p.name for p in method.params}) == len(method.params)
+
+
+def test_unknown_method_names_the_known_ones():
+    with pytest.raises(RecipeError, match="unknown merge_method 'tiez'.*ties.*slerp"):
+        get_method("tiez")
+
+
+# --- selection and sparsifiers ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", ["random", "ties"])
+def test_rank_window_matches_a_full_sort_with_exact_counts(values):
+    torch.manual_seed(0)
+    for n in (1, 5, 64, 257):
+        scores = torch.rand(n) if values == "random" else torch.randint(0, 4, (n,)).float()
+        ordered = scores.sort().values
+        for start in range(0, n, max(1, n // 6)):
+            for count in (0, 1, n // 3, n):
+                mask = rank_window_mask(scores, start, start + count)
+                stop = min(n, start + count)
+                assert int(mask.sum()) == stop - start
+                assert torch.equal(scores[mask].sort().values, ordered[start:stop])
+
+
+def test_magnitude_keeps_exactly_k_largest_even_with_ties():
+    delta = torch.tensor([[1.0, -3.0, 2.0, 2.0], [-2.0, 0.5, 0.0, 2.0]])
+    kept = sparsify.magnitude(delta, density=0.4)  # k = int(0.4·8) = 3: -3 and two of the four |2|s
+    assert int((kept != 0).sum()) == 3
+    assert kept[0, 1] == -3.0
+    assert sorted(kept[kept != 0].abs().tolist()) == [2.0, 2.0, 3.0]
+    assert torch.equal(sparsify.magnitude(delta, density=1.0), delta)
+    assert int((sparsify.magnitude(delta, density=0.01) != 0).sum()) == 1  # max(1, int(0.08)) = 1
+    assert top_k_mask(torch.zeros(10), 4).sum() == 4
+
+
+def test_breadcrumbs_drops_outliers_and_smallest():
+    delta = torch.arange(1.0, 101.0) * torch.where(torch.arange(100) % 2 == 0, 1.0, -1.0)
+    kept = sparsify.breadcrumbs(delta, density=0.5, gamma=0.1)
+    magnitudes = sorted(kept[kept != 0].abs().tolist())
+    assert magnitudes == [float(v) for v in range(41, 91)]  # top 10 dropped, bottom 40 dropped, 50 remain
+
+
+def test_dare_keeps_density_fraction_and_preserves_l1():
+    delta = torch.randn(200, 500, generator=gen(1))
+    kept = sparsify.random(delta, 0.3, True, gen(2))
+    fraction = float((kept != 0).float().mean())
+    assert abs(fraction - 0.3) < 0.01
+    assert torch.isclose(kept.abs().sum(), delta.abs().sum(), rtol=1e-4)
+    inverse = sparsify.random(delta, 0.3, "inverse_density", gen(2))
+    assert torch.allclose(inverse[inverse != 0], delta[inverse != 0] / 0.3)
+    plain = sparsify.random(delta, 0.3, False, gen(2))
+    assert torch.equal(plain[plain != 0], delta[plain != 0])
+
+
+def test_della_keeps_large_magnitudes_more_often():
+    rows = torch.arange(1.0, 101.0).repeat(400, 1)  # every row ranks identically: column j has rank j
+    kept = sparsify.della(rows, density=0.5, epsilon=0.2, rescale_mode=False, generator=gen(3))
+    keep_rate = (kept != 0).float().mean(dim=0)
+    assert abs(float(keep_rate[:10].mean()) - 0.31) < 0.05  # p = 0.3 + 0.4·j/99
+    assert abs(float(keep_rate[-10:].mean()) - 0.69) < 0.05
+    rescaled = sparsify.della(rows, density=0.5, epsilon=0.2, rescale_mode=True, generator=gen(3))
+    assert torch.isclose(rescaled.abs().sum(), rows.abs().sum(), rtol=1e-4)
+
+
+# --- task-arithmetic family ------------------------------------------------------------------------------------
+
+
+def test_linear_self_merge_is_bit_exact():
+    x = torch.randn(7, 9, generator=gen(0))
+    out = get_method("linear").fn(None, [x, x], [{"weight": 1.0}, {"weight": 1.0}], {"normalize": True}, None)
+    assert torch.equal(out, x)
+
+
+def test_linear_weighted_average_and_zero_total_is_an_error():
+    a, b = torch.full((3,), 2.0), torch.full((3,), 6.0)
+    out = get_method("linear").fn(None, [a, b], [{"weight": 3.0}, {"weight": 1.0}], {"normalize": True}, None)
+    assert torch.allclose(out, torch.full((3,), 3.0))
+    with pytest.raises(RecipeError, match="add up to 0"):
+        get_method("linear").fn(None, [a, b], [{"weight": 1.0}, {"weight": -1.0}], {"normalize": True}, None)
+
+
+def test_task_arithmetic_weight_zero_gives_the_base_and_lambda_scales():
+    base = torch.randn(5, 5, generator=gen(0))
+    x = base + torch.randn(5, 5, generator=gen(1))
+    method = get_method("task_arithmetic")
+    out = method.fn(base, [x], [{"weight": 0.0}], defaults("task_arithmetic"), None)
+    assert torch.equal(out, base)
+    out = method.fn(base, [x], [{"weight": 1.0}], defaults("task_arithmetic", **{"lambda": 0.5}), None)
+    assert torch.allclose(out, base + 0.5 * (x - base))
+
+
+def test_ties_sign_election_and_disjoint_mean_by_hand():
+    base = torch.zeros(4)
+    x1 = torch.tensor([3.0, -1.0, 2.0, 0.0])
+    x2 = torch.tensor([-1.0, -2.0, 2.0, 5.0])
+    ties = get_method("ties")
+    # sums [2, -3, 4, 5] elect [+, -, +, +]; agreeing entries averaged (zeros never count)
+    out = ties.fn(base, [x1, x2], per_model("ties", {"weight": 1.0}, {"weight": 1.0}), defaults("ties"), None)
+    assert torch.equal(out, torch.tensor([3.0, -1.5, 2.0, 5.0]))
+    # density 0.5 keeps [3, 0, 2, 0] and [0, 0, 3, 5]: all signs +, the lone 0 entry keeps the base
+    x2 = torch.tensor([-1.0, -2.0, 3.0, 5.0])
+    params = per_model("ties", {"weight": 1.0, "density": 0.5}, {"weight": 1.0, "density": 0.5})
+    out = ties.fn(base, [x1, x2], params, defaults("ties"), None)
+    assert torch.equal(out, torch.tensor([3.0, 0.0, 2.5, 5.0]))
+
+
+def test_weighted_ties_divides_by_the_agreeing_weights():
+    base = torch.zeros(2)
+    x1, x2 = torch.tensor([1.0, 1.0]), torch.tensor([3.0, -4.0])
+    params = per_model("ties", {"weight": 1.0}, {"weight": 0.5})
+    # weighted: [1, 1] and [1.5, -2]; sums [2.5, -1] elect [+, -]
+    out = get_method("ties").fn(base, [x1, x2], params, defaults("ties"), None)
+    assert torch.allclose(out, torch.tensor([2.5 / 1.5, -2.0 / 0.5]))
+
+
+def test_fn_deltas_agrees_with_fn_for_the_whole_family():
+    base = torch.randn(16, 8, generator=gen(0))
+    xs = [base + 0.1 * torch.randn(16, 8, generator=gen(i + 1)) for i in range(3)]
+    for method in list_methods():
+        if method.fn_deltas is None:
+            continue
+        params = defaults(method.name)
+        models = per_model(method.name, *({"weight": w, "density": 0.6} if "density" in [p.name for p in method.params]
+                                          else {"weight": w} for w in (1.0, 0.5, 0.8)))
+        if method.name == "sce":
+            models = [{} for _ in xs]
+        full = method.fn(base, xs, models, params, gen(7))
+        mixed = method.fn_deltas([x - base for x in xs], models, params, gen(7))
+        assert torch.allclose(full, base + mixed, atol=1e-6), method.name
+
+
+@pytest.mark.parametrize("name", ["dare_linear", "dare_ties", "della", "della_linear"])
+def test_random_methods_same_seed_same_bits_different_seed_differs(name):
+    base = torch.randn(32, 32, generator=gen(0))
+    xs = [base + torch.randn(32, 32, generator=gen(i + 1)) for i in range(2)]
+    models = per_model(name, {"weight": 1.0, "density": 0.5}, {"weight": 0.7, "density": 0.5})
+    run = lambda seed: get_method(name).fn(base, xs, models, defaults(name), gen(seed))  # noqa: E731
+    assert torch.equal(run(11), run(11))
+    assert not torch.equal(run(11), run(12))
+
+
+def test_inputs_are_never_modified():
+    base = torch.randn(8, 8, generator=gen(0))
+    xs = [base + torch.randn(8, 8, generator=gen(i + 1)) for i in range(2)]
+    copies = [base.clone()] + [x.clone() for x in xs]
+    for name in ("ties", "dare_ties", "breadcrumbs", "della", "sce", "task_arithmetic"):
+        method = get_method(name)
+        models = per_model(name, {"weight": 1.0}, {"weight": 1.0}) if name != "sce" else [{}, {}]
+        method.fn(base, xs, models, defaults(name), gen(0))
+        method.fn_deltas([x - base for x in xs], models, defaults(name), gen(0))
+    assert all(torch.equal(a, b) for a, b in zip([base, *xs], copies))
+
+
+# --- sce ---------------------------------------------------------------------------------------------------------
+
+
+def test_sce_energy_coefficients_and_uniform_fallback_note():
+    base = torch.zeros(3)
+    xs = [torch.tensor([2.0, 0.0, 0.0]), torch.tensor([1.0, 1.0, 0.0])]
+    sce = get_method("sce")
+    # energies mean(δ²): 4/3 and 2/3 → c = 2/3, 1/3; every sign agrees (+ or zero)
+    with collect_notes() as notes:
+        out = sce.fn(base, xs, [{}, {}], defaults("sce"), None)
+    assert notes == []
+    assert torch.allclose(out, torch.tensor([(2 / 3 * 2 + 1 / 3 * 1) / 1.0, (1 / 3 * 1) / (1 / 3), 0.0]))
+    tiny = [x * 1e-4 for x in xs]  # energies ~1e-8: uniform coefficients, and a note says so
+    with collect_notes() as notes:
+        out = sce.fn(base, tiny, [{}, {}], defaults("sce"), None)
+    assert len(notes) == 1 and "uniform" in notes[0]
+    assert torch.allclose(out, torch.tensor([1.5e-4, 1e-4, 0.0]))
+
+
+def test_sce_select_topk_keeps_the_highest_variance_entries():
+    base = torch.zeros(4)
+    xs = [torch.tensor([1.0, 1.0, 4.0, 0.0]), torch.tensor([1.0, 3.0, -4.0, 0.0])]
+    out = get_method("sce").fn(base, xs, [{}, {}], defaults("sce", select_topk=0.5), None)
+    # variances [0, 1, 16, 0]: 2 nonzero → k = int(2·0.5) = 1, only entry 2 survives
+    assert out[0] == 0 and out[1] == 0 and out[3] == 0 and out[2] != 0
+
+
+# --- interpolation and others ----------------------------------------------------------------------------------
+
+
+def test_slerp_endpoints_parallel_fallback_and_norm_on_the_arc():
+    slerp = get_method("slerp")
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    assert torch.allclose(slerp.fn(a, [b], [{}], {"t": 0.0}, None), a)
+    assert torch.allclose(slerp.fn(a, [b], [{}], {"t": 1.0}, None), b)
+    mid = slerp.fn(a, [b], [{}], {"t": 0.5}, None)
+    assert torch.allclose(mid, torch.tensor([0.5**0.5, 0.5**0.5]))  # on the arc, not the chord
+    parallel = slerp.fn(a, [2 * a], [{}], {"t": 0.25}, None)
+    assert torch.allclose(parallel, 1.25 * a)
+
+
+def test_nuslerp_with_base_interpolates_task_vectors():
+    base = torch.tensor([1.0, 1.0])
+    xs = [base + torch.tensor([1.0, 0.0]), base + torch.tensor([0.0, 1.0])]
+    out = get_method("nuslerp").fn(base, xs, [{"weight": 1.0}, {"weight": 1.0}], defaults("nuslerp"), None)
+    assert torch.allclose(out, base + torch.tensor([0.5**0.5, 0.5**0.5]))
+
+
+def test_model_stock_ratio_from_task_vector_cosine():
+    base = torch.zeros(2)
+    same = [torch.tensor([1.0, 0.0]), torch.tensor([3.0, 0.0])]  # cos = 1 → t = 1: the plain average
+    assert torch.allclose(get_method("model_stock").fn(base, same, [{}, {}], {}, None), torch.tensor([2.0, 0.0]))
+    orthogonal = [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])]  # cos = 0 → t = 0: the base
+    assert torch.allclose(get_method("model_stock").fn(base, orthogonal, [{}, {}], {}, None), base)
+
+
+def test_karcher_multislerp_nearswap_passthrough_basics():
+    x = torch.tensor([3.0, 4.0])
+    assert torch.allclose(get_method("karcher").fn(None, [x, x], [{}, {}], {"max_iter": 10, "tol": 1e-5}, None), x)
+    ms = get_method("multislerp").fn(None, [x, 2 * x], [{"weight": 1.0}, {"weight": 1.0}],
+                                     defaults("multislerp"), None)
+    assert torch.allclose(ms, 1.5 * x, atol=1e-5)
+    base, other = torch.tensor([0.0, 0.0]), torch.tensor([0.001, 1.0])
+    near = get_method("nearswap").fn(base, [other], [{}], {"t": 0.01}, None)
+    assert torch.allclose(near, torch.tensor([0.001, 0.01]))  # close entry swapped, far one moved t/|Δ|
+    assert torch.equal(get_method("passthrough").fn(None, [x], [{"scale": None}], {}, None), x)
+    assert torch.equal(get_method("passthrough").fn(None, [x], [{"scale": 2.0}], {}, None), 2 * x)
