@@ -1,0 +1,267 @@
+"""Agreement of a (merged) model with the experts it came from, and accuracy where answers are known.
+
+Per task: `agreement` = share of examples on which the model gives the answer of the task's own expert (same
+extracted answer; "no answer" on both sides counts as the same behaviour); `accuracy` over the examples with a
+known answer; `normalized_accuracy` = accuracy / the owning expert's accuracy (for a composite task, with no owner,
+over the best source's accuracy). LM tasks also get agreement and accuracy against EVERY source expert
+(`agreement_by_source`), for the per-task bar chart. Classification tasks are read through the task's own head:
+the merged backbone is loaded into a copy of expert t's model, whose head stays its own.
+
+Expert outputs are computed once per Evaluator (and reused across calls, e.g. every point of a sweep). Without
+experts, only accuracy is scored.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from evaluation.scoring import Predictions, TaskOutputs, classify_task, expected_answers, generate_task, share_equal
+from evaluation.tasks import Task, TaskSet
+from inference.loading import LoadedModel
+from merging.errors import CompatibilityError, TaskSetError
+
+# Config fields that must match for two checkpoints to be the same architecture (shape of every tensor follows).
+_STRUCTURE = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+              "intermediate_size", "vocab_size")
+METRICS = ("agreement", "accuracy", "normalized_accuracy")
+
+
+@dataclass
+class TaskScore:
+    task: str
+    expert: str | None
+    examples: int
+    agreement: float | None
+    accuracy: float | None
+    expert_accuracy: float | None
+    normalized_accuracy: float | None
+    agreement_by_source: dict[str, float] = field(default_factory=dict)
+    accuracy_by_source: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EvalResult:
+    scores: dict[str, TaskScore]
+    answers: dict[str, list[str | None]]  # the model's comparable answer per example, by task
+    outputs: dict[str, list[str]]  # its raw text (or label name) per example
+
+    def mean(self, metric: str) -> float | None:
+        """A metric over tasks: "agreement" | "accuracy" | "normalized_accuracy" (mean over tasks where defined),
+        or "<task>.<metric>" for one task."""
+        task, _, name = metric.rpartition(".")
+        if name not in METRICS:
+            raise TaskSetError(f"Unknown metric {metric!r}: use one of {', '.join(METRICS)} or <task>.<metric>.")
+        if task:
+            if task not in self.scores:
+                raise TaskSetError(f"Unknown task {task!r} in metric {metric!r}: tasks are {', '.join(self.scores)}.")
+            return getattr(self.scores[task], name)
+        values = [getattr(s, name) for s in self.scores.values() if getattr(s, name) is not None]
+        return sum(values) / len(values) if values else None
+
+    def summary(self) -> dict[str, float | None]:
+        return {metric: self.mean(metric) for metric in METRICS}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "summary": self.summary(),
+            "tasks": {name: asdict(score) for name, score in self.scores.items()},
+            "answers": self.answers,
+            "outputs": self.outputs,
+        }
+
+
+def _config(model: PreTrainedModel) -> dict:
+    return model.config.to_dict()
+
+
+def check_same_architecture(reference: PreTrainedModel, other: PreTrainedModel, other_name: str,
+                            reference_name: str = "the merged model") -> None:
+    """CompatibilityError naming the field where `other` differs from `reference`."""
+    ours, theirs = _config(reference), _config(other)
+    for key in _STRUCTURE:
+        if ours.get(key) != theirs.get(key):
+            raise CompatibilityError(
+                f"Expert {other_name!r} has {key}={theirs.get(key)!r} but {reference_name} has {ours.get(key)!r}: "
+                "agreement needs experts of the same architecture as the merged model; pass the experts it was "
+                "merged from."
+            )
+
+
+def _backbone_prefix(model: PreTrainedModel) -> str:
+    return f"{model.base_model_prefix}." if getattr(model, "base_model_prefix", "") else ""
+
+
+def load_state_into(model: PreTrainedModel, state: Mapping[str, torch.Tensor], *, backbone_only: bool) -> None:
+    """Copy `state` into `model` in place (no new model). `backbone_only` keeps the model's own head. Every tensor of
+    the model that is to be replaced must be in `state` with the same shape."""
+    own = model.state_dict()
+    prefix = _backbone_prefix(model) if backbone_only else ""
+    wanted = [k for k in own if k.startswith(prefix)] if backbone_only else list(own)
+    missing = [k for k in wanted if k not in state]
+    if missing and not backbone_only:
+        # Tied weights (lm_head = embeddings) may be absent from a merged state; anything else must be there.
+        tied = {k for k in missing if own[k].data_ptr() in {own[j].data_ptr() for j in own if j in state}}
+        missing = [k for k in missing if k not in tied]
+    if missing:
+        raise CompatibilityError(f"The merged weights lack {len(missing)} tensors of the model (first: {missing[0]!r}): "
+                                 "merge models of the same architecture as the experts.")
+    for key in wanted:
+        if key in state and tuple(state[key].shape) != tuple(own[key].shape):
+            raise CompatibilityError(f"Tensor {key!r} has shape {tuple(state[key].shape)} in the merged weights but "
+                                     f"{tuple(own[key].shape)} in the experts: merge models of the same architecture.")
+    subset = {k: state[k] for k in wanted if k in state}
+    with torch.no_grad():
+        model.load_state_dict(subset, strict=False)
+
+
+class Evaluator:
+    """Scores models on `tasks` against `experts` (name -> loaded expert). Every expert must share one architecture;
+    classification tasks need their expert (its head)."""
+
+    def __init__(self, tasks: TaskSet, experts: Mapping[str, LoadedModel], *, batch_size: int = 64,
+                 template: LoadedModel | None = None) -> None:
+        self.tasks = tasks
+        self.experts = dict(experts)
+        self.template = template  # what merged weights are loaded into (default: a copy of an LM expert)
+        self.batch_size = batch_size
+        self._expert_predictions: dict[str, Predictions] | None = None
+        self._scoring_copies: dict[str, PreTrainedModel] = {}
+        self._validate()
+
+    def _validate(self) -> None:
+        names = list(self.experts)
+        for name in names[1:]:
+            check_same_architecture(self.experts[names[0]].model, self.experts[name].model, name,
+                                    reference_name=f"expert {names[0]!r}")
+        for task in self.tasks.tasks.values():
+            if task.expert is not None and self.experts and task.expert not in self.experts:
+                raise TaskSetError(f"Task {task.name!r} belongs to expert {task.expert!r}, which was not given: pass "
+                                   f"it (experts given: {', '.join(names) or 'none'}).")
+            if task.is_classification and task.expert is None:
+                raise TaskSetError(f"Classification task {task.name!r} has no expert: its labels are read through "
+                                   "its expert's head, so give the task an expert.")
+            if task.is_classification and task.expert not in self.experts:
+                raise TaskSetError(f"Classification task {task.name!r} is read through the head of expert "
+                                   f"{task.expert!r}: pass that expert.")
+            if task.is_classification and self.experts[task.expert].kind != "classifier":
+                raise TaskSetError(f"Task {task.name!r} classifies texts but expert {task.expert!r} is a language "
+                                   "model; give a *ForSequenceClassification expert.")
+
+    # --- expert outputs, computed once ---------------------------------------------------------------------------
+
+    def _sources_for(self, task: Task) -> list[str]:
+        """Experts compared on a task: all LM experts for an LM task, only the owner for a classification task."""
+        if task.is_classification:
+            return [task.expert]
+        return [name for name, e in self.experts.items() if e.kind == "lm"]
+
+    def expert_predictions(self) -> dict[str, Predictions]:
+        if self._expert_predictions is None:
+            predictions = {name: Predictions() for name in self.experts}
+            for task in self.tasks.tasks.values():
+                for name in self._sources_for(task):
+                    expert = self.experts[name]
+                    predictions[name].tasks[task.name] = self._run(expert.model, expert.tokenizer, task)
+            self._expert_predictions = predictions
+        return self._expert_predictions
+
+    def _run(self, model: PreTrainedModel, tokenizer, task: Task) -> TaskOutputs:
+        if task.is_classification:
+            return classify_task(model, tokenizer, task, batch_size=self.batch_size * 2)
+        return generate_task(model, tokenizer, task, batch_size=self.batch_size)
+
+    # --- scoring ---------------------------------------------------------------------------------------------------
+
+    def score(self, merged: LoadedModel) -> EvalResult:
+        """Score a loaded model. For classification tasks its backbone is read through each task expert's head."""
+        for name, expert in self.experts.items():
+            check_same_architecture(merged.model, expert.model, name)
+        needs_state = any(t.is_classification for t in self.tasks.tasks.values())
+        return self._score(merged, merged.model.state_dict() if needs_state else None)
+
+    def score_state(self, state: Mapping[str, torch.Tensor]) -> EvalResult:
+        """Score merged weights (a state dict, e.g. from LiveMerger.merge) by loading them into one scoring copy of
+        the model (one per task head for classifiers), made once and reused: no reloads."""
+        merged = None
+        if any(not t.is_classification for t in self.tasks.tasks.values()):
+            template = self.template or next((e for e in self.experts.values() if e.kind == "lm"), None)
+            if template is None:
+                raise TaskSetError("Scoring merged weights on generation tasks needs a language-model expert or a "
+                                   "template model to load them into; pass one.")
+            instance = self._scoring_copy("__lm__", template.model)
+            load_state_into(instance, state, backbone_only=False)
+            merged = LoadedModel(model=instance, tokenizer=template.tokenizer, kind="lm")
+        return self._score(merged, state)
+
+    def _scoring_copy(self, key: str, template: PreTrainedModel) -> PreTrainedModel:
+        if key not in self._scoring_copies:
+            self._scoring_copies[key] = copy.deepcopy(template).eval()
+        return self._scoring_copies[key]
+
+    def _classifier_outputs(self, task: Task, state: Mapping[str, torch.Tensor]) -> TaskOutputs:
+        expert = self.experts[task.expert]
+        instance = self._scoring_copy(f"head:{task.expert}", expert.model)
+        load_state_into(instance, _as_backbone_state(state, expert.model), backbone_only=True)
+        return classify_task(instance, expert.tokenizer, task, batch_size=self.batch_size * 2)
+
+    def _score(self, merged: LoadedModel | None, classifier_state: Mapping[str, torch.Tensor] | None) -> EvalResult:
+        experts = self.expert_predictions()
+        scores, answers, outputs = {}, {}, {}
+        for task in self.tasks.tasks.values():
+            if task.is_classification:
+                if classifier_state is None:
+                    raise CompatibilityError(f"Task {task.name!r} classifies texts, but the model has no encoder "
+                                             "weights to read through the expert heads.")
+                ours = self._classifier_outputs(task, classifier_state)
+            else:
+                ours = self._run(merged.model, merged.tokenizer, task)
+            answers[task.name], outputs[task.name] = ours.answers, ours.raw
+            scores[task.name] = self._task_score(task, ours, experts)
+        return EvalResult(scores=scores, answers=answers, outputs=outputs)
+
+    def _task_score(self, task: Task, ours: TaskOutputs, experts: dict[str, Predictions]) -> TaskScore:
+        label2id = None
+        if task.is_classification:
+            label2id = getattr(self.experts[task.expert].model.config, "label2id", None)
+        expected = expected_answers(task, label2id)
+        agreement_by_source, accuracy_by_source = {}, {}
+        for name in self._sources_for(task):
+            theirs = experts[name].tasks[task.name].answers
+            agreement_by_source[name] = share_equal(ours.answers, theirs, none_counts=True)
+            source_accuracy = accuracy(theirs, expected)
+            if source_accuracy is not None:
+                accuracy_by_source[name] = source_accuracy
+        own_accuracy = accuracy(ours.answers, expected)
+        if task.expert is not None:
+            expert_accuracy = accuracy_by_source.get(task.expert)
+        else:
+            expert_accuracy = max(accuracy_by_source.values(), default=None)
+        normalized = own_accuracy / expert_accuracy if own_accuracy is not None and expert_accuracy else None
+        return TaskScore(
+            task=task.name, expert=task.expert, examples=len(task.examples),
+            agreement=agreement_by_source.get(task.expert) if task.expert else None,
+            accuracy=own_accuracy, expert_accuracy=expert_accuracy, normalized_accuracy=normalized,
+            agreement_by_source=agreement_by_source, accuracy_by_source=accuracy_by_source,
+        )
+
+
+def _as_backbone_state(state: Mapping[str, torch.Tensor], expert: PreTrainedModel) -> Mapping[str, torch.Tensor]:
+    """Names as the expert's state has them. A merged state from a bare encoder (no "bert." prefix) gets it."""
+    prefix = _backbone_prefix(expert)
+    if not prefix or any(k.startswith(prefix) for k in state):
+        return state
+    return {prefix + k: v for k, v in state.items()}
+
+
+def accuracy(answers: list[str | None], expected: list[str | None]) -> float | None:
+    """Share of correct answers over the examples whose answer is known (None where none is)."""
+    known = [(a, e) for a, e in zip(answers, expected, strict=True) if e is not None]
+    if not known:
+        return None
+    return sum(a == e for a, e in known) / len(known)

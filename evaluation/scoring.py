@@ -1,0 +1,79 @@
+"""Running a model over a task set: batched greedy generation (LM tasks) with a per-task token limit, or the
+argmax label (classification tasks), turned into comparable answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from evaluation.answers import expected_answer, extract
+from evaluation.tasks import Task
+from inference.generation import classify_batch, generate_batch
+
+DEFAULT_MAX_NEW_TOKENS = 32  # for tasks with no known answers and no limit of their own
+TOKEN_MARGIN = 4  # room for spacing variants beyond the longest expected answer
+
+
+@dataclass
+class TaskOutputs:
+    """One model's outputs on one task: raw text (or label name) and the comparable answer of each example."""
+
+    raw: list[str]
+    answers: list[str | None]
+
+
+@dataclass
+class Predictions:
+    """One model's outputs on a task set, by task name."""
+
+    tasks: dict[str, TaskOutputs] = field(default_factory=dict)
+
+
+def token_limit(task: Task, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The task's own `max_new_tokens`, else enough for the longest expected "答え: X" plus eos and a margin."""
+    if task.max_new_tokens:
+        return task.max_new_tokens
+    known = [a for a in task.answers if a is not None]
+    if not known:
+        return DEFAULT_MAX_NEW_TOKENS
+    longest = max(len(tokenizer(f"答え: {a}", add_special_tokens=False)["input_ids"]) for a in known)
+    return longest + 1 + TOKEN_MARGIN
+
+
+def generate_task(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, *, batch_size: int = 64
+) -> TaskOutputs:
+    raw = generate_batch(model, tokenizer, task.inputs, token_limit(task, tokenizer), batch_size=batch_size)
+    return TaskOutputs(raw=raw, answers=[extract(text, task.numeric) for text in raw])
+
+
+def classify_task(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, *, batch_size: int = 128
+) -> TaskOutputs:
+    """Label ids as answers (strings, so they compare like any answer); label names as raw output."""
+    ids = classify_batch(model, tokenizer, task.inputs, batch_size=batch_size)
+    id2label = getattr(model.config, "id2label", None) or {}
+    return TaskOutputs(raw=[str(id2label.get(i, i)) for i in ids], answers=[str(i) for i in ids])
+
+
+def expected_answers(task: Task, label2id: dict[str, int] | None = None) -> list[str | None]:
+    """The task's expected answers in the same form as extracted ones (label names mapped to ids)."""
+    if not task.is_classification:
+        return [expected_answer(a, task.numeric) for a in task.answers]
+    result: list[str | None] = []
+    for label in task.answers:
+        if isinstance(label, str) and label2id and label in label2id:
+            label = label2id[label]
+        result.append(None if label is None else str(label))
+    return result
+
+
+def share_equal(ours: list[str | None], theirs: list[str | None], *, none_counts: bool) -> float | None:
+    """The share of positions where both agree; `none_counts=False` never counts a missing answer as a match
+    (for accuracy), True counts "no answer" == "no answer" (for agreement: the same behaviour)."""
+    pairs = [(a, b) for a, b in zip(ours, theirs, strict=True)]
+    if not pairs:
+        return None
+    hits = sum(a == b and (none_counts or a is not None) for a, b in pairs)
+    return hits / len(pairs)

@@ -1,0 +1,167 @@
+"""evaluation.agreement: agreement with experts, accuracy, heads for classifiers, architecture checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+import evaluation.agreement as agreement_module
+from evaluation.agreement import Evaluator, accuracy
+from evaluation.tasks import tasks_from_records
+from inference import generate_batch, load_model
+from inference.loading import LoadedModel
+from merging.errors import CompatibilityError, TaskSetError
+from tests.factory import make_family, tiny_tokenizer
+
+PROMPTS = ["1+2=", "abc", "3+4=", "hello", "9-1=", "xyz"]
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    root = tmp_path_factory.mktemp("agreement")
+    family = make_family(root / "mistral", n_experts=2, scale=0.2)
+    other = make_family(root / "llama", arch="llama", n_experts=1)
+    experts = {"first": load_model(family.experts[0]), "second": load_model(family.experts[1])}
+    return family, experts, load_model(other.experts[0]), load_model(family.base)
+
+
+def _lm_tasks(experts: dict[str, LoadedModel]):
+    """Text tasks whose answers are what expert "first" says on the first half of the prompts, and wrong after."""
+    first = experts["first"]
+    said = generate_batch(first.model, first.tokenizer, PROMPTS, 8)
+    records = []
+    for i, (prompt, text) in enumerate(zip(PROMPTS, said)):
+        answer = text.splitlines()[0].strip() if i < 3 else "never said"
+        records.append({"task": "one", "prompt": prompt, "answer": answer, "expert": "first",
+                        "answer_type": "text", "max_new_tokens": 8})
+        records.append({"task": "mix", "prompt": prompt, "answer": answer, "expert": None,
+                        "answer_type": "text", "max_new_tokens": 8})
+    return tasks_from_records(records)
+
+
+def test_an_expert_agrees_with_itself_and_accuracy_uses_known_answers(lm):
+    _, experts, _, _ = lm
+    evaluator = Evaluator(_lm_tasks(experts), experts)
+    result = evaluator.score(experts["first"])
+    one = result.scores["one"]
+    assert one.agreement == 1.0 and one.agreement_by_source["first"] == 1.0
+    assert one.accuracy == pytest.approx(0.5) and one.expert_accuracy == pytest.approx(0.5)
+    assert one.normalized_accuracy == pytest.approx(1.0)
+    assert one.agreement_by_source["second"] < 1.0  # a different expert answers differently
+    mix = result.scores["mix"]
+    assert mix.agreement is None  # a composite task has no owner
+    assert mix.expert_accuracy == max(mix.accuracy_by_source.values())
+    assert result.mean("one.accuracy") == pytest.approx(0.5)
+    assert set(result.to_dict()) == {"summary", "tasks", "answers", "outputs"}
+
+
+def test_scoring_a_state_dict_matches_scoring_the_model_and_reuses_everything(lm, monkeypatch):
+    _, experts, _, _ = lm
+    calls = []
+    real = agreement_module.generate_task
+    monkeypatch.setattr(agreement_module, "generate_task", lambda *a, **k: calls.append(1) or real(*a, **k))
+    evaluator = Evaluator(_lm_tasks(experts), experts)
+    first = evaluator.score_state(experts["second"].model.state_dict())
+    expert_calls = len(calls) - 2  # 2 tasks for the merged weights, the rest for the experts
+    assert expert_calls == 4  # 2 experts x 2 tasks
+    copy_before = evaluator._scoring_copies["__lm__"]
+    second = evaluator.score_state(experts["first"].model.state_dict())
+    assert len(calls) == 4 + 2 + 2  # experts not run again
+    assert evaluator._scoring_copies["__lm__"] is copy_before  # the same instance, new weights
+    assert second.scores["one"].agreement == 1.0
+    assert first.answers == evaluator.score(experts["second"]).answers
+
+
+def test_expert_of_another_architecture_is_a_clear_error(lm):
+    _, experts, llama, _ = lm
+    tasks = _lm_tasks(experts)
+    with pytest.raises(CompatibilityError, match="Expert 'other' has model_type='llama'"):
+        Evaluator(tasks, {**experts, "other": llama})
+    evaluator = Evaluator(tasks, experts)
+    with pytest.raises(CompatibilityError, match="same architecture"):
+        evaluator.score(llama)
+
+
+def test_merged_weights_of_the_wrong_shape_are_refused(lm):
+    _, experts, llama, _ = lm
+    evaluator = Evaluator(_lm_tasks(experts), experts)
+    state = dict(experts["first"].model.state_dict())
+    state["model.embed_tokens.weight"] = torch.zeros(3, 3)
+    with pytest.raises(CompatibilityError, match="model.embed_tokens.weight"):
+        evaluator.score_state(state)
+
+
+def test_a_task_whose_expert_is_missing_names_it(lm):
+    _, experts, _, _ = lm
+    tasks = tasks_from_records([{"task": "t", "prompt": "1+1=", "expert": "nobody"}])
+    with pytest.raises(TaskSetError, match="'nobody'"):
+        Evaluator(tasks, experts)
+
+
+def test_without_experts_only_accuracy_is_scored(lm):
+    _, experts, _, base = lm
+    tasks = tasks_from_records([{"task": "t", "prompt": "1+1=", "answer": "2", "expert": "math"}])
+    score = Evaluator(tasks, {}).score(base).scores["t"]
+    assert score.agreement is None and score.accuracy in (0.0, 1.0)
+
+
+def test_accuracy_counts_only_known_answers():
+    assert accuracy(["1", "2", None], ["1", None, "3"]) == 0.5
+    assert accuracy(["1"], [None]) is None
+
+
+# --- classifiers: each task through its own head ---------------------------------------------------------------
+
+
+def _classifier(path, base_state, num_labels, seed):
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=num_labels,
+                        id2label={i: f"L{i}" for i in range(num_labels)}, label2id={f"L{i}": i for i in range(num_labels)})
+    model = BertForSequenceClassification(config)
+    state = model.state_dict()
+    for name, tensor in base_state.items():
+        state[name] = tensor + 0.3 * torch.randn_like(tensor)
+    model.load_state_dict(state)
+    model.save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return load_model(path)
+
+
+@pytest.fixture(scope="module")
+def classifiers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("classifiers")
+    torch.manual_seed(0)
+    base = BertForSequenceClassification(BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2,
+                                                    num_attention_heads=4, intermediate_size=64,
+                                                    max_position_embeddings=64))
+    base_state = {k: v for k, v in base.state_dict().items() if k.startswith("bert.")}
+    experts = {"two": _classifier(root / "two", base_state, 2, 1), "three": _classifier(root / "three", base_state, 3, 2)}
+    texts = ["a b c", "hello there", "one two", "zz top", "x y", "abc def", "k", "m n o p"]
+    records = [{"task": "two", "text": t, "label": "L1", "expert": "two"} for t in texts]
+    records += [{"task": "three", "text": t, "expert": "three"} for t in texts]
+    return experts, base_state, tasks_from_records(records)
+
+
+def test_classifier_tasks_read_the_merged_backbone_through_each_head(classifiers):
+    experts, base_state, tasks = classifiers
+    evaluator = Evaluator(tasks, experts)
+    own = evaluator.score_state({k.removeprefix("bert."): v for k, v in experts["two"].model.state_dict().items()
+                                 if k.startswith("bert.")})  # a bare-encoder state (no prefix, no head)
+    assert own.scores["two"].agreement == 1.0  # expert two's backbone through its own head is expert two
+    assert set(own.scores["two"].agreement_by_source) == {"two"}
+    labels = [int(a) for a in evaluator.expert_predictions()["two"].tasks["two"].answers]
+    assert own.scores["two"].accuracy == pytest.approx(labels.count(1) / len(labels))  # label names map to ids
+    assert own.scores["three"].accuracy is None  # no labels given
+    head = evaluator._scoring_copies["head:three"].classifier.weight
+    assert torch.equal(head, experts["three"].model.classifier.weight)  # heads never merged
+    merged = evaluator.score_state(base_state)
+    assert 0.0 <= merged.scores["three"].agreement <= 1.0
+    assert merged.answers["three"] != own.answers["three"] or merged.answers["two"] != own.answers["two"]
+
+
+def test_classification_task_without_its_expert_is_refused(classifiers):
+    experts, _, tasks = classifiers
+    with pytest.raises(TaskSetError, match="'three'"):
+        Evaluator(tasks, {"two": experts["two"]})
