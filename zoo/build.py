@@ -1,0 +1,164 @@
+"""Builds the zoo: task files, then each family's base and experts, with one progress bar over all training steps.
+
+Seeds are derived per model from the build seed and the model's name, so building one family (or rebuilding one
+missing expert from a saved base) gives the same weights as a full build.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+from tqdm import tqdm
+from transformers import BertForPreTraining, MistralForCausalLM
+
+from . import classifier, lm
+from .classifier_tasks import classifier_split
+from .families import ASSETS, BASE_NAME, FAMILY_EXPERTS, TASKS_DIR, ZOO_DIR, families
+from .lm_tasks import lm_splits
+from .tasksets import write_task_files
+from .training import deterministic
+
+Progress = Callable[[float, str], None]
+FAMILY_NAMES = tuple(FAMILY_EXPERTS)
+
+
+def model_seed(seed: int, family: str, model: str) -> int:
+    return zlib.crc32(f"{seed}:{family}:{model}".encode())
+
+
+def is_built(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+class _Steps:
+    """Counts training steps into a tqdm bar, or into a caller's progress(fraction, description) callback."""
+
+    def __init__(self, total: int, progress: Progress | None):
+        self.total, self.done, self.progress, self.desc = max(1, total), 0, progress, ""
+        self.bar = None if progress else tqdm(total=total, desc="zoo build", unit="step")
+
+    def stage(self, desc: str) -> None:
+        self.desc = desc
+        if self.bar:
+            self.bar.set_description(desc)
+        else:
+            self.progress(self.done / self.total, desc)
+
+    def step(self, _step: int, loss: float) -> None:
+        self.done += 1
+        if self.bar:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        elif self.done % 10 == 0:
+            self.progress(self.done / self.total, self.desc)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.close()
+
+
+def _settings(family: str, reduced: bool):
+    cls = lm.LMSettings if family == "lm" else classifier.ClassifierSettings
+    return cls.reduced() if reduced else cls()
+
+
+def _steps_needed(family: str, settings, todo: list[str]) -> int:
+    return sum(settings.base_steps if m == BASE_NAME else settings.expert_steps for m in todo)
+
+
+def _build_lm(root: Path, todo: list[str], settings: lm.LMSettings, seed: int, steps: _Steps) -> None:
+    tokenizer = lm.build_tokenizer()
+    splits = lm_splits()
+    if BASE_NAME in todo:
+        steps.stage("lm: pretraining the base")
+        with deterministic(model_seed(seed, "lm", BASE_NAME)):
+            base = lm.train_base(tokenizer, settings, model_seed(seed, "lm", BASE_NAME), steps.step)
+        lm.save_lm(base, tokenizer, root / BASE_NAME)
+    else:
+        base = MistralForCausalLM.from_pretrained(root / BASE_NAME, dtype="float32")
+    for expert in (m for m in todo if m != BASE_NAME):
+        steps.stage(f"lm: fine-tuning the {expert} expert")
+        expert_seed = model_seed(seed, "lm", expert)
+        with deterministic(expert_seed):
+            model = lm.train_expert(base, splits[expert], settings, expert_seed, tokenizer, steps.step)
+        lm.save_lm(model, tokenizer, root / expert)
+
+
+def _build_classifier(root: Path, todo: list[str], settings: classifier.ClassifierSettings, seed: int,
+                      steps: _Steps) -> None:
+    tokenizer = classifier.build_tokenizer()
+    split = classifier_split()
+    if BASE_NAME in todo:
+        steps.stage("classifier: pretraining the base (masked LM)")
+        base_seed = model_seed(seed, "classifier", BASE_NAME)
+        with deterministic(base_seed):
+            base = classifier.train_base(tokenizer, settings, split, base_seed, steps.step)
+        classifier.save_classifier(base, tokenizer, root / BASE_NAME)
+    else:
+        base = BertForPreTraining.from_pretrained(root / BASE_NAME, dtype="float32")
+    for expert in (m for m in todo if m != BASE_NAME):
+        steps.stage(f"classifier: fine-tuning the {expert} expert")
+        expert_seed = model_seed(seed, "classifier", expert)
+        with deterministic(expert_seed):
+            model = classifier.train_expert(base, tokenizer, expert, split, settings, expert_seed, steps.step)
+        classifier.save_classifier(model, tokenizer, root / expert)
+
+
+def build(out: Path = ZOO_DIR, *, tasks_out: Path | None = None, reduced: bool = False,
+          family: str = "all", seed: int = 0, only_missing: bool = False,
+          progress: Progress | None = None) -> dict:
+    """Builds (or, with only_missing, completes) the zoo under `out/<family>/<model>` and writes the task files to
+    `tasks_out` (default: assets/tasks for the default `out`, else `out/tasks`). Returns a build record."""
+    out = Path(out)
+    tasks_out = Path(tasks_out) if tasks_out else (TASKS_DIR if out == ZOO_DIR else out / "tasks")
+    chosen = FAMILY_NAMES if family == "all" else (family,)
+    started = time.perf_counter()
+    write_task_files(tasks_out)
+    plan: dict[str, list[str]] = {}
+    for name in chosen:
+        models = [BASE_NAME, *FAMILY_EXPERTS[name]]
+        if only_missing:
+            if is_built(out / name / BASE_NAME):
+                models = [m for m in models if not is_built(out / name / m)]
+        plan[name] = models
+    total = sum(_steps_needed(n, _settings(n, reduced), todo) for n, todo in plan.items())
+    steps = _Steps(total, progress)
+    timings = {}
+    try:
+        for name, todo in plan.items():
+            if not todo:
+                continue
+            t0 = time.perf_counter()
+            builder = _build_lm if name == "lm" else _build_classifier
+            builder(out / name, todo, _settings(name, reduced), seed, steps)
+            timings[name] = round(time.perf_counter() - t0, 1)
+    finally:
+        steps.close()
+    record = {"seed": seed, "reduced": reduced, "built": plan, "seconds": timings,
+              "total_seconds": round(time.perf_counter() - started, 1)}
+    if progress:
+        progress(1.0, "zoo built")
+    return record
+
+
+def ensure_built(progress: Progress | None = None) -> dict[str, list[str]]:
+    """Rebuilds whatever shipped checkpoint or task file is missing (a missing base rebuilds its whole family).
+    Returns what was built per family (empty when nothing was missing)."""
+    built: dict[str, list[str]] = {}
+    fams = families()
+    tasks_missing = any(not f.tasks.is_file() or not f.unlabeled.is_file() for f in fams.values())
+    for name, fam in fams.items():
+        if any(not is_built(p) for p in fam.models().values()):
+            record = build(ZOO_DIR, family=name, only_missing=True, progress=progress)
+            built.update(record["built"])
+            tasks_missing = False
+    if tasks_missing:
+        write_task_files(TASKS_DIR)
+    return built
+
+
+__all__ = ["build", "ensure_built", "model_seed", "is_built", "ASSETS"]

@@ -1,0 +1,122 @@
+"""Task generators of the language-model family. Every answer has the form `答え: X`.
+
+Tasks: math (one-digit arithmetic with Arabic numerals), japanese (kanji numerals 0-99 read into Arabic numbers),
+strings (reverse a short lowercase word) and the composite japanese_math (arithmetic written with kanji numerals),
+which needs both the math and the japanese skill and has no expert of its own.
+The split between evaluation, unlabeled and training examples is fixed (SPLIT_SEED), independent of the build seed,
+so the shipped task files stay valid for any rebuild.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from dataclasses import dataclass
+
+SPLIT_SEED = 20240611
+ANSWER_PREFIX = "答え: "
+KANJI_DIGITS = "零一二三四五六七八九"
+LETTERS = string.ascii_lowercase[:12]  # a-l: reversal stays learnable for a tiny model in a minute
+WORD_LENGTHS = (3, 4, 5)
+EVAL_PER_TASK = 60
+UNLABELED_PER_TASK = 256
+
+
+@dataclass(frozen=True)
+class LMExample:
+    task: str
+    prompt: str
+    answer: str  # the full answer text, e.g. "答え: 7"
+    expert: str | None
+
+
+def kanji_number(n: int) -> str:
+    """0-99 as kanji numerals: 7 -> 七, 10 -> 十, 37 -> 三十七, 0 -> 零."""
+    if not 0 <= n <= 99:
+        raise ValueError(f"kanji_number covers 0-99, got {n}")
+    tens, units = divmod(n, 10)
+    if tens == 0:
+        return KANJI_DIGITS[units]
+    head = ("" if tens == 1 else KANJI_DIGITS[tens]) + "十"
+    return head + (KANJI_DIGITS[units] if units else "")
+
+
+def answer(value: object) -> str:
+    return f"{ANSWER_PREFIX}{value}"
+
+
+def _arithmetic_facts() -> list[tuple[int, str, int, int]]:
+    """(a, op, b, result) for one-digit operands; subtraction keeps results non-negative."""
+    facts = [(a, "+", b, a + b) for a in range(10) for b in range(10)]
+    facts += [(a, "-", b, a - b) for a in range(10) for b in range(a + 1)]
+    return facts
+
+
+def _math_pool() -> list[LMExample]:
+    return [LMExample("math", f"{a}{op}{b}=", answer(r), "math") for a, op, b, r in _arithmetic_facts()]
+
+
+def _japanese_math_pool() -> list[LMExample]:
+    return [
+        LMExample("japanese_math", f"{kanji_number(a)}{op}{kanji_number(b)}=", answer(r), None)
+        for a, op, b, r in _arithmetic_facts()
+    ]
+
+
+def _japanese_pool() -> list[LMExample]:
+    return [LMExample("japanese", kanji_number(n), answer(n), "japanese") for n in range(100)]
+
+
+def _reverse_example(rng: random.Random) -> LMExample:
+    word = "".join(rng.choice(LETTERS) for _ in range(rng.choice(WORD_LENGTHS)))
+    return LMExample("strings", f"reverse {word}", answer(word[::-1]), "strings")
+
+
+@dataclass
+class TaskSplit:
+    """Held-out evaluation examples, unlabeled prompts (disjoint from evaluation) and a training sampler that never
+    yields an evaluation prompt."""
+
+    task: str
+    evaluation: list[LMExample]
+    unlabeled: list[str]
+    train_pool: list[LMExample] | None  # finite tasks: every non-evaluation example; None: sampled (strings)
+
+    def sample_train(self, rng: random.Random) -> LMExample:
+        if self.train_pool is not None:
+            return rng.choice(self.train_pool)
+        held_out = {e.prompt for e in self.evaluation}
+        while True:
+            example = _reverse_example(rng)
+            if example.prompt not in held_out:
+                return example
+
+
+def _split_finite(task: str, pool: list[LMExample], n_eval: int) -> TaskSplit:
+    rng = random.Random(f"{SPLIT_SEED}:{task}")
+    shuffled = pool[:]
+    rng.shuffle(shuffled)
+    evaluation, rest = shuffled[:n_eval], shuffled[n_eval:]
+    unlabeled = [e.prompt for e in rest[:UNLABELED_PER_TASK]]
+    return TaskSplit(task, sorted(evaluation, key=lambda e: e.prompt), unlabeled, rest)
+
+
+def _split_strings() -> TaskSplit:
+    rng = random.Random(f"{SPLIT_SEED}:strings")
+    seen: dict[str, LMExample] = {}
+    while len(seen) < EVAL_PER_TASK + UNLABELED_PER_TASK:
+        example = _reverse_example(rng)
+        seen.setdefault(example.prompt, example)
+    examples = list(seen.values())
+    return TaskSplit("strings", examples[:EVAL_PER_TASK], [e.prompt for e in examples[EVAL_PER_TASK:]], None)
+
+
+def lm_splits() -> dict[str, TaskSplit]:
+    """All four LM tasks. The math pool holds 155 facts, so a third of them is held out for evaluation;
+    japanese holds 100 numbers, 40 held out. japanese_math is never trained on."""
+    return {
+        "math": _split_finite("math", _math_pool(), 50),
+        "japanese": _split_finite("japanese", _japanese_pool(), 40),
+        "strings": _split_strings(),
+        "japanese_math": _split_finite("japanese_math", _japanese_math_pool(), EVAL_PER_TASK),
+    }
