@@ -1,14 +1,21 @@
 """Typed merge recipes: mergekit YAML in (yaml.safe_load) and out, validation that reports every problem with its
 fix, and per-tensor parameter resolution (gradients over layers, name filters, defaults).
 
-Parameter values are kept as written: a scalar, a gradient list `[v0, ..., vn]`, a `{filter, value}` dict or a list of
-them. `ParameterResolver` turns them into scalars for one tensor; build it once per merge and call it per tensor.
+A parameter value ("setting") is kept as written: a scalar, a gradient list `[v0, ..., vn]`, a `{filter, value}`
+dict, or a list of such dicts. Resolution follows mergekit 0.1.5 (config.evaluate_setting, plan.py):
+- per-model settings first, then the top-level `parameters`, then the method's default;
+- filter lists: the first entry whose filter is absent, "*", or a substring of the tensor name wins; when none
+  matches, the next scope is asked;
+- a numeric gradient is piecewise linear over x = j/(L−1) for layer j of L (x = 1 when L = 1); tensors outside the
+  layers (embeddings, final norm, lm_head) use x = 0; non-numeric gradients step (values[int(x·(n−1))]).
+`ParameterResolver` does this per tensor without re-reading the recipe; build it once per merge.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,16 +26,18 @@ from merging.errors import RecipeError
 from merging.methods.registry import Method, Param, get_method, list_methods
 
 TOP_LEVEL_KEYS = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source",
-                  "chat_template")
+                  "tokenizer", "chat_template")
 MODEL_KEYS = ("model", "parameters")
 DTYPES = ("float32", "float16", "bfloat16", "float64")
-_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)\.")
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)(?:\.|$)")
+
+Setting = Any  # scalar | list[scalar] | {"filter", "value"} | list[{"filter", "value"}]
 
 
 @dataclass
 class ModelEntry:
     model: str
-    parameters: dict[str, Any] = field(default_factory=dict)
+    parameters: dict[str, Setting] = field(default_factory=dict)
 
 
 @dataclass
@@ -36,22 +45,23 @@ class Recipe:
     merge_method: str
     models: list[ModelEntry]
     base_model: str | None = None
-    parameters: dict[str, Any] = field(default_factory=dict)
+    parameters: dict[str, Setting] = field(default_factory=dict)
     dtype: str | None = None
     out_dtype: str | None = None
     tokenizer_source: str | None = None
+    tokenizer: dict[str, Any] | None = None  # mergekit's `tokenizer:` block, kept as written
     chat_template: str | None = None
 
     @classmethod
     def from_dict(cls, data: Any) -> Recipe:
         """Build a recipe from parsed YAML/JSON; raises RecipeError listing every structural problem."""
         recipe, problems = _parse(data)
-        if problems:
-            raise RecipeError(_format(problems))
+        if problems or recipe is None:
+            raise _recipe_error(problems)
         return recipe
 
     def to_dict(self) -> dict[str, Any]:
-        """mergekit's layout; empty and unset fields left out."""
+        """mergekit's layout; unset fields left out."""
         out: dict[str, Any] = {"merge_method": self.merge_method}
         if self.base_model:
             out["base_model"] = self.base_model
@@ -60,17 +70,19 @@ class Recipe:
         ]
         if self.parameters:
             out["parameters"] = dict(self.parameters)
-        for key in ("dtype", "out_dtype", "tokenizer_source", "chat_template"):
+        for key in ("dtype", "out_dtype", "tokenizer_source", "tokenizer", "chat_template"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, default_flow_style=None)
+        """YAML that mergekit 0.1.5 accepts (numeric gradient lists in flow style, as mergekit writes them)."""
+        return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
 
     def merge_inputs(self) -> list[str]:
-        """The models passed to the method as `tensors`, in order (see DEVELOPERS.md). For methods that ignore the
-        base (linear, passthrough), an unlisted base_model is appended as one more input, as mergekit does."""
+        """The models passed to the method as `tensors`, in order: the listed models other than the base; for
+        methods that ignore the base (linear, passthrough) every listed model, plus an unlisted base_model appended
+        last, as mergekit does."""
         listed = [m.model for m in self.models]
         if _base_policy(self.merge_method) == "ignored":
             if self.base_model and self.base_model not in listed:
@@ -78,8 +90,13 @@ class Recipe:
             return listed
         return [m for m in listed if m != self.base_model]
 
-    def model_settings(self, model: str) -> dict[str, Any]:
-        """Per-model parameter settings as written (empty for an unlisted base)."""
+    def merged_models(self) -> list[ModelEntry]:
+        """Like merge_inputs(), as ModelEntry objects (an unlisted base gets an entry without parameters)."""
+        by_name = {m.model: m for m in self.models}
+        return [by_name.get(name) or ModelEntry(name) for name in self.merge_inputs()]
+
+    def model_settings(self, model: str) -> dict[str, Setting]:
+        """Per-model settings as written (empty for an unlisted base)."""
         return next((m.parameters for m in self.models if m.model == model), {})
 
 
@@ -90,8 +107,24 @@ def _base_policy(method_name: str) -> str:
         return "required"
 
 
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.SequenceNode:
+    flow = bool(data) and all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_Dumper.add_representer(list, _represent_list)
+
+
+# --- reading ------------------------------------------------------------------------------------------------------
+
+
 def load_recipe(source: str | Path, *, validate: bool = True) -> Recipe:
-    """Read a recipe from a YAML file path or YAML text (yaml.safe_load), and validate it unless asked not to."""
+    """Read a recipe from a YAML file path or YAML text (yaml.safe_load) and validate it unless asked not to.
+    Structural and semantic problems are reported together in one RecipeError."""
     text = str(source)
     if isinstance(source, Path) or ("\n" not in text and text.endswith((".yaml", ".yml"))):
         path = Path(source)
@@ -105,12 +138,248 @@ def load_recipe(source: str | Path, *, validate: bool = True) -> Recipe:
     recipe, problems = _parse(data)
     if validate and recipe is not None:
         problems += _problems(recipe)
-    if problems:
-        raise RecipeError(_format(problems))
+    if problems or recipe is None:
+        raise _recipe_error(problems)
     return recipe
 
 
-# --- validation -------------------------------------------------------------------------------------------------
+def _parse(data: Any) -> tuple[Recipe | None, list[str]]:
+    """The recipe as far as it can be built, and every structural problem met on the way."""
+    if not isinstance(data, Mapping):
+        return None, [f"a recipe must be a mapping with at least merge_method and models, got {type(data).__name__}"]
+    problems: list[str] = []
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            hint = " (slices are not supported yet: list whole models under `models`)" if key == "slices" else ""
+            problems.append(f"unknown key {key!r}{hint}: the keys a recipe may have are {', '.join(TOP_LEVEL_KEYS)}")
+    method = data.get("merge_method")
+    if not isinstance(method, str) or not method:
+        problems.append("merge_method is missing: add e.g. `merge_method: ties`")
+        method = None
+    models: list[ModelEntry] = []
+    raw_models = data.get("models")
+    if not isinstance(raw_models, list) or not raw_models:
+        problems.append("models is missing or empty: list the models to merge, e.g. `models: [{model: path/or/id}]`")
+    else:
+        for index, entry in enumerate(raw_models):
+            parsed = _parse_model(entry, index, problems)
+            if parsed is not None:
+                models.append(parsed)
+    parameters = _parse_settings(data.get("parameters"), "parameters", problems)
+    strings: dict[str, str | None] = {}
+    for key in ("base_model", "dtype", "out_dtype", "tokenizer_source", "chat_template"):
+        value = data.get(key)
+        if value is not None and not isinstance(value, str):
+            problems.append(f"{key} must be a string, got {value!r}")
+            value = None
+        strings[key] = value
+    tokenizer = data.get("tokenizer")
+    if tokenizer is not None and not isinstance(tokenizer, Mapping):
+        problems.append("tokenizer must be a mapping (mergekit's tokenizer block: source, tokens, ...)")
+        tokenizer = None
+    if method is None:
+        return None, problems
+    recipe = Recipe(merge_method=method, models=models, parameters=parameters,
+                    tokenizer=dict(tokenizer) if tokenizer else None, **strings)
+    return recipe, problems
+
+
+def _parse_model(entry: Any, index: int, problems: list[str]) -> ModelEntry | None:
+    if isinstance(entry, str):
+        return ModelEntry(entry)
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("model"), str):
+        problems.append(f"models[{index}] must be a mapping with a `model:` path or Hub id, got {entry!r}")
+        return None
+    for key in entry:
+        if key not in MODEL_KEYS:
+            problems.append(f"models[{index}] ({entry['model']}): unknown key {key!r}; a model entry has only "
+                            f"{' and '.join(MODEL_KEYS)}")
+    settings = _parse_settings(entry.get("parameters"), f"models[{index}].parameters", problems)
+    return ModelEntry(entry["model"], settings)
+
+
+def _parse_settings(raw: Any, where: str, problems: list[str]) -> dict[str, Setting]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        problems.append(f"{where} must be a mapping of name: value, got {raw!r}")
+        return {}
+    for name, value in raw.items():
+        if not _well_formed(value):
+            problems.append(f"{where}.{name}: {value!r} is not a value, a gradient list [v0, ..., vn] or a list of "
+                            "{filter: substring, value: v} entries")
+    return dict(raw)
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (bool, int, float, str))
+
+
+def _well_formed(value: Any, nested: bool = False) -> bool:
+    if _is_scalar(value):
+        return True
+    if isinstance(value, Mapping):
+        return (set(value) <= {"filter", "value"} and "value" in value
+                and (value.get("filter") is None or isinstance(value["filter"], str))
+                and _well_formed(value["value"], True))
+    if isinstance(value, list) and value:
+        if all(_is_scalar(v) for v in value):
+            return True
+        return not nested and all(isinstance(v, Mapping) and _well_formed(v, True) for v in value)
+    return False
+
+
+# --- values -------------------------------------------------------------------------------------------------------
+
+
+def coerce(param: Param, value: Any) -> Any:
+    """One scalar as the parameter's kind, with mergekit's (pydantic's) lax rules: YAML reads `1e-3` as a string,
+    mergekit accepts it as a number, so do we. Raises ValueError with a readable reason."""
+    if param.kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ValueError("must be true or false")
+    if param.kind == "choice":
+        for choice in param.choices:
+            if value == choice and type(value) is type(choice):
+                return choice
+        shown = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in param.choices)
+        raise ValueError(f"must be one of {shown}")
+    if isinstance(value, bool):
+        raise ValueError("must be a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("must be a number") from None
+    if not math.isfinite(number):
+        raise ValueError("must be a finite number")
+    if param.kind == "int":
+        if number != int(number):
+            raise ValueError("must be a whole number")
+        return int(number)
+    return number
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+_MISSING = object()
+
+
+def evaluate_setting(setting: Setting, tensor_name: str, x: float) -> Any:
+    """One setting's raw value for a tensor at layer position x: a scalar as is; a numeric gradient interpolated
+    (numeric strings count as numbers), any other gradient stepped; a filter list's first matching entry. Returns
+    the module's _MISSING sentinel when no filter matches (the caller then asks the next scope)."""
+    if isinstance(setting, Mapping):
+        setting = [setting]
+    if _is_scalar(setting):
+        return setting
+    if not setting:
+        return _MISSING
+    if all(_is_scalar(v) for v in setting):
+        numbers = [_number(v) for v in setting]
+        if any(n is None for n in numbers):
+            return setting[int(x * (len(setting) - 1))]
+        scaled = x * (len(numbers) - 1)
+        i0 = int(scaled)
+        i1 = min(len(numbers) - 1, i0 + 1)
+        fraction = scaled - i0
+        return (1 - fraction) * numbers[i0] + fraction * numbers[i1]
+    for condition in setting:
+        pattern = condition.get("filter")
+        if pattern is None or pattern == "*" or (tensor_name and pattern in tensor_name):
+            return evaluate_setting(condition["value"], tensor_name, x)
+    return _MISSING
+
+
+def layer_position(tensor_name: str, num_layers: int) -> float:
+    """x in [0, 1] for gradients: j/(L−1) for layer j of L (1.0 for a single layer, as mergekit); tensors outside
+    the layers get 0."""
+    match = _LAYER_INDEX.search(tensor_name)
+    if match is None:
+        return 0.0
+    if num_layers <= 1:
+        return 1.0
+    return min(1.0, int(match.group(1)) / (num_layers - 1))
+
+
+class ParameterResolver:
+    """Resolves a recipe's parameters per tensor name; build once per merge, call per tensor.
+
+    `ParameterResolver(recipe)(name, num_layers)` and `ParameterResolver(recipe, num_layers)(name)` both work.
+    Returns (one dict per merge input in `recipe.merge_inputs()` order, the global dict), defaults filled."""
+
+    def __init__(self, recipe: Recipe, num_layers: int | None = None) -> None:
+        self.method = get_method(recipe.merge_method)
+        self.num_layers = num_layers
+        self.inputs = recipe.merge_inputs()
+        self._shared = dict(recipe.parameters)
+        self._own = [dict(recipe.model_settings(m)) for m in self.inputs]
+        self._global_params = [p for p in self.method.params if p.scope == "global"]
+        self._model_params = [p for p in self.method.params if p.scope == "model"]
+
+    def __call__(self, tensor_name: str, num_layers: int | None = None) -> tuple[list[dict], dict]:
+        layers = num_layers if num_layers is not None else self.num_layers
+        if layers is None:
+            raise TypeError("ParameterResolver needs num_layers (in the constructor or the call)")
+        x = layer_position(tensor_name, layers)
+        shared = {p.name: self._value(p, (self._shared,), tensor_name, x, None) for p in self._global_params}
+        per_model = [
+            {p.name: self._value(p, (own, self._shared), tensor_name, x, model) for p in self._model_params}
+            for model, own in zip(self.inputs, self._own)
+        ]
+        return per_model, shared
+
+    @staticmethod
+    def _value(param: Param, scopes: tuple[dict, ...], tensor_name: str, x: float, model: str | None) -> Any:
+        for settings in scopes:
+            if param.name in settings:
+                value = evaluate_setting(settings[param.name], tensor_name, x)
+                if value is not _MISSING:
+                    try:
+                        return coerce(param, value)
+                    except ValueError as error:
+                        raise RecipeError(f"{param.name} = {value!r} at tensor {tensor_name!r} {error}") from None
+        if param.required:
+            where = f" for model {model!r}" if model else ""
+            raise RecipeError(f"no {param.name}{where} at tensor {tensor_name!r}: add a `- value: ...` entry "
+                              "without `filter` as a fallback")
+        return param.default
+
+
+def resolve_parameters(recipe: Recipe, tensor_name: str, num_layers: int) -> tuple[list[dict], dict]:
+    """Scalars for one tensor: (one dict per merge input, in `recipe.merge_inputs()` order; the global dict).
+    For many tensors build a ParameterResolver once instead."""
+    return ParameterResolver(recipe, num_layers)(tensor_name)
+
+
+def known_methods() -> list[str]:
+    return [m.name for m in list_methods()]
+
+
+# --- validation ---------------------------------------------------------------------------------------------------
+
+
+def validate_recipe(recipe: Recipe) -> None:
+    """Raise RecipeError listing every problem in the recipe and how to fix it; return None when it is usable.
+    The error's `problems` attribute holds the list."""
+    problems = _problems(recipe)
+    if problems:
+        raise _recipe_error(problems)
 
 
 def _recipe_error(problems: list[str]) -> RecipeError:
@@ -122,101 +391,62 @@ def _recipe_error(problems: list[str]) -> RecipeError:
     return error
 
 
-def _is_scalar(value: Any) -> bool:
-    return isinstance(value, (bool, int, float, str))
-
-
-def _value_shape_problems(where: str, settings: dict) -> list[str]:
-    problems = []
-    for name, value in settings.items():
-        if not _setting_is_well_formed(value):
-            problems.append(
-                f"{where}.{name}: {value!r} is not a value, a gradient list [v0, ..., vn] or a list of "
-                "{filter: substring, value: v} entries"
-            )
+def _problems(recipe: Recipe) -> list[str]:
+    problems: list[str] = []
+    known = {m.name: m for m in list_methods()}
+    method = known.get(recipe.merge_method)
+    if method is None:
+        problems.append(f"unknown merge_method {recipe.merge_method!r}: use one of {', '.join(known)}")
+    for key in ("dtype", "out_dtype"):
+        value = getattr(recipe, key)
+        if value is not None and value not in DTYPES:
+            problems.append(f"{key}: {value!r} is not a supported dtype; use one of {', '.join(DTYPES)}")
+    if recipe.tokenizer_source is not None and recipe.tokenizer is not None:
+        problems.append("set either tokenizer_source or tokenizer, not both (mergekit refuses both)")
+    listed = [m.model for m in recipe.models]
+    for name in sorted({m for m in listed if listed.count(m) > 1}):
+        problems.append(f"model {name!r} is listed twice: list each model once")
+    if not recipe.models:
+        problems.append("models is empty: list at least one model")
+    elif method is not None:
+        problems += _method_problems(recipe, method)
     return problems
 
 
-def _setting_is_well_formed(value: Any, nested: bool = False) -> bool:
-    if _is_scalar(value):
-        return True
-    if isinstance(value, dict):
-        return (set(value) <= {"filter", "value"} and "value" in value
-                and (value.get("filter") is None or isinstance(value["filter"], str))
-                and _setting_is_well_formed(value["value"], True))
-    if isinstance(value, list) and value:
-        if all(_is_scalar(v) for v in value):
-            return True
-        return not nested and all(isinstance(v, dict) and _setting_is_well_formed(v, True) for v in value)
-    return False
-
-
-def _leaves(value: Any) -> list[Any]:
-    """Every scalar a setting can produce at its extremes (gradient endpoints and points, filter values)."""
+def _leaves(value: Setting) -> list[Any]:
+    """Every scalar a setting can produce (gradient points, filter values)."""
     if _is_scalar(value):
         return [value]
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return _leaves(value.get("value"))
     if isinstance(value, list):
         return [leaf for v in value for leaf in _leaves(v)]
     return []
 
 
-def _has_catch_all(value: Any) -> bool:
+def _has_catch_all(value: Setting) -> bool:
     """True when a setting yields a value for every tensor (no filter list that can miss)."""
-    conditions = [value] if isinstance(value, dict) else value
-    if isinstance(conditions, list) and conditions and isinstance(conditions[0], dict):
+    conditions = [value] if isinstance(value, Mapping) else value
+    if isinstance(conditions, list) and conditions and isinstance(conditions[0], Mapping):
         return any(c.get("filter") in (None, "*") for c in conditions)
     return True
 
 
 def _leaf_problem(where: str, param: Param, leaf: Any) -> str | None:
-    if param.kind == "bool":
-        return None if isinstance(leaf, bool) else f"{where} = {leaf!r} must be true or false"
-    if param.kind == "choice":
-        return None if leaf in param.choices else (
-            f"{where} = {leaf!r} must be one of {', '.join(str(c).lower() for c in param.choices)}"
-        )
-    if isinstance(leaf, bool) or not isinstance(leaf, (int, float)):
-        return f"{where} = {leaf!r} must be a number"
-    if not math.isfinite(leaf):
-        return f"{where} = {leaf!r} must be a finite number"
-    low = -math.inf if param.low is None else param.low
-    high = math.inf if param.high is None else param.high
-    if not low <= leaf <= high:
-        return f"{where} = {leaf!r} is outside [{_fmt(param.low)}, {_fmt(param.high)}]: {param.help[0].lower()}{param.help[1:]}"
+    try:
+        value = coerce(param, leaf)
+    except ValueError as error:
+        return f"{where} = {leaf!r} {error}"
+    if param.kind in ("float", "int"):
+        low = -math.inf if param.low is None else param.low
+        high = math.inf if param.high is None else param.high
+        if not low <= value <= high:
+            return f"{where} = {leaf!r} is outside [{_fmt(param.low)}, {_fmt(param.high)}]: use a value in that range"
     return None
 
 
 def _fmt(bound: float | None) -> str:
     return "∞" if bound is None else f"{bound:g}"
-
-
-def validate_recipe(recipe: Recipe) -> None:
-    """Raise RecipeError listing every problem in the recipe and how to fix it; return None when it is usable."""
-    problems = _problems(recipe)
-    if problems:
-        raise RecipeError(_format(problems))
-
-
-def _problems(recipe: Recipe) -> list[str]:
-    problems: list[str] = []
-    try:
-        method = get_method(recipe.merge_method)
-    except RecipeError as error:
-        method = None
-        problems.append(str(error))
-    for key in ("dtype", "out_dtype"):
-        value = getattr(recipe, key)
-        if value is not None and value not in DTYPES:
-            problems.append(f"{key}: {value!r} is not a dtype; use one of {', '.join(DTYPES)}")
-    listed = [m.model for m in recipe.models]
-    for name in sorted({m for m in listed if listed.count(m) > 1}):
-        problems.append(f"model {name!r} is listed twice: list each model once")
-    if method is not None:
-        problems += _method_problems(recipe, method)
-    if problems:
-        raise _recipe_error(problems)
 
 
 def _method_problems(recipe: Recipe, method: Method) -> list[str]:
@@ -225,7 +455,7 @@ def _method_problems(recipe: Recipe, method: Method) -> list[str]:
     if method.base == "required" and not recipe.base_model:
         problems.append(f"{name} needs a base_model (the model the others were fine-tuned from): add `base_model: ...`")
     inputs = recipe.merge_inputs()
-    count_problem = _count_problem(method, recipe, len(inputs))
+    count_problem = _count_problem(method, len(inputs))
     if count_problem:
         problems.append(count_problem)
     known = {p.name: p for p in method.params}
@@ -243,7 +473,7 @@ def _method_problems(recipe: Recipe, method: Method) -> list[str]:
             where = f"models[{index}].parameters.{key}"
             param = known.get(key)
             if param is None:
-                if not is_base:
+                if not is_base:  # mergekit ignores the base's parameters; so do we
                     problems.append(f"{where}: {name} has no parameter {key!r}; its parameters are: {names}"
                                     + _unknown_hint(name, key))
                 continue
@@ -257,22 +487,26 @@ def _method_problems(recipe: Recipe, method: Method) -> list[str]:
         for model in inputs:
             own, shared = recipe.model_settings(model).get(param.name), recipe.parameters.get(param.name)
             if own is None and shared is None:
-                problems.append(f"model {model!r} has no {param.name}: add `parameters: {{{param.name}: 1.0}}` to it "
-                                f"or a global `{param.name}` under `parameters`")
+                unlisted = model == recipe.base_model and model not in [m.model for m in recipe.models]
+                problems.append(
+                    f"base_model {model!r} is merged as one more input by {name} (as mergekit does) but has no "
+                    f"{param.name}: list it under `models` with a {param.name}, or remove base_model" if unlisted else
+                    f"model {model!r} has no {param.name}: add `parameters: {{{param.name}: 1.0}}` to it or a global "
+                    f"`{param.name}` under `parameters`")
             elif not any(s is not None and _has_catch_all(s) for s in (own, shared)):
                 problems.append(f"model {model!r}: the {param.name} filters do not cover every tensor; add a "
                                 f"`- value: ...` entry without `filter` as a fallback")
     if name == "linear" and recipe.parameters.get("normalize", True) is True:
-        weights = [recipe.model_settings(m).get("weight", recipe.parameters.get("weight")) for m in inputs]
-        if weights and all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights) and sum(weights) == 0:
+        weights = [_number(recipe.model_settings(m).get("weight", recipe.parameters.get("weight"))) for m in inputs]
+        if weights and all(w is not None for w in weights) and abs(sum(weights)) < 1e-8:
             problems.append("linear: the weights add up to 0, so the average is undefined; give at least one model "
                             "a nonzero weight (or set normalize: false)")
-    if name in ("della", "della_linear"):
-        problems += _della_problems(recipe, inputs)
+    if method.param("epsilon") is not None:
+        problems += _della_problems(recipe, method, inputs)
     return problems
 
 
-def _count_problem(method: Method, recipe: Recipe, count: int) -> str | None:
+def _count_problem(method: Method, count: int) -> str | None:
     if method.name in ("slerp", "nearswap") and count != 1:
         return (f"{method.name} interpolates exactly two models, the base_model and one other; "
                 f"this recipe has {count} model(s) besides the base: keep exactly one")
@@ -281,123 +515,33 @@ def _count_problem(method: Method, recipe: Recipe, count: int) -> str | None:
     if count < low:
         return f"{method.name} needs at least {low} {what}; this recipe has {count}: add more under `models`"
     if high is not None and count > high:
-        return f"{method.name} takes at most {high} {what}; this recipe has {count}: remove some"
+        exact = "exactly" if high == low else "at most"
+        return f"{method.name} takes {exact} {high} {what}; this recipe has {count}: remove some"
     return None
 
 
 def _unknown_hint(method_name: str, key: str) -> str:
     if key == "density" and method_name == "task_arithmetic":
         return " (task_arithmetic never prunes: use magnitude_prune, ties or dare_linear to prune, or drop density)"
+    if key == "weight" and method_name == "sce":
+        return " (sce computes its own coefficients from the task vectors; drop weight)"
     return ""
 
 
-def _della_problems(recipe: Recipe, inputs: list[str]) -> list[str]:
+def _della_problems(recipe: Recipe, method: Method, inputs: list[str]) -> list[str]:
     problems = []
+    epsilon_default = method.param("epsilon").default
     for model in inputs:
         own = recipe.model_settings(model)
-        densities = _leaves(own.get("density", recipe.parameters.get("density", 1.0)))
-        epsilons = _leaves(own.get("epsilon", recipe.parameters.get("epsilon", 0.15)))
+        densities = [_number(v) for v in _leaves(own.get("density", recipe.parameters.get("density", 1.0)))]
+        epsilons = [_number(v) for v in _leaves(own.get("epsilon", recipe.parameters.get("epsilon", epsilon_default)))]
         for density in densities:
             for epsilon in epsilons:
-                if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (density, epsilon)):
+                if density is None or epsilon is None or density >= 1 or density <= 0:
                     continue
-                if density < 1 and not (0 < density - epsilon and density + epsilon < 1):
+                if not (0 < density - epsilon and density + epsilon < 1):
                     problems.append(
-                        f"model {model!r}: della needs density ± epsilon inside (0, 1), got density {density:g} and "
-                        f"epsilon {epsilon:g}; lower epsilon below {min(density, 1 - density):g} or move density "
-                        "toward 0.5"
-                    )
+                        f"model {model!r}: {method.name} needs density ± epsilon inside (0, 1), got density "
+                        f"{density:g} and epsilon {epsilon:g}; lower epsilon below {min(density, 1 - density):g} "
+                        "or move density toward 0.5")
     return problems
-
-
-# --- per-tensor parameter resolution -----------------------------------------------------------------------------
-
-
-def layer_position(tensor_name: str, num_layers: int) -> float:
-    """x in [0, 1] for gradients: j/(L−1) for layer j of L (1.0 for a single layer, as mergekit); tensors outside
-    the layers (embeddings, final norm, heads) get 0."""
-    match = _LAYER_INDEX.search(tensor_name)
-    if match is None:
-        return 0.0
-    if num_layers <= 1:
-        return 1.0
-    return min(1.0, int(match.group(1)) / (num_layers - 1))
-
-
-_MISSING = object()
-
-
-def evaluate_setting(setting: Any, tensor_name: str, x: float) -> Any:
-    """One setting's value for a tensor: scalar as is; gradient interpolated at x (non-numeric gradients step);
-    filter lists: the first entry whose filter is absent, "*", or a substring of the name. _MISSING if none match."""
-    if isinstance(setting, dict):
-        setting = [setting]
-    if _is_scalar(setting):
-        return setting
-    if not setting:
-        return _MISSING
-    if all(_is_scalar(v) for v in setting):
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in setting):
-            return setting[int(x * (len(setting) - 1))]
-        scaled = x * (len(setting) - 1)
-        i0 = int(scaled)
-        i1 = min(len(setting) - 1, i0 + 1)
-        fraction = scaled - i0
-        return (1 - fraction) * setting[i0] + fraction * setting[i1]
-    for condition in setting:
-        pattern = condition.get("filter")
-        if pattern is None or pattern == "*" or (tensor_name and pattern in tensor_name):
-            return evaluate_setting(condition["value"], tensor_name, x)
-    return _MISSING
-
-
-def _typed(param: Param, value: Any) -> Any:
-    if param.kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if param.kind == "int" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return int(value)
-    return value
-
-
-class ParameterResolver:
-    """Resolves a validated recipe's parameters per tensor name; build once per merge (no re-parsing per tensor)."""
-
-    def __init__(self, recipe: Recipe, num_layers: int):
-        self.method = get_method(recipe.merge_method)
-        self.num_layers = num_layers
-        self.inputs = recipe.merge_inputs()
-        self._shared = dict(recipe.parameters)
-        self._own = [dict(recipe.model_settings(m)) for m in self.inputs]
-        self._global_params = [p for p in self.method.params if p.scope == "global"]
-        self._model_params = [p for p in self.method.params if p.scope == "model"]
-
-    def __call__(self, tensor_name: str) -> tuple[list[dict], dict]:
-        x = layer_position(tensor_name, self.num_layers)
-        shared = {p.name: self._value(p, (self._shared,), tensor_name, x, None) for p in self._global_params}
-        per_model = [
-            {p.name: self._value(p, (own, self._shared), tensor_name, x, model) for p in self._model_params}
-            for model, own in zip(self.inputs, self._own)
-        ]
-        return per_model, shared
-
-    @staticmethod
-    def _value(param: Param, scopes: tuple[dict, ...], tensor_name: str, x: float, model: str | None) -> Any:
-        for settings in scopes:
-            if param.name in settings:
-                value = evaluate_setting(settings[param.name], tensor_name, x)
-                if value is not _MISSING:
-                    return _typed(param, value)
-        if param.required:
-            where = f" for model {model!r}" if model else ""
-            raise RecipeError(f"no {param.name}{where} at tensor {tensor_name!r}: add a value without `filter`")
-        return param.default
-
-
-def resolve_parameters(recipe: Recipe, tensor_name: str, num_layers: int) -> tuple[list[dict], dict]:
-    """Scalars for one tensor: (one dict per merge input, in `recipe.merge_inputs()` order; the global dict).
-    For many tensors build a ParameterResolver once instead."""
-    return ParameterResolver(recipe, num_layers)(tensor_name)
-
-
-def known_methods() -> list[str]:
-    return [m.name for m in list_methods()]
