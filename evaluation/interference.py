@@ -1,0 +1,268 @@
+"""How task vectors interfere: cosine similarity between them, sign conflicts, what TIES trimming keeps at a
+density, and how much the kept entries of different tasks overlap.
+
+Pure tensor functions first; then `interference_report` walks state dicts tensor by tensor (any Mapping, so lazy
+readers work and memory stays at one tensor of each model) and aggregates per layer and module type. Aggregates are
+computed from summed counts and dot products, not by averaging per-tensor ratios, so large tensors weigh as they
+should (a group's cosine is the cosine of the concatenated vectors).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from merging.errors import CompatibilityError, MergeLabError
+
+_LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)\.")
+# First match wins: norms before the projections whose names they contain (BERT "attention.output.LayerNorm").
+_MODULE_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("norm", ("norm", "ln_", "layernorm")),
+    ("embed", ("embed", "wte", "wpe")),
+    ("head", ("lm_head", "classifier", "pooler", "score.")),
+    ("q_proj", ("q_proj", ".query.", "q_lin")),
+    ("k_proj", ("k_proj", ".key.", "k_lin")),
+    ("v_proj", ("v_proj", ".value.", "v_lin")),
+    ("o_proj", ("o_proj", "attention.output.dense", "out_proj", "attn.c_proj", "out_lin")),
+    ("mlp", ("mlp", "gate_proj", "up_proj", "down_proj", "intermediate", "output.dense", "fc1", "fc2", "c_fc", "ffn")),
+)
+MODULE_ORDER = ("embed", "q_proj", "k_proj", "v_proj", "o_proj", "mlp", "norm", "head", "other")  # for display
+
+
+def module_type(tensor_name: str) -> str:
+    """q_proj | k_proj | v_proj | o_proj | mlp | embed | norm | head | other."""
+    lowered = tensor_name.lower()
+    for name, needles in _MODULE_RULES:
+        if any(n.lower() in lowered for n in needles):
+            return name
+    return "other"
+
+
+def layer_index(tensor_name: str) -> int | None:
+    """The transformer layer a tensor belongs to, None for embeddings, final norm and heads."""
+    match = _LAYER.search(tensor_name)
+    return int(match.group(1)) if match else None
+
+
+# --- pure tensor functions ---------------------------------------------------------------------------------------
+
+
+def _flat(vectors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([v.detach().reshape(-1).to(torch.float32) for v in vectors])
+
+
+def cosine_matrix(vectors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """T x T cosine similarity between task vectors (0 where a vector is all zeros)."""
+    flat = _flat(vectors).double()
+    norms = flat.norm(dim=1)
+    dots = flat @ flat.T
+    denominator = torch.outer(norms, norms)
+    return torch.where(denominator > 0, dots / denominator.clamp_min(1e-300), torch.zeros_like(dots)).float()
+
+
+def sign_conflicts(vectors: Sequence[torch.Tensor]) -> tuple[int, int]:
+    """(entries where non-zero task vectors disagree in sign, entries non-zero in at least two task vectors)."""
+    flat = _flat(vectors)
+    positive, negative = (flat > 0).sum(dim=0), (flat < 0).sum(dim=0)
+    eligible = (positive + negative) >= 2
+    conflicting = eligible & (positive > 0) & (negative > 0)
+    return int(conflicting.sum()), int(eligible.sum())
+
+
+def sign_conflict_rate(vectors: Sequence[torch.Tensor]) -> float | None:
+    conflicting, eligible = sign_conflicts(vectors)
+    return conflicting / eligible if eligible else None
+
+
+def trim_mask(vector: torch.Tensor, density: float) -> torch.Tensor:
+    """TIES trimming: the top `density` share of entries by magnitude (k = int(density * numel), as mergekit), of
+    which only the non-zero ones count as kept."""
+    if not 0.0 <= density <= 1.0:
+        raise MergeLabError(f"density must be between 0 and 1 (got {density}).")
+    flat = vector.detach().reshape(-1).abs()
+    k = int(density * flat.numel())
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    if k > 0:
+        mask[torch.topk(flat, k, sorted=False).indices] = True
+    return (mask & (flat > 0)).reshape(vector.shape)
+
+
+def kept_share(vector: torch.Tensor, density: float) -> tuple[float | None, float | None]:
+    """(share of the vector's magnitude mass that trimming keeps, share of its non-zero entries it keeps)."""
+    mask = trim_mask(vector, density)
+    magnitude = vector.detach().abs().to(torch.float64)
+    total, nonzero = float(magnitude.sum()), int((magnitude > 0).sum())
+    if nonzero == 0:
+        return None, None
+    return float(magnitude[mask].sum()) / total, int(mask.sum()) / nonzero
+
+
+def jaccard_matrix(masks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """T x T |A ∩ B| / |A ∪ B| of kept-entry masks (1 on the diagonal; 0 where both are empty)."""
+    flat = torch.stack([m.reshape(-1).to(torch.float32) for m in masks])
+    intersection = flat @ flat.T
+    sizes = flat.sum(dim=1)
+    union = sizes[:, None] + sizes[None, :] - intersection
+    result = torch.where(union > 0, intersection / union.clamp_min(1), torch.zeros_like(union))
+    result.fill_diagonal_(1.0)
+    return result
+
+
+# --- aggregation -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Sums:
+    """Additive statistics of a group of tensors, from which every ratio of the report is computed."""
+
+    tasks: int
+    dots: torch.Tensor = None  # T x T float64
+    intersections: torch.Tensor = None  # T x T
+    kept_count: torch.Tensor = None  # T
+    kept_mass: torch.Tensor = None  # T
+    mass: torch.Tensor = None  # T
+    nonzero: torch.Tensor = None  # T
+    conflicting: int = 0
+    eligible: int = 0
+    numel: int = 0
+
+    def __post_init__(self) -> None:
+        t = self.tasks
+        self.dots = torch.zeros(t, t, dtype=torch.float64)
+        self.intersections = torch.zeros(t, t, dtype=torch.float64)
+        for name in ("kept_count", "kept_mass", "mass", "nonzero"):
+            setattr(self, name, torch.zeros(t, dtype=torch.float64))
+
+    def add(self, other: _Sums) -> None:
+        for name in ("dots", "intersections", "kept_count", "kept_mass", "mass", "nonzero"):
+            getattr(self, name).add_(getattr(other, name))
+        self.conflicting += other.conflicting
+        self.eligible += other.eligible
+        self.numel += other.numel
+
+    def summary(self, task_names: list[str]) -> dict[str, Any]:
+        norms = self.dots.diagonal().sqrt()
+        denominator = torch.outer(norms, norms)
+        cosine = torch.where(denominator > 0, self.dots / denominator.clamp_min(1e-300), torch.zeros_like(self.dots))
+        sizes = self.kept_count
+        union = sizes[:, None] + sizes[None, :] - self.intersections
+        jaccard = torch.where(union > 0, self.intersections / union.clamp_min(1), torch.zeros_like(union))
+        jaccard.fill_diagonal_(1.0)
+        off = ~torch.eye(self.tasks, dtype=torch.bool)
+        return {
+            "numel": self.numel,
+            "sign_conflict_rate": self.conflicting / self.eligible if self.eligible else None,
+            "mean_cosine": float(cosine[off].mean()) if self.tasks > 1 else None,
+            "mean_jaccard": float(jaccard[off].mean()) if self.tasks > 1 else None,
+            "cosine": cosine.float().tolist(),
+            "jaccard": jaccard.float().tolist(),
+            "kept_mass_share": {t: _ratio(self.kept_mass[i], self.mass[i]) for i, t in enumerate(task_names)},
+            "kept_count_share": {t: _ratio(self.kept_count[i], self.nonzero[i]) for i, t in enumerate(task_names)},
+        }
+
+
+def _ratio(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    return float(a / b) if float(b) > 0 else None
+
+
+def tensor_sums(vectors: Sequence[torch.Tensor], density: float) -> _Sums:
+    """The additive statistics of one tensor's task vectors."""
+    flat = _flat(vectors).double()
+    sums = _Sums(len(vectors))
+    sums.dots = flat @ flat.T
+    masks = [trim_mask(v, density) for v in flat]
+    mask_matrix = torch.stack(masks).double()
+    sums.intersections = mask_matrix @ mask_matrix.T
+    sums.kept_count = mask_matrix.sum(dim=1)
+    magnitude = flat.abs()
+    sums.mass = magnitude.sum(dim=1)
+    sums.kept_mass = (magnitude * mask_matrix).sum(dim=1)
+    sums.nonzero = (magnitude > 0).double().sum(dim=1)
+    sums.conflicting, sums.eligible = sign_conflicts(vectors)
+    sums.numel = flat.shape[1]
+    return sums
+
+
+@dataclass
+class InterferenceReport:
+    tasks: list[str]
+    density: float
+    overall: dict[str, Any]
+    by_layer: dict[str, dict[str, Any]]  # "0", "1", ... and "none" for tensors outside the layers
+    by_module: dict[str, dict[str, Any]]
+    cells: list[dict[str, Any]]  # one per (layer, module type) present
+    tensors: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.by_layer)
+
+    @property
+    def modules(self) -> list[str]:
+        return list(self.by_module)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tasks": self.tasks, "density": self.density, "overall": self.overall, "by_layer": self.by_layer,
+                "by_module": self.by_module, "cells": self.cells, "tensors": self.tensors}
+
+
+def _layer_key(index: int | None) -> str:
+    return "none" if index is None else str(index)
+
+
+def interference_report(
+    base: Mapping[str, torch.Tensor],
+    experts: Mapping[str, Mapping[str, torch.Tensor]],
+    *,
+    density: float = 0.5,
+    names: Iterable[str] | None = None,
+    per_tensor: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> InterferenceReport:
+    """Interference between the task vectors (expert − base) of at least two experts, over the floating-point
+    tensors that the base and every expert share with the same shape (per-task heads are left out)."""
+    task_names = list(experts)
+    if len(task_names) < 2:
+        raise MergeLabError("Interference needs at least two experts (task vectors) besides the base.")
+    if not 0.0 <= density <= 1.0:
+        raise MergeLabError(f"density must be between 0 and 1 (got {density}).")
+    candidates = list(names) if names is not None else list(base.keys())
+    shared = [n for n in candidates if all(n in e for e in experts.values())]
+    if not shared:
+        raise CompatibilityError("The base and the experts share no tensor names: are they the same architecture?")
+    overall, layers, modules, cells = _Sums(len(task_names)), {}, {}, {}
+    tensors = []
+    for step, name in enumerate(shared, start=1):
+        base_tensor = base[name]
+        if not base_tensor.is_floating_point():
+            continue
+        expert_tensors = [experts[t][name] for t in task_names]
+        if any(tuple(e.shape) != tuple(base_tensor.shape) for e in expert_tensors):
+            continue  # a per-task head or a resized vocabulary: not a task vector
+        vectors = [e.to(torch.float32) - base_tensor.to(torch.float32) for e in expert_tensors]
+        sums = tensor_sums(vectors, density)
+        layer, module = _layer_key(layer_index(name)), module_type(name)
+        for groups, key in ((layers, layer), (modules, module), (cells, (layer, module))):
+            groups.setdefault(key, _Sums(len(task_names))).add(sums)
+        overall.add(sums)
+        if per_tensor:
+            tensors.append({"name": name, "layer": layer, "module": module, **sums.summary(task_names)})
+        if progress is not None:
+            progress(step, len(shared))
+    if overall.numel == 0:
+        raise CompatibilityError("No tensor has a task vector (shapes differ everywhere): merge-compatible experts "
+                                 "share tensor names and shapes with the base.")
+    layer_order = sorted(layers, key=lambda k: (k == "none", int(k) if k != "none" else 0))
+    module_order = [m for m in MODULE_ORDER if m in modules]
+    return InterferenceReport(
+        tasks=task_names, density=density, overall=overall.summary(task_names),
+        by_layer={k: layers[k].summary(task_names) for k in layer_order},
+        by_module={k: modules[k].summary(task_names) for k in module_order},
+        cells=[{"layer": layer, "module": module, **cells[(layer, module)].summary(task_names)}
+               for layer in layer_order for module in module_order if (layer, module) in cells],
+        tensors=tensors,
+    )
