@@ -1,0 +1,319 @@
+"""Merge engine vs mergekit: wall time, peak memory and ratio to an I/O floor, on synthetic Llama-shaped models.
+
+    .venv/bin/python bench/bench_engine.py [--sizes 125m,700m] [--device cpu|cuda] [--methods ties,slerp]
+                                           [--record docs/benchmarks.md] [--workdir DIR] [--keep]
+
+For each size it writes a base and two fine-tunes (bf16, random weights; fine-tune = base + small noise) as
+safetensors, then runs, each in its own process (peak RSS from wait4's rusage, so every run is measured alike):
+  - the I/O floor: read every tensor of the three inputs and write one model (no arithmetic);
+  - `python -m merging run` and `mergekit-yaml` for each method.
+Inputs stay in the page cache across runs (the floor runs first to warm it), so the figures compare CPU work and
+memory, not the disk. Never run in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SIZES = {  # name -> (hidden, intermediate, layers, heads, kv_heads, vocab)
+    "125m": (768, 2048, 12, 12, 4, 32000),
+    "700m": (1536, 4096, 20, 12, 4, 32000),
+    "tiny": (64, 128, 2, 4, 2, 1000),  # smoke test of the script itself
+}
+METHODS = {  # name -> (uses base as an input, per-model parameters, global parameters)
+    "linear": (False, {"weight": 0.5}, {}),
+    "task_arithmetic": (True, {"weight": 0.5}, {}),
+    "ties": (True, {"weight": 0.5, "density": 0.5}, {}),
+    "dare_ties": (True, {"weight": 0.5, "density": 0.5}, {}),
+    "sce": (True, {"weight": 1.0}, {"select_topk": 0.5}),
+    "slerp": (True, {}, {"t": 0.5}),
+}
+
+
+@dataclass
+class Run:
+    label: str
+    seconds: float
+    peak_rss_mb: float
+    ok: bool
+    detail: str = ""
+
+
+# --- synthetic models -----------------------------------------------------------------------------------------
+
+
+def llama_tensors(hidden: int, inter: int, layers: int, heads: int, kv: int, vocab: int) -> list[tuple[str, tuple]]:
+    head_dim = hidden // heads
+    shapes = [("model.embed_tokens.weight", (vocab, hidden))]
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shapes += [
+            (p + "input_layernorm.weight", (hidden,)),
+            (p + "self_attn.q_proj.weight", (hidden, hidden)),
+            (p + "self_attn.k_proj.weight", (kv * head_dim, hidden)),
+            (p + "self_attn.v_proj.weight", (kv * head_dim, hidden)),
+            (p + "self_attn.o_proj.weight", (hidden, hidden)),
+            (p + "post_attention_layernorm.weight", (hidden,)),
+            (p + "mlp.gate_proj.weight", (inter, hidden)),
+            (p + "mlp.up_proj.weight", (inter, hidden)),
+            (p + "mlp.down_proj.weight", (hidden, inter)),
+        ]
+    return shapes + [("model.norm.weight", (hidden,)), ("lm_head.weight", (vocab, hidden))]
+
+
+def build_models(root: Path, size: str) -> tuple[Path, Path, Path, int]:
+    """Base and two fine-tunes under root/size; returns their folders and the parameter count."""
+    import torch
+    from transformers import LlamaConfig
+
+    from merging.shards import PlannedTensor, ShardWriter, plan_shards
+
+    hidden, inter, layers, heads, kv, vocab = SIZES[size]
+    spec = llama_tensors(hidden, inter, layers, heads, kv, vocab)
+    folders = [root / size / name for name in ("base", "ft1", "ft2")]
+    params = sum(torch.Size(s).numel() for _, s in spec)
+    if all((f / "config.json").is_file() for f in folders):
+        return (*folders, params)
+    config = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv, vocab_size=vocab,
+                         tie_word_embeddings=False, dtype="bfloat16")
+    shards = plan_shards([PlannedTensor(n, s, torch.bfloat16) for n, s in spec], 2 * 10**9)
+    writers = []
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        writers.append(ShardWriter(folder, shards))
+    gen = torch.Generator().manual_seed(0)
+    for name, shape in spec:
+        base = torch.randn(shape, generator=gen) * 0.02 + (1.0 if name.endswith("norm.weight") else 0.0)
+        writers[0].write(name, base.to(torch.bfloat16))
+        for writer in writers[1:]:
+            writer.write(name, (base + torch.randn(shape, generator=gen) * 0.002).to(torch.bfloat16))
+    for folder, writer in zip(folders, writers):
+        writer.finish()
+        config.save_pretrained(folder)
+    return (*folders, params)
+
+
+def write_recipe(path: Path, method: str, base: Path, ft1: Path, ft2: Path) -> None:
+    import yaml
+
+    uses_base, model_params, global_params = METHODS[method]
+    if method == "slerp":
+        models = [{"model": str(base)}, {"model": str(ft1)}]
+    else:
+        models = [{"model": str(m), "parameters": dict(model_params)} for m in (ft1, ft2)]
+    recipe = {"merge_method": method, "models": models, "dtype": "bfloat16"}
+    if uses_base:
+        recipe["base_model"] = str(base)
+    if global_params:
+        recipe["parameters"] = dict(global_params)
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+
+
+# --- measured runs ----------------------------------------------------------------------------------------------
+
+
+def measure(label: str, cmd: list[str], env: dict[str, str]) -> Run:
+    """Run `cmd` as a child and report its wall time and peak RSS (wait4 rusage: this child alone)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - started
+    ok = proc.returncode == 0
+    tail = output.decode(errors="replace").strip().splitlines()[-1:] if not ok else []
+    return Run(label, seconds, usage.ru_maxrss / 1024, ok, tail[0][:160] if tail else "")
+
+
+def floor_command(out: Path, inputs: list[Path], device: str) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "_floor", str(out), device, *map(str, inputs)]
+
+
+def io_floor(out: Path, device: str, inputs: list[str]) -> None:
+    """Read every tensor of every input (moving it to the device and back when on cuda), write the first model."""
+    import torch
+
+    from merging.shards import PlannedTensor, ShardWriter, plan_shards
+    from merging.sources import open_model
+
+    sources = [open_model(p) for p in inputs]
+    names = sources[0].tensor_names()
+    shards = plan_shards([PlannedTensor(n, sources[0].shape(n), sources[0].dtype(n)) for n in names], 2 * 10**9)
+    out.mkdir(parents=True)
+    writer = ShardWriter(out, shards)
+    for name in names:
+        tensors = [s.get(name) for s in sources]
+        if device != "cpu":
+            tensors = [t.to(device) for t in tensors]
+            torch.cuda.synchronize()
+        writer.write(name, tensors[0].to("cpu"))
+    writer.finish()
+
+
+def run_size(size: str, args: argparse.Namespace, workdir: Path) -> tuple[dict, list[dict]]:
+    t0 = time.perf_counter()
+    base, ft1, ft2, params = build_models(workdir / "models", size)
+    build_s = time.perf_counter() - t0
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
+    mergekit = str(Path(sys.executable).with_name("mergekit-yaml"))
+    outs = workdir / "outs"
+
+    def fresh(name: str) -> Path:
+        path = outs / name
+        shutil.rmtree(path, ignore_errors=True)
+        return path
+
+    # Warm the page cache, then measure the floor for 2 and 3 inputs.
+    measure("warmup", floor_command(fresh("warm"), [base, ft1, ft2], args.device), env)
+    floors = {n: measure(f"floor{n}", floor_command(fresh(f"floor{n}"), [base, ft1, ft2][:n], args.device), env)
+              for n in (2, 3)}
+    print(f"[{size}] {params / 1e6:.0f}M params, built in {build_s:.0f} s; I/O floor 2 inputs "
+          f"{floors[2].seconds:.1f} s, 3 inputs {floors[3].seconds:.1f} s", flush=True)
+    rows = []
+    for method in args.methods:
+        recipe = workdir / f"{method}.yaml"
+        write_recipe(recipe, method, base, ft1, ft2)
+        n_inputs = 2 if method in ("linear", "slerp") else 3
+        ours = measure("mergelab", [sys.executable, "-m", "merging", "run", str(recipe), str(fresh("ours")), "--quiet",
+                                    "--device", args.device], env)
+        kit_cmd = [mergekit, str(recipe), str(fresh("kit")), "--quiet", "--no-copy-tokenizer"]
+        kit_cmd += ["--cuda"] if args.device.startswith("cuda") else []
+        kit = measure("mergekit", kit_cmd, env) if not args.no_mergekit else None
+        floor = floors[n_inputs]
+        row = {"method": method, "inputs": n_inputs, "floor_s": floor.seconds, "ours_s": ours.seconds,
+               "ours_ok": ours.ok, "ours_mb": ours.peak_rss_mb, "ratio": ours.seconds / floor.seconds,
+               "kit_s": kit.seconds if kit else None, "kit_ok": kit.ok if kit else None,
+               "kit_mb": kit.peak_rss_mb if kit else None, "detail": ours.detail or (kit.detail if kit else "")}
+        rows.append(row)
+        print(f"[{size}] {method:16s} ours {ours.seconds:6.1f} s {ours.peak_rss_mb:7.0f} MB "
+              f"(x{row['ratio']:.2f} floor){'' if ours.ok else ' FAILED: ' + ours.detail} | "
+              + (f"mergekit {kit.seconds:6.1f} s {kit.peak_rss_mb:7.0f} MB{'' if kit.ok else ' FAILED: ' + kit.detail}"
+                 if kit else "mergekit skipped"), flush=True)
+    summary = {"size": size, "params": params, "model_mb": params * 2 / 1e6,
+               "floor2_s": floors[2].seconds, "floor3_s": floors[3].seconds,
+               "floor3_mb": floors[3].peak_rss_mb}
+    return summary, rows
+
+
+# --- the record -------------------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import psutil
+    import torch
+
+    text = (f"{cpu}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
+            f"torch {torch.__version__}, Python {platform.python_version()}")
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def markdown(summaries: list[dict], rows: dict[str, list[dict]], args: argparse.Namespace, load: tuple) -> str:
+    lines = [
+        "## Merge engine vs mergekit",
+        "",
+        "`bench/bench_engine.py` builds a base and two fine-tunes (bf16, random weights, Llama-shaped) and runs each",
+        "method with `python -m merging run` and with mergekit 0.1.5's `mergekit-yaml`, each in its own process",
+        "(peak memory = that process's maximum resident set, from `wait4`). The I/O floor reads every tensor of the",
+        "inputs and writes one model, with no arithmetic; *x floor* is our time over the floor with the same number",
+        "of inputs (2 for linear and slerp, 3 otherwise). Inputs sit in the page cache (the floor runs first to warm",
+        "it), so this compares CPU work and memory rather than the disk. Times include starting Python and torch.",
+        "",
+        f"Machine: {machine()}; device `{args.device}`; recorded {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        f"Load average before / after: {load[0]:.1f} / {load[1]:.1f}"
+        + (" — the 2 cores were shared with five other engineers' tests, so absolute times are noisy."
+           if os.cpu_count() and os.cpu_count() <= 4 else "."),
+        "",
+        "Command: `.venv/bin/python bench/bench_engine.py --sizes " + ",".join(args.sizes) + f" --device {args.device}`",
+        "",
+    ]
+    for s in summaries:
+        lines += [
+            f"### {s['size']} ({s['params'] / 1e6:.0f}M parameters, {s['model_mb']:.0f} MB per model)",
+            "",
+            f"I/O floor: {s['floor2_s']:.1f} s with 2 inputs, {s['floor3_s']:.1f} s with 3 "
+            f"(peak {s['floor3_mb']:.0f} MB).",
+            "",
+            "| method | MergeLab s | x floor | MergeLab peak MB | mergekit s | mergekit peak MB | memory vs mergekit |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in rows[s["size"]]:
+            ours = f"{r['ours_s']:.1f}" if r["ours_ok"] else f"failed ({r['detail']})"
+            kit = "–" if r["kit_s"] is None else (f"{r['kit_s']:.1f}" if r["kit_ok"] else f"failed ({r['detail']})")
+            kit_mb = "–" if r["kit_mb"] is None else f"{r['kit_mb']:.0f}"
+            mem = f"{r['ours_mb'] / r['kit_mb']:.2f}x" if r["kit_mb"] and r["kit_ok"] and r["ours_ok"] else "–"
+            lines.append(f"| {r['method']} | {ours} | {r['ratio']:.2f} | {r['ours_mb']:.0f} | {kit} | {kit_mb} | {mem} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def record(path: Path, section: str) -> None:
+    """Replace our section of the shared benchmarks page (others own the sections after it)."""
+    heading = "## Merge engine vs mergekit"
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\n"
+    if heading in text:
+        start = text.index(heading)
+        nxt = text.find("\n## ", start + len(heading))
+        text = text[:start] + section.rstrip() + "\n" + (text[nxt:] if nxt != -1 else "")
+    else:
+        text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
+    path.write_text(text, encoding="utf-8")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_floor":
+        io_floor(Path(sys.argv[2]), sys.argv[3], sys.argv[4:])
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="125m", type=lambda s: s.split(","), help="comma list of " + ", ".join(SIZES))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--methods", default=",".join(METHODS), type=lambda s: s.split(","))
+    parser.add_argument("--record", default=None, help="markdown file to write our section into")
+    parser.add_argument("--workdir", default=None, help="where models are built (default: a temporary folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the built models")
+    parser.add_argument("--no-mergekit", action="store_true", help="skip the mergekit runs")
+    args = parser.parse_args()
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_engine_"))
+    load_before = os.getloadavg()[0]
+    summaries, rows = [], {}
+    try:
+        for size in args.sizes:
+            summary, size_rows = run_size(size, args, workdir)
+            summaries.append(summary)
+            rows[size] = size_rows
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    section = markdown(summaries, rows, args, (load_before, os.getloadavg()[0]))
+    print(section)
+    print(json.dumps({"summaries": summaries, "rows": rows}, indent=1))
+    if args.record:
+        record(Path(args.record), section)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Streaming engine: the folder it writes is a complete model equal to direct method application, and a failed,
+cancelled or killed merge leaves nothing that looks like a finished model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from merging.engine import OutputFolderError, merge_to_folder
+from merging.errors import CompatibilityError, MergeCancelled
+from merging.methods.registry import get_method
+from merging.recipe import load_recipe, resolve_parameters
+from merging.sources import open_model
+from tests.factory import make_family
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def fam(tmp_path_factory):
+    root = tmp_path_factory.mktemp("engine")
+    family = make_family(root / "f", n_experts=2, dtype=torch.bfloat16)
+    twin = root / "expert0_copy"
+    shutil.copytree(family.experts[0], twin)
+    vocab = make_family(root / "v", n_experts=0, vocab_size=100, dtype=torch.bfloat16, seed=5)
+    return {"base": family.base, "a": family.experts[0], "b": family.experts[1], "twin": twin,
+            "vocab100": vocab.base}
+
+
+def ta_recipe(fam, wa=0.7, wb="[0.2, 0.8]", method="task_arithmetic", extra=""):
+    density = "" if method == "task_arithmetic" else ", density: 0.5"
+    return load_recipe(
+        f"merge_method: {method}\nbase_model: {fam['base']}\nmodels:\n"
+        f"  - model: {fam['a']}\n    parameters: {{weight: {wa}{density}}}\n"
+        f"  - model: {fam['b']}\n    parameters: {{weight: {wb}{density}}}\n{extra}"
+    )
+
+
+def read_folder(folder: Path) -> dict[str, torch.Tensor]:
+    with open_model(folder) as source:
+        return {n: source.get(n) for n in source.tensor_names()}
+
+
+def direct_merge(recipe, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The method applied tensor by tensor with everything in memory: what the engine must reproduce."""
+    method = get_method(recipe.merge_method)
+    base = load_file(Path(recipe.base_model) / "model.safetensors")
+    others = [load_file(Path(e.model) / "model.safetensors") for e in recipe.merged_models()]
+    out = {}
+    for name, b in base.items():
+        gen = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{name}".encode())) if method.random else None
+        model_params, params = resolve_parameters(recipe, name, 2)
+        out[name] = method.fn(b, [o[name] for o in others], model_params, params, gen).to(b.dtype)
+    return out
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert a[name].dtype == b[name].dtype and torch.equal(a[name], b[name]), name
+
+
+def test_output_is_a_complete_model_equal_to_direct_application(fam, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    recipe = ta_recipe(fam)
+    out = tmp_path / "merged"
+    result = merge_to_folder(recipe, out)
+    assert result.num_tensors == 21 and result.out_dir == out
+    assert_same(read_folder(out), direct_merge(recipe))
+    config = json.loads((out / "config.json").read_text())
+    assert config["dtype"] == "bfloat16" and config["architectures"] == ["MistralForCausalLM"]
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        assert (out / name).is_file(), name
+    assert load_recipe(out / "mergekit_config.yml").to_dict() == recipe.to_dict()
+    assert load_recipe(out / "mergelab_recipe.yaml").to_dict() == recipe.to_dict()
+    assert "merge_method: task_arithmetic" in (out / "README.md").read_text()
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.dtype == torch.bfloat16
+    assert torch.equal(model.state_dict()["lm_head.weight"], read_folder(out)["lm_head.weight"])
+    assert AutoTokenizer.from_pretrained(out).chat_template
+
+
+def test_small_shard_size_writes_an_index(fam, tmp_path):
+    out = tmp_path / "sharded"
+    merge_to_folder(ta_recipe(fam), out, shard_size="10KB")
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(out.glob("model-*.safetensors"))
+    assert len(shards) > 2 and set(index["weight_map"].values()) == {s.name for s in shards}
+    assert all(s.stat().st_size < 10_000 + 4_096 or len(load_file(s)) == 1 for s in shards)
+    assert index["metadata"]["total_size"] == sum(t.numel() * 2 for t in read_folder(out).values())
+    assert_same(read_folder(out), direct_merge(ta_recipe(fam)))
+
+
+def test_linear_self_merge_is_bit_for_bit(fam, tmp_path):
+    recipe = load_recipe(f"merge_method: linear\nmodels:\n  - model: {fam['a']}\n    parameters: {{weight: 1.0}}\n"
+                         f"  - model: {fam['twin']}\n    parameters: {{weight: 3.0}}\n")
+    out = tmp_path / "self"
+    merge_to_folder(recipe, out)
+    assert_same(read_folder(out), read_folder(fam["a"]))
+
+
+def test_task_arithmetic_weight_zero_is_the_base(fam, tmp_path):
+    out = tmp_path / "zero"
+    merge_to_folder(ta_recipe(fam, wa=0.0, wb=0.0), out)
+    assert_same(read_folder(out), read_folder(fam["base"]))
+
+
+def test_random_method_same_seed_same_bits(fam, tmp_path):
+    recipe = ta_recipe(fam, method="dare_ties")
+    merge_to_folder(recipe, tmp_path / "s1", seed=7)
+    merge_to_folder(recipe, tmp_path / "s1again", seed=7)
+    merge_to_folder(recipe, tmp_path / "s2", seed=8)
+    first, again, other = (read_folder(tmp_path / n) for n in ("s1", "s1again", "s2"))
+    assert_same(first, again)
+    assert_same(first, direct_merge(recipe, seed=7))
+    assert not torch.equal(first["model.layers.0.mlp.up_proj.weight"], other["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_out_dtype_is_applied_to_tensors_and_config(fam, tmp_path):
+    out = tmp_path / "f32"
+    result = merge_to_folder(ta_recipe(fam, extra="out_dtype: float32\n"), out)
+    assert result.out_dtype == "float32"
+    assert json.loads((out / "config.json").read_text())["dtype"] == "float32"
+    assert all(t.dtype == torch.float32 for t in read_folder(out).values())
+
+
+def test_tokenizer_source_base_cuts_vocabulary_rows(fam, tmp_path):
+    recipe = load_recipe(
+        f"merge_method: task_arithmetic\nbase_model: {fam['base']}\ntokenizer_source: base\nmodels:\n"
+        f"  - model: {fam['a']}\n    parameters: {{weight: 1.0}}\n"
+        f"  - model: {fam['vocab100']}\n    parameters: {{weight: 0.0}}\n"
+    )
+    with pytest.raises(CompatibilityError):  # without the resolution the mismatch stops the merge up front
+        merge_to_folder(load_recipe(recipe.to_yaml().replace("tokenizer_source: base\n", "")), tmp_path / "no")
+    assert not (tmp_path / "no").exists()
+    out = tmp_path / "vocab"
+    merge_to_folder(recipe, out)
+    merged, expert = read_folder(out), read_folder(fam["a"])
+    assert merged["model.embed_tokens.weight"].shape == (96, 32)
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == 96
+    assert_same(merged, expert)  # weight 1 on expert a, 0 on the 100-token model: exactly expert a
+
+
+def _no_leftovers(parent: Path, name: str) -> None:
+    assert not (parent / name).exists()
+    assert not [p for p in parent.iterdir() if p.name.startswith(f".{name}.")]
+
+
+def test_cancel_leaves_nothing(fam, tmp_path):
+    cancel = threading.Event()
+    seen = []
+
+    def progress(p):
+        seen.append(p)
+        if p.tensor_index == 3:
+            cancel.set()
+
+    with pytest.raises(MergeCancelled):
+        merge_to_folder(ta_recipe(fam), tmp_path / "cancelled", shard_size="10KB", progress=progress, cancel=cancel)
+    assert len(seen) == 3 and seen[-1].bytes_done < seen[-1].bytes_total and seen[-1].eta_s is not None
+    _no_leftovers(tmp_path, "cancelled")
+
+
+def test_failure_mid_merge_leaves_nothing(fam, tmp_path):
+    def progress(p):
+        if p.tensor_index == 5:
+            raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        merge_to_folder(ta_recipe(fam), tmp_path / "failed", progress=progress)
+    _no_leftovers(tmp_path, "failed")
+
+
+def test_existing_folder_is_kept_unless_overwrite(fam, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(OutputFolderError, match="--overwrite"):
+        merge_to_folder(ta_recipe(fam), out)
+    assert (out / "precious.txt").read_text() == "keep me"
+    merge_to_folder(ta_recipe(fam), out, overwrite=True)
+    assert not (out / "precious.txt").exists() and (out / "config.json").is_file()
+    _no_leftovers(tmp_path, "nothing-else")
+
+
+def test_killed_merge_leaves_no_finished_looking_folder(fam, tmp_path):
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(ta_recipe(fam).to_yaml())
+    out = tmp_path / "killed"
+    env = {**os.environ, "MERGELAB_TEST_TENSOR_DELAY_S": "0.3", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "merging", "run", str(recipe_file), str(out), "--shard-size",
+                             "5KB", "--quiet"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    temp = tmp_path / f".killed.incomplete-{proc.pid}"
+    deadline = time.monotonic() + 60
+    while not list(temp.glob("model-*.safetensors")) and time.monotonic() < deadline:
+        assert proc.poll() is None, "the merge ended before it could be killed"
+        time.sleep(0.05)
+    assert list(temp.glob("model-*.safetensors")), "no shard appeared within 60 s"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    assert not (temp / "config.json").exists()  # what a loader looks for first
+    # A later merge into the same folder clears the dead process's leftovers and finishes.
+    merge_to_folder(ta_recipe(fam), out)
+    assert (out / "config.json").is_file()
+    assert not temp.exists()

@@ -1,0 +1,106 @@
+"""Pre-flight report: every incompatibility is named with its fix, and the facts describe the merge's cost."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from merging.preflight import preflight
+from tests.factory import make_family
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("preflight")
+    family = make_family(root / "mistral", n_experts=2, dtype=torch.bfloat16)
+    llama = make_family(root / "llama", arch="llama", n_experts=0, dtype=torch.bfloat16)
+    wide = make_family(root / "wide", n_experts=0, hidden=48, dtype=torch.bfloat16)
+    big_vocab = make_family(root / "vocab", n_experts=0, vocab_size=100, dtype=torch.bfloat16)
+    missing = root / "missing_tensor"
+    shutil.copytree(family.experts[1], missing)
+    state = load_file(missing / "model.safetensors")
+    del state["model.layers.1.mlp.up_proj.weight"]
+    save_file(state, missing / "model.safetensors", metadata={"format": "pt"})
+    return {"base": family.base, "a": family.experts[0], "b": family.experts[1], "llama": llama.base,
+            "wide": wide.base, "vocab100": big_vocab.base, "missing": missing}
+
+
+def recipe(base, *others, method="task_arithmetic", extra=""):
+    lines = [f"merge_method: {method}", f"base_model: {base}", "models:"]
+    lines += [f"  - model: {o}\n    parameters: {{weight: 0.5}}" for o in others]
+    return "\n".join(lines) + "\n" + extra
+
+
+def test_compatible_models_give_an_ok_report_with_facts(models, tmp_path):
+    report = preflight(recipe(models["base"], models["a"], models["b"]), out_dir=tmp_path / "out")
+    assert report.ok and not report.errors
+    facts = report.facts
+    assert facts["num_tensors"] == 21
+    assert facts["output_dtype"] == "bfloat16"
+    base_bytes = facts["models"][str(models["base"])]["bytes"]
+    assert facts["output_bytes"] == base_bytes
+    assert facts["read_bytes"] == 3 * base_bytes  # base and two experts, every tensor
+    assert facts["memory_needed_bytes"] > 0 and facts["memory_available_bytes"] > facts["memory_needed_bytes"]
+    assert facts["disk_free_bytes"] > 0 and facts["estimated_seconds"] > 0
+    assert facts["models"][str(models["a"])]["role"] == "merged"
+    assert "base" in facts["models"][str(models["base"])]["role"]
+    assert "ready to merge" in report.to_markdown()
+    json.dumps(report.to_dict())  # the UI and `check --json` serialise it
+
+
+def test_architecture_mismatch_is_named(models):
+    report = preflight(recipe(models["base"], models["a"], models["llama"]))
+    assert not report.ok
+    assert any("Architectures differ" in e and "LlamaForCausalLM" in e for e in report.errors)
+    assert "problem" in report.to_markdown()
+
+
+def test_shape_mismatch_names_the_tensors(models):
+    report = preflight(recipe(models["base"], models["a"], models["wide"]))
+    assert not report.ok
+    shape_errors = [e for e in report.errors if "shapes" in e]
+    assert shape_errors and "lm_head.weight (96, 32) vs (96, 48)" in shape_errors[0]
+    assert str(models["wide"]) in shape_errors[0]
+
+
+def test_missing_tensor_is_named(models):
+    report = preflight(recipe(models["base"], models["a"], models["missing"]))
+    assert not report.ok
+    assert any("lacks 1 tensor" in e and "model.layers.1.mlp.up_proj.weight" in e for e in report.errors)
+
+
+def test_vocabulary_mismatch_names_both_resolutions(models):
+    report = preflight(recipe(models["base"], models["a"], models["vocab100"]))
+    assert not report.ok
+    vocab = [e for e in report.errors if "Vocabulary sizes differ" in e]
+    assert len(vocab) == 1 and "share a tokenizer" in vocab[0] and "tokenizer_source: base" in vocab[0]
+    assert "model.embed_tokens.weight" in vocab[0] and "lm_head.weight" in vocab[0]
+    assert not any("shapes" in e for e in report.errors)  # reported once, as a vocabulary problem
+    assert report.facts["vocab_sizes"][str(models["vocab100"])] == 100
+
+
+def test_tokenizer_source_base_resolves_the_vocabulary(models):
+    report = preflight(recipe(models["base"], models["a"], models["vocab100"], extra="tokenizer_source: base\n"))
+    assert report.ok, report.errors
+    assert any("cut or padded to 96" in w for w in report.warnings)
+
+
+def test_bad_recipes_are_reported_not_raised(models, tmp_path):
+    unknown = preflight(recipe(models["base"], models["a"], method="no_such_method"))
+    assert not unknown.ok and "no_such_method" in unknown.errors[0]
+    absent = preflight(recipe(models["base"], tmp_path / "nowhere"))
+    assert not absent.ok and "does not exist" in absent.errors[0]
+    broken = preflight("merge_method: [unclosed\n")
+    assert not broken.ok and "YAML" in broken.errors[0]
+
+
+def test_memory_shortage_is_an_error(models, monkeypatch):
+    import merging.preflight as pf
+
+    monkeypatch.setattr(pf, "_available_memory", lambda device: 1000)
+    report = preflight(recipe(models["base"], models["a"]))
+    assert not report.ok and any("RAM" in e and "free" in e for e in report.errors)
