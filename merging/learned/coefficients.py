@@ -64,8 +64,8 @@ class TaskVectors:
         for n in self.names:
             b = base[n].detach().to(dtype).reshape(-1)
             block = torch.stack([e[n].detach().to(dtype).reshape(-1) - b for e in experts])
-            self.base[n] = b.pin_memory() if pin else b.to(self.storage)
-            self.blocks[n] = block.pin_memory() if pin else block.to(self.storage)
+            self.base[n] = b.cpu().pin_memory() if pin else b.to(self.storage)
+            self.blocks[n] = block.cpu().pin_memory() if pin else block.to(self.storage)
 
     @property
     def num_tensors(self) -> int:
