@@ -7,7 +7,8 @@ from typing import Any
 
 import gradio as gr
 
-from ui import chat_panel, merge_panel, models_panel
+from ui import (chat_panel, classify_panel, evaluate_panel, export_panel, interference_panel, learn_panel, merge_panel,
+                models_panel)
 from ui.feedback import guarded
 from ui.hosting import HostConfig
 from ui.session import Session, close_session, new_session
@@ -38,7 +39,22 @@ def build_page(config: HostConfig) -> gr.Blocks:
                 merge = merge_panel.build(config)
             with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
                 chat = chat_panel.build(config)
+            with gr.Tab("Classify", id="classify", elem_id="tab-classify"):
+                classify = classify_panel.build(config)
+            with gr.Tab("Evaluate", id="evaluate", elem_id="tab-evaluate"):
+                evaluate = evaluate_panel.build(config)
+            with gr.Tab("Interference", id="interference", elem_id="tab-interference"):
+                interference = interference_panel.build(config)
+            with gr.Tab("Learn", id="learn", elem_id="tab-learn"):
+                learn = learn_panel.build(config)
+            with gr.Tab("Export", id="export", elem_id="tab-export"):
+                export = export_panel.build(config)
         _wire(config, state, models, merge, chat)
+        classify_panel.wire(classify, state, config)
+        evaluate_panel.wire(evaluate, state, config)
+        interference_panel.wire(interference, state, config)
+        learn_panel.wire(learn, state, config)
+        export_panel.wire(export, state, config)
     return demo
 
 

@@ -47,6 +47,7 @@ class Session:
     evaluation: Any = None  # last evaluation result (for downloads)
     sweep: Any = None
     learned: Any = None
+    evaluators: dict[tuple, Any] = field(default_factory=dict, repr=False)  # experts' answers, computed once
     tokenizers: dict[str, Any] = field(default_factory=dict, repr=False)  # folder -> this session's tokenizer
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)  # set to stop a merge or training
@@ -79,6 +80,7 @@ class Session:
         self.chat_model = None
         self.classifier_models = {}
         self.evaluation = None
+        self.evaluators = {}
         self.sweep = None
         self.learned = None
         self.merge_version += 1

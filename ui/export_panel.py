@@ -1,0 +1,160 @@
+"""Export panel: save the merged model as a folder (sharded safetensors, config, tokenizer, a model card holding the
+recipe), download the recipe as mergekit YAML, push the folder to the Hugging Face Hub with a token."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from merging.errors import MergeLabError, SourceError
+from ui.catalog import require_hub
+from ui.hosting import HostConfig
+from ui.session import Session
+from ui.workspace import require_models
+
+
+def _require_merge(session: Session) -> None:
+    require_models(session)
+    if session.recipe is None:
+        raise MergeLabError("Merge the models first (Merge or Learn tab); there is nothing to export yet.")
+
+
+def recipe_yaml(session: Session) -> str:
+    _require_merge(session)
+    return session.recipe.to_yaml()
+
+
+def recipe_file(session: Session) -> str:
+    """/export_yaml: the recipe as a downloadable mergekit YAML file."""
+    text = recipe_yaml(session)
+    folder = Path(tempfile.mkdtemp(prefix="mergelab-recipe-"))
+    path = folder / "mergekit_config.yml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def save_folder(session: Session, config: HostConfig, name: str, progress: Any = None) -> str:
+    """/export: write the merged model to ./models/merged/<session>/<name> (streamed by the engine)."""
+    from merging.engine import merge_to_folder
+    from ui.resources import device
+    from ui.workspace import BASE_LABEL
+
+    _require_merge(session)
+    out = session.merged_folder(config.models_dir, name or "merged")
+    if session.merged_path is not None and session.merged_path == out:
+        return _shown(config, out)
+    recipe = _engine_recipe(session, BASE_LABEL)
+
+    def report(p: Any) -> None:
+        if progress is not None:
+            progress(p.fraction, desc=f"Tensor {p.tensor_index}/{p.num_tensors}")
+
+    seed = session.merge_settings.seed if session.merge_settings else 0
+    session.cancel.clear()
+    merge_to_folder(recipe, out, device=device(), seed=seed, progress=report, cancel=session.cancel, overwrite=True)
+    session.merged_path = out
+    return _shown(config, out)
+
+
+def _engine_recipe(session: Session, base_label: str):
+    """The session's recipe with every model named by its local folder (Hub models are already downloaded)."""
+    from merging.recipe import Recipe
+
+    data = session.recipe.to_dict()
+    by_ref = {}
+    for model in [session.base, *session.sources]:
+        by_ref[model.ref] = str(model.path)
+        by_ref[str(model.path)] = str(model.path)
+        from ui.workspace import _portable
+
+        by_ref[_portable(model)] = str(model.path)
+    for entry in data["models"]:
+        entry["model"] = by_ref.get(entry["model"], entry["model"])
+    if data.get("base_model"):
+        data["base_model"] = by_ref.get(data["base_model"], data["base_model"])
+    return Recipe.from_dict(data)
+
+
+def _shown(config: HostConfig, out: Path) -> str:
+    root = config.models_dir.parent
+    shown = out.relative_to(root) if out.is_relative_to(root) else out
+    return f"✅ Saved to `{shown}`: safetensors shards, config, tokenizer and a model card with the recipe."
+
+
+def push_to_hub(session: Session, config: HostConfig, repo_id: str, token: str, private: bool = True) -> str:
+    """/push: upload the saved folder. Fails at once, saying why, without network or token."""
+    _require_merge(session)
+    repo_id = (repo_id or "").strip()
+    if not repo_id or "/" not in repo_id:
+        raise MergeLabError("Give the repository as owner/name, e.g. your-name/my-merge.")
+    if not (token or "").strip():
+        raise MergeLabError("Paste a Hugging Face token with write access (Settings → Access Tokens).")
+    if session.merged_path is None:
+        raise MergeLabError("Save the merged folder first (Save folder), then push it.")
+    require_hub("Pushing to the Hub")
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token.strip())
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(session.merged_path), repo_id=repo_id)
+    except Exception as error:  # noqa: BLE001 - auth, quota and network errors all become one message
+        raise SourceError(f"Could not push to {repo_id!r}: {error}. Check the token's write access and the name."
+                          ) from None
+    return f"✅ Pushed to https://huggingface.co/{repo_id}"
+
+
+# --- components ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class ExportPanel:
+    name: gr.Textbox
+    save: gr.Button
+    yaml_button: gr.Button
+    yaml_file: gr.File
+    yaml_text: gr.Code
+    repo: gr.Textbox
+    token: gr.Textbox
+    private: gr.Checkbox
+    push: gr.Button
+    status: gr.Markdown
+
+
+def build(config: HostConfig) -> ExportPanel:
+    with gr.Row():
+        name = gr.Textbox("merged", label="Folder name", elem_id="export-name")
+        save = gr.Button("Save folder", variant="primary", elem_id="export-save")
+        yaml_button = gr.Button("Recipe as mergekit YAML", elem_id="export-yaml")
+    yaml_file = gr.File(label="mergekit YAML", interactive=False, elem_id="export-yaml-file")
+    yaml_text = gr.Code(language="yaml", label="Recipe", interactive=False, elem_id="export-yaml-text")
+    with gr.Row():
+        repo = gr.Textbox(label="Hub repository (owner/name)", elem_id="export-repo")
+        token = gr.Textbox(label="Hugging Face token (write)", type="password", elem_id="export-token")
+        private = gr.Checkbox(True, label="Private", elem_id="export-private")
+        push = gr.Button("Push to the Hub", elem_id="export-push")
+    status = gr.Markdown(elem_id="export-status")
+    return ExportPanel(name, save, yaml_button, yaml_file, yaml_text, repo, token, private, push, status)
+
+
+def wire(panel: ExportPanel, state: gr.State, config: HostConfig) -> None:
+    from ui.feedback import guarded
+
+    @guarded(config, "export")
+    def save(session: Session, name: str, progress: gr.Progress = gr.Progress()) -> str:
+        return save_folder(session, config, name, progress)
+
+    @guarded(config, "export YAML")
+    def yaml_out(session: Session):
+        return recipe_file(session), recipe_yaml(session)
+
+    @guarded(config, "push")
+    def push(session: Session, repo: str, token: str, private: bool) -> str:
+        return push_to_hub(session, config, repo, token, private)
+
+    panel.save.click(save, [state, panel.name], panel.status, api_name="export")
+    panel.yaml_button.click(yaml_out, state, [panel.yaml_file, panel.yaml_text], api_name="export_yaml")
+    panel.push.click(push, [state, panel.repo, panel.token, panel.private], panel.status, api_name="push")

@@ -1,0 +1,135 @@
+"""Interference panel: how the sources' task vectors collide, as heatmaps a class can read: cosine similarity between
+task vectors, the sign-conflict rate per layer and module, and how much of each task vector survives TIES trimming at
+the chosen density."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import torch
+
+from merging.errors import MergeLabError
+from ui.hosting import HostConfig
+from ui.session import Session
+from ui.workspace import require_models
+
+
+class _LazyTensors(Mapping):
+    """A model folder as a read-only mapping that reads one tensor at a time (bounded memory for big models)."""
+
+    def __init__(self, path: Path) -> None:
+        from merging.sources import open_model
+
+        self._source = open_model(path)
+        self._names = self._source.tensor_names()
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._source.get(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in set(self._names)
+
+
+def interference(session: Session, config: HostConfig, density: float = 0.5, progress: Any = None) -> dict:
+    """/interference: the report as a dict (tasks, overall, by_layer, by_module, cells)."""
+    from evaluation.interference import interference_report
+
+    require_models(session)
+    if len(session.sources) < 2:
+        raise MergeLabError("Interference needs at least two source models: add one in the Models tab.")
+    if not 0.0 <= float(density) <= 1.0:
+        raise MergeLabError(f"Density must be between 0 and 1 (got {density}).")
+    base = _LazyTensors(session.base.path)
+    experts = {s.label: _LazyTensors(s.path) for s in session.sources}
+    step = (lambda done, total: progress(done / total, desc=f"Tensor {done}/{total}")) if progress else None
+    report = interference_report(base, experts, density=float(density), per_tensor=False, progress=step)
+    return report.to_dict()
+
+
+def cosine_figure(report: dict):
+    import plotly.graph_objects as go
+
+    tasks = report["tasks"]
+    z = report["overall"]["cosine"]
+    fig = go.Figure(go.Heatmap(z=z, x=tasks, y=tasks, zmin=-1, zmax=1, colorscale="RdBu", reversescale=True,
+                               text=[[f"{v:.2f}" for v in row] for row in z], texttemplate="%{text}",
+                               colorbar=dict(title="cos")))
+    fig.update_layout(title="Cosine similarity between task vectors", height=380, margin=dict(t=50, b=40))
+    return fig
+
+
+def conflict_figure(report: dict):
+    import plotly.graph_objects as go
+
+    layers = list(report["by_layer"])
+    modules = list(report["by_module"])
+    rate = {(c["layer"], c["module"]): c["sign_conflict_rate"] for c in report["cells"]}
+    z = [[rate.get((layer, module)) for layer in layers] for module in modules]
+    fig = go.Figure(go.Heatmap(z=z, x=[f"layer {k}" if k != "none" else "outside layers" for k in layers],
+                               y=modules, zmin=0, zmax=0.5, colorscale="OrRd", colorbar=dict(title="rate"),
+                               text=[[("" if v is None else f"{v:.0%}") for v in row] for row in z],
+                               texttemplate="%{text}"))
+    overall = report["overall"]["sign_conflict_rate"]
+    title = "Sign conflicts per layer and module" + (f" (overall {overall:.0%})" if overall is not None else "")
+    fig.update_layout(title=title, height=380, margin=dict(t=50, b=40))
+    return fig
+
+
+def kept_figure(report: dict):
+    import plotly.graph_objects as go
+
+    layers = list(report["by_layer"])
+    tasks = report["tasks"]
+    z = [[report["by_layer"][layer]["kept_mass_share"].get(t) for layer in layers] for t in tasks]
+    fig = go.Figure(go.Heatmap(z=z, x=[f"layer {k}" if k != "none" else "outside layers" for k in layers], y=tasks,
+                               zmin=0, zmax=1, colorscale="Greens", colorbar=dict(title="kept"),
+                               text=[[("" if v is None else f"{v:.0%}") for v in row] for row in z],
+                               texttemplate="%{text}"))
+    fig.update_layout(title=f"Share of each task vector's magnitude kept by TIES trimming at density "
+                            f"{report['density']:g}", height=380, margin=dict(t=50, b=40))
+    return fig
+
+
+@dataclass
+class InterferencePanel:
+    density: gr.Slider
+    run: gr.Button
+    cosine: gr.Plot
+    conflicts: gr.Plot
+    kept: gr.Plot
+
+
+def build(config: HostConfig) -> InterferencePanel:
+    gr.Markdown("Where the task vectors (source − base) pull in different directions: red cells are where merging "
+                "has to choose; TIES keeps the largest entries and elects one sign per entry.")
+    with gr.Row():
+        density = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="Density (share TIES keeps)",
+                            elem_id="interference-density")
+        run = gr.Button("Show interference", variant="primary", elem_id="interference-run")
+    cosine = gr.Plot(label="Cosine", elem_id="interference-cosine")
+    with gr.Row():
+        conflicts = gr.Plot(label="Sign conflicts", elem_id="interference-conflicts")
+        kept = gr.Plot(label="Kept by trimming", elem_id="interference-kept")
+    return InterferencePanel(density, run, cosine, conflicts, kept)
+
+
+def wire(panel: InterferencePanel, state: gr.State, config: HostConfig) -> None:
+    from ui.feedback import guarded
+
+    @guarded(config, "interference")
+    def run(session: Session, density: float, progress: gr.Progress = gr.Progress()):
+        report = interference(session, config, density, progress)
+        return cosine_figure(report), conflict_figure(report), kept_figure(report)
+
+    panel.run.click(run, [state, panel.density], [panel.cosine, panel.conflicts, panel.kept],
+                    api_name="interference")

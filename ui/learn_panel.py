@@ -1,0 +1,265 @@
+"""Learn panel: AdaMerging / SAMerging learn layer-wise merging coefficients from a few unlabeled prompts per task
+(the zoo's or an uploaded file), with a live loss curve, the learned coefficients as a tasks × layers heatmap, and the
+result evaluated beside task arithmetic and TIES."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from merging.errors import MergeLabError, TaskSetError
+from ui.hosting import HostConfig
+from ui.session import Session
+from ui.workspace import MergeSettings, require_models
+
+LEARN_METHODS = ("samerging", "adamerging")
+# Baselines the learned merge is compared with (weights as FusionBench's GPT-2 reference settings).
+BASELINES = {"task arithmetic": MergeSettings("task_arithmetic", [], {}), "TIES": MergeSettings("ties", [],
+                                                                                                   {"density": 0.5})}
+BASELINE_WEIGHT = 0.5
+
+
+@dataclass
+class LearnSettings:
+    method: str = "samerging"
+    examples_per_task: int = 16
+    steps: int = 30
+    rho: float = 0.07
+    init: float = 0.3
+
+    def check(self) -> None:
+        if self.method not in LEARN_METHODS:
+            raise MergeLabError(f"Learning method must be one of {', '.join(LEARN_METHODS)}.")
+        if not 1 <= self.examples_per_task <= 1024:
+            raise MergeLabError("Examples per task must be between 1 and 1024.")
+        if not 1 <= self.steps <= 5000:
+            raise MergeLabError("Steps must be between 1 and 5000.")
+        if not 0 <= self.rho <= 1:
+            raise MergeLabError("ρ (SAM radius) must be between 0 and 1; 0.07 is the paper's.")
+
+
+def unlabeled_inputs(session: Session, uploaded: str | None, per_task: int) -> dict[str, list[str]]:
+    from merging.learned.cli import read_inputs
+
+    path = uploaded or session.unlabeled_path
+    if path is None:
+        raise TaskSetError("Upload unlabeled prompts (JSONL, one {\"expert\": name, \"prompt\" or \"text\": ...} a "
+                           "line) for these models.")
+    return read_inputs(path, session.labels, per_task)
+
+
+def loss_figure(losses: list[float], method: str):
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Scatter(x=list(range(1, len(losses) + 1)), y=losses, mode="lines", name="loss"))
+    fig.update_layout(title=f"{method} loss", xaxis_title="step", yaxis_title="loss", height=320,
+                      margin=dict(t=50, b=40))
+    return fig
+
+
+def coefficients_figure(tasks: list[str], names: list[str], coefficients: Any):
+    import plotly.graph_objects as go
+
+    values = coefficients.detach().float().cpu()
+    if values.dim() == 1:
+        values = values[:, None]
+        names = ["all tensors"]
+    fig = go.Figure(go.Heatmap(z=values.tolist(), x=names, y=tasks, colorscale="RdBu", zmid=0,
+                               colorbar=dict(title="λ")))
+    fig.update_layout(title="Learned coefficients (tasks × tensors, in layer order)", height=360,
+                      xaxis=dict(showticklabels=len(names) <= 40), margin=dict(t=50, b=40))
+    return fig
+
+
+def learn(session: Session, config: HostConfig, settings: LearnSettings, uploaded: str | None = None
+          ) -> Iterator[tuple[Any, Any, str]]:
+    """/learn: yields (loss curve, coefficients heatmap or None, status) while training; the learned merge
+    becomes the session's merged model."""
+    from merging.learned.api import learn_merge
+    from merging.learned.recipe_io import recipe_dict
+    from merging.recipe import Recipe
+    from ui.resources import device
+    from ui.workspace import load_merged_into_models
+
+    require_models(session)
+    settings.check()
+    inputs = unlabeled_inputs(session, uploaded, int(settings.examples_per_task))
+    experts = {s.label: s.path for s in session.sources}
+    updates: queue.Queue = queue.Queue()
+    outcome: dict[str, Any] = {}
+    session.cancel.clear()
+
+    def run() -> None:
+        try:
+            outcome["result"] = learn_merge(
+                settings.method, session.base.path, experts, inputs, steps=int(settings.steps),
+                rho=float(settings.rho) if settings.method == "samerging" else None, init=float(settings.init),
+                batch_size=min(16, int(settings.examples_per_task)), device=device(),
+                progress=lambda step, loss: updates.put((step, loss)), cancel=session.cancel.is_set)
+        except BaseException as error:  # handed to the page below
+            outcome["error"] = error
+        finally:
+            updates.put(None)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    losses: list[float] = []
+    last_yield = 0.0
+    yield loss_figure(losses, settings.method), None, "Preparing teachers and batches…"
+    while True:
+        item = updates.get()
+        if item is None:
+            break
+        losses.append(float(item[1]))
+        if time.monotonic() - last_yield > 0.3:  # a redraw per 0.3 s is plenty for the eye
+            last_yield = time.monotonic()
+            yield (loss_figure(losses, settings.method), None,
+                   f"Step {item[0]}/{settings.steps}: loss {item[1]:.4f}")
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    result = outcome["result"]
+    if session.cancel.is_set() and len(result.losses) < settings.steps:
+        yield loss_figure(result.losses, settings.method), None, "Cancelled: the merge was not changed."
+        return
+    with session.lock:
+        session.learned = result
+        session.merged_tensors = {**(session.merged_tensors or {}), **result.merged()}
+        data = recipe_dict(str(session.base.path), [str(experts[t]) for t in result.tasks], result.names,
+                           result.coefficients)
+        session.recipe = Recipe.from_dict(data)
+        session.merge_settings = MergeSettings("task_arithmetic", [0.0] * len(session.sources))
+        session.merge_version += 1
+        session.merged_path = None
+        load_merged_into_models(session)
+    yield (loss_figure(result.losses, settings.method),
+           coefficients_figure(result.tasks, result.names, result.coefficients),
+           f"✅ Learned {result.coefficients.numel()} coefficients in {result.seconds:.1f} s "
+           f"(final loss {result.losses[-1]:.4f}). Chat, Evaluate and Export now use the learned merge.")
+
+
+def compare_with_baselines(session: Session, config: HostConfig, per_task: int = 20) -> tuple[Any, str]:
+    """/learn_compare: the learned merge, task arithmetic and TIES scored on the same tasks."""
+    from ui.evaluate_panel import evaluator_for, task_set_for
+
+    require_models(session)
+    if session.learned is None:
+        raise MergeLabError("Learn coefficients first, then compare.")
+    if session.live is None:
+        raise MergeLabError("Comparing needs the models in memory (live merging), which is off for models this big.")
+    tasks = task_set_for(session, None, per_task)
+    evaluator = evaluator_for(session, tasks, (tasks.source, per_task, tuple(session.labels), session.base.ref))
+    scores = {f"learned ({session.learned.method})": evaluator.score_state(session.learned.merged())}
+    from ui.workspace import build_recipe
+
+    for name, template in BASELINES.items():
+        settings = MergeSettings(template.method, [BASELINE_WEIGHT] * len(session.sources), dict(template.params))
+        merged = session.live.merge(build_recipe(session, settings, by="label"), seed=0)
+        scores[name] = evaluator.score_state(merged)
+    return comparison_figure(scores), comparison_markdown(scores)
+
+
+def comparison_figure(scores: dict[str, Any]):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for metric in ("agreement", "accuracy"):
+        fig.add_bar(name=metric, x=list(scores), y=[s.mean(metric) for s in scores.values()])
+    fig.update_layout(title="Learned merge beside task arithmetic and TIES (mean over tasks)", barmode="group",
+                      yaxis=dict(range=[0, 1], tickformat=".0%"), height=360, margin=dict(t=50, b=40))
+    return fig
+
+
+def comparison_markdown(scores: dict[str, Any]) -> str:
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{v:.0%}"
+
+    tasks = list(next(iter(scores.values())).scores)
+    lines = ["| merge | " + " | ".join(tasks) + " | mean agreement |", "|---" * (len(tasks) + 2) + "|"]
+    for name, result in scores.items():
+        cells = [pct(result.scores[t].agreement if result.scores[t].agreement is not None
+                     else result.scores[t].accuracy) for t in tasks]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {pct(result.mean('agreement'))} |")
+    return "\n".join(lines) + "\n\n(cells: agreement with the task's expert, or accuracy for a task with none)"
+
+
+# --- components ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class LearnPanel:
+    method: gr.Radio
+    prompts: gr.File
+    examples: gr.Slider
+    steps: gr.Slider
+    rho: gr.Slider
+    init: gr.Slider
+    run: gr.Button
+    cancel: gr.Button
+    status: gr.Markdown
+    loss: gr.Plot
+    coefficients: gr.Plot
+    compare: gr.Button
+    compare_chart: gr.Plot
+    compare_table: gr.Markdown
+
+    @property
+    def settings_inputs(self) -> list[gr.components.Component]:
+        return [self.method, self.examples, self.steps, self.rho, self.init]
+
+
+def build(config: HostConfig) -> LearnPanel:
+    gr.Markdown("Learn one coefficient per task and tensor from a few **unlabeled** prompts: SAMerging distils each "
+                "expert into the merge with sharpness-aware steps; AdaMerging minimises the merge's entropy.")
+    with gr.Row():
+        method = gr.Radio(list(LEARN_METHODS), value="samerging", label="Method", elem_id="learn-method")
+        prompts = gr.File(label="Unlabeled prompts (optional, JSONL; default: the zoo's)", type="filepath",
+                          file_types=[".jsonl", ".json"], elem_id="learn-prompts")
+    with gr.Row():
+        examples = gr.Slider(1, 256, value=16, step=1, label="Examples per task", elem_id="learn-examples")
+        steps = gr.Slider(1, 1000, value=30, step=1, label="Steps", elem_id="learn-steps")
+        rho = gr.Slider(0.0, 0.5, value=0.07, step=0.01, label="ρ (SAM radius)", elem_id="learn-rho")
+        init = gr.Slider(-1.0, 1.0, value=0.3, step=0.05, label="Initial λ", elem_id="learn-init")
+    with gr.Row():
+        run = gr.Button("Learn", variant="primary", elem_id="learn-run")
+        cancel = gr.Button("Cancel", variant="stop", elem_id="learn-cancel")
+    status = gr.Markdown(elem_id="learn-status")
+    with gr.Row():
+        loss = gr.Plot(label="Loss", elem_id="learn-loss")
+        coefficients = gr.Plot(label="Coefficients", elem_id="learn-coefficients")
+    compare = gr.Button("Evaluate beside task arithmetic and TIES", elem_id="learn-compare")
+    compare_chart = gr.Plot(label="Comparison", elem_id="learn-compare-chart")
+    compare_table = gr.Markdown(elem_id="learn-compare-table")
+    return LearnPanel(method, prompts, examples, steps, rho, init, run, cancel, status, loss, coefficients, compare,
+                      compare_chart, compare_table)
+
+
+def wire(panel: LearnPanel, state: gr.State, config: HostConfig) -> None:
+    from ui.feedback import guarded
+
+    @guarded(config, "learn")
+    def run(session: Session, method: str, examples: float, steps: float, rho: float, init: float,
+            prompts: str | None):
+        settings = LearnSettings(method, int(examples), int(steps), float(rho), float(init))
+        yield from learn(session, config, settings, prompts)
+
+    panel.run.click(run, [state, *panel.settings_inputs, panel.prompts],
+                            [panel.loss, panel.coefficients, panel.status], api_name="learn")
+
+    def cancel(session: Session) -> str:
+        session.cancel.set()
+        return "Cancelling…"
+
+    panel.cancel.click(cancel, state, panel.status, api_visibility="private")
+
+    @guarded(config, "compare")
+    def compare(session: Session, progress: gr.Progress = gr.Progress()):
+        progress(0.1, desc="Scoring the learned merge, task arithmetic and TIES…")
+        return compare_with_baselines(session, config)
+
+    panel.compare.click(compare, state, [panel.compare_chart, panel.compare_table], api_name="learn_compare")
