@@ -41,7 +41,7 @@ def learned(tmp_path_factory):
            "--expert", f"math={family.experts[0]}", "--expert", f"strings={family.experts[1]}",
            "--prompts", str(prompts), "--examples-per-task", "4", "--batch-size", "2", "--steps", "4",
            "--max-new-tokens", "5", "--rho", "0.07", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     return family, out, proc
 
 
@@ -72,6 +72,19 @@ def test_engine_applies_the_recipe_to_the_learned_weights(learned, tmp_path):
     for n in names:
         torch.testing.assert_close(merged[n], expected[n], rtol=1e-5, atol=1e-6)
     assert any(not torch.equal(merged[n], base[n]) for n in names)
+
+
+def test_live_merger_applies_the_recipe_to_the_learned_weights(learned):
+    from merging.live import LiveMerger
+
+    family, out, _ = learned
+    tasks, names, lam = load_coefficients(out)
+    base = load_file(str(family.base / "model.safetensors"))
+    experts = {str(p): load_file(str(p / "model.safetensors")) for p in family.experts}
+    expected = TaskVectors(base, list(experts.values()), names).merged(lam)
+    merged = LiveMerger(base, experts, num_layers=2).merge(load_recipe(out / "recipe.yaml"))
+    for n in names:
+        torch.testing.assert_close(merged[n], expected[n], rtol=1e-5, atol=1e-6)
 
 
 def test_exact_name_filters_survive_substring_matching():
