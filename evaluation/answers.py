@@ -73,22 +73,28 @@ def extract_text_answer(text: str | None) -> str | None:
     return lines[0] if lines and lines[0] else None
 
 
+def answer_body(answer: object) -> str:
+    """An expected answer without its "答え:" marker, if it was written with one ("答え: 7" -> "7")."""
+    text = normalize_text(str(answer))
+    markers = list(_MARKER.finditer(text))
+    return (text[markers[-1].end():] if markers else text).strip()
+
+
 def is_numeric_answer(answer: object) -> bool:
     """Whether an expected answer is a number (then answers are compared by value, else as text)."""
     if isinstance(answer, bool):
         return False
     if isinstance(answer, (int, float)):
         return True
-    return isinstance(answer, str) and canonical_number(answer) is not None
+    return isinstance(answer, str) and canonical_number(answer_body(answer)) is not None
 
 
 def expected_answer(answer: object, numeric: bool) -> str | None:
-    """The canonical form of an expected answer from a task file."""
+    """The canonical form of an expected answer from a task file ("答え: 1,200" and 1200 give "1200")."""
     if answer is None:
         return None
-    if numeric:
-        return canonical_number(str(answer))
-    return normalize_text(str(answer)).strip()
+    body = answer_body(answer)
+    return canonical_number(body) if numeric else body
 
 
 def extract(text: str | None, numeric: bool) -> str | None:

@@ -37,7 +37,8 @@ def token_limit(task: Task, tokenizer: PreTrainedTokenizerBase) -> int:
     known = [a for a in task.answers if a is not None]
     if not known:
         return DEFAULT_MAX_NEW_TOKENS
-    longest = max(len(tokenizer(f"答え: {a}", add_special_tokens=False)["input_ids"]) for a in known)
+    written = [str(a) if "答え" in str(a) else f"答え: {a}" for a in known]
+    longest = max(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in written)
     return longest + 1 + TOKEN_MARGIN
 
 

@@ -93,3 +93,5 @@ def test_extract_picks_the_mode_and_expected_answers_normalise_the_same_way():
     assert extract("答え: 1,200", numeric=True) == expected_answer(1200, numeric=True) == "1200"
     assert extract("答え: ＡＢＣ", numeric=False) == expected_answer("ABC", numeric=False) == "ABC"
     assert expected_answer(None, numeric=True) is None
+    assert expected_answer("答え: 1,200", numeric=True) == "1200"  # zoo files write answers with the marker
+    assert expected_answer("答え: ejd", numeric=False) == "ejd"

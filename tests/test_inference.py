@@ -199,3 +199,14 @@ def test_4bit_loading_quantizes_linear_layers(family):
     kinds = {type(m).__name__ for m in lm.model.modules()}
     assert "Linear4bit" in kinds
     assert len(generate_batch(lm.model, lm.tokenizer, ["1+2="], 3)) == 1
+
+
+def test_small_models_run_on_one_thread_and_the_setting_is_restored(loaded):
+    from inference.generation import single_thread_for_small_models
+
+    before = torch.get_num_threads()
+    with single_thread_for_small_models(loaded.model):
+        with single_thread_for_small_models(loaded.model):  # nesting keeps one thread until the outermost exits
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
