@@ -146,7 +146,9 @@ def build(config: HostConfig) -> ChatPanel:
     with gr.Row():
         message = gr.Textbox(placeholder="Ask both models, e.g. 三+四=", show_label=False, scale=4,
                              elem_id="chat-message")
+        # Custom values: API clients name a source without the page having refreshed the choices first.
         compare_label = gr.Dropdown([NO_COMPARISON], value=NO_COMPARISON, label="Answer beside it",
+                                    allow_custom_value=True,
                                     elem_id="chat-compare-model", scale=1)
     with gr.Row():
         send = gr.Button("Send", variant="primary", elem_id="chat-send")

@@ -1,0 +1,131 @@
+"""The app driven through its API with gradio_client, as a script or a person would: preflight -> merge -> chat ->
+evaluate on the zoo, and every kind of bad input answered with a message that says what to fix (no traceback)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+from app import create_app  # noqa: E402
+from ui.catalog import HUB  # noqa: E402
+from ui.hosting import HostConfig  # noqa: E402
+
+ZOO_LM = ("Zoo", "lm", ["math", "japanese"], "", "")
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    config = HostConfig.detect(hosted=False, models_dir=tmp_path_factory.mktemp("models"))
+    demo = create_app(config)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    client = Client(app_url, verbose=False)
+    report = client.predict(*ZOO_LM, None, api_name="/preflight")
+    assert "ready to merge" in report, report
+    return client
+
+
+def settings(method="ties", weights=(0.6, 0.4), **params) -> dict:
+    return {"method": method, "weights": list(weights), "params": params, "seed": 0}
+
+
+def test_preflight_merge_chat_evaluate(client):
+    status = client.predict(settings(density=0.5), api_name="/merge")
+    assert "Merged with **ties**" in status and "math 0.6" in status
+
+    job = client.submit("3+4=", [], [], "math", 12, 0.0, 1.0, "none", api_name="/chat")
+    outputs = job.result()
+    merged, compare = outputs[0], outputs[1]
+    assert merged[0]["role"] == "user" and merged[-1]["role"] == "assistant"
+    assert _text(merged[-1]["content"]), "the merged model answered nothing"
+    assert _text(compare[-1]["content"]), "the comparison model answered nothing"
+    assert len(list(job)) >= 1  # streamed updates arrived
+
+    status, chart, table, downloads = client.predict(None, 5, api_name="/evaluate")
+    assert "Evaluated" in status
+    assert "| math | math |" in table and "japanese_math" in table
+    names = sorted(Path(f).name for f in downloads)
+    assert names == ["recipe.yaml", "results.csv", "results.json"]
+    results = json.loads(Path([f for f in downloads if f.endswith(".json")][0]).read_text(encoding="utf-8"))
+    assert results["recipe"]["merge_method"] == "ties" and set(results["tasks"]) >= {"math", "japanese"}
+
+
+def test_yaml_export_is_the_merged_recipe(client):
+    client.predict(settings("dare_ties", (0.7, 0.3), density=0.6), api_name="/merge")
+    path, text = client.predict(api_name="/export_yaml")
+    assert "merge_method: dare_ties" in text and "density: 0.6" in text
+    assert Path(path).read_text(encoding="utf-8").strip() == text.strip()
+
+
+def _text(content) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(block.get("text", "") for block in content if isinstance(block, dict))
+
+
+@pytest.mark.parametrize(("bad", "fix"), [
+    (settings(density=1.5), "density = 1.5 is outside [0, 1]"),
+    (settings(weights=(0.0, 0.0)), "every weight is 0"),
+    (settings("linear", (1.0, -1.0)), "weights sum to zero"),
+    (settings(weights=(0.5,)), "give one weight per source model"),
+    (settings("no_such_method"), "no_such_method"),
+])
+def test_bad_merge_settings_say_what_to_fix(client, bad, fix):
+    with pytest.raises(AppError) as error:
+        client.predict(bad, api_name="/merge")
+    message = str(error.value)
+    assert fix in message and "Traceback" not in message
+
+
+def test_unknown_hub_id_without_network_fails_at_once(app_url, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    HUB.forget()
+    try:
+        with pytest.raises(AppError) as error:
+            Client(app_url, verbose=False).predict("Hub ids", None, [], "no-such-org/no-such-model",
+                                                   "no-such-org/other", None, api_name="/preflight")
+    finally:
+        HUB.forget()
+    assert "cannot reach" in str(error.value) and "local folder" in str(error.value)
+
+
+def test_incompatible_models_are_reported_before_merging(app_url, tmp_path):
+    from tests.factory import make_family
+
+    small = make_family(tmp_path / "small", n_experts=1, hidden=32)
+    large = make_family(tmp_path / "large", n_experts=1, hidden=64)
+    report = Client(app_url, verbose=False).predict(
+        "Local folders", None, [], str(small.base), f"{small.experts[0]}\n{large.experts[0]}", None,
+        api_name="/preflight")
+    assert "problem" in report and "shape" in report.lower(), report
+    assert "Live merging is on" not in report
+
+
+def test_malformed_task_file_names_the_line(client, tmp_path):
+    client.predict(settings(density=0.5), api_name="/merge")
+    bad = tmp_path / "tasks.jsonl"
+    bad.write_text('{"task": "math", "prompt": "1+1=", "answer": "答え: 2", "expert": "math"}\n{not json\n',
+                   encoding="utf-8")
+    from gradio_client import handle_file
+
+    with pytest.raises(AppError) as error:
+        client.predict(handle_file(str(bad)), 5, api_name="/evaluate")
+    assert "line 2" in str(error.value) or ":2" in str(error.value), str(error.value)
+
+
+def test_missing_local_folder(app_url):
+    with pytest.raises(AppError) as error:
+        Client(app_url, verbose=False).predict("Local folders", None, [], "/no/such/base", "/no/such/expert", None,
+                                               api_name="/preflight")
+    assert "does not exist" in str(error.value)
