@@ -1,0 +1,72 @@
+"""Four users at once: each picks the zoo, merges with its own weights and chats. All succeed, and none sees another's
+merged model (each session's recipe holds its own weights; each chat answer is what its own merge says)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gradio_client")
+from gradio_client import Client  # noqa: E402
+
+from app import create_app  # noqa: E402
+from ui import chat_panel, merge_panel, models_panel  # noqa: E402
+from ui.hosting import HostConfig  # noqa: E402
+from ui.session import new_session  # noqa: E402
+
+USERS = 4
+WEIGHTS = [(1.0, 0.0), (0.0, 1.0), (0.9, 0.1), (0.3, 1.2)]
+PROMPT = "七"
+
+
+def settings(weights) -> dict:
+    return {"method": "task_arithmetic", "weights": list(weights), "params": {}, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    config = HostConfig.detect(hosted=False, models_dir=tmp_path_factory.mktemp("models"))
+    demo = create_app(config)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    yield url, config
+    demo.close()
+
+
+def one_user(url: str, weights) -> dict:
+    client = Client(url, verbose=False)
+    client.predict("Zoo", "lm", ["math", "japanese"], "", "", None, api_name="/preflight")
+    status = client.predict(settings(weights), api_name="/merge")
+    merged, _, _ = client.submit(PROMPT, [], [], "(none)", 8, 0.0, 1.0, "none", api_name="/chat").result()
+    _, recipe = client.predict(api_name="/export_yaml")
+    return {"status": status, "answer": merged[-1]["content"], "recipe": recipe}
+
+
+def expected_answer(config: HostConfig, weights) -> str:
+    """What a merge with these weights answers, computed in-process through the same handlers."""
+    session = new_session()
+    models_panel.check_models(session, config, models_panel.ModelsChoice("Zoo", "lm", ["math", "japanese"], "", ""))
+    merge_panel.run_merge(session, config, settings(weights))
+    *_, (merged, _) = chat_panel.chat(session, config, PROMPT, [], [], "(none)", chat_panel.GenerationSettings(8))
+    return merged[-1]["content"]
+
+
+def _text(content) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(block.get("text", "") for block in content if isinstance(block, dict))
+
+
+def test_four_users_merge_and_chat_without_seeing_each_other(served):
+    url, config = served
+    with ThreadPoolExecutor(USERS) as pool:
+        results = list(pool.map(lambda w: one_user(url, w), WEIGHTS))
+    for weights, result in zip(WEIGHTS, results):
+        assert "Merged with **task_arithmetic**" in result["status"]
+        assert f"math {weights[0]:g}, japanese {weights[1]:g}" in result["status"], result["status"]
+        assert f"weight: {weights[0]}" in result["recipe"] and f"weight: {weights[1]}" in result["recipe"]
+        assert _text(result["answer"]) == expected_answer(config, weights)
+    # Each session wrote nothing to another's folder: merged folders are per session.
+    merged_root = Path(config.models_dir) / "merged"
+    assert not merged_root.exists() or len(list(merged_root.iterdir())) <= USERS
