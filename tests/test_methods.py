@@ -8,7 +8,7 @@ import torch
 from merging.errors import RecipeError
 from merging.methods import collect_notes, get_method, list_methods
 from merging.methods import sparsify
-from merging.methods.selection import rank_window_mask, top_k_mask
+from merging.methods.selection import rank_window_mask, top_k_mask, value_at_rank
 
 
 def gen(seed: int) -> torch.Generator:
@@ -63,6 +63,26 @@ def test_rank_window_matches_a_full_sort_with_exact_counts(values):
                 stop = min(n, start + count)
                 assert int(mask.sum()) == stop - start
                 assert torch.equal(scores[mask].sort().values, ordered[start:stop])
+
+
+@pytest.mark.parametrize("kind", ["random", "ties", "half_zeros", "subnormal"])
+def test_value_at_rank_on_large_tensors_uses_the_radix_path_exactly(kind):
+    n = 200_000  # above the small-tensor cutoff, so the digit-counting passes run
+    torch.manual_seed(1)
+    scores = {
+        "random": lambda: torch.rand(n),
+        "ties": lambda: torch.randint(0, 1000, (n,)).float(),
+        "half_zeros": lambda: torch.randn(n).abs() * (torch.rand(n) < 0.5),
+        "subnormal": lambda: torch.randn(n).abs() * 1e-39,
+    }[kind]()
+    ordered = scores.sort().values
+    for rank in (0, 1, n // 3, n // 2, n - 1):
+        found = value_at_rank(scores, rank)
+        value = ordered[rank]
+        assert found.value == float(value)
+        assert (found.n_less, found.n_equal) == (int((scores < value).sum()), int((scores == value).sum()))
+    mask = rank_window_mask(scores, n // 4, n // 4 + n // 2)
+    assert torch.equal(scores[mask].sort().values, ordered[n // 4 : n // 4 + n // 2])
 
 
 def test_magnitude_keeps_exactly_k_largest_even_with_ties():

@@ -1,8 +1,8 @@
 """Exact rank selection on non-negative float32 tensors without a full sort.
 
 A full sort of a 4096×4096 tensor takes seconds on a laptop CPU; mergekit sorts every tensor. Non-negative
-float32 values order like their int32 bit patterns, so two counting passes over 16-bit digits (a radix select)
-find the value at any rank exactly, with counts of the elements below and equal to it, in a few linear passes.
+float32 values order like their int32 bit patterns, so counting passes over their digits (a radix select) narrow
+the candidates until kthvalue on a few is cheap, and find the value at any rank exactly, with counts of the elements below and equal to it, in a few linear passes.
 Ties at a boundary are broken by flat index (lowest index first), so the number of kept elements is always exact.
 """
 
@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-_DIGIT = 16
-_BINS = 1 << _DIGIT
+# Digits of a non-negative float32's int32 pattern, most significant first: bits 30..20, 19..10, 9..0.
+_DIGITS = ((20, 2048), (10, 1024), (0, 1024))
+_SMALL = 1 << 16  # below this many candidates, kthvalue on them is cheaper than another counting pass
 
 
 @dataclass(frozen=True)
@@ -25,19 +26,24 @@ class RankValue:
 
 def value_at_rank(scores: torch.Tensor, rank: int) -> RankValue:
     """The value with ascending 0-based `rank` in a flat, contiguous, non-negative float32 tensor."""
-    bits = scores.view(torch.int32)
-    high = torch.bitwise_right_shift(bits, _DIGIT)
-    counts = torch.bincount(high, minlength=_BINS // 2)
-    cumulative = counts.cumsum(0)
-    high_digit = int(torch.searchsorted(cumulative, rank, right=True))
-    below_bin = int(cumulative[high_digit - 1]) if high_digit > 0 else 0
-    low = torch.bitwise_and(bits[high == high_digit], _BINS - 1)
-    low_counts = torch.bincount(low, minlength=_BINS)
-    low_cumulative = low_counts.cumsum(0)
-    low_digit = int(torch.searchsorted(low_cumulative, rank - below_bin, right=True))
-    n_less = below_bin + (int(low_cumulative[low_digit - 1]) if low_digit > 0 else 0)
-    value_bits = torch.tensor([(high_digit << _DIGIT) | low_digit], dtype=torch.int32)
-    return RankValue(float(value_bits.view(torch.float32)), n_less, int(low_counts[low_digit]))
+    below = 0  # elements known to be smaller than every remaining candidate
+    candidates = scores
+    for shift, bins in _DIGITS:
+        if candidates.numel() <= _SMALL:
+            break
+        digits = torch.bitwise_right_shift(candidates.view(torch.int32), shift)
+        if bins != 2048:
+            digits.bitwise_and_(bins - 1)
+        counts = torch.bincount(digits, minlength=bins)
+        cumulative = counts.cumsum(0)
+        digit = int(torch.searchsorted(cumulative, rank - below, right=True))
+        below += int(cumulative[digit - 1]) if digit > 0 else 0
+        candidates = candidates[digits == digit]
+        if shift == 0:  # every bit fixed: all candidates are equal
+            return RankValue(float(candidates[0]), below, candidates.numel())
+    value = candidates.kthvalue(rank - below + 1).values
+    n_less = int((candidates < value).sum())
+    return RankValue(float(value), below + n_less, int((candidates == value).sum()))
 
 
 def rank_window_mask(scores: torch.Tensor, start: int, stop: int) -> torch.Tensor:
