@@ -126,7 +126,8 @@ def load_recipe(source: str | Path, *, validate: bool = True) -> Recipe:
     """Read a recipe from a YAML file path or YAML text (yaml.safe_load) and validate it unless asked not to.
     Structural and semantic problems are reported together in one RecipeError."""
     text = str(source)
-    if isinstance(source, Path) or ("\n" not in text and text.endswith((".yaml", ".yml"))):
+    looks_like_path = "\n" not in text and (text.endswith((".yaml", ".yml")) or Path(text).is_file())
+    if isinstance(source, Path) or looks_like_path:
         path = Path(source)
         if not path.is_file():
             raise RecipeError(f"recipe file {path} not found: check the path")

@@ -74,6 +74,9 @@ def test_recipe_file_path_is_read(tmp_path):
     path.write_text(TIES_WITH_GRADIENTS)
     assert load_recipe(path) == load_recipe(str(path)) == load_recipe(TIES_WITH_GRADIENTS)
     assert "not found" in problems_of(str(tmp_path / "missing.yaml"))
+    other = tmp_path / "recipe.txt"
+    other.write_text(TIES_WITH_GRADIENTS)
+    assert load_recipe(str(other)) == load_recipe(path)
 
 
 # --- validation: one bad input per test, each message says what to fix ---
