@@ -21,8 +21,16 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from evaluation.scoring import Predictions, TaskOutputs, classify_task, expected_answers, generate_task, share_equal
+from evaluation.scoring import (
+    Predictions,
+    TaskOutputs,
+    classify_task,
+    expected_answers,
+    generate_tasks,
+    share_equal,
+)
 from evaluation.tasks import Task, TaskSet
+from inference.generation import SMALL_MODEL_PARAMETERS
 from inference.loading import LoadedModel
 from merging.errors import CompatibilityError, TaskSetError
 
@@ -124,7 +132,7 @@ class Evaluator:
     """Scores models on `tasks` against `experts` (name -> loaded expert). Every expert must share one architecture;
     classification tasks need their expert (its head)."""
 
-    def __init__(self, tasks: TaskSet, experts: Mapping[str, LoadedModel], *, batch_size: int = 64,
+    def __init__(self, tasks: TaskSet, experts: Mapping[str, LoadedModel], *, batch_size: int | None = None,
                  template: LoadedModel | None = None) -> None:
         self.tasks = tasks
         self.experts = dict(experts)
@@ -164,17 +172,23 @@ class Evaluator:
     def expert_predictions(self) -> dict[str, Predictions]:
         if self._expert_predictions is None:
             predictions = {name: Predictions() for name in self.experts}
-            for task in self.tasks.tasks.values():
-                for name in self._sources_for(task):
-                    expert = self.experts[name]
-                    predictions[name].tasks[task.name] = self._run(expert.model, expert.tokenizer, task)
+            for name, expert in self.experts.items():
+                mine = [t for t in self.tasks.tasks.values() if name in self._sources_for(t)]
+                predictions[name].tasks.update(self._run(expert.model, expert.tokenizer, mine))
             self._expert_predictions = predictions
         return self._expert_predictions
 
-    def _run(self, model: PreTrainedModel, tokenizer, task: Task) -> TaskOutputs:
-        if task.is_classification:
-            return classify_task(model, tokenizer, task, batch_size=self.batch_size * 2)
-        return generate_task(model, tokenizer, task, batch_size=self.batch_size)
+    def _batch_size(self, model: PreTrainedModel) -> int:
+        if self.batch_size:
+            return self.batch_size
+        small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMETERS
+        return 256 if small else 16  # tiny models: one generate call for a whole task set
+
+    def _run(self, model: PreTrainedModel, tokenizer, tasks: list[Task]) -> dict[str, TaskOutputs]:
+        size = self._batch_size(model)
+        outputs = {t.name: classify_task(model, tokenizer, t, batch_size=size) for t in tasks if t.is_classification}
+        outputs.update(generate_tasks(model, tokenizer, [t for t in tasks if not t.is_classification], batch_size=size))
+        return outputs
 
     # --- scoring ---------------------------------------------------------------------------------------------------
 
@@ -208,10 +222,15 @@ class Evaluator:
         expert = self.experts[task.expert]
         instance = self._scoring_copy(f"head:{task.expert}", expert.model)
         load_state_into(instance, _as_backbone_state(state, expert.model), backbone_only=True)
-        return classify_task(instance, expert.tokenizer, task, batch_size=self.batch_size * 2)
+        return classify_task(instance, expert.tokenizer, task, batch_size=self._batch_size(instance))
 
     def _score(self, merged: LoadedModel | None, classifier_state: Mapping[str, torch.Tensor] | None) -> EvalResult:
         experts = self.expert_predictions()
+        generated = {}
+        lm_tasks = [t for t in self.tasks.tasks.values() if not t.is_classification]
+        if lm_tasks:
+            generated = generate_tasks(merged.model, merged.tokenizer, lm_tasks,
+                                       batch_size=self._batch_size(merged.model))
         scores, answers, outputs = {}, {}, {}
         for task in self.tasks.tasks.values():
             if task.is_classification:
@@ -220,7 +239,7 @@ class Evaluator:
                                              "weights to read through the expert heads.")
                 ours = self._classifier_outputs(task, classifier_state)
             else:
-                ours = self._run(merged.model, merged.tokenizer, task)
+                ours = generated[task.name]
             answers[task.name], outputs[task.name] = ours.answers, ours.raw
             scores[task.name] = self._task_score(task, ours, experts)
         return EvalResult(scores=scores, answers=answers, outputs=outputs)

@@ -42,11 +42,29 @@ def token_limit(task: Task, tokenizer: PreTrainedTokenizerBase) -> int:
     return longest + 1 + TOKEN_MARGIN
 
 
+def generate_tasks(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tasks: list[Task], *, batch_size: int = 256
+) -> dict[str, TaskOutputs]:
+    """Generate for several tasks in shared batches (each prompt keeps its task's token limit): fewer, fuller
+    batches than one generate call per task."""
+    prompts, limits, owners = [], [], []
+    for task in tasks:
+        limit = token_limit(task, tokenizer)
+        prompts += task.inputs
+        limits += [limit] * len(task.examples)
+        owners += [task.name] * len(task.examples)
+    raw = generate_batch(model, tokenizer, prompts, limits, batch_size=batch_size) if prompts else []
+    result = {}
+    for task in tasks:
+        texts = [text for text, owner in zip(raw, owners) if owner == task.name]
+        result[task.name] = TaskOutputs(raw=texts, answers=[extract(text, task.numeric) for text in texts])
+    return result
+
+
 def generate_task(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, *, batch_size: int = 64
 ) -> TaskOutputs:
-    raw = generate_batch(model, tokenizer, task.inputs, token_limit(task, tokenizer), batch_size=batch_size)
-    return TaskOutputs(raw=raw, answers=[extract(text, task.numeric) for text in raw])
+    return generate_tasks(model, tokenizer, [task], batch_size=batch_size)[task.name]
 
 
 def classify_task(

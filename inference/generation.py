@@ -112,31 +112,37 @@ def generate_batch(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
-    max_new_tokens: int,
+    max_new_tokens: int | Sequence[int],
     *,
     batch_size: int = 64,
 ) -> list[str]:
     """Greedy continuations of `prompts` (only the new text, special tokens dropped, stripped), in prompt order.
-    Prompts are grouped by length so little padding is decoded; each stops at eos."""
-    if max_new_tokens < 1:
-        raise InferenceError(f"max_new_tokens must be at least 1 (got {max_new_tokens}).")
+    `max_new_tokens` is one limit or one per prompt (a batch runs to its largest limit and each row is cut to its
+    own, which gives the same text as generating it alone). Prompts are grouped by length so little padding is
+    decoded; each stops at eos."""
+    limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(limits) != len(prompts):
+        raise InferenceError(f"{len(limits)} token limits for {len(prompts)} prompts: give one limit or one each.")
+    if any(limit < 1 for limit in limits):
+        raise InferenceError(f"max_new_tokens must be at least 1 (got {min(limits)}).")
     templated = _has_chat_template(tokenizer)
     texts = [format_prompt(tokenizer, p) for p in prompts]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    config = GenerationConfig(
-        do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=_pad_id(tokenizer),
-        eos_token_id=tokenizer.eos_token_id,
-    )
     outputs: list[str] = [""] * len(texts)
     device = _device(model)
     with single_thread_for_small_models(model):
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
+            config = GenerationConfig(
+                do_sample=False, max_new_tokens=max(limits[i] for i in chunk), pad_token_id=_pad_id(tokenizer),
+                eos_token_id=tokenizer.eos_token_id,
+            )
             encoded = _encode(tokenizer, [texts[i] for i in chunk], templated)
             encoded = {k: v.to(device) for k, v in encoded.items()}
             generated = model.generate(**encoded, generation_config=config)
             new_tokens = generated[:, encoded["input_ids"].shape[1]:]
-            for i, text in zip(chunk, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+            rows = [new_tokens[row, :limits[i]] for row, i in enumerate(chunk)]
+            for i, text in zip(chunk, tokenizer.batch_decode(rows, skip_special_tokens=True)):
                 outputs[i] = text.strip()
     return outputs
 

@@ -73,6 +73,15 @@ def test_batched_generation_matches_one_by_one(loaded):
     assert all(0 < len(text.replace(" ", "")) <= 6 for text in batched)
 
 
+def test_per_prompt_token_limits_cut_each_row_as_if_generated_alone(loaded):
+    prompts = ["1+2=", "abc", "hello"]
+    mixed = generate_batch(loaded.model, loaded.tokenizer, prompts, [2, 6, 4])
+    alone = [generate_batch(loaded.model, loaded.tokenizer, [p], n)[0] for p, n in zip(prompts, [2, 6, 4])]
+    assert mixed == alone
+    with pytest.raises(InferenceError, match="2 token limits for 3 prompts"):
+        generate_batch(loaded.model, loaded.tokenizer, prompts, [2, 6])
+
+
 def test_prompt_goes_through_the_chat_template(loaded):
     assert format_prompt(loaded.tokenizer, "1+2=") == "user: 1+2=\nassistant: "
 

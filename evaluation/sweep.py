@@ -1,0 +1,305 @@
+"""(weight × density [× method]) sweeps: every grid point is merged in memory (LiveMerger, task vectors cached
+once) and scored by loading the merged state dict into the same model instance (Evaluator.score_state); expert
+outputs are computed once for the whole sweep.
+
+The weight axis sets every merged model's `weight`; the density axis sets `density` (or SCE's `select_topk`).
+A method without such a parameter collapses that axis to one point (value None in the results).
+Results: a table, the best point by a chosen metric, and a results file (JSON with each point's recipe, per-task
+scores and each question's extracted answer, plus a CSV beside it and the best recipe as YAML).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from evaluation.agreement import METRICS, EvalResult, Evaluator
+from evaluation.errors import SweepError
+from evaluation.tasks import TaskSet
+from inference.loading import LoadedModel, load_model
+from merging.errors import MergeLabError
+from merging.live import LiveMerger
+from merging.methods.registry import get_method
+from merging.recipe import Recipe, load_recipe
+from merging.sources import open_model
+
+Progress = Callable[[float, str], Any]  # progress(fraction, description): gr.Progress fits
+DENSITY_PARAMS = ("density", "select_topk")
+
+
+def parse_grid(spec: str | Sequence[float], what: str = "value") -> list[float]:
+    """"0.2:1.0:0.2" (start:stop:step, stop included), "0.3,0.5,0.9", "0.5", or a list of numbers."""
+    if not isinstance(spec, str):
+        values = [float(v) for v in spec]
+    elif ":" in spec:
+        parts = spec.split(":")
+        try:
+            start, stop, step = (float(p) for p in parts) if len(parts) == 3 else (None, None, None)
+        except ValueError:
+            start = None
+        if start is None:
+            raise SweepError(f"{what} range {spec!r} must be start:stop:step, e.g. 0.2:1.0:0.2.")
+        if step <= 0 or stop < start:
+            raise SweepError(f"{what} range {spec!r}: step must be positive and stop at least start.")
+        count = math.floor((stop - start) / step + 1e-9) + 1
+        values = [round(start + i * step, 10) for i in range(count)]
+    else:
+        try:
+            values = [float(v) for v in spec.split(",") if v.strip()]
+        except ValueError:
+            raise SweepError(f"{what}s {spec!r} must be numbers separated by commas, or start:stop:step.") from None
+    if not values:
+        raise SweepError(f"No {what}s given: write e.g. 0.2:1.0:0.2 or 0.3,0.5.")
+    return values
+
+
+@dataclass
+class SweepPoint:
+    method: str
+    weight: float | None
+    density: float | None
+    recipe: dict[str, Any]
+    summary: dict[str, float | None]
+    scores: dict[str, dict[str, Any]]
+    answers: dict[str, list[str | None]]
+    seconds: float
+
+    def value(self, metric: str) -> float | None:
+        task, _, name = metric.rpartition(".")
+        return self.scores[task][name] if task else self.summary[name]
+
+
+@dataclass
+class SweepResult:
+    metric: str
+    methods: list[str]
+    weights: list[float]
+    densities: list[float]
+    tasks: list[str]
+    points: list[SweepPoint] = field(default_factory=list)
+    questions: dict[str, list[str]] = field(default_factory=dict)
+    expected: dict[str, list[Any]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def best(self) -> SweepPoint | None:
+        """The point with the highest metric (the first one among equals); None when no point has a value."""
+        scored = [p for p in self.points if p.value(self.metric) is not None]
+        return max(scored, key=lambda p: p.value(self.metric)) if scored else None
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per point: method, weight, density, the metric, the mean metrics, per-task metrics."""
+        rows = []
+        for p in self.points:
+            row = {"method": p.method, "weight": p.weight, "density": p.density, self.metric: p.value(self.metric)}
+            row.update({f"mean_{m}": p.summary[m] for m in METRICS})
+            for task in self.tasks:
+                row.update({f"{task}.{m}": p.scores[task][m] for m in METRICS})
+            row["seconds"] = round(p.seconds, 3)
+            rows.append(row)
+        return rows
+
+    def grid(self, method: str | None = None, metric: str | None = None) -> tuple[list, list, list[list]]:
+        """(weights, densities, z[weight][density]) of one method, for a heatmap; None where a point is missing."""
+        method = method or self.methods[0]
+        metric = metric or self.metric
+        points = [p for p in self.points if p.method == method]
+        weights = sorted({p.weight for p in points}, key=lambda v: (v is None, v or 0))
+        densities = sorted({p.density for p in points}, key=lambda v: (v is None, v or 0))
+        lookup = {(p.weight, p.density): p.value(metric) for p in points}
+        return weights, densities, [[lookup.get((w, d)) for d in densities] for w in weights]
+
+    def to_dict(self) -> dict[str, Any]:
+        best = self.best
+        return {
+            "metric": self.metric,
+            "grid": {"methods": self.methods, "weights": self.weights, "densities": self.densities},
+            "tasks": self.tasks,
+            "seconds": round(self.seconds, 3),
+            "best": asdict(best) if best else None,
+            "points": [asdict(p) for p in self.points],
+            "questions": self.questions,
+            "expected": self.expected,
+        }
+
+    def write(self, path: str | Path) -> dict[str, Path]:
+        """The JSON results file at `path`, the table as CSV beside it, and the best recipe as YAML beside it."""
+        json_path = Path(path)
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=1), encoding="utf-8")
+        csv_path = json_path.with_suffix(".csv")
+        rows = self.table()
+        with csv_path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["method"])
+            writer.writeheader()
+            writer.writerows(rows)
+        written = {"json": json_path, "csv": csv_path}
+        if self.best is not None:
+            yaml_path = json_path.with_name(json_path.stem + ".best.yaml")
+            yaml_path.write_text(Recipe.from_dict(self.best.recipe).to_yaml(), encoding="utf-8")
+            written["yaml"] = yaml_path
+        return written
+
+
+def point_recipe(template: Recipe, method: str, weight: float | None, density: float | None) -> Recipe:
+    """The template recipe with `method`, and every merged model's weight and density set (where the method has
+    them); other settings are kept. Methods that ignore the base (linear) mix only the listed models."""
+    data = copy.deepcopy(template.to_dict())
+    data["merge_method"] = method
+    spec = get_method(method)
+    density_param = next((spec.param(n) for n in DENSITY_PARAMS if spec.param(n)), None)
+    weight_param = spec.param("weight")
+    listed = [entry["model"] for entry in data["models"]]
+    if spec.base == "ignored" and data.get("base_model") not in listed:
+        data.pop("base_model", None)  # linear & co. mix the listed experts; the base would be one more input
+    shared = data.setdefault("parameters", {})
+    for name in ("weight", *DENSITY_PARAMS):  # the grid decides these; stale ones could fail validation
+        shared.pop(name, None)
+    for entry in data["models"]:
+        params = entry.setdefault("parameters", {})
+        for name in ("weight", *DENSITY_PARAMS):
+            params.pop(name, None)
+        if entry["model"] == data.get("base_model") and spec.base != "ignored":
+            continue
+        if weight_param is not None and weight is not None:
+            params["weight"] = weight
+        if density_param is not None and density_param.scope == "model" and density is not None:
+            params[density_param.name] = density
+    if density_param is not None and density_param.scope == "global" and density is not None:
+        shared[density_param.name] = density
+    for entry in data["models"]:
+        if not entry["parameters"]:
+            del entry["parameters"]
+    if not shared:
+        del data["parameters"]
+    return Recipe.from_dict(data)
+
+
+def _axes(method: str, weights: list[float], densities: list[float]) -> list[tuple[float | None, float | None]]:
+    spec = get_method(method)
+    method_weights = weights if spec.param("weight") is not None else [None]
+    method_densities = densities if any(spec.param(n) for n in DENSITY_PARAMS) else [None]
+    return [(w, d) for w in method_weights for d in method_densities]
+
+
+def run_sweep(
+    template: Recipe,
+    merger: LiveMerger,
+    evaluator: Evaluator,
+    *,
+    weights: Sequence[float],
+    densities: Sequence[float],
+    methods: Sequence[str] | None = None,
+    metric: str = "accuracy",
+    seed: int = 0,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> SweepResult:
+    """Merge and score every grid point. `metric`: agreement | accuracy | normalized_accuracy (means over tasks) or
+    <task>.<metric>. `should_stop()` returning True ends the sweep early with the points done so far."""
+    methods = list(methods or [template.merge_method])
+    _check_metric(metric, evaluator.tasks)
+    plan = [(m, w, d) for m in methods for w, d in _axes(m, list(weights), list(densities))]
+    if not plan:
+        raise SweepError("The sweep grid is empty: give at least one weight and one density.")
+    recipes = [point_recipe(template, m, w, d) for m, w, d in plan]  # fail on a bad method before any work
+    result = SweepResult(
+        metric=metric, methods=methods, weights=list(weights), densities=list(densities),
+        tasks=evaluator.tasks.task_names,
+        questions={t.name: t.inputs for t in evaluator.tasks.tasks.values()},
+        expected={t.name: t.answers for t in evaluator.tasks.tasks.values()},
+    )
+    started = time.perf_counter()
+    if progress:
+        progress(0.0, "Answers of the experts")
+    evaluator.expert_predictions()
+    for index, ((method, weight, density), recipe) in enumerate(zip(plan, recipes)):
+        if should_stop is not None and should_stop():
+            break
+        tick = time.perf_counter()
+        try:
+            state = merger.merge(recipe, seed=seed)
+        except MergeLabError as error:
+            raise SweepError(f"Point {method} weight={weight} density={density}: {error}") from None
+        scored: EvalResult = evaluator.score_state(state)
+        result.points.append(SweepPoint(
+            method=method, weight=weight, density=density, recipe=recipe.to_dict(), summary=scored.summary(),
+            scores={name: asdict(score) for name, score in scored.scores.items()}, answers=scored.answers,
+            seconds=time.perf_counter() - tick,
+        ))
+        if progress:
+            value = result.points[-1].value(metric)
+            shown = "–" if value is None else f"{value:.2f}"
+            progress((index + 1) / len(plan), f"{index + 1}/{len(plan)}: {method} w={weight} d={density} "
+                                              f"{metric}={shown}")
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _check_metric(metric: str, tasks: TaskSet) -> None:
+    task, _, name = metric.rpartition(".")
+    if name not in METRICS:
+        raise SweepError(f"Unknown metric {metric!r}: use one of {', '.join(METRICS)}, or <task>.<metric>.")
+    if task and task not in tasks.tasks:
+        raise SweepError(f"Metric {metric!r} names task {task!r}, which is not in the task set "
+                         f"({', '.join(tasks.task_names)}).")
+
+
+# --- from a recipe file: load the models once, then sweep -------------------------------------------------------
+
+
+def read_state(path: str | Path) -> tuple[dict[str, torch.Tensor], int]:
+    """All tensors of a model folder (memory-mapped reads) and its number of layers."""
+    source = open_model(str(path))
+    return {name: source.get(name) for name in source.tensor_names()}, source.num_layers
+
+
+def expert_name(model_ref: str) -> str:
+    """The expert name a recipe model stands for: its folder name (the zoo's folders are named after experts)."""
+    return Path(model_ref).name
+
+
+@dataclass
+class SweepSetup:
+    """Everything a sweep over one recipe's models needs, loaded once (reuse it for several sweeps)."""
+
+    template: Recipe
+    merger: LiveMerger
+    evaluator: Evaluator
+
+
+def prepare_sweep(recipe: Recipe | str | Path, tasks: TaskSet, *, experts: Mapping[str, str] | None = None,
+                  batch_size: int = 64) -> SweepSetup:
+    """Load the recipe's base and models (names from folder names, or `experts` name -> model ref), keep only the
+    tasks of those experts and composite tasks, and build the merger and evaluator."""
+    template = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    if not template.base_model:
+        raise SweepError("The recipe has no base_model: a sweep merges task vectors, so name the base model.")
+    refs = [m.model for m in template.models if m.model != template.base_model]
+    names = {ref: expert_name(ref) for ref in refs}
+    if experts:
+        by_ref = {str(v): k for k, v in experts.items()}
+        names = {ref: by_ref.get(ref, name) for ref, name in names.items()}
+    base_state, num_layers = read_state(template.base_model)
+    states = {ref: read_state(ref)[0] for ref in refs}
+    merger = LiveMerger(base_state, states, num_layers)
+    loaded = {names[ref]: load_model(ref) for ref in refs}
+    kept = [e for e in tasks.examples if e.expert is None or e.expert in loaded]
+    if not kept:
+        raise SweepError(f"No task in {tasks.source} belongs to the recipe's models ({', '.join(loaded)}) or is "
+                         "composite: set each line's \"expert\" to one of them (or null).")
+    task_set = TaskSet(kept, source=tasks.source)
+    template_model = None
+    if any(not t.is_classification for t in task_set.tasks.values()) and all(m.kind == "lm" for m in loaded.values()):
+        template_model = next(iter(loaded.values()))
+    evaluator = Evaluator(task_set, loaded, batch_size=batch_size, template=template_model)
+    return SweepSetup(template=template, merger=merger, evaluator=evaluator)

@@ -1,0 +1,124 @@
+"""evaluation.sweep: grids, per-point recipes, in-memory sweeps scored on one model instance, results files."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+import evaluation.agreement as agreement_module
+from evaluation.errors import SweepError
+from evaluation.sweep import parse_grid, point_recipe, prepare_sweep, run_sweep
+from evaluation.tasks import tasks_from_records
+from merging.recipe import Recipe, load_recipe
+from tests.factory import make_family
+
+PROMPTS = ["1+2=", "abc", "3+4=", "hello"]
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    return make_family(tmp_path_factory.mktemp("sweep"), n_experts=2, scale=0.3, dtype=torch.bfloat16)
+
+
+def _tasks():
+    records = []
+    for prompt in PROMPTS:
+        records.append({"task": "a", "prompt": prompt, "answer": "ab", "expert": "expert0", "answer_type": "text",
+                        "max_new_tokens": 4})
+        records.append({"task": "b", "prompt": prompt, "expert": "expert1", "answer_type": "text",
+                        "max_new_tokens": 4})
+    return tasks_from_records(records)
+
+
+def _recipe(family, method="ties", experts=None):
+    experts = family.experts if experts is None else experts
+    return Recipe.from_dict({"merge_method": method, "base_model": str(family.base),
+                             "models": [{"model": str(p)} for p in experts]})
+
+
+@pytest.mark.parametrize(
+    ("spec", "values"),
+    [("0.2:1.0:0.2", [0.2, 0.4, 0.6, 0.8, 1.0]), ("0.1:0.35:0.1", [0.1, 0.2, 0.3]), ("0.5", [0.5]),
+     ("0.3, 0.9", [0.3, 0.9]), ([1, 0.5], [1.0, 0.5])],
+)
+def test_parse_grid(spec, values):
+    assert parse_grid(spec) == values
+
+
+@pytest.mark.parametrize(("spec", "message"), [("1:0:0.1", "stop at least start"), ("0:1:0", "step must be"),
+                                               ("a:b:c", "start:stop:step"), ("x,y", "numbers"), ("", "No")])
+def test_bad_grids_say_how_to_write_them(spec, message):
+    with pytest.raises(SweepError, match=message):
+        parse_grid(spec)
+
+
+def test_point_recipe_sets_weight_and_density_where_the_method_has_them(family):
+    template = _recipe(family)
+    ties = point_recipe(template, "ties", 0.4, 0.6).to_dict()
+    assert all(m["parameters"] == {"weight": 0.4, "density": 0.6} for m in ties["models"])
+    linear = point_recipe(template, "linear", 0.4, 0.6).to_dict()
+    assert all(m["parameters"] == {"weight": 0.4} for m in linear["models"])
+    sce = point_recipe(template, "sce", 0.4, 0.6).to_dict()
+    assert sce["parameters"] == {"select_topk": 0.6} and all("parameters" not in m for m in sce["models"])
+
+
+def test_weight_one_task_arithmetic_reproduces_the_expert_and_zero_the_base(family):
+    setup = prepare_sweep(_recipe(family, "task_arithmetic", experts=family.experts[:1]), _tasks())
+    assert setup.evaluator.tasks.task_names == ["a"]  # task b's expert is not in the recipe
+    result = run_sweep(setup.template, setup.merger, setup.evaluator, weights=[0.0, 1.0], densities=[0.5],
+                       metric="agreement")
+    assert [(p.weight, p.density) for p in result.points] == [(0.0, None), (1.0, None)]  # no density axis
+    by_weight = {p.weight: p for p in result.points}
+    assert by_weight[1.0].scores["a"]["agreement"] == 1.0
+    assert result.best is by_weight[1.0]
+    base_answers = setup.evaluator.score_state(setup.merger.base).answers
+    assert by_weight[0.0].answers == base_answers
+
+
+def test_sweep_grid_progress_results_files_and_reuse(family, tmp_path, monkeypatch):
+    calls = []
+    real = agreement_module.generate_tasks
+    monkeypatch.setattr(agreement_module, "generate_tasks", lambda *a, **k: calls.append(1) or real(*a, **k))
+    setup = prepare_sweep(_recipe(family), _tasks())
+    seen = []
+    result = run_sweep(setup.template, setup.merger, setup.evaluator, weights=parse_grid("0.5:1.0:0.5"),
+                       densities=[0.3, 1.0], methods=["ties", "linear"], metric="b.agreement",
+                       progress=lambda fraction, text: seen.append((fraction, text)))
+    assert len(result.points) == 4 + 2  # ties: 2 x 2; linear: 2 weights, no density
+    assert len(calls) == 2 + 6  # both experts once, then one call per point
+    assert seen[-1][0] == 1.0 and [f for f, _ in seen] == sorted(f for f, _ in seen)
+    best = result.best
+    assert best.value("b.agreement") == max(p.scores["b"]["agreement"] for p in result.points)
+    weights, densities, z = result.grid("ties")
+    assert weights == [0.5, 1.0] and densities == [0.3, 1.0] and len(z) == 2 and len(z[0]) == 2
+
+    written = result.write(tmp_path / "out" / "sweep.json")
+    data = json.loads(written["json"].read_text(encoding="utf-8"))
+    assert data["best"]["recipe"] == best.recipe
+    assert len(data["points"]) == 6 and data["points"][0]["recipe"]["merge_method"] == "ties"
+    assert len(data["points"][0]["answers"]["a"]) == len(PROMPTS)  # each question's extracted answer
+    assert data["questions"]["a"] == PROMPTS
+    rows = list(csv.DictReader(written["csv"].open(encoding="utf-8")))
+    assert len(rows) == 6 and "a.accuracy" in rows[0]
+    assert load_recipe(written["yaml"]).to_dict() == best.recipe  # the hand-in recipe
+
+
+def test_sweep_can_stop_early(family):
+    setup = prepare_sweep(_recipe(family), _tasks())
+    fractions: list[float] = []
+    result = run_sweep(setup.template, setup.merger, setup.evaluator, weights=[0.5, 1.0], densities=[0.5],
+                       progress=lambda fraction, text: fractions.append(fraction),
+                       should_stop=lambda: any(f > 0 for f in fractions))  # stop once a point is done
+    assert len(result.points) == 1
+
+
+def test_unknown_metric_or_task_is_refused(family):
+    setup = prepare_sweep(_recipe(family), _tasks())
+    with pytest.raises(SweepError, match="Unknown metric"):
+        run_sweep(setup.template, setup.merger, setup.evaluator, weights=[1.0], densities=[1.0], metric="speed")
+    with pytest.raises(SweepError, match="task 'zzz'"):
+        run_sweep(setup.template, setup.merger, setup.evaluator, weights=[1.0], densities=[1.0],
+                  metric="zzz.accuracy")
