@@ -1,0 +1,139 @@
+"""Plotly figure builders: pure functions of results (the objects or their `to_dict()` form, as saved in JSON).
+
+- `agreement_figure`: per task, the merged model's agreement with each source expert, and its accuracy.
+- `sweep_heatmap`: a (weight × density) sweep of one method with the best point marked.
+- `interference_heatmap`: one interference metric over layers × module types.
+- `cosine_heatmap`: task × task cosine similarity of the task vectors (overall, or one layer/module group).
+- `kept_heatmap`: the share of each task vector TIES trimming keeps, per layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import plotly.graph_objects as go
+
+_PERCENT_AXIS = dict(range=[0, 1.05], tickformat=".0%")
+
+
+def _as_dict(result: Any) -> dict[str, Any]:
+    return result.to_dict() if hasattr(result, "to_dict") else result
+
+
+def _label(value: float | None) -> str:
+    return "" if value is None else f"{value:.0%}"
+
+
+def agreement_figure(result: Any, title: str = "Agreement of the merged model with each expert, per task") -> go.Figure:
+    """Grouped bars: for each task, the share of examples where the merged model gives each source's answer, and
+    its accuracy where answers are known."""
+    data = _as_dict(result)
+    tasks = data["tasks"]
+    names = list(tasks)
+    sources = list(dict.fromkeys(s for t in tasks.values() for s in t["agreement_by_source"]))
+    fig = go.Figure()
+    for source in sources:
+        values = [tasks[t]["agreement_by_source"].get(source) for t in names]
+        fig.add_bar(name=f"agrees with {source}", x=names, y=values, text=[_label(v) for v in values],
+                    hovertemplate=f"%{{x}}: agrees with {source} on %{{y:.0%}}<extra></extra>")
+    accuracies = [tasks[t]["accuracy"] for t in names]
+    if any(v is not None for v in accuracies):
+        fig.add_bar(name="accuracy", x=names, y=accuracies, text=[_label(v) for v in accuracies],
+                    marker_pattern_shape="/", hovertemplate="%{x}: accuracy %{y:.0%}<extra></extra>")
+    fig.update_layout(title=title, barmode="group", yaxis=dict(title="share of examples", **_PERCENT_AXIS),
+                      xaxis_title="task", legend=dict(orientation="h", y=-0.2), height=420, margin=dict(t=60, b=40))
+    return fig
+
+
+def _sweep_grid(data: dict[str, Any], method: str, metric: str) -> tuple[list, list, list[list]]:
+    points = [p for p in data["points"] if p["method"] == method]
+
+    def value(point: dict) -> float | None:
+        task, _, name = metric.rpartition(".")
+        return point["scores"][task][name] if task else point["summary"][name]
+
+    order = lambda v: (v is None, v or 0)  # noqa: E731
+    weights = sorted({p["weight"] for p in points}, key=order)
+    densities = sorted({p["density"] for p in points}, key=order)
+    lookup = {(p["weight"], p["density"]): value(p) for p in points}
+    return weights, densities, [[lookup.get((w, d)) for d in densities] for w in weights]
+
+
+def sweep_heatmap(sweep: Any, method: str | None = None, metric: str | None = None) -> go.Figure:
+    """Weight (rows) × density (columns) of one method, coloured by the metric, the best point starred."""
+    data = _as_dict(sweep)
+    method = method or data["grid"]["methods"][0]
+    metric = metric or data["metric"]
+    weights, densities, z = _sweep_grid(data, method, metric)
+    x = ["—" if d is None else f"{d:g}" for d in densities]
+    y = ["—" if w is None else f"{w:g}" for w in weights]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=x, y=y, zmin=0, zmax=1, colorscale="Viridis", colorbar=dict(title=metric),
+        text=[[_label(v) for v in row] for row in z], texttemplate="%{text}",
+        hovertemplate="weight %{y}, density %{x}: %{z:.1%}<extra></extra>",
+    ))
+    best = data.get("best")
+    if best and best["method"] == method and metric == data["metric"]:
+        bx = "—" if best["density"] is None else f"{best['density']:g}"
+        by = "—" if best["weight"] is None else f"{best['weight']:g}"
+        fig.add_trace(go.Scatter(x=[bx], y=[by], mode="markers", name="best",
+                                 marker=dict(symbol="star", size=22, color="white", line=dict(color="black", width=2)),
+                                 hovertemplate="best: weight %{y}, density %{x}<extra></extra>"))
+    fig.update_layout(title=f"{method}: {metric} over weight × density", xaxis=dict(title="density", type="category"),
+                      yaxis=dict(title="weight", type="category"), height=440, margin=dict(t=60, b=40),
+                      showlegend=False)
+    return fig
+
+
+def _layer_names(layers: list[str]) -> list[str]:
+    return [f"layer {k}" if k != "none" else "outside layers" for k in layers]
+
+
+def interference_heatmap(report: Any, metric: str = "sign_conflict_rate") -> go.Figure:
+    """Module types (rows) × layers (columns) of one per-group metric: sign_conflict_rate, mean_cosine or
+    mean_jaccard."""
+    data = _as_dict(report)
+    layers, modules = list(data["by_layer"]), list(data["by_module"])
+    cells = {(c["layer"], c["module"]): c[metric] for c in data["cells"]}
+    z = [[cells.get((layer, module)) for layer in layers] for module in modules]
+    scale = {"sign_conflict_rate": ("OrRd", 0, 1), "mean_cosine": ("RdBu", -1, 1), "mean_jaccard": ("Blues", 0, 1)}
+    colorscale, low, high = scale.get(metric, ("Viridis", None, None))
+    fig = go.Figure(go.Heatmap(
+        z=z, x=_layer_names(layers), y=modules, zmin=low, zmax=high, colorscale=colorscale,
+        colorbar=dict(title=metric.replace("_", " ")), text=[[_label(v) for v in row] for row in z],
+        texttemplate="%{text}", hovertemplate="%{y}, %{x}: %{z:.2f}<extra></extra>",
+    ))
+    overall = data["overall"].get(metric)
+    suffix = f" (overall {overall:.0%})" if isinstance(overall, float) else ""
+    fig.update_layout(title=f"{metric.replace('_', ' ').capitalize()} per layer and module{suffix}", height=420,
+                      margin=dict(t=60, b=40))
+    return fig
+
+
+def cosine_heatmap(report: Any, layer: str | None = None, module: str | None = None) -> go.Figure:
+    """Task × task cosine similarity of the task vectors: overall, or of one layer or module type."""
+    data = _as_dict(report)
+    group = data["by_layer"][layer] if layer is not None else data["by_module"][module] if module else data["overall"]
+    tasks, z = data["tasks"], group["cosine"]
+    where = f" (layer {layer})" if layer is not None else f" ({module})" if module else ""
+    fig = go.Figure(go.Heatmap(z=z, x=tasks, y=tasks, zmin=-1, zmax=1, colorscale="RdBu", reversescale=True,
+                               text=[[f"{v:.2f}" for v in row] for row in z], texttemplate="%{text}",
+                               colorbar=dict(title="cosine")))
+    fig.update_layout(title=f"Cosine similarity between task vectors{where}", height=400, margin=dict(t=60, b=40),
+                      yaxis=dict(autorange="reversed"))
+    return fig
+
+
+def kept_heatmap(report: Any, by: str = "kept_mass_share") -> go.Figure:
+    """Tasks (rows) × layers (columns): the share of each task vector TIES trimming keeps at the report's density
+    (by magnitude mass, or by count with by="kept_count_share")."""
+    data = _as_dict(report)
+    layers, tasks = list(data["by_layer"]), data["tasks"]
+    z = [[data["by_layer"][layer][by].get(task) for layer in layers] for task in tasks]
+    fig = go.Figure(go.Heatmap(z=z, x=_layer_names(layers), y=tasks, zmin=0, zmax=1, colorscale="Greens",
+                               text=[[_label(v) for v in row] for row in z], texttemplate="%{text}",
+                               colorbar=dict(title="kept")))
+    what = "magnitude" if by == "kept_mass_share" else "entries"
+    fig.update_layout(title=f"Share of each task vector's {what} kept by TIES trimming at density "
+                            f"{data['density']:g}", height=400, margin=dict(t=60, b=40))
+    return fig

@@ -1,0 +1,84 @@
+"""evaluation.charts: figures built from results (objects or their saved dict form) show the numbers given."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from evaluation.agreement import EvalResult, TaskScore
+from evaluation.charts import agreement_figure, cosine_heatmap, interference_heatmap, kept_heatmap, sweep_heatmap
+from evaluation.interference import interference_report
+from evaluation.sweep import SweepPoint, SweepResult
+
+
+def _eval_result() -> EvalResult:
+    scores = {
+        "math": TaskScore("math", "math", 10, 0.9, 0.8, 0.9, 0.8 / 0.9, {"math": 0.9, "japanese": 0.2},
+                          {"math": 0.9, "japanese": 0.1}),
+        "japanese_math": TaskScore("japanese_math", None, 10, None, 0.4, 0.3, 0.4 / 0.3,
+                                   {"math": 0.5, "japanese": 0.6}, {"math": 0.3, "japanese": 0.2}),
+    }
+    return EvalResult(scores=scores, answers={"math": ["1"] * 10, "japanese_math": ["2"] * 10},
+                      outputs={"math": ["答え: 1"] * 10, "japanese_math": ["答え: 2"] * 10})
+
+
+def test_agreement_bars_per_source_and_accuracy_from_object_or_dict():
+    result = _eval_result()
+    for given in (result, json.loads(json.dumps(result.to_dict()))):
+        fig = agreement_figure(given)
+        names = [trace.name for trace in fig.data]
+        assert names == ["agrees with math", "agrees with japanese", "accuracy"]
+        assert list(fig.data[1].y) == [0.2, 0.6]
+        assert list(fig.data[2].y) == [0.8, 0.4]
+        assert list(fig.data[0].x) == ["math", "japanese_math"]
+
+
+def _sweep() -> SweepResult:
+    result = SweepResult(metric="accuracy", methods=["ties"], weights=[0.5, 1.0], densities=[0.2, 0.8], tasks=["t"])
+    for w in (0.5, 1.0):
+        for d in (0.2, 0.8):
+            value = w * d
+            result.points.append(SweepPoint("ties", w, d, {"merge_method": "ties"},
+                                            {"agreement": 1 - value, "accuracy": value, "normalized_accuracy": None},
+                                            {"t": {"agreement": 1 - value, "accuracy": value}}, {"t": []}, 0.1))
+    return result
+
+
+def test_sweep_heatmap_places_values_and_stars_the_best():
+    sweep = _sweep()
+    fig = sweep_heatmap(sweep)
+    heat, star = fig.data
+    assert list(heat.y) == ["0.5", "1"] and list(heat.x) == ["0.2", "0.8"]
+    assert [list(row) for row in heat.z] == [[0.1, 0.4], [0.2, 0.8]]
+    assert (star.x[0], star.y[0]) == ("0.8", "1")  # weight 1, density 0.8 has the highest accuracy
+    assert "accuracy" in fig.layout.title.text
+    other = sweep_heatmap(sweep.to_dict(), metric="t.agreement")
+    assert len(other.data) == 1  # the star marks the best of the sweep's own metric only
+    assert other.data[0].z[0][0] == 0.9
+
+
+def _report():
+    base = {"model.layers.0.self_attn.q_proj.weight": torch.zeros(4),
+            "model.layers.1.mlp.up_proj.weight": torch.zeros(4),
+            "model.embed_tokens.weight": torch.zeros(2)}
+    a = {k: torch.tensor([1.0, -1.0, 2.0, 0.5][: v.numel()]) for k, v in base.items()}
+    b = {k: torch.tensor([1.0, 1.0, -2.0, 0.5][: v.numel()]) for k, v in base.items()}
+    return interference_report(base, {"a": a, "b": b}, density=0.5)
+
+
+def test_interference_heatmaps_follow_the_report():
+    report = _report()
+    fig = interference_heatmap(report)
+    heat = fig.data[0]
+    assert list(heat.x) == ["layer 0", "layer 1", "outside layers"]
+    assert list(heat.y) == ["embed", "q_proj", "mlp"]
+    cells = {(c["layer"], c["module"]): c["sign_conflict_rate"] for c in report.cells}
+    assert heat.z[1][0] == cells[("0", "q_proj")] and heat.z[1][1] is None
+    cosine = cosine_heatmap(report.to_dict())
+    assert [list(r) for r in cosine.data[0].z] == report.overall["cosine"]
+    assert cosine_heatmap(report, layer="0").data[0].z[0][1] == report.by_layer["0"]["cosine"][0][1]
+    kept = kept_heatmap(report)
+    assert list(kept.data[0].y) == ["a", "b"] and kept.data[0].z[0][0] == report.by_layer["0"]["kept_mass_share"]["a"]
+    assert "0.5" in kept.layout.title.text
+    json.loads(fig.to_json())  # serialisable for gr.Plot
