@@ -79,6 +79,28 @@ class Recipe:
         """YAML that mergekit 0.1.5 accepts (numeric gradient lists in flow style, as mergekit writes them)."""
         return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
 
+    def to_mergekit(self) -> tuple[dict[str, Any], list[str]]:
+        """The recipe as mergekit 0.1.5 can run it, and a note for each thing that had to be rewritten or cannot be
+        expressed there. magnitude_prune becomes breadcrumbs with gamma 0 (the same pruning: keep the top
+        int(density·n) entries); `rescale: inverse_density` has no mergekit equivalent and becomes `true`."""
+        data = self.to_dict()
+        notes: list[str] = []
+        if self.merge_method == "magnitude_prune":
+            data["merge_method"] = "breadcrumbs"
+            data["parameters"] = {**data.get("parameters", {}), "gamma": 0.0}
+            notes.append("magnitude_prune is written as breadcrumbs with gamma 0 (the same pruning)")
+        if self.parameters.get("rescale") == "inverse_density":
+            data["parameters"] = {**data["parameters"], "rescale": True}
+            notes.append("mergekit has no `rescale: inverse_density`; written as `rescale: true` (L1 matching), "
+                         "so mergekit's result will differ")
+        return data, notes
+
+    def to_mergekit_yaml(self) -> str:
+        """to_mergekit() as YAML, its notes as comments on top."""
+        data, notes = self.to_mergekit()
+        header = "".join(f"# MergeLab: {n}\n" for n in notes)
+        return header + yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+
     def merge_inputs(self) -> list[str]:
         """The models passed to the method as `tensors`, in order: the listed models other than the base; for
         methods that ignore the base (linear, passthrough) every listed model, plus an unlisted base_model appended

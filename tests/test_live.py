@@ -156,3 +156,12 @@ def test_a_small_model_re_merges_quickly():
     started = time.perf_counter()
     live.merge(rec)
     assert time.perf_counter() - started < 1.0  # typically ~10 ms; generous for a busy 2-core CI host
+
+
+def test_magnitude_prune_and_its_mergekit_export_merge_alike(merger):
+    live, _, _ = merger
+    rec = load_recipe(recipe("magnitude_prune", TWO, "lambda: 1.2"))
+    exported = load_recipe(rec.to_mergekit_yaml())
+    assert exported.merge_method == "breadcrumbs"
+    ours, theirs = live.merge(rec), live.merge(exported)
+    assert all(torch.equal(ours[n], theirs[n]) for n in ours)

@@ -69,6 +69,19 @@ def test_written_yaml_is_accepted_by_mergekit(text):
     assert [str(m.model.model.path) for m in config.models] == [m.model for m in recipe.models]
 
 
+def test_mergekit_export_rewrites_what_mergekit_lacks():
+    recipe = load_recipe("merge_method: magnitude_prune\nbase_model: a\nmodels: [{model: b, parameters: "
+                         "{weight: 1, density: 0.3}}]\nparameters: {rescale: inverse_density}")
+    text = recipe.to_mergekit_yaml()
+    assert text.startswith("# MergeLab: magnitude_prune is written as breadcrumbs with gamma 0")
+    assert "inverse_density" in text.splitlines()[1]  # the second note says rescale cannot be kept
+    exported = load_recipe(text)
+    assert exported.merge_method == "breadcrumbs" and exported.parameters == {"rescale": True, "gamma": 0.0}
+    MergeConfiguration.model_validate(yaml.safe_load(text))
+    plain = load_recipe(TIES_WITH_GRADIENTS)
+    assert plain.to_mergekit() == (plain.to_dict(), [])
+
+
 def test_recipe_file_path_is_read(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text(TIES_WITH_GRADIENTS)
