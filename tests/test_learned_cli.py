@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,15 @@ from merging.learned.recipe_io import load_coefficients, weight_setting
 from merging.recipe import evaluate_setting, load_recipe, validate_recipe
 from tests.factory import make_family
 
-ROOT = Path(__file__).resolve().parent.parent
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster than two that spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 PROMPTS = ["1+2=", "3+4=", "5-1=", "a b c", "二+三=", "9+9=", "x y", "7-2="]
 
 
@@ -32,24 +40,29 @@ def write_prompts(path: Path, experts: list[str], per_task: int) -> Path:
 
 @pytest.fixture(scope="module")
 def learned(tmp_path_factory):
-    """One real CLI run (subprocess, progress bar on) on a tiny Mistral family with two experts."""
+    """One real `python -m merging learn` run (in-process through merging.cli.main, progress bar on) on a tiny
+    Mistral family with two experts."""
+    from merging.cli import main
+
     root = tmp_path_factory.mktemp("learn")
     family = make_family(root / "models", n_experts=2, scale=0.05)
     prompts = write_prompts(root / "prompts.jsonl", ["math", "strings"], 4)
     out = root / "recipe"
-    cmd = [sys.executable, "-m", "merging", "learn", "--method", "samerging", "--base", str(family.base),
-           "--expert", f"math={family.experts[0]}", "--expert", f"strings={family.experts[1]}",
-           "--prompts", str(prompts), "--examples-per-task", "4", "--batch-size", "2", "--steps", "4",
-           "--max-new-tokens", "5", "--rho", "0.07", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    return family, out, proc
+    argv = ["learn", "--method", "samerging", "--base", str(family.base),
+            "--expert", f"math={family.experts[0]}", "--expert", f"strings={family.experts[1]}",
+            "--prompts", str(prompts), "--examples-per-task", "4", "--batch-size", "2", "--steps", "4",
+            "--max-new-tokens", "5", "--rho", "0.07", "--out", str(out)]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        rc = main(argv)
+    return family, out, (rc, stdout.getvalue(), stderr.getvalue())
 
 
 def test_cli_learns_and_writes_a_recipe_folder(learned):
-    family, out, proc = learned
-    assert proc.returncode == 0, proc.stderr
-    assert "Learned (2, " in proc.stdout and "recipe:" in proc.stdout
-    assert "samerging" in proc.stderr  # the tqdm bar
+    family, out, (rc, stdout, stderr) = learned
+    assert rc == 0, stderr
+    assert "Learned (2, " in stdout and "recipe:" in stdout
+    assert "samerging" in stderr and "4/4" in stderr  # the tqdm bar
     info = json.loads((out / "learned.json").read_text())
     assert info["method"] == "samerging" and info["tasks"] == ["math", "strings"] and len(info["losses"]) == 4
     tasks, names, lam = load_coefficients(out)

@@ -15,6 +15,15 @@ from merging.learned.objectives import entropy_loss, kl_loss, teacher_targets
 from merging.learned.sam import sam_perturbation
 from merging.learned.trainer import OptimConfig, learn
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster than two that spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 T = 3
 
 
@@ -88,6 +97,14 @@ def test_materialize_is_base_plus_weighted_task_vectors():
     task_wise = torch.tensor([0.1, 0.2, 0.3])
     assert torch.equal(vectors.merged(task_wise)[name],
                        vectors.merged(task_wise[:, None].expand(T, vectors.num_tensors).clone())[name])
+
+
+def test_materialize_into_the_tensors_the_base_came_from_leaves_the_base_intact():
+    params = {"w": torch.zeros(3)}
+    vectors = TaskVectors(params, [{"w": torch.ones(3)}])  # the base *is* the parameter it will be written into
+    vectors.materialize(torch.tensor([1.0]), params)
+    vectors.materialize(torch.tensor([0.5]), params)
+    assert torch.equal(params["w"], torch.full((3,), 0.5))
 
 
 def autograd_through_merge(vectors: TaskVectors, lam: torch.Tensor, loss_of_merged) -> torch.Tensor:

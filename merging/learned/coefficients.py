@@ -62,7 +62,8 @@ class TaskVectors:
         self.base: dict[str, torch.Tensor] = {}
         self.blocks: dict[str, torch.Tensor] = {}
         for n in self.names:
-            b = base[n].detach().to(dtype).reshape(-1)
+            # A copy: the base tensors may be the very parameters that materialize() overwrites.
+            b = base[n].detach().to(dtype=dtype, copy=True).reshape(-1)
             block = torch.stack([e[n].detach().to(dtype).reshape(-1) - b for e in experts])
             self.base[n] = b.cpu().pin_memory() if pin else b.to(self.storage)
             self.blocks[n] = block.cpu().pin_memory() if pin else block.to(self.storage)
