@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from merging.learned.coefficients import TaskVectors  # noqa: E402
-from merging.learned.objectives import kl_loss, teacher_targets  # noqa: E402
-from merging.learned.trainer import OptimConfig, learn  # noqa: E402
+from merging.learned.coefficients import TaskVectors
+from merging.learned.objectives import kl_loss, teacher_targets
+from merging.learned.trainer import OptimConfig, learn
 
 
 def _sync(device: torch.device) -> None:

@@ -22,15 +22,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import zoo  # noqa: E402
-from evaluation.agreement import Evaluator  # noqa: E402
-from evaluation.tasks import load_tasks  # noqa: E402
-from inference.loading import load_model  # noqa: E402
-from merging.learned.adapters import read_state  # noqa: E402
-from merging.learned.api import learn_merge  # noqa: E402
-from merging.learned.recipe_io import recipe_dict  # noqa: E402
-from merging.live import LiveMerger  # noqa: E402
-from merging.recipe import Recipe  # noqa: E402
+import zoo
+from evaluation.agreement import Evaluator
+from evaluation.tasks import load_tasks
+from inference.loading import load_model
+from merging.learned.adapters import read_state
+from merging.learned.api import learn_merge
+from merging.learned.recipe_io import recipe_dict
+from merging.live import LiveMerger
+from merging.recipe import Recipe
 
 TA_GRID = (0.3, 0.5, 0.7, 1.0)
 TIES_DENSITIES = (0.2, 0.5, 0.8)

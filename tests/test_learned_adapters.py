@@ -66,7 +66,7 @@ def test_classifier_setup_shares_one_backbone_and_keeps_heads(tmp_path):
     assert model_kind(experts["task0"]) == "classifier"
     texts = {name: TEXTS[:4] for name in experts}
     setup = setup_classifier(base, experts, texts, batch_size=4)
-    assert not any(n.startswith("classifier") or n.startswith("cls.") for n in setup.vectors.names)
+    assert not any(n.startswith(("classifier", "cls.")) for n in setup.vectors.names)
     assert any("encoder.layer.1" in n for n in setup.vectors.names)
     assert setup.student_logits(1, 0).shape == (4, 3)  # task 1 through its own 3-label head
     losses = kl_at_one_hot(setup)

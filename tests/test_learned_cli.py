@@ -59,7 +59,7 @@ def learned(tmp_path_factory):
 
 
 def test_cli_learns_and_writes_a_recipe_folder(learned):
-    family, out, (rc, stdout, stderr) = learned
+    _, out, (rc, stdout, stderr) = learned
     assert rc == 0, stderr
     assert "Learned (2, " in stdout and "recipe:" in stdout
     assert "samerging" in stderr and "4/4" in stderr  # the tqdm bar
@@ -75,7 +75,7 @@ def test_engine_applies_the_recipe_to_the_learned_weights(learned, tmp_path):
     from merging.engine import merge_to_folder
 
     family, out, _ = learned
-    tasks, names, lam = load_coefficients(out)
+    _, names, lam = load_coefficients(out)
     base = load_file(str(family.base / "model.safetensors"))
     experts = [load_file(str(p / "model.safetensors")) for p in family.experts]
     expected = TaskVectors(base, experts, names).merged(lam)
@@ -91,7 +91,7 @@ def test_live_merger_applies_the_recipe_to_the_learned_weights(learned):
     from merging.live import LiveMerger
 
     family, out, _ = learned
-    tasks, names, lam = load_coefficients(out)
+    _, names, lam = load_coefficients(out)
     base = load_file(str(family.base / "model.safetensors"))
     experts = {str(p): load_file(str(p / "model.safetensors")) for p in family.experts}
     expected = TaskVectors(base, list(experts.values()), names).merged(lam)

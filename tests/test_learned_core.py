@@ -167,7 +167,7 @@ def run(problem: ToyProblem, config: OptimConfig, loss: str = "kl", **kwargs):
 
 
 def test_repo_mode_is_bit_identical_to_plain_adam_and_true_mode_is_not():
-    settings = dict(steps=12, lr=0.05, weight_decay=5e-4, init=0.3)
+    settings = {"steps": 12, "lr": 0.05, "weight_decay": 5e-4, "init": 0.3}
     adam = run(toy_problem(), OptimConfig(rho=0.0, **settings)).coefficients
     repo = run(toy_problem(), OptimConfig(rho=0.07, sam_mode="repo", **settings)).coefficients
     true = run(toy_problem(), OptimConfig(rho=0.07, sam_mode="true", **settings)).coefficients
@@ -179,7 +179,7 @@ def test_repo_mode_is_bit_identical_to_plain_adam_and_true_mode_is_not():
 def test_true_sam_takes_the_second_gradient_at_the_perturbed_point():
     problem = toy_problem(dtype=torch.float64)
     lam0 = torch.full((T, problem.vectors.num_tensors), 0.3, dtype=torch.float64)
-    total = lambda: sum(problem.kl(t, 0) for t in range(T))  # noqa: E731
+    total = lambda: sum(problem.kl(t, 0) for t in range(T))
     g = cheap_grad(problem.vectors, problem.params, lam0, total)
     eps = sam_perturbation(lam0, g, 0.07)
     expected_grad = cheap_grad(problem.vectors, problem.params, lam0 + eps, total)

@@ -10,6 +10,18 @@ from merging.learned.recipe_io import load_coefficients, recipe_dict, save_learn
 from merging.learned.trainer import LearnResult, OptimConfig, learn
 
 __all__ = [
-    "METHODS", "LearnedMerge", "LearnResult", "OptimConfig", "TaskVectors", "default_config", "learn", "learn_merge",
-    "load_coefficients", "make_loss", "recipe_dict", "save_learned", "save_learned_merge", "shared_tensor_names",
+    "METHODS",
+    "LearnResult",
+    "LearnedMerge",
+    "OptimConfig",
+    "TaskVectors",
+    "default_config",
+    "learn",
+    "learn_merge",
+    "load_coefficients",
+    "make_loss",
+    "recipe_dict",
+    "save_learned",
+    "save_learned_merge",
+    "shared_tensor_names",
 ]

@@ -78,7 +78,7 @@ def learn_merge(
     prompts for LMs or texts for classifiers). `rho` None takes the method's default (0 for AdaMerging)."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise MergeLabError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu")
-    overrides = dict(steps=steps, sam_mode=sam_mode, adaptive=adaptive, granularity=granularity, init=init)
+    overrides = {"steps": steps, "sam_mode": sam_mode, "adaptive": adaptive, "granularity": granularity, "init": init}
     if rho is not None:
         overrides["rho"] = rho
     config = default_config(method, **overrides)

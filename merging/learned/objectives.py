@@ -28,7 +28,7 @@ class TeacherTargets:
     tail: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> TeacherTargets:
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        move = lambda t: None if t is None else t.to(device)
         return TeacherTargets(self.probs.to(device), move(self.index), move(self.tail))
 
 
