@@ -281,7 +281,8 @@ def prepare_sweep(recipe: Recipe | str | Path, tasks: TaskSet, *, experts: Mappi
                   batch_size: int = 64) -> SweepSetup:
     """Load the recipe's base and models (names from folder names, or `experts` name -> model ref), keep only the
     tasks of those experts and composite tasks, and build the merger and evaluator."""
-    template = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    # Not validated as written: the grid sets weights and densities; each point is validated when merged.
+    template = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, validate=False)
     if not template.base_model:
         raise SweepError("The recipe has no base_model: a sweep merges task vectors, so name the base model.")
     refs = [m.model for m in template.models if m.model != template.base_model]

@@ -1,0 +1,213 @@
+"""Command line:
+
+    python -m evaluation run --model DIR --tasks FILE.jsonl [--expert NAME=DIR ...] --out FILE.json
+    python -m evaluation sweep RECIPE.yaml --tasks FILE.jsonl --weights 0.2:1.0:0.2 --densities 0.2:1.0:0.2
+                               [--method ties,dare_ties] [--metric accuracy] --out FILE.json   (+ .csv, .best.yaml)
+    python -m evaluation interference RECIPE.yaml [--density 0.5] --out FILE.json
+
+User errors (MergeLabError) print one paragraph and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from merging.errors import MergeLabError
+
+if TYPE_CHECKING:
+    import torch
+
+EXIT_USER_ERROR = 2
+
+
+def _expert_pairs(values: Sequence[str] | None) -> dict[str, str]:
+    experts = {}
+    for value in values or []:
+        name, sep, path = value.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise MergeLabError(f"--expert {value!r} must be NAME=DIR, e.g. --expert math=assets/zoo/lm/math.")
+        experts[name.strip()] = path.strip()
+    return experts
+
+
+def _write_json(path: str, data: dict[str, Any]) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+    return out
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:6.1%}"
+
+
+def _print_scores(scores: Mapping[str, Any]) -> None:
+    print(f"{'task':<20} {'expert':<12} {'agreement':>9} {'accuracy':>9} {'expert acc':>10}")
+    for name, s in scores.items():
+        print(f"{name:<20} {str(s.expert or '-'):<12} {_percent(s.agreement):>9} {_percent(s.accuracy):>9} "
+              f"{_percent(s.expert_accuracy):>10}")
+
+
+# --- run ------------------------------------------------------------------------------------------------------
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # "Loading weights" bars would drown the report
+
+
+def _run(args: argparse.Namespace) -> int:
+    _quiet_transformers()
+    from evaluation.agreement import Evaluator, check_same_architecture
+    from evaluation.tasks import load_tasks
+    from inference.loading import load_model
+
+    tasks = load_tasks(args.tasks).limited(args.per_task)
+    model = load_model(args.model, device=args.device)
+    experts = {name: load_model(path, device=args.device) for name, path in _expert_pairs(args.expert).items()}
+    for name, expert in experts.items():  # name the odd one out against the model, before experts are compared
+        check_same_architecture(model.model, expert.model, name)
+    result = Evaluator(tasks, experts).score(model)
+    data = {"model": str(args.model), "tasks_file": str(args.tasks), "experts": _expert_pairs(args.expert),
+            **result.to_dict(), "questions": {t.name: t.inputs for t in tasks.tasks.values()}}
+    _print_scores(result.scores)
+    print(f"wrote {_write_json(args.out, data)}")
+    return 0
+
+
+# --- sweep ----------------------------------------------------------------------------------------------------
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    _quiet_transformers()
+    from evaluation.sweep import parse_grid, prepare_sweep, run_sweep
+    from evaluation.tasks import load_tasks
+
+    weights = parse_grid(args.weights, "weight")
+    densities = parse_grid(args.densities, "density")
+    methods = [m.strip() for m in args.method.split(",") if m.strip()] if args.method else None
+    tasks = load_tasks(args.tasks).limited(args.per_task)
+    setup = prepare_sweep(args.recipe, tasks, experts=_expert_pairs(args.expert))
+
+    def progress(fraction: float, text: str) -> None:
+        if not args.quiet:
+            print(f"[{fraction:4.0%}] {text}", file=sys.stderr)
+
+    result = run_sweep(setup.template, setup.merger, setup.evaluator, weights=weights, densities=densities,
+                       methods=methods, metric=args.metric, seed=args.seed, progress=progress)
+    written = result.write(args.out)
+    best = result.best
+    if best is not None:
+        print(f"best {args.metric} = {best.value(args.metric):.3f} with {best.method} weight={best.weight} "
+              f"density={best.density}")
+    print(f"{len(result.points)} points in {result.seconds:.1f} s; wrote " + ", ".join(map(str, written.values())))
+    return 0
+
+
+# --- interference ---------------------------------------------------------------------------------------------
+
+
+class _LazyState(Mapping):
+    """A model folder's tensors as a read-only mapping, each read (memory-mapped) only when asked for."""
+
+    def __init__(self, ref: str) -> None:
+        from merging.sources import open_model
+
+        self.source = open_model(ref)
+        self._names = self.source.tensor_names()
+        self._known = set(self._names)
+
+    def __getitem__(self, name: str) -> "torch.Tensor":
+        if name not in self._known:
+            raise KeyError(name)
+        return self.source.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._known
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def _interference(args: argparse.Namespace) -> int:
+    from evaluation.interference import interference_report
+    from merging.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, validate=False)
+    if not recipe.base_model:
+        raise MergeLabError("The recipe has no base_model: task vectors are measured against the base, so name it.")
+    # Named by folder, as sweeps name experts (evaluation.sweep.expert_name, not imported: it pulls transformers).
+    experts = {Path(m.model).name: _LazyState(m.model) for m in recipe.models if m.model != recipe.base_model}
+    report = interference_report(_LazyState(recipe.base_model), experts, density=args.density,
+                                 per_tensor=args.per_tensor)
+    overall = report.overall
+    print(f"tasks: {', '.join(report.tasks)}; sign conflicts {_percent(overall['sign_conflict_rate'])}, "
+          f"mean cosine {overall['mean_cosine']:.3f}, mean Jaccard of kept entries at density {args.density:g} "
+          f"{overall['mean_jaccard']:.3f}")
+    for task in report.tasks:
+        print(f"  {task}: TIES keeps {_percent(overall['kept_mass_share'][task])} of its magnitude, "
+              f"{_percent(overall['kept_count_share'][task])} of its non-zero entries")
+    print(f"wrote {_write_json(args.out, report.to_dict())}")
+    return 0
+
+
+# --- entry point ----------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m evaluation", description="Score merged models against experts.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="score one model folder on a task set")
+    run.add_argument("--model", required=True, help="the (merged) model folder")
+    run.add_argument("--tasks", required=True, help="JSONL task file")
+    run.add_argument("--expert", action="append", metavar="NAME=DIR", help="an expert to measure agreement with")
+    run.add_argument("--out", required=True, help="results JSON file")
+    run.add_argument("--per-task", type=int, default=None, help="only the first N examples of each task")
+    run.add_argument("--device", default="cpu", help="cpu or cuda; default cpu")
+    run.set_defaults(handler=_run)
+
+    sweep = commands.add_parser("sweep", help="merge and score a weight x density grid in memory")
+    sweep.add_argument("recipe", help="mergekit-style YAML recipe (base_model + the models to merge)")
+    sweep.add_argument("--tasks", required=True, help="JSONL task file")
+    sweep.add_argument("--weights", default="0.2:1.0:0.2", help="start:stop:step or a,b,c; default 0.2:1.0:0.2")
+    sweep.add_argument("--densities", default="0.2:1.0:0.2", help="start:stop:step or a,b,c; default 0.2:1.0:0.2")
+    sweep.add_argument("--method", default=None, help="method(s), comma separated; default the recipe's")
+    sweep.add_argument("--metric", default="accuracy",
+                       help="agreement | accuracy | normalized_accuracy, or TASK.METRIC; default accuracy")
+    sweep.add_argument("--expert", action="append", metavar="NAME=DIR",
+                       help="name a recipe model after the expert its tasks name (default: its folder name)")
+    sweep.add_argument("--per-task", type=int, default=None, help="only the first N examples of each task")
+    sweep.add_argument("--seed", type=int, default=0, help="seed for random methods; default 0")
+    sweep.add_argument("--out", required=True, help="results JSON file (the CSV and best recipe go beside it)")
+    sweep.add_argument("--quiet", action="store_true", help="no progress lines")
+    sweep.set_defaults(handler=_sweep)
+
+    interference = commands.add_parser("interference", help="how the recipe's task vectors interfere")
+    interference.add_argument("recipe", help="mergekit-style YAML recipe (base_model + at least two models)")
+    interference.add_argument("--density", type=float, default=0.5, help="TIES trimming density; default 0.5")
+    interference.add_argument("--per-tensor", action="store_true", help="also write one row per tensor")
+    interference.add_argument("--out", required=True, help="report JSON file")
+    interference.set_defaults(handler=_interference)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except MergeLabError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

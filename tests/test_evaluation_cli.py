@@ -1,0 +1,125 @@
+"""python -m evaluation run | sweep | interference on tiny factory models; bad input gives one clear message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from evaluation.cli import main
+from tests.factory import make_family
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    mistral = make_family(root / "mistral", n_experts=2, scale=0.3, dtype=torch.bfloat16)
+    llama = make_family(root / "llama", arch="llama", n_experts=1)
+    tasks = root / "tasks.jsonl"
+    lines = [{"task": "a", "prompt": p, "answer": "答え: 3", "expert": "expert0", "max_new_tokens": 4}
+             for p in ("1+2=", "abc")]
+    lines += [{"task": "b", "prompt": p, "expert": "expert1", "max_new_tokens": 4} for p in ("3+4=", "xyz")]
+    tasks.write_text("\n".join(json.dumps(line, ensure_ascii=False) for line in lines) + "\n", encoding="utf-8")
+    recipe = root / "recipe.yaml"
+    recipe.write_text(f"merge_method: ties\nbase_model: {mistral.base}\nmodels:\n"
+                      + "".join(f"  - model: {p}\n" for p in mistral.experts), encoding="utf-8")
+    return mistral, llama, tasks, recipe
+
+
+def _experts(family) -> list[str]:
+    return [arg for i, path in enumerate(family.experts) for arg in ("--expert", f"expert{i}={path}")]
+
+
+def test_run_scores_a_model_against_its_experts(models, tmp_path, capsys):
+    mistral, _, tasks, _ = models
+    out = tmp_path / "run.json"
+    code = main(["run", "--model", str(mistral.experts[0]), "--tasks", str(tasks), *_experts(mistral),
+                 "--out", str(out)])
+    assert code == 0
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert data["tasks"]["a"]["agreement"] == 1.0  # expert0 agrees with itself
+    assert data["questions"]["a"] == ["1+2=", "abc"] and len(data["answers"]["b"]) == 2
+    assert "agreement" in capsys.readouterr().out
+
+
+def test_sweep_writes_json_csv_and_best_recipe(models, tmp_path):
+    _, _, tasks, recipe = models
+    out = tmp_path / "sweep" / "result.json"
+    code = main(["sweep", str(recipe), "--tasks", str(tasks), "--weights", "0.5:1.0:0.5", "--densities", "0.5",
+                 "--metric", "agreement", "--quiet", "--out", str(out)])
+    assert code == 0
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert len(data["points"]) == 2 and data["best"] is not None
+    assert out.with_suffix(".csv").is_file() and (out.parent / "result.best.yaml").is_file()
+
+
+def test_interference_writes_the_report(models, tmp_path, capsys):
+    _, _, _, recipe = models
+    out = tmp_path / "interference.json"
+    assert main(["interference", str(recipe), "--density", "0.3", "--out", str(out)]) == 0
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert data["tasks"] == ["expert0", "expert1"] and data["density"] == 0.3
+    assert 0.0 <= data["overall"]["sign_conflict_rate"] <= 1.0
+    assert "sign conflicts" in capsys.readouterr().out
+
+
+def _fails(argv: list[str], message: str, capsys) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_task_file_is_one_clear_message(models, tmp_path, capsys):
+    mistral, _, _, _ = models
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"task": "a", "prompt": "1+2="}\n{"task": "a", "answer": "3"}\n', encoding="utf-8")
+    _fails(["run", "--model", str(mistral.base), "--tasks", str(bad), "--out", str(tmp_path / "o.json")],
+           'line 2: give exactly one of "prompt"', capsys)
+
+
+def test_empty_task_set_is_refused(models, tmp_path, capsys):
+    mistral, _, _, _ = models
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n", encoding="utf-8")
+    _fails(["run", "--model", str(mistral.base), "--tasks", str(empty), "--out", str(tmp_path / "o.json")],
+           "the task set is empty", capsys)
+
+
+def test_expert_of_another_architecture_is_refused(models, tmp_path, capsys):
+    mistral, llama, tasks, _ = models
+    _fails(["run", "--model", str(mistral.base), "--tasks", str(tasks), "--expert", f"expert0={llama.experts[0]}",
+            "--expert", f"expert1={mistral.experts[1]}", "--out", str(tmp_path / "o.json")],
+           "has model_type='llama'", capsys)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--expert", "nonsense"], "must be NAME=DIR"),
+        (["--weights", "1:0:1"], "stop at least start"),
+        (["--metric", "speed"], "Unknown metric"),
+    ],
+)
+def test_bad_sweep_arguments(models, tmp_path, capsys, argv, message):
+    _, _, tasks, recipe = models
+    if argv[0] == "--expert":
+        _fails(["run", "--model", str(recipe.parent / "mistral" / "base"), "--tasks", str(tasks), *argv,
+                "--out", str(tmp_path / "o.json")], message, capsys)
+    else:
+        _fails(["sweep", str(recipe), "--tasks", str(tasks), "--out", str(tmp_path / "o.json"), *argv], message,
+               capsys)
+
+
+def test_module_entry_point_exits_non_zero_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "evaluation", "interference", str(tmp_path / "missing.yaml"), "--out",
+         str(tmp_path / "o.json")], cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "Traceback" not in result.stderr
