@@ -100,6 +100,26 @@ def test_live_merger_applies_the_recipe_to_the_learned_weights(learned):
         torch.testing.assert_close(merged[n], expected[n], rtol=1e-5, atol=1e-6)
 
 
+def test_mergekit_reads_the_recipe_and_builds_the_same_weights(learned, tmp_path):
+    """The exported YAML is mergekit's own format: mergekit 0.1.5 (the reference) merges it to the learned θ(λ)."""
+    import yaml
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    family, out, _ = learned
+    _, names, lam = load_coefficients(out)
+    base = load_file(str(family.base / "model.safetensors"))
+    expected = TaskVectors(base, [load_file(str(p / "model.safetensors")) for p in family.experts], names).merged(lam)
+    config = MergeConfiguration.model_validate(yaml.safe_load((out / "recipe.yaml").read_text()))
+    run_merge(config, str(tmp_path / "mk"), MergeOptions(copy_tokenizer=False))
+    merged = {}
+    for f in (tmp_path / "mk").glob("*.safetensors"):
+        merged.update(load_file(str(f)))
+    for n in names:
+        torch.testing.assert_close(merged[n].float(), expected[n], rtol=1e-5, atol=1e-6)
+
+
 def test_exact_name_filters_survive_substring_matching():
     names = ["layers.1.mlp.weight", "model.layers.1.mlp.weight", "a.weight", "a.weight_scale", "model.layers.11.mlp.weight"]
     values = [1.0, 2.0, 3.0, 4.0, 5.0]
