@@ -38,7 +38,7 @@ METHODS = {  # name -> (uses base as an input, per-model parameters, global para
     "task_arithmetic": (True, {"weight": 0.5}, {}),
     "ties": (True, {"weight": 0.5, "density": 0.5}, {}),
     "dare_ties": (True, {"weight": 0.5, "density": 0.5}, {}),
-    "sce": (True, {"weight": 1.0}, {"select_topk": 0.5}),
+    "sce": (True, {}, {"select_topk": 0.5}),
     "slerp": (True, {}, {"t": 0.5}),
 }
 
@@ -89,7 +89,7 @@ def build_models(root: Path, size: str) -> tuple[Path, Path, Path, int]:
         return (*folders, params)
     config = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
                          num_attention_heads=heads, num_key_value_heads=kv, vocab_size=vocab,
-                         tie_word_embeddings=False, dtype="bfloat16")
+                         tie_word_embeddings=False, dtype="bfloat16", architectures=["LlamaForCausalLM"])
     shards = plan_shards([PlannedTensor(n, s, torch.bfloat16) for n, s in spec], 2 * 10**9)
     writers = []
     for folder in folders:
@@ -114,7 +114,7 @@ def write_recipe(path: Path, method: str, base: Path, ft1: Path, ft2: Path) -> N
     if method == "slerp":
         models = [{"model": str(base)}, {"model": str(ft1)}]
     else:
-        models = [{"model": str(m), "parameters": dict(model_params)} for m in (ft1, ft2)]
+        models = [{"model": str(m), **({"parameters": dict(model_params)} if model_params else {})} for m in (ft1, ft2)]
     recipe = {"merge_method": method, "models": models, "dtype": "bfloat16"}
     if uses_base:
         recipe["base_model"] = str(base)
@@ -169,8 +169,9 @@ def run_size(size: str, args: argparse.Namespace, workdir: Path) -> tuple[dict, 
     t0 = time.perf_counter()
     base, ft1, ft2, params = build_models(workdir / "models", size)
     build_s = time.perf_counter() - t0
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
-    mergekit = str(Path(sys.executable).with_name("mergekit-yaml"))
+    pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": pythonpath, "TQDM_DISABLE": "1"}
+    mergekit = [sys.executable, "-m", "mergekit.scripts.run_yaml"]  # = mergekit-yaml, wherever it is installed
     outs = workdir / "outs"
 
     def fresh(name: str) -> Path:
@@ -191,7 +192,7 @@ def run_size(size: str, args: argparse.Namespace, workdir: Path) -> tuple[dict, 
         n_inputs = 2 if method in ("linear", "slerp") else 3
         ours = measure("mergelab", [sys.executable, "-m", "merging", "run", str(recipe), str(fresh("ours")), "--quiet",
                                     "--device", args.device], env)
-        kit_cmd = [mergekit, str(recipe), str(fresh("kit")), "--quiet", "--no-copy-tokenizer"]
+        kit_cmd = [*mergekit, str(recipe), str(fresh("kit")), "--quiet", "--no-copy-tokenizer"]
         kit_cmd += ["--cuda"] if args.device.startswith("cuda") else []
         kit = measure("mergekit", kit_cmd, env) if not args.no_mergekit else None
         floor = floors[n_inputs]

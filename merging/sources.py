@@ -1,8 +1,10 @@
 """Model sources: a local Hugging Face folder or a Hub id, read lazily one tensor at a time.
 
-Names, shapes and dtypes come from the safetensors headers (a few KB per shard); `get(name)` reads one tensor through
-a memory-mapped `safe_open` handle. Pickle checkpoints (`*.bin`) are refused unless the caller opts in, and then load
-with `torch.load(weights_only=True, mmap=True)`.
+Names, shapes, dtypes and byte offsets come from the safetensors headers (a few KB per shard); `get(name)` reads one
+tensor with a positioned read (os.pread) straight into a fresh tensor. The OS page cache does the caching, as it
+would for a memory map, but nothing stays mapped into this process: its resident memory is only the tensors in
+flight, however large the model (a memory map would count every page touched so far). Pickle checkpoints (`*.bin`)
+are refused unless the caller opts in, and then load with `torch.load(weights_only=True, mmap=True)`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
-from safetensors import safe_open
 
 from merging.errors import SourceError
 
@@ -46,15 +47,17 @@ class ModelSource:
         self.config: dict[str, Any] = _read_config(self.path, ref)
         self._files: dict[str, Path] = {}  # tensor name -> file holding it
         self._meta: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
-        self._handles: dict[Path, Any] = {}
+        self._offsets: dict[str, int] = {}  # tensor name -> absolute byte offset of its data in its file
+        self._handles: dict[Path, Any] = {}  # file -> open fd (safetensors) or loaded state dict (pickle)
         self._lock = threading.Lock()
         self.is_pickle = False
         safetensors_files = _safetensors_files(self.path)
         if safetensors_files:
             for file in safetensors_files:
-                for name, (shape, dtype) in read_safetensors_header(file).items():
+                for name, (shape, dtype, offset) in _read_header_entries(file).items():
                     self._files[name] = file
                     self._meta[name] = (shape, dtype)
+                    self._offsets[name] = offset
         else:
             self._open_pickle(allow_pickle)
 
@@ -76,7 +79,7 @@ class ModelSource:
         return sum(self.nbytes(n) for n in self._meta)
 
     def get(self, name: str) -> torch.Tensor:
-        """One tensor, read from its memory-mapped shard (thread-safe)."""
+        """One tensor, read from its shard into new memory (thread-safe)."""
         file = self._files[self._known(name)]
         with self._lock:
             handle = self._handles.get(file)
@@ -85,7 +88,16 @@ class ModelSource:
                 self._handles[file] = handle
         if self.is_pickle:
             return handle[name]
-        return handle.get_tensor(name)
+        shape, dtype = self._meta[name]
+        tensor = torch.empty(shape, dtype=dtype)
+        buffer = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+        done, offset = 0, self._offsets[name]
+        while done < len(buffer):  # pread may return fewer bytes than asked
+            got = os.preadv(handle, [buffer[done:]], offset + done)
+            if got <= 0:
+                raise SourceError(f"{file} ended early while reading {name!r} of {self.ref!r}; the file is truncated.")
+            done += got
+        return tensor
 
     @property
     def num_layers(self) -> int:
@@ -108,6 +120,9 @@ class ModelSource:
 
     def close(self) -> None:
         with self._lock:
+            if not self.is_pickle:
+                for fd in self._handles.values():
+                    os.close(fd)
             self._handles.clear()
 
     def __enter__(self) -> ModelSource:
@@ -131,7 +146,7 @@ class ModelSource:
                 return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
             except Exception as exc:  # noqa: BLE001 - any unpickling failure is the user's file
                 raise SourceError(f"Could not read {file} of {self.ref!r} as weights-only pickle: {exc}") from exc
-        return safe_open(str(file), framework="pt", device="cpu")
+        return os.open(file, os.O_RDONLY)
 
     def _open_pickle(self, allow_pickle: bool) -> None:
         files = _pickle_files(self.path)
@@ -200,6 +215,11 @@ def download_from_hub(repo_id: str, *, allow_pickle: bool = False, cache_dir: st
 
 def read_safetensors_header(file: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """Tensor name -> (shape, dtype) from a safetensors header, without touching the data."""
+    return {name: (shape, dtype) for name, (shape, dtype, _) in _read_header_entries(file).items()}
+
+
+def _read_header_entries(file: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype, int]]:
+    """Tensor name -> (shape, dtype, absolute data offset), checking that each entry's byte span fits its shape."""
     try:
         with open(file, "rb") as fh:
             (length,) = struct.unpack("<Q", fh.read(8))
@@ -213,7 +233,11 @@ def read_safetensors_header(file: Path) -> dict[str, tuple[tuple[int, ...], torc
         dtype = SAFETENSORS_DTYPES.get(info["dtype"])
         if dtype is None:
             raise SourceError(f"{file}: tensor {name!r} has dtype {info['dtype']}, which MergeLab cannot merge.")
-        out[name] = (tuple(info["shape"]), dtype)
+        shape = tuple(info["shape"])
+        start, end = info["data_offsets"]
+        if end - start != _numel(shape) * dtype.itemsize:
+            raise SourceError(f"{file}: tensor {name!r} has {end - start} bytes for shape {shape}; the file is corrupt.")
+        out[name] = (shape, dtype, 8 + length + start)
     return out
 
 

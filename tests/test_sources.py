@@ -122,3 +122,14 @@ def test_hub_id_offline_fails_fast_naming_the_id(tmp_path, monkeypatch):
     with pytest.raises(SourceError, match="mergelab-test/not-a-real-model"):
         open_model("mergelab-test/not-a-real-model", cache_dir=str(tmp_path / "hub-cache"))
     assert time.perf_counter() - started < 5
+
+
+def test_truncated_shard_fails_with_a_source_error(tmp_path, families):
+    broken = tmp_path / "truncated"
+    shutil.copytree(families[0].base, broken)
+    shard = broken / "model.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-64])  # header intact, the last tensor's bytes cut short
+    with open_model(broken) as source:
+        with pytest.raises(SourceError, match="truncated"):
+            for name in source.tensor_names():
+                source.get(name)
