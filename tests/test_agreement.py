@@ -8,6 +8,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 import evaluation.agreement as agreement_module
 from evaluation.agreement import Evaluator, accuracy
+from evaluation.scoring import DEFAULT_MAX_NEW_TOKENS, TOKEN_MARGIN, token_limit
 from evaluation.tasks import tasks_from_records
 from inference import generate_batch, load_model
 from inference.loading import LoadedModel
@@ -103,6 +104,19 @@ def test_without_experts_only_accuracy_is_scored(lm):
     tasks = tasks_from_records([{"task": "t", "prompt": "1+1=", "answer": "2", "expert": "math"}])
     score = Evaluator(tasks, {}).score(base).scores["t"]
     assert score.agreement is None and score.accuracy in (0.0, 1.0)
+
+
+def test_token_limit_comes_from_the_task_or_its_longest_answer():
+    tokenizer = tiny_tokenizer()  # one token per character
+    tasks = tasks_from_records([
+        {"task": "short", "prompt": "1+1=", "answer": "2", "expert": "math"},
+        {"task": "short", "prompt": "9+9=", "answer": "答え: 18", "expert": "math"},
+        {"task": "own", "prompt": "x", "answer": "1", "max_new_tokens": 7, "expert": "math"},
+        {"task": "unknown", "prompt": "x", "expert": "math"},
+    ])
+    assert token_limit(tasks.tasks["short"], tokenizer) == len("答え: 18") + 1 + TOKEN_MARGIN  # + eos
+    assert token_limit(tasks.tasks["own"], tokenizer) == 7
+    assert token_limit(tasks.tasks["unknown"], tokenizer) == DEFAULT_MAX_NEW_TOKENS
 
 
 def test_accuracy_counts_only_known_answers():

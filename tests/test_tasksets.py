@@ -98,3 +98,4 @@ def test_bundled_ja_math_set_is_valid_and_original_in_style():
     assert len(task.examples) >= 30 and task.has_answers and task.numeric
     assert all(any("\u3040" <= ch <= "\u9fff" for ch in e.input) for e in task.examples)  # posed in Japanese
     assert len(set(task.inputs)) == len(task.inputs)
+    assert task.max_new_tokens == 256  # room for a real model's working before its answer
