@@ -157,7 +157,8 @@ def classify_logits(
     with single_thread_for_small_models(model):
         for start in range(0, len(texts), batch_size):
             batch = list(texts[start:start + batch_size])
-            encoded = tokenizer(batch, return_tensors="pt", padding=True, truncation=True)
+            # Right padding: encoders with absolute positions (BERT) read left-padded text differently.
+            encoded = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, padding_side="right")
             encoded = {k: v.to(device) for k, v in encoded.items()}
             rows.append(model(**encoded).logits.float().cpu())
     if not rows:

@@ -112,7 +112,7 @@ def load_model(
         kwargs["device_map"] = {"": device}
     try:
         model = auto_class.from_pretrained(folder, **kwargs)
-    except (ImportError, RuntimeError, ValueError) as error:
+    except (ImportError, OSError, RuntimeError, ValueError) as error:
         if quant is not None:
             raise InferenceError(
                 f"Could not load {folder.name!r} in {quantization} on {device!r}: {error}. bitsandbytes needs a "
@@ -123,6 +123,8 @@ def load_model(
         model = model.to(device)
     model.eval()
     tokenizer = load_tokenizer(folder)
+    if kind == "classifier":
+        tokenizer.padding_side = "right"  # encoders with absolute positions are trained on right padding
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return LoadedModel(model=model, tokenizer=tokenizer, kind=kind, path=folder)

@@ -219,3 +219,23 @@ def test_small_models_run_on_one_thread_and_the_setting_is_restored(loaded):
             assert torch.get_num_threads() == 1
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_classifier_batches_match_single_texts(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from inference import classify_batch, classify_logits
+    from tests.factory import tiny_tokenizer
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=3)
+    BertForSequenceClassification(config).save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    lm = load_model(tmp_path)
+    assert lm.kind == "classifier" and lm.tokenizer.padding_side == "right"
+    texts = ["a b", "the quick brown fox", "x"]
+    batched = classify_logits(lm.model, lm.tokenizer, texts)
+    singles = torch.cat([classify_logits(lm.model, lm.tokenizer, [t]) for t in texts])
+    assert torch.allclose(batched, singles, atol=1e-5)  # padding does not change an encoder's reading
+    assert classify_batch(lm.model, lm.tokenizer, texts) == batched.argmax(-1).tolist()
