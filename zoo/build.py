@@ -66,8 +66,12 @@ def _settings(family: str, reduced: bool):
     return cls.reduced() if reduced else cls()
 
 
-def _steps_needed(family: str, settings, todo: list[str]) -> int:
-    return sum(settings.base_steps if m == BASE_NAME else settings.expert_steps for m in todo)
+def _steps_needed(settings, todo: list[str]) -> int:
+    def steps(model: str) -> int:
+        if model == BASE_NAME:
+            return settings.base_steps
+        return settings.expert_steps[model] if isinstance(settings.expert_steps, dict) else settings.expert_steps
+    return sum(steps(m) for m in todo)
 
 
 def _build_lm(root: Path, todo: list[str], settings: lm.LMSettings, seed: int, steps: _Steps) -> None:
@@ -125,7 +129,7 @@ def build(out: Path = ZOO_DIR, *, tasks_out: Path | None = None, reduced: bool =
             if is_built(out / name / BASE_NAME):
                 models = [m for m in models if not is_built(out / name / m)]
         plan[name] = models
-    total = sum(_steps_needed(n, _settings(n, reduced), todo) for n, todo in plan.items())
+    total = sum(_steps_needed(_settings(n, reduced), todo) for n, todo in plan.items())
     steps = _Steps(total, progress)
     timings = {}
     try:
