@@ -19,13 +19,13 @@ STARTED = time.perf_counter()
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
-from transformers.utils import logging as transformers_logging  # noqa: E402
+import torch
+from transformers.utils import logging as transformers_logging
 
-import zoo  # noqa: E402
-from evaluation.sweep import SweepResult, parse_grid, prepare_sweep, run_sweep  # noqa: E402
-from evaluation.tasks import load_tasks  # noqa: E402
-from merging.recipe import Recipe  # noqa: E402
+import zoo
+from evaluation.sweep import SweepResult, parse_grid, prepare_sweep, run_sweep
+from evaluation.tasks import load_tasks
+from merging.recipe import Recipe
 
 HEADING = "## Sweep of the LM zoo"
 
@@ -49,19 +49,17 @@ def markdown(result: SweepResult, timings: dict[str, float], args: argparse.Name
         HEADING,
         "",
         f"`bench/bench_sweep.py` merges the LM zoo (base + experts {_experts()}) with {args.method} at every",
-        f"(weight, density) of a {len(result.weights)} x {len(result.densities)} grid in memory (LiveMerger, task "
-        "vectors cached once), loads each merged state dict into",
-        f"one model instance and scores it on all {examples} prompts of `assets/tasks/zoo_lm.jsonl` (tasks "
-        f"{', '.join(result.tasks)}):",
+        (f"(weight, density) of a {len(result.weights)} x {len(result.densities)} grid in memory (LiveMerger, task "
+         "vectors cached once), loads each merged state dict into"),
+        (f"one model instance and scores it on all {examples} prompts of `assets/tasks/zoo_lm.jsonl` (tasks "
+         f"{', '.join(result.tasks)}):"),
         "batched greedy generation, answers extracted, agreement with each expert and accuracy.",
         "",
         f"Machine: {machine()}; recorded {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
-        f"Load average before / after: {load[0]:.1f} / {load[1]:.1f}"
-        + (" (the 2 cores were shared with five other engineers' work, so times are noisy)."
-           if (os.cpu_count() or 8) <= 4 else "."),
+        f"Load average before / after: {load[0]:.1f} / {load[1]:.1f}{_shared_note()}",
         "",
-        f"Command: `.venv/bin/python bench/bench_sweep.py --method {args.method} --weights {args.weights} "
-        f"--densities {args.densities}`",
+        (f"Command: `.venv/bin/python bench/bench_sweep.py --method {args.method} --weights {args.weights} "
+         f"--densities {args.densities}`"),
         "",
         "| step | seconds |",
         "|---|---|",
@@ -77,6 +75,11 @@ def markdown(result: SweepResult, timings: dict[str, float], args: argparse.Name
         summary = ", ".join(f"{k} {v:.0%}" for k, v in best.summary.items() if v is not None)
         lines += [f"Best point by mean {result.metric}: weight {best.weight}, density {best.density} ({summary}).", ""]
     return "\n".join(lines)
+
+
+def _shared_note() -> str:
+    busy = (os.cpu_count() or 8) <= 4
+    return " (the 2 cores were shared with five other engineers' work, so times are noisy)." if busy else "."
 
 
 def _experts() -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-_PERCENT_AXIS = dict(range=[0, 1.05], tickformat=".0%")
+_PERCENT_AXIS = {"range": [0, 1.05], "tickformat": ".0%"}
 
 
 def _as_dict(result: Any) -> dict[str, Any]:
@@ -41,7 +41,7 @@ def agreement_figure(result: Any, title: str = "Agreement of the merged model wi
         fig.add_bar(name="accuracy", x=names, y=accuracies, text=[_label(v) for v in accuracies],
                     marker_pattern_shape="/", hovertemplate="%{x}: accuracy %{y:.0%}<extra></extra>")
     fig.update_layout(title=title, barmode="group", yaxis=dict(title="share of examples", **_PERCENT_AXIS),
-                      xaxis_title="task", legend=dict(orientation="h", y=-0.2), height=420, margin=dict(t=60, b=40))
+                      xaxis_title="task", legend={"orientation": "h", "y": -0.2}, height=420, margin={"t": 60, "b": 40})
     return fig
 
 
@@ -52,7 +52,7 @@ def _sweep_grid(data: dict[str, Any], method: str, metric: str) -> tuple[list, l
         task, _, name = metric.rpartition(".")
         return point["scores"][task][name] if task else point["summary"][name]
 
-    order = lambda v: (v is None, v or 0)  # noqa: E731
+    order = lambda v: (v is None, v or 0)
     weights = sorted({p["weight"] for p in points}, key=order)
     densities = sorted({p["density"] for p in points}, key=order)
     lookup = {(p["weight"], p["density"]): value(p) for p in points}
@@ -68,7 +68,7 @@ def sweep_heatmap(sweep: Any, method: str | None = None, metric: str | None = No
     x = ["—" if d is None else f"{d:g}" for d in densities]
     y = ["—" if w is None else f"{w:g}" for w in weights]
     fig = go.Figure(go.Heatmap(
-        z=z, x=x, y=y, zmin=0, zmax=1, colorscale="Viridis", colorbar=dict(title=metric),
+        z=z, x=x, y=y, zmin=0, zmax=1, colorscale="Viridis", colorbar={"title": metric},
         text=[[_label(v) for v in row] for row in z], texttemplate="%{text}",
         hovertemplate="weight %{y}, density %{x}: %{z:.1%}<extra></extra>",
     ))
@@ -77,10 +77,10 @@ def sweep_heatmap(sweep: Any, method: str | None = None, metric: str | None = No
         bx = "—" if best["density"] is None else f"{best['density']:g}"
         by = "—" if best["weight"] is None else f"{best['weight']:g}"
         fig.add_trace(go.Scatter(x=[bx], y=[by], mode="markers", name="best",
-                                 marker=dict(symbol="star", size=22, color="white", line=dict(color="black", width=2)),
+                                 marker={"symbol": "star", "size": 22, "color": "white", "line": {"color": "black", "width": 2}},
                                  hovertemplate="best: weight %{y}, density %{x}<extra></extra>"))
-    fig.update_layout(title=f"{method}: {metric} over weight × density", xaxis=dict(title="density", type="category"),
-                      yaxis=dict(title="weight", type="category"), height=440, margin=dict(t=60, b=40),
+    fig.update_layout(title=f"{method}: {metric} over weight × density", xaxis={"title": "density", "type": "category"},
+                      yaxis={"title": "weight", "type": "category"}, height=440, margin={"t": 60, "b": 40},
                       showlegend=False)
     return fig
 
@@ -100,13 +100,13 @@ def interference_heatmap(report: Any, metric: str = "sign_conflict_rate") -> go.
     colorscale, low, high = scale.get(metric, ("Viridis", None, None))
     fig = go.Figure(go.Heatmap(
         z=z, x=_layer_names(layers), y=modules, zmin=low, zmax=high, colorscale=colorscale,
-        colorbar=dict(title=metric.replace("_", " ")), text=[[_label(v) for v in row] for row in z],
+        colorbar={"title": metric.replace("_", " ")}, text=[[_label(v) for v in row] for row in z],
         texttemplate="%{text}", hovertemplate="%{y}, %{x}: %{z:.2f}<extra></extra>",
     ))
     overall = data["overall"].get(metric)
     suffix = f" (overall {overall:.0%})" if isinstance(overall, float) else ""
     fig.update_layout(title=f"{metric.replace('_', ' ').capitalize()} per layer and module{suffix}", height=420,
-                      margin=dict(t=60, b=40))
+                      margin={"t": 60, "b": 40})
     return fig
 
 
@@ -118,9 +118,9 @@ def cosine_heatmap(report: Any, layer: str | None = None, module: str | None = N
     where = f" (layer {layer})" if layer is not None else f" ({module})" if module else ""
     fig = go.Figure(go.Heatmap(z=z, x=tasks, y=tasks, zmin=-1, zmax=1, colorscale="RdBu", reversescale=True,
                                text=[[f"{v:.2f}" for v in row] for row in z], texttemplate="%{text}",
-                               colorbar=dict(title="cosine")))
-    fig.update_layout(title=f"Cosine similarity between task vectors{where}", height=400, margin=dict(t=60, b=40),
-                      yaxis=dict(autorange="reversed"))
+                               colorbar={"title": "cosine"}))
+    fig.update_layout(title=f"Cosine similarity between task vectors{where}", height=400, margin={"t": 60, "b": 40},
+                      yaxis={"autorange": "reversed"})
     return fig
 
 
@@ -132,8 +132,8 @@ def kept_heatmap(report: Any, by: str = "kept_mass_share") -> go.Figure:
     z = [[data["by_layer"][layer][by].get(task) for layer in layers] for task in tasks]
     fig = go.Figure(go.Heatmap(z=z, x=_layer_names(layers), y=tasks, zmin=0, zmax=1, colorscale="Greens",
                                text=[[_label(v) for v in row] for row in z], texttemplate="%{text}",
-                               colorbar=dict(title="kept")))
+                               colorbar={"title": "kept"}))
     what = "magnitude" if by == "kept_mass_share" else "entries"
     fig.update_layout(title=f"Share of each task vector's {what} kept by TIES trimming at density "
-                            f"{data['density']:g}", height=400, margin=dict(t=60, b=40))
+                            f"{data['density']:g}", height=400, margin={"t": 60, "b": 40})
     return fig

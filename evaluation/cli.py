@@ -49,7 +49,7 @@ def _percent(value: float | None) -> str:
 def _print_scores(scores: Mapping[str, Any]) -> None:
     print(f"{'task':<20} {'expert':<12} {'agreement':>9} {'accuracy':>9} {'expert acc':>10}")
     for name, s in scores.items():
-        print(f"{name:<20} {str(s.expert or '-'):<12} {_percent(s.agreement):>9} {_percent(s.accuracy):>9} "
+        print(f"{name:<20} {s.expert or '-'!s:<12} {_percent(s.agreement):>9} {_percent(s.accuracy):>9} "
               f"{_percent(s.expert_accuracy):>10}")
 
 
@@ -123,7 +123,7 @@ class _LazyState(Mapping):
         self._names = self.source.tensor_names()
         self._known = set(self._names)
 
-    def __getitem__(self, name: str) -> "torch.Tensor":
+    def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self._known:
             raise KeyError(name)
         return self.source.get(name)

@@ -25,7 +25,7 @@ import torch
 from evaluation.agreement import METRICS, EvalResult, Evaluator
 from evaluation.errors import SweepError
 from evaluation.tasks import TaskSet
-from inference.loading import LoadedModel, load_model
+from inference.loading import load_model
 from merging.errors import MergeLabError
 from merging.live import LiveMerger
 from merging.methods.registry import get_method

@@ -21,7 +21,6 @@ from evaluation.answers import is_numeric_answer
 from merging.errors import TaskSetError
 
 
-
 @dataclass(frozen=True)
 class Example:
     task: str

@@ -226,7 +226,7 @@ def stream_chat(
                 torch.manual_seed(seed)
             with torch.inference_mode():
                 model.generate(**encoded, generation_config=config, streamer=streamer, stopping_criteria=stopping)
-        except BaseException as error:  # surfaced in the caller's thread below
+        except BaseException as error:  # noqa: BLE001  (any failure must end the stream; re-raised below)
             failure.append(error)
             streamer.end()
 

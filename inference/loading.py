@@ -81,7 +81,7 @@ def quantization_config(quantization: Quantization | None, compute_dtype: torch.
     try:
         import bitsandbytes  # noqa: F401  (only to fail early with a readable message)
         from transformers import BitsAndBytesConfig
-    except Exception as error:  # ImportError, or a broken native library
+    except Exception as error:  # noqa: BLE001  (ImportError, or a broken native library)
         raise InferenceError(
             f"{quantization} loading needs the bitsandbytes package, which cannot be used here ({error}). "
             "Install bitsandbytes, or load the model without quantization."

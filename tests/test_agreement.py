@@ -84,7 +84,7 @@ def test_expert_of_another_architecture_is_a_clear_error(lm):
 
 
 def test_merged_weights_of_the_wrong_shape_are_refused(lm):
-    _, experts, llama, _ = lm
+    _, experts, _, _ = lm
     evaluator = Evaluator(_lm_tasks(experts), experts)
     state = dict(experts["first"].model.state_dict())
     state["model.embed_tokens.weight"] = torch.zeros(3, 3)
@@ -100,7 +100,7 @@ def test_a_task_whose_expert_is_missing_names_it(lm):
 
 
 def test_without_experts_only_accuracy_is_scored(lm):
-    _, experts, _, base = lm
+    _, _, _, base = lm
     tasks = tasks_from_records([{"task": "t", "prompt": "1+1=", "answer": "2", "expert": "math"}])
     score = Evaluator(tasks, {}).score(base).scores["t"]
     assert score.agreement is None and score.accuracy in (0.0, 1.0)

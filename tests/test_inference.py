@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 import threading
 import time
@@ -123,7 +124,7 @@ def test_stream_chat_flattens_blocks_and_streams_the_greedy_reply(loaded):
     messages = [{"role": "user", "content": [{"type": "text", "text": "1+2="}], "metadata": None}]
     pieces = list(stream_chat(loaded.model, loaded.tokenizer, messages, max_new_tokens=6, temperature=0))
     assert pieces, "nothing was streamed"
-    assert all(b.startswith(a) for a, b in zip(pieces, pieces[1:]))  # cumulative
+    assert all(b.startswith(a) for a, b in itertools.pairwise(pieces))  # cumulative
     greedy = generate_batch(loaded.model, loaded.tokenizer, ["1+2="], 6)[0]
     assert pieces[-1].replace(" ", "") == greedy.replace(" ", "")
 
