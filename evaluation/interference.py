@@ -170,18 +170,22 @@ def _ratio(a: torch.Tensor, b: torch.Tensor) -> float | None:
 
 
 def tensor_sums(vectors: Sequence[torch.Tensor], density: float) -> _Sums:
-    """The additive statistics of one tensor's task vectors."""
-    flat = _flat(vectors).double()
-    sums = _Sums(len(vectors))
-    sums.dots = flat @ flat.T
-    masks = [trim_mask(v, density) for v in flat]
-    mask_matrix = torch.stack(masks).double()
-    sums.intersections = mask_matrix @ mask_matrix.T
-    sums.kept_count = mask_matrix.sum(dim=1)
-    magnitude = flat.abs()
-    sums.mass = magnitude.sum(dim=1)
-    sums.kept_mass = (magnitude * mask_matrix).sum(dim=1)
-    sums.nonzero = (magnitude > 0).double().sum(dim=1)
+    """The additive statistics of one tensor's task vectors. Works in float32 with boolean masks (no float64 copy
+    of a 7B model's embedding), counting in int64 so large tensors count exactly."""
+    flat = _flat(vectors)
+    count = len(vectors)
+    sums = _Sums(count)
+    sums.dots = (flat @ flat.T).double()
+    masks = [trim_mask(row, density) for row in flat]
+    for i in range(count):
+        magnitude = flat[i].abs()
+        sums.kept_count[i] = int(masks[i].sum())
+        sums.mass[i] = float(magnitude.double().sum())
+        sums.kept_mass[i] = float(magnitude[masks[i]].double().sum())
+        sums.nonzero[i] = int((magnitude > 0).sum())
+        for j in range(i, count):
+            both = int((masks[i] & masks[j]).sum())
+            sums.intersections[i, j] = sums.intersections[j, i] = both
     sums.conflicting, sums.eligible = sign_conflicts(vectors)
     sums.numel = flat.shape[1]
     return sums
