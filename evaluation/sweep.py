@@ -3,7 +3,9 @@ once) and scored by loading the merged state dict into the same model instance (
 outputs are computed once for the whole sweep.
 
 The weight axis sets every merged model's `weight`; the density axis sets `density` (or SCE's `select_topk`).
-A method without such a parameter collapses that axis to one point (value None in the results).
+A method without such a parameter collapses that axis to one point (value None in the results). Methods with a
+`normalize` parameter get `normalize: false` unless the recipe sets it: normalising divides equal weights out, so
+the weight axis would change nothing; without it the weight scales the (trimmed, elected) task vectors.
 Results: a table, the best point by a chosen metric, and a results file (JSON with each point's recipe, per-task
 scores and each question's extracted answer, plus a CSV beside it and the best recipe as YAML).
 """
@@ -152,7 +154,8 @@ class SweepResult:
 
 def point_recipe(template: Recipe, method: str, weight: float | None, density: float | None) -> Recipe:
     """The template recipe with `method`, and every merged model's weight and density set (where the method has
-    them); other settings are kept. Methods that ignore the base (linear) mix only the listed models."""
+    them); other settings are kept. Methods that ignore the base (linear) mix only the listed models; `normalize`
+    is turned off unless the template sets it (see the module docstring)."""
     data = copy.deepcopy(template.to_dict())
     data["merge_method"] = method
     spec = get_method(method)
@@ -176,6 +179,9 @@ def point_recipe(template: Recipe, method: str, weight: float | None, density: f
             params[density_param.name] = density
     if density_param is not None and density_param.scope == "global" and density is not None:
         shared[density_param.name] = density
+    if spec.param("normalize") is not None and "normalize" not in template.parameters and weight is not None:
+        # With normalize on, equal weights divide out (w·Στ / Σw): the weight axis would change nothing.
+        shared["normalize"] = False
     for entry in data["models"]:
         if not entry["parameters"]:
             del entry["parameters"]

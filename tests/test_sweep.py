@@ -59,8 +59,12 @@ def test_point_recipe_sets_weight_and_density_where_the_method_has_them(family):
     template = _recipe(family)
     ties = point_recipe(template, "ties", 0.4, 0.6).to_dict()
     assert all(m["parameters"] == {"weight": 0.4, "density": 0.6} for m in ties["models"])
+    assert ties["parameters"] == {"normalize": False}  # else equal weights would divide out
     linear = point_recipe(template, "linear", 0.4, 0.6).to_dict()
     assert all(m["parameters"] == {"weight": 0.4} for m in linear["models"])
+    assert "base_model" not in linear  # linear mixes the experts only
+    kept = Recipe.from_dict({**template.to_dict(), "parameters": {"normalize": True}})
+    assert point_recipe(kept, "ties", 0.4, 0.6).parameters == {"normalize": True}  # the recipe's own choice
     sce = point_recipe(template, "sce", 0.4, 0.6).to_dict()
     assert sce["parameters"] == {"select_topk": 0.6} and all("parameters" not in m for m in sce["models"])
 
@@ -122,3 +126,12 @@ def test_unknown_metric_or_task_is_refused(family):
     with pytest.raises(SweepError, match="task 'zzz'"):
         run_sweep(setup.template, setup.merger, setup.evaluator, weights=[1.0], densities=[1.0],
                   metric="zzz.accuracy")
+
+
+def test_the_weight_axis_changes_the_merge(family):
+    setup = prepare_sweep(_recipe(family), _tasks())
+    half = setup.merger.merge(point_recipe(setup.template, "ties", 0.5, 0.5))
+    full = setup.merger.merge(point_recipe(setup.template, "ties", 1.0, 0.5))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    base = setup.merger.base[name]
+    assert torch.allclose(full[name] - base, 2 * (half[name] - base), atol=1e-5)  # w scales the merged delta
