@@ -96,6 +96,22 @@ def test_magnitude_keeps_exactly_k_largest_even_with_ties():
     assert top_k_mask(torch.zeros(10), 4).sum() == 4
 
 
+@pytest.mark.parametrize("density", [0.05, 0.3, 0.8])
+def test_magnitude_on_a_large_tensor_equals_a_sort_based_top_k(density):
+    delta = torch.randn(600, 500, generator=gen(4))  # above the small-tensor cutoff: the bit-pattern path runs
+    delta[torch.rand(600, 500, generator=gen(5)) < 0.3] = 0.0
+    delta[0, :10] = 0.5  # ties at a magnitude
+    delta[1, :10] = -0.5
+    k = max(1, int(density * delta.numel()))
+    expected = torch.zeros_like(delta).view(-1)
+    order = torch.sort(delta.abs().view(-1), descending=True, stable=True).indices[:k]
+    expected[order] = delta.view(-1)[order]
+    kept = sparsify.magnitude(delta, density)
+    assert torch.equal(kept.abs().view(-1).sort().values, expected.abs().sort().values)
+    assert int((kept != 0).sum()) == min(k, int((delta != 0).sum()))
+    assert torch.equal(kept[kept != 0], delta[kept != 0])
+
+
 def test_breadcrumbs_drops_outliers_and_smallest():
     delta = torch.arange(1.0, 101.0) * torch.where(torch.arange(100) % 2 == 0, 1.0, -1.0)
     kept = sparsify.breadcrumbs(delta, density=0.5, gamma=0.1)
@@ -281,3 +297,31 @@ def test_karcher_multislerp_nearswap_passthrough_basics():
     assert torch.allclose(near, torch.tensor([0.001, 0.01]))  # close entry swapped, far one moved t/|Δ|
     assert torch.equal(get_method("passthrough").fn(None, [x], [{"scale": None}], {}, None), x)
     assert torch.equal(get_method("passthrough").fn(None, [x], [{"scale": 2.0}], {}, None), 2 * x)
+
+
+# --- the fused big-tensor path equals the plain path -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["task_arithmetic", "magnitude_prune", "ties", "sce"])
+def test_fused_path_for_large_tensors_equals_the_plain_delta_path(name):
+    from merging.methods.fused import MIN_FUSED, can_fuse
+
+    base = torch.randn(640, 480, generator=gen(0)) * 0.02  # 307 200 elements: fused, over many chunks
+    xs = []
+    for i in range(3):
+        tau = torch.randn(640, 480, generator=gen(10 + i)) * 0.002
+        tau[torch.rand(640, 480, generator=gen(20 + i)) < 0.3] = 0.0
+        tau[5, :50] = 0.001 * (-1) ** i  # equal magnitudes: ties at the threshold
+        xs.append(base + tau)
+    assert base.numel() >= MIN_FUSED and can_fuse(base, xs)
+    method = get_method(name)
+    if name == "sce":
+        models = [{}, {}, {}]
+    else:
+        models = per_model(name, *({"weight": w, "density": d} for w, d in ((1.0, 0.3), (0.5, 0.0), (0.8, 1.0))))
+        if name == "task_arithmetic":
+            models = [{"weight": m["weight"]} for m in models]
+    params = defaults(name, **({"lambda": 0.7} if name != "sce" else {}))
+    fused = method.fn(base, xs, models, params, None)
+    plain = base + method.fn_deltas([x - base for x in xs], models, params, None)
+    assert torch.allclose(fused, plain, atol=1e-7, rtol=1e-6)

@@ -15,3 +15,27 @@ def as_float32(tensor: torch.Tensor) -> torch.Tensor:
 def default_generator(generator: torch.Generator | None) -> torch.Generator:
     """Random methods draw only from the caller's generator; without one, a fixed seed keeps results reproducible."""
     return generator if generator is not None else torch.Generator().manual_seed(0)
+
+
+class Workspace:
+    """Scratch buffers shaped like one tensor, reused by every model of one merge call.
+
+    On a CPU, allocating a fresh 64 MB tensor costs more than computing on it (the pages must be faulted in), so the
+    big-tensor paths write into these buffers (`out=`) instead of allocating per operation.
+    """
+
+    def __init__(self, like: torch.Tensor):
+        self.shape, self.device = like.shape, like.device
+        self._buffers: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def get(self, role: str, dtype: torch.dtype) -> torch.Tensor:
+        key = (role, dtype)
+        if key not in self._buffers:
+            self._buffers[key] = torch.empty(self.shape, dtype=dtype, device=self.device)
+        return self._buffers[key]
+
+
+def owned_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """A float32 (or float64) copy the caller may overwrite."""
+    converted = as_float32(tensor)
+    return converted.clone() if converted is tensor else converted

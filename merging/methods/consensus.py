@@ -1,30 +1,56 @@
-"""Sign election (TIES) and the disjoint mean, on lists of weighted task vectors (no stacking: one buffer each)."""
+"""TIES sign election and the disjoint mean, chunk by chunk over task vectors the caller owns."""
 
 from __future__ import annotations
 
 import torch
 
-
-def elect_sign(deltas: list[torch.Tensor]) -> torch.Tensor:
-    """+1 where the sum of the deltas is ≥ 0, else −1 (mergekit's "sum" consensus; a zero sum elects +)."""
-    total = deltas[0].clone()
-    for delta in deltas[1:]:
-        total.add_(delta)
-    return torch.where(total >= 0, 1.0, -1.0)
+from merging.methods.chunks import buffer, for_each_chunk
 
 
-def agreement_masks(deltas: list[torch.Tensor], sign: torch.Tensor) -> list[torch.Tensor]:
-    """Per delta, 1.0 where its sign equals the elected sign (zeros, e.g. pruned entries, never agree)."""
-    return [torch.sign(delta).eq_(sign) for delta in deltas]
+def consensus_merge_(
+    deltas: list[torch.Tensor],
+    divisor_weights: list[float],
+    *,
+    scales: list[float] | None = None,
+    normalize: bool = True,
+    min_divisor: float | None = None,
+    scale: float = 1.0,
+    base: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per entry: elect s = sign(Σ_i δ_i) (a zero sum elects +); keep δ_i where sign δ_i = s (zeros never agree);
+    mixed = Σ_i kept_i·scale_i, divisor = Σ_i agree_i·w_i. If normalize: mixed /= divisor, with a zero divisor
+    replaced by 1 (TIES) or, given min_divisor, the divisor clamped below (SCE). Returns base + scale·mixed (or the
+    mixed delta without a base), written over deltas[0]."""
+    flat = [delta.reshape(-1) for delta in deltas]
+    base_flat = base.reshape(-1) if base is not None else None
+    scales = scales or [1.0] * len(deltas)
 
+    def step(start: int, stop: int, scratch: dict) -> None:
+        parts = [delta[start:stop] for delta in flat]
+        sign = buffer(scratch, "sign", parts[0])
+        agree = buffer(scratch, "agree", parts[0])
+        mixed = buffer(scratch, "mixed", parts[0]).zero_()
+        divisor = buffer(scratch, "divisor", parts[0]).zero_()
+        sign.copy_(parts[0])
+        for part in parts[1:]:
+            sign.add_(part)
+        sign.sign_().add_(0.5).sign_()  # −1, 0, +1 → −1, +1, +1
+        for part, weight, factor in zip(parts, divisor_weights, scales):
+            torch.sign(part, out=agree).eq_(sign)
+            mixed.addcmul_(part, agree, value=factor)
+            divisor.add_(agree, alpha=weight)
+        if normalize:
+            if min_divisor is None:
+                divisor.add_(torch.eq(divisor, 0, out=agree))  # 0 → 1
+            else:
+                divisor.clamp_(min=min_divisor)
+            mixed.div_(divisor)
+        if scale != 1:
+            mixed.mul_(scale)
+        if base_flat is not None:
+            torch.add(base_flat[start:stop], mixed, out=parts[0])
+        else:
+            parts[0].copy_(mixed)
 
-def disjoint_sum(
-    deltas: list[torch.Tensor], weights: list[float], masks: list[torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Σ mask_i·δ_i and Σ mask_i·w_i (the divisor of the disjoint mean), for weighted deltas δ_i."""
-    mixed = torch.zeros_like(deltas[0])
-    divisor = torch.zeros_like(deltas[0])
-    for delta, weight, mask in zip(deltas, weights, masks):
-        mixed.addcmul_(delta, mask)
-        divisor.add_(mask, alpha=weight)
-    return mixed, divisor
+    for_each_chunk(flat[0].numel(), step)
+    return deltas[0]

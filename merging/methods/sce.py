@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from merging.methods.common import as_float32
-from merging.methods.consensus import agreement_masks, elect_sign
+from merging.methods.common import Workspace, as_float32, owned_float32
+from merging.methods.consensus import consensus_merge_
+from merging.methods.fused import can_fuse, fused_merge
 from merging.methods.params import INT8_MASK
 from merging.methods.registry import Method, Param, note, register
 from merging.methods.selection import top_k_mask
@@ -18,22 +19,38 @@ SELECT_TOPK = Param(
 UNIFORM_BELOW = 1e-6  # mergekit: coefficients fall back to uniform when Σ mean(δ_i²) is below this
 
 
-def variance_mask(deltas: list[torch.Tensor], select_topk: float) -> torch.Tensor | None:
-    """1.0 on the int(select_topk · #nonzero-variance) entries of largest variance across models; None = keep all."""
+def select_by_variance_(deltas: list[torch.Tensor], select_topk: float, ws: Workspace) -> None:
+    """Zero, in every delta, all but the int(select_topk · #nonzero-variance) entries of largest variance across
+    models (population variance, one mask shared by all models)."""
     if select_topk >= 1:
-        return None
+        return
     if select_topk <= 0:
-        return torch.zeros_like(deltas[0])
-    variance = torch.var(torch.stack(deltas), dim=0, unbiased=False)
+        for delta in deltas:
+            delta.zero_()
+        return
+    mean = ws.get("sign", torch.float32).copy_(deltas[0])
+    for delta in deltas[1:]:
+        mean.add_(delta)
+    mean.div_(len(deltas))
+    variance = ws.get("agree", torch.float32).zero_()
+    centered = ws.get("scores", torch.float32)
+    for delta in deltas:
+        torch.sub(delta, mean, out=centered)
+        variance.addcmul_(centered, centered)
+    variance.div_(len(deltas))
     k = int(int(torch.count_nonzero(variance)) * select_topk)
     if k == 0:
-        return torch.zeros_like(variance)
-    return top_k_mask(variance, k).to(variance.dtype)
+        for delta in deltas:
+            delta.zero_()
+        return
+    drop = top_k_mask(variance, k, ws).logical_not_()
+    for delta in deltas:
+        delta.masked_fill_(drop, 0)
 
 
 def coefficients(deltas: list[torch.Tensor]) -> list[float]:
     """mean(δ_i²) normalised to sum 1, or uniform when that sum is below 1e-6 (most LLM tensors: noted)."""
-    energies = [float(delta.square().mean()) for delta in deltas]
+    energies = [float(torch.linalg.vector_norm(delta)) ** 2 / max(1, delta.numel()) for delta in deltas]
     total = sum(energies)
     if abs(total) < UNIFORM_BELOW:
         note(f"sce: task-vector energy {total:.3g} < {UNIFORM_BELOW:g}, so coefficients fell back to uniform")
@@ -41,30 +58,23 @@ def coefficients(deltas: list[torch.Tensor]) -> list[float]:
     return [energy / total for energy in energies]
 
 
-def sce_deltas(
-    deltas: list[torch.Tensor], model_params: list[dict], params: dict, generator: torch.Generator | None
-) -> torch.Tensor:
-    deltas = [as_float32(d) for d in deltas]
-    mask = variance_mask(deltas, params.get("select_topk", 1.0))
-    if mask is not None:
-        deltas = [d * mask for d in deltas]
+def sce_mix_(deltas: list[torch.Tensor], params: dict, base: torch.Tensor | None = None) -> torch.Tensor:
+    """The SCE mixed task vector (plus `base` when given) from float32 task vectors the caller owns (overwritten)."""
+    select_by_variance_(deltas, params.get("select_topk", 1.0), Workspace(deltas[0]))
     weights = coefficients(deltas)
-    agree = agreement_masks(deltas, elect_sign(deltas))
-    mixed = torch.zeros_like(deltas[0])
-    divisor = torch.zeros_like(deltas[0])
-    for delta, weight, agreement in zip(deltas, weights, agree):
-        agreement.mul_(weight)  # erased weight c_i·mask_i
-        mixed.addcmul_(delta, agreement)
-        divisor.add_(agreement)
-    return mixed.div_(divisor.clamp_(min=1e-6))
+    return consensus_merge_(deltas, weights, scales=weights, min_divisor=1e-6, base=base)
 
 
-def sce(
-    base: torch.Tensor | None, tensors: list[torch.Tensor], model_params: list[dict], params: dict,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
+def sce_deltas(deltas, model_params, params, generator) -> torch.Tensor:
+    return sce_mix_([owned_float32(d) for d in deltas], params)
+
+
+def sce(base, tensors, model_params, params, generator) -> torch.Tensor:
+    if params.get("select_topk", 1.0) >= 1 and can_fuse(base, tensors):
+        return fused_merge(base, tensors, [1.0] * len(tensors), densities=None, consensus=True, normalize=True,
+                           scale=1.0, sce=True)
     base = as_float32(base)
-    return sce_deltas([as_float32(t) - base for t in tensors], model_params, params, generator).add_(base)
+    return sce_mix_([torch.sub(as_float32(t), base) for t in tensors], params, base)
 
 
 register(

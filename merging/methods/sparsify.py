@@ -1,80 +1,145 @@
 """Sparsifiers for task vectors (per tensor, mergekit 0.1.5 semantics) and the norm-matching rescale.
 
-Each takes a float32 delta and returns a new sparsified delta; the input is never modified.
+The `*_` functions prune a float32 delta the caller owns in place (the merge paths, which avoid allocating per
+operation); the plain functions return a pruned copy and never modify their input.
 """
 
 from __future__ import annotations
 
 import torch
 
-from merging.methods.selection import rank_window_mask, top_k_mask
+from merging.methods.common import Workspace, default_generator
+from merging.methods.selection import rank_window_mask, top_k_mask, value_at_rank
 
 RESCALE_EPS = 1e-7
+Rescale = bool | str | None
 
 
-def rescale(delta: torch.Tensor, kept: torch.Tensor, mode: bool | str, keep_probability: float) -> torch.Tensor:
-    """Scale the kept entries back up. `True`: match the L1 norm of the unpruned delta (mergekit; skipped when
-    either norm is below 1e-7); "inverse_density": divide by the keep probability (the DARE paper); False: none."""
-    if mode is False or mode is None:
-        return kept
+def _l1(tensor: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(tensor, ord=1))
+
+
+def rescale_(delta: torch.Tensor, l1_before: float, mode: Rescale, keep_probability: float) -> torch.Tensor:
+    """Scale the kept entries back up. True: match the L1 norm of the unpruned delta (mergekit; skipped when either
+    norm is below 1e-7); "inverse_density": divide by the keep probability (the DARE paper); False/None: nothing."""
+    if mode is None or mode is False:
+        return delta
     if mode == "inverse_density":
-        return kept.div_(keep_probability) if keep_probability > 0 else kept
-    before = float(delta.abs().sum())
-    after = float(kept.abs().sum())
-    if before < RESCALE_EPS or after < RESCALE_EPS:
-        return kept
-    return kept.mul_(before / after)
+        return delta.div_(keep_probability) if keep_probability > 0 else delta
+    l1_after = _l1(delta)
+    if l1_before < RESCALE_EPS or l1_after < RESCALE_EPS:
+        return delta
+    return delta.mul_(l1_before / l1_after)
 
 
-def magnitude(delta: torch.Tensor, density: float, rescale_mode: bool | str = False) -> torch.Tensor:
-    """Keep exactly k = max(1, int(density·numel)) entries of largest |δ|; density ≥ 1 keeps everything."""
+def magnitude_(delta: torch.Tensor, density: float, rescale_mode: Rescale, ws: Workspace) -> torch.Tensor:
+    """Keep exactly k = max(1, int(density·numel)) entries of largest |δ|; density ≥ 1 keeps everything. When at most
+    k entries are nonzero nothing changes (which zeros count as kept does not change a value)."""
     if density >= 1:
-        return delta.clone()
-    if density <= 0 or delta.numel() == 0:
-        return torch.zeros_like(delta)
-    k = max(1, int(density * delta.numel()))
-    mask = top_k_mask(delta.abs(), k)
-    return rescale(delta, delta * mask, rescale_mode, density)
+        return delta
+    n = delta.numel()
+    if density <= 0 or n == 0:
+        return delta.zero_()
+    k = max(1, int(density * n))
+    if delta.dtype != torch.float32 or not delta.is_contiguous():
+        return _magnitude_by_mask_(delta, k, rescale_mode, density, ws)
+    # |δ| compared as int32 bit patterns: clearing the sign bit is abs, and non-negative floats order like their bits.
+    magnitude_bits = torch.bitwise_and(delta.view(torch.int32), 0x7FFFFFFF, out=ws.get("bits", torch.int32))
+    threshold = value_at_rank(magnitude_bits.view(torch.float32).view(-1), n - k, ws)
+    if threshold.value == 0:  # at most k nonzero entries: all of them stay
+        return delta
+    l1_before = _l1(delta) if rescale_mode is True else 0.0
+    threshold_bits = int(torch.tensor([threshold.value], dtype=torch.float32).view(torch.int32))
+    keep = torch.ge(magnitude_bits, threshold_bits, out=ws.get("digits", torch.int32).view(torch.float32))
+    excess = n - threshold.n_less - k  # entries tied at the threshold beyond k: drop the first ones
+    if excess > 0:
+        tied = torch.nonzero(magnitude_bits.view(-1) == threshold_bits).squeeze(1)
+        keep.view(-1)[tied[:excess]] = 0
+    delta.mul_(keep)
+    return rescale_(delta, l1_before, rescale_mode, density)
 
 
-def random(
-    delta: torch.Tensor, density: float, rescale_mode: bool | str, generator: torch.Generator | None
-) -> torch.Tensor:
-    """DARE: keep each entry with probability `density` (independent draws from `generator`)."""
+def _magnitude_by_mask_(delta: torch.Tensor, k: int, rescale_mode: Rescale, density: float,
+                        ws: Workspace) -> torch.Tensor:
+    """The general path (float64 or strided deltas)."""
+    l1_before = _l1(delta) if rescale_mode is True else 0.0
+    keep = top_k_mask(delta.abs().float(), k)
+    delta.masked_fill_(keep.logical_not_(), 0)
+    return rescale_(delta, l1_before, rescale_mode, density)
+
+
+def random_(delta: torch.Tensor, density: float, rescale_mode: Rescale, generator: torch.Generator | None,
+            ws: Workspace) -> torch.Tensor:
+    """DARE: keep each entry with probability `density` (independent uniform draws from `generator`)."""
     if density >= 1:
-        return delta.clone()
-    mask = torch.rand(delta.shape, generator=generator, dtype=torch.float32) < density
-    return rescale(delta, delta * mask, rescale_mode, density)
+        return delta
+    l1_before = _l1(delta) if rescale_mode is True else 0.0
+    noise = torch.rand(delta.shape, generator=default_generator(generator), out=ws.get("scores", torch.float32))
+    delta.masked_fill_(torch.ge(noise, density, out=ws.get("bool", torch.bool)), 0)
+    return rescale_(delta, l1_before, rescale_mode, density)
 
 
-def breadcrumbs(delta: torch.Tensor, density: float, gamma: float, rescale_mode: bool | str = False) -> torch.Tensor:
+def breadcrumbs_(delta: torch.Tensor, density: float, gamma: float, rescale_mode: Rescale,
+                 ws: Workspace) -> torch.Tensor:
     """Drop the top int(gamma·n) outliers and the smallest entries so that int(density·n) in the middle remain."""
     if density >= 1:
-        return delta.clone()
+        return delta
     n = delta.numel()
     target = int(density * n)
-    n_top = int(gamma * n)
-    n_bottom = max(0, n - target - n_top)
-    mask = rank_window_mask(delta.abs(), n_bottom, n_bottom + target)
-    return rescale(delta, delta * mask, rescale_mode, density)
+    n_bottom = max(0, n - target - int(gamma * n))
+    l1_before = _l1(delta) if rescale_mode is True else 0.0
+    scores = torch.abs(delta, out=ws.get("scores", torch.float32))
+    keep = rank_window_mask(scores, n_bottom, n_bottom + target, ws)
+    delta.masked_fill_(keep.logical_not_(), 0)
+    return rescale_(delta, l1_before, rescale_mode, density)
 
 
-def della(
-    delta: torch.Tensor, density: float, epsilon: float, rescale_mode: bool | str, generator: torch.Generator | None
-) -> torch.Tensor:
+def della_(delta: torch.Tensor, density: float, epsilon: float, rescale_mode: Rescale,
+           generator: torch.Generator | None, ws: Workspace) -> torch.Tensor:
     """DELLA MagPrune: within each row rank |δ| (0 = smallest) and keep an entry with probability
-    (density − ε) + 2ε·rank/(n−1). One-dimensional tensors are one row; a one-element row keeps with p = density."""
+    (density − ε) + 2ε·rank/(n−1). A 1-D tensor is one row; a one-element row keeps with p = density."""
     if density >= 1:
-        return delta.clone()
+        return delta
     if density <= 0:
-        return torch.zeros_like(delta)
-    rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)
+        return delta.zero_()
+    l1_before = _l1(delta) if rescale_mode is True else 0.0
+    rows = delta.view(1, -1) if delta.dim() < 2 else delta.view(delta.shape[0], -1)
     n = rows.shape[1]
     order = torch.argsort(rows.abs(), dim=1)
-    ranks = torch.empty_like(rows)
-    positions = torch.arange(n, dtype=rows.dtype).expand_as(rows)
-    ranks.scatter_(1, order, positions)
-    relative = ranks / (n - 1) if n > 1 else torch.full_like(rows, 0.5)
-    probability = relative.mul_(2 * epsilon).add_(density - epsilon)
-    mask = torch.rand(rows.shape, generator=generator, dtype=torch.float32) < probability
-    return rescale(delta, (rows * mask).reshape(delta.shape), rescale_mode, density)
+    probability = torch.empty_like(rows)
+    positions = torch.arange(n, dtype=rows.dtype, device=rows.device).expand_as(rows)
+    probability.scatter_(1, order, positions)  # the rank of every entry within its row
+    del order
+    if n > 1:
+        probability.mul_(2 * epsilon / (n - 1)).add_(density - epsilon)
+    else:
+        probability.fill_(density)
+    noise = torch.rand(rows.shape, generator=default_generator(generator), dtype=rows.dtype)
+    rows.masked_fill_(noise.ge_(probability).bool(), 0)
+    return rescale_(delta, l1_before, rescale_mode, density)
+
+
+def _copy(delta: torch.Tensor) -> torch.Tensor:
+    return delta.float().clone() if delta.dtype == torch.float32 else delta.float()
+
+
+def magnitude(delta: torch.Tensor, density: float, rescale_mode: Rescale = False) -> torch.Tensor:
+    out = _copy(delta)
+    return magnitude_(out, density, rescale_mode, Workspace(out))
+
+
+def random(delta: torch.Tensor, density: float, rescale_mode: Rescale, generator: torch.Generator | None
+           ) -> torch.Tensor:
+    out = _copy(delta)
+    return random_(out, density, rescale_mode, generator, Workspace(out))
+
+
+def breadcrumbs(delta: torch.Tensor, density: float, gamma: float, rescale_mode: Rescale = False) -> torch.Tensor:
+    out = _copy(delta)
+    return breadcrumbs_(out, density, gamma, rescale_mode, Workspace(out))
+
+
+def della(delta: torch.Tensor, density: float, epsilon: float, rescale_mode: Rescale,
+          generator: torch.Generator | None) -> torch.Tensor:
+    out = _copy(delta)
+    return della_(out, density, epsilon, rescale_mode, generator, Workspace(out))

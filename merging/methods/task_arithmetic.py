@@ -10,31 +10,32 @@ import torch
 
 from merging.methods import params as P
 from merging.methods import sparsify
-from merging.methods.common import as_float32, default_generator
-from merging.methods.consensus import agreement_masks, disjoint_sum, elect_sign
+from merging.methods.common import Workspace, as_float32, default_generator, owned_float32
+from merging.methods.consensus import consensus_merge_
+from merging.methods.fused import can_fuse, fused_merge
 from merging.methods.registry import DeltaFn, Method, MethodFn, Param, register
 
-# A sparsifier takes (delta, this model's params, global params, generator) and returns a new tensor.
-Sparsifier = Callable[[torch.Tensor, dict, dict, torch.Generator | None], torch.Tensor]
+# A sparsifier prunes (delta, this model's params, global params, generator, workspace) in place.
+Sparsifier = Callable[[torch.Tensor, dict, dict, torch.Generator | None, Workspace], torch.Tensor]
 
 
-def _magnitude(delta: torch.Tensor, model: dict, shared: dict, generator: torch.Generator | None) -> torch.Tensor:
-    return sparsify.magnitude(delta, model["density"], shared.get("rescale", False))
+def _magnitude(delta, model, shared, generator, ws):
+    return sparsify.magnitude_(delta, model["density"], shared.get("rescale", False), ws)
 
 
-def _random(delta: torch.Tensor, model: dict, shared: dict, generator: torch.Generator | None) -> torch.Tensor:
-    return sparsify.random(delta, model["density"], shared["rescale"], default_generator(generator))
+def _random(delta, model, shared, generator, ws):
+    return sparsify.random_(delta, model["density"], shared["rescale"], generator, ws)
 
 
-def _breadcrumbs(delta: torch.Tensor, model: dict, shared: dict, generator: torch.Generator | None) -> torch.Tensor:
-    return sparsify.breadcrumbs(delta, model["density"], model["gamma"], shared.get("rescale", False))
+def _breadcrumbs(delta, model, shared, generator, ws):
+    return sparsify.breadcrumbs_(delta, model["density"], model["gamma"], shared.get("rescale", False), ws)
 
 
-def _della(delta: torch.Tensor, model: dict, shared: dict, generator: torch.Generator | None) -> torch.Tensor:
-    return sparsify.della(delta, model["density"], model["epsilon"], shared["rescale"], default_generator(generator))
+def _della(delta, model, shared, generator, ws):
+    return sparsify.della_(delta, model["density"], model["epsilon"], shared["rescale"], generator, ws)
 
 
-def mix_deltas(
+def mix_deltas_(
     deltas: list[torch.Tensor],
     model_params: list[dict],
     params: dict,
@@ -42,39 +43,52 @@ def mix_deltas(
     *,
     sparsifier: Sparsifier | None,
     consensus: bool,
+    base: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The mixed task vector λ·(Σ mask_i w_i δ_i) / divisor for already computed task vectors δ_i."""
+    """λ·(Σ_i mask_i w_i δ_i) / divisor from float32 task vectors the caller owns (they are overwritten), plus
+    `base` when given (then the merged tensor is returned)."""
     weights = [float(m["weight"]) for m in model_params]
-    weighted = []
+    generator = default_generator(generator)  # one stream for all models, so their masks differ
+    ws = Workspace(deltas[0])
     for delta, model, weight in zip(deltas, model_params, weights):
-        delta = as_float32(delta)
-        delta = sparsifier(delta, model, params, generator) if sparsifier else delta.clone()
-        weighted.append(delta.mul_(weight) if weight != 1 else delta)
+        if sparsifier is not None:
+            sparsifier(delta, model, params, generator, ws)
+        if weight != 1:
+            delta.mul_(weight)
+    del ws  # free the scratch before the combine step allocates nothing of its own
+    normalize = bool(params.get("normalize", False))
+    scale = float(params.get("lambda", 1.0))
     if consensus:
-        masks = agreement_masks(weighted, elect_sign(weighted))
-        mixed, divisor = disjoint_sum(weighted, weights, masks)
-        divisor.masked_fill_(divisor == 0, 1.0)
-    else:
-        mixed = weighted[0]
-        for delta in weighted[1:]:
-            mixed.add_(delta)
-        total = sum(weights)
-        divisor = total if abs(total) >= 1e-8 else 1.0
-    if params.get("normalize", False):
-        mixed.div_(divisor)
-    if params.get("lambda", 1.0) != 1:
-        mixed.mul_(params["lambda"])
-    return mixed
+        return consensus_merge_(deltas, weights, normalize=normalize, scale=scale, base=base)
+    mixed = deltas[0]
+    for delta in deltas[1:]:
+        mixed.add_(delta)
+    total = sum(weights)
+    if normalize:
+        scale /= total if abs(total) >= 1e-8 else 1.0
+    if scale != 1:
+        mixed.mul_(scale)
+    return mixed.add_(base) if base is not None else mixed
 
 
 def _make_fns(sparsifier: Sparsifier | None, consensus: bool) -> tuple[MethodFn, DeltaFn]:
     def fn_deltas(deltas, model_params, params, generator):
-        return mix_deltas(deltas, model_params, params, generator, sparsifier=sparsifier, consensus=consensus)
+        owned = [owned_float32(delta) for delta in deltas]
+        return mix_deltas_(owned, model_params, params, generator, sparsifier=sparsifier, consensus=consensus)
+
+    fusable = sparsifier is None or sparsifier is _magnitude
 
     def fn(base, tensors, model_params, params, generator):
+        if fusable and can_fuse(base, tensors) and params.get("rescale", False) is False:
+            densities = [float(m["density"]) for m in model_params] if sparsifier is not None else None
+            return fused_merge(
+                base, tensors, [float(m["weight"]) for m in model_params], densities=densities, consensus=consensus,
+                normalize=bool(params.get("normalize", False)), scale=float(params.get("lambda", 1.0)),
+            )
         base = as_float32(base)
-        deltas = [as_float32(t) - base for t in tensors]
-        return fn_deltas(deltas, model_params, params, generator).add_(base)
+        deltas = [torch.sub(as_float32(t), base) for t in tensors]
+        return mix_deltas_(deltas, model_params, params, generator, sparsifier=sparsifier, consensus=consensus,
+                           base=base)
 
     return fn, fn_deltas
 
