@@ -17,6 +17,9 @@ from ui.session import Session
 from ui.workspace import HIDDEN_PARAMS, MergeSettings, merge_live, merge_to_folder, require_models
 
 MAX_SOURCES = 8  # weight sliders made up front; the ones beyond the chosen sources stay hidden
+# "hidden" keeps a control mounted but invisible: a control made visible=False is not in the page, and updates that
+# show it can be lost when its tab mounts at the same moment.
+HIDDEN = "hidden"
 # Ranges for parameters the registry leaves unbounded (the recipe accepts any value; a slider needs ends).
 SLIDER_RANGES = {"weight": (-1.0, 2.0), "lambda": (0.0, 2.0), "scale": (0.0, 2.0), "t": (0.0, 1.0)}
 DEFAULT_METHOD = "ties"
@@ -56,7 +59,7 @@ def _slider_range(param: Param) -> tuple[float, float]:
 
 def param_control(param: Param) -> gr.components.Component:
     label = f"{param.name}"
-    common = dict(label=label, info=param.help, elem_id=f"param-{param.name}", visible=False)
+    common = dict(label=label, info=param.help, elem_id=f"param-{param.name}", visible=HIDDEN)
     if param.kind == "bool":
         return gr.Checkbox(value=bool(param.default), **common)
     if param.kind == "choice":
@@ -75,7 +78,7 @@ def control_updates(method_name: str, specs: dict[str, Param]) -> list[Any]:
     for name in specs:
         param = method.param(name)
         if param is None:
-            updates.append(gr.update(visible=False))
+            updates.append(gr.update(visible=HIDDEN))
         elif param.default is None:
             updates.append(gr.update(visible=True))
         elif param.kind == "choice":
@@ -164,11 +167,11 @@ def build(config: HostConfig) -> MergePanel:
     gr.Markdown("**Weight of each source model** (how much of its task vector goes in)")
     with gr.Row(elem_id="weights-row"):
         weights = [gr.Slider(-1.0, 2.0, value=0.5, step=0.05, label=f"model {i + 1}", elem_id=f"weight-{i}",
-                             visible=False, min_width=200) for i in range(MAX_SOURCES)]
+                             visible=HIDDEN, min_width=200) for i in range(MAX_SOURCES)]
     with gr.Row(elem_id="params-row"):
         params = {name: param_control(param) for name, param in specs.items()}
-    seed = gr.Number(0, precision=0, label="Seed (random methods)", elem_id="merge-seed")
-    with gr.Row():
+    with gr.Row(equal_height=True):
+        seed = gr.Number(0, precision=0, label="Seed (random methods)", elem_id="merge-seed", min_width=120)
         merge = gr.Button("Merge", variant="primary", elem_id="merge-button")
         folder_name = gr.Textbox("merged", label="Folder name", scale=1, elem_id="merge-folder-name")
         merge_folder = gr.Button("Merge to folder", elem_id="merge-folder")
@@ -178,7 +181,7 @@ def build(config: HostConfig) -> MergePanel:
     # Initial visibility for the default method.
     default_method = get_method(default)
     for name, control in params.items():
-        control.visible = default_method.param(name) is not None
+        control.visible = True if default_method.param(name) is not None else HIDDEN
     return MergePanel(method, help_md, weights, params, seed, merge, merge_folder, folder_name, cancel, status,
                       settings)
 
@@ -193,7 +196,7 @@ def weight_updates(session: Session | None) -> list[Any]:
             value = start[i] if i < len(start) else 0.5
             updates.append(gr.update(visible=True, label=f"{sources[i].label}", value=value))
         else:
-            updates.append(gr.update(visible=False))
+            updates.append(gr.update(visible=HIDDEN))
     return updates
 
 

@@ -19,7 +19,6 @@ INTRO = ("Merge fine-tuned models with mergekit-compatible methods, chat with th
 CSS = """
 #preflight-report table { font-size: 0.85em; }
 #merge-status, #eval-status { min-height: 1.5em; }
-footer { display: none !important; }
 """
 
 
@@ -31,25 +30,27 @@ def build_page(config: HostConfig) -> gr.Blocks:
     delete = (lambda s: close_session(s, config.models_dir)) if config.hosted else (lambda s: close_session(s))
     with gr.Blocks(title=TITLE) as demo:
         state = gr.State(new_session, time_to_live=4 * 3600, delete_callback=delete)
-        gr.Markdown(f"# 🧪 {TITLE}\n{INTRO}")
+        gr.Markdown(f"# {TITLE}\n{INTRO}")
+        # Tabs render their children up front: the Models tab updates controls in Merge and Chat before they open.
         with gr.Tabs(elem_id="tabs"):
-            with gr.Tab("Models", id="models", elem_id="tab-models"):
+            with gr.Tab("Models", id="models", elem_id="tab-models", render_children=True):
                 models = models_panel.build(config)
-            with gr.Tab("Merge", id="merge", elem_id="tab-merge"):
+            with gr.Tab("Merge", id="merge", elem_id="tab-merge", render_children=True) as merge_tab:
                 merge = merge_panel.build(config)
-            with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
+            with gr.Tab("Chat", id="chat", elem_id="tab-chat", render_children=True):
                 chat = chat_panel.build(config)
-            with gr.Tab("Classify", id="classify", elem_id="tab-classify"):
+            with gr.Tab("Classify", id="classify", elem_id="tab-classify", render_children=True):
                 classify = classify_panel.build(config)
-            with gr.Tab("Evaluate", id="evaluate", elem_id="tab-evaluate"):
+            with gr.Tab("Evaluate", id="evaluate", elem_id="tab-evaluate", render_children=True):
                 evaluate = evaluate_panel.build(config)
-            with gr.Tab("Interference", id="interference", elem_id="tab-interference"):
+            with gr.Tab("Interference", id="interference", elem_id="tab-interference", render_children=True):
                 interference = interference_panel.build(config)
-            with gr.Tab("Learn", id="learn", elem_id="tab-learn"):
+            with gr.Tab("Learn", id="learn", elem_id="tab-learn", render_children=True):
                 learn = learn_panel.build(config)
-            with gr.Tab("Export", id="export", elem_id="tab-export"):
+            with gr.Tab("Export", id="export", elem_id="tab-export", render_children=True):
                 export = export_panel.build(config)
-        _wire(config, state, models, merge, chat)
+        _wire(demo, config, state, models, merge, chat)
+        _sync_on_open(merge_tab, state, merge, chat)
         classify_panel.wire(classify, state, config)
         evaluate_panel.wire(evaluate, state, config)
         interference_panel.wire(interference, state, config)
@@ -58,8 +59,24 @@ def build_page(config: HostConfig) -> gr.Blocks:
     return demo
 
 
-def _wire(config: HostConfig, state: gr.State, models: models_panel.ModelsPanel, merge: merge_panel.MergePanel,
-          chat: chat_panel.ChatPanel) -> None:
+def _sync_on_open(merge_tab: gr.Tab, state: gr.State, merge: merge_panel.MergePanel, chat: chat_panel.ChatPanel
+                  ) -> None:
+    # Opening Merge shows the session's sources and settings again: an update that lands while the tab is being
+    # opened can be dropped by the page, and this makes the controls right whenever the user looks at them.
+    specs = merge_panel.param_specs()
+
+    def sync(session: Session | None) -> list[Any]:
+        if session is None or session.base is None:
+            return [gr.update()] * (3 + len(merge.weights) + len(specs))
+        return [*merge_panel.session_control_updates(session, specs),
+                gr.update(choices=chat_panel.compare_choices(session))]
+
+    merge_tab.select(sync, state, [merge.method, merge.help, *merge.weights, *merge.params.values(),
+                                   chat.compare_label], api_visibility="private", show_progress="hidden")
+
+
+def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, models: models_panel.ModelsPanel,
+          merge: merge_panel.MergePanel, chat: chat_panel.ChatPanel) -> None:
     specs = merge_panel.param_specs()
     param_controls = list(merge.params.values())
 
@@ -78,6 +95,15 @@ def _wire(config: HostConfig, state: gr.State, models: models_panel.ModelsPanel,
                                  api_name="preflight")
     follow_outputs = [merge.method, merge.help, *merge.weights, *param_controls, chat.compare_label]
     checked.success(follow_models, state, follow_outputs, api_visibility="private")
+
+    # A visitor lands on the default zoo preset already checked: the first click on Merge merges.
+    @guarded(config, "pre-flight")
+    def check_default(session: Session) -> str:
+        default = models_panel.preset_choice(models_panel.get_preset(models_panel.DEFAULT_PRESET))
+        return models_panel.check_models(_session(session), config, default, models_panel.DEFAULT_PRESET)
+
+    demo.load(check_default, state, models.report, api_visibility="private").success(
+        follow_models, state, follow_outputs, api_visibility="private")
 
     # --- Merge ---------------------------------------------------------------------------------------------------
     def method_changed(name: str) -> list[Any]:
@@ -119,7 +145,8 @@ def _wire(config: HostConfig, state: gr.State, models: models_panel.ModelsPanel,
         return "Cancelled: nothing was written."
 
     merge.cancel.click(cancel_merge, state, merge.status, cancels=[folder_event], api_name="cancel_merge")
-    triggers = [c.release if isinstance(c, gr.Slider) else c.input for c in [*merge.weights, *param_controls]]
+    # `input` fires only on the user's own moves (drag or typed number), not when the page sets values.
+    triggers = [c.input for c in [*merge.weights, *param_controls]]
     gr.on(triggers, collect, controls, merge.settings, api_visibility="private", trigger_mode="always_last",
           show_progress="hidden").success(live_if_small, [state, merge.settings], merge.status,
                                           api_visibility="private", show_progress="minimal")
