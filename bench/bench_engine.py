@@ -233,28 +233,33 @@ def machine() -> str:
     return text
 
 
+INTRO = """## Merge engine vs mergekit
+
+`bench/bench_engine.py` builds a base and two fine-tunes (bf16, random weights, Llama-shaped: 12 layers of 768 for
+125m, 20 of 1536 for 700m, vocabulary 32000) and runs each method with `python -m merging run` and with mergekit
+0.1.5's `mergekit-yaml`, each in its own process (peak memory = that process's maximum resident set, from `wait4`).
+The I/O floor reads every tensor of the inputs and writes one model, with no arithmetic; *x floor* is our time over
+the floor with the same number of inputs (2 for linear and slerp, 3 otherwise). Inputs sit in the page cache (the
+floor runs first to warm it), so this compares CPU work and memory rather than the disk. Times include starting
+Python and torch (a few seconds, more on a busy machine). Each device's figures are replaced when it is re-run.
+"""
+
+
 def markdown(summaries: list[dict], rows: dict[str, list[dict]], args: argparse.Namespace, load: tuple) -> str:
+    busy = os.cpu_count() is not None and os.cpu_count() <= 4 and max(load) > os.cpu_count()
     lines = [
-        "## Merge engine vs mergekit",
+        f"### On {args.device}: {machine()}",
         "",
-        "`bench/bench_engine.py` builds a base and two fine-tunes (bf16, random weights, Llama-shaped) and runs each",
-        "method with `python -m merging run` and with mergekit 0.1.5's `mergekit-yaml`, each in its own process",
-        "(peak memory = that process's maximum resident set, from `wait4`). The I/O floor reads every tensor of the",
-        "inputs and writes one model, with no arithmetic; *x floor* is our time over the floor with the same number",
-        "of inputs (2 for linear and slerp, 3 otherwise). Inputs sit in the page cache (the floor runs first to warm",
-        "it), so this compares CPU work and memory rather than the disk. Times include starting Python and torch.",
-        "",
-        f"Machine: {machine()}; device `{args.device}`; recorded {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
-        f"Load average before / after: {load[0]:.1f} / {load[1]:.1f}"
-        + (" — the 2 cores were shared with five other engineers' tests, so absolute times are noisy."
-           if os.cpu_count() and os.cpu_count() <= 4 else "."),
-        "",
-        "Command: `.venv/bin/python bench/bench_engine.py --sizes " + ",".join(args.sizes) + f" --device {args.device}`",
+        f"Recorded {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average before / after "
+        f"{load[0]:.1f} / {load[1]:.1f}"
+        + (" (the cores were shared with other engineers' test runs, so absolute times are noisy)." if busy else "."),
+        "Command: `.venv/bin/python bench/bench_engine.py --sizes " + ",".join(args.sizes)
+        + f" --device {args.device} --record docs/benchmarks.md`",
         "",
     ]
     for s in summaries:
         lines += [
-            f"### {s['size']} ({s['params'] / 1e6:.0f}M parameters, {s['model_mb']:.0f} MB per model)",
+            f"#### {s['size']} ({s['params'] / 1e6:.0f}M parameters, {s['model_mb']:.0f} MB per model) on {args.device}",
             "",
             f"I/O floor: {s['floor2_s']:.1f} s with 2 inputs, {s['floor3_s']:.1f} s with 3 "
             f"(peak {s['floor3_mb']:.0f} MB).",
@@ -272,17 +277,26 @@ def markdown(summaries: list[dict], rows: dict[str, list[dict]], args: argparse.
     return "\n".join(lines)
 
 
-def record(path: Path, section: str) -> None:
-    """Replace our section of the shared benchmarks page (others own the sections after it)."""
+def record(path: Path, device: str, block: str) -> None:
+    """Put this device's block into our section of the shared benchmarks page (others own the sections after it)."""
     heading = "## Merge engine vs mergekit"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\n"
-    if heading in text:
-        start = text.index(heading)
-        nxt = text.find("\n## ", start + len(heading))
-        text = text[:start] + section.rstrip() + "\n" + (text[nxt:] if nxt != -1 else "")
+    begin, end = f"<!-- bench_engine {device} -->", f"<!-- /bench_engine {device} -->"
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    if heading not in text:  # our section goes first, before the other benchmarks' sections
+        first = text.find("\n## ")
+        first = len(text) if first == -1 else first + 1
+        text = text[:first].rstrip() + "\n\n" + INTRO + "\n" + text[first:]
+    start = text.index(heading)
+    section_end = text.find("\n## ", start + len(heading))
+    section_end = len(text) if section_end == -1 else section_end + 1
+    section = text[start:section_end]
+    wrapped = f"{begin}\n{block.strip()}\n{end}\n"
+    if begin in section and end in section:
+        section = section[:section.index(begin)] + wrapped + section[section.index(end) + len(end) + 1:]
     else:
-        text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
-    path.write_text(text, encoding="utf-8")
+        section = section.rstrip() + "\n\n" + wrapped
+    path.write_text(text[:start] + section.rstrip() + "\n" + ("\n" + text[section_end:] if section_end < len(text)
+                                                            else ""), encoding="utf-8")
 
 
 def main() -> None:
@@ -309,11 +323,11 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    section = markdown(summaries, rows, args, (load_before, os.getloadavg()[0]))
-    print(section)
+    block = markdown(summaries, rows, args, (load_before, os.getloadavg()[0]))
+    print(block)
     print(json.dumps({"summaries": summaries, "rows": rows}, indent=1))
     if args.record:
-        record(Path(args.record), section)
+        record(Path(args.record), args.device, block)
 
 
 if __name__ == "__main__":

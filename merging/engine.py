@@ -34,8 +34,8 @@ TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.model",
     "vocab.json", "merges.txt", "vocab.txt", "spiece.model", "chat_template.jinja", "chat_template.json",
 )
-PREFETCH_TENSORS = 2  # tensors read ahead of the one being merged
-WRITE_BEHIND_TENSORS = 2  # merged tensors waiting for the writer
+PREFETCH_TENSORS = 1  # tensors read ahead of the one being merged (the reader holds one more)
+WRITE_BEHIND_TENSORS = 1  # merged tensors waiting for the writer (it holds one more)
 # Test-only hook: seconds to sleep per tensor, so a test can kill a merge mid-way.
 _DELAY_ENV = "MERGELAB_TEST_TENSOR_DELAY_S"
 

@@ -228,10 +228,11 @@ def _check_resources(inputs: MergeInputs, report: PreflightReport, out_dir: Any,
         num_tensors = len(plan)
     largest_numel = max((_numel(inputs.donor.shape(n)) for n in inputs.donor.tensor_names()), default=0)
     largest_in = max((src.nbytes(n) for src in inputs.sources.values() for n in src.tensor_names()), default=0)
-    # In flight at once: prefetched inputs, the method's float32 working copies (inputs + deltas + result) and the
-    # merged tensors waiting for the writer. Methods with masks use a little more; this is an estimate.
-    memory = (largest_in * len(refs) * (PREFETCH_TENSORS + 1) + largest_numel * 4 * (2 * len(refs) + 2)
-              + largest_out * (WRITE_BEHIND_TENSORS + 1))
+    # In flight at once: input sets queued, being read and being merged; the method's float32 working copies
+    # (inputs + deltas + result); merged tensors queued, being written and being produced. An estimate: methods
+    # with masks use a little more.
+    memory = (largest_in * len(refs) * (PREFETCH_TENSORS + 2) + largest_numel * 4 * (2 * len(refs) + 2)
+              + largest_out * (WRITE_BEHIND_TENSORS + 2))
     rate = CUDA_BYTES_PER_S if device.startswith("cuda") else CPU_BYTES_PER_S
     report.facts.update({
         "num_tensors": num_tensors,
