@@ -73,8 +73,22 @@ def markdown(result: SweepResult, timings: dict[str, float], args: argparse.Name
     ]
     if best is not None:
         summary = ", ".join(f"{k} {v:.0%}" for k, v in best.summary.items() if v is not None)
-        lines += [f"Best point by mean {result.metric}: weight {best.weight}, density {best.density} ({summary}).", ""]
+        per_task = ", ".join(
+            f"{task} {_pct(score['accuracy'])} ({'own' if score['expert'] else 'best'} expert "
+            f"{_pct(score['expert_accuracy'])})" for task, score in best.scores.items()
+        )
+        values = [p.value(result.metric) for p in result.points if p.value(result.metric) is not None]
+        lines += [
+            f"Best point by mean {result.metric}: weight {best.weight}, density {best.density} ({summary}).",
+            (f"Its accuracy per task: {per_task}; mean {result.metric} over the grid ranges "
+             f"{min(values):.0%}–{max(values):.0%}."),
+            "",
+        ]
     return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0%}"
 
 
 def _shared_note() -> str:
