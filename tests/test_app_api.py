@@ -129,3 +129,17 @@ def test_missing_local_folder(app_url):
         Client(app_url, verbose=False).predict("Local folders", None, [], "/no/such/base", "/no/such/expert", None,
                                                api_name="/preflight")
     assert "does not exist" in str(error.value)
+
+
+def test_sweep_and_interference(client):
+    best, chart, files = client.predict("ties", "0.5,1.0", "0.5,1.0", "accuracy", 5, None, api_name="/sweep")
+    assert "**Best**: ties at weight" in best and "4 points" in best
+    assert sorted(Path(f).suffix for f in files) == [".csv", ".json", ".yaml"]
+    cosine, conflicts, kept = client.predict(0.5, api_name="/interference")
+    assert all(isinstance(figure, dict) for figure in (cosine, conflicts, kept))
+
+
+def test_sweep_grid_too_big_says_so(client):
+    with pytest.raises(AppError) as error:
+        client.predict("ties", "0:1:0.05", "0:1:0.05", "accuracy", 5, None, api_name="/sweep")
+    assert "coarser steps" in str(error.value)

@@ -95,31 +95,61 @@ def evaluate(session: Session, config: HostConfig, uploaded: str | None = None,
     return result.to_dict()
 
 
+SWEEP_METRICS = ("accuracy", "agreement", "normalized_accuracy")
+SWEEP_METHODS = ("ties", "dare_ties", "task_arithmetic", "magnitude_prune", "della", "breadcrumbs_ties")
+MAX_SWEEP_POINTS = 64  # a bigger grid belongs on the command line (python -m evaluation sweep)
+
+
+def sweep(session: Session, config: HostConfig, method: str = "ties", weights: str = "0.2:1.0:0.2",
+          densities: str = "0.2:1.0:0.2", metric: str = "accuracy", per_task: int | None = DEFAULT_PER_TASK,
+          uploaded: str | None = None, progress: Any = None) -> Any:
+    """/sweep: merge and score every (weight, density) point in memory; returns the SweepResult."""
+    from evaluation.sweep import parse_grid, run_sweep
+    from ui.workspace import MergeSettings, build_recipe
+
+    require_models(session)
+    if session.live is None:
+        raise MergeLabError("A sweep merges in memory, which is off for models this large: run it on a GPU host "
+                            "with `python -m evaluation sweep`.")
+    if metric not in SWEEP_METRICS:
+        raise MergeLabError(f"Metric must be one of {', '.join(SWEEP_METRICS)}.")
+    weight_grid, density_grid = parse_grid(weights, "weight"), parse_grid(densities, "density")
+    if len(weight_grid) * len(density_grid) > MAX_SWEEP_POINTS:
+        raise MergeLabError(f"{len(weight_grid)} × {len(density_grid)} points is more than {MAX_SWEEP_POINTS}: "
+                            "use coarser steps, or the command line for big grids.")
+    per_task = int(per_task) if per_task else None
+    tasks = task_set_for(session, uploaded, per_task)
+    evaluator = evaluator_for(session, tasks, (tasks.source, per_task, tuple(session.labels), session.base.ref))
+    # The template names models by label, the keys of the session's LiveMerger and of the evaluator's experts.
+    template = build_recipe(session, MergeSettings(method, [1.0] * len(session.sources)), by="label")
+    session.cancel.clear()
+    step = (lambda fraction, text: progress(fraction, desc=text)) if progress else None
+    result = run_sweep(template, session.live, evaluator, weights=weight_grid, densities=density_grid,
+                       metric=metric, progress=step, should_stop=session.cancel.is_set)
+    session.sweep = result
+    return result
+
+
+def sweep_outputs(result: Any) -> tuple[Any, str, list[str]]:
+    from evaluation.charts import sweep_heatmap
+
+    best = result.best
+    text = "No point was scored." if best is None else (
+        f"**Best**: {best.method} at weight {best.weight:g}"
+        + (f", density {best.density:g}" if best.density is not None else "")
+        + f" → {result.metric} {best.value(result.metric):.0%} ({len(result.points)} points in {result.seconds:.1f} s)")
+    folder = Path(tempfile.mkdtemp(prefix="mergelab-sweep-"))
+    written = result.write(folder / "sweep.json")
+    return sweep_heatmap(result), text, [str(p) for p in written.values()]
+
+
 # --- presentation ----------------------------------------------------------------------------------------------------
 
 def agreement_figure(result: dict[str, Any]):
     """Grouped bars: per task, the merged model's agreement with each source expert (accuracy where known)."""
-    try:
-        from evaluation.charts import agreement_figure as chart
+    from evaluation.charts import agreement_figure as chart
 
-        return chart(result)
-    except (ImportError, AttributeError, TypeError):
-        pass
-    import plotly.graph_objects as go
-
-    tasks = result["tasks"]
-    sources = sorted({s for t in tasks.values() for s in t["agreement_by_source"]})
-    fig = go.Figure()
-    for source in sources:
-        fig.add_bar(name=f"agrees with {source}", x=list(tasks),
-                    y=[tasks[t]["agreement_by_source"].get(source) for t in tasks])
-    if any(t["accuracy"] is not None for t in tasks.values()):
-        fig.add_bar(name="accuracy", x=list(tasks), y=[tasks[t]["accuracy"] for t in tasks],
-                    marker_pattern_shape="/")
-    fig.update_layout(title="Agreement of the merged model with each expert, per task", barmode="group",
-                      yaxis=dict(range=[0, 1], tickformat=".0%", title="share of examples"),
-                      legend=dict(orientation="h", y=-0.2), margin=dict(t=60, b=40), height=420)
-    return fig
+    return chart(result)
 
 
 def summary_markdown(result: dict[str, Any]) -> str:
@@ -167,6 +197,15 @@ class EvaluatePanel:
     chart: gr.Plot
     table: gr.Markdown
     downloads: gr.File
+    sweep_method: gr.Dropdown
+    sweep_weights: gr.Textbox
+    sweep_densities: gr.Textbox
+    sweep_metric: gr.Dropdown
+    sweep_run: gr.Button
+    sweep_cancel: gr.Button
+    sweep_best: gr.Markdown
+    sweep_chart: gr.Plot
+    sweep_files: gr.File
 
 
 def build(config: HostConfig) -> EvaluatePanel:
@@ -183,7 +222,22 @@ def build(config: HostConfig) -> EvaluatePanel:
     table = gr.Markdown(elem_id="eval-table")
     downloads = gr.File(label="Downloads: results and recipe", file_count="multiple", elem_id="eval-downloads",
                         interactive=False)
-    return EvaluatePanel(task_file, per_task, run, status, chart, table, downloads)
+    gr.Markdown("### Sweep: weight × density\nEvery point is merged in memory and scored on the same tasks; the best "
+                "is starred. Grids: `start:stop:step` or `0.3,0.5,0.9`.")
+    with gr.Row():
+        sweep_method = gr.Dropdown(list(SWEEP_METHODS), value="ties", label="Method", elem_id="sweep-method")
+        sweep_weights = gr.Textbox("0.2:1.0:0.2", label="Weights (every source)", elem_id="sweep-weights")
+        sweep_densities = gr.Textbox("0.2:1.0:0.2", label="Densities", elem_id="sweep-densities")
+        sweep_metric = gr.Dropdown(list(SWEEP_METRICS), value="accuracy", label="Metric", elem_id="sweep-metric")
+    with gr.Row():
+        sweep_run = gr.Button("Run sweep", variant="primary", elem_id="sweep-run")
+        sweep_cancel = gr.Button("Stop", variant="stop", elem_id="sweep-cancel")
+    sweep_best = gr.Markdown(elem_id="sweep-best")
+    sweep_chart = gr.Plot(label="Sweep", elem_id="sweep-chart")
+    sweep_files = gr.File(label="Sweep results (JSON, CSV, best recipe)", file_count="multiple", interactive=False,
+                          elem_id="sweep-files")
+    return EvaluatePanel(task_file, per_task, run, status, chart, table, downloads, sweep_method, sweep_weights,
+                         sweep_densities, sweep_metric, sweep_run, sweep_cancel, sweep_best, sweep_chart, sweep_files)
 
 
 def wire(panel: EvaluatePanel, state: gr.State, config: HostConfig) -> None:
@@ -198,3 +252,21 @@ def wire(panel: EvaluatePanel, state: gr.State, config: HostConfig) -> None:
 
     panel.run.click(run, [state, panel.task_file, panel.per_task],
                     [panel.status, panel.chart, panel.table, panel.downloads], api_name="evaluate")
+
+    @guarded(config, "sweep")
+    def run_sweep(session: Session, method: str, weights: str, densities: str, metric: str, per_task: float,
+                  task_file: str | None, progress: gr.Progress = gr.Progress()):
+        result = sweep(session, config, method, weights, densities, metric, int(per_task), task_file, progress)
+        figure, best, files = sweep_outputs(result)
+        return best, figure, files
+
+    panel.sweep_run.click(
+        run_sweep, [state, panel.sweep_method, panel.sweep_weights, panel.sweep_densities, panel.sweep_metric,
+                    panel.per_task, panel.task_file], [panel.sweep_best, panel.sweep_chart, panel.sweep_files],
+        api_name="sweep")
+
+    def stop(session: Session) -> None:
+        session.cancel.set()
+
+    panel.sweep_cancel.click(stop, state, None, api_visibility="private")
+

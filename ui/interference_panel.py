@@ -56,50 +56,6 @@ def interference(session: Session, config: HostConfig, density: float = 0.5, pro
     return report.to_dict()
 
 
-def cosine_figure(report: dict):
-    import plotly.graph_objects as go
-
-    tasks = report["tasks"]
-    z = report["overall"]["cosine"]
-    fig = go.Figure(go.Heatmap(z=z, x=tasks, y=tasks, zmin=-1, zmax=1, colorscale="RdBu", reversescale=True,
-                               text=[[f"{v:.2f}" for v in row] for row in z], texttemplate="%{text}",
-                               colorbar=dict(title="cos")))
-    fig.update_layout(title="Cosine similarity between task vectors", height=380, margin=dict(t=50, b=40))
-    return fig
-
-
-def conflict_figure(report: dict):
-    import plotly.graph_objects as go
-
-    layers = list(report["by_layer"])
-    modules = list(report["by_module"])
-    rate = {(c["layer"], c["module"]): c["sign_conflict_rate"] for c in report["cells"]}
-    z = [[rate.get((layer, module)) for layer in layers] for module in modules]
-    fig = go.Figure(go.Heatmap(z=z, x=[f"layer {k}" if k != "none" else "outside layers" for k in layers],
-                               y=modules, zmin=0, zmax=0.5, colorscale="OrRd", colorbar=dict(title="rate"),
-                               text=[[("" if v is None else f"{v:.0%}") for v in row] for row in z],
-                               texttemplate="%{text}"))
-    overall = report["overall"]["sign_conflict_rate"]
-    title = "Sign conflicts per layer and module" + (f" (overall {overall:.0%})" if overall is not None else "")
-    fig.update_layout(title=title, height=380, margin=dict(t=50, b=40))
-    return fig
-
-
-def kept_figure(report: dict):
-    import plotly.graph_objects as go
-
-    layers = list(report["by_layer"])
-    tasks = report["tasks"]
-    z = [[report["by_layer"][layer]["kept_mass_share"].get(t) for layer in layers] for t in tasks]
-    fig = go.Figure(go.Heatmap(z=z, x=[f"layer {k}" if k != "none" else "outside layers" for k in layers], y=tasks,
-                               zmin=0, zmax=1, colorscale="Greens", colorbar=dict(title="kept"),
-                               text=[[("" if v is None else f"{v:.0%}") for v in row] for row in z],
-                               texttemplate="%{text}"))
-    fig.update_layout(title=f"Share of each task vector's magnitude kept by TIES trimming at density "
-                            f"{report['density']:g}", height=380, margin=dict(t=50, b=40))
-    return fig
-
-
 @dataclass
 class InterferencePanel:
     density: gr.Slider
@@ -128,8 +84,10 @@ def wire(panel: InterferencePanel, state: gr.State, config: HostConfig) -> None:
 
     @guarded(config, "interference")
     def run(session: Session, density: float, progress: gr.Progress = gr.Progress()):
+        from evaluation.charts import cosine_heatmap, interference_heatmap, kept_heatmap
+
         report = interference(session, config, density, progress)
-        return cosine_figure(report), conflict_figure(report), kept_figure(report)
+        return cosine_heatmap(report), interference_heatmap(report), kept_heatmap(report)
 
     panel.run.click(run, [state, panel.density], [panel.cosine, panel.conflicts, panel.kept],
                     api_name="interference")

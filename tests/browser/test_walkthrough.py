@@ -111,7 +111,7 @@ def test_interference_heatmaps(page):
 
     page.get_by_role("tab", name="Interference").click()
     page.locator("#interference-run").click()
-    expect(page.locator("#interference-conflicts .gtitle")).to_contain_text("Sign conflicts", timeout=SLOW)
+    expect(page.locator("#interference-conflicts .gtitle")).to_contain_text("Sign conflict", timeout=SLOW)
     expect(page.locator("#interference-cosine .gtitle")).to_contain_text("Cosine")
     shot(page, "5-interference")
 
