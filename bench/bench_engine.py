@@ -50,6 +50,7 @@ class Run:
     peak_rss_mb: float
     ok: bool
     detail: str = ""
+    output: str = ""
 
 
 # --- synthetic models -----------------------------------------------------------------------------------------
@@ -137,7 +138,16 @@ def measure(label: str, cmd: list[str], env: dict[str, str]) -> Run:
     seconds = time.perf_counter() - started
     ok = proc.returncode == 0
     tail = output.decode(errors="replace").strip().splitlines()[-1:] if not ok else []
-    return Run(label, seconds, usage.ru_maxrss / 1024, ok, tail[0][:160] if tail else "")
+    return Run(label, seconds, usage.ru_maxrss / 1024, ok, tail[0][:160] if tail else "",
+               output.decode(errors="replace"))
+
+
+def method_seconds(run: Run) -> float | None:
+    """Seconds spent inside the method functions, from `python -m merging run`'s summary line."""
+    import re
+
+    found = re.search(r"merge ([0-9.]+) s", run.output)
+    return float(found.group(1)) if found else None
 
 
 def floor_command(out: Path, inputs: list[Path], device: str) -> list[str]:
@@ -198,10 +208,12 @@ def run_size(size: str, args: argparse.Namespace, workdir: Path) -> tuple[dict, 
         floor = floors[n_inputs]
         row = {"method": method, "inputs": n_inputs, "floor_s": floor.seconds, "ours_s": ours.seconds,
                "ours_ok": ours.ok, "ours_mb": ours.peak_rss_mb, "ratio": ours.seconds / floor.seconds,
+               "method_s": method_seconds(ours),
                "kit_s": kit.seconds if kit else None, "kit_ok": kit.ok if kit else None,
                "kit_mb": kit.peak_rss_mb if kit else None, "detail": ours.detail or (kit.detail if kit else "")}
         rows.append(row)
-        print(f"[{size}] {method:16s} ours {ours.seconds:6.1f} s {ours.peak_rss_mb:7.0f} MB "
+        print(f"[{size}] {method:16s} ours {ours.seconds:6.1f} s (method fns {row['method_s']} s) "
+              f"{ours.peak_rss_mb:7.0f} MB "
               f"(x{row['ratio']:.2f} floor){'' if ours.ok else ' FAILED: ' + ours.detail} | "
               + (f"mergekit {kit.seconds:6.1f} s {kit.peak_rss_mb:7.0f} MB{'' if kit.ok else ' FAILED: ' + kit.detail}"
                  if kit else "mergekit skipped"), flush=True)
@@ -239,9 +251,10 @@ INTRO = """## Merge engine vs mergekit
 125m, 20 of 1536 for 700m, vocabulary 32000) and runs each method with `python -m merging run` and with mergekit
 0.1.5's `mergekit-yaml`, each in its own process (peak memory = that process's maximum resident set, from `wait4`).
 The I/O floor reads every tensor of the inputs and writes one model, with no arithmetic; *x floor* is our time over
-the floor with the same number of inputs (2 for linear and slerp, 3 otherwise). Inputs sit in the page cache (the
-floor runs first to warm it), so this compares CPU work and memory rather than the disk. Times include starting
-Python and torch (a few seconds, more on a busy machine). Each device's figures are replaced when it is re-run.
+the floor with the same number of inputs (2 for linear and slerp, 3 otherwise). *In method fns* is the time spent
+inside the merge functions of merging/methods; the rest is reading, casting and writing, partly overlapped. Inputs
+sit in the page cache (the floor runs first to warm it), so this compares CPU work and memory, not the disk. Times
+include starting Python and torch (a few seconds, more on a busy machine). A device's block is replaced when re-run.
 """
 
 
@@ -264,15 +277,18 @@ def markdown(summaries: list[dict], rows: dict[str, list[dict]], args: argparse.
             f"I/O floor: {s['floor2_s']:.1f} s with 2 inputs, {s['floor3_s']:.1f} s with 3 "
             f"(peak {s['floor3_mb']:.0f} MB).",
             "",
-            "| method | MergeLab s | x floor | MergeLab peak MB | mergekit s | mergekit peak MB | memory vs mergekit |",
-            "|---|---|---|---|---|---|---|",
+            "| method | MergeLab s | in method fns s | x floor | MergeLab peak MB | mergekit s | mergekit peak MB "
+            "| memory vs mergekit |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in rows[s["size"]]:
             ours = f"{r['ours_s']:.1f}" if r["ours_ok"] else f"failed ({r['detail']})"
             kit = "–" if r["kit_s"] is None else (f"{r['kit_s']:.1f}" if r["kit_ok"] else f"failed ({r['detail']})")
             kit_mb = "–" if r["kit_mb"] is None else f"{r['kit_mb']:.0f}"
             mem = f"{r['ours_mb'] / r['kit_mb']:.2f}x" if r["kit_mb"] and r["kit_ok"] and r["ours_ok"] else "–"
-            lines.append(f"| {r['method']} | {ours} | {r['ratio']:.2f} | {r['ours_mb']:.0f} | {kit} | {kit_mb} | {mem} |")
+            in_fns = "–" if r.get("method_s") is None else f"{r['method_s']:.1f}"
+            lines.append(f"| {r['method']} | {ours} | {in_fns} | {r['ratio']:.2f} | {r['ours_mb']:.0f} | {kit} | {kit_mb} "
+                         f"| {mem} |")
         lines.append("")
     return "\n".join(lines)
 

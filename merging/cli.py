@@ -77,8 +77,9 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+    busy = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in result.stage_seconds.items())
     print(f"Merged {result.num_tensors} tensors in {result.seconds:.1f} s into {result.out_dir} "
-          f"({result.bytes_written / 1e6:.1f} MB, {result.out_dtype}).")
+          f"({result.bytes_written / 1e6:.1f} MB, {result.out_dtype}; busy: {busy}).")
     for note in result.notes:
         print(f"note: {note}")
     return 0

@@ -72,6 +72,8 @@ class MergeResult:
     device: str
     out_dtype: str
     notes: list[str] = field(default_factory=list)  # what the merge report should mention (fallbacks, resizes)
+    # Busy seconds per stage (they overlap): "read" (reader thread), "merge" (method functions), "write" (writer).
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 ProgressFn = Callable[[MergeProgress], None]
@@ -116,8 +118,9 @@ def merge_to_folder(
         with open_inputs(recipe, allow_pickle=allow_pickle) as inputs:
             plan = plan_outputs(inputs)
             shards = plan_shards([p.planned for p in plan], max_shard)
+            stages: dict[str, float] = {"read": 0.0, "merge": 0.0, "write": 0.0}
             merged = _run_pipeline(inputs, plan, shards, temp, device=device, seed=seed, progress=progress,
-                                   cancel=cancel, started=started)
+                                   cancel=cancel, started=started, stages=stages)
             out_dtype = _dominant_dtype(plan)
             _write_side_files(inputs, temp, out_dtype, recipe)
         _move_into_place(temp, out, overwrite)
@@ -128,6 +131,7 @@ def merge_to_folder(
         out_dir=out, files=sorted(p.name for p in out.iterdir()), num_tensors=len(plan),
         bytes_read=sum(p.bytes_read for p in plan), bytes_written=sum(p.planned.nbytes for p in plan),
         seconds=time.perf_counter() - started, device=device, out_dtype=_dtype_name(out_dtype), notes=merged,
+        stage_seconds={k: round(v, 3) for k, v in stages.items()},
     )
 
 
@@ -170,7 +174,7 @@ def plan_outputs(inputs: MergeInputs) -> list[TensorPlan]:
 
 
 def _run_pipeline(inputs: MergeInputs, plan: list[TensorPlan], shards: list, folder: Path, *, device: str, seed: int,
-                  progress: ProgressFn | None, cancel: CancelFlag, started: float) -> list[str]:
+                  progress: ProgressFn | None, cancel: CancelFlag, started: float, stages: dict[str, float]) -> list[str]:
     """Read, merge and write every planned tensor; returns the methods' notes (deduplicated, in order)."""
     from merging.methods.registry import collect_notes
     from merging.recipe import ParameterResolver
@@ -180,9 +184,9 @@ def _run_pipeline(inputs: MergeInputs, plan: list[TensorPlan], shards: list, fol
     read_q: queue.Queue = queue.Queue(maxsize=PREFETCH_TENSORS)
     write_q: queue.Queue = queue.Queue(maxsize=WRITE_BEHIND_TENSORS)
     writer = ShardWriter(folder, shards, metadata={"merged_by": "mergelab"})
-    reader_thread = threading.Thread(target=_stage, args=(_read_all, (inputs, plan, device, read_q, stop), stop, errors),
+    reader_thread = threading.Thread(target=_stage, args=(_read_all, (inputs, plan, device, read_q, stop, stages), stop, errors),
                                      name="mergelab-reader", daemon=True)
-    writer_thread = threading.Thread(target=_stage, args=(_write_all, (writer, write_q, stop), stop, errors),
+    writer_thread = threading.Thread(target=_stage, args=(_write_all, (writer, write_q, stop, stages), stop, errors),
                                      name="mergelab-writer", daemon=True)
     reader_thread.start()
     writer_thread.start()
@@ -209,8 +213,12 @@ def _run_pipeline(inputs: MergeInputs, plan: list[TensorPlan], shards: list, fol
                 generator = None
                 if method.random:
                     generator = torch.Generator(device=device).manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
+                tick = time.perf_counter()
                 with collect_notes() as tensor_notes:
                     merged = method.fn(base, operands, model_params, global_params, generator)
+                if device != "cpu":
+                    torch.cuda.synchronize(device)
+                stages["merge"] += time.perf_counter() - tick
                 for message in tensor_notes:
                     notes.setdefault(message)
             else:
@@ -253,14 +261,16 @@ def _stage(body: Callable[..., None], args: tuple, stop: threading.Event, errors
 
 
 def _read_all(inputs: MergeInputs, plan: list[TensorPlan], device: str, out_q: queue.Queue,
-              stop: threading.Event) -> None:
+              stop: threading.Event, stages: dict[str, float]) -> None:
     """Read every tensor of every input in plan order, resolve vocabulary rows, and move it to the device."""
     for item in plan:
         name = item.planned.name
+        tick = time.perf_counter()
         if item.merge:
             base, operands = _read_tensor(inputs, name, device)
         else:
             base, operands = inputs.donor.get(name), []
+        stages["read"] += time.perf_counter() - tick
         if not _put(out_q, (name, base, operands), stop):
             return
 
@@ -288,12 +298,14 @@ def _read_tensor(inputs: MergeInputs, name: str, device: str) -> tuple[torch.Ten
     return base, [prepared(ref) for ref in inputs.operand_refs]
 
 
-def _write_all(writer: ShardWriter, in_q: queue.Queue, stop: threading.Event) -> None:
+def _write_all(writer: ShardWriter, in_q: queue.Queue, stop: threading.Event, stages: dict[str, float]) -> None:
     while True:
         item = _get(in_q, stop)
         if item is _STOPPED or item is _DONE:
             return
+        tick = time.perf_counter()
         writer.write(*item)
+        stages["write"] += time.perf_counter() - tick
 
 
 _DONE = object()
