@@ -69,13 +69,15 @@ def _run(args: argparse.Namespace) -> int:
     from inference.loading import load_model
 
     tasks = load_tasks(args.tasks).limited(args.per_task)
-    model = load_model(args.model, device=args.device)
-    experts = {name: load_model(path, device=args.device) for name, path in _expert_pairs(args.expert).items()}
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    experts = {name: load_model(path, device=args.device, dtype=args.dtype)
+               for name, path in _expert_pairs(args.expert).items()}
     for name, expert in experts.items():  # name the odd one out against the model, before experts are compared
         check_same_architecture(model.model, expert.model, name)
     result = Evaluator(tasks, experts).score(model)
     data = {"model": str(args.model), "tasks_file": str(args.tasks), "experts": _expert_pairs(args.expert),
-            **result.to_dict(), "questions": {t.name: t.inputs for t in tasks.tasks.values()}}
+            **result.to_dict(), "questions": {t.name: t.inputs for t in tasks.tasks.values()},
+            "expected": {t.name: t.answers for t in tasks.tasks.values()}}
     _print_scores(result.scores)
     print(f"wrote {_write_json(args.out, data)}")
     return 0
@@ -93,7 +95,8 @@ def _sweep(args: argparse.Namespace) -> int:
     densities = parse_grid(args.densities, "density")
     methods = [m.strip() for m in args.method.split(",") if m.strip()] if args.method else None
     tasks = load_tasks(args.tasks).limited(args.per_task)
-    setup = prepare_sweep(args.recipe, tasks, experts=_expert_pairs(args.expert))
+    setup = prepare_sweep(args.recipe, tasks, experts=_expert_pairs(args.expert), device=args.device,
+                          dtype=args.dtype)
 
     def progress(fraction: float, text: str) -> None:
         if not args.quiet:
@@ -102,12 +105,23 @@ def _sweep(args: argparse.Namespace) -> int:
     result = run_sweep(setup.template, setup.merger, setup.evaluator, weights=weights, densities=densities,
                        methods=methods, metric=args.metric, seed=args.seed, progress=progress)
     written = result.write(args.out)
+    for method in result.methods:
+        _print_grid(result, method)
     best = result.best
     if best is not None:
         print(f"best {args.metric} = {best.value(args.metric):.3f} with {best.method} weight={best.weight} "
               f"density={best.density}")
     print(f"{len(result.points)} points in {result.seconds:.1f} s; wrote " + ", ".join(map(str, written.values())))
     return 0
+
+
+def _print_grid(result: Any, method: str) -> None:
+    weights, densities, z = result.grid(method)
+    print(f"{method}: {result.metric} (rows: weight, columns: density)")
+    print("weight \\ density " + " ".join(f"{'-' if d is None else f'{d:g}':>7}" for d in densities))
+    for weight, row in zip(weights, z, strict=True):
+        cells = " ".join(f"{_percent(v):>7}" for v in row)
+        print(f"{'-' if weight is None else f'{weight:g}':>16} {cells}")
 
 
 # --- interference ---------------------------------------------------------------------------------------------
@@ -174,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="results JSON file")
     run.add_argument("--per-task", type=int, default=None, help="only the first N examples of each task")
     run.add_argument("--device", default="cpu", help="cpu or cuda; default cpu")
+    run.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16; default float32 on cpu")
     run.set_defaults(handler=_run)
 
     sweep = commands.add_parser("sweep", help="merge and score a weight x density grid in memory")
@@ -189,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--per-task", type=int, default=None, help="only the first N examples of each task")
     sweep.add_argument("--seed", type=int, default=0, help="seed for random methods; default 0")
     sweep.add_argument("--out", required=True, help="results JSON file (the CSV and best recipe go beside it)")
+    sweep.add_argument("--device", default="cpu", help="where the experts and the scored model run; default cpu")
+    sweep.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16; default float32 on cpu")
     sweep.add_argument("--quiet", action="store_true", help="no progress lines")
     sweep.set_defaults(handler=_sweep)
 

@@ -284,9 +284,10 @@ class SweepSetup:
 
 
 def prepare_sweep(recipe: Recipe | str | Path, tasks: TaskSet, *, experts: Mapping[str, str] | None = None,
-                  batch_size: int = 64) -> SweepSetup:
+                  batch_size: int | None = None, device: str = "cpu", dtype: str | None = None) -> SweepSetup:
     """Load the recipe's base and models (names from folder names, or `experts` name -> model ref), keep only the
-    tasks of those experts and composite tasks, and build the merger and evaluator."""
+    tasks of those experts and composite tasks, and build the merger and evaluator. The experts (and the scoring
+    instance) live on `device`; task vectors stay on the CPU in float32."""
     # Not validated as written: the grid sets weights and densities; each point is validated when merged.
     template = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, validate=False)
     if not template.base_model:
@@ -299,7 +300,7 @@ def prepare_sweep(recipe: Recipe | str | Path, tasks: TaskSet, *, experts: Mappi
     base_state, num_layers = read_state(template.base_model)
     states = {ref: read_state(ref)[0] for ref in refs}
     merger = LiveMerger(base_state, states, num_layers)
-    loaded = {names[ref]: load_model(ref) for ref in refs}
+    loaded = {names[ref]: load_model(ref, device=device, dtype=dtype) for ref in refs}
     kept = [e for e in tasks.examples if e.expert is None or e.expert in loaded]
     if not kept:
         raise SweepError(f"No task in {tasks.source} belongs to the recipe's models ({', '.join(loaded)}) or is "
