@@ -55,7 +55,9 @@ class ModelCache:
         with self._lock:
             self._entries.pop(key, None)
             self._entries[key] = (loaded, size)
-            self._evict_locked()
+            evicted = self._evict_locked()
+        if evicted and torch.cuda.is_available():
+            torch.cuda.empty_cache()  # hand the evicted models' GPU memory back to the driver
 
     def get_or_load(self, key: Hashable, loader: Callable[[], LoadedModel]) -> LoadedModel:
         """The cached model for `key`, or `loader()`'s result, cached."""
@@ -93,9 +95,13 @@ class ModelCache:
         with self._lock:
             self._entries.clear()
 
-    def _evict_locked(self) -> None:
+    def _evict_locked(self) -> int:
+        """Drop least recently used entries until under budget; returns how many went."""
         # The newest entry is last and is never evicted (len > 1), so an oversized model stays alone.
         total = sum(size for _, size in self._entries.values())
+        evicted = 0
         while total > self.max_bytes and len(self._entries) > 1:
             oldest = next(iter(self._entries))
             total -= self._entries.pop(oldest)[1]
+            evicted += 1
+        return evicted
