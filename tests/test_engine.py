@@ -217,3 +217,14 @@ def test_killed_merge_leaves_no_finished_looking_folder(fam, tmp_path):
     merge_to_folder(ta_recipe(fam), out)
     assert (out / "config.json").is_file()
     assert not temp.exists()
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "della"])
+def test_engine_equals_live_merger(fam, tmp_path, method):
+    from merging.live import LiveMerger
+
+    recipe = ta_recipe(fam, method=method, extra="out_dtype: bfloat16\n")
+    merge_to_folder(recipe, tmp_path / method, seed=3)
+    live = LiveMerger(read_folder(fam["base"]), {str(fam["a"]): read_folder(fam["a"]),
+                                                 str(fam["b"]): read_folder(fam["b"])}, num_layers=2)
+    assert_same(read_folder(tmp_path / method), live.merge(recipe, seed=3))
