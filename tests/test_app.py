@@ -1,0 +1,213 @@
+"""The app's handlers called as plain functions (no server): hosting modes, catalog presets, controls read from the
+method registry, per-session isolation, Learn, Classify and Export on the zoo, and user errors as messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from merging.errors import MergeLabError, SourceError, TaskSetError
+from ui import classify_panel, export_panel, learn_panel, merge_panel, models_panel
+from ui.catalog import HUB, load_catalog
+from ui.hosting import APP_ROOT, HostConfig, hosted_from_env
+from ui.session import new_session
+from ui.workspace import HIDDEN_PARAMS
+
+LM = models_panel.ModelsChoice("Zoo", "lm", ["math", "japanese"], "", "")
+CLASSIFIERS = models_panel.ModelsChoice("Zoo", "classifier", ["sentiment", "negation"], "", "")
+EXPECTED_API = {"preflight", "merge", "merge_to_folder", "chat", "evaluate", "sweep", "interference", "learn",
+                "learn_compare", "classify", "export", "export_yaml", "push"}
+
+
+@pytest.fixture
+def config(tmp_path) -> HostConfig:
+    return HostConfig.detect(hosted=False, models_dir=tmp_path / "models")
+
+
+@pytest.fixture
+def hosted(tmp_path) -> HostConfig:
+    return HostConfig.detect(hosted=True, models_dir=tmp_path / "models")
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    HUB.forget()
+    yield
+    HUB.forget()
+
+
+def lm_session(config: HostConfig, weights=(0.5, 0.5), method="ties", **params):
+    session = new_session()
+    report = models_panel.check_models(session, config, LM)
+    assert "ready to merge" in report
+    merge_panel.run_merge(session, config, {"method": method, "weights": list(weights), "params": params})
+    return session
+
+
+# --- hosting ----------------------------------------------------------------------------------------------------
+
+def test_hosted_mode_from_environment(monkeypatch):
+    monkeypatch.delenv("MERGELAB_HOSTED", raising=False)
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    assert not hosted_from_env()
+    monkeypatch.setenv("SPACE_ID", "someone/mergelab")
+    assert hosted_from_env()
+    monkeypatch.delenv("SPACE_ID")
+    monkeypatch.setenv("MERGELAB_HOSTED", "1")
+    assert hosted_from_env()
+
+
+def test_hosted_paths_stay_inside_models(hosted):
+    assert hosted.resolve_local("merged/abc") == hosted.models_dir / "merged" / "abc"
+    assert hosted.resolve_local("/etc").is_relative_to(hosted.models_dir)
+    with pytest.raises(SourceError, match="outside the app's models folder"):
+        hosted.resolve_local("../../etc")
+
+
+def test_hosted_messages_show_no_server_paths(hosted):
+    session = new_session()
+    with pytest.raises(SourceError) as error:
+        models_panel.check_models(session, hosted, models_panel.ModelsChoice("Local folders", None, [], "nope",
+                                                                             "also-nope", ))
+    shown = hosted.public_message(str(error.value))
+    assert "does not exist" in shown
+    assert str(APP_ROOT) not in shown and str(hosted.models_dir) not in shown
+    assert hosted.public_message(f"failed at {APP_ROOT}/merging/engine.py") == "failed at ./merging/engine.py"
+    assert "/usr/lib/x" not in hosted.public_message("read /usr/lib/x/y.so")
+
+
+def test_local_mode_keeps_paths(config):
+    assert config.public_message(f"{APP_ROOT}/x") == f"{APP_ROOT}/x"
+
+
+# --- catalog ----------------------------------------------------------------------------------------------------
+
+def test_catalog_holds_the_real_families_and_the_zoo():
+    presets = {p.name: p for p in load_catalog()}
+    hub = [p for p in presets.values() if p.needs_hub]
+    bases = {p.base: p.models for p in hub}
+    assert set(bases["google-bert/bert-base-uncased"]) == {
+        f"textattack/bert-base-uncased-{t}" for t in ("CoLA", "MNLI", "MRPC", "QNLI", "QQP", "SST-2")}
+    assert set(bases["gpt2"]) == {f"tanganke/gpt2_{t}" for t in ("cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2")}
+    assert set(bases["mistralai/Mistral-7B-v0.1"]) == {"augmxnt/shisa-gamma-7b-v1", "WizardLMTeam/WizardMath-7B-V1.1"}
+    from ui.workspace import zoo_families
+
+    families = zoo_families()
+    for preset in presets.values():
+        if preset.source == "zoo":
+            assert set(preset.models) <= set(families[preset.family].experts), preset.name
+
+
+def test_hub_preset_says_at_once_when_the_hub_is_out_of_reach(offline):
+    preset = next(p for p in load_catalog() if p.needs_hub)
+    assert "cannot reach" in models_panel.describe_preset(preset.name)
+
+
+def test_hub_id_without_network_fails_before_any_download(config, offline):
+    with pytest.raises(SourceError, match="cannot reach"):
+        models_panel.check_models(new_session(), config, models_panel.ModelsChoice(
+            "Hub ids", None, [], "gpt2", "tanganke/gpt2_cola"))
+
+
+# --- merge controls ---------------------------------------------------------------------------------------------
+
+def test_controls_show_exactly_each_methods_parameters():
+    specs = merge_panel.param_specs()
+    for method in merge_panel.methods():
+        updates = merge_panel.control_updates(method.name, specs)
+        shown = {name for name, update in zip(specs, updates) if update.get("visible") is True}
+        assert shown == {p.name for p in method.params if p.name not in HIDDEN_PARAMS}, method.name
+
+
+def test_method_help_has_explanation_and_formula():
+    from merging.methods import get_method
+
+    text = merge_panel.method_help("ties")
+    assert get_method("ties").formula in text and get_method("ties").explanation in text
+
+
+def test_merge_needs_models_first(config):
+    with pytest.raises(MergeLabError, match="Choose the models first"):
+        merge_panel.run_merge(new_session(), config, {"method": "ties", "weights": [1, 1]})
+
+
+# --- sessions ---------------------------------------------------------------------------------------------------
+
+def test_sessions_do_not_share_merged_weights(config):
+    from ui.resources import shared_model
+    from zoo import families
+
+    base_path = families()["lm"].base
+    before = {k: v.clone() for k, v in shared_model(base_path).model.state_dict().items()}
+    first = lm_session(config, (1.0, 0.0), "task_arithmetic")
+    second = lm_session(config, (0.0, 1.0), "task_arithmetic")
+    assert first.chat_model.model is not second.chat_model.model
+    name = next(n for n in first.merged_tensors if "layers.0" in n and n.endswith("weight"))
+    assert not torch.equal(first.chat_model.model.state_dict()[name], second.chat_model.model.state_dict()[name])
+    after = shared_model(base_path).model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "a session changed the shared base model"
+
+
+# --- learn, classify, export ------------------------------------------------------------------------------------
+
+def test_learn_streams_losses_and_becomes_the_merge(config):
+    session = new_session()
+    models_panel.check_models(session, config, LM)
+    updates = list(learn_panel.learn(session, config, learn_panel.LearnSettings("samerging", 4, 3, 0.07, 0.3)))
+    loss_figure, coefficients, status = updates[-1]
+    assert "Learned" in status and coefficients is not None
+    assert len(loss_figure.data[0].y) == 3
+    assert session.recipe.merge_method == "task_arithmetic" and session.chat_model is not None
+    assert len(coefficients.data[0].y) == 2  # tasks x tensors
+
+
+def test_learn_rejects_a_malformed_prompts_file(config, tmp_path):
+    session = new_session()
+    models_panel.check_models(session, config, LM)
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"expert": "math", "prompt": "1+1="}\n{"expert": "math"\n', encoding="utf-8")
+    with pytest.raises(TaskSetError, match=":2"):
+        list(learn_panel.learn(session, config, learn_panel.LearnSettings(steps=1, examples_per_task=1), str(bad)))
+
+
+def test_classify_shows_each_task_beside_its_teacher(config):
+    session = new_session()
+    assert "ready to merge" in models_panel.check_models(session, config, CLASSIFIERS)
+    merge_panel.run_merge(session, config, {"method": "task_arithmetic", "weights": [1.0, 0.0], "params": {}})
+    rows = classify_panel.classify(session, config, "the film was not great")
+    assert [r[0] for r in rows] == ["sentiment", "negation"]
+    # With the sentiment task vector alone, the merged encoder is the sentiment expert's: its labels agree.
+    assert rows[0][3] == "✓"
+    with pytest.raises(MergeLabError, match="Type a sentence"):
+        classify_panel.classify(session, config, "  ")
+
+
+def test_export_folder_yaml_and_push_without_network(config, offline):
+    session = lm_session(config)
+    shown = export_panel.save_folder(session, config, "my merge")
+    folder = session.merged_path
+    assert folder.is_relative_to(config.models_dir / "merged" / session.id)
+    assert (folder / "config.json").is_file() and list(folder.glob("*.safetensors"))
+    assert "Saved to" in shown
+    text = Path(export_panel.recipe_file(session)).read_text(encoding="utf-8")
+    assert "merge_method: ties" in text and str(APP_ROOT) not in text
+    with pytest.raises(MergeLabError, match="cannot reach"):
+        export_panel.push_to_hub(session, config, "me/my-merge", "hf_token")
+    with pytest.raises(MergeLabError, match="owner/name"):
+        export_panel.push_to_hub(session, config, "no-slash", "hf_token")
+
+
+def test_page_exposes_every_action_to_the_api(config):
+    from app import create_app
+
+    demo = create_app(config)
+    public = {d.api_name for d in demo.fns.values() if d.api_visibility == "public"}
+    assert EXPECTED_API <= public
+    config_json = json.dumps(demo.get_config_file(), default=str)
+    for elem in ("preflight-report", "merge-status", "chat-merged", "eval-chart", "interference-cosine",
+                 "learn-loss", "export-yaml", "classify-table"):
+        assert elem in config_json
