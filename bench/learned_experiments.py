@@ -4,6 +4,7 @@ AdaMerging and SAMerging (true SAM, and the research code's "repo" mode), plus a
 
     .venv/bin/python bench/learned_experiments.py main [--steps 300] [--examples 16] [--family lm|classifier|all]
     .venv/bin/python bench/learned_experiments.py ablate [--steps 300] [--family ...]
+    .venv/bin/python bench/learned_experiments.py variants [--steps 300] [--family ...]   # lr 1e-2, init 0, task-wise
 
 Every merge goes through the product's own path: learned coefficients → task_arithmetic recipe → LiveMerger →
 evaluation.Evaluator.score_state. The data-free baselines pick their best grid point on the scored task set itself
@@ -131,10 +132,13 @@ def run_main(bench: FamilyBench, steps: int, examples: int, results: dict) -> No
 def run_ablations(bench: FamilyBench, steps: int, results: dict) -> None:
     name = bench.family.name
     out = {"examples": {}, "rho": {}}
+    available = min(sum(r.get("expert") == e for r in bench.unlabeled) for e in bench.family.experts)
     for n in (16, 64, 256):
-        s = bench.learned("samerging", n, steps)
-        out["examples"][n] = s
-        row(name, f"SAMerging, {n} examples/task", s, f"{s['learn_seconds']} s")
+        used = min(n, available)  # the LM zoo's unlabeled file has fewer than 256 prompts per expert
+        s = bench.learned("samerging", used, steps)
+        out["examples"][used] = s
+        label = f"{used} (all there are)" if used < n else str(used)
+        row(name, f"SAMerging, {label} examples/task", s, f"{s['learn_seconds']} s")
     for rho in (0.0, 0.02, 0.07, 0.2):
         s = bench.learned("samerging", 16, steps, rho=rho)
         out["rho"][rho] = s
@@ -142,9 +146,25 @@ def run_ablations(bench: FamilyBench, steps: int, results: dict) -> None:
     results[name] = out
 
 
+def run_variants(bench: FamilyBench, steps: int, examples: int, results: dict) -> None:
+    """Settings off the papers' defaults: a 10x learning rate, the SAMerging code's init 0, task-wise λ."""
+    name = bench.family.name
+    out = {}
+    for label, method, kwargs in [("AdaMerging, lr 1e-2", "adamerging", {"lr": 1e-2}),
+                                  ("SAMerging, lr 1e-2", "samerging", {"lr": 1e-2}),
+                                  ("SAMerging, lr 1e-2, repo mode", "samerging", {"lr": 1e-2, "sam_mode": "repo"}),
+                                  ("SAMerging, init 0.0", "samerging", {"init": 0.0}),
+                                  ("SAMerging, task-wise λ", "samerging", {"granularity": "task"})]:
+        s = bench.learned(method, examples, steps, **kwargs)
+        out[label] = s
+        row(name, label, s, f"{s['learn_seconds']} s; loss {s['loss_first']:.3f}→{s['loss_last']:.3f}; "
+                            f"mean λ per task {s['lambda_mean']}")
+    results[name] = out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=("main", "ablate"))
+    parser.add_argument("mode", choices=("main", "ablate", "variants"))
     parser.add_argument("--family", choices=("lm", "classifier", "all"), default="all")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--examples", type=int, default=16)
@@ -162,6 +182,8 @@ def main() -> None:
         bench = FamilyBench(family)
         if args.mode == "main":
             run_main(bench, args.steps, args.examples, results)
+        elif args.mode == "variants":
+            run_variants(bench, args.steps, args.examples, results)
         else:
             run_ablations(bench, args.steps, results)
     if args.json:

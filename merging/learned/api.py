@@ -62,6 +62,7 @@ def learn_merge(
     *,
     steps: int = 100,
     rho: float | None = None,
+    lr: float | None = None,
     sam_mode: SamMode = "true",
     adaptive: bool = True,
     granularity: Literal["layer", "task"] = "layer",
@@ -75,12 +76,15 @@ def learn_merge(
     cancel: Callable[[], bool] | None = None,
 ) -> LearnedMerge:
     """Learn merging coefficients for `experts` (name → folder) over `base` from unlabeled `inputs` (expert name →
-    prompts for LMs or texts for classifiers). `rho` None takes the method's default (0 for AdaMerging)."""
+    prompts for LMs or texts for classifiers). `rho` / `lr` None take the method's defaults (ρ 0.07 for SAMerging,
+    0 for AdaMerging; lr 1e-3)."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise MergeLabError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu")
     overrides = {"steps": steps, "sam_mode": sam_mode, "adaptive": adaptive, "granularity": granularity, "init": init}
     if rho is not None:
         overrides["rho"] = rho
+    if lr is not None:
+        overrides["lr"] = lr
     config = default_config(method, **overrides)
     config.check()
     kinds = {model_kind(p) for p in experts.values()}

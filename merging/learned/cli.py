@@ -68,6 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--rho", type=float, default=None,
                         help="SAM radius (SAMerging default 0.07; 0 = plain Adam); ignored by AdaMerging")
+    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate on λ (default 1e-3)")
     parser.add_argument("--sam-mode", choices=("true", "repo"), default="true",
                         help="true: gradient at θ(λ+ε) (default); repo: the research code's cached θ(λ) (= Adam)")
     parser.add_argument("--sam", choices=("adaptive", "standard"), default="adaptive",
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
 
     try:
-        merge = learn_merge(args.method, args.base, experts, inputs, steps=args.steps, rho=rho,
+        merge = learn_merge(args.method, args.base, experts, inputs, steps=args.steps, rho=rho, lr=args.lr,
                             sam_mode=args.sam_mode, adaptive=args.sam == "adaptive", granularity=args.granularity,
                             init=args.init, batch_size=args.batch_size, temperature=args.temperature,
                             top_k=args.top_k, max_new_tokens=args.max_new_tokens, device=args.device,
