@@ -20,13 +20,14 @@ def models(tmp_path_factory):
     llama = make_family(root / "llama", arch="llama", n_experts=0, dtype=torch.bfloat16)
     wide = make_family(root / "wide", n_experts=0, hidden=48, dtype=torch.bfloat16)
     big_vocab = make_family(root / "vocab", n_experts=0, vocab_size=100, dtype=torch.bfloat16)
+    fp32 = make_family(root / "fp32", n_experts=0, dtype=torch.float32)
     missing = root / "missing_tensor"
     shutil.copytree(family.experts[1], missing)
     state = load_file(missing / "model.safetensors")
     del state["model.layers.1.mlp.up_proj.weight"]
     save_file(state, missing / "model.safetensors", metadata={"format": "pt"})
     return {"base": family.base, "a": family.experts[0], "b": family.experts[1], "llama": llama.base,
-            "wide": wide.base, "vocab100": big_vocab.base, "missing": missing}
+            "wide": wide.base, "vocab100": big_vocab.base, "missing": missing, "fp32": fp32.base}
 
 
 def recipe(base, *others, method="task_arithmetic", extra=""):
@@ -104,3 +105,11 @@ def test_memory_shortage_is_an_error(models, monkeypatch):
     monkeypatch.setattr(pf, "_available_memory", lambda device: 1000)
     report = preflight(recipe(models["base"], models["a"]))
     assert not report.ok and any("RAM" in e and "free" in e for e in report.errors)
+
+
+def test_mixed_dtypes_warn_and_promote(models):
+    report = preflight(recipe(models["base"], models["a"], models["fp32"]))
+    assert report.ok, report.errors
+    assert any("dtypes differ" in w and "float32" in w for w in report.warnings)
+    assert report.facts["output_dtype"] == "float32"  # bf16 with fp32 is computed and written in fp32
+    assert not preflight(recipe(models["base"], models["a"], models["fp32"], extra="dtype: float32\n")).warnings
