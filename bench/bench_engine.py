@@ -272,7 +272,8 @@ def markdown(summaries: list[dict], rows: dict[str, list[dict]], args: argparse.
     ]
     for s in summaries:
         lines += [
-            f"#### {s['size']} ({s['params'] / 1e6:.0f}M parameters, {s['model_mb']:.0f} MB per model) on {args.device}",
+            f"#### {s['size']} ({s['params'] / 1e6:.0f}M parameters, {s['model_mb']:.0f} MB per model) "
+            f"on {args.device}",
             "",
             f"I/O floor: {s['floor2_s']:.1f} s with 2 inputs, {s['floor3_s']:.1f} s with 3 "
             f"(peak {s['floor3_mb']:.0f} MB).",
@@ -287,7 +288,8 @@ def markdown(summaries: list[dict], rows: dict[str, list[dict]], args: argparse.
             kit_mb = "–" if r["kit_mb"] is None else f"{r['kit_mb']:.0f}"
             mem = f"{r['ours_mb'] / r['kit_mb']:.2f}x" if r["kit_mb"] and r["kit_ok"] and r["ours_ok"] else "–"
             in_fns = "–" if r.get("method_s") is None else f"{r['method_s']:.1f}"
-            lines.append(f"| {r['method']} | {ours} | {in_fns} | {r['ratio']:.2f} | {r['ours_mb']:.0f} | {kit} | {kit_mb} "
+            lines.append(f"| {r['method']} | {ours} | {in_fns} | {r['ratio']:.2f} | {r['ours_mb']:.0f} | {kit} "
+                         f"| {kit_mb} "
                          f"| {mem} |")
         lines.append("")
     return "\n".join(lines)
@@ -320,7 +322,8 @@ def main() -> None:
         io_floor(Path(sys.argv[2]), sys.argv[3], sys.argv[4:])
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="125m", type=lambda s: s.split(","), help="comma list of " + ", ".join(SIZES))
+    parser.add_argument("--sizes", default="125m", type=lambda s: s.split(","),
+                        help="comma list of " + ", ".join(SIZES))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--methods", default=",".join(METHODS), type=lambda s: s.split(","))
     parser.add_argument("--record", default=None, help="markdown file to write our section into")

@@ -2,7 +2,8 @@
 
 Subcommands live in `SUBCOMMANDS` (name -> Subcommand). Another module adds its own by calling
 `merging.cli.register_subcommand(...)` at import and being listed in `EXTENSIONS` (imported only if present; the
-registry is here, not in __main__, so that importing it never runs a second copy of the entry point). User errors (MergeLabError) print one paragraph and exit
+registry is here, not in __main__, so that importing it never runs a second copy of the entry point).
+User errors (MergeLabError) print one paragraph and exit
 with status 2; a cancelled merge (Ctrl-C) exits 130 and leaves nothing behind.
 """
 

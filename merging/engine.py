@@ -119,8 +119,8 @@ def merge_to_folder(
             plan = plan_outputs(inputs)
             shards = plan_shards([p.planned for p in plan], max_shard)
             stages: dict[str, float] = {"read": 0.0, "merge": 0.0, "write": 0.0}
-            merged = _run_pipeline(inputs, plan, shards, temp, device=device, seed=seed, progress=progress,
-                                   cancel=cancel, started=started, stages=stages)
+            notes = _run_pipeline(inputs, plan, shards, temp, device=device, seed=seed, progress=progress,
+                                  cancel=cancel, started=started, stages=stages)
             out_dtype = _dominant_dtype(plan)
             _write_side_files(inputs, temp, out_dtype, recipe)
         _move_into_place(temp, out, overwrite)
@@ -130,7 +130,7 @@ def merge_to_folder(
     return MergeResult(
         out_dir=out, files=sorted(p.name for p in out.iterdir()), num_tensors=len(plan),
         bytes_read=sum(p.bytes_read for p in plan), bytes_written=sum(p.planned.nbytes for p in plan),
-        seconds=time.perf_counter() - started, device=device, out_dtype=_dtype_name(out_dtype), notes=merged,
+        seconds=time.perf_counter() - started, device=device, out_dtype=_dtype_name(out_dtype), notes=notes,
         stage_seconds={k: round(v, 3) for k, v in stages.items()},
     )
 
@@ -174,7 +174,8 @@ def plan_outputs(inputs: MergeInputs) -> list[TensorPlan]:
 
 
 def _run_pipeline(inputs: MergeInputs, plan: list[TensorPlan], shards: list, folder: Path, *, device: str, seed: int,
-                  progress: ProgressFn | None, cancel: CancelFlag, started: float, stages: dict[str, float]) -> list[str]:
+                  progress: ProgressFn | None, cancel: CancelFlag, started: float,
+                  stages: dict[str, float]) -> list[str]:
     """Read, merge and write every planned tensor; returns the methods' notes (deduplicated, in order)."""
     from merging.methods.registry import collect_notes
     from merging.recipe import ParameterResolver
@@ -184,7 +185,8 @@ def _run_pipeline(inputs: MergeInputs, plan: list[TensorPlan], shards: list, fol
     read_q: queue.Queue = queue.Queue(maxsize=PREFETCH_TENSORS)
     write_q: queue.Queue = queue.Queue(maxsize=WRITE_BEHIND_TENSORS)
     writer = ShardWriter(folder, shards, metadata={"merged_by": "mergelab"})
-    reader_thread = threading.Thread(target=_stage, args=(_read_all, (inputs, plan, device, read_q, stop, stages), stop, errors),
+    reader_args = (inputs, plan, device, read_q, stop, stages)
+    reader_thread = threading.Thread(target=_stage, args=(_read_all, reader_args, stop, errors),
                                      name="mergelab-reader", daemon=True)
     writer_thread = threading.Thread(target=_stage, args=(_write_all, (writer, write_q, stop, stages), stop, errors),
                                      name="mergelab-writer", daemon=True)

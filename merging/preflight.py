@@ -53,7 +53,8 @@ class PreflightReport:
             lines += ["", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in summary]
         models = self.facts.get("models") or {}
         if models:
-            lines += ["", "| model | architecture | parameters | dtype | vocabulary | layers |", "|---|---|---|---|---|---|"]
+            lines += ["", "| model | architecture | parameters | dtype | vocabulary | layers |",
+                      "|---|---|---|---|---|---|"]
             for ref, m in models.items():
                 lines.append(f"| `{ref}` | {m['architecture']} | {_count(m['parameters'])} | {m['dtype']} | "
                              f"{m['vocab_size']} | {m['num_layers']} |")
@@ -159,7 +160,8 @@ def _check_tensors(inputs: MergeInputs, report: PreflightReport) -> None:
         shape_diffs = [n for n in sorted(donor_names & names)
                        if src.shape(n) != donor.shape(n) and not is_vocab_mismatch(inputs, n)]
         if shape_diffs:
-            details = ", ".join(f"{n} {tuple(donor.shape(n))} vs {tuple(src.shape(n))}" for n in shape_diffs[:MAX_LISTED])
+            details = ", ".join(f"{n} {tuple(donor.shape(n))} vs {tuple(src.shape(n))}"
+                                for n in shape_diffs[:MAX_LISTED])
             more = f" and {len(shape_diffs) - MAX_LISTED} more" if len(shape_diffs) > MAX_LISTED else ""
             report.error(f"Tensor shapes of `{ref}` differ from `{inputs.donor_ref}`: {details}{more}. Models must "
                          "have the same sizes (hidden, intermediate, heads) to be merged.")
@@ -175,7 +177,8 @@ def _check_vocabulary(inputs: MergeInputs, report: PreflightReport) -> None:
     listed = ", ".join(f"`{ref}`: {size}" for ref, size in sizes.items())
     if not inputs.resolve_vocab:
         report.error(
-            f"Vocabulary sizes differ ({listed}), so the embedding/lm_head tensors ({', '.join(vocab_tensors) or 'none'})"
+            f"Vocabulary sizes differ ({listed}), so the embedding/lm_head tensors "
+            f"({', '.join(vocab_tensors) or 'none'})"
             " cannot be merged row for row. Either choose models that share a tokenizer, or add "
             "`tokenizer_source: base` to the recipe: embedding and lm_head rows are then cut or padded (with the "
             "base's rows) to the base's vocabulary, and the base's tokenizer is used."
@@ -316,7 +319,7 @@ def _listed(names: list[str]) -> str:
     return shown + (f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
 
 
-def _gb(n: int | float) -> str:
+def _gb(n: float) -> str:
     if n >= 1e9:
         return f"{n / 1e9:.2f} GB"
     if n >= 1e6:

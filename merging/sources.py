@@ -144,7 +144,7 @@ class ModelSource:
         if self.is_pickle:
             try:
                 return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-            except Exception as exc:  # noqa: BLE001 - any unpickling failure is the user's file
+            except Exception as exc:
                 raise SourceError(f"Could not read {file} of {self.ref!r} as weights-only pickle: {exc}") from exc
         return os.open(file, os.O_RDONLY)
 
@@ -201,7 +201,7 @@ def download_from_hub(repo_id: str, *, allow_pickle: bool = False, cache_dir: st
     offline = _hub_offline()
     try:
         folder = snapshot_download(repo_id, allow_patterns=patterns, cache_dir=cache_dir, local_files_only=offline)
-    except Exception as exc:  # noqa: BLE001 - network, auth and not-found errors all become one clear message
+    except Exception as exc:
         if offline:
             raise SourceError(
                 f"Cannot fetch {repo_id!r}: this machine cannot reach the Hugging Face Hub and the model is not in "
@@ -225,7 +225,8 @@ def _read_header_entries(file: Path) -> dict[str, tuple[tuple[int, ...], torch.d
             (length,) = struct.unpack("<Q", fh.read(8))
             header = json.loads(fh.read(length))
     except (OSError, struct.error, ValueError) as exc:
-        raise SourceError(f"{file} is not a readable safetensors file ({exc}); the download may be incomplete.") from exc
+        raise SourceError(f"{file} is not a readable safetensors file ({exc}); the download may be "
+                          "incomplete.") from exc
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
@@ -236,7 +237,8 @@ def _read_header_entries(file: Path) -> dict[str, tuple[tuple[int, ...], torch.d
         shape = tuple(info["shape"])
         start, end = info["data_offsets"]
         if end - start != _numel(shape) * dtype.itemsize:
-            raise SourceError(f"{file}: tensor {name!r} has {end - start} bytes for shape {shape}; the file is corrupt.")
+            raise SourceError(f"{file}: tensor {name!r} has {end - start} bytes for shape {shape}; the file is "
+                              "corrupt.")
         out[name] = (shape, dtype, 8 + length + start)
     return out
 

@@ -97,7 +97,7 @@ def test_existing_output_needs_overwrite(fam, tmp_path, capsys):
 
 def test_module_entry_point_exits_2_without_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "merging", "run", str(tmp_path / "missing.yaml"), str(tmp_path / "o")],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+                          cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == EXIT_USER_ERROR
     assert "not found" in proc.stderr and "Traceback" not in proc.stderr
     assert nothing_written(tmp_path, "o")

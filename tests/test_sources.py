@@ -70,7 +70,7 @@ def test_index_naming_a_missing_shard_is_explained(tmp_path, families):
     broken = tmp_path / "broken"
     shutil.copytree(families[1].base, broken)
     index = json.loads((broken / "model.safetensors.index.json").read_text())
-    missing = sorted(set(index["weight_map"].values()))[0]
+    missing = min(set(index["weight_map"].values()))
     (broken / missing).unlink()
     with pytest.raises(SourceError, match=missing):
         open_model(broken)
@@ -129,7 +129,6 @@ def test_truncated_shard_fails_with_a_source_error(tmp_path, families):
     shutil.copytree(families[0].base, broken)
     shard = broken / "model.safetensors"
     shard.write_bytes(shard.read_bytes()[:-64])  # header intact, the last tensor's bytes cut short
-    with open_model(broken) as source:
-        with pytest.raises(SourceError, match="truncated"):
-            for name in source.tensor_names():
-                source.get(name)
+    with open_model(broken) as source, pytest.raises(SourceError, match="truncated"):
+        for name in source.tensor_names():
+            source.get(name)
