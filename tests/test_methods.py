@@ -325,3 +325,18 @@ def test_fused_path_for_large_tensors_equals_the_plain_delta_path(name):
     fused = method.fn(base, xs, models, params, None)
     plain = base + method.fn_deltas([x - base for x in xs], models, params, None)
     assert torch.allclose(fused, plain, atol=1e-7, rtol=1e-6)
+
+
+def test_fused_threshold_is_exact_when_the_sampled_window_misses(monkeypatch):
+    from merging.methods import fused
+
+    monkeypatch.setattr(fused, "_predicted_window", lambda base, x, rank: (0, 0))  # force the second pass
+    base = torch.zeros(700, 400)
+    x = torch.randn(700, 400, generator=gen(9))
+    x[0, :100] = 0.25  # a block of equal magnitudes around the threshold
+    density = float((x.abs() > 0.25).sum() + 50) / x.numel()  # the threshold falls inside the tied block
+    params = defaults("magnitude_prune")
+    models = per_model("magnitude_prune", {"weight": 1.0, "density": density})
+    out = get_method("magnitude_prune").fn(base, [x], models, params, None)
+    assert int((out != 0).sum()) == max(1, int(density * x.numel()))
+    assert torch.equal(out, get_method("magnitude_prune").fn_deltas([x], models, params, None))

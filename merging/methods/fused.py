@@ -27,72 +27,112 @@ def can_fuse(base: torch.Tensor | None, tensors: list[torch.Tensor]) -> bool:
 
 
 class _Threshold:
-    """Keep |δ| ≥ value (as int32 bits), except the listed flat indices (surplus ties at the threshold)."""
+    """Keep |δ| ≥ value, except, per chunk start, that many entries tied at the value (the first ones in flat
+    order), so that exactly k entries stay."""
 
-    def __init__(self, bits: int, drop: torch.Tensor):
-        self.bits = bits
-        self.drop = drop
+    def __init__(self, value: float, drops: dict[int, int]):
+        self.value = value
+        self.drops = drops
 
 
-def _magnitude_bits(x: torch.Tensor, base: torch.Tensor, scratch: dict, role: str) -> torch.Tensor:
-    delta = torch.sub(x, base, out=buffer(scratch, role, x))
-    return torch.bitwise_and(delta.view(torch.int32), 0x7FFFFFFF, out=buffer(scratch, role + "_bits", x, torch.int32))
+def _abs_delta(x: torch.Tensor, base: torch.Tensor, scratch: dict) -> torch.Tensor:
+    delta = torch.sub(x, base, out=buffer(scratch, "delta", x))
+    return torch.abs(delta, out=delta)
+
+
+def _top_digits(magnitudes: torch.Tensor, scratch: dict) -> torch.Tensor:
+    """First radix digit of non-negative floats: bits 30..20 of the pattern (exponent and 3 mantissa bits)."""
+    out = buffer(scratch, "digits", magnitudes, torch.int32)
+    return torch.bitwise_right_shift(magnitudes.view(torch.int32), _TOP_DIGIT_SHIFT, out=out)
+
+
+def _bin_bounds(digit_low: int, digit_high: int) -> tuple[float, float]:
+    """[low, high) float range of the values whose top digit lies in [digit_low, digit_high]."""
+    bits = torch.tensor([digit_low << _TOP_DIGIT_SHIFT, (digit_high + 1) << _TOP_DIGIT_SHIFT], dtype=torch.int32)
+    low, high = bits.view(torch.float32).tolist()
+    return low, high
+
+
+def _predicted_window(base: torch.Tensor, x: torch.Tensor, rank: int) -> tuple[int, int]:
+    """Top digits likely to hold the value at `rank`, from a strided sample of |δ| (a wrong guess costs a pass)."""
+    n = base.numel()
+    stride = max(1, n // 65536)
+    sample = (x[::stride] - base[::stride]).abs_().sort().values
+    m = sample.numel()
+    margin = 0.01 + 4.0 / m**0.5
+    low = sample[max(0, int((rank / n - margin) * m))].view(torch.int32)
+    high = sample[min(m - 1, int((rank / n + margin) * m))].view(torch.int32)
+    return int(low) >> _TOP_DIGIT_SHIFT, int(high) >> _TOP_DIGIT_SHIFT
 
 
 def _thresholds(base: torch.Tensor, xs: list[torch.Tensor], keep_counts: list[int | None]) -> list[_Threshold | None]:
-    """Per model, the exact magnitude threshold that keeps keep_counts[i] entries (None: keep everything)."""
+    """Per model, the exact magnitude threshold that keeps keep_counts[i] entries (None: keep everything).
+    One pass counts top digits of |δ| and keeps the entries in a sample-predicted digit window; the exact
+    threshold is then found among those few (a second pass only if the prediction missed)."""
     todo = [i for i, k in enumerate(keep_counts) if k is not None]
     if not todo:
         return [None] * len(xs)
     n = base.numel()
-
-    def count_digits(start: int, stop: int, scratch: dict) -> None:
-        counts = scratch.setdefault("counts", torch.zeros(len(todo), 2048, dtype=torch.int64))
-        for row, i in enumerate(todo):
-            bits = _magnitude_bits(xs[i][start:stop], base[start:stop], scratch, "delta")
-            counts[row] += torch.bincount(bits.bitwise_right_shift_(_TOP_DIGIT_SHIFT), minlength=2048)
-
-    counts = sum(s["counts"] for s in for_each_chunk(n, count_digits))
     ranks = [n - keep_counts[i] for i in todo]  # ascending rank of the smallest kept |δ|
-    cumulative = counts.cumsum(1)
-    digits, below = [], []
-    for row, rank in enumerate(ranks):
-        digit = int(torch.searchsorted(cumulative[row], rank, right=True))
-        digits.append(digit)
-        below.append(int(cumulative[row, digit - 1]) if digit > 0 else 0)
+    windows = [_predicted_window(base, xs[i], rank) for i, rank in zip(todo, ranks)]
+    bounds = [_bin_bounds(low, high) for low, high in windows]
 
-    def gather_candidates(start: int, stop: int, scratch: dict) -> None:
+    def count_and_gather(start: int, stop: int, scratch: dict) -> None:
+        counts = scratch.setdefault("counts", torch.zeros(len(todo), 2048, dtype=torch.int64))
         found = scratch.setdefault("candidates", [[] for _ in todo])
         for row, i in enumerate(todo):
-            bits = _magnitude_bits(xs[i][start:stop], base[start:stop], scratch, "delta")
-            in_bin = torch.bitwise_right_shift(bits, _TOP_DIGIT_SHIFT) == digits[row]
-            found[row].append(bits[in_bin])
+            magnitudes = _abs_delta(xs[i][start:stop], base[start:stop], scratch)
+            counts[row] += torch.bincount(_top_digits(magnitudes, scratch), minlength=2048)
+            found[row].append((start, _in_range(magnitudes, *bounds[row], scratch)))
 
-    parts = for_each_chunk(n, gather_candidates)
+    parts = for_each_chunk(n, count_and_gather)
+    counts = sum(part["counts"] for part in parts)
+    cumulative = counts.cumsum(1)
     result: list[_Threshold | None] = [None] * len(xs)
-    for row, i in enumerate(todo):
-        candidates = torch.cat([c for part in parts for c in part["candidates"][row]])
-        found = value_at_rank(candidates.view(torch.float32), ranks[row] - below[row])
+    for row, (i, rank) in enumerate(zip(todo, ranks)):
+        digit = int(torch.searchsorted(cumulative[row], rank, right=True))
+        below = int(cumulative[row, digit - 1]) if digit > 0 else 0
+        low, high = windows[row]
+        if low <= digit <= high:
+            chunks = [(begin, c) for part in parts for begin, c in part["candidates"][row]]
+        else:
+            chunks = _gather(base, xs[i], _bin_bounds(digit, digit))
+        digit_low, digit_high = _bin_bounds(digit, digit)
+        chunks = [(begin, c[(c >= digit_low) & (c < digit_high)]) for begin, c in chunks]
+        found = value_at_rank(torch.cat([c for _, c in chunks]), rank - below)
         if found.value == 0:  # at most k nonzero entries: all of them stay
             continue
-        bits = int(torch.tensor([found.value], dtype=torch.float32).view(torch.int32))
-        excess = n - (below[row] + found.n_less) - keep_counts[i]
-        result[i] = _Threshold(bits, _surplus_ties(base, xs[i], bits, excess))
+        excess = n - (below + found.n_less) - keep_counts[i]
+        result[i] = _Threshold(found.value, _tie_drops(chunks, found.value, excess))
     return result
 
 
-def _surplus_ties(base: torch.Tensor, x: torch.Tensor, bits: int, excess: int) -> torch.Tensor:
-    """Flat indices of the first `excess` entries whose |δ| equals the threshold (they are dropped, so exactly k
-    entries stay). Rare: needs equal magnitudes at the threshold."""
-    if excess <= 0:
-        return torch.empty(0, dtype=torch.int64)
+def _in_range(magnitudes: torch.Tensor, low: float, high: float, scratch: dict) -> torch.Tensor:
+    inside = torch.ge(magnitudes, low, out=buffer(scratch, "inside", magnitudes, torch.bool))
+    inside.logical_and_(torch.lt(magnitudes, high, out=buffer(scratch, "below", magnitudes, torch.bool)))
+    return magnitudes[inside]
 
-    def find(start: int, stop: int, scratch: dict) -> None:
-        tied = torch.nonzero(_magnitude_bits(x[start:stop], base[start:stop], scratch, "delta") == bits).squeeze(1)
-        scratch.setdefault("tied", []).append(tied + start)
 
-    parts = for_each_chunk(base.numel(), find)
-    return torch.cat([t for part in parts for t in part.get("tied", [])])[:excess]
+def _gather(base: torch.Tensor, x: torch.Tensor, bounds: tuple[float, float]) -> list[tuple[int, torch.Tensor]]:
+    def gather(start: int, stop: int, scratch: dict) -> None:
+        magnitudes = _abs_delta(x[start:stop], base[start:stop], scratch)
+        scratch.setdefault("found", []).append((start, _in_range(magnitudes, *bounds, scratch)))
+
+    return [item for part in for_each_chunk(base.numel(), gather) for item in part.get("found", [])]
+
+
+def _tie_drops(chunks: list[tuple[int, torch.Tensor]], value: float, excess: int) -> dict[int, int]:
+    """How many entries tied at `value` to drop in each chunk (by chunk start), first ones in flat order first.
+    Candidates keep flat order within a chunk, and chunks arrive in order, so counting them is enough."""
+    drops: dict[int, int] = {}
+    for start, candidates in chunks:
+        if excess <= 0:
+            break
+        tied = int((candidates == value).sum())
+        if tied:
+            drops[start] = min(tied, excess)
+            excess -= drops[start]
+    return drops
 
 
 def _energies(base: torch.Tensor, xs: list[torch.Tensor]) -> list[float]:
@@ -150,12 +190,12 @@ def fused_merge(
             if zeroed[i]:
                 delta.zero_()
             elif threshold is not None:
-                keep = buffer(scratch, "keep", base_part)
-                bits = torch.bitwise_and(delta.view(torch.int32), 0x7FFFFFFF, out=keep.view(torch.int32))
-                delta.mul_(torch.ge(bits, threshold.bits, out=buffer(scratch, "keep_bool", base_part, torch.bool)))
-                if threshold.drop.numel():
-                    inside = threshold.drop[(threshold.drop >= start) & (threshold.drop < stop)]
-                    delta[inside - start] = 0
+                keep = torch.abs(delta, out=buffer(scratch, "keep", base_part))
+                delta.mul_(torch.ge(keep, threshold.value, out=keep))
+                surplus = threshold.drops.get(start, 0)
+                if surplus:  # ties at the threshold beyond k: drop the first ones of this chunk
+                    tied = torch.nonzero(torch.abs(delta) == threshold.value).squeeze(1)[:surplus]
+                    delta[tied] = 0
             if not sce and weights[i] != 1:
                 delta.mul_(weights[i])
             deltas.append(delta)
