@@ -95,7 +95,10 @@ def test_learn_merge_on_classifiers_lowers_the_kl(tmp_path):
                         init=0.3)
     assert merge.coefficients.shape == (3, len(merge.names))
     assert merge.losses[-1] < merge.losses[0]
-    with pytest.raises(MergeLabError, match="same number of examples"):
-        learn_merge("adamerging", base, experts, {"task0": TEXTS, "task1": TEXTS[:3], "task2": TEXTS}, steps=1)
+    uneven = learn_merge("adamerging", base, experts, {"task0": TEXTS, "task1": TEXTS[:3], "task2": TEXTS}, steps=3,
+                         batch_size=4)  # task1 has one batch and replays it while the others have two
+    assert uneven.setup.num_batches == 2 and len(uneven.losses) == 3
+    with pytest.raises(MergeLabError, match="no unlabeled examples"):
+        learn_merge("adamerging", base, experts, {"task0": TEXTS, "task1": [], "task2": TEXTS}, steps=1)
     with pytest.raises(MergeLabError, match="unknown learned merging method"):
         learn_merge("fisher", base, experts, {n: TEXTS for n in experts}, steps=1)

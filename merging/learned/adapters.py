@@ -37,8 +37,12 @@ class LearningSetup:
     vectors: TaskVectors
     params: dict[str, torch.Tensor]  # the student's leaf tensors for vectors.names
     student_logits: StudentFn  # (task, batch) -> (rows, classes) logits at θ currently in params
-    num_batches: int
+    num_batches: int  # the most batches any task has; a task with fewer cycles through its own
     teachers: list[list[TeacherTargets]] = field(default_factory=list)  # [task][batch]; empty when not needed
+
+    def teacher(self, task: int, batch: int) -> TeacherTargets:
+        own = self.teachers[task]
+        return own[batch % len(own)]
 
 
 def model_kind(folder: str | Path) -> Kind:
@@ -96,15 +100,11 @@ def _parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu() for n, p in model.named_parameters()}
 
 
-def _check_inputs(inputs: Mapping[str, Sequence[str]], experts: Mapping[str, Path]) -> int:
+def _check_inputs(inputs: Mapping[str, Sequence[str]], experts: Mapping[str, Path]) -> None:
     missing = [t for t in experts if not inputs.get(t)]
     if missing:
         raise MergeLabError(f"no unlabeled examples for expert(s) {missing}: the prompts file needs lines whose "
                             "`expert` names each of them")
-    sizes = {len(inputs[t]) for t in experts}
-    if len(sizes) != 1:
-        raise MergeLabError(f"every task needs the same number of examples, got {sizes}: lower --examples-per-task")
-    return sizes.pop()
 
 
 # ---- causal language models ----
@@ -200,9 +200,10 @@ def setup_causal_lm(
         p.requires_grad_(n in names)
 
     def student_logits(task: int, batch: int) -> torch.Tensor:
-        return _lm_logits(student, batches[task][batch])
+        own = batches[task]
+        return _lm_logits(student, own[batch % len(own)])
 
-    return LearningSetup(tasks, vectors, {n: params[n] for n in names}, student_logits, len(batches[0]),
+    return LearningSetup(tasks, vectors, {n: params[n] for n in names}, student_logits, max(map(len, batches)),
                          teachers if need_teachers else [])
 
 
@@ -254,6 +255,7 @@ def setup_classifier(
             p.requires_grad_(n in shared)
 
     def student_logits(task: int, batch: int) -> torch.Tensor:
-        return models[task](**batches[task][batch]).logits
+        own = batches[task]
+        return models[task](**own[batch % len(own)]).logits
 
-    return LearningSetup(tasks, vectors, shared, student_logits, len(batches[0]), teachers)
+    return LearningSetup(tasks, vectors, shared, student_logits, max(map(len, batches)), teachers)

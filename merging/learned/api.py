@@ -36,7 +36,7 @@ def make_loss(setup: LearningSetup, method: LearnMethod, temperature: float = 2.
         return lambda task, batch: entropy_loss(setup.student_logits(task, batch))
     if not setup.teachers:
         raise MergeLabError("SAMerging needs the teachers' outputs: build the setup with need_teachers=True")
-    return lambda task, batch: kl_loss(setup.student_logits(task, batch), setup.teachers[task][batch], temperature)
+    return lambda task, batch: kl_loss(setup.student_logits(task, batch), setup.teacher(task, batch), temperature)
 
 
 @dataclass
