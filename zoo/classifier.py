@@ -104,6 +104,7 @@ def expert_config(base_config: BertConfig, task: str) -> BertConfig:
     config.label2id = {name: i for i, name in enumerate(names)}
     config.architectures = ["BertForSequenceClassification"]
     config.problem_type = "single_label_classification"
+    config.problem_type = "single_label_classification"
     return config
 
 
