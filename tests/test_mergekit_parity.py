@@ -143,8 +143,8 @@ def test_gradient_recipe_really_varies_across_layers(family):
     assert torch.allclose(merged[last], other[last])  # t = 1 at the last layer
 
 
-# mergekit 0.1.5 sparsifies model.embed_tokens twice with random methods (kept fraction ≈ density², measured here),
-# so the statistics below leave that one tensor out.
+# With random methods mergekit 0.1.5 keeps about density² of model.embed_tokens (0.14 measured at density 0.4, as if
+# pruned twice), so the statistics below leave that one tensor out.
 RANDOM_STATS_SKIP = ("model.embed_tokens.weight",)
 
 

@@ -17,7 +17,7 @@ from merging.methods.common import Workspace
 
 # Digits of a non-negative float32's int32 pattern, most significant first: bits 30..20, 19..10, 9..0.
 _DIGITS = ((20, 2048), (10, 1024), (0, 1024))
-_SMALL = 1 << 16  # at or below this many candidates, kthvalue on them is cheaper than another counting pass
+_SMALL = 1 << 13  # at or below this many candidates, kthvalue on them is cheaper than another counting pass
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,11 @@ def value_at_rank(scores: torch.Tensor, rank: int, workspace: Workspace | None =
         candidates = candidates[in_bin]
         if shift == 0:  # every bit fixed: all candidates are equal
             return RankValue(float(candidates[0]), below, candidates.numel())
-    value = candidates.kthvalue(rank - below + 1).values
-    n_less = int((candidates < value).sum())
-    return RankValue(float(value), below + n_less, int((candidates == value).sum()))
+    value = float(candidates.kthvalue(rank - below + 1).values)
+    flags = torch.empty_like(candidates)  # float 0/1 flags: summing floats is much cheaper than summing bools
+    n_less = int(torch.lt(candidates, value, out=flags).sum())
+    n_equal = int(torch.eq(candidates, value, out=flags).sum())
+    return RankValue(value, below + n_less, n_equal)
 
 
 def rank_window_mask(scores: torch.Tensor, start: int, stop: int, workspace: Workspace | None = None) -> torch.Tensor:
