@@ -302,8 +302,9 @@ def test_karcher_multislerp_nearswap_passthrough_basics():
 # --- the fused big-tensor path equals the plain path -------------------------------------------------------------
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", ["task_arithmetic", "magnitude_prune", "ties", "sce"])
-def test_fused_path_for_large_tensors_equals_the_plain_delta_path(name):
+def test_fused_path_for_large_tensors_equals_the_plain_delta_path(name, dtype):
     from merging.methods.fused import MIN_FUSED, can_fuse
 
     base = torch.randn(640, 480, generator=gen(0)) * 0.02  # 307 200 elements: fused, over many chunks
@@ -313,6 +314,7 @@ def test_fused_path_for_large_tensors_equals_the_plain_delta_path(name):
         tau[torch.rand(640, 480, generator=gen(20 + i)) < 0.3] = 0.0
         tau[5, :50] = 0.001 * (-1) ** i  # equal magnitudes: ties at the threshold
         xs.append(base + tau)
+    base, xs = base.to(dtype), [x.to(dtype) for x in xs]
     assert base.numel() >= MIN_FUSED and can_fuse(base, xs)
     method = get_method(name)
     if name == "sce":
@@ -323,7 +325,9 @@ def test_fused_path_for_large_tensors_equals_the_plain_delta_path(name):
             models = [{"weight": m["weight"]} for m in models]
     params = defaults(name, **({"lambda": 0.7} if name != "sce" else {}))
     fused = method.fn(base, xs, models, params, None)
-    plain = base + method.fn_deltas([x - base for x in xs], models, params, None)
+    assert fused.dtype == torch.float32
+    base32, xs32 = base.float(), [x.float() for x in xs]
+    plain = base32 + method.fn_deltas([x - base32 for x in xs32], models, params, None)
     assert torch.allclose(fused, plain, atol=1e-7, rtol=1e-6)
 
 

@@ -19,11 +19,22 @@ MIN_FUSED = 1 << 18  # elements; smaller tensors take the plain path (no thread 
 _TOP_DIGIT_SHIFT = 20  # first radix digit of |δ|'s bit pattern: bits 30..20 (sign cleared), 2048 bins
 
 
+_FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
 def can_fuse(base: torch.Tensor | None, tensors: list[torch.Tensor]) -> bool:
+    """Large contiguous float32/bf16/fp16 tensors of one shape (half-precision chunks are widened to float32)."""
     return (
-        base is not None and base.numel() >= MIN_FUSED and base.dtype == torch.float32
-        and all(t.dtype == torch.float32 and t.shape == base.shape for t in tensors)
+        base is not None and base.numel() >= MIN_FUSED and base.dtype in _FUSED_DTYPES and base.is_contiguous()
+        and all(t.dtype in _FUSED_DTYPES and t.shape == base.shape and t.is_contiguous() for t in tensors)
     )
+
+
+def _f32(part: torch.Tensor, scratch: dict, role: str) -> torch.Tensor:
+    """A float32 view of a chunk: itself, or a widened copy in a reused chunk buffer."""
+    if part.dtype == torch.float32:
+        return part
+    return buffer(scratch, role, part, torch.float32).copy_(part)
 
 
 class _Threshold:
@@ -36,7 +47,8 @@ class _Threshold:
 
 
 def _abs_delta(x: torch.Tensor, base: torch.Tensor, scratch: dict) -> torch.Tensor:
-    delta = torch.sub(x, base, out=buffer(scratch, "delta", x))
+    delta = torch.sub(_f32(x, scratch, "x32"), _f32(base, scratch, "base32"),
+                      out=buffer(scratch, "delta", x, torch.float32))
     return torch.abs(delta, out=delta)
 
 
@@ -57,7 +69,7 @@ def _predicted_window(base: torch.Tensor, x: torch.Tensor, rank: int) -> tuple[i
     """Top digits likely to hold the value at `rank`, from a strided sample of |δ| (a wrong guess costs a pass)."""
     n = base.numel()
     stride = max(1, n // 65536)
-    sample = (x[::stride] - base[::stride]).abs_().sort().values
+    sample = (x[::stride].float() - base[::stride].float()).abs_().sort().values
     m = sample.numel()
     margin = 0.01 + 4.0 / m**0.5
     low = sample[max(0, int((rank / n - margin) * m))].view(torch.int32)
@@ -140,7 +152,8 @@ def _energies(base: torch.Tensor, xs: list[torch.Tensor]) -> list[float]:
         sums = scratch.setdefault("energy", [0.0] * len(xs))
         for i, x in enumerate(xs):
             part = x[start:stop]
-            delta = torch.sub(part, base[start:stop], out=buffer(scratch, "delta", part))
+            delta = torch.sub(_f32(part, scratch, "x32"), _f32(base[start:stop], scratch, "base32"),
+                              out=buffer(scratch, "delta", part, torch.float32))
             sums[i] += float(torch.dot(delta, delta))
 
     parts = for_each_chunk(base.numel(), accumulate)
@@ -177,15 +190,15 @@ def fused_merge(
             weights = [1.0 / len(xs)] * len(xs)
         else:
             weights = [e / total for e in energies]
-    out = torch.empty_like(base)
+    out = torch.empty(base.shape, dtype=torch.float32, device=base.device)
     total_weight = sum(weights)
 
     def combine(start: int, stop: int, scratch: dict) -> None:
-        base_part = base[start:stop]
+        base_part = _f32(base[start:stop], scratch, "base32")
         mixed = buffer(scratch, "mixed", base_part).zero_()
         deltas = []
         for i, x in enumerate(xs):
-            delta = torch.sub(x[start:stop], base_part, out=buffer(scratch, f"delta{i}", base_part))
+            delta = torch.sub(_f32(x[start:stop], scratch, "x32"), base_part, out=buffer(scratch, f"delta{i}", base_part))
             threshold = thresholds[i]
             if zeroed[i]:
                 delta.zero_()
