@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -127,8 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # so `kill` cleans up like Ctrl-C: the temporary output folder is removed
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt_on_sigterm) if in_main_thread else None
     try:
         return SUBCOMMANDS[args.command].run(args)
     except MergeCancelled as exc:
@@ -140,3 +148,6 @@ def main(argv: list[str] | None = None) -> int:
     except MergeLabError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -95,9 +95,21 @@ def test_existing_output_needs_overwrite(fam, tmp_path, capsys):
     assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
 
 
-def test_module_entry_point_exits_2_without_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "merging", "run", str(tmp_path / "missing.yaml"), str(tmp_path / "o")],
-                          cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == EXIT_USER_ERROR
-    assert "not found" in proc.stderr and "Traceback" not in proc.stderr
-    assert nothing_written(tmp_path, "o")
+def test_sigterm_mid_merge_cleans_up_and_exits_130(fam, tmp_path):
+    import os
+    import signal
+    import time
+
+    recipe = write_recipe(tmp_path, fam["base"], fam["a"], fam["b"])
+    env = {**os.environ, "MERGELAB_TEST_TENSOR_DELAY_S": "0.3", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "merging", "run", str(recipe), str(tmp_path / "out"), "--quiet",
+                             "--shard-size", "5KB"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    temp = tmp_path / f".out.incomplete-{proc.pid}"
+    deadline = time.monotonic() + 60
+    while not list(temp.glob("model-*.safetensors")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the merge ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Cancelled" in err and "Traceback" not in err
+    assert nothing_written(tmp_path)
