@@ -139,6 +139,8 @@ def test_della_keeps_large_magnitudes_more_often():
     assert abs(float(keep_rate[-10:].mean()) - 0.69) < 0.05
     rescaled = sparsify.della(rows, density=0.5, epsilon=0.2, rescale_mode=True, generator=gen(3))
     assert torch.isclose(rescaled.abs().sum(), rows.abs().sum(), rtol=1e-4)
+    with pytest.raises(RecipeError, match="lower epsilon below 0.1"):
+        sparsify.della(rows, density=0.9, epsilon=0.15, rescale_mode=True, generator=gen(3))
 
 
 # --- task-arithmetic family ------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from merging.errors import RecipeError
 from merging.methods.common import Workspace, default_generator
 from merging.methods.selection import rank_window_mask, top_k_mask, value_at_rank
 
@@ -102,6 +103,11 @@ def della_(delta: torch.Tensor, density: float, epsilon: float, rescale_mode: Re
         return delta
     if density <= 0:
         return delta.zero_()
+    if not (0 < density - epsilon and density + epsilon < 1):
+        raise RecipeError(
+            f"della: density {density:g} ± epsilon {epsilon:g} leaves (0, 1); lower epsilon below "
+            f"{min(density, 1 - density):g} or move density toward 0.5"
+        )
     l1_before = _l1(delta) if rescale_mode is True else 0.0
     rows = delta.view(1, -1) if delta.dim() < 2 else delta.view(delta.shape[0], -1)
     n = rows.shape[1]
