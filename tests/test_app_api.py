@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import Client  # noqa: E402
-from gradio_client.exceptions import AppError  # noqa: E402
+from gradio_client import Client
+from gradio_client.exceptions import AppError
 
-from app import create_app  # noqa: E402
-from ui.catalog import HUB  # noqa: E402
-from ui.hosting import HostConfig  # noqa: E402
+from app import create_app
+from ui.catalog import HUB
+from ui.hosting import HostConfig
 
 ZOO_LM = ("Zoo", "lm", ["math", "japanese"], "", "")
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("gradio_client")
-from gradio_client import Client  # noqa: E402
+from gradio_client import Client
 
-from app import create_app  # noqa: E402
-from ui import chat_panel, merge_panel, models_panel  # noqa: E402
-from ui.hosting import HostConfig  # noqa: E402
-from ui.session import new_session  # noqa: E402
+from app import create_app
+from ui import chat_panel, merge_panel, models_panel
+from ui.hosting import HostConfig
+from ui.session import new_session
 
 USERS = 4
 WEIGHTS = [(1.0, 0.0), (0.0, 1.0), (0.9, 0.1), (0.3, 1.2)]

@@ -155,14 +155,13 @@ def build(config: HostConfig) -> ChatPanel:
         stop = gr.Button("Stop", elem_id="chat-stop")
         clear = gr.Button("Clear", elem_id="chat-clear")
     gr.Examples(EXAMPLES, inputs=message, label="Try (zoo language models)")
-    with gr.Accordion("Generation settings", open=False):
-        with gr.Row():
-            max_new_tokens = gr.Slider(1, 512, value=48, step=1, label="Max new tokens", elem_id="chat-max-tokens")
-            temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)",
-                                    elem_id="chat-temperature")
-            top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p", elem_id="chat-top-p")
-            quantization = gr.Radio(list(QUANTIZATIONS), value="none", label="Load in (GPU host only)",
-                                    interactive=config.gpu, elem_id="chat-quantization",
-                                    info=None if config.gpu else "8-bit / 4-bit needs a GPU; this host has none.")
+    with gr.Accordion("Generation settings", open=False), gr.Row():
+        max_new_tokens = gr.Slider(1, 512, value=48, step=1, label="Max new tokens", elem_id="chat-max-tokens")
+        temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)",
+                                elem_id="chat-temperature")
+        top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p", elem_id="chat-top-p")
+        quantization = gr.Radio(list(QUANTIZATIONS), value="none", label="Load in (GPU host only)",
+                                interactive=config.gpu, elem_id="chat-quantization",
+                                info=None if config.gpu else "8-bit / 4-bit needs a GPU; this host has none.")
     return ChatPanel(merged, compare, compare_label, message, send, stop, clear, max_new_tokens, temperature, top_p,
                      quantization)

@@ -250,6 +250,9 @@ def wire(panel: EvaluatePanel, state: gr.State, config: HostConfig) -> None:
         return ("✅ Evaluated the current merge.", agreement_figure(result), summary_markdown(result),
                 write_downloads(session, result))
 
+    from ui.resources import on_gpu
+
+    run = on_gpu(run)  # ZeroGPU on a Space; unchanged elsewhere
     panel.run.click(run, [state, panel.task_file, panel.per_task],
                     [panel.status, panel.chart, panel.table, panel.downloads], api_name="evaluate")
 
@@ -260,6 +263,7 @@ def wire(panel: EvaluatePanel, state: gr.State, config: HostConfig) -> None:
         figure, best, files = sweep_outputs(result)
         return best, figure, files
 
+    run_sweep = on_gpu(run_sweep)
     panel.sweep_run.click(
         run_sweep, [state, panel.sweep_method, panel.sweep_weights, panel.sweep_densities, panel.sweep_metric,
                     panel.per_task, panel.task_file], [panel.sweep_best, panel.sweep_chart, panel.sweep_files],

@@ -248,6 +248,9 @@ def wire(panel: LearnPanel, state: gr.State, config: HostConfig) -> None:
         settings = LearnSettings(method, int(examples), int(steps), float(rho), float(init))
         yield from learn(session, config, settings, prompts)
 
+    from ui.resources import on_gpu
+
+    run = on_gpu(run)  # ZeroGPU on a Space; unchanged elsewhere
     panel.run.click(run, [state, *panel.settings_inputs, panel.prompts],
                             [panel.loss, panel.coefficients, panel.status], api_name="learn")
 

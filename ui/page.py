@@ -7,11 +7,20 @@ from typing import Any
 
 import gradio as gr
 
-from ui import (chat_panel, classify_panel, evaluate_panel, export_panel, interference_panel, learn_panel, merge_panel,
-                models_panel)
+from ui import (
+    chat_panel,
+    classify_panel,
+    evaluate_panel,
+    export_panel,
+    interference_panel,
+    learn_panel,
+    merge_panel,
+    models_panel,
+)
 from ui.feedback import guarded
 from ui.hosting import HostConfig
-from ui.session import Session, close_session, new_session
+from ui.resources import on_gpu
+from ui.session import FreshSession, Session, close_session, new_session
 
 TITLE = "MergeLab"
 INTRO = ("Merge fine-tuned models with mergekit-compatible methods, chat with the result beside its sources, and see "
@@ -29,7 +38,8 @@ def _session(state: Session | None) -> Session:
 def build_page(config: HostConfig) -> gr.Blocks:
     delete = (lambda s: close_session(s, config.models_dir)) if config.hosted else (lambda s: close_session(s))
     with gr.Blocks(title=TITLE) as demo:
-        state = gr.State(new_session, time_to_live=4 * 3600, delete_callback=delete)
+        state = gr.State(None, time_to_live=4 * 3600, delete_callback=delete)
+        state.value = FreshSession()  # set after construction, which would deep-copy it into a Session already
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         # Tabs render their children up front: the Models tab updates controls in Merge and Chat before they open.
         with gr.Tabs(elem_id="tabs"):
@@ -133,6 +143,7 @@ def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, models: models_p
             return gr.update()
         return do_merge(session, settings)
 
+    do_merge_folder = on_gpu(do_merge_folder)
     controls = [state, *merge.controls]
     merge.merge.click(collect, controls, merge.settings, api_visibility="private").success(
         do_merge, [state, merge.settings], merge.status, api_name="merge")
@@ -160,6 +171,7 @@ def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, models: models_p
                                                          compare_history, compare_label, settings):
             yield merged_msgs, compare_msgs, ""
 
+    send = on_gpu(send)  # ZeroGPU on a Space; unchanged elsewhere
     chat_inputs = [state, chat.message, chat.merged, chat.compare, chat.compare_label, *chat.settings_inputs]
     chat_outputs = [chat.merged, chat.compare, chat.message]
     sent = chat.send.click(send, chat_inputs, chat_outputs, api_name="chat")

@@ -90,6 +90,15 @@ def new_session() -> Session:
     return Session()
 
 
+class FreshSession:
+    """The initial value of the page's gr.State. Gradio deep-copies a State's initial value once per browser session;
+    copying this gives a new Session. (A callable initial value would be run by a page-load event of its own, racing
+    the app's load event and replacing the session that event had just filled.)"""
+
+    def __deepcopy__(self, memo: dict) -> Session:
+        return new_session()
+
+
 def close_session(session: Session | None, models_dir: Path | None = None) -> None:
     """Free a finished session's models; in hosted mode also its merged folders (disk is shared)."""
     if session is None:

@@ -33,7 +33,7 @@ def zoo_families() -> dict[str, Any]:
     import zoo.families
 
     # zoo.families() per the contract; until zoo/__init__ exports it, the name is the submodule.
-    families = getattr(__import__("zoo"), "families")
+    families = __import__("zoo").families
     return families() if callable(families) else zoo.families.families()
 
 
@@ -388,7 +388,6 @@ def merge_to_folder(
 ) -> Path:
     """Stream the merge to ./models/merged/<session>/<name> (replacing an earlier one of that name)."""
     from merging.engine import merge_to_folder as engine_merge
-
     from ui.resources import device
 
     recipe = build_recipe(session, settings, by="path")
