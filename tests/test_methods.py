@@ -65,15 +65,15 @@ def test_rank_window_matches_a_full_sort_with_exact_counts(values):
                 assert torch.equal(scores[mask].sort().values, ordered[start:stop])
 
 
-@pytest.mark.parametrize("kind", ["random", "ties", "half_zeros", "subnormal"])
+@pytest.mark.parametrize("kind", ["random", "ties", "half_zeros", "tiny"])
 def test_value_at_rank_on_large_tensors_uses_the_radix_path_exactly(kind):
-    n = 200_000  # above the small-tensor cutoff, so the digit-counting passes run
+    n = 60_000  # well above the small-tensor cutoff (8192), so the digit-counting passes run
     torch.manual_seed(1)
     scores = {
         "random": lambda: torch.rand(n),
         "ties": lambda: torch.randint(0, 1000, (n,)).float(),
         "half_zeros": lambda: torch.randn(n).abs() * (torch.rand(n) < 0.5),
-        "subnormal": lambda: torch.randn(n).abs() * 1e-39,
+        "tiny": lambda: torch.randn(n).abs() * 1e-36,  # near the bottom of the exponent range
     }[kind]()
     ordered = scores.sort().values
     for rank in (0, 1, n // 3, n // 2, n - 1):
