@@ -55,7 +55,7 @@ def mix_deltas_(
             sparsifier(delta, model, params, generator, ws)
         if weight != 1:
             delta.mul_(weight)
-    del ws  # free the scratch before the combine step allocates nothing of its own
+    del ws  # free the full-size scratch: the combine step needs only chunk-sized buffers
     normalize = bool(params.get("normalize", False))
     scale = float(params.get("lambda", 1.0))
     if consensus:
