@@ -247,7 +247,7 @@ def wire(panel: EvaluatePanel, state: gr.State, config: HostConfig) -> None:
     def run(session: Session, task_file: str | None, per_task: float, progress: gr.Progress = gr.Progress()):
         progress(0.1, desc="Scoring the experts (once) and the merged model…")
         result = evaluate(session, config, task_file, int(per_task))
-        return ("✅ Evaluated the current merge.", agreement_figure(result), summary_markdown(result),
+        return ("✓ Evaluated the current merge.", agreement_figure(result), summary_markdown(result),
                 write_downloads(session, result))
 
     from ui.resources import on_gpu

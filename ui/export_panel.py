@@ -82,7 +82,7 @@ def _engine_recipe(session: Session, base_label: str):
 def _shown(config: HostConfig, out: Path) -> str:
     root = config.models_dir.parent
     shown = out.relative_to(root) if out.is_relative_to(root) else out
-    return f"✅ Saved to `{shown}`: safetensors shards, config, tokenizer and a model card with the recipe."
+    return f"✓ Saved to `{shown}`: safetensors shards, config, tokenizer and a model card with the recipe."
 
 
 def push_to_hub(session: Session, config: HostConfig, repo_id: str, token: str, private: bool = True) -> str:
@@ -105,7 +105,7 @@ def push_to_hub(session: Session, config: HostConfig, repo_id: str, token: str, 
     except Exception as error:  # noqa: BLE001 - auth, quota and network errors all become one message
         raise SourceError(f"Could not push to {repo_id!r}: {error}. Check the token's write access and the name."
                           ) from None
-    return f"✅ Pushed to https://huggingface.co/{repo_id}"
+    return f"✓ Pushed to https://huggingface.co/{repo_id}"
 
 
 # --- components ----------------------------------------------------------------------------------------------------

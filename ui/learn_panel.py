@@ -63,6 +63,17 @@ def loss_figure(losses: list[float], method: str):
     return fig
 
 
+def _short(name: str) -> str:
+    """model.layers.3.self_attn.q_proj.weight -> L3 q_proj (bias kept): tick labels a person can read."""
+    import re
+
+    match = re.search(r"(?:layers|layer|h|blocks)\.(\d+)\.(.*)", name)
+    tail = match.group(2) if match else name.removeprefix("model.").removeprefix("bert.")
+    tail = tail.replace("self_attn.", "").replace("mlp.", "").replace("attention.", "")
+    tail = tail.removesuffix(".weight")
+    return f"L{match.group(1)} {tail}" if match else tail
+
+
 def coefficients_figure(tasks: list[str], names: list[str], coefficients: Any):
     import plotly.graph_objects as go
 
@@ -70,10 +81,12 @@ def coefficients_figure(tasks: list[str], names: list[str], coefficients: Any):
     if values.dim() == 1:
         values = values[:, None]
         names = ["all tensors"]
-    fig = go.Figure(go.Heatmap(z=values.tolist(), x=names, y=tasks, colorscale="RdBu", zmid=0,
-                               colorbar=dict(title="λ")))
+    labels = [_short(n) for n in names]
+    fig = go.Figure(go.Heatmap(z=values.tolist(), x=labels, y=tasks, colorscale="Viridis",
+                               colorbar={"title": "λ"}, hovertemplate="%{y} · %{x}: λ = %{z:.3f}<extra></extra>"))
     fig.update_layout(title="Learned coefficients (tasks × tensors, in layer order)", height=360,
-                      xaxis=dict(showticklabels=len(names) <= 40), margin=dict(t=50, b=40))
+                      xaxis={"showticklabels": len(names) <= 60, "tickangle": -60, "tickfont": {"size": 9}},
+                      margin={"t": 50, "b": 90})
     return fig
 
 
@@ -140,7 +153,7 @@ def learn(session: Session, config: HostConfig, settings: LearnSettings, uploade
         load_merged_into_models(session)
     yield (loss_figure(result.losses, settings.method),
            coefficients_figure(result.tasks, result.names, result.coefficients),
-           f"✅ Learned {result.coefficients.numel()} coefficients in {result.seconds:.1f} s "
+           f"✓ Learned {result.coefficients.numel()} coefficients in {result.seconds:.1f} s "
            f"(final loss {result.losses[-1]:.4f}). Chat, Evaluate and Export now use the learned merge.")
 
 

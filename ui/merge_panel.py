@@ -104,7 +104,7 @@ def merge_status(session: Session, where: str) -> str:
     timing = f" in {session.last_merge_ms:.0f} ms" if where == "memory" and session.last_merge_ms else ""
     place = "in memory" if where == "memory" else "to the session's folder"
     detail = f" · weights: {weights}" if weights else ""
-    return (f"✅ Merged with **{recipe.merge_method}** {place}{timing}{detail}"
+    return (f"✓ Merged with **{recipe.merge_method}** {place}{timing}{detail}"
             f"{' · ' + params if params else ''} · seed {session.merge_settings.seed}. "
             "Chat, Evaluate and Export now use this model.")
 

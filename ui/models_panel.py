@@ -49,7 +49,7 @@ def describe_preset(name: str | None) -> str:
     text = preset.about
     if preset.needs_hub:
         reachable = hub_reachable()
-        text += ("\n\n✅ The Hugging Face Hub is reachable: the models download on Check models." if reachable else
+        text += ("\n\n✓ The Hugging Face Hub is reachable: the models download on Check models." if reachable else
                  "\n\n⚠ **This preset needs the Hugging Face Hub, which this server cannot reach.** Pick a zoo "
                  "preset, or give local folders of these models.")
     return text
@@ -111,7 +111,7 @@ def _classifier_check(session: Session) -> tuple[bool, str]:
         return False, ("### Pre-flight: 1 problem to fix ❌\n\n- The base and the experts share no tensor of the same "
                        "name and shape: choose classifiers fine-tuned from this base.")
     heads = {m.label: len([n for n in shapes[i] if n not in shared]) for i, m in enumerate(models) if i > 0}
-    lines = ["### Pre-flight: ready to merge ✅", "",
+    lines = ["### Pre-flight: ready to merge ✓", "",
              f"Classifier family: **{len(shared)} shared encoder tensors** are merged; each task keeps its own head "
              "and is read through it (" + ", ".join(f"{k}: {v} tensors" for k, v in heads.items()) + ").",
              "Merging happens in memory; Classify and Evaluate read each task through its own head."]

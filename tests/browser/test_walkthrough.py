@@ -115,3 +115,18 @@ def test_interference_heatmaps(page):
     expect(page.locator("#interference-cosine .gtitle")).to_contain_text("Cosine")
     shot(page, "5-interference")
 
+
+
+def test_learn_shows_loss_curve_and_coefficients(page):
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Learn").click()
+    for elem, value in (("learn-examples", "4"), ("learn-steps", "5")):
+        box = page.locator(f"#{elem} input[type=number]")
+        box.fill(value)
+        box.press("Enter")
+    page.locator("#learn-run").click()
+    expect(page.locator("#learn-status")).to_contain_text("Learned", timeout=SLOW)
+    expect(page.locator("#learn-loss .gtitle")).to_contain_text("samerging loss")
+    expect(page.locator("#learn-coefficients .gtitle")).to_contain_text("Learned coefficients")
+    shot(page, "6-learn")
