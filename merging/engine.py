@@ -72,7 +72,8 @@ class MergeResult:
     device: str
     out_dtype: str
     notes: list[str] = field(default_factory=list)  # what the merge report should mention (fallbacks, resizes)
-    # Busy seconds per stage (they overlap): "read" (reader thread), "merge" (method functions), "write" (writer).
+    # Busy seconds per stage (they overlap): "read" (reader thread), "merge" (method functions), "write" (writer,
+    # including the cast to the output dtype on the CPU).
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -225,11 +226,12 @@ def _run_pipeline(inputs: MergeInputs, plan: list[TensorPlan], shards: list, fol
                     notes.setdefault(message)
             else:
                 merged = base
-            merged = merged.to(device="cpu", dtype=item.planned.dtype)
+            if device != "cpu":  # cast on the GPU, so half the bytes cross to the host
+                merged = merged.to(device="cpu", dtype=item.planned.dtype)
             del got, base, operands
             if delay:
                 time.sleep(delay)
-            if not _put(write_q, (name, merged), stop):
+            if not _put(write_q, (name, merged, item.planned.dtype), stop):
                 raise stopped()
             done_bytes += item.bytes_read
             if progress is not None:
@@ -306,7 +308,8 @@ def _write_all(writer: ShardWriter, in_q: queue.Queue, stop: threading.Event, st
         if item is _STOPPED or item is _DONE:
             return
         tick = time.perf_counter()
-        writer.write(*item)
+        name, tensor, dtype = item
+        writer.write(name, tensor.to(dtype))  # on the CPU the cast runs here, beside the next tensor's merge
         stages["write"] += time.perf_counter() - tick
 
 
