@@ -197,13 +197,13 @@ def run_size(size: str, args: argparse.Namespace, workdir: Path) -> tuple[dict, 
         shutil.rmtree(path, ignore_errors=True)
         return path
 
-    def floor(n: int) -> Run:
+    def measure_floor(n: int) -> Run:
         return measure(f"floor{n}", floor_command(fresh(f"floor{n}"), [base, ft1, ft2][:n], args.device), env)
 
     # Warm the page cache. On a shared machine the load changes from minute to minute, so the floor is measured
     # again beside every method and each figure is the best of its runs (the least disturbed one).
     measure("warmup", floor_command(fresh("warm"), [base, ft1, ft2], args.device), env)
-    floors: dict[int, list[Run]] = {2: [floor(2)], 3: [floor(3)]}
+    floors: dict[int, list[Run]] = {2: [measure_floor(2)], 3: [measure_floor(3)]}
     print(f"[{size}] {params / 1e6:.0f}M params, built in {build_s:.0f} s; I/O floor 2 inputs "
           f"{floors[2][0].seconds:.1f} s, 3 inputs {floors[3][0].seconds:.1f} s", flush=True)
     rows = []
@@ -211,7 +211,7 @@ def run_size(size: str, args: argparse.Namespace, workdir: Path) -> tuple[dict, 
         recipe = workdir / f"{method}.yaml"
         write_recipe(recipe, method, base, ft1, ft2)
         n_inputs = 2 if method in ("linear", "slerp") else 3
-        floors[n_inputs].append(floor(n_inputs))
+        floors[n_inputs].append(measure_floor(n_inputs))
         ours_cmd = [sys.executable, "-m", "merging", "run", str(recipe), str(fresh("ours")), "--quiet",
                     "--device", args.device]
         ours = best([measure("mergelab", ours_cmd, env) for _ in range(args.repeat)])
