@@ -230,3 +230,26 @@ def test_dockerfile_follows_the_gpu_host_and_spaces_conventions():
     if Path(linter).exists():
         result = subprocess.run([linter, str(APP_ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_merge_to_folder_streams_progress_and_cancels_cleanly(config, monkeypatch):
+    import threading
+
+    session = new_session()
+    models_panel.check_models(session, config, LM)
+    settings = {"method": "ties", "weights": [0.7, 0.3], "params": {"density": 0.5}}
+    steps: list[float] = []
+    status = merge_panel.run_merge_to_folder(session, config, settings, "folder",
+                                             progress=lambda fraction, desc: steps.append(fraction))
+    assert "Saved to" in status and (session.merged_path / "config.json").is_file()
+    assert steps and steps[-1] == pytest.approx(1.0)
+    assert "math 0.7" in merge_panel.merge_status(session, "folder")  # chat and evaluate see this same merge
+
+    monkeypatch.setenv("MERGELAB_TEST_TENSOR_DELAY_S", "0.2")  # slow the engine so the cancel lands mid-way
+    timer = threading.Timer(0.5, session.cancel.set)
+    timer.start()
+    with pytest.raises(MergeLabError) as error:
+        merge_panel.run_merge_to_folder(session, config, settings, "cancelled")
+    timer.cancel()
+    assert "cancel" in str(error.value).lower()
+    assert not (session.merged_folder(config.models_dir, "cancelled")).exists()

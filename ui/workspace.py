@@ -402,6 +402,8 @@ def merge_to_folder(
 
     engine_merge(engine_recipe, out, device=device(), seed=settings.seed, progress=report,
                  cancel=session.cancel, overwrite=True)
+    if session.live is not None:
+        merge_live(session, settings)  # the in-memory models show the same merge the folder holds
     with session.lock:
         session.recipe = recipe
         session.merge_settings = settings
