@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from merging.cli import register_subcommand
@@ -93,12 +94,18 @@ def run(args: argparse.Namespace) -> int:
         raise MergeLabError("--examples-per-task and --batch-size must be at least 1")
     inputs = read_inputs(args.prompts, list(experts), args.examples_per_task)
     rho = 0.0 if args.method == "adamerging" else args.rho
-    bar = None if args.quiet else tqdm(total=args.steps, desc=args.method, unit="step", dynamic_ncols=True)
+    bar = None
+    if not args.quiet:
+        print("Loading the models and computing the teachers' outputs…", file=sys.stderr, flush=True)
 
     def progress(step: int, loss: float) -> None:
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:  # created at the first step so that loading time does not count as step time
+            bar = tqdm(total=args.steps, desc=args.method, unit="step", dynamic_ncols=True, initial=step - 1)
+        bar.update(1)
+        bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
 
     try:
         merge = learn_merge(args.method, args.base, experts, inputs, steps=args.steps, rho=rho, lr=args.lr,
