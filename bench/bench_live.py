@@ -39,7 +39,7 @@ def moves(n: int) -> list[list[float]]:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def bench_handlers(n: int) -> dict[str, list[float]]:
@@ -111,21 +111,21 @@ def report(handlers: dict[str, list[float]], api: list[float], imports_s: float,
     return "\n".join([
         "## Live re-merge",
         "",
-        "`bench/bench_live.py` times what happens when a weight or density slider moves in the app with the LM zoo "
-        f"(base + {', '.join(EXPERTS)}: {tensors} tensors, {params / 1e6:.2f} M parameters each): the recipe is "
-        "built from the controls, `LiveMerger.merge` mixes the cached task vectors, and the result is copied into "
-        "the session's own chat model. Then the same move end to end through the running app's `/merge` endpoint.",
+        ("`bench/bench_live.py` times what happens when a weight or density slider moves in the app with the LM zoo "
+         f"(base + {', '.join(EXPERTS)}: {tensors} tensors, {params / 1e6:.2f} M parameters each): the recipe is "
+         "built from the controls, `LiveMerger.merge` mixes the cached task vectors, and the result is copied into "
+         "the session's own chat model. Then the same move end to end through the running app's `/merge` endpoint."),
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, Python "
-        f"{platform.python_version()}; recorded {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
-        f"Load average before / after: {load[0]:.1f} / {load[1]:.1f} (the cores are shared, so times are noisy).",
+        (f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, Python "
+         f"{platform.python_version()}; recorded {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
+         f"Load average before / after: {load[0]:.1f} / {load[1]:.1f} (the cores are shared, so times are noisy)."),
         "",
         "Command: `.venv/bin/python bench/bench_live.py --record`",
         "",
         *rows,
         "",
-        f"Imports (torch, transformers, gradio): {imports_s:.1f} s, once per process. Slowest median "
-        f"{worst:.0f} ms: **{verdict} the {TARGET_MS:.0f} ms target**.",
+        (f"Imports (torch, transformers, gradio): {imports_s:.1f} s, once per process. Slowest median "
+         f"{worst:.0f} ms: **{verdict} the {TARGET_MS:.0f} ms target**."),
         "",
     ])
 

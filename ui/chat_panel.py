@@ -89,8 +89,8 @@ def chat(
     merged_model, merged_tok = _merged(session, settings.quant)
     merged_history = list(merged_history or [])
     compare_history = list(compare_history or [])
-    kwargs = dict(max_new_tokens=int(settings.max_new_tokens), temperature=float(settings.temperature),
-                  top_p=float(settings.top_p), stop_event=session.stop_chat)
+    kwargs = {"max_new_tokens": int(settings.max_new_tokens), "temperature": float(settings.temperature),
+                  "top_p": float(settings.top_p), "stop_event": session.stop_chat}
     session.stop_chat.clear()
     streams: dict[str, Iterator[str]] = {
         "merged": stream_chat(merged_model, merged_tok, [*merged_history, _user(message)], **kwargs)}

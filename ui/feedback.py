@@ -34,7 +34,7 @@ USER_ERRORS = _user_error_types()
 
 def user_message(error: BaseException, config: HostConfig) -> str:
     """What the page shows for `error`."""
-    if isinstance(error, USER_ERRORS) or isinstance(error, gr.Error):
+    if isinstance(error, (USER_ERRORS, gr.Error)):
         text = error.message if isinstance(error, gr.Error) else str(error)
     else:
         text = (f"Something went wrong ({type(error).__name__}: {error}). The details are in the server log; "

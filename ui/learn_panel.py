@@ -59,7 +59,7 @@ def loss_figure(losses: list[float], method: str):
 
     fig = go.Figure(go.Scatter(x=list(range(1, len(losses) + 1)), y=losses, mode="lines", name="loss"))
     fig.update_layout(title=f"{method} loss", xaxis_title="step", yaxis_title="loss", height=320,
-                      margin=dict(t=50, b=40))
+                      margin={"t": 50, "b": 40})
     return fig
 
 
@@ -115,7 +115,7 @@ def learn(session: Session, config: HostConfig, settings: LearnSettings, uploade
                 rho=float(settings.rho) if settings.method == "samerging" else None, init=float(settings.init),
                 batch_size=min(16, int(settings.examples_per_task)), device=device(),
                 progress=lambda step, loss: updates.put((step, loss)), cancel=session.cancel.is_set)
-        except BaseException as error:  # handed to the page below
+        except Exception as error:  # noqa: BLE001 - re-raised in the handler's thread below, as a message
             outcome["error"] = error
         finally:
             updates.put(None)
@@ -153,8 +153,8 @@ def learn(session: Session, config: HostConfig, settings: LearnSettings, uploade
         load_merged_into_models(session)
     yield (loss_figure(result.losses, settings.method),
            coefficients_figure(result.tasks, result.names, result.coefficients),
-           f"✓ Learned {result.coefficients.numel()} coefficients in {result.seconds:.1f} s "
-           f"(final loss {result.losses[-1]:.4f}). Chat, Evaluate and Export now use the learned merge.")
+           (f"✓ Learned {result.coefficients.numel()} coefficients in {result.seconds:.1f} s "
+            f"(final loss {result.losses[-1]:.4f}). Chat, Evaluate and Export now use the learned merge."))
 
 
 def compare_with_baselines(session: Session, config: HostConfig, per_task: int = 20) -> tuple[Any, str]:
@@ -185,7 +185,7 @@ def comparison_figure(scores: dict[str, Any]):
     for metric in ("agreement", "accuracy"):
         fig.add_bar(name=metric, x=list(scores), y=[s.mean(metric) for s in scores.values()])
     fig.update_layout(title="Learned merge beside task arithmetic and TIES (mean over tasks)", barmode="group",
-                      yaxis=dict(range=[0, 1], tickformat=".0%"), height=360, margin=dict(t=50, b=40))
+                      yaxis={"range": [0, 1], "tickformat": ".0%"}, height=360, margin={"t": 50, "b": 40})
     return fig
 
 

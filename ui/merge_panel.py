@@ -59,7 +59,7 @@ def _slider_range(param: Param) -> tuple[float, float]:
 
 def param_control(param: Param) -> gr.components.Component:
     label = f"{param.name}"
-    common = dict(label=label, info=param.help, elem_id=f"param-{param.name}", visible=HIDDEN)
+    common = {"label": label, "info": param.help, "elem_id": f"param-{param.name}", "visible": HIDDEN}
     if param.kind == "bool":
         return gr.Checkbox(value=bool(param.default), **common)
     if param.kind == "choice":
@@ -106,7 +106,7 @@ def merge_status(session: Session, where: str) -> str:
     detail = f" · weights: {weights}" if weights else ""
     return (f"✓ Merged with **{recipe.merge_method}** {place}{timing}{detail}"
             f"{' · ' + params if params else ''} · seed {session.merge_settings.seed}. "
-            "Chat, Evaluate and Export now use this model.")
+            f"{'Classify' if session.kind == 'classifier' else 'Chat'}, Evaluate and Export now use this model.")
 
 
 def run_merge(session: Session, config: HostConfig, raw_settings: dict, progress: Any = None) -> str:
