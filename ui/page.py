@@ -93,7 +93,8 @@ def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, models: models_p
     # --- Models -> pre-flight, then the merge controls and chat choices follow the chosen models ---------------------
     @guarded(config, "pre-flight")
     def preflight(session: Session, origin: str, family: str | None, experts: list[str] | None, base: str,
-                  sources: str, preset: str | None, progress: gr.Progress = gr.Progress()) -> str:
+                  sources: str, preset: str | None,
+                  progress: gr.Progress = gr.Progress(track_tqdm=True)) -> str:  # Hub downloads report via tqdm
         choice = models_panel.ModelsChoice(origin, family, list(experts or []), base or "", sources or "")
         return models_panel.check_models(_session(session), config, choice, preset, progress)
 
