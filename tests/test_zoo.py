@@ -185,12 +185,18 @@ def test_reduced_build_folders_load_with_from_pretrained(reduced_builds):
     assert (root / "tasks" / "zoo_lm.jsonl").read_text() == LM.tasks.read_text()  # task files are seed-free
 
 
-def test_missing_expert_is_rebuilt_identically_from_the_saved_base(reduced_builds):
+def test_ensure_built_rebuilds_a_missing_expert_identically_from_the_saved_base(reduced_builds):
     root = reduced_builds[0]
     original = weights(root / "lm" / "strings")
     for f in (root / "lm" / "strings").iterdir():
         f.unlink()
-    record = build(root, reduced=True, seed=3, only_missing=True, progress=lambda fraction, desc: None)
-    assert record["built"] == {"lm": ["strings"], "classifier": []}
+    (root / "tasks" / "zoo_classifier_unlabeled.jsonl").unlink()
+    reports = []
+    built = zoo.ensure_built(lambda fraction, desc: reports.append(fraction), zoo_dir=root, tasks_dir=root / "tasks",
+                             reduced=True, seed=3)
+    assert built == {"lm": ["strings"]}
+    assert reports and reports[-1] == 1.0 and reports == sorted(reports)
     rebuilt = weights(root / "lm" / "strings")
     assert all(torch.equal(original[k], rebuilt[k]) for k in original)
+    assert (root / "tasks" / "zoo_classifier_unlabeled.jsonl").read_text() == CLASSIFIER.unlabeled.read_text()
+    assert zoo.ensure_built(zoo_dir=root, tasks_dir=root / "tasks", reduced=True, seed=3) == {}

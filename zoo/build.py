@@ -149,19 +149,23 @@ def build(out: Path = ZOO_DIR, *, tasks_out: Path | None = None, reduced: bool =
     return record
 
 
-def ensure_built(progress: Progress | None = None) -> dict[str, list[str]]:
-    """Rebuilds whatever shipped checkpoint or task file is missing (a missing base rebuilds its whole family).
-    Returns what was built per family (empty when nothing was missing)."""
+def ensure_built(progress: Progress | None = None, *, zoo_dir: Path | None = None, tasks_dir: Path | None = None,
+                 reduced: bool = False, seed: int = 0) -> dict[str, list[str]]:
+    """Rebuilds whatever checkpoint or task file is missing (a missing base rebuilds its whole family; a missing
+    expert is fine-tuned from the saved base, giving the same weights as a full build). `progress(fraction,
+    description)` (e.g. a gr.Progress) replaces the tqdm bar. Returns what was built per family ({} when nothing
+    was missing). The keyword arguments point it at another zoo (tests)."""
+    zoo_dir = Path(zoo_dir) if zoo_dir else ZOO_DIR
+    tasks_dir = Path(tasks_dir) if tasks_dir else TASKS_DIR
     built: dict[str, list[str]] = {}
-    fams = families()
-    tasks_missing = any(not f.tasks.is_file() or not f.unlabeled.is_file() for f in fams.values())
+    fams = families(zoo_dir, tasks_dir)
     for name, fam in fams.items():
         if any(not is_built(p) for p in fam.models().values()):
-            record = build(ZOO_DIR, family=name, only_missing=True, progress=progress)
+            record = build(zoo_dir, tasks_out=tasks_dir, family=name, only_missing=True, reduced=reduced, seed=seed,
+                           progress=progress)
             built.update(record["built"])
-            tasks_missing = False
-    if tasks_missing:
-        write_task_files(TASKS_DIR)
+    if any(not f.tasks.is_file() or not f.unlabeled.is_file() for f in fams.values()):
+        write_task_files(tasks_dir)
     return built
 
 
