@@ -8,8 +8,13 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
-                          BertForPreTraining)
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertForPreTraining,
+)
 
 import zoo
 from zoo.build import build

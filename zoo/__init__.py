@@ -8,4 +8,4 @@
 from .build import build, ensure_built
 from .families import CLASSIFIER_EXPERTS, LM_EXPERTS, LM_TASKS, Family, families
 
-__all__ = ["Family", "families", "ensure_built", "build", "LM_EXPERTS", "LM_TASKS", "CLASSIFIER_EXPERTS"]
+__all__ = ["CLASSIFIER_EXPERTS", "LM_EXPERTS", "LM_TASKS", "Family", "build", "ensure_built", "families"]

@@ -6,7 +6,6 @@ missing expert from a saved base) gives the same weights as a full build.
 
 from __future__ import annotations
 
-import json
 import time
 import zlib
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from transformers import BertForPreTraining, MistralForCausalLM
 
 from . import classifier, lm
 from .classifier_tasks import classifier_split
-from .families import ASSETS, BASE_NAME, FAMILY_EXPERTS, TASKS_DIR, ZOO_DIR, families
+from .families import BASE_NAME, FAMILY_EXPERTS, TASKS_DIR, ZOO_DIR, families
 from .lm_tasks import lm_splits
 from .tasksets import write_task_files
 from .training import deterministic
@@ -125,9 +124,8 @@ def build(out: Path = ZOO_DIR, *, tasks_out: Path | None = None, reduced: bool =
     plan: dict[str, list[str]] = {}
     for name in chosen:
         models = [BASE_NAME, *FAMILY_EXPERTS[name]]
-        if only_missing:
-            if is_built(out / name / BASE_NAME):
-                models = [m for m in models if not is_built(out / name / m)]
+        if only_missing and is_built(out / name / BASE_NAME):  # without a base, the whole family is rebuilt
+            models = [m for m in models if not is_built(out / name / m)]
         plan[name] = models
     total = sum(_steps_needed(_settings(n, reduced), todo) for n, todo in plan.items())
     steps = _Steps(total, progress)
@@ -169,4 +167,4 @@ def ensure_built(progress: Progress | None = None, *, zoo_dir: Path | None = Non
     return built
 
 
-__all__ = ["build", "ensure_built", "model_seed", "is_built", "ASSETS"]
+__all__ = ["build", "ensure_built", "is_built", "model_seed"]

@@ -35,7 +35,7 @@ class ClassifierSettings:
     expert_lr: float = 2e-3
 
     @classmethod
-    def reduced(cls) -> "ClassifierSettings":
+    def reduced(cls) -> ClassifierSettings:
         return cls(hidden=16, layers=1, base_steps=6, expert_steps=dict.fromkeys(LABELS, 4), batch=16)
 
 
@@ -138,5 +138,11 @@ def save_classifier(model, tokenizer: PreTrainedTokenizerFast, folder: Path) -> 
     tokenizer.save_pretrained(folder)
 
 
-__all__ = ["ClassifierSettings", "build_tokenizer", "train_base", "train_expert", "save_classifier",
-           "random_sentence"]
+__all__ = [
+    "ClassifierSettings",
+    "build_tokenizer",
+    "random_sentence",
+    "save_classifier",
+    "train_base",
+    "train_expert",
+]

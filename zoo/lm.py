@@ -48,7 +48,7 @@ class LMSettings:
     expert_lr: float = 2e-3
 
     @classmethod
-    def reduced(cls) -> "LMSettings":
+    def reduced(cls) -> LMSettings:
         return cls(hidden=32, layers=2, base_steps=12, expert_steps={"math": 8, "japanese": 8, "strings": 8}, batch=16)
 
 
