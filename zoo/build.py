@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 from transformers import BertForPreTraining, MistralForCausalLM
+from transformers.utils import logging as hf_logging
 
 from . import classifier, lm
 from .classifier_tasks import classifier_split
@@ -130,6 +131,8 @@ def build(out: Path = ZOO_DIR, *, tasks_out: Path | None = None, reduced: bool =
     total = sum(_steps_needed(_settings(n, reduced), todo) for n, todo in plan.items())
     steps = _Steps(total, progress)
     timings = {}
+    hf_bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # transformers' per-save bars would break up the build's single bar
     try:
         for name, todo in plan.items():
             if not todo:
@@ -140,6 +143,8 @@ def build(out: Path = ZOO_DIR, *, tasks_out: Path | None = None, reduced: bool =
             timings[name] = round(time.perf_counter() - t0, 1)
     finally:
         steps.close()
+        if hf_bars:
+            hf_logging.enable_progress_bar()
     record = {"seed": seed, "reduced": reduced, "built": plan, "seconds": timings,
               "total_seconds": round(time.perf_counter() - started, 1)}
     if progress:
