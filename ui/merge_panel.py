@@ -186,15 +186,15 @@ def build(config: HostConfig) -> MergePanel:
                       settings)
 
 
-def weight_updates(session: Session | None) -> list[Any]:
-    """One visible slider per source, labelled and set to the session's starting weights."""
+def weight_updates(session: Session | None, values: bool = True) -> list[Any]:
+    """One visible slider per source, labelled (and, with `values`, set to the session's starting weights)."""
     sources = session.sources if session else []
     start = session.merge_settings.weights if session and session.merge_settings else []
     updates = []
     for i in range(MAX_SOURCES):
         if i < len(sources):
             value = start[i] if i < len(start) else 0.5
-            updates.append(gr.update(visible=True, label=f"{sources[i].label}", value=value))
+            updates.append(gr.update(visible=True, label=f"{sources[i].label}", **({"value": value} if values else {})))
         else:
             updates.append(gr.update(visible=HIDDEN))
     return updates

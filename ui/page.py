@@ -71,18 +71,16 @@ def build_page(config: HostConfig) -> gr.Blocks:
 
 def _sync_on_open(merge_tab: gr.Tab, state: gr.State, merge: merge_panel.MergePanel, chat: chat_panel.ChatPanel
                   ) -> None:
-    # Opening Merge shows the session's sources and settings again: an update that lands while the tab is being
-    # opened can be dropped by the page, and this makes the controls right whenever the user looks at them.
-    specs = merge_panel.param_specs()
-
+    # Opening Merge shows one slider per current source (the models may have been chosen through the API, or the
+    # page-load check may still have been running when the page drew them). Values the user set are left alone.
     def sync(session: Session | None) -> list[Any]:
         if session is None or session.base is None:
-            return [gr.update()] * (3 + len(merge.weights) + len(specs))
-        return [*merge_panel.session_control_updates(session, specs),
+            return [gr.update()] * (len(merge.weights) + 1)
+        return [*merge_panel.weight_updates(session, values=False),
                 gr.update(choices=chat_panel.compare_choices(session))]
 
-    merge_tab.select(sync, state, [merge.method, merge.help, *merge.weights, *merge.params.values(),
-                                   chat.compare_label], api_visibility="private", show_progress="hidden")
+    merge_tab.select(sync, state, [*merge.weights, chat.compare_label], api_visibility="private",
+                     show_progress="hidden")
 
 
 def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, models: models_panel.ModelsPanel,
@@ -154,7 +152,7 @@ def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, models: models_p
     def cancel_merge(session: Session) -> str:
         if session is not None:
             session.cancel.set()
-        return "Cancelled: nothing was written."
+        return "Cancel requested: a merge in progress stops and leaves nothing behind."
 
     merge.cancel.click(cancel_merge, state, merge.status, cancels=[folder_event], api_name="cancel_merge")
     # `input` fires only on the user's own moves (drag or typed number), not when the page sets values.
