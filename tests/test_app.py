@@ -264,3 +264,31 @@ def test_merge_to_folder_streams_progress_and_cancels_cleanly(config, monkeypatc
     timer.cancel()
     assert "cancel" in str(error.value).lower()
     assert not (session.merged_folder(config.models_dir, "cancelled")).exists()
+
+
+def test_guarded_handlers_show_messages_not_tracebacks(hosted):
+    import gradio as gr
+
+    from ui.feedback import guarded
+
+    def user_mistake():
+        raise SourceError(f"Model folder {APP_ROOT}/models/x does not exist: give the folder with config.json.")
+
+    def bug():
+        raise KeyError("boom")
+
+    def streaming():
+        yield "first"
+        raise TaskSetError("tasks.jsonl:3 is not valid JSON")
+
+    with pytest.raises(gr.Error) as error:
+        guarded(hosted, "test")(user_mistake)()
+    assert "does not exist" in error.value.message and str(APP_ROOT) not in error.value.message
+    with pytest.raises(gr.Error) as error:
+        guarded(hosted, "test")(bug)()
+    assert "Something went wrong" in error.value.message and "Traceback" not in error.value.message
+    wrapped = guarded(hosted, "test")(streaming)
+    stream = wrapped()
+    assert next(stream) == "first"
+    with pytest.raises(gr.Error, match="tasks.jsonl:3"):
+        next(stream)
