@@ -52,12 +52,12 @@ def test_preflight_merge_chat_evaluate(client):
     assert _text(compare[-1]["content"]), "the comparison model answered nothing"
     assert len(job.outputs()) >= 2, "the answer arrived in one piece, not streamed"
 
-    status, chart, table, downloads = client.predict(None, 5, api_name="/evaluate")
+    status, _chart, table, downloads = client.predict(None, 5, api_name="/evaluate")
     assert "Evaluated" in status
     assert "| math | math |" in table and "japanese_math" in table
     names = sorted(Path(f).name for f in downloads)
     assert names == ["recipe.yaml", "results.csv", "results.json"]
-    results = json.loads(Path([f for f in downloads if f.endswith(".json")][0]).read_text(encoding="utf-8"))
+    results = json.loads(Path(next(f for f in downloads if f.endswith(".json"))).read_text(encoding="utf-8"))
     assert results["recipe"]["merge_method"] == "ties" and set(results["tasks"]) >= {"math", "japanese"}
 
 
@@ -132,7 +132,7 @@ def test_missing_local_folder(app_url):
 
 
 def test_sweep_and_interference(client):
-    best, chart, files = client.predict("ties", "0.5,1.0", "0.5,1.0", "accuracy", 5, None, api_name="/sweep")
+    best, _chart, files = client.predict("ties", "0.5,1.0", "0.5,1.0", "accuracy", 5, None, api_name="/sweep")
     assert "**Best**: ties at weight" in best and "4 points" in best
     assert sorted(Path(f).suffix for f in files) == [".csv", ".json", ".yaml"]
     cosine, conflicts, kept = client.predict(0.5, api_name="/interference")
