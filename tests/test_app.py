@@ -194,6 +194,9 @@ def test_classify_shows_each_task_beside_its_teacher(config):
     assert rows[0][3] == "✓"
     with pytest.raises(MergeLabError, match="Type a sentence"):
         classify_panel.classify(session, config, "  ")
+    with pytest.raises(MergeLabError, match="recipe"):  # one folder cannot hold four heads: said, not crashed
+        export_panel.save_folder(session, config, "classifiers")
+    assert "merge_method: task_arithmetic" in export_panel.recipe_yaml(session)
 
 
 def test_export_folder_yaml_and_push_without_network(config, offline):

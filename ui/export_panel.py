@@ -44,6 +44,9 @@ def save_folder(session: Session, config: HostConfig, name: str, progress: Any =
     from ui.workspace import BASE_LABEL
 
     _require_merge(session)
+    if session.kind == "classifier":
+        raise MergeLabError("Classifier merges keep one head per task, and a model folder holds one: saving them is "
+                            "not supported yet. Download the recipe (mergekit YAML) instead.")
     out = session.merged_folder(config.models_dir, name or "merged")
     if session.merged_path is not None and session.merged_path == out:
         return _shown(config, out)
@@ -93,9 +96,9 @@ def push_to_hub(session: Session, config: HostConfig, repo_id: str, token: str, 
         raise MergeLabError("Give the repository as owner/name, e.g. your-name/my-merge.")
     if not (token or "").strip():
         raise MergeLabError("Paste a Hugging Face token with write access (Settings → Access Tokens).")
-    if session.merged_path is None:
-        raise MergeLabError("Save the merged folder first (Save folder), then push it.")
     require_hub("Pushing to the Hub")
+    if session.merged_path is None:
+        save_folder(session, config, "merged")
     from huggingface_hub import HfApi
 
     api = HfApi(token=token.strip())

@@ -192,6 +192,10 @@ def build(config: HostConfig) -> ModelsPanel:
 
     preset.input(apply_preset, preset, [preset_about, origin, family, experts, base, sources],
                  api_visibility="private")
+    # The report speaks of the models last checked: once the choice changes, say so instead of showing it.
+    gr.on([preset.input, origin.input, family.input, experts.input, base.input, sources.input],
+          lambda: "*The choice changed: press **Check models** to check it.*", None, report,
+          api_visibility="private", show_progress="hidden")
 
     def show_origin(value: str):
         zoo = value == "Zoo"
