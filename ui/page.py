@@ -38,7 +38,9 @@ def _session(state: Session | None) -> Session:
 def build_page(config: HostConfig) -> gr.Blocks:
     delete = (lambda s: close_session(s, config.models_dir)) if config.hosted else (lambda s: close_session(s))
     with gr.Blocks(title=TITLE) as demo:
-        state = gr.State(None, time_to_live=4 * 3600, delete_callback=delete)
+        # Freed when the tab closes (gradio keeps a closed tab's state an hour); no time limit while it is open,
+        # since the session is changed in place and a time_to_live would count from its creation.
+        state = gr.State(None, delete_callback=delete)
         state.value = FreshSession()  # set after construction, which would deep-copy it into a Session already
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         # Tabs render their children up front: the Models tab updates controls in Merge and Chat before they open.
