@@ -41,8 +41,9 @@ BASE = "base"
 class FamilyBench:
     """One zoo family loaded once: experts, evaluator (expert outputs cached), LiveMerger, unlabeled inputs."""
 
-    def __init__(self, family: zoo.Family) -> None:
+    def __init__(self, family: zoo.Family, offset: int = 0) -> None:
         self.family = family
+        self.offset = offset  # skip this many unlabeled inputs per expert (a second draw of the data)
         self.experts = {name: load_model(path, dtype="float32") for name, path in family.experts.items()}
         self.evaluator = Evaluator(load_tasks(family.tasks), self.experts)
         self.evaluator.expert_predictions()
@@ -55,9 +56,13 @@ class FamilyBench:
     def inputs(self, per_task: int) -> dict[str, list[str]]:
         """The first `per_task` unlabeled inputs of each expert (all it has where it has fewer)."""
         out: dict[str, list[str]] = {e: [] for e in self.family.experts}
+        seen: dict[str, int] = dict.fromkeys(self.family.experts, 0)
         for row in self.unlabeled:
-            if row.get("expert") in out and len(out[row["expert"]]) < per_task:
-                out[row["expert"]].append(row.get("prompt", row.get("text")))
+            expert = row.get("expert")
+            if expert in out:
+                seen[expert] += 1
+                if seen[expert] > self.offset and len(out[expert]) < per_task:
+                    out[expert].append(row.get("prompt", row.get("text")))
         return out
 
     def short_of(self, per_task: int) -> str:
@@ -108,8 +113,11 @@ def row(family: str, label: str, scores: dict, extra: str = "") -> str:
     return line
 
 
-def run_main(bench: FamilyBench, steps: int, examples: int, results: dict) -> None:
+def run_main(bench: FamilyBench, steps: int, examples: int, results: dict, baselines: bool = True) -> None:
     name = bench.family.name
+    if not baselines:  # data-free merges do not depend on the unlabeled draw
+        results[name] = {"learned": run_learned(bench, steps, examples)}
+        return
     base = bench.task_arithmetic(0.0)
     row(name, "base (no task vectors)", base)
     ta = {w: bench.task_arithmetic(w) for w in TA_GRID}
@@ -120,16 +128,20 @@ def run_main(bench: FamilyBench, steps: int, examples: int, results: dict) -> No
     best_d = max(ties, key=lambda d: ties[d]["agreement"])
     row(name, f"TIES, best density={best_d}", ties[best_d],
         "grid " + ", ".join(f"{d}: {fmt(s['agreement'])}" for d, s in ties.items()))
+    results[name] = {"base": base, "task_arithmetic": ta, "ties": ties, "learned": run_learned(bench, steps, examples),
+                     "steps": steps, "examples": examples}
+
+
+def run_learned(bench: FamilyBench, steps: int, examples: int) -> dict:
     learned = {}
     for label, method, kwargs in [("AdaMerging (layer-wise)", "adamerging", {}),
                                   ("SAMerging (ASAM ρ=0.07, true)", "samerging", {}),
                                   ("SAMerging, repo mode (= Adam on KL)", "samerging", {"sam_mode": "repo"})]:
         s = bench.learned(method, examples, steps, **kwargs)
         learned[label] = s
-        row(name, label, s, f"{s['learn_seconds']} s; loss {s['loss_first']:.3f}→{s['loss_last']:.3f}; "
-                            f"mean λ per task {s['lambda_mean']}")
-    results[name] = {"base": base, "task_arithmetic": ta, "ties": ties, "learned": learned,
-                     "steps": steps, "examples": examples}
+        row(bench.family.name, label, s, f"{s['learn_seconds']} s; loss {s['loss_first']:.3f}→{s['loss_last']:.3f}; "
+                                         f"mean λ per task {s['lambda_mean']}")
+    return learned
 
 
 def run_ablations(bench: FamilyBench, steps: int, results: dict) -> None:
@@ -168,6 +180,8 @@ def main() -> None:
     parser.add_argument("--family", choices=("lm", "classifier", "all"), default="all")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--examples", type=int, default=16)
+    parser.add_argument("--offset", type=int, default=0, help="skip this many unlabeled inputs per expert")
+    parser.add_argument("--skip-baselines", action="store_true", help="main: learned methods only")
     parser.add_argument("--json", default=None, help="write all scores to this file")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -179,9 +193,9 @@ def main() -> None:
     for fname, family in zoo.families().items():
         if args.family not in ("all", fname):
             continue
-        bench = FamilyBench(family)
+        bench = FamilyBench(family, offset=args.offset)
         if args.mode == "main":
-            run_main(bench, args.steps, args.examples, results)
+            run_main(bench, args.steps, args.examples, results, baselines=not args.skip_baselines)
         elif args.mode == "variants":
             run_variants(bench, args.steps, args.examples, results)
         else:
