@@ -210,7 +210,21 @@ def download_from_hub(repo_id: str, *, allow_pickle: bool = False, cache_dir: st
             ) from exc
         raise SourceError(f"Could not download {repo_id!r} from the Hugging Face Hub: {exc}. Check the id, and "
                           "for a gated or private model log in (hf auth login).") from exc
-    return Path(folder)
+    folder = Path(folder)
+    if not allow_pickle and not any(folder.glob("*.safetensors")) and _hub_has_pickle_weights(repo_id):
+        raise SourceError(f"{repo_id!r} on the Hub has only pickle weights (*.bin). Pickle files can run code when "
+                          "loaded: choose a repository with safetensors, or opt in with allow_pickle "
+                          "(--allow-pickle); they are then loaded with torch.load(weights_only=True).")
+    return folder
+
+
+def _hub_has_pickle_weights(repo_id: str) -> bool:
+    from huggingface_hub import HfApi
+
+    try:
+        return any(f.endswith(".bin") for f in HfApi().list_repo_files(repo_id))
+    except Exception:  # noqa: BLE001 - only used to word the error better
+        return False
 
 
 def read_safetensors_header(file: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
