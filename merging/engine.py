@@ -347,6 +347,9 @@ def _write_side_files(inputs: MergeInputs, folder: Path, out_dtype: torch.dtype,
     for name in TOKENIZER_FILES:
         if (tok_path / name).is_file():
             shutil.copy2(tok_path / name, folder / name)
+    template = getattr(recipe, "chat_template", None)
+    if template and "{" in template:  # a Jinja template written into the recipe replaces the copied one
+        (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
     donor_path = inputs.donor.path
     if (donor_path / "generation_config.json").is_file():
         shutil.copy2(donor_path / "generation_config.json", folder / "generation_config.json")

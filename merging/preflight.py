@@ -82,6 +82,7 @@ def preflight(recipe: Any, out_dir: str | os.PathLike | None = None, device: str
         _check_vocabulary(inputs, report)
         _check_tokenizers(inputs, report)
         _check_dtypes(inputs, report)
+        _check_chat_template(inputs, report)
         _check_resources(inputs, report, out_dir, device)
     return report
 
@@ -209,6 +210,13 @@ def _check_dtypes(inputs: MergeInputs, report: PreflightReport) -> None:
         listed = ", ".join(f"`{r}`: {d}" for r, d in dtypes.items())
         report.warnings.append(f"Input dtypes differ ({listed}); each tensor is computed in the wider of them. Set "
                                "`dtype:` (and `out_dtype:`) in the recipe to choose.")
+
+
+def _check_chat_template(inputs: MergeInputs, report: PreflightReport) -> None:
+    template = getattr(inputs.recipe, "chat_template", None)
+    if template and "{" not in template:
+        report.warnings.append(f"chat_template {template!r} is a name; only a Jinja template written into the recipe "
+                               f"is applied, so the output keeps `{inputs.tokenizer_ref}`'s chat template.")
 
 
 def _check_resources(inputs: MergeInputs, report: PreflightReport, out_dir: Any, device: str) -> None:

@@ -228,3 +228,11 @@ def test_engine_equals_live_merger(fam, tmp_path, method):
     live = LiveMerger(read_folder(fam["base"]), {str(fam["a"]): read_folder(fam["a"]),
                                                  str(fam["b"]): read_folder(fam["b"])}, num_layers=2)
     assert_same(read_folder(tmp_path / method), live.merge(recipe, seed=3))
+
+
+def test_recipe_chat_template_replaces_the_copied_one(fam, tmp_path):
+    template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+    recipe = ta_recipe(fam)
+    recipe.chat_template = template
+    merge_to_folder(recipe, tmp_path / "templated")
+    assert (tmp_path / "templated" / "chat_template.jinja").read_text() == template
