@@ -236,3 +236,19 @@ def test_recipe_chat_template_replaces_the_copied_one(fam, tmp_path):
     recipe.chat_template = template
     merge_to_folder(recipe, tmp_path / "templated")
     assert (tmp_path / "templated" / "chat_template.jinja").read_text() == template
+
+
+def test_tokenizer_source_model_pads_vocabulary_rows_from_it(fam, tmp_path):
+    recipe = load_recipe(
+        f"merge_method: task_arithmetic\nbase_model: {fam['base']}\ntokenizer_source: {fam['vocab100']}\nmodels:\n"
+        f"  - model: {fam['a']}\n    parameters: {{weight: 1.0}}\n"
+        f"  - model: {fam['vocab100']}\n    parameters: {{weight: 0.0}}\n"
+    )
+    out = tmp_path / "vocab100"
+    merge_to_folder(recipe, out)
+    merged, expert, donor = read_folder(out), read_folder(fam["a"]), read_folder(fam["vocab100"])
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        assert merged[name].shape == (100, 32)
+        assert torch.equal(merged[name][:96], expert[name])  # the shared rows: exactly expert a
+        assert torch.equal(merged[name][96:], donor[name][96:])  # new rows: the tokenizer model's, no task vector
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == 100
