@@ -25,10 +25,11 @@ from typing import Any
 import torch
 
 from merging.errors import CompatibilityError, MergeCancelled, MergeLabError
-from merging.inputs import MergeInputs, fit_rows, is_vocab_mismatch, open_inputs
+from merging.inputs import MergeInputs, TaskHeads, fit_rows, is_vocab_mismatch, open_inputs, task_heads
 from merging.shards import PlannedTensor, ShardWriter, parse_size, plan_shards
 
 RECIPE_FILE = "mergelab_recipe.yaml"
+TASKS_DIR = "tasks"  # per-task folders (merged tensors + one expert's head) when the experts have their own heads
 MERGEKIT_RECIPE_FILE = "mergekit_config.yml"
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.model",
@@ -75,6 +76,8 @@ class MergeResult:
     # Busy seconds per stage (they overlap): "read" (reader thread), "merge" (method functions), "write" (writer,
     # including the cast to the output dtype on the CPU).
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    # Per-task heads: task name -> its loadable folder OUT_DIR/tasks/<task> (merged tensors + that expert's head).
+    tasks: dict[str, Path] = field(default_factory=dict)
 
 
 ProgressFn = Callable[[MergeProgress], None]
@@ -123,13 +126,19 @@ def merge_to_folder(
             notes = _run_pipeline(inputs, plan, shards, temp, device=device, seed=seed, progress=progress,
                                   cancel=cancel, started=started, stages=stages)
             out_dtype = _dominant_dtype(plan)
+            heads = task_heads(inputs)
+            if heads is not None:
+                tasks = _write_task_folders(inputs, heads, plan, shards, temp, out_dtype, max_shard, cancel)
+                notes.append(f"Per-task heads are not merged: each task is read through its own head, in "
+                             f"{TASKS_DIR}/<task>/ ({', '.join(tasks)}).")
             _write_side_files(inputs, temp, out_dtype, recipe)
         _move_into_place(temp, out, overwrite)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
+    tasks = {name: out / TASKS_DIR / name for name in (heads.tasks.values() if heads is not None else ())}
     return MergeResult(
-        out_dir=out, files=sorted(p.name for p in out.iterdir()), num_tensors=len(plan),
+        out_dir=out, files=sorted(p.name for p in out.iterdir()), num_tensors=len(plan), tasks=tasks,
         bytes_read=sum(p.bytes_read for p in plan), bytes_written=sum(p.planned.nbytes for p in plan),
         seconds=time.perf_counter() - started, device=device, out_dtype=_dtype_name(out_dtype), notes=notes,
         stage_seconds={k: round(v, 3) for k, v in stages.items()},
@@ -151,8 +160,16 @@ def plan_outputs(inputs: MergeInputs) -> list[TensorPlan]:
     recipe = inputs.recipe
     fixed_dtype = _torch_dtype(getattr(recipe, "out_dtype", None) or getattr(recipe, "dtype", None))
     refs = inputs.refs_read_per_tensor()
+    heads = task_heads(inputs)
+    shared = set(heads.shared) if heads is not None else None
     plan = []
     for name in inputs.donor.tensor_names():
+        if shared is not None and name not in shared:  # only the base has it (its own head): copied, not merged
+            dtype = inputs.donor.dtype(name)
+            out_dtype = fixed_dtype if fixed_dtype is not None and dtype.is_floating_point else dtype
+            plan.append(TensorPlan(PlannedTensor(name, tuple(inputs.donor.shape(name)), out_dtype), False,
+                                   inputs.donor.nbytes(name)))
+            continue
         dtypes = [inputs.sources[r].dtype(name) for r in refs]
         floating = all(d.is_floating_point for d in dtypes)
         shape = inputs.donor.shape(name)
@@ -366,6 +383,73 @@ def _write_side_files(inputs: MergeInputs, folder: Path, out_dtype: torch.dtype,
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def _write_task_folders(inputs: MergeInputs, heads: TaskHeads, plan: list[TensorPlan], shards: list, folder: Path,
+                        out_dtype: torch.dtype, max_shard: int, cancel: CancelFlag) -> list[str]:
+    """For each expert with tensors of its own: `folder/tasks/<task>/`, a complete model of the expert's class holding
+    the merged shared tensors (read back from the shards just written, one at a time) and the expert's own tensors
+    (its head), with the expert's config and tokenizer. Returns the task names."""
+    from safetensors import safe_open
+
+    fixed = _torch_dtype(getattr(inputs.recipe, "out_dtype", None) or getattr(inputs.recipe, "dtype", None))
+    planned = {p.planned.name: p.planned for p in plan}
+    written_in = {t.name: shard.filename for shard in shards for t in shard.tensors}
+    handles: dict[str, Any] = {}
+    names = []
+    for ref, own in heads.own.items():
+        expert, name = inputs.sources[ref], heads.tasks[ref]
+        task_dir = folder / TASKS_DIR / name
+        task_dir.mkdir(parents=True)
+        tensors = [planned[n] for n in heads.shared]
+        for n in own:
+            dtype = expert.dtype(n)
+            tensors.append(PlannedTensor(n, tuple(expert.shape(n)),
+                                         fixed if fixed is not None and dtype.is_floating_point else dtype))
+        task_shards = plan_shards(tensors, max_shard)
+        writer = ShardWriter(task_dir, task_shards, metadata={"merged_by": "mergelab", "task": name})
+        try:
+            for shard in task_shards:
+                for t in shard.tensors:
+                    if _cancelled(cancel):
+                        raise MergeCancelled("Merge cancelled; no output folder was written.")
+                    if t.name in written_in:
+                        file = written_in[t.name]
+                        if file not in handles:
+                            handles[file] = safe_open(str(folder / file), framework="pt")
+                        tensor = handles[file].get_tensor(t.name)
+                    else:
+                        tensor = expert.get(t.name).to(t.dtype)
+                    writer.write(t.name, tensor)
+            writer.finish()
+        finally:
+            writer.close()
+        _write_task_side_files(inputs, ref, name, task_dir, out_dtype)
+        names.append(name)
+    handles.clear()
+    return names
+
+
+def _write_task_side_files(inputs: MergeInputs, ref: str, name: str, folder: Path, out_dtype: torch.dtype) -> None:
+    """The expert's tokenizer (the tokenizer donor's when vocabulary rows were resolved to it), a short card, and
+    the expert's config (labels and head class) last."""
+    expert = inputs.sources[ref]
+    tok_path = inputs.tokenizer_donor.path if inputs.resolve_vocab else expert.path
+    for file in TOKENIZER_FILES:
+        if (tok_path / file).is_file():
+            shutil.copy2(tok_path / file, folder / file)
+    (folder / "README.md").write_text(
+        "---\nlibrary_name: transformers\ntags:\n- mergelab\n- merge\n---\n"
+        f"# Merged model, read through the `{name}` head\n\nThe merged shared tensors of the model two folders up "
+        f"(see its README.md for the recipe) with the head of `{ref}`, which is not merged, and that model's config "
+        "and labels.\n", encoding="utf-8")
+    config = dict(expert.config)
+    config["dtype"] = _dtype_name(out_dtype)
+    if "torch_dtype" in config:
+        config["torch_dtype"] = _dtype_name(out_dtype)
+    if inputs.resolve_vocab and inputs.tokenizer_donor.vocab_size is not None and "vocab_size" in config:
+        config["vocab_size"] = inputs.tokenizer_donor.vocab_size
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def model_card(inputs: MergeInputs, recipe_yaml: str) -> str:
     recipe = inputs.recipe
     models = "\n".join(f"- {ref}" for ref in dict.fromkeys(e.model for e in recipe.models))
@@ -373,9 +457,25 @@ def model_card(inputs: MergeInputs, recipe_yaml: str) -> str:
     return (
         "---\nlibrary_name: transformers\ntags:\n- mergelab\n- merge\n---\n"
         f"# Merged model\n\nMade with MergeLab using the `{recipe.merge_method}` method{base}.\n\n"
-        f"## Models merged\n\n{models}\n\n## Recipe\n\nThe recipe (also in `{RECIPE_FILE}`; mergekit accepts it):\n\n"
+        f"## Models merged\n\n{models}\n\n{_tasks_section(inputs)}## Recipe\n\nThe recipe (also in `{RECIPE_FILE}`; mergekit accepts it):\n\n"
         f"```yaml\n{recipe_yaml.rstrip()}\n```\n"
     )
+
+
+def _tasks_section(inputs: MergeInputs) -> str:
+    heads = task_heads(inputs)
+    if heads is None:
+        return ""
+    rows = "\n".join(f"- `{TASKS_DIR}/{heads.tasks[ref]}/`: read through the head of `{ref}` "
+                      f"({', '.join(f'`{n}`' for n in names) or 'no tensors of its own'})"
+                      for ref, names in heads.heads.items() if ref in heads.own)
+    base_only = (f" Tensors only the base has ({', '.join(f'`{n}`' for n in heads.base_only)}) are the base's, "
+                 "unchanged." if heads.base_only else "")
+    return (f"## Per-task heads\n\nThe experts have their own heads, which are not merged: task t is read through its "
+            f"own head. This folder holds the {len(heads.shared)} merged tensors every model shares, with the base's "
+            f"config.{base_only} Each task has a complete folder with the merged tensors, its head, its config "
+            f"(labels) and its tokenizer; load it with `AutoModelForSequenceClassification.from_pretrained`:\n\n"
+            f"{rows}\n\n")
 
 
 def _move_into_place(temp: Path, out: Path, overwrite: bool) -> None:

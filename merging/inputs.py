@@ -9,7 +9,9 @@ Shared by the pre-flight check (which reports problems) and the engine (which me
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -140,3 +142,90 @@ def fit_rows(tensor: torch.Tensor, donor: torch.Tensor) -> torch.Tensor:
     if tensor.shape[0] >= rows:
         return tensor[:rows]
     return torch.cat([tensor, donor[tensor.shape[0]:].to(tensor.dtype)], dim=0)
+
+
+# --- per-task heads (a base plus classifiers fine-tuned from it, each with its own head) ------------------------
+
+HEAD_CLASSES = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering",
+                "ForMultipleChoice")
+_LAYER_TENSOR = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.\d+\.")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass
+class TaskHeads:
+    """The GLUE-teachers layout: experts of a head class (`*ForSequenceClassification`, ...) fine-tuned from a base of
+    the same model type. Tensors every input has are merged; the rest are never merged."""
+
+    shared: list[str]  # tensors every input has: merged (in the base's order)
+    base_only: list[str]  # base tensors some expert lacks (e.g. a pretraining head): copied from the base
+    heads: dict[str, list[str]]  # expert ref -> its tensors the base lacks (its head)
+    own: dict[str, list[str]]  # expert ref -> every tensor of it that is not merged (head + anything not shared)
+    tasks: dict[str, str]  # expert ref -> task name (folder name of the expert; unique, safe as a folder name)
+
+
+def task_name(ref: str, path: Path | None = None) -> str:
+    """A task's name: the expert's folder name for a local folder, the repository name for a Hub id."""
+    local = Path(ref).expanduser()
+    name = local.name if local.exists() or path is None else ref.rstrip("/").rsplit("/", 1)[-1]
+    return _UNSAFE.sub("_", name).strip("._") or "task"
+
+
+def task_heads(inputs: MergeInputs) -> TaskHeads | None:
+    if "_task_heads" not in inputs.__dict__:  # headers only, but asked by several checks: worked out once
+        inputs.__dict__["_task_heads"] = _find_task_heads(inputs)
+    return inputs.__dict__["_task_heads"]
+
+
+def _find_task_heads(inputs: MergeInputs) -> TaskHeads | None:
+    """The per-task-heads layout when the models have it, else None (then the ordinary checks apply): a base; every
+    model of the base's `model_type` and depth; a model whose tensors differ from the base's is of a head class
+    other than the base's; the tensors it shares with the base have the base's shapes (vocabulary rows aside);
+    and the tensors it lacks or adds lie outside the numbered layers (heads, not missing layers or adapters)."""
+    if inputs.base_ref is None:
+        return None
+    base = inputs.base
+    base_names = base.tensor_names()
+    base_set = set(base_names)
+    model_type = base.config.get("model_type")
+    others = {ref: src for ref, src in inputs.sources.items() if ref != inputs.base_ref}
+    if not model_type or not others:
+        return None
+    heads: dict[str, list[str]] = {}
+    any_difference = False
+    for ref, src in others.items():
+        names = set(src.tensor_names())
+        if names == base_set and src.architecture == base.architecture:
+            continue
+        any_difference = True
+        arch = src.architecture or ""
+        if (src.config.get("model_type") != model_type or arch == base.architecture
+                or not arch.endswith(HEAD_CLASSES) or src.num_layers != base.num_layers):
+            return None
+        extra, missing = names - base_set, base_set - names
+        if any(_LAYER_TENSOR.search(n) for n in extra | missing):
+            return None
+        if any(src.shape(n) != base.shape(n) and not is_vocab_mismatch(inputs, n) for n in names & base_set):
+            return None
+        if not names & base_set:
+            return None
+        heads[ref] = sorted(extra)
+    if not any_difference:
+        return None
+    other_names = [set(src.tensor_names()) for src in others.values()]
+    shared = [n for n in base_names if all(n in names for names in other_names)]
+    shared_set = set(shared)
+    taken: set[str] = set()
+    tasks: dict[str, str] = {}
+    own: dict[str, list[str]] = {}
+    for ref in heads:
+        src = others[ref]
+        own[ref] = [n for n in src.tensor_names() if n not in shared_set]
+        name = task_name(ref, src.path)
+        unique, k = name, 2
+        while unique in taken:
+            unique, k = f"{name}-{k}", k + 1
+        taken.add(unique)
+        tasks[ref] = unique
+    return TaskHeads(shared=shared, base_only=[n for n in base_names if n not in shared_set], heads=heads, own=own,
+                     tasks=tasks)

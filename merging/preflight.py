@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from merging.errors import MergeLabError
-from merging.inputs import MergeInputs, is_vocab_mismatch, open_inputs
+from merging.inputs import MergeInputs, is_vocab_mismatch, open_inputs, task_heads
 
 # Merge throughput (input bytes read per second, reading + merging + writing overlapped), measured with
 # bench/bench_engine.py on a contended 2-core CPU (see docs/benchmarks.md); deliberately on the slow side.
@@ -134,7 +134,10 @@ def _role(inputs: MergeInputs, ref: str) -> str:
 
 def _check_architecture(inputs: MergeInputs, report: PreflightReport) -> None:
     archs = {ref: src.architecture for ref, src in inputs.sources.items()}
-    if len(set(archs.values())) > 1:
+    heads = task_heads(inputs)
+    if heads is not None:
+        _report_task_heads(inputs, heads, report)
+    elif len(set(archs.values())) > 1:
         listed = "; ".join(f"`{ref}` is {arch}" for ref, arch in archs.items())
         report.error(f"Architectures differ ({listed}). Merging needs models of one architecture fine-tuned from the "
                      "same base: choose models that share it.")
@@ -144,14 +147,34 @@ def _check_architecture(inputs: MergeInputs, report: PreflightReport) -> None:
         report.error(f"Layer counts differ ({listed}); models must have the same depth to be merged tensor by tensor.")
 
 
+def _report_task_heads(inputs: MergeInputs, heads: Any, report: PreflightReport) -> None:
+    """Experts with their own heads over a shared base (the GLUE-teachers case): a fact and a warning, not an error."""
+    listed = "; ".join(f"task `{heads.tasks[ref]}` (`{ref}`, {inputs.sources[ref].architecture}): "
+                       f"{_listed(names) or 'no tensors of its own'}" for ref, names in heads.heads.items())
+    base_only = (f" Tensors only the base has ({_listed(heads.base_only)}) are copied from it unchanged."
+                 if heads.base_only else "")
+    report.warnings.append(
+        f"Per-task heads, not merged: task t is read through its own head ({listed}). The {len(heads.shared)} "
+        "tensors every model shares are merged into the output folder (the base's architecture), and each task gets "
+        f"a loadable folder `tasks/<task>/` with the merged tensors, its own head, config and tokenizer.{base_only}"
+    )
+    report.facts["per_task_heads"] = {
+        heads.tasks[ref]: {"model": ref, "architecture": inputs.sources[ref].architecture, "heads": names}
+        for ref, names in heads.heads.items()
+    }
+
+
 def _check_tensors(inputs: MergeInputs, report: PreflightReport) -> None:
     donor = inputs.donor
     donor_names = set(donor.tensor_names())
+    heads = task_heads(inputs)
     for ref, src in inputs.sources.items():
         if ref == inputs.donor_ref:
             continue
         names = set(src.tensor_names())
         missing, extra = sorted(donor_names - names), sorted(names - donor_names)
+        if heads is not None:  # heads and the base's own head: reported by _check_architecture, never merged
+            missing, extra = [], []
         if missing:
             report.error(f"`{ref}` lacks {len(missing)} tensor(s) that `{inputs.donor_ref}` has: {_listed(missing)}. "
                          "The models are not the same architecture variant; choose fine-tunes of the same base.")
@@ -237,6 +260,13 @@ def _check_resources(inputs: MergeInputs, report: PreflightReport, out_dir: Any,
         out_dtype = "/".join(dtypes)
         read_bytes = sum(p.bytes_read for p in plan)
         num_tensors = len(plan)
+        heads = task_heads(inputs)
+        if heads is not None:  # every task folder: the merged tensors again, plus the task's own tensors
+            shared = set(heads.shared)
+            shared_bytes = sum(p.planned.nbytes for p in plan if p.planned.name in shared)
+            for ref, own in heads.own.items():
+                out_bytes += shared_bytes + sum(inputs.sources[ref].nbytes(n) for n in own)
+                read_bytes += shared_bytes + sum(inputs.sources[ref].nbytes(n) for n in own)
     largest_numel = max((_numel(inputs.donor.shape(n)) for n in inputs.donor.tensor_names()), default=0)
     largest_in = max((src.nbytes(n) for src in inputs.sources.values() for n in src.tensor_names()), default=0)
     # In flight at once: input sets queued, being read and being merged; the method's float32 working copies
