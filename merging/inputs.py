@@ -10,7 +10,7 @@ Shared by the pre-flight check (which reports problems) and the engine (which me
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +162,9 @@ class TaskHeads:
     heads: dict[str, list[str]]  # expert ref -> its tensors the base lacks (its head)
     own: dict[str, list[str]]  # expert ref -> every tensor of it that is not merged (head + anything not shared)
     tasks: dict[str, str]  # expert ref -> task name (folder name of the expert; unique, safe as a folder name)
+    # Problems (the pre-flight check reports them as errors; the engine runs only without them):
+    foreign: list[str] = field(default_factory=list)  # models neither of the base's class nor a head class of its type
+    layer_gaps: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)  # ref -> (missing, added) in layers
 
 
 def task_name(ref: str, path: Path | None = None) -> str:
@@ -178,40 +181,42 @@ def task_heads(inputs: MergeInputs) -> TaskHeads | None:
 
 
 def _find_task_heads(inputs: MergeInputs) -> TaskHeads | None:
-    """The per-task-heads layout when the models have it, else None (then the ordinary checks apply): a base; every
-    model of the base's `model_type` and depth; a model whose tensors differ from the base's is of a head class
-    other than the base's; the tensors it shares with the base have the base's shapes (vocabulary rows aside);
-    and the tensors it lacks or adds lie outside the numbered layers (heads, not missing layers or adapters)."""
+    """The per-task-heads layout, or None when the models do not have it (then the ordinary checks apply). It needs
+    a base and at least one model of the base's `model_type` whose architecture is a head class other than the
+    base's (`BertForSequenceClassification` over `BertForPreTraining`). Tensors a model lacks or adds relative to the
+    base outside the numbered layers are heads; what else is wrong (`foreign` models, tensors missing or added
+    inside layers, shapes, depth) the pre-flight check reports as errors."""
     if inputs.base_ref is None:
         return None
     base = inputs.base
-    base_names = base.tensor_names()
-    base_set = set(base_names)
     model_type = base.config.get("model_type")
     others = {ref: src for ref, src in inputs.sources.items() if ref != inputs.base_ref}
-    if not model_type or not others:
+
+    def head_class(src: ModelSource) -> bool:
+        arch = src.architecture or ""
+        return (src.config.get("model_type") == model_type and arch != base.architecture
+                and arch.endswith(HEAD_CLASSES))
+
+    if not model_type or not any(head_class(src) for src in others.values()):
         return None
+    base_names = base.tensor_names()
+    base_set = set(base_names)
     heads: dict[str, list[str]] = {}
-    any_difference = False
+    foreign: list[str] = []
+    layer_gaps: dict[str, tuple[list[str], list[str]]] = {}
     for ref, src in others.items():
         names = set(src.tensor_names())
         if names == base_set and src.architecture == base.architecture:
             continue
-        any_difference = True
-        arch = src.architecture or ""
-        if (src.config.get("model_type") != model_type or arch == base.architecture
-                or not arch.endswith(HEAD_CLASSES) or src.num_layers != base.num_layers):
-            return None
+        if not head_class(src):
+            foreign.append(ref)
+            continue
         extra, missing = names - base_set, base_set - names
-        if any(_LAYER_TENSOR.search(n) for n in extra | missing):
-            return None
-        if any(src.shape(n) != base.shape(n) and not is_vocab_mismatch(inputs, n) for n in names & base_set):
-            return None
-        if not names & base_set:
-            return None
-        heads[ref] = sorted(extra)
-    if not any_difference:
-        return None
+        gaps = (sorted(n for n in missing if _LAYER_TENSOR.search(n)),
+                sorted(n for n in extra if _LAYER_TENSOR.search(n)))
+        if gaps[0] or gaps[1]:
+            layer_gaps[ref] = gaps
+        heads[ref] = sorted(n for n in extra if not _LAYER_TENSOR.search(n))
     other_names = [set(src.tensor_names()) for src in others.values()]
     shared = [n for n in base_names if all(n in names for names in other_names)]
     shared_set = set(shared)
@@ -228,4 +233,4 @@ def _find_task_heads(inputs: MergeInputs) -> TaskHeads | None:
         taken.add(unique)
         tasks[ref] = unique
     return TaskHeads(shared=shared, base_only=[n for n in base_names if n not in shared_set], heads=heads, own=own,
-                     tasks=tasks)
+                     tasks=tasks, foreign=foreign, layer_gaps=layer_gaps)

@@ -137,6 +137,13 @@ def _check_architecture(inputs: MergeInputs, report: PreflightReport) -> None:
     heads = task_heads(inputs)
     if heads is not None:
         _report_task_heads(inputs, heads, report)
+        if heads.foreign:
+            listed = "; ".join(f"`{ref}` is {archs[ref]} ({inputs.sources[ref].config.get('model_type')})"
+                               for ref in heads.foreign)
+            report.error(f"Architectures differ: the base `{inputs.base_ref}` is {archs[inputs.base_ref]} "
+                         f"({inputs.base.config.get('model_type')}), with per-task head models of its type, but "
+                         f"{listed}. Choose fine-tunes of this base (its own class, or a head class such as "
+                         f"{inputs.base.config.get('model_type')}'s *ForSequenceClassification).")
     elif len(set(archs.values())) > 1:
         listed = "; ".join(f"`{ref}` is {arch}" for ref, arch in archs.items())
         report.error(f"Architectures differ ({listed}). Merging needs models of one architecture fine-tuned from the "
@@ -173,8 +180,10 @@ def _check_tensors(inputs: MergeInputs, report: PreflightReport) -> None:
             continue
         names = set(src.tensor_names())
         missing, extra = sorted(donor_names - names), sorted(names - donor_names)
-        if heads is not None:  # heads and the base's own head: reported by _check_architecture, never merged
-            missing, extra = [], []
+        if heads is not None:  # heads, and the base's own head: reported by _check_architecture, never merged
+            if ref in heads.foreign:
+                continue  # reported as an architecture mismatch
+            missing, extra = heads.layer_gaps.get(ref, ([], []))
         if missing:
             report.error(f"`{ref}` lacks {len(missing)} tensor(s) that `{inputs.donor_ref}` has: {_listed(missing)}. "
                          "The models are not the same architecture variant; choose fine-tunes of the same base.")

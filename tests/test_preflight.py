@@ -113,3 +113,78 @@ def test_mixed_dtypes_warn_and_promote(models):
     assert any("dtypes differ" in w and "float32" in w for w in report.warnings)
     assert report.facts["output_dtype"] == "float32"  # bf16 with fp32 is computed and written in fp32
     assert not preflight(recipe(models["base"], models["a"], models["fp32"], extra="dtype: float32\n")).warnings
+
+
+# --- per-task heads: classifier experts over a shared base (the GLUE-teachers case) ----------------------------
+
+
+@pytest.fixture(scope="module")
+def classifiers():
+    import zoo
+
+    family = zoo.families()["classifier"]
+    if not family.base.is_dir():
+        pytest.skip("the zoo's classifier family is not built (python -m zoo build)")
+    return family
+
+
+def _altered_expert(src, dst, name, new_shape=None, drop=False):
+    """A copy of expert `src` whose tensor `name` is reshaped (zeros of `new_shape`) or dropped."""
+    shutil.copytree(src, dst)
+    state = load_file(dst / "model.safetensors")
+    if drop:
+        del state[name]
+    else:
+        state[name] = torch.zeros(new_shape, dtype=state[name].dtype)
+    save_file(state, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+def test_classifier_heads_are_a_warning_not_an_error(classifiers, tmp_path):
+    e = classifiers.experts
+    report = preflight(recipe(classifiers.base, e["sentiment"], e["topic"], e["question"], method="ties"),
+                       out_dir=tmp_path / "out")
+    assert report.ok, report.errors
+    heads = [w for w in report.warnings if "Per-task heads, not merged" in w]
+    assert len(heads) == 1 and "read through its own head" in heads[0]
+    assert "classifier.weight" in heads[0] and "tasks/<task>/" in heads[0]
+    assert not any("Architectures differ" in w for w in report.warnings)
+    facts = report.facts["per_task_heads"]
+    assert sorted(facts) == ["question", "sentiment", "topic"]
+    assert facts["topic"]["heads"] == ["classifier.bias", "classifier.weight"]
+    assert facts["topic"]["architecture"] == "BertForSequenceClassification"
+    # The output is the merged base-class folder plus one folder per task: more than the base alone.
+    base_bytes = report.facts["models"][str(classifiers.base)]["bytes"]
+    assert report.facts["output_bytes"] > 3 * base_bytes
+    assert report.facts["num_tensors"] == len(open_names(classifiers.base))
+    assert "Per-task heads" in report.to_markdown()
+    json.dumps(report.to_dict())
+
+
+def open_names(folder):
+    from merging.sources import open_model
+
+    with open_model(folder) as source:
+        return source.tensor_names()
+
+
+def test_classifier_with_a_differently_shaped_shared_tensor_is_refused(classifiers, tmp_path):
+    e = classifiers.experts
+    name = "bert.encoder.layer.0.intermediate.dense.weight"
+    wide = _altered_expert(e["topic"], tmp_path / "wide", name, new_shape=(100, 64))
+    report = preflight(recipe(classifiers.base, e["sentiment"], wide))
+    assert not report.ok
+    shape_errors = [x for x in report.errors if "shapes" in x]
+    assert shape_errors and f"{name} (128, 64) vs (100, 64)" in shape_errors[0]
+    assert len(report.errors) == 1  # the heads themselves are not blamed: only the shared tensor's shape
+
+
+def test_classifier_missing_a_layer_tensor_or_another_architecture_is_refused(classifiers, models, tmp_path):
+    e = classifiers.experts
+    name = "bert.encoder.layer.1.output.dense.weight"
+    holed = _altered_expert(e["topic"], tmp_path / "holed", name, drop=True)
+    report = preflight(recipe(classifiers.base, e["sentiment"], holed))
+    assert not report.ok and len(report.errors) == 1
+    assert "lacks 1 tensor" in report.errors[0] and name in report.errors[0] and "cls." not in report.errors[0]
+    mistral = preflight(recipe(classifiers.base, e["sentiment"], models["a"]))
+    assert not mistral.ok and any("Architectures differ" in x for x in mistral.errors)
