@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def readme_commands() -> list[str]:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S)]
+    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL)]
 
 
 def test_readme_opens_with_app_then_test_command():
