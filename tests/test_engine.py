@@ -252,3 +252,108 @@ def test_tokenizer_source_model_pads_vocabulary_rows_from_it(fam, tmp_path):
         assert torch.equal(merged[name][:96], expert[name])  # the shared rows: exactly expert a
         assert torch.equal(merged[name][96:], donor[name][96:])  # new rows: the tokenizer model's, no task vector
     assert json.loads((out / "config.json").read_text())["vocab_size"] == 100
+
+
+# --- per-task heads: classifier experts over a shared base (the GLUE-teachers case) ----------------------------
+
+SENTENCES = ["the film was not great", "is the pasta good", "we played football all day", "i love this"]
+
+
+@pytest.fixture(scope="module")
+def classifiers():
+    import zoo
+
+    family = zoo.families()["classifier"]
+    if not family.base.is_dir():
+        pytest.skip("the zoo's classifier family is not built (python -m zoo build)")
+    return family
+
+
+def heads_recipe(family, method="ties", experts=("sentiment", "topic", "question")):
+    lines = [f"merge_method: {method}", f"base_model: {family.base}", "models:"]
+    lines += [f"  - model: {family.experts[e]}\n    parameters: {{weight: 0.6, density: 0.5}}" for e in experts]
+    return load_recipe("\n".join(lines) + "\n")
+
+
+def test_classifier_heads_merge_to_per_task_folders_equal_to_the_live_path(classifiers, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from merging.live import LiveMerger
+
+    recipe = heads_recipe(classifiers)
+    out = tmp_path / "glue"
+    result = merge_to_folder(recipe, out, seed=1)
+    assert sorted(result.tasks) == ["question", "sentiment", "topic"]
+    assert sorted(p.name for p in (out / "tasks").iterdir()) == ["question", "sentiment", "topic"]
+    assert result.tasks["topic"] == out / "tasks" / "topic"
+    assert any("Per-task heads" in n for n in result.notes)
+
+    # The app's in-memory path: LiveMerger over the shared tensors, loaded into each expert's own model.
+    base = read_folder(classifiers.base)
+    experts = {str(classifiers.experts[t]): read_folder(classifiers.experts[t]) for t in result.tasks}
+    live = LiveMerger(base, experts, num_layers=2)
+    merged = live.merge(recipe, seed=1)
+    assert "classifier.weight" in live.unmerged_names
+
+    main = read_folder(out)
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["BertForPreTraining"]
+    assert_same({n: main[n] for n in merged}, merged)
+    for name in set(main) - set(merged):  # the base's own pretraining head: copied, not merged
+        assert name.startswith("cls.") and torch.equal(main[name], base[name]), name
+    card = (out / "README.md").read_text()
+    assert "tasks/sentiment/" in card and "tasks/topic/" in card and "own head" in card
+
+    for task in ("sentiment", "topic"):
+        folder, expert_dir = out / "tasks" / task, classifiers.experts[task]
+        config, expert_config = (json.loads((d / "config.json").read_text()) for d in (folder, expert_dir))
+        assert config["id2label"] == expert_config["id2label"] and config["architectures"] == expert_config[
+            "architectures"]
+        tensors = read_folder(folder)
+        assert torch.equal(tensors["classifier.weight"], experts[str(expert_dir)]["classifier.weight"])
+        assert_same({n: tensors[n] for n in merged}, merged)
+
+        saved = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        in_memory = AutoModelForSequenceClassification.from_pretrained(expert_dir).eval()
+        state = in_memory.state_dict()
+        assert set(merged) <= set(state)
+        with torch.no_grad():
+            for name, value in merged.items():
+                state[name].copy_(value)
+        assert saved.config.num_labels == len(expert_config["id2label"])
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        batch = tokenizer(SENTENCES, return_tensors="pt", padding=True)
+        with torch.no_grad():
+            ours, expected = saved(**batch).logits, in_memory(**batch).logits
+            unmerged = AutoModelForSequenceClassification.from_pretrained(expert_dir).eval()(**batch).logits
+        assert ours.shape == (len(SENTENCES), len(expert_config["id2label"]))
+        assert torch.equal(ours, expected), task
+        assert not torch.allclose(ours, unmerged)  # the merge changed the encoder: not the expert read back
+
+
+def test_cancel_while_writing_task_folders_leaves_nothing(classifiers, tmp_path):
+    cancel = threading.Event()
+
+    def progress(p):
+        if p.tensor_index == p.num_tensors:  # the merged folder is done; the task folders come next
+            cancel.set()
+
+    with pytest.raises(MergeCancelled):
+        merge_to_folder(heads_recipe(classifiers, experts=("sentiment", "topic")), tmp_path / "heads", progress=progress,
+                        cancel=cancel)
+    _no_leftovers(tmp_path, "heads")
+
+
+def test_classifier_with_a_differently_shaped_shared_tensor_is_not_merged(classifiers, tmp_path):
+    from safetensors.torch import save_file
+
+    wide = tmp_path / "wide"
+    shutil.copytree(classifiers.experts["topic"], wide)
+    state = load_file(wide / "model.safetensors")
+    state["bert.encoder.layer.0.attention.self.query.weight"] = torch.zeros(48, 64)
+    save_file(state, wide / "model.safetensors", metadata={"format": "pt"})
+    recipe = load_recipe(f"merge_method: task_arithmetic\nbase_model: {classifiers.base}\nmodels:\n"
+                         f"  - model: {classifiers.experts['sentiment']}\n    parameters: {{weight: 0.5}}\n"
+                         f"  - model: {wide}\n    parameters: {{weight: 0.5}}\n")
+    with pytest.raises(CompatibilityError, match=r"query.weight \(64, 64\) vs \(48, 64\)"):
+        merge_to_folder(recipe, tmp_path / "refused")
+    _no_leftovers(tmp_path, "refused")
