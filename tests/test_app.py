@@ -197,8 +197,17 @@ def test_classify_shows_each_task_beside_its_teacher(config):
     assert rows[0][3] == "✓"
     with pytest.raises(MergeLabError, match="Type a sentence"):
         classify_panel.classify(session, config, "  ")
-    with pytest.raises(MergeLabError, match="recipe"):  # one folder cannot hold four heads: said, not crashed
-        export_panel.save_folder(session, config, "classifiers")
+    # Saved as a folder: the merged encoder, plus one loadable folder per task with that task's own head.
+    shown = export_panel.save_folder(session, config, "classifiers")
+    assert "tasks/sentiment" in shown and "tasks/negation" in shown
+    folder = session.merged_path
+    for task in ("sentiment", "negation"):
+        config_json = json.loads((folder / "tasks" / task / "config.json").read_text())
+        assert config_json["architectures"] == ["BertForSequenceClassification"]
+    assert (folder / "config.json").is_file()
+    status = merge_panel.run_merge_to_folder(session, config, {"method": "task_arithmetic", "weights": [1.0, 0.0],
+                                                              "params": {}}, "streamed")
+    assert "Saved to" in status and "tasks/sentiment" in status and "tasks/negation" in status
     assert "merge_method: task_arithmetic" in export_panel.recipe_yaml(session)
 
 

@@ -44,9 +44,6 @@ def save_folder(session: Session, config: HostConfig, name: str, progress: Any =
     from ui.workspace import BASE_LABEL
 
     _require_merge(session)
-    if session.kind == "classifier":
-        raise MergeLabError("Classifier merges keep one head per task, and a model folder holds one: saving them is "
-                            "not supported yet. Download the recipe (mergekit YAML) instead.")
     out = session.merged_folder(config.models_dir, name or "merged")
     if session.merged_path is not None and session.merged_path == out:
         return _shown(config, out)
@@ -85,7 +82,17 @@ def _engine_recipe(session: Session, base_label: str):
 def _shown(config: HostConfig, out: Path) -> str:
     root = config.models_dir.parent
     shown = out.relative_to(root) if out.is_relative_to(root) else out
-    return f"✓ Saved to `{shown}`: safetensors shards, config, tokenizer and a model card with the recipe."
+    return (f"✓ Saved to `{shown}`: safetensors shards, config, tokenizer and a model card with the recipe."
+            + task_folders_text(out, shown))
+
+
+def task_folders_text(out: Path, shown: Path) -> str:
+    """Classifier families: the per-task folders the engine wrote (merged encoder + that task's own head)."""
+    tasks = sorted(p.name for p in (out / "tasks").iterdir() if p.is_dir()) if (out / "tasks").is_dir() else []
+    if not tasks:
+        return ""
+    return ("\n\nEach task's head is not merged; each task has a loadable folder (merged encoder + its own head): "
+            + ", ".join(f"`{shown}/tasks/{t}`" for t in tasks) + ".")
 
 
 def push_to_hub(session: Session, config: HostConfig, repo_id: str, token: str, private: bool = True) -> str:

@@ -133,7 +133,10 @@ def run_merge_to_folder(session: Session, config: HostConfig, raw_settings: dict
     out = merge_to_folder(session, config, settings, name or "merged", progress=step)
     seconds = time.perf_counter() - started
     shown = out.relative_to(config.models_dir.parent) if out.is_relative_to(config.models_dir.parent) else out
-    return merge_status(session, "folder") + f"\n\nSaved to `{shown}` in {seconds:.1f} s."
+    from ui.export_panel import task_folders_text
+
+    return (merge_status(session, "folder") + f"\n\nSaved to `{shown}` in {seconds:.1f} s."
+            + task_folders_text(out, shown))
 
 
 # --- components ----------------------------------------------------------------------------------------------------
