@@ -127,22 +127,28 @@ def merge_to_folder(
                                   cancel=cancel, started=started, stages=stages)
             out_dtype = _dominant_dtype(plan)
             heads = task_heads(inputs)
-            if heads is not None:
-                tasks = _write_task_folders(inputs, heads, plan, shards, temp, out_dtype, max_shard, cancel)
+            written = _write_task_folders(inputs, heads, plan, shards, temp, out_dtype, max_shard, cancel) \
+                if heads is not None else []
+            if written:
                 notes.append(f"Per-task heads are not merged: each task is read through its own head, in "
-                             f"{TASKS_DIR}/<task>/ ({', '.join(tasks)}).")
+                             f"{TASKS_DIR}/<task>/ ({', '.join(written)}).")
             _write_side_files(inputs, temp, out_dtype, recipe)
         _move_into_place(temp, out, overwrite)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
-    tasks = {name: out / TASKS_DIR / name for name in (heads.tasks.values() if heads is not None else ())}
     return MergeResult(
-        out_dir=out, files=sorted(p.name for p in out.iterdir()), num_tensors=len(plan), tasks=tasks,
-        bytes_read=sum(p.bytes_read for p in plan), bytes_written=sum(p.planned.nbytes for p in plan),
+        out_dir=out, files=sorted(p.name for p in out.iterdir()), num_tensors=len(plan),
+        tasks={name: out / TASKS_DIR / name for name in written},
+        bytes_read=sum(p.bytes_read for p in plan), bytes_written=sum(p.planned.nbytes for p in plan) + _task_bytes(out, written),
         seconds=time.perf_counter() - started, device=device, out_dtype=_dtype_name(out_dtype), notes=notes,
         stage_seconds={k: round(v, 3) for k, v in stages.items()},
     )
+
+
+def _task_bytes(out: Path, written: list[str]) -> int:
+    """Tensor bytes of the per-task folders (safetensors files, headers included)."""
+    return sum(f.stat().st_size for name in written for f in (out / TASKS_DIR / name).glob("*.safetensors"))
 
 
 # --- planning ---------------------------------------------------------------------------------------------------

@@ -160,7 +160,7 @@ class TaskHeads:
     shared: list[str]  # tensors every input has: merged (in the base's order)
     base_only: list[str]  # base tensors some expert lacks (e.g. a pretraining head): copied from the base
     heads: dict[str, list[str]]  # expert ref -> its tensors the base lacks (its head)
-    own: dict[str, list[str]]  # expert ref -> every tensor of it that is not merged (head + anything not shared)
+    own: dict[str, list[str]]  # expert ref -> its tensors that are not merged (head + anything not shared), if any
     tasks: dict[str, str]  # expert ref -> task name (folder name of the expert; unique, safe as a folder name)
     # Problems (the pre-flight check reports them as errors; the engine runs only without them):
     foreign: list[str] = field(default_factory=list)  # models neither of the base's class nor a head class of its type
@@ -225,7 +225,9 @@ def _find_task_heads(inputs: MergeInputs) -> TaskHeads | None:
     own: dict[str, list[str]] = {}
     for ref in heads:
         src = others[ref]
-        own[ref] = [n for n in src.tensor_names() if n not in shared_set]
+        mine = [n for n in src.tensor_names() if n not in shared_set]
+        if mine:  # else nothing of its own to read it through: no task folder
+            own[ref] = mine
         name = task_name(ref, src.path)
         unique, k = name, 2
         while unique in taken:
