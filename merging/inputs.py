@@ -30,6 +30,7 @@ class MergeInputs:
     donor_ref: str
     tokenizer_ref: str
     resolve_vocab: bool  # tokenizer_source set: cut/pad vocabulary rows to the tokenizer donor's
+    renamed: dict[str, str] = field(default_factory=dict)  # ref -> how its tensor names were aligned (if they were)
 
     @property
     def base(self) -> ModelSource | None:
@@ -116,9 +117,10 @@ def open_inputs(recipe: Any, *, allow_pickle: bool = False, cache_dir: str | Non
         for source in sources.values():
             source.close()
         raise
+    renamed = _align_names(sources, recipe.base_model)
     return MergeInputs(recipe=recipe, method=method, sources=sources, base_ref=recipe.base_model,
                        operand_refs=operand_refs(recipe, method), donor_ref=donor, tokenizer_ref=tok_ref,
-                       resolve_vocab=resolve)
+                       resolve_vocab=resolve, renamed=renamed)
 
 
 def is_vocab_mismatch(inputs: MergeInputs, name: str) -> bool:
@@ -142,6 +144,79 @@ def fit_rows(tensor: torch.Tensor, donor: torch.Tensor) -> torch.Tensor:
     if tensor.shape[0] >= rows:
         return tensor[:rows]
     return torch.cat([tensor, donor[tensor.shape[0]:].to(tensor.dtype)], dim=0)
+
+
+# --- tensor names: legacy checkpoints read under the names transformers gives them -----------------------------
+
+
+class RenamedSource:
+    """A model source whose tensors are seen under other names; everything else is the wrapped source's."""
+
+    def __init__(self, source: ModelSource, names: dict[str, str]) -> None:  # name seen -> name stored
+        self._source = source
+        self._names = names
+
+    def tensor_names(self) -> list[str]:
+        return list(self._names)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._source.shape(self._names[name])
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self._source.dtype(self._names[name])
+
+    def nbytes(self, name: str) -> int:
+        return self._source.nbytes(self._names[name])
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._source.get(self._names[name])
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._source, attr)
+
+    def __repr__(self) -> str:
+        return f"RenamedSource({self._source!r})"
+
+
+_LEGACY_NORM = re.compile(r"(LayerNorm|layer_norm)\.(gamma|beta)$")
+
+
+def _align_names(sources: dict[str, Any], base_ref: str | None) -> dict[str, str]:
+    """Rename in place what transformers renames on load, so models saved years apart line up:
+    - `LayerNorm.gamma` / `.beta` (google-bert/bert-base-uncased's checkpoint) -> `.weight` / `.bias`;
+    - a base saved without the head models' base prefix (openai-community/gpt2: `h.0...`, its classifiers:
+      `transformer.h.0...`) is read with the prefix. Returns ref -> what was done, for the pre-flight report."""
+    done: dict[str, str] = {}
+    for ref, src in list(sources.items()):
+        names = src.tensor_names()
+        present = set(names)
+        mapping = {}
+        for n in names:
+            new = _LEGACY_NORM.sub(lambda m: f"{m.group(1)}.{'weight' if m.group(2) == 'gamma' else 'bias'}", n)
+            mapping[new if new not in present else n] = n
+        if len(mapping) == len(names) and any(k != v for k, v in mapping.items()):
+            sources[ref] = RenamedSource(src, mapping)
+            done[ref] = "LayerNorm gamma/beta read as weight/bias (legacy names, as transformers loads them)"
+    if base_ref is None or base_ref not in sources:
+        return done
+    base = sources[base_ref]
+    base_names = set(base.tensor_names())
+    prefixes = set()
+    for ref, src in sources.items():
+        if ref == base_ref:
+            continue
+        names = src.tensor_names()
+        if set(names) & base_names:
+            continue
+        firsts = {n.split(".", 1)[0] for n in names if "." in n and n.split(".", 1)[1] in base_names}
+        prefixes |= {p for p in firsts
+                     if sum(n.startswith(p + ".") and n[len(p) + 1:] in base_names for n in names) * 2 > len(base_names)}
+    if len(prefixes) == 1:
+        prefix = prefixes.pop()
+        sources[base_ref] = RenamedSource(base, {f"{prefix}.{n}": n for n in base.tensor_names()})
+        done[base_ref] = "; ".join(filter(None, [done.get(base_ref), f"tensors read with the `{prefix}.` prefix "
+                                                 "its fine-tunes use (it was saved without it)"]))
+    return done
 
 
 # --- per-task heads (a base plus classifiers fine-tuned from it, each with its own head) ------------------------
@@ -172,6 +247,13 @@ def task_name(ref: str, path: Path | None = None) -> str:
     local = Path(ref).expanduser()
     name = local.name if local.exists() or path is None else ref.rstrip("/").rsplit("/", 1)[-1]
     return _UNSAFE.sub("_", name).strip("._") or "task"
+
+
+def _mask_buffer(name: str, shape: tuple[int, ...]) -> bool:
+    """Old GPT-2 checkpoints' causal-mask buffers (`h.N.attn.bias` of shape (1, 1, n, n), `h.N.attn.masked_bias`),
+    which models saved since do not hold: a base's own, not weights its fine-tunes lack."""
+    return ((name.endswith("attn.bias") and len(shape) == 4 and shape[:2] == (1, 1))
+            or (name.endswith("attn.masked_bias") and len(shape) == 0))
 
 
 def task_heads(inputs: MergeInputs) -> TaskHeads | None:
@@ -212,7 +294,7 @@ def _find_task_heads(inputs: MergeInputs) -> TaskHeads | None:
             foreign.append(ref)
             continue
         extra, missing = names - base_set, base_set - names
-        gaps = (sorted(n for n in missing if _LAYER_TENSOR.search(n)),
+        gaps = (sorted(n for n in missing if _LAYER_TENSOR.search(n) and not _mask_buffer(n, base.shape(n))),
                 sorted(n for n in extra if _LAYER_TENSOR.search(n)))
         if gaps[0] or gaps[1]:
             layer_gaps[ref] = gaps

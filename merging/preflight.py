@@ -77,6 +77,8 @@ def preflight(recipe: Any, out_dir: str | os.PathLike | None = None, device: str
         return report
     with inputs:
         _describe_models(inputs, report)
+        for ref, what in inputs.renamed.items():
+            report.warnings.append(f"`{ref}`: {what}; the output uses these names.")
         _check_architecture(inputs, report)
         _check_tensors(inputs, report)
         _check_vocabulary(inputs, report)

@@ -357,3 +357,89 @@ def test_classifier_with_a_differently_shaped_shared_tensor_is_not_merged(classi
     with pytest.raises(CompatibilityError, match=r"query.weight \(64, 64\) vs \(48, 64\)"):
         merge_to_folder(recipe, tmp_path / "refused")
     _no_leftovers(tmp_path, "refused")
+
+
+def test_legacy_bert_base_with_gamma_beta_names_merges_like_the_modern_one(classifiers, tmp_path):
+    """google-bert/bert-base-uncased stores LayerNorm.gamma/beta; its fine-tunes LayerNorm.weight/bias."""
+    from safetensors.torch import save_file
+
+    from merging.preflight import preflight
+
+    legacy = tmp_path / "legacy_base"
+    shutil.copytree(classifiers.base, legacy)
+    state = load_file(legacy / "model.safetensors")
+    renamed = {n.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): t
+               for n, t in state.items()}
+    assert sum(n.endswith("LayerNorm.gamma") for n in renamed) >= 5
+    save_file(renamed, legacy / "model.safetensors", metadata={"format": "pt"})
+    modern = heads_recipe(classifiers, experts=("sentiment", "topic"))
+    old = load_recipe(modern.to_yaml().replace(str(classifiers.base), str(legacy)))
+    report = preflight(old)
+    assert report.ok, report.errors
+    assert any("gamma/beta read as weight/bias" in w for w in report.warnings)
+    merge_to_folder(modern, tmp_path / "modern")
+    merge_to_folder(old, tmp_path / "old")
+    for sub in ("", "tasks/sentiment", "tasks/topic"):
+        assert_same(read_folder(tmp_path / "old" / sub), read_folder(tmp_path / "modern" / sub))
+
+
+def _tiny_gpt2_family(root: Path) -> tuple[Path, dict[str, Path]]:
+    """An old-style GPT-2 base (no `transformer.` prefix, causal-mask buffers) and two classifiers fine-tuned from it
+    (`transformer.*` + `score.weight`, 2 and 3 labels), as openai-community/gpt2 and tanganke/gpt2_* are saved."""
+    from safetensors.torch import save_file
+    from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    common = dict(n_embd=32, n_layer=2, n_head=4, n_positions=16, vocab_size=50, pad_token_id=0)
+    lm = GPT2LMHeadModel(GPT2Config(**common))
+    base = root / "gpt2"
+    lm.config.architectures = ["GPT2LMHeadModel"]
+    lm.config.save_pretrained(base)
+    state = {n.removeprefix("transformer."): t.contiguous() for n, t in lm.state_dict().items()
+             if n.startswith("transformer.")}
+    for i in range(2):
+        state[f"h.{i}.attn.bias"] = torch.tril(torch.ones(16, 16)).view(1, 1, 16, 16)
+        state[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    save_file(state, base / "model.safetensors", metadata={"format": "pt"})
+    experts = {}
+    for name, labels in (("gpt2_cola", 2), ("gpt2_mnli", 3)):
+        model = GPT2ForSequenceClassification(GPT2Config(**common, num_labels=labels))
+        model.transformer.load_state_dict(lm.transformer.state_dict())
+        with torch.no_grad():
+            for p in model.transformer.parameters():
+                p.add_(torch.randn_like(p) * 0.02)
+        model.save_pretrained(root / name)
+        experts[name] = root / name
+    return base, experts
+
+
+def test_old_gpt2_base_with_classifier_experts_merges_per_task(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from merging.live import LiveMerger
+    from merging.preflight import preflight
+
+    base, experts = _tiny_gpt2_family(tmp_path)
+    recipe = load_recipe(f"merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n" + "".join(
+        f"  - model: {p}\n    parameters: {{weight: 0.5}}\n" for p in experts.values()))
+    report = preflight(recipe)
+    assert report.ok, report.errors
+    assert any("`transformer.` prefix" in w for w in report.warnings)
+    assert report.facts["per_task_heads"]["gpt2_mnli"]["heads"] == ["score.weight"]
+    out = tmp_path / "merged"
+    result = merge_to_folder(recipe, out)
+    assert sorted(result.tasks) == ["gpt2_cola", "gpt2_mnli"]
+    assert "transformer.h.0.attn.c_attn.weight" in read_folder(out)
+
+    base_state = {f"transformer.{n}": t for n, t in load_file(base / "model.safetensors").items()}
+    states = {str(p): read_folder(p) for p in experts.values()}
+    merged = LiveMerger(base_state, states, num_layers=2).merge(recipe)
+    assert "transformer.h.1.mlp.c_fc.weight" in merged
+    ids = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, 13, 14]])
+    for name, folder in experts.items():
+        saved = AutoModelForSequenceClassification.from_pretrained(out / "tasks" / name).eval()
+        in_memory = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        assert not in_memory.load_state_dict(merged, strict=False).unexpected_keys
+        with torch.no_grad():
+            ours, expected = saved(input_ids=ids).logits, in_memory(input_ids=ids).logits
+        assert ours.shape == (2, saved.config.num_labels) and torch.equal(ours, expected), name
