@@ -249,6 +249,18 @@ def task_name(ref: str, path: Path | None = None) -> str:
     return _UNSAFE.sub("_", name).strip("._") or "task"
 
 
+_ARCH_CLASS = re.compile(r"^(\w+?)(For[A-Z]\w*|LMHeadModel|PreTrainedModel|Model)$")
+
+
+def _model_type(src: Any) -> str | None:
+    """The config's model_type; configs saved by old transformers lack it: then the architecture's stem, lowercased
+    (`BertForSequenceClassification` -> `bert`)."""
+    if src.config.get("model_type"):
+        return str(src.config["model_type"])
+    match = _ARCH_CLASS.match(src.architecture or "")
+    return match.group(1).lower() if match else None
+
+
 def _mask_buffer(name: str, shape: tuple[int, ...]) -> bool:
     """Old GPT-2 checkpoints' causal-mask buffers (`h.N.attn.bias` of shape (1, 1, n, n), `h.N.attn.masked_bias`),
     which models saved since do not hold: a base's own, not weights its fine-tunes lack."""
@@ -271,13 +283,12 @@ def _find_task_heads(inputs: MergeInputs) -> TaskHeads | None:
     if inputs.base_ref is None:
         return None
     base = inputs.base
-    model_type = base.config.get("model_type")
+    model_type = _model_type(base)
     others = {ref: src for ref, src in inputs.sources.items() if ref != inputs.base_ref}
 
     def head_class(src: ModelSource) -> bool:
         arch = src.architecture or ""
-        return (src.config.get("model_type") == model_type and arch != base.architecture
-                and arch.endswith(HEAD_CLASSES))
+        return _model_type(src) == model_type and arch != base.architecture and arch.endswith(HEAD_CLASSES)
 
     if not model_type or not any(head_class(src) for src in others.values()):
         return None

@@ -188,3 +188,14 @@ def test_classifier_missing_a_layer_tensor_or_another_architecture_is_refused(cl
     assert "lacks 1 tensor" in report.errors[0] and name in report.errors[0] and "cls." not in report.errors[0]
     mistral = preflight(recipe(classifiers.base, e["sentiment"], models["a"]))
     assert not mistral.ok and any("Architectures differ" in x for x in mistral.errors)
+
+
+def test_old_config_without_model_type_still_counts_as_a_head_model(classifiers, tmp_path):
+    old = tmp_path / "old_sentiment"
+    shutil.copytree(classifiers.experts["sentiment"], old)
+    config = json.loads((old / "config.json").read_text())
+    del config["model_type"]  # configs saved by transformers 2.x
+    (old / "config.json").write_text(json.dumps(config))
+    report = preflight(recipe(classifiers.base, old, classifiers.experts["topic"]))
+    assert report.ok, report.errors
+    assert sorted(report.facts["per_task_heads"]) == ["old_sentiment", "topic"]
