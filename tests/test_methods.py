@@ -346,3 +346,29 @@ def test_fused_threshold_is_exact_when_the_sampled_window_misses(monkeypatch):
     out = get_method("magnitude_prune").fn(base, [x], models, params, None)
     assert int((out != 0).sum()) == max(1, int(density * x.numel()))
     assert torch.equal(out, get_method("magnitude_prune").fn_deltas([x], models, params, None))
+
+
+def test_compute_threads_sets_one_budget_and_restores_it():
+    import threading
+
+    from merging.methods import chunks
+
+    before = torch.get_num_threads()
+    seen: set[str] = set()
+
+    def step(start, stop, scratch):
+        seen.add(threading.current_thread().name)
+
+    with chunks.compute_threads(1):
+        assert torch.get_num_threads() == 1 and chunks.workers() == 1
+        chunks.for_each_chunk(1 << 20, step)
+        assert seen == {threading.current_thread().name}  # no hand-over to the pool
+        base = torch.randn(640, 480, generator=gen(0))
+        xs = [base + torch.randn(640, 480, generator=gen(i)) * 0.01 for i in (1, 2)]
+        models = per_model("ties", {"weight": 1.0, "density": 0.3}, {"weight": 0.5, "density": 0.6})
+        one = get_method("ties").fn(base, xs, models, defaults("ties"), None)
+    assert torch.get_num_threads() == before
+    with chunks.compute_threads(2):
+        assert chunks.workers() == 2
+        two = get_method("ties").fn(base, xs, models, defaults("ties"), None)
+    assert torch.equal(one, two)

@@ -1,30 +1,61 @@
-"""Run an elementwise step over a big flat tensor in cache-sized chunks, split across two threads.
+"""Run an elementwise step over a big flat tensor in cache-sized chunks, split across the compute threads.
 
 Every step of a merge that combines several models elementwise (sign election, disjoint mean, normalisation) reads
 and writes each element a dozen times; done chunk by chunk those passes stay in the CPU cache, and chunk-sized
 scratch buffers replace full-size temporaries (allocating 64 MB costs more than computing on it). Chunks are at most
-torch's parallel grain size, so each op runs on one thread and our two workers share the cores without contention.
+torch's parallel grain size, so each op runs on one thread and our workers share the cores without contention.
+
+Thread policy: by default the chunk workers follow torch.get_num_threads() (at most 2). A caller that runs its own
+threads beside the merge (the streaming engine: a reader and a writer thread) sets one budget for both torch's
+intra-op pool and these workers with `compute_threads(n)`, so the merge does not oversubscribe the cores: on a 2-core
+CPU two chunk workers plus torch's OpenMP threads plus the engine's threads, all passing the GIL around for 32K-element
+ops, ran slower than one compute thread.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import torch
 
 CHUNK = 1 << 15  # elements; torch runs ops this small on one thread
 _MIN_PARALLEL = 1 << 18  # below this many elements one thread is quicker than handing work over
+_MAX_WORKERS = 2  # more workers gain little: elementwise steps are bound by memory bandwidth and the GIL
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
+_budget: int | None = None  # set by compute_threads(); None: follow torch.get_num_threads()
+
+
+def workers() -> int:
+    """How many threads for_each_chunk splits a big step across (1: the calling thread alone)."""
+    threads = _budget if _budget is not None else torch.get_num_threads()
+    return max(1, min(_MAX_WORKERS, threads))
+
+
+@contextmanager
+def compute_threads(threads: int) -> Iterator[int]:
+    """Within the block, merge compute uses `threads` threads: torch's intra-op pool (process-wide, restored after)
+    and the chunk workers. Not reentrant across threads: one merge at a time sets it (the engine)."""
+    global _budget
+    threads = max(1, int(threads))
+    before_torch, before_budget = torch.get_num_threads(), _budget
+    torch.set_num_threads(threads)
+    _budget = threads
+    try:
+        yield threads
+    finally:
+        _budget = before_budget
+        torch.set_num_threads(before_torch)
 
 
 def _executor() -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="merge-chunks")
+            _pool = ThreadPoolExecutor(max_workers=_MAX_WORKERS, thread_name_prefix="merge-chunks")
         return _pool
 
 
@@ -40,11 +71,14 @@ def for_each_chunk(numel: int, step: Callable[[int, int, dict], None]) -> list[d
             step(start, stop, scratch)
         return scratch
 
-    if numel < _MIN_PARALLEL or torch.get_num_threads() < 2:
+    count = workers()
+    if numel < _MIN_PARALLEL or count < 2:
         return [run(bounds)]
-    half = (len(bounds) + 1) // 2
-    futures = [_executor().submit(run, part) for part in (bounds[:half], bounds[half:])]
-    return [future.result() for future in futures]
+    size = -(-len(bounds) // count)
+    parts = [bounds[i:i + size] for i in range(0, len(bounds), size)]
+    futures = [_executor().submit(run, part) for part in parts[1:]]
+    first = run(parts[0])  # the calling thread takes the first run instead of waiting idle
+    return [first] + [future.result() for future in futures]
 
 
 def buffer(scratch: dict, role: str, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
