@@ -10,6 +10,7 @@ into place only when complete, so a failed, cancelled or killed merge never leav
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -123,8 +124,9 @@ def merge_to_folder(
             plan = plan_outputs(inputs)
             shards = plan_shards([p.planned for p in plan], max_shard)
             stages: dict[str, float] = {"read": 0.0, "merge": 0.0, "write": 0.0}
-            notes = _run_pipeline(inputs, plan, shards, temp, device=device, seed=seed, progress=progress,
-                                  cancel=cancel, started=started, stages=stages)
+            with _compute_threads(device):
+                notes = _run_pipeline(inputs, plan, shards, temp, device=device, seed=seed, progress=progress,
+                                      cancel=cancel, started=started, stages=stages)
             out_dtype = _dominant_dtype(plan)
             heads = task_heads(inputs)
             written = _write_task_folders(inputs, heads, plan, shards, temp, out_dtype, max_shard, cancel) \
@@ -276,6 +278,18 @@ def _run_pipeline(inputs: MergeInputs, plan: list[TensorPlan], shards: list, fol
         stop.set()
         reader_thread.join(timeout=60)
     return list(notes)
+
+
+def _compute_threads(device: str) -> Any:
+    """Thread policy for the merge: on the CPU the method functions get the cores minus one (the reader and writer
+    threads are mostly I/O and memory copies, but they need a core), never more than torch already had. One budget
+    covers torch's intra-op pool and the methods' chunk workers (merging.methods.chunks), so they do not fight."""
+    if device != "cpu":
+        return contextlib.nullcontext()
+    from merging.methods.chunks import compute_threads
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return compute_threads(min(torch.get_num_threads(), max(1, cores - 1)))
 
 
 def _stage(body: Callable[..., None], args: tuple, stop: threading.Event, errors: list[BaseException]) -> None:
