@@ -41,16 +41,16 @@ class PreflightReport:
 
     def to_markdown(self) -> str:
         if self.ok:
-            lines = ["### Pre-flight: ready to merge ✅"]
+            lines = ["### Pre-flight: ready to merge ✓"]
         else:
-            lines = [f"### Pre-flight: {len(self.errors)} problem{'s' * (len(self.errors) != 1)} to fix ❌"]
+            lines = [f"### Pre-flight: {len(self.errors)} problem{'s' * (len(self.errors) != 1)} to fix ✗"]
         if self.errors:
             lines += ["", "**Problems**", ""] + [f"- {e}" for e in self.errors]
         if self.warnings:
             lines += ["", "**Warnings**", ""] + [f"- {w}" for w in self.warnings]
         summary = _summary_rows(self.facts)
         if summary:
-            lines += ["", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in summary]
+            lines += ["", "| check | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in summary]
         models = self.facts.get("models") or {}
         if models:
             lines += ["", "| model | architecture | parameters | dtype | vocabulary | layers |",

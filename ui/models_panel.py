@@ -79,43 +79,18 @@ def check_models(
     settings = preset_settings(preset, len(session.sources))
     session.merge_settings = settings
     step(0.9, "Pre-flight check…")
-    if session.kind == "classifier":
-        ok, text = _classifier_check(session)
-    else:
-        from merging.preflight import preflight
-        from ui.resources import device
+    from merging.preflight import preflight
+    from ui.resources import device
 
-        report = preflight(build_recipe_for_engine(session, _fit_method(settings, session)), device=device())
-        session.preflight = report
-        ok, text = report.ok, _with_labels(report.to_markdown(), session)
+    # Classifier families (per-task heads) go through the same check: it reports the heads as kept per task.
+    report = preflight(build_recipe_for_engine(session, _fit_method(settings, session)), device=device())
+    session.preflight = report
+    ok, text = report.ok, _with_labels(report.to_markdown(), session)
     if ok:
         live = prepare_live(session)
         text += ("\n\n**Live merging is on**: these models are small, so sliders re-merge in memory at once."
                  if live else "\n\n**Live merging is off** for models this large: use *Merge to folder*.")
     return config.public_message(text)
-
-
-def _classifier_check(session: Session) -> tuple[bool, str]:
-    """Classifiers with per-task heads (the GLUE-teachers setting): the encoder tensors that the base and every
-    expert share (same name and shape) are merged; each task keeps its own head. The folder pre-flight treats the
-    heads as an architecture mismatch, so this setting is checked here on the shared tensors instead."""
-    from merging.sources import open_model
-
-    models = [session.base, *session.sources]
-    shapes = []
-    for model in models:
-        with open_model(model.path) as source:
-            shapes.append({name: source.shape(name) for name in source.tensor_names()})
-    shared = [n for n in shapes[0] if all(n in other and other[n] == shapes[0][n] for other in shapes[1:])]
-    if not shared:
-        return False, ("### Pre-flight: 1 problem to fix ❌\n\n- The base and the experts share no tensor of the same "
-                       "name and shape: choose classifiers fine-tuned from this base.")
-    heads = {m.label: len([n for n in shapes[i] if n not in shared]) for i, m in enumerate(models) if i > 0}
-    lines = ["### Pre-flight: ready to merge ✓", "",
-             f"Classifier family: **{len(shared)} shared encoder tensors** are merged; each task keeps its own head "
-             "and is read through it (" + ", ".join(f"{k}: {v} tensors" for k, v in heads.items()) + ").",
-             "Merging happens in memory; Classify and Evaluate read each task through its own head."]
-    return True, "\n".join(lines)
 
 
 def _fit_method(settings: MergeSettings, session: Session) -> MergeSettings:
