@@ -46,9 +46,9 @@ class _Threshold:
         self.drops = drops
 
 
-def _abs_delta(x: torch.Tensor, base: torch.Tensor, scratch: dict) -> torch.Tensor:
-    delta = torch.sub(_f32(x, scratch, "x32"), _f32(base, scratch, "base32"),
-                      out=buffer(scratch, "delta", x, torch.float32))
+def _abs_delta(x: torch.Tensor, base32: torch.Tensor, scratch: dict) -> torch.Tensor:
+    """|x − base| in float32 for one chunk; `base32` is the chunk's base already widened (once for all models)."""
+    delta = torch.sub(_f32(x, scratch, "x32"), base32, out=buffer(scratch, "delta", x, torch.float32))
     return torch.abs(delta, out=delta)
 
 
@@ -69,11 +69,12 @@ def _predicted_window(base: torch.Tensor, x: torch.Tensor, rank: int) -> tuple[i
     """Top digits likely to hold the value at `rank`, from a strided sample of |δ| (a wrong guess costs a pass)."""
     n = base.numel()
     stride = max(1, n // 65536)
-    sample = (x[::stride].float() - base[::stride].float()).abs_().sort().values
+    sample = (x[::stride].float() - base[::stride].float()).abs_()
     m = sample.numel()
     margin = 0.01 + 4.0 / m**0.5
-    low = sample[max(0, int((rank / n - margin) * m))].view(torch.int32)
-    high = sample[min(m - 1, int((rank / n + margin) * m))].view(torch.int32)
+    # two selections instead of a sort of the sample (a sort of 64K floats cost more than the selections)
+    low = sample.kthvalue(max(0, int((rank / n - margin) * m)) + 1).values.view(torch.int32)
+    high = sample.kthvalue(min(m - 1, int((rank / n + margin) * m)) + 1).values.view(torch.int32)
     return int(low) >> _TOP_DIGIT_SHIFT, int(high) >> _TOP_DIGIT_SHIFT
 
 
@@ -92,8 +93,9 @@ def _thresholds(base: torch.Tensor, xs: list[torch.Tensor], keep_counts: list[in
     def count_and_gather(start: int, stop: int, scratch: dict) -> None:
         counts = scratch.setdefault("counts", torch.zeros(len(todo), 2048, dtype=torch.int64))
         found = scratch.setdefault("candidates", [[] for _ in todo])
+        base32 = _f32(base[start:stop], scratch, "base32")
         for row, i in enumerate(todo):
-            magnitudes = _abs_delta(xs[i][start:stop], base[start:stop], scratch)
+            magnitudes = _abs_delta(xs[i][start:stop], base32, scratch)
             counts[row] += torch.bincount(_top_digits(magnitudes, scratch), minlength=2048)
             found[row].append((start, _in_range(magnitudes, *bounds[row], scratch)))
 
@@ -110,7 +112,13 @@ def _thresholds(base: torch.Tensor, xs: list[torch.Tensor], keep_counts: list[in
         else:
             chunks = _gather(base, xs[i], _bin_bounds(digit, digit))
         digit_low, digit_high = _bin_bounds(digit, digit)
-        chunks = [(begin, c[(c >= digit_low) & (c < digit_high)]) for begin, c in chunks]
+        if low != high:  # keep the candidates of the threshold's digit only (one filter over all of them)
+            lengths = [c.numel() for _, c in chunks]
+            flat = torch.cat([c for _, c in chunks])
+            inside = (flat >= digit_low) & (flat < digit_high)
+            counts_per_chunk = torch.stack([part.sum() for part in inside.split(lengths)]).tolist() if lengths else []
+            flat = flat[inside]
+            chunks = list(zip([begin for begin, _ in chunks], flat.split(counts_per_chunk)))
         found = value_at_rank(torch.cat([c for _, c in chunks]), rank - below)
         if found.value == 0:  # at most k nonzero entries: all of them stay
             continue
@@ -120,14 +128,15 @@ def _thresholds(base: torch.Tensor, xs: list[torch.Tensor], keep_counts: list[in
 
 
 def _in_range(magnitudes: torch.Tensor, low: float, high: float, scratch: dict) -> torch.Tensor:
-    inside = torch.ge(magnitudes, low, out=buffer(scratch, "inside", magnitudes, torch.bool))
-    inside.logical_and_(torch.lt(magnitudes, high, out=buffer(scratch, "below", magnitudes, torch.bool)))
-    return magnitudes[inside]
+    # float 0/1 comparisons are several times cheaper than bool ones on the CPU; ≥ high implies ≥ low
+    inside = torch.ge(magnitudes, low, out=buffer(scratch, "inside", magnitudes, torch.float32))
+    inside.sub_(torch.ge(magnitudes, high, out=buffer(scratch, "above", magnitudes, torch.float32)))
+    return torch.masked_select(magnitudes, inside.to(torch.bool))
 
 
 def _gather(base: torch.Tensor, x: torch.Tensor, bounds: tuple[float, float]) -> list[tuple[int, torch.Tensor]]:
     def gather(start: int, stop: int, scratch: dict) -> None:
-        magnitudes = _abs_delta(x[start:stop], base[start:stop], scratch)
+        magnitudes = _abs_delta(x[start:stop], _f32(base[start:stop], scratch, "base32"), scratch)
         scratch.setdefault("found", []).append((start, _in_range(magnitudes, *bounds, scratch)))
 
     return [item for part in for_each_chunk(base.numel(), gather) for item in part.get("found", [])]
@@ -192,43 +201,60 @@ def fused_merge(
             weights = [e / total for e in energies]
     out = torch.empty(base.shape, dtype=torch.float32, device=base.device)
     total_weight = sum(weights)
+    # hardshrink keeps x where |x| > λ: with λ the float just below the threshold that is exactly |x| ≥ threshold,
+    # one pass instead of abs, compare and multiply.
+    shrink = [None if t is None else float(torch.nextafter(torch.tensor(t.value), torch.tensor(0.0)))
+              for t in thresholds]
 
     def combine(start: int, stop: int, scratch: dict) -> None:
         base_part = _f32(base[start:stop], scratch, "base32")
-        mixed = buffer(scratch, "mixed", base_part).zero_()
+        mixed = buffer(scratch, "mixed", base_part)
         deltas = []
         for i, x in enumerate(xs):
-            delta = torch.sub(_f32(x[start:stop], scratch, "x32"), base_part, out=buffer(scratch, f"delta{i}", base_part))
             threshold = thresholds[i]
+            target = buffer(scratch, f"delta{i}", base_part)
             if zeroed[i]:
-                delta.zero_()
+                delta = target.zero_()
             elif threshold is not None:
-                keep = torch.abs(delta, out=buffer(scratch, "keep", base_part))
-                delta.mul_(torch.ge(keep, threshold.value, out=keep))
+                delta = torch.sub(_f32(x[start:stop], scratch, "x32"), base_part, out=buffer(scratch, "raw", base_part))
+                delta = torch.hardshrink(delta, shrink[i], out=target)
                 surplus = threshold.drops.get(start, 0)
                 if surplus:  # ties at the threshold beyond k: drop the first ones of this chunk
                     tied = torch.nonzero(torch.abs(delta) == threshold.value).squeeze(1)[:surplus]
                     delta[tied] = 0
+            else:
+                delta = torch.sub(_f32(x[start:stop], scratch, "x32"), base_part, out=target)
             if not sce and weights[i] != 1:
                 delta.mul_(weights[i])
             deltas.append(delta)
         if consensus:
-            sign = buffer(scratch, "sign", base_part).copy_(deltas[0])
-            for delta in deltas[1:]:
+            sign = buffer(scratch, "sign", base_part)
+            if len(deltas) > 1:
+                torch.add(deltas[0], deltas[1], out=sign)
+            else:
+                sign.copy_(deltas[0])
+            for delta in deltas[2:]:
                 sign.add_(delta)
             sign.sign_().add_(0.5).sign_()  # −1, 0, +1 → −1, +1, +1
             agree = buffer(scratch, "agree", base_part)
-            divisor = buffer(scratch, "divisor", base_part).zero_()
-            for delta, weight in zip(deltas, weights):
+            divisor = buffer(scratch, "divisor", base_part)
+            for i, (delta, weight) in enumerate(zip(deltas, weights)):
                 torch.sign(delta, out=agree).eq_(sign)
-                mixed.addcmul_(delta, agree, value=weight if sce else 1.0)
-                divisor.add_(agree, alpha=weight)
+                if i == 0:  # the first term is written, not added to zeros (same values, two passes fewer)
+                    torch.mul(delta, agree, out=mixed)
+                    if sce and weight != 1:
+                        mixed.mul_(weight)
+                    torch.mul(agree, weight, out=divisor)
+                else:
+                    mixed.addcmul_(delta, agree, value=weight if sce else 1.0)
+                    divisor.add_(agree, alpha=weight)
             if sce:
                 mixed.div_(divisor.clamp_(min=1e-6))
             elif normalize:
                 mixed.div_(divisor.add_(torch.eq(divisor, 0, out=agree)))
         else:
-            for delta in deltas:
+            mixed.copy_(deltas[0])
+            for delta in deltas[1:]:
                 mixed.add_(delta)
             if normalize:
                 mixed.div_(total_weight if abs(total_weight) >= 1e-8 else 1.0)
