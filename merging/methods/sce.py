@@ -11,6 +11,7 @@ from merging.methods.fused import can_fuse, fused_merge
 from merging.methods.params import INT8_MASK
 from merging.methods.registry import Method, Param, note, register
 from merging.methods.selection import top_k_mask
+from merging.methods.task_arithmetic import delta_of
 
 SELECT_TOPK = Param(
     "select_topk", "global", 1.0, 0.0, 1.0, "float",
@@ -43,9 +44,9 @@ def select_by_variance_(deltas: list[torch.Tensor], select_topk: float, ws: Work
         for delta in deltas:
             delta.zero_()
         return
-    drop = top_k_mask(variance, k, ws).logical_not_()
+    keep = centered.copy_(top_k_mask(variance, k, ws))  # float 0/1: a multiply is ~5x cheaper than masked_fill_
     for delta in deltas:
-        delta.masked_fill_(drop, 0)
+        delta.mul_(keep)
 
 
 def coefficients(deltas: list[torch.Tensor]) -> list[float]:
@@ -74,7 +75,7 @@ def sce(base, tensors, model_params, params, generator) -> torch.Tensor:
         return fused_merge(base, tensors, [1.0] * len(tensors), densities=None, consensus=True, normalize=True,
                            scale=1.0, sce=True)
     base = as_float32(base)
-    return sce_mix_([torch.sub(as_float32(t), base) for t in tensors], params, base)
+    return sce_mix_([delta_of(t, base) for t in tensors], params, base)
 
 
 register(

@@ -76,7 +76,9 @@ def random_(delta: torch.Tensor, density: float, rescale_mode: Rescale, generato
         return delta
     l1_before = _l1(delta) if rescale_mode is True else 0.0
     noise = torch.rand(delta.shape, generator=default_generator(generator), out=ws.get("scores", torch.float32))
-    delta.masked_fill_(torch.ge(noise, density, out=ws.get("bool", torch.bool)), 0)
+    # keep where noise < density: a float 0/1 mask and a multiply (a bool mask and masked_fill_ cost ~5x more on the
+    # CPU); dropped entries become ±0
+    delta.mul_(noise.lt_(density))
     return rescale_(delta, l1_before, rescale_mode, density)
 
 

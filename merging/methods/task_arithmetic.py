@@ -35,6 +35,13 @@ def _della(delta, model, shared, generator, ws):
     return sparsify.della_(delta, model["density"], model["epsilon"], shared["rescale"], generator, ws)
 
 
+def delta_of(tensor: torch.Tensor, base32: torch.Tensor) -> torch.Tensor:
+    """tensor − base in the compute dtype, in one new buffer (widening a bf16 tensor first would allocate twice)."""
+    if tensor.dtype == base32.dtype or tensor.dtype not in (torch.bfloat16, torch.float16):
+        return torch.sub(as_float32(tensor), base32)
+    return torch.empty(tensor.shape, dtype=base32.dtype, device=tensor.device).copy_(tensor).sub_(base32)
+
+
 def mix_deltas_(
     deltas: list[torch.Tensor],
     model_params: list[dict],
@@ -86,7 +93,7 @@ def _make_fns(sparsifier: Sparsifier | None, consensus: bool) -> tuple[MethodFn,
                 normalize=bool(params.get("normalize", False)), scale=float(params.get("lambda", 1.0)),
             )
         base = as_float32(base)
-        deltas = [torch.sub(as_float32(t), base) for t in tensors]
+        deltas = [delta_of(t, base) for t in tensors]
         return mix_deltas_(deltas, model_params, params, generator, sparsifier=sparsifier, consensus=consensus,
                            base=base)
 
