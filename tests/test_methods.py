@@ -372,3 +372,23 @@ def test_compute_threads_sets_one_budget_and_restores_it():
         assert chunks.workers() == 2
         two = get_method("ties").fn(base, xs, models, defaults("ties"), None)
     assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("density", [0.3, 0.55])
+def test_fused_threshold_with_few_distinct_magnitudes_keeps_exactly_k(monkeypatch, density):
+    """bf16 inputs give few distinct |δ|: the sampled window is then one value, found by counting alone, and whole
+    chunks of tied entries are dropped. Exactly k entries stay, the first tied ones in flat order go."""
+    from merging.methods import fused
+
+    def no_fallback(*args):
+        raise AssertionError("the sampled window should have held the threshold")
+
+    monkeypatch.setattr(fused, "_threshold_by_digits", no_fallback)
+    base = torch.zeros(700, 400)
+    x = torch.round(torch.randn(700, 400, generator=gen(5)) * 2) * 0.001  # magnitudes 0, 0.001, 0.002, ...
+    params = defaults("magnitude_prune")
+    models = per_model("magnitude_prune", {"weight": 1.0, "density": density})
+    out = get_method("magnitude_prune").fn(base, [x], models, params, None)
+    k = max(1, int(density * x.numel()))
+    assert int((out != 0).sum()) == k
+    assert torch.equal(out, get_method("magnitude_prune").fn_deltas([x], models, params, None))

@@ -41,9 +41,10 @@ class _Threshold:
     """Keep |δ| ≥ value, except, per chunk start, that many entries tied at the value (the first ones in flat
     order), so that exactly k entries stay."""
 
-    def __init__(self, value: float, drops: dict[int, int]):
+    def __init__(self, value: float, drops: dict[int, int], whole: set[int] | None = None):
         self.value = value
         self.drops = drops
+        self.whole = whole or set()  # chunk starts where every tied entry is dropped (no search for them)
 
 
 def _abs_delta(x: torch.Tensor, base32: torch.Tensor, scratch: dict) -> torch.Tensor:
@@ -65,70 +66,107 @@ def _bin_bounds(digit_low: int, digit_high: int) -> tuple[float, float]:
     return low, high
 
 
-def _predicted_window(base: torch.Tensor, x: torch.Tensor, rank: int) -> tuple[int, int]:
-    """Top digits likely to hold the value at `rank`, from a strided sample of |δ| (a wrong guess costs a pass)."""
+def _predicted_window(base: torch.Tensor, x: torch.Tensor, rank: int) -> tuple[float, float]:
+    """A closed range [low, high] of |δ| values likely to hold the value at `rank`, from a strided sample of |δ|
+    (a wrong guess costs two more passes)."""
     n = base.numel()
-    stride = max(1, n // 65536)
+    stride = max(8, n // 65536)  # a sample of at most 65536 and at most an eighth of the entries
     sample = (x[::stride].float() - base[::stride].float()).abs_()
     m = sample.numel()
     margin = 0.01 + 4.0 / m**0.5
     # two selections instead of a sort of the sample (a sort of 64K floats cost more than the selections)
-    low = sample.kthvalue(max(0, int((rank / n - margin) * m)) + 1).values.view(torch.int32)
-    high = sample.kthvalue(min(m - 1, int((rank / n + margin) * m)) + 1).values.view(torch.int32)
-    return int(low) >> _TOP_DIGIT_SHIFT, int(high) >> _TOP_DIGIT_SHIFT
+    low = sample.kthvalue(max(0, int((rank / n - margin) * m)) + 1).values
+    high = sample.kthvalue(min(m - 1, int((rank / n + margin) * m)) + 1).values
+    return float(low), float(high)
 
 
 def _thresholds(base: torch.Tensor, xs: list[torch.Tensor], keep_counts: list[int | None]) -> list[_Threshold | None]:
     """Per model, the exact magnitude threshold that keeps keep_counts[i] entries (None: keep everything).
-    One pass counts top digits of |δ| and keeps the entries in a sample-predicted digit window; the exact
-    threshold is then found among those few (a second pass only if the prediction missed)."""
+    One pass counts the entries above a sample-predicted value window [low, high] and keeps those inside it; the
+    exact threshold is then found among those few. When the window holds a single value (bf16 inputs give few
+    distinct |δ|), counting is enough. Only if the prediction missed, a digit histogram and a gather find it."""
     todo = [i for i, k in enumerate(keep_counts) if k is not None]
     if not todo:
         return [None] * len(xs)
     n = base.numel()
     ranks = [n - keep_counts[i] for i in todo]  # ascending rank of the smallest kept |δ|
     windows = [_predicted_window(base, xs[i], rank) for i, rank in zip(todo, ranks)]
-    bounds = [_bin_bounds(low, high) for low, high in windows]
 
     def count_and_gather(start: int, stop: int, scratch: dict) -> None:
-        counts = scratch.setdefault("counts", torch.zeros(len(todo), 2048, dtype=torch.int64))
+        above_counts = scratch.setdefault("n_above", [[] for _ in todo])
         found = scratch.setdefault("candidates", [[] for _ in todo])
         base32 = _f32(base[start:stop], scratch, "base32")
         for row, i in enumerate(todo):
             magnitudes = _abs_delta(xs[i][start:stop], base32, scratch)
-            counts[row] += torch.bincount(_top_digits(magnitudes, scratch), minlength=2048)
-            found[row].append((start, _in_range(magnitudes, *bounds[row], scratch)))
+            low, high = windows[row]
+            above = torch.gt(magnitudes, high, out=buffer(scratch, "above", magnitudes, torch.float32))
+            inside = torch.ge(magnitudes, low, out=buffer(scratch, "inside", magnitudes, torch.float32)).sub_(above)
+            above_counts[row].append(above.sum())  # float sums of 0/1 over a chunk are exact
+            if low == high:  # every entry inside equals `low`: their number per chunk is all we need
+                found[row].append((start, inside.sum()))
+            else:
+                found[row].append((start, torch.masked_select(magnitudes, inside.to(torch.bool))))
 
     parts = for_each_chunk(n, count_and_gather)
-    counts = sum(part["counts"] for part in parts)
-    cumulative = counts.cumsum(1)
     result: list[_Threshold | None] = [None] * len(xs)
     for row, (i, rank) in enumerate(zip(todo, ranks)):
-        digit = int(torch.searchsorted(cumulative[row], rank, right=True))
-        below = int(cumulative[row, digit - 1]) if digit > 0 else 0
         low, high = windows[row]
-        if low <= digit <= high:
-            chunks = [(begin, c) for part in parts for begin, c in part["candidates"][row]]
+        n_above = int(sum(float(torch.stack(part["n_above"][row]).sum()) for part in parts))
+        chunks = [(begin, c) for part in parts for begin, c in part["candidates"][row]]
+        k = keep_counts[i]
+        if low == high:
+            tied = [int(c) for _, c in chunks]
+            n_inside = sum(tied)
         else:
-            chunks = _gather(base, xs[i], _bin_bounds(digit, digit))
-        digit_low, digit_high = _bin_bounds(digit, digit)
-        if low != high:  # keep the candidates of the threshold's digit only (one filter over all of them)
-            lengths = [c.numel() for _, c in chunks]
-            flat = torch.cat([c for _, c in chunks])
-            inside = (flat >= digit_low) & (flat < digit_high)
-            counts_per_chunk = torch.stack([part.sum() for part in inside.split(lengths)]).tolist() if lengths else []
-            flat = flat[inside]
-            chunks = list(zip([begin for begin, _ in chunks], flat.split(counts_per_chunk)))
-        found = value_at_rank(torch.cat([c for _, c in chunks]), rank - below)
-        if found.value == 0:  # at most k nonzero entries: all of them stay
+            n_inside = sum(c.numel() for _, c in chunks)
+        below = n - n_above - n_inside  # entries under the window
+        if not below <= rank < below + n_inside:  # the prediction missed: count digits, then gather one digit
+            result[i] = _threshold_by_digits(base, xs[i], rank, k)
             continue
-        excess = n - (below + found.n_less) - keep_counts[i]
-        result[i] = _Threshold(found.value, _tie_drops(chunks, found.value, excess))
+        if low == high:
+            if low == 0:  # at most k nonzero entries: all of them stay
+                continue
+            excess = n_above + n_inside - k
+            drops: dict[int, int] = {}
+            for (begin, _), count in zip(chunks, tied):
+                if excess <= 0:
+                    break
+                if count:
+                    drops[begin] = min(count, excess)
+                    excess -= drops[begin]
+            whole = {begin for (begin, _), count in zip(chunks, tied) if drops.get(begin) == count}
+            result[i] = _Threshold(low, drops, whole)
+            continue
+        found = value_at_rank(torch.cat([c for _, c in chunks]), rank - below)
+        if found.value == 0:
+            continue
+        excess = n - (below + found.n_less) - k
+        result[i] = _Threshold(found.value, *_tie_drops(chunks, found.value, excess))
     return result
 
 
+def _threshold_by_digits(base: torch.Tensor, x: torch.Tensor, rank: int, k: int) -> _Threshold | None:
+    """The exact threshold without a prediction: a pass counting top digits of |δ|, then a pass gathering the
+    entries of the digit that holds `rank`."""
+    def count(start: int, stop: int, scratch: dict) -> None:
+        counts = scratch.setdefault("counts", torch.zeros(2048, dtype=torch.int64))
+        magnitudes = _abs_delta(x[start:stop], _f32(base[start:stop], scratch, "base32"), scratch)
+        counts += torch.bincount(_top_digits(magnitudes, scratch), minlength=2048)
+
+    cumulative = sum(part["counts"] for part in for_each_chunk(base.numel(), count)).cumsum(0)
+    digit = int(torch.searchsorted(cumulative, rank, right=True))
+    below = int(cumulative[digit - 1]) if digit > 0 else 0
+    chunks = _gather(base, x, _bin_bounds(digit, digit))
+    found = value_at_rank(torch.cat([c for _, c in chunks]), rank - below)
+    if found.value == 0:  # at most k nonzero entries: all of them stay
+        return None
+    excess = base.numel() - (below + found.n_less) - k
+    return _Threshold(found.value, *_tie_drops(chunks, found.value, excess))
+
+
 def _in_range(magnitudes: torch.Tensor, low: float, high: float, scratch: dict) -> torch.Tensor:
-    # float 0/1 comparisons are several times cheaper than bool ones on the CPU; ≥ high implies ≥ low
+    """The entries in [low, high), in flat order. Float 0/1 comparisons are several times cheaper than bool ones on
+    the CPU; ≥ high implies ≥ low."""
     inside = torch.ge(magnitudes, low, out=buffer(scratch, "inside", magnitudes, torch.float32))
     inside.sub_(torch.ge(magnitudes, high, out=buffer(scratch, "above", magnitudes, torch.float32)))
     return torch.masked_select(magnitudes, inside.to(torch.bool))
@@ -142,10 +180,12 @@ def _gather(base: torch.Tensor, x: torch.Tensor, bounds: tuple[float, float]) ->
     return [item for part in for_each_chunk(base.numel(), gather) for item in part.get("found", [])]
 
 
-def _tie_drops(chunks: list[tuple[int, torch.Tensor]], value: float, excess: int) -> dict[int, int]:
+def _tie_drops(chunks: list[tuple[int, torch.Tensor]], value: float, excess: int
+               ) -> tuple[dict[int, int], set[int]]:
     """How many entries tied at `value` to drop in each chunk (by chunk start), first ones in flat order first.
     Candidates keep flat order within a chunk, and chunks arrive in order, so counting them is enough."""
     drops: dict[int, int] = {}
+    whole: set[int] = set()  # chunks whose tied entries all go
     for start, candidates in chunks:
         if excess <= 0:
             break
@@ -153,7 +193,9 @@ def _tie_drops(chunks: list[tuple[int, torch.Tensor]], value: float, excess: int
         if tied:
             drops[start] = min(tied, excess)
             excess -= drops[start]
-    return drops
+            if drops[start] == tied:
+                whole.add(start)
+    return drops, whole
 
 
 def _energies(base: torch.Tensor, xs: list[torch.Tensor]) -> list[float]:
@@ -217,8 +259,12 @@ def fused_merge(
                 delta = target.zero_()
             elif threshold is not None:
                 delta = torch.sub(_f32(x[start:stop], scratch, "x32"), base_part, out=buffer(scratch, "raw", base_part))
-                delta = torch.hardshrink(delta, shrink[i], out=target)
-                surplus = threshold.drops.get(start, 0)
+                if start in threshold.whole:  # every tied entry of this chunk goes: keep |δ| > threshold
+                    delta = torch.hardshrink(delta, threshold.value, out=target)
+                    surplus = 0
+                else:
+                    delta = torch.hardshrink(delta, shrink[i], out=target)
+                    surplus = threshold.drops.get(start, 0)
                 if surplus:  # ties at the threshold beyond k: drop the first ones of this chunk
                     tied = torch.nonzero(torch.abs(delta) == threshold.value).squeeze(1)[:surplus]
                     delta[tied] = 0
