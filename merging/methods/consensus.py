@@ -29,16 +29,25 @@ def consensus_merge_(
         parts = [delta[start:stop] for delta in flat]
         sign = buffer(scratch, "sign", parts[0])
         agree = buffer(scratch, "agree", parts[0])
-        mixed = buffer(scratch, "mixed", parts[0]).zero_()
-        divisor = buffer(scratch, "divisor", parts[0]).zero_()
-        sign.copy_(parts[0])
-        for part in parts[1:]:
+        mixed = buffer(scratch, "mixed", parts[0])
+        divisor = buffer(scratch, "divisor", parts[0])
+        if len(parts) > 1:
+            torch.add(parts[0], parts[1], out=sign)
+        else:
+            sign.copy_(parts[0])
+        for part in parts[2:]:
             sign.add_(part)
         sign.sign_().add_(0.5).sign_()  # −1, 0, +1 → −1, +1, +1
-        for part, weight, factor in zip(parts, divisor_weights, scales):
+        for index, (part, weight, factor) in enumerate(zip(parts, divisor_weights, scales)):
             torch.sign(part, out=agree).eq_(sign)
-            mixed.addcmul_(part, agree, value=factor)
-            divisor.add_(agree, alpha=weight)
+            if index == 0:  # the first term is written, not added to zeros: same values, two passes fewer
+                torch.mul(part, agree, out=mixed)
+                if factor != 1:
+                    mixed.mul_(factor)
+                torch.mul(agree, weight, out=divisor)
+            else:
+                mixed.addcmul_(part, agree, value=factor)
+                divisor.add_(agree, alpha=weight)
         if normalize:
             if min_divisor is None:
                 divisor.add_(torch.eq(divisor, 0, out=agree))  # 0 → 1

@@ -10,7 +10,7 @@ from merging.methods.consensus import consensus_merge_
 from merging.methods.fused import can_fuse, fused_merge
 from merging.methods.params import INT8_MASK
 from merging.methods.registry import Method, Param, note, register
-from merging.methods.selection import top_k_mask
+from merging.methods.selection import top_k_mask, value_at_rank
 from merging.methods.task_arithmetic import delta_of
 
 SELECT_TOPK = Param(
@@ -44,9 +44,25 @@ def select_by_variance_(deltas: list[torch.Tensor], select_topk: float, ws: Work
         for delta in deltas:
             delta.zero_()
         return
-    keep = centered.copy_(top_k_mask(variance, k, ws))  # float 0/1: a multiply is ~5x cheaper than masked_fill_
+    keep = _top_k_float_mask(variance, k, centered, ws)
     for delta in deltas:
-        delta.mul_(keep)
+        delta.mul_(keep)  # a float 0/1 multiply: ~5x cheaper than a bool masked_fill_ on the CPU
+
+
+def _top_k_float_mask(scores: torch.Tensor, k: int, out: torch.Tensor, ws: Workspace) -> torch.Tensor:
+    """`out` = 1.0 at exactly the k largest scores (non-negative float32; ties at the threshold: the later ones in
+    flat order stay, as in top_k_mask), 0.0 elsewhere. Float compares cost a fraction of bool ones on the CPU."""
+    flat = scores.reshape(-1)
+    n = flat.numel()
+    if k >= n or scores.dtype != torch.float32 or not scores.is_contiguous():
+        return out.copy_(top_k_mask(scores, k, ws))
+    threshold = value_at_rank(flat, n - k, ws)
+    keep = torch.ge(scores, threshold.value, out=out)
+    excess = n - threshold.n_less - k  # entries tied at the threshold beyond k: drop the first ones
+    if excess > 0:
+        tied = torch.nonzero(torch.eq(flat, threshold.value, out=ws.get("bool", torch.bool).view(-1))).squeeze(1)
+        keep.view(-1)[tied[:excess]] = 0
+    return keep
 
 
 def coefficients(deltas: list[torch.Tensor]) -> list[float]:
