@@ -304,9 +304,11 @@ def test_karcher_multislerp_nearswap_passthrough_basics():
 # --- the fused big-tensor path equals the plain path -------------------------------------------------------------
 
 
+@pytest.mark.parametrize("threads", [1, 2])  # one compute thread: bigger chunks, no hand-over
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", ["task_arithmetic", "magnitude_prune", "ties", "sce"])
-def test_fused_path_for_large_tensors_equals_the_plain_delta_path(name, dtype):
+def test_fused_path_for_large_tensors_equals_the_plain_delta_path(name, dtype, threads):
+    from merging.methods.chunks import compute_threads
     from merging.methods.fused import MIN_FUSED, can_fuse
 
     base = torch.randn(640, 480, generator=gen(0)) * 0.02  # 307 200 elements: fused, over many chunks
@@ -326,7 +328,8 @@ def test_fused_path_for_large_tensors_equals_the_plain_delta_path(name, dtype):
         if name == "task_arithmetic":
             models = [{"weight": m["weight"]} for m in models]
     params = defaults(name, **({"lambda": 0.7} if name != "sce" else {}))
-    fused = method.fn(base, xs, models, params, None)
+    with compute_threads(threads):
+        fused = method.fn(base, xs, models, params, None)
     assert fused.dtype == torch.float32
     base32, xs32 = base.float(), [x.float() for x in xs]
     plain = base32 + method.fn_deltas([x - base32 for x in xs32], models, params, None)

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 import torch
 
 CHUNK = 1 << 15  # elements; torch runs ops this small on one thread
+SOLO_CHUNK = 1 << 17  # elements per chunk when one thread does all: a quarter of the Python and dispatch overhead
 _MIN_PARALLEL = 1 << 18  # below this many elements one thread is quicker than handing work over
 _MAX_WORKERS = 2  # more workers gain little: elementwise steps are bound by memory bandwidth and the GIL
 _pool: ThreadPoolExecutor | None = None
@@ -63,7 +64,9 @@ def for_each_chunk(numel: int, step: Callable[[int, int, dict], None]) -> list[d
     """Call step(start, stop, scratch) for consecutive chunks covering [0, numel); `scratch` is a dict private to
     one worker (chunk-sized buffers, running sums). Each worker takes a contiguous run of chunks in order; the
     workers' scratch dicts are returned in the order of their runs."""
-    bounds = [(start, min(numel, start + CHUNK)) for start in range(0, numel, CHUNK)]
+    count = workers()
+    size = SOLO_CHUNK if count < 2 else CHUNK  # fixed per budget, so two passes of one merge chunk alike
+    bounds = [(start, min(numel, start + size)) for start in range(0, numel, size)]
 
     def run(part: list[tuple[int, int]]) -> dict:
         scratch: dict = {}
@@ -71,7 +74,6 @@ def for_each_chunk(numel: int, step: Callable[[int, int, dict], None]) -> list[d
             step(start, stop, scratch)
         return scratch
 
-    count = workers()
     if numel < _MIN_PARALLEL or count < 2:
         return [run(bounds)]
     size = -(-len(bounds) // count)
@@ -85,6 +87,6 @@ def buffer(scratch: dict, role: str, like: torch.Tensor, dtype: torch.dtype | No
     """A chunk-sized buffer for `role` (dtype of `like` unless given), reused across chunks, trimmed to the chunk."""
     dtype = dtype or like.dtype
     held = scratch.get(role)
-    if held is None or held.dtype != dtype:
-        held = scratch[role] = torch.empty(CHUNK, dtype=dtype, device=like.device)
+    if held is None or held.dtype != dtype or held.numel() < like.numel():
+        held = scratch[role] = torch.empty(max(CHUNK, like.numel()), dtype=dtype, device=like.device)
     return held[: like.numel()]
