@@ -395,3 +395,30 @@ def test_fused_threshold_with_few_distinct_magnitudes_keeps_exactly_k(monkeypatc
     k = max(1, int(density * x.numel()))
     assert int((out != 0).sum()) == k
     assert torch.equal(out, get_method("magnitude_prune").fn_deltas([x], models, params, None))
+
+
+@pytest.mark.parametrize("name", ["dare_ties", "sce", "breadcrumbs_ties"])
+def test_reused_scratch_buffers_give_the_same_bits(name):
+    """Inside compute_threads() the plain paths keep their full-size scratch between calls; results (and the
+    tensors handed back, which are never a reused buffer) stay the same."""
+    from merging.methods import chunks
+
+    base = torch.randn(300, 200, generator=gen(0)).bfloat16()
+    xs = [(base.float() + torch.randn(300, 200, generator=gen(i)) * 0.01).bfloat16() for i in (1, 2)]
+    method = get_method(name)
+    models = [{"weight": 1.0, "density": 0.4, "gamma": 0.01}, {"weight": 0.5, "density": 0.6, "gamma": 0.01}]
+    models = [{k: v for k, v in m.items() if any(p.name == k for p in method.params)} for m in models]
+    params = defaults(name, **({"select_topk": 0.5} if name == "sce" else {}))
+
+    def run():
+        return method.fn(base, xs, models, params, torch.Generator().manual_seed(3))
+
+    fresh = run()
+    with chunks.compute_threads(1):
+        first, second = run(), run()
+        assert chunks.full_buffer("delta1", (300, 200), torch.float32, "cpu").data_ptr() == \
+            chunks.full_buffer("delta1", (300, 200), torch.float32, "cpu").data_ptr()
+        assert first.data_ptr() != second.data_ptr()
+    assert torch.equal(fresh, first) and torch.equal(fresh, second)
+    assert chunks.full_buffer("delta1", (4,), torch.float32, "cpu").data_ptr() != \
+        chunks.full_buffer("delta1", (4,), torch.float32, "cpu").data_ptr()

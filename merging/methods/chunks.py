@@ -30,6 +30,28 @@ _pool_lock = threading.Lock()
 _budget: int | None = None  # set by compute_threads(); None: follow torch.get_num_threads()
 
 
+class _Reused(threading.local):
+    buffers: dict | None = None  # role -> flat tensor, while compute_threads() is active in this thread
+
+
+_reused = _Reused()
+
+
+def full_buffer(role: str, shape: torch.Size | tuple, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """A full-size scratch tensor for one method call (never returned to the caller). Inside compute_threads() it
+    is kept for the next call with the same role in this thread and grown as needed: faulting in a fresh 100 MB
+    tensor per call costs more than computing on it. Elsewhere a fresh one."""
+    numel = torch.Size(shape).numel()
+    held = _reused.buffers
+    if held is None or torch.device(device).type != "cpu":
+        return torch.empty(shape, dtype=dtype, device=device)
+    flat = held.get(role)
+    if flat is None or flat.dtype != dtype or flat.numel() < numel:
+        held.pop(role, None)  # free the smaller one first
+        flat = held[role] = torch.empty(numel, dtype=dtype, device=device)
+    return flat[:numel].view(shape)
+
+
 def workers() -> int:
     """How many threads for_each_chunk splits a big step across (1: the calling thread alone)."""
     threads = _budget if _budget is not None else torch.get_num_threads()
@@ -39,15 +61,17 @@ def workers() -> int:
 @contextmanager
 def compute_threads(threads: int) -> Iterator[int]:
     """Within the block, merge compute uses `threads` threads: torch's intra-op pool (process-wide, restored after)
-    and the chunk workers. Not reentrant across threads: one merge at a time sets it (the engine)."""
+    and the chunk workers; method calls in this thread reuse their full-size scratch tensors (full_buffer). Not reentrant across threads: one merge at a time sets it (the engine)."""
     global _budget
     threads = max(1, int(threads))
-    before_torch, before_budget = torch.get_num_threads(), _budget
+    before_torch, before_budget, before_buffers = torch.get_num_threads(), _budget, _reused.buffers
     torch.set_num_threads(threads)
     _budget = threads
+    _reused.buffers = {} if before_buffers is None else before_buffers  # full_buffer() reuses within the block
     try:
         yield threads
     finally:
+        _reused.buffers = before_buffers
         _budget = before_budget
         torch.set_num_threads(before_torch)
 

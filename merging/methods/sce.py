@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import torch
 
-from merging.methods.common import Workspace, as_float32, owned_float32
+from merging.methods.common import Workspace, owned_float32
 from merging.methods.consensus import consensus_merge_
 from merging.methods.fused import can_fuse, fused_merge
 from merging.methods.params import INT8_MASK
 from merging.methods.registry import Method, Param, note, register
 from merging.methods.selection import top_k_mask, value_at_rank
-from merging.methods.task_arithmetic import delta_of
+from merging.methods.sparsify import sum_of_squares
+from merging.methods.task_arithmetic import ScratchWorkspace, delta_of, widened
 
 SELECT_TOPK = Param(
     "select_topk", "global", 1.0, 0.0, 1.0, "float",
@@ -67,7 +68,7 @@ def _top_k_float_mask(scores: torch.Tensor, k: int, out: torch.Tensor, ws: Works
 
 def coefficients(deltas: list[torch.Tensor]) -> list[float]:
     """mean(δ_i²) normalised to sum 1, or uniform when that sum is below 1e-6 (most LLM tensors: noted)."""
-    energies = [float(torch.linalg.vector_norm(delta)) ** 2 / max(1, delta.numel()) for delta in deltas]
+    energies = [sum_of_squares(delta) / max(1, delta.numel()) for delta in deltas]  # thread-count independent
     total = sum(energies)
     if abs(total) < UNIFORM_BELOW:
         note(f"sce: task-vector energy {total:.3g} < {UNIFORM_BELOW:g}, so coefficients fell back to uniform")
@@ -77,7 +78,7 @@ def coefficients(deltas: list[torch.Tensor]) -> list[float]:
 
 def sce_mix_(deltas: list[torch.Tensor], params: dict, base: torch.Tensor | None = None) -> torch.Tensor:
     """The SCE mixed task vector (plus `base` when given) from float32 task vectors the caller owns (overwritten)."""
-    select_by_variance_(deltas, params.get("select_topk", 1.0), Workspace(deltas[0]))
+    select_by_variance_(deltas, params.get("select_topk", 1.0), ScratchWorkspace(deltas[0]))
     weights = coefficients(deltas)
     return consensus_merge_(deltas, weights, scales=weights, min_divisor=1e-6, base=base)
 
@@ -90,8 +91,9 @@ def sce(base, tensors, model_params, params, generator) -> torch.Tensor:
     if params.get("select_topk", 1.0) >= 1 and can_fuse(base, tensors):
         return fused_merge(base, tensors, [1.0] * len(tensors), densities=None, consensus=True, normalize=True,
                            scale=1.0, sce=True)
-    base = as_float32(base)
-    return sce_mix_([delta_of(t, base) for t in tensors], params, base)
+    base = widened(base)
+    # the first task vector becomes the result; the others are scratch
+    return sce_mix_([delta_of(t, base, None if i == 0 else f"delta{i}") for i, t in enumerate(tensors)], params, base)
 
 
 register(

@@ -16,8 +16,31 @@ RESCALE_EPS = 1e-7
 Rescale = bool | str | None
 
 
+_NORM_BLOCK = 8192  # elements per row of the blocked norms below
+
+
+def blocked_norms(tensor: torch.Tensor, ord: float) -> torch.Tensor:
+    """Per-block `ord` norms of the flat tensor (blocks of 8192, the last one shorter). Each block is reduced by one
+    thread in a fixed order, so the results do not depend on torch's thread count: one whole-tensor float32 norm
+    does (the engine computes with one thread, live merges with torch's default), and with it DARE's rescale factor
+    and every kept entry. A float64 whole-tensor norm would be deterministic enough but costs 7x more."""
+    flat = tensor.reshape(-1)
+    rows = flat.numel() // _NORM_BLOCK
+    parts = []
+    if rows:
+        parts.append(torch.linalg.vector_norm(flat[: rows * _NORM_BLOCK].view(rows, _NORM_BLOCK), ord=ord, dim=1))
+    if rows * _NORM_BLOCK < flat.numel():
+        parts.append(torch.linalg.vector_norm(flat[rows * _NORM_BLOCK:], ord=ord).reshape(1))
+    return torch.cat(parts) if parts else flat.new_zeros(1)
+
+
 def _l1(tensor: torch.Tensor) -> float:
-    return float(torch.linalg.vector_norm(tensor, ord=1))
+    return float(blocked_norms(tensor, 1).sum(dtype=torch.float64))
+
+
+def sum_of_squares(tensor: torch.Tensor) -> float:
+    """Σ x², independent of torch's thread count (see blocked_norms)."""
+    return float(blocked_norms(tensor, 2).double().square().sum())
 
 
 def rescale_(delta: torch.Tensor, l1_before: float, mode: Rescale, keep_probability: float) -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch
 
 from merging.methods import params as P
 from merging.methods import sparsify
+from merging.methods.chunks import full_buffer
 from merging.methods.common import Workspace, as_float32, default_generator, owned_float32
 from merging.methods.consensus import consensus_merge_
 from merging.methods.fused import can_fuse, fused_merge
@@ -35,11 +36,28 @@ def _della(delta, model, shared, generator, ws):
     return sparsify.della_(delta, model["density"], model["epsilon"], shared["rescale"], generator, ws)
 
 
-def delta_of(tensor: torch.Tensor, base32: torch.Tensor) -> torch.Tensor:
-    """tensor − base in the compute dtype, in one new buffer (widening a bf16 tensor first would allocate twice)."""
-    if tensor.dtype == base32.dtype or tensor.dtype not in (torch.bfloat16, torch.float16):
+def delta_of(tensor: torch.Tensor, base32: torch.Tensor, role: str | None = None) -> torch.Tensor:
+    """tensor − base in the compute dtype, in one new buffer (widening a bf16 tensor first would allocate twice);
+    with a `role`, in a reused scratch buffer (chunks.full_buffer) that the caller must not return."""
+    if role is None and (tensor.dtype == base32.dtype or tensor.dtype not in (torch.bfloat16, torch.float16)):
         return torch.sub(as_float32(tensor), base32)
-    return torch.empty(tensor.shape, dtype=base32.dtype, device=tensor.device).copy_(tensor).sub_(base32)
+    out = torch.empty(tensor.shape, dtype=base32.dtype, device=tensor.device) if role is None \
+        else full_buffer(role, tensor.shape, base32.dtype, tensor.device)
+    return out.copy_(tensor).sub_(base32)
+
+
+def widened(base: torch.Tensor) -> torch.Tensor:
+    """The base in the compute dtype: itself, or a widened copy in a reused scratch buffer."""
+    if base.dtype in (torch.float32, torch.float64):
+        return base
+    return full_buffer("base32", base.shape, torch.float32, base.device).copy_(base)
+
+
+class ScratchWorkspace(Workspace):
+    """A Workspace whose buffers come from chunks.full_buffer (reused across calls inside compute_threads())."""
+
+    def get(self, role: str, dtype: torch.dtype) -> torch.Tensor:
+        return full_buffer(f"workspace-{role}-{dtype}", self.shape, dtype, self.device)
 
 
 def mix_deltas_(
@@ -56,7 +74,7 @@ def mix_deltas_(
     `base` when given (then the merged tensor is returned)."""
     weights = [float(m["weight"]) for m in model_params]
     generator = default_generator(generator)  # one stream for all models, so their masks differ
-    ws = Workspace(deltas[0])
+    ws = ScratchWorkspace(deltas[0])
     for delta, model, weight in zip(deltas, model_params, weights):
         if sparsifier is not None:
             sparsifier(delta, model, params, generator, ws)
@@ -92,8 +110,9 @@ def _make_fns(sparsifier: Sparsifier | None, consensus: bool) -> tuple[MethodFn,
                 base, tensors, [float(m["weight"]) for m in model_params], densities=densities, consensus=consensus,
                 normalize=bool(params.get("normalize", False)), scale=float(params.get("lambda", 1.0)),
             )
-        base = as_float32(base)
-        deltas = [delta_of(t, base) for t in tensors]
+        base = widened(base)
+        # the first task vector becomes the result; the others are scratch
+        deltas = [delta_of(t, base, None if i == 0 else f"delta{i}") for i, t in enumerate(tensors)]
         return mix_deltas_(deltas, model_params, params, generator, sparsifier=sparsifier, consensus=consensus,
                            base=base)
 
