@@ -14,6 +14,7 @@ import torch
 from merging.methods.chunks import buffer, for_each_chunk
 from merging.methods.registry import note
 from merging.methods.selection import value_at_rank
+from merging.methods.sparsify import blocked_norms
 
 MIN_FUSED = 1 << 18  # elements; smaller tensors take the plain path (no thread hand-over for them)
 _TOP_DIGIT_SHIFT = 20  # first radix digit of |δ|'s bit pattern: bits 30..20 (sign cleared), 2048 bins
@@ -199,16 +200,19 @@ def _tie_drops(chunks: list[tuple[int, torch.Tensor]], value: float, excess: int
 
 
 def _energies(base: torch.Tensor, xs: list[torch.Tensor]) -> list[float]:
+    """mean(δ_i²) per model, from the same 8192-element block norms as sce.coefficients (chunks start at multiples
+    of the block), so the fused and plain paths get the same coefficients whatever the chunking and threads."""
     def accumulate(start: int, stop: int, scratch: dict) -> None:
-        sums = scratch.setdefault("energy", [0.0] * len(xs))
+        blocks = scratch.setdefault("energy", [[] for _ in xs])
         for i, x in enumerate(xs):
             part = x[start:stop]
             delta = torch.sub(_f32(part, scratch, "x32"), _f32(base[start:stop], scratch, "base32"),
                               out=buffer(scratch, "delta", part, torch.float32))
-            sums[i] += float(torch.dot(delta, delta))
+            blocks[i].append(blocked_norms(delta, 2))
 
     parts = for_each_chunk(base.numel(), accumulate)
-    return [sum(part["energy"][i] for part in parts) / base.numel() for i in range(len(xs))]
+    return [float(torch.cat([b for part in parts for b in part["energy"][i]]).double().square().sum()) / base.numel()
+            for i in range(len(xs))]
 
 
 def fused_merge(
