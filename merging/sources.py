@@ -198,7 +198,7 @@ def download_from_hub(repo_id: str, *, allow_pickle: bool = False, cache_dir: st
     patterns = ["*.safetensors", "*.safetensors.index.json", *HUB_SIDE_FILES]
     if allow_pickle:
         patterns += ["*.bin", "*.bin.index.json"]
-    offline = _hub_offline()
+    offline = not hub_reachable()
     try:
         folder = snapshot_download(repo_id, allow_patterns=patterns, cache_dir=cache_dir, local_files_only=offline)
     except Exception as exc:
@@ -289,21 +289,22 @@ def _pickle_files(path: Path) -> list[Path]:
     return indexed if indexed is not None else sorted(path.glob("*.bin"))
 
 
-def _hub_offline() -> bool:
-    """True when the Hub cannot be reached: offline mode requested, or no TCP connection within a few seconds."""
+def hub_reachable(timeout_s: float = HUB_CONNECT_TIMEOUT_S) -> bool:
+    """Whether the Hugging Face Hub answers: False when offline mode is requested or no TCP connection to its
+    endpoint opens within `timeout_s` (so a machine without network fails fast instead of hanging in a download)."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
-        return True
+        return False
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
-        return True
+        return False
     url = urlparse(constants.ENDPOINT)
     host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
     try:
-        with socket.create_connection((host, port), timeout=HUB_CONNECT_TIMEOUT_S):
-            return False
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
     except OSError:
-        return True
+        return False
 
 
 def _numel(shape: tuple[int, ...]) -> int:

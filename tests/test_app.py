@@ -16,20 +16,12 @@ from ui.hosting import APP_ROOT, HostConfig, hosted_from_env
 from ui.session import new_session
 from ui.workspace import HIDDEN_PARAMS
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 LM = models_panel.ModelsChoice("Zoo", "lm", ["math", "japanese"], "", "")
 CLASSIFIERS = models_panel.ModelsChoice("Zoo", "classifier", ["sentiment", "negation"], "", "")
 EXPECTED_API = {"preflight", "merge", "merge_to_folder", "chat", "evaluate", "sweep", "interference", "learn",
                 "learn_compare", "classify", "export", "export_yaml", "push"}
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # These models are tiny: with the CPU shared by other jobs, two spinning OpenMP threads made a 3-step learn
-    # take 25-40 s instead of 2 s. One thread for this module's tests; restored after each.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -12,20 +12,9 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from app import create_app
 from ui.catalog import HUB
-from ui.hosting import HostConfig
 
 ZOO_LM = ("Zoo", "lm", ["math", "japanese"], "", "")
-
-
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    config = HostConfig.detect(hosted=False, models_dir=tmp_path_factory.mktemp("models"))
-    demo = create_app(config)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
-    yield url
-    demo.close()
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,8 @@ from merging.learned.adapters import model_kind, setup_causal_lm, setup_classifi
 from merging.learned.api import learn_merge, make_loss
 from tests.factory import make_family, tiny_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster than two that spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 TEXTS = ["a b c", "one two", "x y z z", "hello", "no yes", "q r s", "t u", "v w"]
 

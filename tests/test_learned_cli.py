@@ -18,14 +18,8 @@ from merging.learned.recipe_io import load_coefficients, weight_setting
 from merging.recipe import evaluate_setting, load_recipe, validate_recipe
 from tests.factory import make_family
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster than two that spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 PROMPTS = ["1+2=", "3+4=", "5-1=", "a b c", "二+三=", "9+9=", "x y", "7-2="]
 

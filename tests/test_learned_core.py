@@ -15,14 +15,8 @@ from merging.learned.objectives import entropy_loss, kl_loss, teacher_targets
 from merging.learned.sam import sam_perturbation
 from merging.learned.trainer import OptimConfig, learn
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster than two that spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 T = 3
 

@@ -23,19 +23,12 @@ from zoo.report import by_task, load_classifier, load_lm
 from zoo.scoring import classifier_accuracy, extract_answer, lm_accuracy
 from zoo.tasksets import read_jsonl
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FAMILIES = zoo.families()
 LM, CLASSIFIER = FAMILIES["lm"], FAMILIES["classifier"]
 # The head's description may differ between a classifier expert and its base; nothing else may.
 CONFIG_KEYS_ALLOWED_TO_DIFFER = {"id2label", "label2id", "problem_type", "architectures", "transformers_version"}
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models decode ~15x faster on one thread than on two contended cores (measured: 0.6 s vs 10 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def weights(folder) -> dict[str, torch.Tensor]:

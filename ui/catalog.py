@@ -3,18 +3,16 @@ preset that needs the Hub says so at once instead of failing minutes later."""
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import yaml
 
 from merging.errors import SourceError
+from merging.sources import hub_reachable as probe_hub
 
 CATALOG_PATH = Path(__file__).resolve().parents[1] / "assets" / "catalog.yaml"
 HUB_CHECK_TIMEOUT_S = 1.5
@@ -70,7 +68,7 @@ class _HubCheck:
         with self._lock:
             if self._answer and time.monotonic() - self._answer[0] < ttl_s:
                 return self._answer[1]
-        answer = _probe_hub(timeout_s)
+        answer = probe_hub(timeout_s)
         with self._lock:
             self._answer = (time.monotonic(), answer)
         return answer
@@ -78,20 +76,6 @@ class _HubCheck:
     def forget(self) -> None:
         with self._lock:
             self._answer = None
-
-
-def _probe_hub(timeout_s: float) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
-        return False
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
 
 
 HUB = _HubCheck()

@@ -10,9 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from app import create_app
-from ui.hosting import HostConfig
-
 pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
@@ -24,15 +21,6 @@ SLOW = 120_000  # ms: two shared CPU cores, several test runs at once
 if not Path(CHROMIUM).exists() and not os.environ.get("CI"):
     pytest.skip("Debian's chromium is not installed (apt-get install chromium); in CI this fails instead",
                 allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    config = HostConfig.detect(hosted=False, models_dir=tmp_path_factory.mktemp("models"))
-    demo = create_app(config)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
-    yield url
-    demo.close()
 
 
 @pytest.fixture(scope="module")
