@@ -1,5 +1,6 @@
 """The language-model family: a character-level fast tokenizer with a chat template, a tiny Mistral, and the
-training of the base (short pretraining on the shared answer format) and of each expert (base + its skill).
+training of the base (pretraining on the shared answer format and on each skill in another surface form than its
+task) and of each expert (base + a short fine-tune on its task).
 
 Training sequences are exactly what inference feeds the model (DEVELOPERS.md, "Prompt format"): the chat template
 applied to one user message with add_generation_prompt, then `答え: X` and eos; the loss covers the answer only.
@@ -17,7 +18,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import GenerationConfig, MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
 
-from .lm_tasks import KANJI_DIGITS, LETTERS, TaskSplit, answer
+from .lm_tasks import KANJI_DIGITS, LETTERS, WORD_LENGTHS, TaskSplit, _arithmetic_facts, answer, kanji_number, lm_splits
 from .training import train_loop
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
@@ -40,12 +41,13 @@ class LMSettings:
 
     hidden: int = 96
     layers: int = 3
-    base_steps: int = 200
+    base_steps: int = 1600
     # Steps each skill needs to pass 90 % on held-out prompts (measured: docs/zoo.md), not one number for all.
-    expert_steps: dict[str, int] = field(default_factory=lambda: {"math": 1000, "japanese": 400, "strings": 400})
+    # Short and at a low rate: the base already has each skill in another form, so the task vectors stay small.
+    expert_steps: dict[str, int] = field(default_factory=lambda: {"math": 300, "japanese": 150, "strings": 150})
     batch: int = 64
     base_lr: float = 3e-3
-    expert_lr: float = 2e-3
+    expert_lr: float = 5e-4
 
     @classmethod
     def reduced(cls) -> LMSettings:
@@ -117,11 +119,44 @@ def _lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
 
 
 def pretraining_pair(rng: random.Random) -> tuple[str, str]:
-    """The base's shared format: echo a short mixed string of digits, letters and kanji as `答え: <same>`.
+    """The shared format: echo a short mixed string of digits, letters and kanji as `答え: <same>`.
     It teaches the answer form and the alphabet without any expert's skill."""
     alphabet = string.digits + LETTERS + KANJI_DIGITS + "十+-"
     text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 5)))
     return text, answer(text)
+
+
+class Pretraining:
+    """The base's mixture: the echo format plus each expert's skill posed in another surface form than its task,
+    so that the base is broadly capable (as a real pretrained LM is) yet scores near 0 on the tasks as posed, and
+    each expert only has to connect its task's form to a skill the base has (a small task vector, which merges):
+    arithmetic without `=` (`37+5` where the math task asks `37+5=`), kanji numerals as a question
+    (`七十八はいくつ?` where the japanese task gives `七十八`) and `flip abc` where the strings task says `reverse abc`.
+    Evaluation examples are left out in every form; the composite japanese_math is never trained on."""
+
+    MIXTURE = ("echo", "arithmetic", "arithmetic", "arithmetic", "numerals", "flip")
+
+    def __init__(self, splits: dict[str, TaskSplit]):
+        held = {task: {e.prompt for e in split.evaluation} for task, split in splits.items()}
+        self.arithmetic = [(f"{a}{op}{b}", answer(r)) for a, op, b, r in _arithmetic_facts()
+                           if f"{a}{op}{b}=" not in held["math"]]
+        self.numerals = [(f"{kanji_number(n)}はいくつ?", answer(n)) for n in range(100)
+                         if kanji_number(n) not in held["japanese"]]
+        self.held_words = {p.removeprefix("reverse ") for p in held["strings"]}
+
+    def flip(self, rng: random.Random) -> tuple[str, str]:
+        while True:
+            word = "".join(rng.choice(LETTERS) for _ in range(rng.choice(WORD_LENGTHS)))
+            if word not in self.held_words:
+                return f"flip {word}", answer(word[::-1])
+
+    def pair(self, rng: random.Random) -> tuple[str, str]:
+        kind = rng.choice(self.MIXTURE)
+        if kind == "echo":
+            return pretraining_pair(rng)
+        if kind == "flip":
+            return self.flip(rng)
+        return rng.choice(self.arithmetic if kind == "arithmetic" else self.numerals)
 
 
 def train_base(tokenizer: PreTrainedTokenizerFast, settings: LMSettings, seed: int,
@@ -129,9 +164,10 @@ def train_base(tokenizer: PreTrainedTokenizerFast, settings: LMSettings, seed: i
     torch.manual_seed(seed)
     model = MistralForCausalLM(build_config(tokenizer, settings))
     encoder = Encoder(tokenizer)
+    mixture = Pretraining(lm_splits())
 
     def make_batch(rng: random.Random) -> dict[str, torch.Tensor]:
-        return encoder.batch([pretraining_pair(rng) for _ in range(settings.batch)])
+        return encoder.batch([mixture.pair(rng) for _ in range(settings.batch)])
 
     train_loop(model, settings.base_steps, make_batch, _lm_loss, lr=settings.base_lr, seed=seed, on_step=on_step)
     return model
