@@ -394,13 +394,7 @@ def _write_side_files(inputs: MergeInputs, folder: Path, out_dtype: torch.dtype,
     (folder / RECIPE_FILE).write_text(recipe_yaml, encoding="utf-8")
     (folder / MERGEKIT_RECIPE_FILE).write_text(recipe_yaml, encoding="utf-8")
     (folder / "README.md").write_text(model_card(inputs, recipe_yaml), encoding="utf-8")
-    config = dict(inputs.donor.config)
-    config["dtype"] = _dtype_name(out_dtype)
-    if "torch_dtype" in config:
-        config["torch_dtype"] = _dtype_name(out_dtype)
-    if inputs.resolve_vocab and inputs.tokenizer_donor.vocab_size is not None and "vocab_size" in config:
-        config["vocab_size"] = inputs.tokenizer_donor.vocab_size
-    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    _write_config(inputs.donor.config, inputs, out_dtype, folder)
 
 
 def _write_task_folders(inputs: MergeInputs, heads: TaskHeads, plan: list[TensorPlan], shards: list, folder: Path,
@@ -461,13 +455,7 @@ def _write_task_side_files(inputs: MergeInputs, ref: str, name: str, folder: Pat
         f"# Merged model, read through the `{name}` head\n\nThe merged shared tensors of the model two folders up "
         f"(see its README.md for the recipe) with the head of `{ref}`, which is not merged, and that model's config "
         "and labels.\n", encoding="utf-8")
-    config = dict(expert.config)
-    config["dtype"] = _dtype_name(out_dtype)
-    if "torch_dtype" in config:
-        config["torch_dtype"] = _dtype_name(out_dtype)
-    if inputs.resolve_vocab and inputs.tokenizer_donor.vocab_size is not None and "vocab_size" in config:
-        config["vocab_size"] = inputs.tokenizer_donor.vocab_size
-    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    _write_config(expert.config, inputs, out_dtype, folder)
 
 
 def model_card(inputs: MergeInputs, recipe_yaml: str) -> str:
@@ -593,3 +581,15 @@ def _dominant_dtype(plan: list[TensorPlan]) -> torch.dtype:
         if item.merge:
             totals[item.planned.dtype] = totals.get(item.planned.dtype, 0) + item.planned.nbytes
     return max(totals, key=totals.__getitem__) if totals else torch.float32
+
+
+def _write_config(source_config: dict, inputs: MergeInputs, out_dtype: torch.dtype, folder: Path) -> None:
+    """config.json of an output folder: the source's config with the output dtype (and the resolved vocabulary).
+    Written last, so a folder holding it is a finished model."""
+    config = dict(source_config)
+    config["dtype"] = _dtype_name(out_dtype)
+    if "torch_dtype" in config:
+        config["torch_dtype"] = _dtype_name(out_dtype)
+    if inputs.resolve_vocab and inputs.tokenizer_donor.vocab_size is not None and "vocab_size" in config:
+        config["vocab_size"] = inputs.tokenizer_donor.vocab_size
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
