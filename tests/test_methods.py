@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from merging.errors import RecipeError
-from merging.methods import collect_notes, get_method, list_methods
-from merging.methods import sparsify
+from merging.methods import collect_notes, get_method, list_methods, sparsify
 from merging.methods.selection import rank_window_mask, top_k_mask, value_at_rank
 
 
@@ -215,7 +214,7 @@ def test_random_methods_same_seed_same_bits_different_seed_differs(name):
     base = torch.randn(32, 32, generator=gen(0))
     xs = [base + torch.randn(32, 32, generator=gen(i + 1)) for i in range(2)]
     models = per_model(name, {"weight": 1.0, "density": 0.5}, {"weight": 0.7, "density": 0.5})
-    run = lambda seed: get_method(name).fn(base, xs, models, defaults(name), gen(seed))  # noqa: E731
+    run = lambda seed: get_method(name).fn(base, xs, models, defaults(name), gen(seed))
     assert torch.equal(run(11), run(11))
     assert not torch.equal(run(11), run(12))
 

@@ -9,7 +9,13 @@ from mergekit.config import evaluate_setting as mergekit_evaluate
 
 from merging.errors import RecipeError
 from merging.recipe import (
-    ModelEntry, ParameterResolver, Recipe, evaluate_setting, layer_position, load_recipe, resolve_parameters,
+    ModelEntry,
+    ParameterResolver,
+    Recipe,
+    evaluate_setting,
+    layer_position,
+    load_recipe,
+    resolve_parameters,
     validate_recipe,
 )
 
