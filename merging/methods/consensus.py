@@ -7,6 +7,17 @@ import torch
 from merging.methods.chunks import buffer, for_each_chunk
 
 
+def elect_sign_into(parts: list[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+    """TIES sign election: sign(Σ parts) with a zero sum electing +1, written into `out` (no temporaries)."""
+    if len(parts) > 1:
+        torch.add(parts[0], parts[1], out=out)
+    else:
+        out.copy_(parts[0])
+    for part in parts[2:]:
+        out.add_(part)
+    return out.sign_().add_(0.5).sign_()  # −1, 0, +1 → −1, +1, +1
+
+
 def consensus_merge_(
     deltas: list[torch.Tensor],
     divisor_weights: list[float],
@@ -27,17 +38,10 @@ def consensus_merge_(
 
     def step(start: int, stop: int, scratch: dict) -> None:
         parts = [delta[start:stop] for delta in flat]
-        sign = buffer(scratch, "sign", parts[0])
+        sign = elect_sign_into(parts, buffer(scratch, "sign", parts[0]))
         agree = buffer(scratch, "agree", parts[0])
         mixed = buffer(scratch, "mixed", parts[0])
         divisor = buffer(scratch, "divisor", parts[0])
-        if len(parts) > 1:
-            torch.add(parts[0], parts[1], out=sign)
-        else:
-            sign.copy_(parts[0])
-        for part in parts[2:]:
-            sign.add_(part)
-        sign.sign_().add_(0.5).sign_()  # −1, 0, +1 → −1, +1, +1
         for index, (part, weight, factor) in enumerate(zip(parts, divisor_weights, scales)):
             torch.sign(part, out=agree).eq_(sign)
             if index == 0:  # the first term is written, not added to zeros: same values, two passes fewer

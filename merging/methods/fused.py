@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from merging.methods.chunks import buffer, for_each_chunk
+from merging.methods.consensus import elect_sign_into
 from merging.methods.registry import note
 from merging.methods.selection import value_at_rank
 from merging.methods.sparsify import blocked_norms
@@ -278,14 +279,7 @@ def fused_merge(
                 delta.mul_(weights[i])
             deltas.append(delta)
         if consensus:
-            sign = buffer(scratch, "sign", base_part)
-            if len(deltas) > 1:
-                torch.add(deltas[0], deltas[1], out=sign)
-            else:
-                sign.copy_(deltas[0])
-            for delta in deltas[2:]:
-                sign.add_(delta)
-            sign.sign_().add_(0.5).sign_()  # −1, 0, +1 → −1, +1, +1
+            sign = elect_sign_into(deltas, buffer(scratch, "sign", base_part))
             agree = buffer(scratch, "agree", base_part)
             divisor = buffer(scratch, "divisor", base_part)
             for i, (delta, weight) in enumerate(zip(deltas, weights)):
