@@ -27,3 +27,14 @@ def app_url(tmp_path_factory):
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
     yield url
     demo.close()
+
+
+@pytest.fixture(scope="module")
+def classifiers():
+    """The shipped zoo's classifier family (a BERT base with per-task-head experts). It ships in assets/zoo, so a
+    missing folder is a failure, not a skip."""
+    import zoo
+
+    family = zoo.families()["classifier"]
+    assert family.base.is_dir(), "the zoo's classifier family is missing from assets/zoo: run python -m zoo build"
+    return family

@@ -259,16 +259,6 @@ def test_tokenizer_source_model_pads_vocabulary_rows_from_it(fam, tmp_path):
 SENTENCES = ["the film was not great", "is the pasta good", "we played football all day", "i love this"]
 
 
-@pytest.fixture(scope="module")
-def classifiers():
-    import zoo
-
-    family = zoo.families()["classifier"]
-    if not family.base.is_dir():
-        pytest.skip("the zoo's classifier family is not built (python -m zoo build)")
-    return family
-
-
 def heads_recipe(family, method="ties", experts=("sentiment", "topic", "question")):
     lines = [f"merge_method: {method}", f"base_model: {family.base}", "models:"]
     lines += [f"  - model: {family.experts[e]}\n    parameters: {{weight: 0.6, density: 0.5}}" for e in experts]

@@ -118,16 +118,6 @@ def test_mixed_dtypes_warn_and_promote(models):
 # --- per-task heads: classifier experts over a shared base (the GLUE-teachers case) ----------------------------
 
 
-@pytest.fixture(scope="module")
-def classifiers():
-    import zoo
-
-    family = zoo.families()["classifier"]
-    if not family.base.is_dir():
-        pytest.skip("the zoo's classifier family is not built (python -m zoo build)")
-    return family
-
-
 def _altered_expert(src, dst, name, new_shape=None, drop=False):
     """A copy of expert `src` whose tensor `name` is reshaped (zeros of `new_shape`) or dropped."""
     shutil.copytree(src, dst)
