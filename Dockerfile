@@ -16,6 +16,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     GRADIO_SERVER_PORT=7860 \
     MERGELAB_HOSTED=1
 
+# CJK fonts: the zoo's Japanese tasks (三, 四) in screenshots and server-side renders, not empty boxes.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends fonts-noto-cjk \
+    && rm -rf /var/lib/apt/lists/*
+
 RUN useradd --create-home --uid 1000 user
 USER 1000
 WORKDIR /home/user/app

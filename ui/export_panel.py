@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 
 from merging.errors import MergeLabError, SourceError
-from ui.catalog import require_hub
+from ui.catalog import hub_reachable
 from ui.hosting import HostConfig
 from ui.session import Session
 from ui.workspace import require_models
@@ -103,7 +103,10 @@ def push_to_hub(session: Session, config: HostConfig, repo_id: str, token: str, 
         raise MergeLabError("Give the repository as owner/name, e.g. your-name/my-merge.")
     if not (token or "").strip():
         raise MergeLabError("Paste a Hugging Face token with write access (Settings → Access Tokens).")
-    require_hub("Pushing to the Hub")
+    if not hub_reachable():  # not require_hub: its advice (download models elsewhere) is about choosing models
+        raise SourceError(f"Cannot push to {repo_id!r}: this server cannot reach the Hugging Face Hub right now. "
+                          "Save the merged folder (above) and upload it from a machine with network, or try again "
+                          "later.")
     if session.merged_path is None:
         save_folder(session, config, "merged")
     from huggingface_hub import HfApi
