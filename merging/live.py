@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
+from merging.checks import require_finite
 from merging.errors import RecipeError
 from merging.methods.registry import collect_notes, get_method
 from merging.recipe import ParameterResolver, Recipe, validate_recipe
@@ -92,6 +93,7 @@ class LiveMerger:
                     base = self.base[name] if pass_base else None
                     result = method.fn(base, tensors, model_params, params, generator)
             notes += [f"{name}: {message}" for message in tensor_notes]
+            require_finite(name, result, recipe, out_dtype)  # a NaN/inf merge is refused, not returned
             merged[name] = result if result.dtype == out_dtype else result.to(out_dtype)
         self.notes = notes
         return merged

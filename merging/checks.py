@@ -1,0 +1,124 @@
+"""Checks on a merge while it runs, shared by the engine (folder) and LiveMerger (in memory): a method gets as many
+parameter sets as tensors, and no merged tensor holds NaN or inf (a weight of 1e308, weights summing to 0 with
+normalize on, ...). Failing either raises a MergeLabError naming the tensor and the likely cause, so a merge is
+refused before anything that looks finished is written.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from merging.errors import MergeLabError
+from merging.methods.registry import get_method
+
+HUGE_SETTING = 1e4  # weights, lambdas and scales beyond this are named as the likely cause of an overflow
+SCALING_PARAMS = ("weight", "lambda", "scale", "t")
+NORMALIZING_PARAMS = ("normalize", "normalize_weights")
+
+
+class NonFiniteMergeError(MergeLabError):
+    """A merged tensor has NaN or inf values (or values the output dtype cannot hold)."""
+
+
+def require_input_count(tensor_name: str, tensors: Sequence[Any], model_params: Sequence[Any],
+                        method_name: str) -> None:
+    """The method gets one parameter set per input tensor; a mismatch would let `zip` drop a model silently."""
+    if len(tensors) != len(model_params):
+        raise MergeLabError(
+            f"Internal inconsistency merging {tensor_name!r} with {method_name}: {len(tensors)} input tensors but "
+            f"{len(model_params)} parameter sets. The models read and the recipe's merge inputs disagree; please "
+            "report this with the recipe.")
+
+
+def require_finite(tensor_name: str, tensor: torch.Tensor, recipe: Any, out_dtype: torch.dtype | None = None) -> None:
+    """Raise NonFiniteMergeError when `tensor` has NaN/inf values, or values beyond what `out_dtype` holds.
+
+    One min/max pass (NaN propagates through both), so it costs a fraction of the merge itself."""
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return
+    low, high = (float(v) for v in torch.aminmax(tensor.detach()))
+    if math.isfinite(low) and math.isfinite(high):
+        limit = torch.finfo(out_dtype).max if out_dtype is not None and out_dtype.is_floating_point else math.inf
+        if max(-low, high) <= limit:
+            return
+        raise NonFiniteMergeError(
+            f"The merge was refused: tensor {tensor_name!r} has values up to {max(-low, high):.3g}, beyond what "
+            f"{str(out_dtype).removeprefix('torch.')} holds (±{limit:.5g}), so the saved model would hold inf. "
+            f"{_likely_cause(recipe)} Or set out_dtype: float32 (or bfloat16). Nothing was written.")
+    nan = int(torch.isnan(tensor).sum())
+    inf = tensor.numel() - nan - int(torch.isfinite(tensor).sum())
+    counts = ", ".join(f"{n} {what}" for n, what in ((nan, "NaN"), (inf, "inf")) if n)
+    raise NonFiniteMergeError(
+        f"The merge was refused: tensor {tensor_name!r} came out with non-finite values ({counts} of "
+        f"{tensor.numel()}). {_likely_cause(recipe)} Nothing was written.")
+
+
+def _likely_cause(recipe: Any) -> str:
+    """The recipe setting most likely to blame, in words a user can act on."""
+    huge = [(where, key, value) for where, key, value in _numeric_settings(recipe)
+            if key in SCALING_PARAMS and abs(value) >= HUGE_SETTING]
+    if huge:
+        where, key, value = max(huge, key=lambda item: abs(item[2]))
+        return (f"Likely cause: `{key}: {value:g}` ({where}) is huge and overflows float32 (largest about 3.4e38); "
+                "use weights and lambda of order 1.")
+    normalizer = _active_normalizer(recipe)
+    weights = [value for where, key, value in _numeric_settings(recipe) if key == "weight" and where != "top level"]
+    if normalizer and weights and abs(sum(weights)) <= 1e-12 * max(abs(w) for w in weights):
+        return (f"Likely cause: the models' weights ({', '.join(f'{w:g}' for w in weights)}) sum to 0 and "
+                f"`{normalizer}` divides by their sum; change a weight, or set `{normalizer}: false`.")
+    return ("Likely causes: NaN/inf values in an input model, or weights, lambda or normalize settings that push "
+            "values out of range; check the models and the recipe's parameters.")
+
+
+def _active_normalizer(recipe: Any) -> str | None:
+    """The method's normalizing parameter when it is on (as set, else its default)."""
+    try:
+        method = get_method(recipe.merge_method)
+    except (MergeLabError, AttributeError):
+        return None
+    for name in NORMALIZING_PARAMS:
+        param = method.param(name)
+        if param is not None:
+            value = (getattr(recipe, "parameters", None) or {}).get(name, param.default)
+            return name if value is True or str(value).lower() == "true" else None
+    return None
+
+
+def _numeric_settings(recipe: Any) -> Iterator[tuple[str, str, float]]:
+    """(where, parameter name, value) for every number written in the recipe's parameters (gradients and filters
+    included)."""
+    scopes = [("top level", getattr(recipe, "parameters", None) or {})]
+    scopes += [(f"model {entry.model!r}", entry.parameters or {}) for entry in getattr(recipe, "models", [])]
+    for where, settings in scopes:
+        if not isinstance(settings, dict):
+            continue
+        for key, setting in settings.items():
+            for value in _leaves(setting):
+                yield where, str(key), value
+
+
+def _leaves(setting: Any, depth: int = 0) -> Iterator[float]:
+    if depth > 4:  # recipes nest at most a list of {filter, value} holding a gradient list
+        return
+    if isinstance(setting, bool):
+        return
+    if isinstance(setting, (int, float)):
+        value = float(setting) if abs(setting) < 1e308 or isinstance(setting, float) else math.inf
+        if not math.isnan(value):
+            yield value
+    elif isinstance(setting, str):
+        try:
+            value = float(setting)
+        except ValueError:
+            return
+        if not math.isnan(value):
+            yield value
+    elif isinstance(setting, dict):
+        yield from _leaves(setting.get("value"), depth + 1)
+    elif isinstance(setting, (list, tuple)):
+        for item in setting:
+            yield from _leaves(item, depth + 1)
