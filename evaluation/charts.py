@@ -59,29 +59,42 @@ def _sweep_grid(data: dict[str, Any], method: str, metric: str) -> tuple[list, l
     return weights, densities, [[lookup.get((w, d)) for d in densities] for w in weights]
 
 
+def _axis_title(axis: str | None) -> str:
+    if not axis:
+        return ""
+    if axis.startswith("weight:"):
+        return f"weight of {axis.split(':', 1)[1]}"
+    return {"weight": "weight (every source)", "lambda": "λ (scale of the merged task vector)"}.get(axis, axis)
+
+
 def sweep_heatmap(sweep: Any, method: str | None = None, metric: str | None = None) -> go.Figure:
-    """Weight (rows) × density (columns) of one method, coloured by the metric, the best point starred."""
+    """One method's grid (rows × columns of the swept settings, weight × density by default), coloured by the
+    metric; the best cell keeps its number and gets a star beside it."""
     data = _as_dict(sweep)
     method = method or data["grid"]["methods"][0]
     metric = metric or data["metric"]
+    rows_axis, columns_axis = data["grid"].get("axes") or ["weight", "density"]
     weights, densities, z = _sweep_grid(data, method, metric)
-    x = ["—" if d is None else f"{d:g}" for d in densities]
+    single = densities == [None]
+    x = [("all points" if single else "—") if d is None else f"{d:g}" for d in densities]
     y = ["—" if w is None else f"{w:g}" for w in weights]
+    best = data.get("best")
+    starred = (best is not None and best["method"] == method and metric == data["metric"])
+    text = [[_label(v) for v in row] for row in z]
+    if starred and best["weight"] in weights and best["density"] in densities:
+        i, j = weights.index(best["weight"]), densities.index(best["density"])
+        text[i][j] = f"★ {text[i][j]}"  # the number stays readable; the star says which cell is best
     fig = go.Figure(go.Heatmap(
         z=z, x=x, y=y, zmin=0, zmax=1, colorscale="Viridis", colorbar={"title": metric},
-        text=[[_label(v) for v in row] for row in z], texttemplate="%{text}",
-        hovertemplate="weight %{y}, density %{x}: %{z:.1%}<extra></extra>",
+        text=text, texttemplate="%{text}", textfont={"size": 13},
+        hovertemplate=f"{_axis_title(rows_axis)} %{{y}}, {_axis_title(columns_axis) or 'point'} %{{x}}: "
+                      "%{z:.1%}<extra></extra>",
     ))
-    best = data.get("best")
-    if best and best["method"] == method and metric == data["metric"]:
-        bx = "—" if best["density"] is None else f"{best['density']:g}"
-        by = "—" if best["weight"] is None else f"{best['weight']:g}"
-        fig.add_trace(go.Scatter(x=[bx], y=[by], mode="markers", name="best",
-                                 marker={"symbol": "star", "size": 22, "color": "white", "line": {"color": "black", "width": 2}},
-                                 hovertemplate="best: weight %{y}, density %{x}<extra></extra>"))
-    fig.update_layout(title=f"{method}: {metric} over weight × density", xaxis={"title": "density", "type": "category"},
-                      yaxis={"title": "weight", "type": "category"}, height=440, margin={"t": 60, "b": 40},
-                      showlegend=False)
+    what = f"{_axis_title(rows_axis)} × {_axis_title(columns_axis)}" if columns_axis else _axis_title(rows_axis)
+    fig.update_layout(title=f"{method}: {metric} over {what}",
+                      xaxis={"title": _axis_title(columns_axis) or "(one setting varied)", "type": "category"},
+                      yaxis={"title": _axis_title(rows_axis), "type": "category"}, height=440,
+                      margin={"t": 60, "b": 40}, showlegend=False)
     return fig
 
 
@@ -134,6 +147,9 @@ def kept_heatmap(report: Any, by: str = "kept_mass_share") -> go.Figure:
                                text=[[_label(v) for v in row] for row in z], texttemplate="%{text}",
                                colorbar={"title": "kept"}))
     what = "magnitude" if by == "kept_mass_share" else "entries"
-    fig.update_layout(title=f"Share of each task vector's {what} kept by TIES trimming at density "
-                            f"{data['density']:g}", height=400, margin={"t": 60, "b": 40})
+    # Two short title lines (one long line is clipped in a half-width plot); rows top-down in task order, as in
+    # the cosine chart.
+    fig.update_layout(title=f"Kept by TIES trimming at density {data['density']:g}<br>"
+                            f"<sub>share of each task vector's {what}</sub>", height=400,
+                      margin={"t": 70, "b": 40}, yaxis={"autorange": "reversed"})
     return fig

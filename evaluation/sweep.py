@@ -74,6 +74,7 @@ class SweepPoint:
     scores: dict[str, dict[str, Any]]
     answers: dict[str, list[str | None]]
     seconds: float
+    settings: dict[str, Any] | None = None  # the Merge panel's settings of this point (settings sweeps)
 
     def value(self, metric: str) -> float | None:
         task, _, name = metric.rpartition(".")
@@ -91,6 +92,7 @@ class SweepResult:
     questions: dict[str, list[str]] = field(default_factory=dict)
     expected: dict[str, list[Any]] = field(default_factory=dict)
     seconds: float = 0.0
+    axes: tuple[str, str | None] = ("weight", "density")  # what the `weight` / `density` fields of a point hold
 
     @property
     def best(self) -> SweepPoint | None:
@@ -124,7 +126,8 @@ class SweepResult:
         best = self.best
         return {
             "metric": self.metric,
-            "grid": {"methods": self.methods, "weights": self.weights, "densities": self.densities},
+            "grid": {"methods": self.methods, "weights": self.weights, "densities": self.densities,
+                     "axes": list(self.axes)},
             "tasks": self.tasks,
             "seconds": round(self.seconds, 3),
             "best": asdict(best) if best else None,
@@ -247,6 +250,152 @@ def run_sweep(
             shown = "–" if value is None else f"{value:.2f}"
             progress((index + 1) / len(plan), f"{index + 1}/{len(plan)}: {method} w={weight} d={density} "
                                               f"{metric}={shown}")
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+# --- settings sweeps: each point is the Merge panel's settings with one or two of them changed --------------------
+#
+# The caller turns settings into a recipe with the same function the Merge panel uses, so a point kept from the
+# sweep merges to exactly what was scored. An axis is "weight" (every source's weight), "weight:<source>" (one
+# source's weight, the others as the settings say) or the name of one of the method's numeric parameters.
+
+WEIGHT_AXIS = "weight"
+
+
+def axis_choices(method: str, sources: Sequence[str]) -> list[str]:
+    """The settings a sweep of `method` can vary: per-model weights and the method's numeric parameters."""
+    spec = get_method(method)
+    choices = []
+    if spec.param("weight") is not None:
+        choices += [WEIGHT_AXIS, *(f"{WEIGHT_AXIS}:{s}" for s in sources)] if len(sources) > 1 else [WEIGHT_AXIS]
+    choices += [p.name for p in spec.params
+                if p.kind in ("float", "int") and p.name != "weight" and p.name not in ("eps", "tol")]
+    return choices
+
+
+def default_axes(method: str, params: Mapping[str, Any], sources: Sequence[str] = ()
+                 ) -> tuple[str | None, str | None]:
+    """Rows and columns worth looking at first. With a density (or SCE's select_topk) it is the columns, against
+    the shared weight, or λ when normalize divides equal weights out; without one, two sources' weights against
+    each other; otherwise the method's own numeric parameter (slerp's t)."""
+    spec = get_method(method)
+    fraction = next((n for n in DENSITY_PARAMS if spec.param(n)), None)
+    normalizing = next((spec.param(n) for n in ("normalize", "normalize_weights") if spec.param(n)), None)
+    normalize = params.get(normalizing.name, normalizing.default) if normalizing else False
+    numeric = [p.name for p in spec.params if p.kind in ("float", "int") and p.name not in ("weight", "eps", "tol")]
+    has_weight = spec.param("weight") is not None
+    if fraction:
+        if has_weight and not (normalize is True and spec.param("lambda") is not None):
+            return WEIGHT_AXIS, fraction
+        other = "lambda" if spec.param("lambda") is not None else None
+        return (other, fraction) if other else (fraction, None)
+    if has_weight and len(sources) >= 2:
+        return f"{WEIGHT_AXIS}:{sources[0]}", f"{WEIGHT_AXIS}:{sources[1]}"
+    if has_weight:
+        return WEIGHT_AXIS, ("lambda" if spec.param("lambda") is not None else None)
+    return (numeric[0], None) if numeric else (None, None)
+
+
+def axis_range(method: str, axis: str) -> tuple[float, float]:
+    """The declared range of an axis (bounds, else the parameter's ui_range)."""
+    spec = get_method(method)
+    param = spec.param(axis.split(":", 1)[0])
+    if param is None:
+        raise SweepError(f"{method} has no parameter {axis!r}: vary one of {', '.join(axis_choices(method, []))}.")
+    ui_low, ui_high = param.ui_range or (0.0, 1.0)
+    return (param.low if param.low is not None else ui_low, param.high if param.high is not None else ui_high)
+
+
+def apply_axis(settings: Mapping[str, Any], axis: str, value: float, sources: Sequence[str]) -> dict[str, Any]:
+    """A copy of the settings ({method, weights, params, seed}) with one setting set to `value`."""
+    out = copy.deepcopy(dict(settings))
+    out.setdefault("params", {})
+    if axis == WEIGHT_AXIS:
+        out["weights"] = [value] * len(sources)
+    elif axis.startswith(WEIGHT_AXIS + ":"):
+        name = axis.split(":", 1)[1]
+        if name not in sources:
+            raise SweepError(f"No source named {name!r} to vary: choose one of {', '.join(sources)}.")
+        weights = list(out.get("weights") or [])
+        weights[list(sources).index(name)] = value
+        out["weights"] = weights
+    else:
+        out["params"][axis] = int(value) if get_method(out["method"]).param(axis).kind == "int" else value
+    return out
+
+
+def settings_grid(settings: Mapping[str, Any], sources: Sequence[str], rows: str | None, row_values: Sequence[float],
+                  columns: str | None = None, column_values: Sequence[float] = ()
+                  ) -> list[tuple[float | None, float | None, dict[str, Any]]]:
+    """(row value, column value, settings) for every grid point; an absent axis is one point (value None)."""
+    if rows is not None and rows == columns:
+        raise SweepError(f"Rows and columns both vary {rows!r}: choose two different settings (or no columns).")
+    choices = axis_choices(settings["method"], sources)
+    for axis in (rows, columns):
+        if axis is not None and axis not in choices:
+            raise SweepError(f"{settings['method']} has no setting {axis!r} to vary: choose one of "
+                             f"{', '.join(choices) or '(none)'}.")
+    points = []
+    for r in (list(row_values) if rows else [None]):
+        for c in (list(column_values) if columns else [None]):
+            point = dict(settings)
+            if rows:
+                point = apply_axis(point, rows, r, sources)
+            if columns:
+                point = apply_axis(point, columns, c, sources)
+            points.append((r, c, point))
+    return points
+
+
+def run_settings_sweep(
+    points: Sequence[tuple[float | None, float | None, Mapping[str, Any]]],
+    build: Callable[[Mapping[str, Any]], tuple[Recipe, Recipe]],
+    merger: LiveMerger,
+    evaluator: Evaluator,
+    *,
+    axes: tuple[str | None, str | None],
+    metric: str = "accuracy",
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> SweepResult:
+    """Merge and score each point's settings. `build(settings)` gives (recipe the merger runs, recipe to record):
+    the second names models as an export does, so the kept point's YAML is what was scored."""
+    _check_metric(metric, evaluator.tasks)
+    if not points:
+        raise SweepError("The sweep grid is empty: give at least one value per axis.")
+    recipes = [build(p[2]) for p in points]  # fail on a bad setting before any work
+    methods = list(dict.fromkeys(p[2]["method"] for p in points))
+    result = SweepResult(
+        metric=metric, methods=methods,
+        weights=list(dict.fromkeys(p[0] for p in points)), densities=list(dict.fromkeys(p[1] for p in points)),
+        tasks=evaluator.tasks.task_names, axes=(axes[0] or "", axes[1]),
+        questions={t.name: t.inputs for t in evaluator.tasks.tasks.values()},
+        expected={t.name: t.answers for t in evaluator.tasks.tasks.values()},
+    )
+    started = time.perf_counter()
+    if progress:
+        progress(0.0, "Answers of the experts")
+    evaluator.expert_predictions()
+    for index, ((row, column, settings), (merged_recipe, recorded)) in enumerate(zip(points, recipes)):
+        if should_stop is not None and should_stop():
+            break
+        tick = time.perf_counter()
+        try:
+            state = merger.merge(merged_recipe, seed=int(settings.get("seed") or 0))
+        except MergeLabError as error:
+            raise SweepError(f"Point {axes[0]}={row} {axes[1]}={column}: {error}") from None
+        scored: EvalResult = evaluator.score_state(state)
+        result.points.append(SweepPoint(
+            method=settings["method"], weight=row, density=column, recipe=recorded.to_dict(),
+            summary=scored.summary(), scores={name: asdict(score) for name, score in scored.scores.items()},
+            answers=scored.answers, seconds=time.perf_counter() - tick, settings=copy.deepcopy(dict(settings)),
+        ))
+        if progress:
+            value = result.points[-1].value(metric)
+            shown = "–" if value is None else f"{value:.2f}"
+            progress((index + 1) / len(points), f"{index + 1}/{len(points)}: {axes[0]}={row} {axes[1]}={column} "
+                                                f"{metric}={shown}")
     result.seconds = time.perf_counter() - started
     return result
 

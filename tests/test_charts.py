@@ -48,14 +48,26 @@ def _sweep() -> SweepResult:
 def test_sweep_heatmap_places_values_and_stars_the_best():
     sweep = _sweep()
     fig = sweep_heatmap(sweep)
-    heat, star = fig.data
+    (heat,) = fig.data
     assert list(heat.y) == ["0.5", "1"] and list(heat.x) == ["0.2", "0.8"]
     assert [list(row) for row in heat.z] == [[0.1, 0.4], [0.2, 0.8]]
-    assert (star.x[0], star.y[0]) == ("0.8", "1")  # weight 1, density 0.8 has the highest accuracy
+    # weight 1, density 0.8 has the highest accuracy: its cell keeps its number, with a star
+    assert [list(row) for row in heat.text] == [["10%", "40%"], ["20%", "★ 80%"]]
     assert "accuracy" in fig.layout.title.text
     other = sweep_heatmap(sweep.to_dict(), metric="t.agreement")
-    assert len(other.data) == 1  # the star marks the best of the sweep's own metric only
+    assert not any("★" in cell for row in other.data[0].text for cell in row)  # only the sweep's own metric
     assert other.data[0].z[0][0] == 0.9
+
+
+def test_sweep_heatmap_of_one_varied_setting_names_it():
+    result = SweepResult("accuracy", ["slerp"], [0.25, 0.75], [None], ["t"], axes=("t", None))
+    for t in (0.25, 0.75):
+        result.points.append(SweepPoint("slerp", t, None, {"merge_method": "slerp"},
+                                        {"agreement": t, "accuracy": t, "normalized_accuracy": None},
+                                        {"t": {"agreement": t, "accuracy": t}}, {"t": []}, 0.1))
+    fig = sweep_heatmap(result)
+    assert list(fig.data[0].x) == ["all points"] and fig.layout.yaxis.title.text == "t"
+    assert "—" not in list(fig.data[0].y)
 
 
 def _report():
@@ -81,4 +93,6 @@ def test_interference_heatmaps_follow_the_report():
     kept = kept_heatmap(report)
     assert list(kept.data[0].y) == ["a", "b"] and kept.data[0].z[0][0] == report.by_layer["0"]["kept_mass_share"]["a"]
     assert "0.5" in kept.layout.title.text
+    # rows run top-down in the same order as the cosine chart's
+    assert kept.layout.yaxis.autorange == cosine_heatmap(report).layout.yaxis.autorange == "reversed"
     json.loads(fig.to_json())  # serialisable for gr.Plot
