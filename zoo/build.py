@@ -17,7 +17,7 @@ from transformers.utils import logging as hf_logging
 
 from . import classifier, lm
 from .classifier_tasks import classifier_split
-from .families import BASE_NAME, FAMILY_EXPERTS, TASKS_DIR, ZOO_DIR, families
+from .families import BASE_NAME, FAMILY_EXPERTS, TASKS_DIR, ZOO_DIR, tiny_families
 from .lm_tasks import lm_splits
 from .tasksets import write_task_files
 from .training import deterministic
@@ -161,7 +161,7 @@ def ensure_built(progress: Progress | None = None, *, zoo_dir: Path | None = Non
     zoo_dir = Path(zoo_dir) if zoo_dir else ZOO_DIR
     tasks_dir = Path(tasks_dir) if tasks_dir else TASKS_DIR
     built: dict[str, list[str]] = {}
-    fams = families(zoo_dir, tasks_dir)
+    fams = tiny_families(zoo_dir, tasks_dir)  # real families are built on demand by zoo.ensure_family
     for name, fam in fams.items():
         if any(not is_built(p) for p in fam.models().values()):
             record = build(zoo_dir, tasks_out=tasks_dir, family=name, only_missing=True, reduced=reduced, seed=seed,
