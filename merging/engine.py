@@ -25,8 +25,18 @@ from typing import Any
 
 import torch
 
+from merging.checks import require_finite, require_input_count
 from merging.errors import CompatibilityError, MergeCancelled, MergeLabError
 from merging.inputs import MergeInputs, TaskHeads, fit_rows, is_vocab_mismatch, open_inputs, task_heads
+from merging.plan import (
+    PREFETCH_TENSORS,
+    WRITE_BEHIND_TENSORS,
+    TensorPlan,
+    dominant_dtype,
+    dtype_name,
+    plan_outputs,
+    torch_dtype,
+)
 from merging.shards import PlannedTensor, ShardWriter, parse_size, plan_shards
 
 RECIPE_FILE = "mergelab_recipe.yaml"
@@ -36,8 +46,6 @@ TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.model",
     "vocab.json", "merges.txt", "vocab.txt", "spiece.model", "chat_template.jinja", "chat_template.json",
 )
-PREFETCH_TENSORS = 1  # tensors read ahead of the one being merged (the reader holds one more)
-WRITE_BEHIND_TENSORS = 1  # merged tensors waiting for the writer (it holds one more)
 # Test-only hook: seconds to sleep per tensor, so a test can kill a merge mid-way.
 _DELAY_ENV = "MERGELAB_TEST_TENSOR_DELAY_S"
 
@@ -127,7 +135,7 @@ def merge_to_folder(
             with _compute_threads(device):
                 notes = _run_pipeline(inputs, plan, shards, temp, device=device, seed=seed, progress=progress,
                                       cancel=cancel, started=started, stages=stages)
-            out_dtype = _dominant_dtype(plan)
+            out_dtype = dominant_dtype(plan)
             heads = task_heads(inputs)
             written = _write_task_folders(inputs, heads, plan, shards, temp, out_dtype, max_shard, cancel) \
                 if heads is not None else []
@@ -143,7 +151,7 @@ def merge_to_folder(
         out_dir=out, files=sorted(p.name for p in out.iterdir()), num_tensors=len(plan),
         tasks={name: out / TASKS_DIR / name for name in written},
         bytes_read=sum(p.bytes_read for p in plan), bytes_written=sum(p.planned.nbytes for p in plan) + _task_bytes(out, written),
-        seconds=time.perf_counter() - started, device=device, out_dtype=_dtype_name(out_dtype), notes=notes,
+        seconds=time.perf_counter() - started, device=device, out_dtype=dtype_name(out_dtype), notes=notes,
         stage_seconds={k: round(v, 3) for k, v in stages.items()},
     )
 
@@ -151,49 +159,6 @@ def merge_to_folder(
 def _task_bytes(out: Path, written: list[str]) -> int:
     """Tensor bytes of the per-task folders (safetensors files, headers included)."""
     return sum(f.stat().st_size for name in written for f in (out / TASKS_DIR / name).glob("*.safetensors"))
-
-
-# --- planning ---------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TensorPlan:
-    planned: PlannedTensor  # output name, shape, dtype
-    merge: bool  # False: copied from the donor (non-float tensors such as integer buffers)
-    bytes_read: int
-
-
-def plan_outputs(inputs: MergeInputs) -> list[TensorPlan]:
-    """Every output tensor in the donor's order, with its shape and dtype decided before any data is read."""
-    recipe = inputs.recipe
-    fixed_dtype = _torch_dtype(getattr(recipe, "out_dtype", None) or getattr(recipe, "dtype", None))
-    refs = inputs.refs_read_per_tensor()
-    heads = task_heads(inputs)
-    shared = set(heads.shared) if heads is not None else None
-    plan = []
-    for name in inputs.donor.tensor_names():
-        if shared is not None and name not in shared:  # only the base has it (its own head): copied, not merged
-            dtype = inputs.donor.dtype(name)
-            out_dtype = fixed_dtype if fixed_dtype is not None and dtype.is_floating_point else dtype
-            plan.append(TensorPlan(PlannedTensor(name, tuple(inputs.donor.shape(name)), out_dtype), False,
-                                   inputs.donor.nbytes(name)))
-            continue
-        dtypes = [inputs.sources[r].dtype(name) for r in refs]
-        floating = all(d.is_floating_point for d in dtypes)
-        shape = inputs.donor.shape(name)
-        if inputs.resolve_vocab and is_vocab_mismatch(inputs, name):
-            shape = inputs.tokenizer_donor.shape(name)
-        if not floating:
-            out_dtype = inputs.donor.dtype(name)
-        elif fixed_dtype is not None:
-            out_dtype = fixed_dtype
-        else:
-            out_dtype = dtypes[0]
-            for d in dtypes[1:]:
-                out_dtype = torch.promote_types(out_dtype, d)
-        read = sum(inputs.sources[r].nbytes(name) for r in refs) if floating else inputs.donor.nbytes(name)
-        plan.append(TensorPlan(PlannedTensor(name, tuple(shape), out_dtype), floating, read))
-    return plan
 
 
 # --- the pipeline -----------------------------------------------------------------------------------------------
@@ -241,9 +206,11 @@ def _run_pipeline(inputs: MergeInputs, plan: list[TensorPlan], shards: list, fol
                 generator = None
                 if method.random:
                     generator = torch.Generator(device=device).manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
+                require_input_count(name, operands, model_params, method.name)
                 tick = time.perf_counter()
                 with collect_notes() as tensor_notes:
                     merged = method.fn(base, operands, model_params, global_params, generator)
+                require_finite(name, merged, inputs.recipe, item.planned.dtype)
                 if device != "cpu":
                     torch.cuda.synchronize(device)
                 stages["merge"] += time.perf_counter() - tick
@@ -317,7 +284,7 @@ def _read_all(inputs: MergeInputs, plan: list[TensorPlan], device: str, out_q: q
 
 
 def _read_tensor(inputs: MergeInputs, name: str, device: str) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-    compute_dtype = _torch_dtype(getattr(inputs.recipe, "dtype", None))  # inputs are rounded to it, as in mergekit
+    compute_dtype = torch_dtype(getattr(inputs.recipe, "dtype", None))  # inputs are rounded to it, as in mergekit
     loaded: dict[str, torch.Tensor] = {}  # a model listed twice is read once
 
     def load(ref: str) -> torch.Tensor:
@@ -404,7 +371,7 @@ def _write_task_folders(inputs: MergeInputs, heads: TaskHeads, plan: list[Tensor
     (its head), with the expert's config and tokenizer. Returns the task names."""
     from safetensors import safe_open
 
-    fixed = _torch_dtype(getattr(inputs.recipe, "out_dtype", None) or getattr(inputs.recipe, "dtype", None))
+    fixed = torch_dtype(getattr(inputs.recipe, "out_dtype", None) or getattr(inputs.recipe, "dtype", None))
     planned = {p.planned.name: p.planned for p in plan}
     written_in = {t.name: shard.filename for shard in shards for t in shard.tensors}
     handles: dict[str, Any] = {}
@@ -556,40 +523,13 @@ def _cancelled(cancel: CancelFlag) -> bool:
     return bool(cancel())
 
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
-           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "half": torch.float16,
-           "float": torch.float32}
-
-
-def _torch_dtype(value: Any) -> torch.dtype | None:
-    if value is None or isinstance(value, torch.dtype):
-        return value
-    key = str(value).removeprefix("torch.")
-    if key not in _DTYPES:
-        raise MergeLabError(f"Unknown dtype {value!r}: use float32, float16 or bfloat16.")
-    return _DTYPES[key]
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _dominant_dtype(plan: list[TensorPlan]) -> torch.dtype:
-    """The output dtype holding most bytes among merged tensors (what config.json should announce)."""
-    totals: dict[torch.dtype, int] = {}
-    for item in plan:
-        if item.merge:
-            totals[item.planned.dtype] = totals.get(item.planned.dtype, 0) + item.planned.nbytes
-    return max(totals, key=totals.__getitem__) if totals else torch.float32
-
-
 def _write_config(source_config: dict, inputs: MergeInputs, out_dtype: torch.dtype, folder: Path) -> None:
     """config.json of an output folder: the source's config with the output dtype (and the resolved vocabulary).
     Written last, so a folder holding it is a finished model."""
     config = dict(source_config)
-    config["dtype"] = _dtype_name(out_dtype)
+    config["dtype"] = dtype_name(out_dtype)
     if "torch_dtype" in config:
-        config["torch_dtype"] = _dtype_name(out_dtype)
+        config["torch_dtype"] = dtype_name(out_dtype)
     if inputs.resolve_vocab and inputs.tokenizer_donor.vocab_size is not None and "vocab_size" in config:
         config["vocab_size"] = inputs.tokenizer_donor.vocab_size
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")

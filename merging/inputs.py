@@ -1,8 +1,8 @@
 """The models a recipe names, opened as lazy sources, and the roles each plays in a merge.
 
 Shared by the pre-flight check (which reports problems) and the engine (which merges once the check is clean):
-- operands: the models passed to the method as `tensors` (the non-base models, or every listed model when the
-  method ignores the base), in recipe order;
+- operands: the models passed to the method as `tensors`: `Recipe.merge_inputs()` (the non-base models, or every
+  listed model plus an unlisted base_model when the method ignores the base), in recipe order;
 - donor: the model whose config, tensor order and generation config the output takes (the base, else the first model);
 - tokenizer donor: the model whose tokenizer files are copied and whose vocabulary size the output takes.
 """
@@ -66,11 +66,11 @@ class MergeInputs:
         self.close()
 
 
-def operand_refs(recipe: Any, method: Any) -> list[str]:
-    listed = [entry.model for entry in recipe.models]
-    if method.base == "ignored":
-        return listed
-    return [ref for ref in listed if ref != recipe.base_model]
+def operand_refs(recipe: Any) -> list[str]:
+    """The models handed to the method as `tensors`: `Recipe.merge_inputs()`, the one definition the engine, the
+    live merger, the pre-flight check and mergekit share (for base-ignoring methods an unlisted base_model is the
+    last input)."""
+    return list(recipe.merge_inputs())
 
 
 def tokenizer_ref(recipe: Any, donor_ref: str) -> tuple[str, bool]:
@@ -119,7 +119,7 @@ def open_inputs(recipe: Any, *, allow_pickle: bool = False, cache_dir: str | Non
         raise
     renamed = _align_names(sources, recipe.base_model)
     return MergeInputs(recipe=recipe, method=method, sources=sources, base_ref=recipe.base_model,
-                       operand_refs=operand_refs(recipe, method), donor_ref=donor, tokenizer_ref=tok_ref,
+                       operand_refs=operand_refs(recipe), donor_ref=donor, tokenizer_ref=tok_ref,
                        resolve_vocab=resolve, renamed=renamed)
 
 

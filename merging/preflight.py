@@ -17,11 +17,8 @@ import torch
 
 from merging.errors import MergeLabError
 from merging.inputs import MergeInputs, is_vocab_mismatch, open_inputs, task_heads
+from merging.plan import dtype_name, estimate
 
-# Merge throughput (input bytes read per second, reading + merging + writing overlapped), measured with
-# bench/bench_engine.py on a contended 2-core CPU (see docs/benchmarks.md); deliberately on the slow side.
-CPU_BYTES_PER_S = 150e6
-CUDA_BYTES_PER_S = 600e6
 MAX_LISTED = 6  # names listed per problem before "and N more"
 
 
@@ -109,7 +106,7 @@ def _describe_models(inputs: MergeInputs, report: PreflightReport) -> None:
     models = {}
     for ref, src in inputs.sources.items():
         names = src.tensor_names()
-        dtypes = sorted({_dtype_name(src.dtype(n)) for n in names})
+        dtypes = sorted({dtype_name(src.dtype(n)) for n in names})
         models[ref] = {
             "architecture": src.architecture,
             "parameters": sum(_numel(src.shape(n)) for n in names),
@@ -254,45 +251,15 @@ def _check_chat_template(inputs: MergeInputs, report: PreflightReport) -> None:
 
 
 def _check_resources(inputs: MergeInputs, report: PreflightReport, out_dir: Any, device: str) -> None:
-    from merging.engine import PREFETCH_TENSORS, WRITE_BEHIND_TENSORS, plan_outputs
-
-    refs = inputs.refs_read_per_tensor()
-    if not report.ok:  # shapes or names differ: estimate from the donor alone
-        out_bytes = inputs.donor.total_bytes()
-        largest_out = max((inputs.donor.nbytes(n) for n in inputs.donor.tensor_names()), default=0)
-        out_dtype = report.facts["models"][inputs.donor_ref]["dtype"]
-        read_bytes = out_bytes * len(refs)
-        num_tensors = len(inputs.donor.tensor_names())
-    else:
-        plan = plan_outputs(inputs)
-        out_bytes = sum(p.planned.nbytes for p in plan)
-        largest_out = max((p.planned.nbytes for p in plan), default=0)
-        dtypes = sorted({_dtype_name(p.planned.dtype) for p in plan if p.merge})
-        out_dtype = "/".join(dtypes)
-        read_bytes = sum(p.bytes_read for p in plan)
-        num_tensors = len(plan)
-        heads = task_heads(inputs)
-        if heads is not None:  # every task folder: the merged tensors again, plus the task's own tensors
-            shared = set(heads.shared)
-            shared_bytes = sum(p.planned.nbytes for p in plan if p.planned.name in shared)
-            for ref, own in heads.own.items():
-                out_bytes += shared_bytes + sum(inputs.sources[ref].nbytes(n) for n in own)
-                read_bytes += shared_bytes + sum(inputs.sources[ref].nbytes(n) for n in own)
-    largest_numel = max((_numel(inputs.donor.shape(n)) for n in inputs.donor.tensor_names()), default=0)
-    largest_in = max((src.nbytes(n) for src in inputs.sources.values() for n in src.tensor_names()), default=0)
-    # In flight at once: input sets queued, being read and being merged; the method's float32 working copies
-    # (inputs + deltas + result); merged tensors queued, being written and being produced. An estimate: methods
-    # with masks use a little more.
-    memory = (largest_in * len(refs) * (PREFETCH_TENSORS + 2) + largest_numel * 4 * (2 * len(refs) + 2)
-              + largest_out * (WRITE_BEHIND_TENSORS + 2))
-    rate = CUDA_BYTES_PER_S if device.startswith("cuda") else CPU_BYTES_PER_S
+    cost = estimate(inputs, device, planned=report.ok)  # names or shapes differ: estimated from the donor alone
+    memory, out_bytes = cost.memory_needed_bytes, cost.output_bytes
     report.facts.update({
-        "num_tensors": num_tensors,
-        "output_dtype": out_dtype,
-        "read_bytes": read_bytes,
+        "num_tensors": cost.num_tensors,
+        "output_dtype": cost.output_dtype,
+        "read_bytes": cost.read_bytes,
         "output_bytes": out_bytes,
         "memory_needed_bytes": memory,
-        "estimated_seconds": round(read_bytes / rate + 1.0, 1),
+        "estimated_seconds": cost.estimated_seconds,
     })
     available = _available_memory(device)
     report.facts["memory_available_bytes"] = available
@@ -385,7 +352,3 @@ def _numel(shape: tuple[int, ...]) -> int:
     for d in shape:
         n *= d
     return n
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
