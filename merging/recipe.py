@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,17 @@ import yaml
 
 from merging.errors import RecipeError
 from merging.methods.registry import Method, Param, get_method, list_methods
+from merging.recipe_text import (
+    MAX_LISTED_PROBLEMS,
+    MAX_MODELS,
+    MAX_PROBLEM_CHARS,
+    MAX_QUOTED_CHARS,
+    cut,
+    is_file,
+    parse_yaml,
+    quote,
+    read_recipe_text,
+)
 
 TOP_LEVEL_KEYS = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source",
                   "tokenizer", "chat_template")
@@ -148,21 +160,17 @@ def load_recipe(source: str | Path, *, validate: bool = True) -> Recipe:
     """Read a recipe from a YAML file path or YAML text (yaml.safe_load) and validate it unless asked not to.
     Structural and semantic problems are reported together in one RecipeError."""
     text = str(source)
-    looks_like_path = "\n" not in text and (text.endswith((".yaml", ".yml")) or Path(text).is_file())
+    where = "the recipe"
+    looks_like_path = "\n" not in text and (text.endswith((".yaml", ".yml")) or is_file(Path(text)))
     if isinstance(source, Path) or looks_like_path:
         path = Path(source)
-        if not path.is_file():
-            raise RecipeError(f"recipe file {path} not found: check the path")
-        text = path.read_text(encoding="utf-8")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise RecipeError(f"the recipe is not valid YAML ({error}); fix the syntax at the line shown") from None
+        text, where = read_recipe_text(path), f"recipe file {quote(str(path))}"
+    data = parse_yaml(text, where)
     recipe, problems = _parse(data)
     if validate and recipe is not None:
         problems += _problems(recipe)
     if problems or recipe is None:
-        raise _recipe_error(problems)
+        raise _recipe_error(problems, where if where != "the recipe" else None)
     return recipe
 
 
@@ -174,7 +182,8 @@ def _parse(data: Any) -> tuple[Recipe | None, list[str]]:
     for key in data:
         if key not in TOP_LEVEL_KEYS:
             hint = " (slices are not supported yet: list whole models under `models`)" if key == "slices" else ""
-            problems.append(f"unknown key {key!r}{hint}: the keys a recipe may have are {', '.join(TOP_LEVEL_KEYS)}")
+            problems.append(f"unknown key {quote(key)}{hint}: the keys a recipe may have are "
+                            f"{', '.join(TOP_LEVEL_KEYS)}")
     method = data.get("merge_method")
     if not isinstance(method, str) or not method:
         problems.append("merge_method is missing: add e.g. `merge_method: ties`")
@@ -183,6 +192,9 @@ def _parse(data: Any) -> tuple[Recipe | None, list[str]]:
     raw_models = data.get("models")
     if not isinstance(raw_models, list) or not raw_models:
         problems.append("models is missing or empty: list the models to merge, e.g. `models: [{model: path/or/id}]`")
+    elif len(raw_models) > MAX_MODELS:
+        problems.append(f"models lists {len(raw_models)} models; a recipe may merge at most {MAX_MODELS}: "
+                        "merge fewer at a time")
     else:
         for index, entry in enumerate(raw_models):
             parsed = _parse_model(entry, index, problems)
@@ -193,7 +205,7 @@ def _parse(data: Any) -> tuple[Recipe | None, list[str]]:
     for key in ("base_model", "dtype", "out_dtype", "tokenizer_source", "chat_template"):
         value = data.get(key)
         if value is not None and not isinstance(value, str):
-            problems.append(f"{key} must be a string, got {value!r}")
+            problems.append(f"{key} must be a string, got {quote(value)}")
             value = None
         strings[key] = value
     tokenizer = data.get("tokenizer")
@@ -211,11 +223,12 @@ def _parse_model(entry: Any, index: int, problems: list[str]) -> ModelEntry | No
     if isinstance(entry, str):
         return ModelEntry(entry)
     if not isinstance(entry, Mapping) or not isinstance(entry.get("model"), str):
-        problems.append(f"models[{index}] must be a mapping with a `model:` path or Hub id, got {entry!r}")
+        problems.append(f"models[{index}] must be a mapping with a `model:` path or Hub id, got {quote(entry)}")
         return None
     for key in entry:
         if key not in MODEL_KEYS:
-            problems.append(f"models[{index}] ({entry['model']}): unknown key {key!r}; a model entry has only "
+            problems.append(f"models[{index}] ({quote(entry['model'])}): unknown key {quote(key)}; a model entry "
+                            "has only "
                             f"{' and '.join(MODEL_KEYS)}")
     settings = _parse_settings(entry.get("parameters"), f"models[{index}].parameters", problems)
     return ModelEntry(entry["model"], settings)
@@ -225,12 +238,12 @@ def _parse_settings(raw: Any, where: str, problems: list[str]) -> dict[str, Sett
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
-        problems.append(f"{where} must be a mapping of name: value, got {raw!r}")
+        problems.append(f"{where} must be a mapping of name: value, got {quote(raw)}")
         return {}
     for name, value in raw.items():
         if not _well_formed(value):
-            problems.append(f"{where}.{name}: {value!r} is not a value, a gradient list [v0, ..., vn] or a list of "
-                            "{filter: substring, value: v} entries")
+            problems.append(f"{where}.{cut(str(name), MAX_QUOTED_CHARS)}: {quote(value)} is not a value, a "
+                            "gradient list [v0, ..., vn] or a list of {filter: substring, value: v} entries")
     return dict(raw)
 
 
@@ -278,6 +291,8 @@ def coerce(param: Param, value: Any) -> Any:
         number = float(value)
     except (TypeError, ValueError):
         raise ValueError("must be a number") from None
+    except OverflowError:  # an integer beyond float range (a 400-digit weight)
+        raise ValueError("is too large: must be a finite number of ordinary size") from None
     if not math.isfinite(number):
         raise ValueError("must be a finite number")
     if param.kind == "int":
@@ -290,13 +305,13 @@ def coerce(param: Param, value: Any) -> Any:
 def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
+    try:
+        if isinstance(value, (int, float)):
             return float(value)
-        except ValueError:
-            return None
+        if isinstance(value, str):
+            return float(value)
+    except (ValueError, OverflowError):  # not a number, or an integer beyond float range
+        return None
     return None
 
 
@@ -376,10 +391,11 @@ class ParameterResolver:
                     try:
                         return coerce(param, value)
                     except ValueError as error:
-                        raise RecipeError(f"{param.name} = {value!r} at tensor {tensor_name!r} {error}") from None
+                        raise RecipeError(f"{param.name} = {quote(value)} at tensor {quote(tensor_name)} "
+                                          f"{error}") from None
         if param.required:
-            where = f" for model {model!r}" if model else ""
-            raise RecipeError(f"no {param.name}{where} at tensor {tensor_name!r}: add a `- value: ...` entry "
+            where = f" for model {quote(model)}" if model else ""
+            raise RecipeError(f"no {param.name}{where} at tensor {quote(tensor_name)}: add a `- value: ...` entry "
                               "without `filter` as a fallback")
         return param.default
 
@@ -405,13 +421,27 @@ def validate_recipe(recipe: Recipe) -> None:
         raise _recipe_error(problems)
 
 
-def _recipe_error(problems: list[str]) -> RecipeError:
-    if len(problems) == 1:
+def _recipe_error(problems: list[str], where: str | None = None) -> RecipeError:
+    """One error listing the problems: each cut to MAX_PROBLEM_CHARS, at most MAX_LISTED_PROBLEMS of them (the
+    error's `problems` holds them all, cut). `where` names the file the recipe came from."""
+    problems = [cut(p, MAX_PROBLEM_CHARS) for p in problems]
+    if where is not None:
+        error = RecipeError(f"{where}: " + (problems[0] if len(problems) == 1 else f"{len(problems)} problems:\n"
+                                              + _listed(problems)))
+    elif len(problems) == 1:
         error = RecipeError(f"recipe problem: {problems[0]}")
     else:
-        error = RecipeError(f"the recipe has {len(problems)} problems:\n" + "\n".join(f"- {p}" for p in problems))
-    error.problems = list(problems)  # type: ignore[attr-defined]
+        error = RecipeError(f"the recipe has {len(problems)} problems:\n{_listed(problems)}")
+    error.problems = problems  # type: ignore[attr-defined]
     return error
+
+
+def _listed(problems: list[str]) -> str:
+    shown = "\n".join(f"- {p}" for p in problems[:MAX_LISTED_PROBLEMS])
+    more = len(problems) - MAX_LISTED_PROBLEMS
+    if more > 0:
+        shown += f"\n- …and {more} more (fix the ones above and check again)"
+    return shown
 
 
 def _problems(recipe: Recipe) -> list[str]:
@@ -419,16 +449,16 @@ def _problems(recipe: Recipe) -> list[str]:
     known = {m.name: m for m in list_methods()}
     method = known.get(recipe.merge_method)
     if method is None:
-        problems.append(f"unknown merge_method {recipe.merge_method!r}: use one of {', '.join(known)}")
+        problems.append(f"unknown merge_method {quote(recipe.merge_method)}: use one of {', '.join(known)}")
     for key in ("dtype", "out_dtype"):
         value = getattr(recipe, key)
         if value is not None and value not in DTYPES:
-            problems.append(f"{key}: {value!r} is not a supported dtype; use one of {', '.join(DTYPES)}")
+            problems.append(f"{key}: {quote(value)} is not a supported dtype; use one of {', '.join(DTYPES)}")
     if recipe.tokenizer_source is not None and recipe.tokenizer is not None:
         problems.append("set either tokenizer_source or tokenizer, not both (mergekit refuses both)")
-    listed = [m.model for m in recipe.models]
-    for name in sorted({m for m in listed if listed.count(m) > 1}):
-        problems.append(f"model {name!r} is listed twice: list each model once")
+    counts = Counter(m.model for m in recipe.models)
+    for name in sorted(m for m, n in counts.items() if n > 1):
+        problems.append(f"model {quote(name)} is listed twice: list each model once")
     if not recipe.models:
         problems.append("models is empty: list at least one model")
     elif method is not None:
@@ -459,12 +489,13 @@ def _leaf_problem(where: str, param: Param, leaf: Any) -> str | None:
     try:
         value = coerce(param, leaf)
     except ValueError as error:
-        return f"{where} = {leaf!r} {error}"
+        return f"{where} = {quote(leaf)} {error}"
     if param.kind in ("float", "int"):
         low = -math.inf if param.low is None else param.low
         high = math.inf if param.high is None else param.high
         if not low <= value <= high:
-            return f"{where} = {leaf!r} is outside [{_fmt(param.low)}, {_fmt(param.high)}]: use a value in that range"
+            return (f"{where} = {quote(leaf)} is outside [{_fmt(param.low)}, {_fmt(param.high)}]: use a value in "
+                    "that range")
     return None
 
 
@@ -486,18 +517,19 @@ def _method_problems(recipe: Recipe, method: Method) -> list[str]:
     for key, value in recipe.parameters.items():
         param = known.get(key)
         if param is None:
-            problems.append(f"parameters.{key}: {name} has no parameter {key!r}; its parameters are: {names}"
+            problems.append(f"parameters.{cut(str(key), MAX_QUOTED_CHARS)}: {name} has no parameter {quote(key)}; "
+                            f"its parameters are: {names}"
                             + _unknown_hint(name, key))
             continue
         problems += [p for leaf in _leaves(value) if (p := _leaf_problem(f"parameters.{key}", param, leaf))]
     for index, entry in enumerate(recipe.models):
         is_base = entry.model == recipe.base_model and method.base != "ignored"
         for key, value in entry.parameters.items():
-            where = f"models[{index}].parameters.{key}"
+            where = f"models[{index}].parameters.{cut(str(key), MAX_QUOTED_CHARS)}"
             param = known.get(key)
             if param is None:
                 if not is_base:  # mergekit ignores the base's parameters; so do we
-                    problems.append(f"{where}: {name} has no parameter {key!r}; its parameters are: {names}"
+                    problems.append(f"{where}: {name} has no parameter {quote(key)}; its parameters are: {names}"
                                     + _unknown_hint(name, key))
                 continue
             if param.scope == "global":
@@ -512,12 +544,13 @@ def _method_problems(recipe: Recipe, method: Method) -> list[str]:
             if own is None and shared is None:
                 unlisted = model == recipe.base_model and model not in [m.model for m in recipe.models]
                 problems.append(
-                    f"base_model {model!r} is merged as one more input by {name} (as mergekit does) but has no "
+                    f"base_model {quote(model)} is merged as one more input by {name} (as mergekit does) but has no "
                     f"{param.name}: list it under `models` with a {param.name}, or remove base_model" if unlisted else
-                    f"model {model!r} has no {param.name}: add `parameters: {{{param.name}: 1.0}}` to it or a global "
+                    f"model {quote(model)} has no {param.name}: add `parameters: {{{param.name}: 1.0}}` to it or a "
+                    "global "
                     f"`{param.name}` under `parameters`")
             elif not any(s is not None and _has_catch_all(s) for s in (own, shared)):
-                problems.append(f"model {model!r}: the {param.name} filters do not cover every tensor; add a "
+                problems.append(f"model {quote(model)}: the {param.name} filters do not cover every tensor; add a "
                                 f"`- value: ...` entry without `filter` as a fallback")
     if name == "linear" and recipe.parameters.get("normalize", True) is True:
         weights = [_number(recipe.model_settings(m).get("weight", recipe.parameters.get("weight"))) for m in inputs]
@@ -564,7 +597,7 @@ def _della_problems(recipe: Recipe, method: Method, inputs: list[str]) -> list[s
                     continue
                 if not (0 < density - epsilon and density + epsilon < 1):
                     problems.append(
-                        f"model {model!r}: {method.name} needs density ± epsilon inside (0, 1), got density "
+                        f"model {quote(model)}: {method.name} needs density ± epsilon inside (0, 1), got density "
                         f"{density:g} and epsilon {epsilon:g}; lower epsilon below {min(density, 1 - density):g} "
                         "or move density toward 0.5")
     return problems

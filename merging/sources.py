@@ -9,6 +9,7 @@ are refused unless the caller opts in, and then load with `torch.load(weights_on
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -36,6 +37,12 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 }
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)\.")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# A strict Hub repository id, for callers that must never touch local paths (a hosted app): `owner/name`, each
+# part letters, digits, "-", "_" or "." between letters or digits, no "--" or "..", as the Hub itself requires.
+_HUB_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
+_STRICT_HUB_ID = re.compile(rf"^{_HUB_PART}/{_HUB_PART}$")
+HUB_OWNER_MAX_CHARS = 96  # the Hub's limits on user/organisation and repository names
+HUB_NAME_MAX_CHARS = 96
 
 
 class ModelSource:
@@ -171,11 +178,18 @@ class ModelSource:
                     self._meta[name] = (tuple(tensor.shape), tensor.dtype)
 
 
-def open_model(ref: str | os.PathLike, *, allow_pickle: bool = False, cache_dir: str | None = None) -> ModelSource:
-    """A local folder in Hugging Face format, or a Hub id (downloaded once, safetensors only unless allow_pickle)."""
+def open_model(ref: str | os.PathLike, *, allow_pickle: bool = False, cache_dir: str | None = None,
+               hub_only: bool = False) -> ModelSource:
+    """A local folder in Hugging Face format, or a Hub id (downloaded once, safetensors only unless allow_pickle).
+    `hub_only=True` never looks at local paths: `ref` must be a strict Hub id (`owner/name`, see
+    `validate_hub_id`), so a caller that must not reach the server's files (a hosted app) can hand it user text."""
     ref_str = str(ref)
+    if hub_only:
+        repo_id = validate_hub_id(ref_str)
+        return ModelSource(download_from_hub(repo_id, allow_pickle=allow_pickle, cache_dir=cache_dir), repo_id,
+                           allow_pickle=allow_pickle)
     local = Path(ref_str).expanduser()
-    if local.exists():
+    if _path_exists(local, ref_str):
         if not local.is_dir():
             raise SourceError(f"{ref_str!r} is a file; give the model's folder (the one holding config.json).")
         return ModelSource(local, ref_str, allow_pickle=allow_pickle)
@@ -188,6 +202,35 @@ def open_model(ref: str | os.PathLike, *, allow_pickle: bool = False, cache_dir:
 
 def looks_like_hub_id(ref: str) -> bool:
     return bool(_HUB_ID.match(ref)) and not ref.startswith((".", "~"))
+
+
+def validate_hub_id(ref: str) -> str:
+    """`ref` as a Hub repository id `owner/name`, or SourceError saying what a Hub id looks like. Paths never pass:
+    no leading "/" or "~", no "..", no backslashes, exactly one "/", and the Hub's length limits."""
+    repo_id = ref.strip()
+    owner, _, name = repo_id.partition("/")
+    valid = (bool(_STRICT_HUB_ID.match(repo_id)) and ".." not in repo_id and "--" not in repo_id
+             and len(owner) <= HUB_OWNER_MAX_CHARS and len(name) <= HUB_NAME_MAX_CHARS
+             and not name.endswith(".git"))
+    if not valid:
+        shown = repo_id if len(repo_id) <= 80 else repo_id[:79] + "…"
+        raise SourceError(f"{shown!r} is not a Hugging Face Hub id: give it as owner/name (letters, digits, '-', "
+                          f"'_' and '.', e.g. openai-community/gpt2), not a path.")
+    return repo_id
+
+
+def _path_exists(path: Path, ref: str) -> bool:
+    """Path.exists(), with names the file system refuses (too long, NUL bytes) reported as what to fix."""
+    try:
+        return path.exists()
+    except ValueError:  # an embedded NUL byte
+        raise SourceError(f"Model {ref[:80]!r} is not a usable path or Hub id (it holds a NUL byte).") from None
+    except OSError as exc:
+        shown = ref if len(ref) <= 80 else ref[:79] + "…"
+        reason = ("a file or folder name in it is too long for the file system (most allow 255 bytes per name)"
+                  if exc.errno == errno.ENAMETOOLONG else exc.strerror or str(exc))
+        raise SourceError(f"Model {shown!r} cannot be used as a path: {reason}. Give the model's folder or a Hub "
+                          "id.") from None
 
 
 def download_from_hub(repo_id: str, *, allow_pickle: bool = False, cache_dir: str | None = None) -> Path:
