@@ -57,6 +57,13 @@ def require_finite(tensor_name: str, tensor: torch.Tensor, recipe: Any, out_dtyp
         f"{tensor.numel()}). {_likely_cause(recipe)} Nothing was written.")
 
 
+def method_failure(tensor_name: str, method_name: str, error: Exception, recipe: Any) -> MergeLabError:
+    """A method that failed on the recipe's values (a weight of 1e308 does not fit float32, ...), as a message."""
+    detail = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+    return MergeLabError(f"Merging tensor {tensor_name!r} with {method_name} failed ({detail}). "
+                         f"{_likely_cause(recipe)} Nothing was written.")
+
+
 def _likely_cause(recipe: Any) -> str:
     """The recipe setting most likely to blame, in words a user can act on."""
     huge = [(where, key, value) for where, key, value in _numeric_settings(recipe)

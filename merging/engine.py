@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from merging.checks import require_finite, require_input_count
+from merging.checks import method_failure, require_finite, require_input_count
 from merging.errors import CompatibilityError, MergeCancelled, MergeLabError
 from merging.inputs import MergeInputs, TaskHeads, fit_rows, is_vocab_mismatch, open_inputs, task_heads
 from merging.plan import (
@@ -209,7 +209,12 @@ def _run_pipeline(inputs: MergeInputs, plan: list[TensorPlan], shards: list, fol
                 require_input_count(name, operands, model_params, method.name)
                 tick = time.perf_counter()
                 with collect_notes() as tensor_notes:
-                    merged = method.fn(base, operands, model_params, global_params, generator)
+                    try:
+                        merged = method.fn(base, operands, model_params, global_params, generator)
+                    except torch.OutOfMemoryError:
+                        raise
+                    except (RuntimeError, ArithmeticError, ValueError) as exc:  # e.g. a weight beyond float32
+                        raise method_failure(name, method.name, exc, inputs.recipe) from exc
                 require_finite(name, merged, inputs.recipe, item.planned.dtype)
                 if device != "cpu":
                     torch.cuda.synchronize(device)

@@ -433,3 +433,71 @@ def test_old_gpt2_base_with_classifier_experts_merges_per_task(tmp_path):
         with torch.no_grad():
             ours, expected = saved(input_ids=ids).logits, in_memory(input_ids=ids).logits
         assert ours.shape == (2, saved.config.num_labels) and torch.equal(ours, expected), name
+
+
+# --- no silent garbage (issue 9, items 5 and 6) ------------------------------------------------------------------
+
+
+def _recipe_text(fam, method, weights, extra="", base=True):
+    models = "".join(f"  - model: {fam[key]}\n    parameters: {{weight: {w}}}\n" for key, w in weights)
+    return (f"merge_method: {method}\n" + (f"base_model: {fam['base']}\n" if base else "")
+            + f"models:\n{models}{extra}")
+
+
+@pytest.mark.parametrize("case, text_args, cause", [
+    ("multislerp_opposite_weights", ("multislerp", [("a", 1), ("b", -1)]), "sum to 0"),
+    ("huge_weight", ("linear", [("a", 1e308), ("b", 1e308)], "parameters: {normalize: false}\n", False), "1e+308"),
+    ("huge_lambda", ("task_arithmetic", [("a", 1), ("b", 1)], "parameters: {lambda: 1e300}\n"), "lambda"),
+])
+def test_a_merge_with_non_finite_values_is_refused_and_leaves_nothing(fam, tmp_path, case, text_args, cause):
+    from merging.errors import MergeLabError
+
+    recipe = load_recipe(_recipe_text(fam, *text_args))
+    with pytest.raises(MergeLabError) as info:
+        merge_to_folder(recipe, tmp_path / case, shard_size="10KB")
+    message = str(info.value)
+    assert "tensor '" in message and cause in message and "Nothing was written" in message, message
+    _no_leftovers(tmp_path, case)
+
+
+def test_values_beyond_the_output_dtype_are_refused(fam, tmp_path):
+    from merging.checks import NonFiniteMergeError
+
+    recipe = load_recipe(_recipe_text(fam, "task_arithmetic", [("a", 3e6), ("b", 3e6)], "out_dtype: float16\n"))
+    with pytest.raises(NonFiniteMergeError, match="float16"):
+        merge_to_folder(recipe, tmp_path / "fp16")
+    _no_leftovers(tmp_path, "fp16")
+
+
+def test_live_merger_refuses_non_finite_merges_too(fam):
+    from merging.checks import NonFiniteMergeError
+    from merging.live import LiveMerger
+
+    recipe = load_recipe(_recipe_text(fam, "multislerp", [("a", 1), ("b", -1)]))
+    live = LiveMerger(read_folder(fam["base"]), {str(fam["a"]): read_folder(fam["a"]),
+                                                 str(fam["b"]): read_folder(fam["b"])}, num_layers=2)
+    with pytest.raises(NonFiniteMergeError, match="sum to 0"):
+        live.merge(recipe)
+
+
+def test_linear_with_an_unlisted_base_and_a_global_weight_equals_the_live_merger(fam, tmp_path):
+    """mergekit (and LiveMerger) merge an unlisted base_model as one more input of linear; the engine did not."""
+    from merging.live import LiveMerger
+
+    recipe = load_recipe(_recipe_text(fam, "linear", [("a", 1.0), ("b", 2.0)], "parameters: {weight: 0.5}\n"))
+    assert recipe.merge_inputs()[-1] == str(fam["base"])
+    result = merge_to_folder(recipe, tmp_path / "linear")
+    live = LiveMerger(read_folder(fam["base"]), {str(fam["a"]): read_folder(fam["a"]),
+                                                 str(fam["b"]): read_folder(fam["b"])}, num_layers=2)
+    expected = {n: t.to(torch.bfloat16) for n, t in live.merge(recipe).items()}
+    assert_same(read_folder(result.out_dir), expected)
+    assert_same(read_folder(result.out_dir), direct_merge(recipe))
+
+
+def test_a_method_never_gets_fewer_tensors_than_parameter_sets():
+    from merging.checks import require_input_count
+    from merging.errors import MergeLabError
+
+    require_input_count("w", [torch.zeros(1)] * 2, [{}, {}], "linear")
+    with pytest.raises(MergeLabError, match="2 input tensors but 3 parameter sets"):
+        require_input_count("w", [torch.zeros(1)] * 2, [{}, {}, {}], "linear")
