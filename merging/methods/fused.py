@@ -9,12 +9,13 @@ writes the output — all while the chunk is in the CPU cache. Results equal the
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from merging.methods.chunks import buffer, for_each_chunk
-from merging.methods.consensus import elect_sign_into
-from merging.methods.registry import note
-from merging.methods.selection import value_at_rank
+from merging.methods.consensus import disjoint_mean_into
+from merging.methods.selection import drop_ties_, value_at_rank
 from merging.methods.sparsify import blocked_norms
 
 MIN_FUSED = 1 << 18  # elements; smaller tensors take the plain path (no thread hand-over for them)
@@ -47,6 +48,9 @@ class _Threshold:
         self.value = value
         self.drops = drops
         self.whole = whole or set()  # chunk starts where every tied entry is dropped (no search for them)
+        # hardshrink keeps x where |x| > λ: with λ the float just below the value that is exactly |x| ≥ value,
+        # one pass instead of abs, compare and multiply.
+        self.shrink = float(torch.nextafter(torch.tensor(value), torch.tensor(0.0)))
 
 
 def _abs_delta(x: torch.Tensor, base32: torch.Tensor, scratch: dict) -> torch.Tensor:
@@ -88,19 +92,28 @@ def _thresholds(base: torch.Tensor, xs: list[torch.Tensor], keep_counts: list[in
     exact threshold is then found among those few. When the window holds a single value (bf16 inputs give few
     distinct |δ|), counting is enough. Only if the prediction missed, a digit histogram and a gather find it."""
     todo = [i for i, k in enumerate(keep_counts) if k is not None]
+    result: list[_Threshold | None] = [None] * len(xs)
     if not todo:
-        return [None] * len(xs)
+        return result
     n = base.numel()
     ranks = [n - keep_counts[i] for i in todo]  # ascending rank of the smallest kept |δ|
     windows = [_predicted_window(base, xs[i], rank) for i, rank in zip(todo, ranks)]
+    counted = _count_windows(base, [xs[i] for i in todo], windows)
+    for i, rank, window, (n_above, chunks) in zip(todo, ranks, windows, counted):
+        result[i] = _threshold_in_window(base, xs[i], rank, keep_counts[i], window, n_above, chunks)
+    return result
 
+
+def _count_windows(base: torch.Tensor, xs: list[torch.Tensor], windows: list[tuple[float, float]]
+                   ) -> list[tuple[int, list[tuple[int, torch.Tensor]]]]:
+    """One pass over every model: per model, the number of |δ| above its window and, per chunk start, the |δ| inside
+    it (only their number, a scalar tensor, when the window is a single value)."""
     def count_and_gather(start: int, stop: int, scratch: dict) -> None:
-        above_counts = scratch.setdefault("n_above", [[] for _ in todo])
-        found = scratch.setdefault("candidates", [[] for _ in todo])
+        above_counts = scratch.setdefault("n_above", [[] for _ in xs])
+        found = scratch.setdefault("candidates", [[] for _ in xs])
         base32 = _f32(base[start:stop], scratch, "base32")
-        for row, i in enumerate(todo):
-            magnitudes = _abs_delta(xs[i][start:stop], base32, scratch)
-            low, high = windows[row]
+        for row, (x, (low, high)) in enumerate(zip(xs, windows)):
+            magnitudes = _abs_delta(x[start:stop], base32, scratch)
             above = torch.gt(magnitudes, high, out=buffer(scratch, "above", magnitudes, torch.float32))
             inside = torch.ge(magnitudes, low, out=buffer(scratch, "inside", magnitudes, torch.float32)).sub_(above)
             above_counts[row].append(above.sum())  # float sums of 0/1 over a chunk are exact
@@ -109,42 +122,30 @@ def _thresholds(base: torch.Tensor, xs: list[torch.Tensor], keep_counts: list[in
             else:
                 found[row].append((start, torch.masked_select(magnitudes, inside.to(torch.bool))))
 
-    parts = for_each_chunk(n, count_and_gather)
-    result: list[_Threshold | None] = [None] * len(xs)
-    for row, (i, rank) in enumerate(zip(todo, ranks)):
-        low, high = windows[row]
-        n_above = int(sum(float(torch.stack(part["n_above"][row]).sum()) for part in parts))
-        chunks = [(begin, c) for part in parts for begin, c in part["candidates"][row]]
-        k = keep_counts[i]
-        if low == high:
-            tied = [int(c) for _, c in chunks]
-            n_inside = sum(tied)
-        else:
-            n_inside = sum(c.numel() for _, c in chunks)
-        below = n - n_above - n_inside  # entries under the window
-        if not below <= rank < below + n_inside:  # the prediction missed: count digits, then gather one digit
-            result[i] = _threshold_by_digits(base, xs[i], rank, k)
-            continue
-        if low == high:
-            if low == 0:  # at most k nonzero entries: all of them stay
-                continue
-            excess = n_above + n_inside - k
-            drops: dict[int, int] = {}
-            for (begin, _), count in zip(chunks, tied):
-                if excess <= 0:
-                    break
-                if count:
-                    drops[begin] = min(count, excess)
-                    excess -= drops[begin]
-            whole = {begin for (begin, _), count in zip(chunks, tied) if drops.get(begin) == count}
-            result[i] = _Threshold(low, drops, whole)
-            continue
-        found = value_at_rank(torch.cat([c for _, c in chunks]), rank - below)
-        if found.value == 0:
-            continue
-        excess = n - (below + found.n_less) - k
-        result[i] = _Threshold(found.value, *_tie_drops(chunks, found.value, excess))
-    return result
+    parts = for_each_chunk(base.numel(), count_and_gather)
+    return [(int(sum(float(torch.stack(part["n_above"][row]).sum()) for part in parts)),
+             [(begin, c) for part in parts for begin, c in part["candidates"][row]])
+            for row in range(len(xs))]
+
+
+def _threshold_in_window(base: torch.Tensor, x: torch.Tensor, rank: int, k: int, window: tuple[float, float],
+                         n_above: int, chunks: list[tuple[int, torch.Tensor]]) -> _Threshold | None:
+    """The threshold of one model from what the counting pass found in its window (by digits if the window missed
+    `rank`); None when at most k entries are nonzero (all of them stay)."""
+    low, high = window
+    n = base.numel()
+    n_inside = sum(int(c) for _, c in chunks) if low == high else sum(c.numel() for _, c in chunks)
+    below = n - n_above - n_inside  # entries under the window
+    if not below <= rank < below + n_inside:  # the prediction missed: count digits, then gather one digit
+        return _threshold_by_digits(base, x, rank, k)
+    if low == high:  # every entry inside is tied at `low`
+        if low == 0:
+            return None
+        return _Threshold(low, *_spread_drops(((begin, int(c)) for begin, c in chunks), n_above + n_inside - k))
+    found = value_at_rank(torch.cat([c for _, c in chunks]), rank - below)
+    if found.value == 0:
+        return None
+    return _Threshold(found.value, *_tie_drops(chunks, found.value, n - (below + found.n_less) - k))
 
 
 def _threshold_by_digits(base: torch.Tensor, x: torch.Tensor, rank: int, k: int) -> _Threshold | None:
@@ -184,14 +185,20 @@ def _gather(base: torch.Tensor, x: torch.Tensor, bounds: tuple[float, float]) ->
 
 def _tie_drops(chunks: list[tuple[int, torch.Tensor]], value: float, excess: int
                ) -> tuple[dict[int, int], set[int]]:
-    """How many entries tied at `value` to drop in each chunk (by chunk start), first ones in flat order first.
-    Candidates keep flat order within a chunk, and chunks arrive in order, so counting them is enough."""
+    """How many entries tied at `value` to drop in each chunk of candidates (by chunk start). Candidates keep flat
+    order within a chunk, and chunks arrive in order, so counting them is enough (lazily: only until excess runs
+    out)."""
+    return _spread_drops(((start, int((candidates == value).sum())) for start, candidates in chunks), excess)
+
+
+def _spread_drops(tied_counts: Iterable[tuple[int, int]], excess: int) -> tuple[dict[int, int], set[int]]:
+    """Drop `excess` tied entries, the first ones in flat order first, given (chunk start, tied entries in it) in
+    order: per chunk start how many to drop, and the chunks whose tied entries all go."""
     drops: dict[int, int] = {}
-    whole: set[int] = set()  # chunks whose tied entries all go
-    for start, candidates in chunks:
+    whole: set[int] = set()
+    for start, tied in tied_counts:
         if excess <= 0:
             break
-        tied = int((candidates == value).sum())
         if tied:
             drops[start] = min(tied, excess)
             excess -= drops[start]
@@ -200,9 +207,13 @@ def _tie_drops(chunks: list[tuple[int, torch.Tensor]], value: float, excess: int
     return drops, whole
 
 
-def _energies(base: torch.Tensor, xs: list[torch.Tensor]) -> list[float]:
-    """mean(δ_i²) per model, from the same 8192-element block norms as sce.coefficients (chunks start at multiples
-    of the block), so the fused and plain paths get the same coefficients whatever the chunking and threads."""
+def energies(base: torch.Tensor, tensors: list[torch.Tensor]) -> list[float]:
+    """SCE's mean((x_i − base)²) per model without storing task vectors, from the same 8192-element block norms as
+    sce.coefficients (chunks start at multiples of the block), so the fused and plain paths get the same coefficients
+    whatever the chunking and threads."""
+    base = base.reshape(-1)
+    xs = [t.reshape(-1) for t in tensors]
+
     def accumulate(start: int, stop: int, scratch: dict) -> None:
         blocks = scratch.setdefault("energy", [[] for _ in xs])
         for i, x in enumerate(xs):
@@ -216,6 +227,32 @@ def _energies(base: torch.Tensor, xs: list[torch.Tensor]) -> list[float]:
             for i in range(len(xs))]
 
 
+def _keep_counts(densities: list[float] | None, n: int, models: int) -> list[int | None]:
+    """Entries each model keeps: None = all (no pruning, or density ≥ 1), 0 = none (density ≤ 0), else
+    max(1, int(density·n))."""
+    if densities is None:
+        return [None] * models
+    return [None if d >= 1 else max(1, int(d * n)) if d > 0 else 0 for d in densities]
+
+
+def _pruned_delta(x: torch.Tensor, base32: torch.Tensor, threshold: _Threshold | None, zeroed: bool, start: int,
+                  target: torch.Tensor, scratch: dict) -> torch.Tensor:
+    """One chunk of a model's task vector x − base in `target`, pruned at its threshold (zero when `zeroed`)."""
+    if zeroed:
+        return target.zero_()
+    if threshold is None:
+        return torch.sub(_f32(x, scratch, "x32"), base32, out=target)
+    delta = torch.sub(_f32(x, scratch, "x32"), base32, out=buffer(scratch, "raw", base32))
+    if start in threshold.whole:  # every tied entry of this chunk goes: keep |δ| > threshold
+        return torch.hardshrink(delta, threshold.value, out=target)
+    delta = torch.hardshrink(delta, threshold.shrink, out=target)
+    # ties at the threshold beyond k: drop the first ones of this chunk
+    surplus = threshold.drops.get(start, 0)
+    if surplus:
+        drop_ties_(delta, torch.abs(delta) == threshold.value, first=surplus)
+    return delta
+
+
 def fused_merge(
     base: torch.Tensor,
     tensors: list[torch.Tensor],
@@ -225,84 +262,42 @@ def fused_merge(
     consensus: bool,
     normalize: bool,
     scale: float,
-    sce: bool = False,
+    coefficients: list[float] | None = None,
+    min_divisor: float | None = None,
 ) -> torch.Tensor:
-    """base + scale·(Σ_i [agree_i] w_i prune(x_i − base)) / divisor, in one combine pass. With sce=True the weights
-    are SCE's energy coefficients (computed here) and the divisor is clamped at 1e-6."""
+    """base + scale·(Σ_i [agree_i] w_i prune(x_i − base)) / divisor, in one combine pass (the disjoint mean of
+    consensus.py when `consensus`, else a sum divided by Σ w_i when `normalize`). With `coefficients` (SCE) the
+    task vectors are elected on unweighted, the kept ones weighted by their coefficient, and the divisor (Σ of the
+    agreeing coefficients) is clamped at `min_divisor`."""
     shape = base.shape
     base = base.reshape(-1)
     xs = [t.reshape(-1) for t in tensors]
-    n = base.numel()
-    keep_counts = [None] * len(xs)
-    if densities is not None:
-        keep_counts = [None if d >= 1 else max(1, int(d * n)) if d > 0 else 0 for d in densities]
+    keep_counts = _keep_counts(densities, base.numel(), len(xs))
     thresholds = _thresholds(base, xs, [k if k else None for k in keep_counts])
     zeroed = [k == 0 for k in keep_counts]  # density 0: the model contributes nothing
-    if sce:
-        energies = _energies(base, xs)
-        total = sum(energies)
-        if abs(total) < 1e-6:
-            note(f"sce: task-vector energy {total:.3g} < 1e-06, so coefficients fell back to uniform")
-            weights = [1.0 / len(xs)] * len(xs)
-        else:
-            weights = [e / total for e in energies]
-    out = torch.empty(base.shape, dtype=torch.float32, device=base.device)
+    divisor_weights = coefficients if coefficients is not None else weights
     total_weight = sum(weights)
-    # hardshrink keeps x where |x| > λ: with λ the float just below the threshold that is exactly |x| ≥ threshold,
-    # one pass instead of abs, compare and multiply.
-    shrink = [None if t is None else float(torch.nextafter(torch.tensor(t.value), torch.tensor(0.0)))
-              for t in thresholds]
+    out = torch.empty(base.shape, dtype=torch.float32, device=base.device)
 
     def combine(start: int, stop: int, scratch: dict) -> None:
         base_part = _f32(base[start:stop], scratch, "base32")
-        mixed = buffer(scratch, "mixed", base_part)
         deltas = []
         for i, x in enumerate(xs):
-            threshold = thresholds[i]
-            target = buffer(scratch, f"delta{i}", base_part)
-            if zeroed[i]:
-                delta = target.zero_()
-            elif threshold is not None:
-                delta = torch.sub(_f32(x[start:stop], scratch, "x32"), base_part, out=buffer(scratch, "raw", base_part))
-                if start in threshold.whole:  # every tied entry of this chunk goes: keep |δ| > threshold
-                    delta = torch.hardshrink(delta, threshold.value, out=target)
-                    surplus = 0
-                else:
-                    delta = torch.hardshrink(delta, shrink[i], out=target)
-                    surplus = threshold.drops.get(start, 0)
-                if surplus:  # ties at the threshold beyond k: drop the first ones of this chunk
-                    tied = torch.nonzero(torch.abs(delta) == threshold.value).squeeze(1)[:surplus]
-                    delta[tied] = 0
-            else:
-                delta = torch.sub(_f32(x[start:stop], scratch, "x32"), base_part, out=target)
-            if not sce and weights[i] != 1:
+            delta = _pruned_delta(x[start:stop], base_part, thresholds[i], zeroed[i], start,
+                                  buffer(scratch, f"delta{i}", base_part), scratch)
+            if weights[i] != 1:
                 delta.mul_(weights[i])
             deltas.append(delta)
         if consensus:
-            sign = elect_sign_into(deltas, buffer(scratch, "sign", base_part))
-            agree = buffer(scratch, "agree", base_part)
-            divisor = buffer(scratch, "divisor", base_part)
-            for i, (delta, weight) in enumerate(zip(deltas, weights)):
-                torch.sign(delta, out=agree).eq_(sign)
-                if i == 0:  # the first term is written, not added to zeros (same values, two passes fewer)
-                    torch.mul(delta, agree, out=mixed)
-                    if sce and weight != 1:
-                        mixed.mul_(weight)
-                    torch.mul(agree, weight, out=divisor)
-                else:
-                    mixed.addcmul_(delta, agree, value=weight if sce else 1.0)
-                    divisor.add_(agree, alpha=weight)
-            if sce:
-                mixed.div_(divisor.clamp_(min=1e-6))
-            elif normalize:
-                mixed.div_(divisor.add_(torch.eq(divisor, 0, out=agree)))
+            mixed = disjoint_mean_into(deltas, divisor_weights, coefficients, scratch, normalize=normalize,
+                                       min_divisor=min_divisor)
         else:
-            mixed.copy_(deltas[0])
+            mixed = buffer(scratch, "mixed", base_part).copy_(deltas[0])
             for delta in deltas[1:]:
                 mixed.add_(delta)
             if normalize:
                 mixed.div_(total_weight if abs(total_weight) >= 1e-8 else 1.0)
         torch.add(base_part, mixed, alpha=scale, out=out[start:stop])
 
-    for_each_chunk(n, combine)
+    for_each_chunk(base.numel(), combine)
     return out.view(shape)

@@ -7,10 +7,10 @@ import torch
 
 from merging.methods.common import Workspace, owned_float32
 from merging.methods.consensus import consensus_merge_
-from merging.methods.fused import can_fuse, fused_merge
+from merging.methods.fused import can_fuse, energies, fused_merge
 from merging.methods.params import INT8_MASK
 from merging.methods.registry import Method, Param, note, register
-from merging.methods.selection import top_k_mask, value_at_rank
+from merging.methods.selection import drop_ties_, top_k_mask, value_at_rank
 from merging.methods.sparsify import sum_of_squares
 from merging.methods.task_arithmetic import ScratchWorkspace, delta_of, widened
 
@@ -19,6 +19,7 @@ SELECT_TOPK = Param(
     "Fraction of entries kept, those where the task vectors vary most across models (1 = all).",
 )
 UNIFORM_BELOW = 1e-6  # mergekit: coefficients fall back to uniform when Σ mean(δ_i²) is below this
+DIVISOR_FLOOR = 1e-6  # mergekit: the disjoint mean's divisor Σ c_i [agree_i] is clamped at this
 
 
 def select_by_variance_(deltas: list[torch.Tensor], select_topk: float, ws: Workspace) -> None:
@@ -61,18 +62,22 @@ def _top_k_float_mask(scores: torch.Tensor, k: int, out: torch.Tensor, ws: Works
     keep = torch.ge(scores, threshold.value, out=out)
     excess = n - threshold.n_less - k  # entries tied at the threshold beyond k: drop the first ones
     if excess > 0:
-        tied = torch.nonzero(torch.eq(flat, threshold.value, out=ws.get("bool", torch.bool).view(-1))).squeeze(1)
-        keep.view(-1)[tied[:excess]] = 0
+        drop_ties_(keep, torch.eq(flat, threshold.value, out=ws.get("bool", torch.bool).view(-1)), first=excess)
     return keep
 
 
 def coefficients(deltas: list[torch.Tensor]) -> list[float]:
-    """mean(δ_i²) normalised to sum 1, or uniform when that sum is below 1e-6 (most LLM tensors: noted)."""
-    energies = [sum_of_squares(delta) / max(1, delta.numel()) for delta in deltas]  # thread-count independent
+    """SCE's coefficients of whole task vectors (the plain path; the fused one gets its energies from fused.energies)."""
+    return coefficients_from_energies([sum_of_squares(delta) / max(1, delta.numel()) for delta in deltas])
+
+
+def coefficients_from_energies(energies: list[float]) -> list[float]:
+    """The energies mean(δ_i²) normalised to sum 1, or uniform when that sum is below UNIFORM_BELOW (most LLM
+    tensors: noted). Energies must not depend on torch's thread count (both paths use blocked norms)."""
     total = sum(energies)
     if abs(total) < UNIFORM_BELOW:
         note(f"sce: task-vector energy {total:.3g} < {UNIFORM_BELOW:g}, so coefficients fell back to uniform")
-        return [1.0 / len(deltas)] * len(deltas)
+        return [1.0 / len(energies)] * len(energies)
     return [energy / total for energy in energies]
 
 
@@ -80,7 +85,7 @@ def sce_mix_(deltas: list[torch.Tensor], params: dict, base: torch.Tensor | None
     """The SCE mixed task vector (plus `base` when given) from float32 task vectors the caller owns (overwritten)."""
     select_by_variance_(deltas, params.get("select_topk", 1.0), ScratchWorkspace(deltas[0]))
     weights = coefficients(deltas)
-    return consensus_merge_(deltas, weights, scales=weights, min_divisor=1e-6, base=base)
+    return consensus_merge_(deltas, weights, scales=weights, min_divisor=DIVISOR_FLOOR, base=base)
 
 
 def sce_deltas(deltas, model_params, params, generator) -> torch.Tensor:
@@ -89,8 +94,9 @@ def sce_deltas(deltas, model_params, params, generator) -> torch.Tensor:
 
 def sce(base, tensors, model_params, params, generator) -> torch.Tensor:
     if params.get("select_topk", 1.0) >= 1 and can_fuse(base, tensors):
+        weights = coefficients_from_energies(energies(base, tensors))
         return fused_merge(base, tensors, [1.0] * len(tensors), densities=None, consensus=True, normalize=True,
-                           scale=1.0, sce=True)
+                           scale=1.0, coefficients=weights, min_divisor=DIVISOR_FLOOR)
     base = widened(base)
     # the first task vector becomes the result; the others are scratch
     return sce_mix_([delta_of(t, base, None if i == 0 else f"delta{i}") for i, t in enumerate(tensors)], params, base)

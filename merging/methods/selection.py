@@ -79,18 +79,25 @@ def rank_window_mask(scores: torch.Tensor, start: int, stop: int, workspace: Wor
         keep = torch.le(flat, hi.value, out=out) if out is not None else torch.le(flat, hi.value)
     # Elements tied with a boundary value: drop the first ones ranked below `start`, the last ones past `stop`.
     if lo is not None and lo.n_less < start:
-        _drop_ties(flat, keep, lo.value, first=start - lo.n_less, last=0)
+        drop_ties_(keep, torch.logical_and(flat == lo.value, keep), first=start - lo.n_less)
     if hi is not None and hi.n_less + hi.n_equal > stop:
-        _drop_ties(flat, keep, hi.value, first=0, last=hi.n_less + hi.n_equal - stop)
+        drop_ties_(keep, torch.logical_and(flat == hi.value, keep), last=hi.n_less + hi.n_equal - stop)
     return keep.view(scores.shape)
 
 
-def _drop_ties(flat: torch.Tensor, keep: torch.Tensor, value: float, *, first: int, last: int) -> None:
-    tied = torch.nonzero(torch.logical_and(flat == value, keep)).squeeze(1)
-    if first:
-        keep[tied[:first]] = False
-    if last:
-        keep[tied[tied.numel() - last :]] = False
+def drop_ties_(target: torch.Tensor, tied: torch.Tensor, *, first: int = 0, last: int = 0) -> torch.Tensor:
+    """Zero `target` (a value, or a float or bool keep-mask) at the `first` first and the `last` last positions, in
+    flat order, where the bool tensor `tied` is true: how every exact selection here keeps exactly k entries among
+    those tied at its threshold. Counts ≤ 0 drop nothing."""
+    if first <= 0 and last <= 0:
+        return target
+    positions = torch.nonzero(tied.reshape(-1)).squeeze(1)
+    flat = target.view(-1)
+    if first > 0:
+        flat[positions[:first]] = 0
+    if last > 0:
+        flat[positions[positions.numel() - last:]] = 0
+    return target
 
 
 def top_k_mask(scores: torch.Tensor, k: int, workspace: Workspace | None = None) -> torch.Tensor:

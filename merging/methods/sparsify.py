@@ -10,7 +10,7 @@ import torch
 
 from merging.errors import RecipeError
 from merging.methods.common import Workspace, default_generator
-from merging.methods.selection import rank_window_mask, top_k_mask, value_at_rank
+from merging.methods.selection import drop_ties_, rank_window_mask, top_k_mask, value_at_rank
 
 RESCALE_EPS = 1e-7
 Rescale = bool | str | None
@@ -77,8 +77,7 @@ def magnitude_(delta: torch.Tensor, density: float, rescale_mode: Rescale, ws: W
     keep = torch.ge(magnitude_bits, threshold_bits, out=ws.get("digits", torch.int32).view(torch.float32))
     excess = n - threshold.n_less - k  # entries tied at the threshold beyond k: drop the first ones
     if excess > 0:
-        tied = torch.nonzero(magnitude_bits.view(-1) == threshold_bits).squeeze(1)
-        keep.view(-1)[tied[:excess]] = 0
+        drop_ties_(keep, magnitude_bits == threshold_bits, first=excess)
     delta.mul_(keep)
     return rescale_(delta, l1_before, rescale_mode, density)
 
