@@ -37,10 +37,11 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 }
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)\.")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-# A strict Hub repository id, for callers that must never touch local paths (a hosted app): `owner/name`, each
-# part letters, digits, "-", "_" or "." between letters or digits, no "--" or "..", as the Hub itself requires.
+# A strict Hub repository id, for callers that must never touch local paths (a hosted app): `owner/name` (or a
+# legacy canonical `name` such as gpt2), each part letters, digits, "-", "_" or "." between letters or digits, no
+# "--" or "..", as the Hub itself requires.
 _HUB_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
-_STRICT_HUB_ID = re.compile(rf"^{_HUB_PART}/{_HUB_PART}$")
+_STRICT_HUB_ID = re.compile(rf"^(?:{_HUB_PART}/)?{_HUB_PART}$")
 HUB_OWNER_MAX_CHARS = 96  # the Hub's limits on user/organisation and repository names
 HUB_NAME_MAX_CHARS = 96
 
@@ -205,8 +206,9 @@ def looks_like_hub_id(ref: str) -> bool:
 
 
 def validate_hub_id(ref: str) -> str:
-    """`ref` as a Hub repository id `owner/name`, or SourceError saying what a Hub id looks like. Paths never pass:
-    no leading "/" or "~", no "..", no backslashes, exactly one "/", and the Hub's length limits."""
+    """`ref` as a Hub repository id `owner/name` (or a legacy `name`), or SourceError saying what a Hub id looks
+    like. Paths never pass: no leading "/" or "~", no "..", no backslashes, at most one "/", the Hub's length
+    limits; and a caller with hub_only never looks the id up on the local disk anyway."""
     repo_id = ref.strip()
     owner, _, name = repo_id.partition("/")
     valid = (bool(_STRICT_HUB_ID.match(repo_id)) and ".." not in repo_id and "--" not in repo_id

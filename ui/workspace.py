@@ -18,11 +18,10 @@ from merging.methods import get_method
 from merging.recipe import Recipe, validate_recipe
 from ui.catalog import require_hub
 from ui.hosting import HostConfig
+from ui.merge_record import MergeRecord, record_merge
 from ui.session import Session, SourceModel
 
 ORIGINS = ("Zoo", "Local folders", "Hub ids")
-# Inputs up to this many parameters in all are merged live in memory (the zoo is ~1M; GPT-2 × 7 is not).
-LIVE_MAX_ELEMENTS = 150_000_000
 BASE_LABEL = "base"
 HIDDEN_PARAMS = ("weight", "int8_mask")  # weight has its own slider per model; int8_mask changes nothing here
 
@@ -61,13 +60,16 @@ def _unique_label(label: str, taken: set[str]) -> str:
 
 
 def _resolve_ref(ref: str, origin: str, config: HostConfig) -> tuple[str, Path]:
-    """(label, local folder) of a model the user typed."""
+    """(label, local folder) of a model the user typed. Hosted, a Hub id is only ever a Hub id (validated, never
+    looked up on this server's disk: a path typed there must not reach files outside ./models)."""
     ref = ref.strip()
     if origin == "Hub ids":
-        require_hub(f"Hub id {ref!r}")
-        from merging.sources import open_model
+        from merging.sources import open_model, validate_hub_id
 
-        with open_model(ref) as source:  # downloads the safetensors and side files once
+        if config.hosted:
+            ref = validate_hub_id(ref)  # before anything else, so a path is refused whether or not the Hub answers
+        require_hub(f"Hub id {ref!r}")
+        with open_model(ref, hub_only=config.hosted) as source:  # downloads the safetensors and side files once
             return ref.rstrip("/").split("/")[-1], source.path
     folder = config.resolve_local(ref)
     if not folder.is_dir():
@@ -111,6 +113,7 @@ def select_models(
         session.sources = [SourceModel(ref=f"zoo:{fam.name}/{e}", label=_unique_label(e, taken),
                                        path=Path(fam.experts[e]), origin="zoo") for e in chosen]
         session.tasks_path, session.unlabeled_path = Path(fam.tasks), Path(fam.unlabeled)
+        session.dtype = sources_dtype([session.base, *session.sources])
         return session
     refs = [r.strip() for r in (source_refs.splitlines() if isinstance(source_refs, str) else source_refs or [])]
     refs = [r for r in refs if r]
@@ -136,6 +139,7 @@ def select_models(
     if session.sources:
         expert_kind = model_kind(json.loads((session.sources[0].path / "config.json").read_text(encoding="utf-8")))
         session.kind = "classifier" if "classifier" in (session.kind, expert_kind) else "lm"
+    session.dtype = sources_dtype([session.base, *session.sources])
     return session
 
 
@@ -247,7 +251,9 @@ def build_recipe(session: Session, settings: MergeSettings, *, by: str = "label"
     for i, source in enumerate(session.sources):
         params = {"weight": float(settings.weights[i])} if method.param("weight") is not None else {}
         models.append({"model": name(source), "parameters": params})
-    data: dict[str, Any] = {"merge_method": method.name, "models": models, "dtype": "float32"}
+    # dtype is the compute dtype (as in mergekit), out_dtype the written one: the sources' own (bf16 in, bf16 out).
+    data: dict[str, Any] = {"merge_method": method.name, "models": models, "dtype": "float32",
+                            "out_dtype": session.dtype}
     if method.base != "ignored":
         data["base_model"] = name(session.base)
     if global_params:
@@ -271,9 +277,6 @@ def _coerce_choice(value: Any) -> Any:
     # Dropdowns hand back strings; the registry's choices may be booleans (rescale: true/false/inverse_density).
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
-    return value
-
-
 # --- live merging ------------------------------------------------------------------------------------------------
 
 def _read_all(path: Path) -> dict[str, torch.Tensor]:
@@ -283,14 +286,36 @@ def _read_all(path: Path) -> dict[str, torch.Tensor]:
         return {name: source.get(name) for name in source.tensor_names()}
 
 
-def input_elements(session: Session) -> int:
+def sources_dtype(models: list[SourceModel]) -> str:
+    """The dtype a merge of these models is written in by default: their floating dtypes promoted (bf16 in, bf16
+    out), as the engine does when the recipe names none."""
     from merging.sources import open_model
 
-    total = 0
+    dtype: torch.dtype | None = None
+    for model in models:
+        with open_model(model.path) as source:
+            for name in source.tensor_names():
+                found = source.dtype(name)
+                if found.is_floating_point:
+                    dtype = found if dtype is None else torch.promote_types(dtype, found)
+                    break
+    return str(dtype or torch.float32).removeprefix("torch.")
+
+
+def live_plan(session: Session, device: str) -> Any:
+    """merging.live's memory plan for the chosen models: their tensors in their own dtype, scratch for the largest
+    tensor, and the session's own model(s) the merge is written into."""
+    from merging.live import live_memory_plan
+    from merging.sources import open_model
+
+    sizes, largest = [], 0
     for model in [session.base, *session.sources]:
         with open_model(model.path) as source:
-            total += sum(_numel(source.shape(n)) for n in source.tensor_names())
-    return total
+            names = source.tensor_names()
+            sizes.append(sum(source.nbytes(n) for n in names))
+            largest = max([largest, *(_numel(source.shape(n)) for n in names)])
+    targets = len(session.sources) if session.kind == "classifier" else 1
+    return live_memory_plan(sizes, largest, device=device, model_bytes=sizes[0] * targets)
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -301,22 +326,31 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def prepare_live(session: Session) -> bool:
-    """Cache task vectors for in-memory merging when the models are small enough; True when live merging is on."""
-    require_models(session)
-    if input_elements(session) > LIVE_MAX_ELEMENTS:
-        session.live = None
-        return False
-    try:
-        from merging.live import LiveMerger
-    except ImportError:  # an install without live merging still merges to folders
-        session.live = None
-        return False
+    """Read the sources into memory for live merging when the memory plan says they fit; True when it is on.
+    `session.live_plan.reason` says why either way."""
+    from merging.live import LiveMerger
+    from ui.resources import device
 
+    require_models(session)
+    session.live = None
+    plan = live_plan(session, device())
+    session.live_plan = plan
+    if not plan.live:
+        return False
     base = _read_all(session.base.path)
     models = {s.label: _read_all(s.path) for s in session.sources}
-    num_layers = _num_layers(session.base.path)
-    session.live = LiveMerger(base, models, num_layers)
+    session.live = LiveMerger(base, models, _num_layers(session.base.path), device=plan.device)
     return True
+
+
+def live_mode_text(session: Session) -> str:
+    """What the Models report says about merging: live or to a folder, and why (the memory plan's reason)."""
+    plan = session.live_plan
+    if plan is None:
+        return ""
+    if plan.live:
+        return f"**Live merging is on**: sliders re-merge in memory, into the chat model itself ({plan.reason})."
+    return f"**Live merging is off**: {plan.reason}. Use *Merge to folder*."
 
 
 def _num_layers(path: Path) -> int:
@@ -326,55 +360,73 @@ def _num_layers(path: Path) -> int:
         return source.num_layers
 
 
-def merge_live(session: Session, settings: MergeSettings) -> dict[str, torch.Tensor]:
-    """Merge in memory and put the result into this session's models. Returns the merged tensors."""
+def merge_live(session: Session, settings: MergeSettings) -> MergeRecord:
+    """Merge in memory straight into this session's own model(s) (their parameters, in place) and record it."""
     require_models(session)
     if session.live is None:
-        raise MergeLabError("These models are too large to merge in memory: use Merge to folder.")
+        reason = session.live_plan.reason if session.live_plan is not None else "the models are not read yet"
+        raise MergeLabError(f"Live merging is off ({reason}): use Merge to folder.")
     recipe = build_recipe(session, settings, by="label")
     started = time.perf_counter()
     with session.lock:
-        merged = session.live.merge(recipe, seed=settings.seed)
-        session.merged_tensors = merged
-        session.recipe = build_recipe(session, settings, by="path")
-        session.merge_settings = settings
-        session.merge_version += 1
-        session.merged_path = None
-        load_merged_into_models(session)
-    session.last_merge_ms = (time.perf_counter() - started) * 1000
-    return merged
+        previous = session.merge
+        try:
+            written = session.live.merge_into(_merge_targets(session), recipe, seed=settings.seed)
+        except BaseException:
+            _restore_models(session, previous)  # a failed merge never leaves half-written weights in use
+            raise
+        if not written:
+            raise CompatibilityError("The merged tensors do not match the model's parameter names; merge to a "
+                                     "folder and load it instead.")
+        dtype = str(session.live.output_dtype(recipe)).removeprefix("torch.")
+        return record_merge(session, settings, build_recipe(session, settings, by="path"), "live", dtype=dtype,
+                            seconds=time.perf_counter() - started)
 
 
-def load_merged_into_models(session: Session) -> None:
-    """Copy the merged tensors into the session's own model instances (created on first use)."""
+def _merge_targets(session: Session) -> list[dict[str, torch.Tensor]]:
+    """The parameters a live merge is written into: the session's chat model, or each task's classifier (made on
+    first use as private copies of the sources)."""
     from ui.resources import private_copy
 
-    merged = session.merged_tensors
-    if merged is None:
-        return
     if session.kind == "classifier":
         for source in session.sources:
             if source.label not in session.classifier_models:
                 session.classifier_models[source.label] = private_copy(source.path)
-            _load_tensors(session.classifier_models[source.label].model, merged)
-    else:
-        if session.chat_model is None or getattr(session.chat_model, "path", None) != session.base.path:
-            session.chat_model = private_copy(session.base.path)
-        _load_tensors(session.chat_model.model, merged)
-    session.loaded_version = session.merge_version
+        return [session.classifier_models[s.label].model.state_dict() for s in session.sources]
+    if session.chat_model is None or session.chat_model.path != session.base.path:
+        session.chat_model = private_copy(session.base.path)
+    return [session.chat_model.model.state_dict()]
 
 
-@torch.no_grad()
-def _load_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    state = model.state_dict()
-    missing = [name for name in tensors if name not in state]
-    if len(missing) == len(tensors):
-        raise CompatibilityError("The merged tensors do not match the model's parameter names; merge to a folder "
-                                 "and load it instead.")
-    for name, value in tensors.items():
-        target = state.get(name)
-        if target is not None and target.shape == value.shape:
-            target.copy_(value.to(target.dtype))
+def _restore_models(session: Session, previous: MergeRecord | None) -> None:
+    """After a failed live merge: write the previous live merge back, or drop the half-written models (they are
+    made again from the sources on the next merge)."""
+    if previous is not None and previous.mode == "live" and session.live is not None:
+        try:
+            session.live.merge_into(_merge_targets(session), build_recipe(session, previous.settings, by="label"),
+                                    seed=previous.settings.seed)
+            return
+        except Exception:  # noqa: BLE001 - fall through to dropping the models
+            pass
+    session.chat_model = None
+    session.classifier_models = {}
+    if previous is not None and previous.in_memory:
+        session.merge = None
+
+
+def write_learned(session: Session, learned: Any, recipe: Recipe, seconds: float) -> MergeRecord:
+    """Put a learned merge (merging.learned.LearnedMerge) into the session's own models and record it."""
+    merged = learned.merged()
+    with session.lock:
+        for target in _merge_targets(session):
+            with torch.no_grad():
+                for name, value in merged.items():
+                    found = target.get(name)
+                    if found is not None and found.shape == value.shape:
+                        found.copy_(value)
+        settings = MergeSettings("task_arithmetic", [0.0] * len(session.sources))
+        dtype = str(next(iter(_merge_targets(session)[0].values())).dtype).removeprefix("torch.")
+        return record_merge(session, settings, recipe, "learned", dtype=dtype, seconds=seconds, learned=learned)
 
 
 # --- merging to a folder -----------------------------------------------------------------------------------------
@@ -386,7 +438,8 @@ def merge_to_folder(
     name: str = "merged",
     progress: Callable[[float, str], None] | None = None,
 ) -> Path:
-    """Stream the merge to ./models/merged/<session>/<name> (replacing an earlier one of that name)."""
+    """Stream the merge to ./models/merged/<session>/<name> (replacing an earlier one of that name) and record it:
+    Chat and Evaluate then read that folder (through the cache, keyed by the folder's content)."""
     from merging.engine import merge_to_folder as engine_merge
     from ui.resources import device
 
@@ -394,24 +447,21 @@ def merge_to_folder(
     engine_recipe = build_recipe_for_engine(session, settings)
     out = session.merged_folder(config.models_dir, name)
     session.cancel.clear()
+    started = time.perf_counter()
 
     def report(p: Any) -> None:
         if progress:
             eta = f", about {p.eta_s:.0f} s left" if getattr(p, "eta_s", None) else ""
             progress(p.fraction, f"Tensor {p.tensor_index}/{p.num_tensors}{eta}")
 
-    engine_merge(engine_recipe, out, device=device(), seed=settings.seed, progress=report,
-                 cancel=session.cancel, overwrite=True)
-    if session.live is not None:
-        merge_live(session, settings)  # the in-memory models show the same merge the folder holds
-    with session.lock:
-        session.recipe = recipe
-        session.merge_settings = settings
-        session.merged_path = out
-        session.merge_version += 1
-        if session.live is None:
-            session.merged_tensors = None
-            session.chat_model = None  # chat loads the folder through the cache
+    result = engine_merge(engine_recipe, out, device=device(), seed=settings.seed, progress=report,
+                          cancel=session.cancel, overwrite=True)
+    record_merge(session, settings, recipe, "folder", dtype=result.out_dtype, folder=out,
+                 seconds=time.perf_counter() - started)
+    if session.kind == "classifier" and session.live is not None:
+        # Classify reads the session's per-task models: give them the same merge the folder holds.
+        session.live.merge_into(_merge_targets(session), build_recipe(session, settings, by="label"),
+                                seed=settings.seed)
     return out
 
 
@@ -427,15 +477,41 @@ def build_recipe_for_engine(session: Session, settings: MergeSettings) -> Recipe
     return Recipe.from_dict(data)
 
 
+def current_merge(session: Session, action: str = "use the result") -> MergeRecord:
+    """The session's current merge, or an error saying to merge first."""
+    require_models(session)
+    if session.merge is None:
+        raise MergeLabError(f"Merge the models first (Merge tab), then {action}.")
+    return session.merge
+
+
 def merged_chat_model(session: Session, quantization: str | None = None):
-    """The model Chat talks to: the live-merged private copy, or the merged folder through the shared cache."""
+    """The model Chat talks to: the session's own model holding an in-memory merge, or the merged folder through
+    the shared cache (a folder rewritten by a re-merge is a new cache entry)."""
     from ui.resources import shared_model
 
     require_models(session)
     if session.kind == "classifier":
         raise MergeLabError("These are classifiers: use the Classify tab to compare their labels.")
-    if session.merged_tensors is not None and session.chat_model is not None:
+    record = current_merge(session, "chat with the result")
+    if record.in_memory:
+        if session.chat_model is None:
+            raise MergeLabError("The in-memory merge was lost (a merge failed): merge again.")
         return session.chat_model
-    if session.merged_path is not None:
-        return shared_model(session.merged_path, quantization)
-    raise MergeLabError("Merge the models first (Merge tab), then chat with the result.")
+    return shared_model(record.folder, quantization)
+
+
+def merged_state(session: Session) -> dict[str, torch.Tensor]:
+    """The current in-memory merge's weights, copied (a re-merge may write into the model while they are used):
+    the chat model's, or one task model's for classifiers (the shared tensors are the same in each)."""
+    with session.lock:
+        record = current_merge(session, "evaluate the result")
+        if not record.in_memory:
+            raise MergeLabError("The current merge is a folder: load it instead.")
+        if session.kind == "classifier":
+            model = next(iter(session.classifier_models.values()), None)
+        else:
+            model = session.chat_model
+        if model is None:
+            raise MergeLabError("The in-memory merge was lost (a merge failed): merge again.")
+        return {name: tensor.clone() for name, tensor in model.model.state_dict().items()}
