@@ -30,6 +30,7 @@ class Preset:
     method: str = "task_arithmetic"
     parameters: dict[str, Any] = field(default_factory=dict)
     about: str = ""
+    prompts: tuple[str, ...] = ()  # chat prompts the preset's starting merge answers well (the page suggests them)
 
     @property
     def needs_hub(self) -> bool:
@@ -44,7 +45,7 @@ def load_catalog(path: Path = CATALOG_PATH) -> list[Preset]:
             name=entry["name"], source=entry["source"], models=tuple(entry.get("models", ())),
             family=entry.get("family"), kind=entry.get("kind", "lm"), base=entry.get("base"),
             method=entry.get("method", "task_arithmetic"), parameters=dict(entry.get("parameters") or {}),
-            about=entry.get("about", ""),
+            about=entry.get("about", ""), prompts=tuple(str(p) for p in entry.get("prompts") or ()),
         ))
     return presets
 

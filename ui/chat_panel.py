@@ -61,12 +61,15 @@ def _model_for(session: Session, label: str, quant: str | None):
 
 
 def _merged(session: Session, quant: str | None):
+    """(model, tokenizer) of the current merge: the session's own model for an in-memory merge, else its folder."""
     from ui.resources import session_tokenizer
 
-    loaded = merged_chat_model(session, quant if session.merged_tensors is None else None)
-    if loaded is session.chat_model:
+    record = session.merge
+    in_memory = record is not None and record.in_memory
+    loaded = merged_chat_model(session, None if in_memory else quant)
+    if in_memory:
         return loaded.model, loaded.tokenizer
-    return loaded.model, session_tokenizer(session, session.merged_path)
+    return loaded.model, session_tokenizer(session, record.folder)
 
 
 def chat(
@@ -133,6 +136,7 @@ class ChatPanel:
     temperature: gr.Slider
     top_p: gr.Slider
     quantization: gr.Radio
+    status: gr.Markdown  # errors in words, where the chat is (not a pill over the panes)
 
     @property
     def settings_inputs(self) -> list[gr.components.Component]:
@@ -154,7 +158,11 @@ def build(config: HostConfig) -> ChatPanel:
         send = gr.Button("Send", variant="primary", elem_id="chat-send")
         stop = gr.Button("Stop", elem_id="chat-stop")
         clear = gr.Button("Clear", elem_id="chat-clear")
-    gr.Examples(EXAMPLES, inputs=message, label="Try (zoo language models)")
+    from ui.models_panel import suggested_prompts
+
+    # The default preset's own prompts (its starting merge answers them well); the zoo's otherwise.
+    gr.Examples(suggested_prompts() or EXAMPLES, inputs=message, label="Try", elem_id="chat-examples")
+    status = gr.Markdown(elem_id="chat-status")
     with gr.Accordion("Generation settings", open=False), gr.Row():
         max_new_tokens = gr.Slider(1, 512, value=48, step=1, label="Max new tokens", elem_id="chat-max-tokens")
         temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)",
@@ -164,4 +172,4 @@ def build(config: HostConfig) -> ChatPanel:
                                 interactive=config.gpu, elem_id="chat-quantization",
                                 info=None if config.gpu else "8-bit / 4-bit needs a GPU; this host has none.")
     return ChatPanel(merged, compare, compare_label, message, send, stop, clear, max_new_tokens, temperature, top_p,
-                     quantization)
+                     quantization, status)

@@ -96,15 +96,76 @@ def evaluate(session: Session, config: HostConfig, uploaded: str | None = None,
 
 
 SWEEP_METRICS = ("accuracy", "agreement", "normalized_accuracy")
-SWEEP_METHODS = ("ties", "dare_ties", "task_arithmetic", "magnitude_prune", "della", "breadcrumbs_ties")
 MAX_SWEEP_POINTS = 64  # a bigger grid belongs on the command line (python -m evaluation sweep)
+NO_AXIS = "(none)"
 
 
-def sweep(session: Session, config: HostConfig, method: str = "ties", weights: str = "0.2:1.0:0.2",
-          densities: str = "0.2:1.0:0.2", metric: str = "accuracy", per_task: int | None = DEFAULT_PER_TASK,
-          uploaded: str | None = None, progress: Any = None) -> Any:
-    """/sweep: merge and score every (weight, density) point in memory; returns the SweepResult."""
-    from evaluation.sweep import parse_grid, run_sweep
+def sweep_methods() -> list[str]:
+    """Every method a sweep can vary something of (model_stock has nothing to vary)."""
+    from evaluation.sweep import axis_choices
+    from ui.merge_panel import methods
+
+    return [m.name for m in methods() if axis_choices(m.name, ["a", "b"])]
+
+
+def sweep_base_settings(session: Session, method: str) -> dict[str, Any]:
+    """The settings a sweep of `method` starts from: the current merge's when it used the same method, else the
+    method's declared values as the Merge panel would show them (weights and a density carried over)."""
+    from merging.methods import get_method
+    from ui.merge_panel import KEPT_FRACTION, start_value
+    from ui.workspace import HIDDEN_PARAMS, MergeSettings
+
+    current = session.merge_settings
+    if current is not None and current.method == method:
+        return current.to_dict()
+    spec = get_method(method)
+    params = {p.name: start_value(p) for p in spec.params
+              if p.name not in HIDDEN_PARAMS and start_value(p) is not None}
+    carried = {k: v for k, v in (current.params if current else {}).items() if k in KEPT_FRACTION}
+    for name in KEPT_FRACTION:
+        if name in params and carried:
+            params[name] = next(iter(carried.values()))
+    n = len(session.sources)
+    weights = []
+    if spec.param("weight") is not None:
+        weights = list(current.weights) if current is not None and len(current.weights) == n else [0.5] * n
+    return MergeSettings(method, weights, params, current.seed if current else 0).to_dict()
+
+
+def default_grid(method: str, axis: str | None) -> str:
+    """Five points across an axis's declared range (weights: 0.2 to 1)."""
+    from evaluation.sweep import axis_range
+
+    if not axis or axis == NO_AXIS:
+        return ""
+    if axis.startswith("weight"):
+        return "0.2:1.0:0.2"
+    low, high = axis_range(method, axis)
+    step = (high - low) / 5
+    if step >= 1:
+        step = round(step)
+    start = max(low, step) if low >= 0 else low
+    return f"{start:g}:{high:g}:{step:g}"
+
+
+def sweep_axes(session: Session | None, method: str) -> tuple[list[str], str | None, str | None]:
+    """(choices, rows, columns) for the sweep's axis dropdowns."""
+    from evaluation.sweep import axis_choices, default_axes
+
+    labels = session.labels if session is not None and session.sources else ["model 1", "model 2"]
+    params = sweep_base_settings(session, method)["params"] if session is not None and session.sources else {}
+    rows, columns = default_axes(method, params, labels)
+    return axis_choices(method, labels), rows, columns
+
+
+def sweep(session: Session, config: HostConfig, method: str = "ties", rows_grid: str = "0.2:1.0:0.2",
+          columns_grid: str = "0.2:1.0:0.2", metric: str = "accuracy", per_task: int | None = DEFAULT_PER_TASK,
+          uploaded: str | None = None, progress: Any = None, rows: str | None = None,
+          columns: str | None = None) -> Any:
+    """/sweep: merge and score every grid point in memory; returns the SweepResult. Each point is the Merge panel's
+    settings (see sweep_base_settings) with the `rows` and `columns` settings set (default: the method's
+    default_axes); every point's recipe is built by the same function as Merge's."""
+    from evaluation.sweep import parse_grid, run_settings_sweep, settings_grid
     from ui.workspace import MergeSettings, build_recipe
 
     require_models(session)
@@ -113,21 +174,53 @@ def sweep(session: Session, config: HostConfig, method: str = "ties", weights: s
                             "with `python -m evaluation sweep`.")
     if metric not in SWEEP_METRICS:
         raise MergeLabError(f"Metric must be one of {', '.join(SWEEP_METRICS)}.")
-    weight_grid, density_grid = parse_grid(weights, "weight"), parse_grid(densities, "density")
-    if len(weight_grid) * len(density_grid) > MAX_SWEEP_POINTS:
-        raise MergeLabError(f"{len(weight_grid)} × {len(density_grid)} points is more than {MAX_SWEEP_POINTS}: "
+    _, default_rows, default_columns = sweep_axes(session, method)
+    rows = default_rows if rows is None else rows
+    columns = default_columns if columns is None else (None if columns in (NO_AXIS, "") else columns)
+    if rows is None:
+        raise MergeLabError(f"{method} has no setting to sweep: pick another method.")
+    row_values = parse_grid(rows_grid, rows)
+    column_values = parse_grid(columns_grid, columns) if columns else []
+    if len(row_values) * max(len(column_values), 1) > MAX_SWEEP_POINTS:
+        raise MergeLabError(f"{len(row_values)} × {len(column_values)} points is more than {MAX_SWEEP_POINTS}: "
                             "use coarser steps, or the command line for big grids.")
+    base = sweep_base_settings(session, method)
+    points = settings_grid(base, session.labels, rows, row_values, columns, column_values)
     per_task = int(per_task) if per_task else None
     tasks = task_set_for(session, uploaded, per_task)
     evaluator = evaluator_for(session, tasks, (tasks.source, per_task, tuple(session.labels), session.base.ref))
-    # The template names models by label, the keys of the session's LiveMerger and of the evaluator's experts.
-    template = build_recipe(session, MergeSettings(method, [1.0] * len(session.sources)), by="label")
+
+    def build(settings: dict) -> tuple[Any, Any]:
+        parsed = MergeSettings.from_dict(settings)
+        # Merged by label (the LiveMerger's keys); recorded as Export writes it (folders / Hub ids).
+        return build_recipe(session, parsed, by="label"), build_recipe(session, parsed, by="path")
+
     session.cancel.clear()
     step = (lambda fraction, text: progress(fraction, desc=text)) if progress else None
-    result = run_sweep(template, session.live, evaluator, weights=weight_grid, densities=density_grid,
-                       metric=metric, progress=step, should_stop=session.cancel.is_set)
+    result = run_settings_sweep(points, build, session.live, evaluator, axes=(rows, columns), metric=metric,
+                                progress=step, should_stop=session.cancel.is_set)
     session.sweep = result
     return result
+
+
+def point_text(result: Any, point: Any) -> str:
+    """'λ 1 · density 0.5 → accuracy 65%' for a point of a sweep."""
+    from evaluation.charts import _axis_title
+
+    rows, columns = result.axes
+    parts = [f"{_axis_title(rows)} {point.weight:g}"]
+    if columns:
+        parts.append(f"{_axis_title(columns)} {point.density:g}")
+    value = point.value(result.metric)
+    return f"{' · '.join(parts)} → {result.metric} {'–' if value is None else f'{value:.0%}'}"
+
+
+def point_choices(result: Any) -> list[tuple[str, int]]:
+    """(label, index) of every point, best first."""
+    best = result.best
+    order = sorted(range(len(result.points)), key=lambda i: (result.points[i] is not best, i))
+    return [(("★ best: " if result.points[i] is best else "") + point_text(result, result.points[i]), i)
+            for i in order]
 
 
 def sweep_outputs(result: Any) -> tuple[Any, str, list[str]]:
@@ -135,12 +228,27 @@ def sweep_outputs(result: Any) -> tuple[Any, str, list[str]]:
 
     best = result.best
     text = "No point was scored." if best is None else (
-        f"**Best**: {best.method} at weight {best.weight:g}"
-        + (f", density {best.density:g}" if best.density is not None else "")
-        + f" → {result.metric} {best.value(result.metric):.0%} ({len(result.points)} points in {result.seconds:.1f} s)")
+        f"**Best**: {best.method} at {point_text(result, best)} ({len(result.points)} points in "
+        f"{result.seconds:.1f} s). **Use this point** puts it into Merge, Chat and Export.")
     folder = Path(tempfile.mkdtemp(prefix="mergelab-sweep-"))
     written = result.write(folder / "sweep.json")
     return sweep_heatmap(result), text, [str(p) for p in written.values()]
+
+
+def kept_point(session: Session, index: int | None) -> Any:
+    """The sweep point to keep (default: the best); its settings become the current merge's."""
+    result = session.sweep
+    if result is None or not result.points:
+        raise MergeLabError("Run a sweep first; then keep its best point (or another) for Merge, Chat and Export.")
+    point = result.best if index is None or index == "" else None
+    if point is None:
+        try:
+            point = result.points[int(index)]
+        except (ValueError, IndexError, TypeError):
+            raise MergeLabError(f"No point {index!r} in the last sweep: pick one from the list.") from None
+    if point.settings is None:
+        raise MergeLabError("This sweep's points have no Merge settings (it came from a recipe file): run it here.")
+    return point
 
 
 # --- presentation ----------------------------------------------------------------------------------------------------
@@ -198,14 +306,24 @@ class EvaluatePanel:
     table: gr.Markdown
     downloads: gr.File
     sweep_method: gr.Dropdown
+    sweep_rows: gr.Dropdown
     sweep_weights: gr.Textbox
+    sweep_columns: gr.Dropdown
     sweep_densities: gr.Textbox
     sweep_metric: gr.Dropdown
     sweep_run: gr.Button
     sweep_cancel: gr.Button
     sweep_best: gr.Markdown
     sweep_chart: gr.Plot
+    sweep_point: gr.Dropdown
+    sweep_use: gr.Button
     sweep_files: gr.File
+
+    @property
+    def sweep_inputs(self) -> list[gr.components.Component]:
+        # The API's first six inputs are the old ones (method, rows grid, columns grid, metric, per task, file).
+        return [self.sweep_method, self.sweep_weights, self.sweep_densities, self.sweep_metric, self.per_task,
+                self.task_file, self.sweep_rows, self.sweep_columns]
 
 
 def build(config: HostConfig) -> EvaluatePanel:
@@ -222,55 +340,97 @@ def build(config: HostConfig) -> EvaluatePanel:
     table = gr.Markdown(elem_id="eval-table")
     downloads = gr.File(label="Downloads: results and recipe", file_count="multiple", elem_id="eval-downloads",
                         interactive=False)
-    gr.Markdown("### Sweep: weight × density\nEvery point is merged in memory and scored on the same tasks; the best "
-                "is starred. Grids: `start:stop:step` or `0.3,0.5,0.9`.")
+    gr.Markdown("### Sweep\nEvery point is the Merge tab's settings with one or two of them varied, merged in memory "
+                "and scored on the same tasks; the best cell is starred. Grids: `start:stop:step` or `0.3,0.5,0.9`.")
+    method = "ties"
+    choices, rows, columns = sweep_axes(None, method)
     with gr.Row():
-        sweep_method = gr.Dropdown(list(SWEEP_METHODS), value="ties", label="Method", elem_id="sweep-method")
-        sweep_weights = gr.Textbox("0.2:1.0:0.2", label="Weights (every source)", elem_id="sweep-weights")
-        sweep_densities = gr.Textbox("0.2:1.0:0.2", label="Densities", elem_id="sweep-densities")
+        sweep_method = gr.Dropdown(sweep_methods(), value=method, label="Method", elem_id="sweep-method")
         sweep_metric = gr.Dropdown(list(SWEEP_METRICS), value="accuracy", label="Metric", elem_id="sweep-metric")
+    with gr.Row():
+        sweep_rows = gr.Dropdown(choices, value=rows, label="Rows: vary", elem_id="sweep-rows")
+        sweep_weights = gr.Textbox(default_grid(method, rows), label="Row values", elem_id="sweep-weights")
+        sweep_columns = gr.Dropdown([NO_AXIS, *choices], value=columns or NO_AXIS, label="Columns: vary",
+                                    elem_id="sweep-columns")
+        sweep_densities = gr.Textbox(default_grid(method, columns), label="Column values", elem_id="sweep-densities")
     with gr.Row():
         sweep_run = gr.Button("Run sweep", variant="primary", elem_id="sweep-run")
         sweep_cancel = gr.Button("Stop", variant="stop", elem_id="sweep-cancel")
     sweep_best = gr.Markdown(elem_id="sweep-best")
     sweep_chart = gr.Plot(label="Sweep", elem_id="sweep-chart")
+    with gr.Row(equal_height=True):
+        sweep_point = gr.Dropdown([], label="Point", elem_id="sweep-point", scale=3)
+        sweep_use = gr.Button("Use this point", elem_id="sweep-use", scale=1)
     sweep_files = gr.File(label="Sweep results (JSON, CSV, best recipe)", file_count="multiple", interactive=False,
                           elem_id="sweep-files")
-    return EvaluatePanel(task_file, per_task, run, status, chart, table, downloads, sweep_method, sweep_weights,
-                         sweep_densities, sweep_metric, sweep_run, sweep_cancel, sweep_best, sweep_chart, sweep_files)
+    return EvaluatePanel(task_file, per_task, run, status, chart, table, downloads, sweep_method, sweep_rows,
+                         sweep_weights, sweep_columns, sweep_densities, sweep_metric, sweep_run, sweep_cancel,
+                         sweep_best, sweep_chart, sweep_point, sweep_use, sweep_files)
+
+
+def evaluated_text(session: Session) -> str:
+    from ui.merge_panel import settings_summary
+
+    return f"✓ Evaluated the current merge: {settings_summary(session.merge_settings, session.labels)}."
+
+
+def stale_note(session: Session | None, shown: str) -> Any:
+    """After the merge changes, an evaluation on screen says it is of an earlier merge."""
+    if session is None or not shown or not shown.startswith("✓ Evaluated") or session.merge_settings is None:
+        return gr.update()
+    if shown == evaluated_text(session):
+        return gr.update()
+    return ("⚠ **Out of date**: the merge has changed since this evaluation (the chart below is of the earlier "
+            "one). Press **Evaluate** to score the current merge.\n\n" + shown.replace("✓ Evaluated", "Shown:", 1))
 
 
 def wire(panel: EvaluatePanel, state: gr.State, config: HostConfig) -> None:
-    from ui.feedback import guarded
+    from ui.feedback import guarded, in_place_error
 
-    @guarded(config, "evaluate")
+    @guarded(config, "evaluate", in_place=True)
     def run(session: Session, task_file: str | None, per_task: float, progress: gr.Progress = gr.Progress()):
         progress(0.1, desc="Scoring the experts (once) and the merged model…")
         result = evaluate(session, config, task_file, int(per_task))
-        return ("✓ Evaluated the current merge.", agreement_figure(result), summary_markdown(result),
+        return (evaluated_text(session), agreement_figure(result), summary_markdown(result),
                 write_downloads(session, result))
 
     from ui.resources import on_gpu
 
     run = on_gpu(run)  # ZeroGPU on a Space; unchanged elsewhere
     panel.run.click(run, [state, panel.task_file, panel.per_task],
-                    [panel.status, panel.chart, panel.table, panel.downloads], api_name="evaluate")
+                    [panel.status, panel.chart, panel.table, panel.downloads], api_name="evaluate").failure(
+        in_place_error("evaluate"), state, panel.status, api_visibility="private", show_progress="hidden")
 
-    @guarded(config, "sweep")
-    def run_sweep(session: Session, method: str, weights: str, densities: str, metric: str, per_task: float,
-                  task_file: str | None, progress: gr.Progress = gr.Progress()):
-        result = sweep(session, config, method, weights, densities, metric, int(per_task), task_file, progress)
+    @guarded(config, "sweep", in_place=True)
+    def run_sweep(session: Session, method: str, rows_grid: str, columns_grid: str, metric: str, per_task: float,
+                  task_file: str | None, rows: str | None = None, columns: str | None = None,
+                  progress: gr.Progress = gr.Progress()):
+        result = sweep(session, config, method, rows_grid, columns_grid, metric, int(per_task), task_file, progress,
+                       rows or None, columns or None)
         figure, best, files = sweep_outputs(result)
-        return best, figure, files
+        choices = point_choices(result)
+        return best, figure, files, gr.update(choices=choices, value=choices[0][1] if choices else None)
 
     run_sweep = on_gpu(run_sweep)
     panel.sweep_run.click(
-        run_sweep, [state, panel.sweep_method, panel.sweep_weights, panel.sweep_densities, panel.sweep_metric,
-                    panel.per_task, panel.task_file], [panel.sweep_best, panel.sweep_chart, panel.sweep_files],
-        api_name="sweep")
+        run_sweep, [state, *panel.sweep_inputs],
+        [panel.sweep_best, panel.sweep_chart, panel.sweep_files, panel.sweep_point], api_name="sweep").failure(
+        in_place_error("sweep"), state, panel.sweep_best, api_visibility="private", show_progress="hidden")
+
+    def axes_for(session: Session | None, method: str):
+        choices, rows, columns = sweep_axes(session, method)
+        return (gr.update(choices=choices, value=rows), default_grid(method, rows),
+                gr.update(choices=[NO_AXIS, *choices], value=columns or NO_AXIS), default_grid(method, columns))
+
+    axis_outputs = [panel.sweep_rows, panel.sweep_weights, panel.sweep_columns, panel.sweep_densities]
+    panel.sweep_method.input(axes_for, [state, panel.sweep_method], axis_outputs, api_visibility="private",
+                             show_progress="hidden")
+    panel.sweep_rows.input(lambda m, a: default_grid(m, a), [panel.sweep_method, panel.sweep_rows],
+                           panel.sweep_weights, api_visibility="private", show_progress="hidden")
+    panel.sweep_columns.input(lambda m, a: default_grid(m, a), [panel.sweep_method, panel.sweep_columns],
+                              panel.sweep_densities, api_visibility="private", show_progress="hidden")
 
     def stop(session: Session) -> None:
         session.cancel.set()
 
     panel.sweep_cancel.click(stop, state, None, api_visibility="private")
-

@@ -20,9 +20,9 @@ MAX_SOURCES = 8  # weight sliders made up front; the ones beyond the chosen sour
 # "hidden" keeps a control mounted but invisible: a control made visible=False is not in the page, and updates that
 # show it can be lost when its tab mounts at the same moment.
 HIDDEN = "hidden"
-# Ranges for parameters the registry leaves unbounded (the recipe accepts any value; a slider needs ends).
-SLIDER_RANGES = {"weight": (-1.0, 2.0), "lambda": (0.0, 2.0), "scale": (0.0, 2.0), "t": (0.0, 1.0)}
 DEFAULT_METHOD = "ties"
+# Fractions of entries kept: one setting under two names, carried over when the method changes.
+KEPT_FRACTION = ("density", "select_topk")
 
 
 def methods() -> list[Method]:
@@ -35,11 +35,13 @@ def method_help(name: str) -> str:
     base = {"required": "needs the base model", "optional": "uses the base model when given",
             "ignored": "does not use the base model"}[method.base]
     random = " Random: the seed makes it reproducible." if method.random else ""
-    return f"**{method.name}** — {method.explanation}\n\n`{method.formula}`\n\n*It {base}.{random}*"
+    weights = "" if method.param("weight") is not None else " It has no per-model weight."
+    return f"**{method.name}** — {method.explanation}\n\n`{method.formula}`\n\n*It {base}.{random}{weights}*"
 
 
 def param_specs() -> dict[str, Param]:
-    """Every parameter some method declares (first declaration wins for the control's range and kind)."""
+    """Every parameter name some method declares; one control per name, which each method re-ranges as its own
+    declaration says (see control_updates)."""
     specs: dict[str, Param] = {}
     for method in methods():
         for param in method.params:
@@ -52,61 +54,155 @@ def _choice_value(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def _slider_range(param: Param) -> tuple[float, float]:
-    low, high = SLIDER_RANGES.get(param.name, (0.0, 2.0 if param.kind == "float" else 100.0))
-    return (param.low if param.low is not None else low, param.high if param.high is not None else high)
+def param_range(param: Param) -> tuple[float, float] | None:
+    """The declared bounds, where open taken from the parameter's `ui_range`; None when still unbounded."""
+    ui_low, ui_high = param.ui_range or (None, None)
+    low = param.low if param.low is not None else ui_low
+    high = param.high if param.high is not None else ui_high
+    return None if low is None or high is None else (float(low), float(high))
+
+
+def start_value(param: Param) -> Any:
+    """The declared default; for a required parameter without one (slerp's t) the middle of its range."""
+    if param.default is not None:
+        return _choice_value(param.default) if param.kind == "choice" else param.default
+    bounds = param_range(param)
+    if bounds is None:
+        return None
+    middle = (bounds[0] + bounds[1]) / 2
+    return round(middle) if param.kind == "int" else round(middle, 6)
+
+
+def _step(param: Param, bounds: tuple[float, float]) -> float:
+    if param.kind == "int":
+        return 1
+    span = bounds[1] - bounds[0]
+    return 0.01 if span >= 1 else span / 100
 
 
 def param_control(param: Param) -> gr.components.Component:
-    label = f"{param.name}"
-    common = {"label": label, "info": param.help, "elem_id": f"param-{param.name}", "visible": HIDDEN}
+    common = {"label": param.name, "info": param.help, "elem_id": f"param-{param.name}", "visible": HIDDEN}
     if param.kind == "bool":
         return gr.Checkbox(value=bool(param.default), **common)
     if param.kind == "choice":
         choices = [_choice_value(c) for c in param.choices]
         return gr.Dropdown(choices, value=_choice_value(param.default), **common)
-    low, high = _slider_range(param)
-    step = 1 if param.kind == "int" else 0.01
-    default = param.default if param.default is not None else low
-    return gr.Slider(low, high, value=default, step=step, **common)
+    bounds = param_range(param)
+    if bounds is None:  # an open-ended tolerance: a number box, not a slider with made-up ends
+        return gr.Number(value=param.default, **common)
+    return gr.Slider(bounds[0], bounds[1], value=start_value(param), step=_step(param, bounds), **common)
 
 
-def control_updates(method_name: str, specs: dict[str, Param]) -> list[Any]:
-    """Show the method's parameters (at its defaults), hide the others."""
+def _within(value: Any, param: Param) -> bool:
+    bounds = param_range(param)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return False
+    return bounds is None or bounds[0] <= number <= bounds[1]
+
+
+def _param_update(param: Param, value: Any) -> Any:
+    update: dict[str, Any] = {"visible": True, "info": param.help, "value": value}
+    bounds = param_range(param)
+    if param.kind in ("float", "int") and bounds is not None:
+        update.update(minimum=bounds[0], maximum=bounds[1], step=_step(param, bounds))
+    return gr.update(**update)
+
+
+def control_updates(method_name: str, specs: dict[str, Param], current: dict[str, Any] | None = None,
+                    previous: str | None = None) -> list[Any]:
+    """Show the method's parameters, ranged, explained and valued as it declares them; hide the others. A value
+    the previous method shared (the same name, or density ↔ select_topk) is kept when it fits the new range, so
+    switching ties → dare_ties keeps the density instead of resetting it to 'keep everything'."""
     method = get_method(method_name)
+    before = get_method(previous) if previous else None
+    current = current or {}
     updates = []
     for name in specs:
         param = method.param(name)
         if param is None:
             updates.append(gr.update(visible=HIDDEN))
-        elif param.default is None:
-            updates.append(gr.update(visible=True))
-        elif param.kind == "choice":
-            updates.append(gr.update(visible=True, value=_choice_value(param.default)))
-        else:
-            updates.append(gr.update(visible=True, value=param.default))
+            continue
+        value = start_value(param)
+        carried = [n for n in ((name,) if name not in KEPT_FRACTION else KEPT_FRACTION)
+                   if before is not None and before.param(n) is not None and current.get(n) is not None]
+        if carried and param.kind in ("float", "int") and _within(current[carried[0]], param):
+            value = current[carried[0]]
+        elif carried and param.kind in ("bool", "choice") and name == carried[0]:
+            value = current[name]
+        updates.append(_param_update(param, value))
+    return updates
+
+
+def weight_range(method_name: str) -> tuple[float, float] | None:
+    """The weight sliders' range for a method; None when it has no per-model weight."""
+    param = get_method(method_name).param("weight")
+    return None if param is None else (param_range(param) or (-1.0, 2.0))
+
+
+def weight_control_updates(session: Session | None, method_name: str, current: list[float] | None = None
+                           ) -> list[Any]:
+    """One slider per source, ranged as the method's `weight` declares; all hidden when it has none."""
+    bounds = weight_range(method_name)
+    sources = session.sources if session else []
+    updates = []
+    for i in range(MAX_SOURCES):
+        if bounds is None or i >= len(sources):
+            updates.append(gr.update(visible=HIDDEN))
+            continue
+        value = current[i] if current and i < len(current) and current[i] is not None else 0.5
+        value = min(max(float(value), bounds[0]), bounds[1])
+        updates.append(gr.update(visible=True, label=sources[i].label, minimum=bounds[0], maximum=bounds[1],
+                                 value=value))
     return updates
 
 
 def collect_settings(session: Session, method: str, seed: float | None, weights: list[float],
                      params: dict[str, Any]) -> dict[str, Any]:
-    """The controls as the JSON the /merge endpoint takes: only this method's parameters, one weight per source."""
+    """The controls as the JSON the /merge endpoint takes: only this method's parameters, one weight per source
+    (none when the method has no per-model weight)."""
     chosen = get_method(method)
-    n = len(session.sources)
+    n = len(session.sources) if chosen.param("weight") is not None else 0
     kept = {k: v for k, v in params.items() if chosen.param(k) is not None and v is not None}
     return MergeSettings(method, [float(w) for w in weights[:n]], kept, int(seed or 0)).to_dict()
 
 
+def settings_summary(settings: MergeSettings | dict, labels: list[str]) -> str:
+    """The settings in one line: method · weights per source · parameters · seed (what a status line names)."""
+    settings = MergeSettings.from_dict(settings) if isinstance(settings, dict) else settings
+    parts = [f"**{settings.method}**"]
+    if settings.weights and get_method(settings.method).param("weight") is not None:
+        parts.append("weights: " + ", ".join(f"{label} {w:g}" for label, w in zip(labels, settings.weights)))
+    if settings.params:
+        parts.append(", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in settings.params.items()))
+    if get_method(settings.method).random:
+        parts.append(f"seed {settings.seed}")
+    return " · ".join(parts)
+
+
 def merge_status(session: Session, where: str) -> str:
-    recipe = session.recipe
-    weights = ", ".join(f"{s.label} {w:g}" for s, w in zip(session.sources, session.merge_settings.weights))
-    params = ", ".join(f"{k}={v}" for k, v in session.merge_settings.params.items())
-    timing = f" in {session.last_merge_ms:.0f} ms" if where == "memory" and session.last_merge_ms else ""
+    """Which settings the current merge has (the status line under the controls)."""
+    record = getattr(session, "merge", None)  # ui.merge_record.MergeRecord
+    seconds = getattr(record, "seconds", None)
+    if seconds is None and getattr(session, "last_merge_ms", None):
+        seconds = session.last_merge_ms / 1000
+    timing = f" in {seconds * 1000:.0f} ms" if where == "memory" and seconds else ""
+    number = f" #{record.version}" if getattr(record, "version", None) else ""
     place = "in memory" if where == "memory" else "to the session's folder"
-    detail = f" · weights: {weights}" if weights else ""
-    return (f"✓ Merged with **{recipe.merge_method}** {place}{timing}{detail}"
-            f"{' · ' + params if params else ''} · seed {session.merge_settings.seed}. "
-            f"{'Classify' if session.kind == 'classifier' else 'Chat'}, Evaluate and Export now use this model.")
+    return (f"✓ Current merge{number} ({place}{timing}): "
+            f"{settings_summary(session.merge_settings, session.labels)}. "
+            f"{'Classify' if session.kind == 'classifier' else 'Chat'}, Evaluate and Export use this model.")
+
+
+def error_status(session: Session | None, message: str) -> str:
+    """An error where the merge status goes, saying which merge (if any) is still the current one."""
+    text = f"**⚠ {message}**"
+    if session is not None and session.recipe is not None and session.merge_settings is not None:
+        text += ("\n\nThe current merge is still the previous one: "
+                 f"{settings_summary(session.merge_settings, session.labels)}.")
+    return text
 
 
 def run_merge(session: Session, config: HostConfig, raw_settings: dict, progress: Any = None) -> str:
@@ -154,6 +250,7 @@ class MergePanel:
     cancel: gr.Button
     status: gr.Markdown
     settings: gr.JSON
+    shown_method: gr.State
 
     @property
     def controls(self) -> list[gr.components.Component]:
@@ -167,9 +264,10 @@ def build(config: HostConfig) -> MergePanel:
     with gr.Row():
         method = gr.Dropdown(names, value=default, label="Method", elem_id="merge-method", scale=1)
         help_md = gr.Markdown(method_help(default), elem_id="method-help")
-    gr.Markdown("**Weight of each source model** (how much of its task vector goes in)")
+    low, high = weight_range(default) or (-1.0, 2.0)
     with gr.Row(elem_id="weights-row"):
-        weights = [gr.Slider(-1.0, 2.0, value=0.5, step=0.05, label=f"model {i + 1}", elem_id=f"weight-{i}",
+        weights = [gr.Slider(low, high, value=0.5, step=0.01, label=f"model {i + 1}", elem_id=f"weight-{i}",
+                             info="weight: how much of this model's task vector goes in",
                              visible=HIDDEN, min_width=200) for i in range(MAX_SOURCES)]
     with gr.Row(elem_id="params-row"):
         params = {name: param_control(param) for name, param in specs.items()}
@@ -181,37 +279,44 @@ def build(config: HostConfig) -> MergePanel:
         cancel = gr.Button("Cancel", variant="stop", elem_id="merge-cancel")
     status = gr.Markdown(elem_id="merge-status")
     settings = gr.JSON(visible=False, elem_id="merge-settings")
-    # Initial visibility for the default method.
+    shown_method = gr.State(default)  # the method whose controls are shown (values carry over on a switch)
+    # Initial visibility, ranges and values for the default method.
     default_method = get_method(default)
     for name, control in params.items():
-        control.visible = True if default_method.param(name) is not None else HIDDEN
+        param = default_method.param(name)
+        control.visible = True if param is not None else HIDDEN
+        if param is not None and isinstance(control, gr.Slider) and param_range(param):
+            control.minimum, control.maximum = param_range(param)
+            control.value, control.info = start_value(param), param.help
     return MergePanel(method, help_md, weights, params, seed, merge, merge_folder, folder_name, cancel, status,
-                      settings)
+                      settings, shown_method)
 
 
 def weight_updates(session: Session | None, values: bool = True) -> list[Any]:
     """One visible slider per source, labelled (and, with `values`, set to the session's starting weights)."""
-    sources = session.sources if session else []
-    start = session.merge_settings.weights if session and session.merge_settings else []
-    updates = []
-    for i in range(MAX_SOURCES):
-        if i < len(sources):
-            value = start[i] if i < len(start) else 0.5
-            updates.append(gr.update(visible=True, label=f"{sources[i].label}", **({"value": value} if values else {})))
-        else:
-            updates.append(gr.update(visible=HIDDEN))
+    settings = session.merge_settings if session else None
+    method = settings.method if settings else DEFAULT_METHOD
+    updates = weight_control_updates(session, method, settings.weights if settings else None)
+    if not values:
+        updates = [gr.update(**{k: v for k, v in u.items() if k != "value"}) for u in updates]
     return updates
 
 
 def session_control_updates(session: Session, specs: dict[str, Param]) -> list[Any]:
-    """Method, its help, weights and parameters as the session's starting settings say (after Check models)."""
+    """Method, its help, weights and parameters as the session's settings say (after Check models, or when a sweep
+    point is kept), and the shown-method state."""
     settings = session.merge_settings
-    method = settings.method if settings else DEFAULT_METHOD
-    params = control_updates(method, specs)
-    if settings:
-        for i, name in enumerate(specs):
-            if name in settings.params:
-                value = settings.params[name]
-                params[i] = gr.update(visible=True, value=_choice_value(value) if isinstance(value, bool) and
-                                      get_method(method).param(name).kind == "choice" else value)
-    return [gr.update(value=method), method_help(method), *weight_updates(session), *params]
+    return settings_control_updates(session, settings or MergeSettings(DEFAULT_METHOD, []), specs)
+
+
+def settings_control_updates(session: Session, settings: MergeSettings, specs: dict[str, Param]) -> list[Any]:
+    """[method, help, *weights, *params, shown method] set to `settings` (values not in it: the declared ones)."""
+    method = get_method(settings.method)
+    params = control_updates(method.name, specs)
+    for i, name in enumerate(specs):
+        param = method.param(name)
+        if param is not None and name in settings.params:
+            value = settings.params[name]
+            params[i] = _param_update(param, _choice_value(value) if param.kind == "choice" else value)
+    weights = weight_control_updates(session, method.name, settings.weights or None)
+    return [gr.update(value=method.name), method_help(method.name), *weights, *params, method.name]

@@ -13,7 +13,23 @@ from ui.hosting import HostConfig
 from ui.session import Session
 from ui.workspace import ORIGINS, MergeSettings, build_recipe_for_engine, prepare_live, select_models, zoo_families
 
-DEFAULT_PRESET = "Zoo · language models: math + japanese"
+DEFAULT_PRESET_ENV = "MERGELAB_DEFAULT_PRESET"  # a preset's name; unset: the catalog's first preset
+
+
+def default_preset_name() -> str:
+    """The preset a visitor lands on (checked on arrival, merged by the one-click start)."""
+    import os
+
+    presets = load_catalog()
+    wanted = os.environ.get(DEFAULT_PRESET_ENV)
+    if wanted:
+        return get_preset(wanted, presets).name
+    return presets[0].name
+
+
+def suggested_prompts(preset_name: str | None = None) -> list[str]:
+    """Chat prompts the default preset's merge answers well (from the catalog; none when it lists none)."""
+    return list(get_preset(preset_name or default_preset_name()).prompts)
 
 
 @dataclass
@@ -122,6 +138,8 @@ class ModelsPanel:
     sources: gr.Textbox
     check: gr.Button
     report: gr.Markdown
+    quick: gr.Button  # one click: merge the checked models with the preset's settings and open Chat
+    quick_status: gr.Markdown
 
     @property
     def choice_inputs(self) -> list[gr.components.Component]:
@@ -135,7 +153,7 @@ def _family_experts(family: str | None) -> list[str]:
 
 def build(config: HostConfig) -> ModelsPanel:
     presets = load_catalog()
-    default = get_preset(DEFAULT_PRESET, presets)
+    default = get_preset(default_preset_name(), presets)
     choice = preset_choice(default)
     families = list(zoo_families())
     with gr.Row():
@@ -154,9 +172,15 @@ def build(config: HostConfig) -> ModelsPanel:
                           visible=choice.origin != "Zoo", elem_id="base-model")
         sources = gr.Textbox(label="Source models (one per line)", lines=3, visible=choice.origin != "Zoo",
                              elem_id="source-models")
-    check = gr.Button("Check models", variant="primary", elem_id="check-models")
+    with gr.Row():
+        check = gr.Button("Check models", variant="primary", elem_id="check-models")
+        quick = gr.Button("Merge and chat", variant="primary", elem_id="quick-start")
+    quick_status = gr.Markdown("*New here? **Merge and chat** merges the chosen models with the preset's settings "
+                               "and opens Chat, where a source model answers beside the merge.*",
+                               elem_id="quick-status")
     report = gr.Markdown(elem_id="preflight-report")
-    panel = ModelsPanel(preset, preset_about, origin, family, experts, base, sources, check, report)
+    panel = ModelsPanel(preset, preset_about, origin, family, experts, base, sources, check, report, quick,
+                        quick_status)
 
     def apply_preset(name: str):
         chosen = preset_choice(get_preset(name))

@@ -3,6 +3,7 @@ so gradio_client can drive everything a person can (see README "API")."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -17,7 +18,7 @@ from ui import (
     merge_panel,
     models_panel,
 )
-from ui.feedback import guarded
+from ui.feedback import guarded, in_place_error
 from ui.hosting import HostConfig
 from ui.resources import on_gpu
 from ui.session import FreshSession, Session, close_session, new_session
@@ -44,14 +45,15 @@ def build_page(config: HostConfig) -> gr.Blocks:
         state.value = FreshSession()  # set after construction, which would deep-copy it into a Session already
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         # Tabs render their children up front: the Models tab updates controls in Merge and Chat before they open.
-        with gr.Tabs(elem_id="tabs"):
+        with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Models", id="models", elem_id="tab-models", render_children=True):
                 models = models_panel.build(config)
             with gr.Tab("Merge", id="merge", elem_id="tab-merge", render_children=True) as merge_tab:
                 merge = merge_panel.build(config)
-            with gr.Tab("Chat", id="chat", elem_id="tab-chat", render_children=True):
+            with gr.Tab("Chat", id="chat", elem_id="tab-chat", render_children=True) as chat_tab:
                 chat = chat_panel.build(config)
-            with gr.Tab("Classify", id="classify", elem_id="tab-classify", render_children=True):
+            with gr.Tab("Classify", id="classify", elem_id="tab-classify", render_children=True,
+                        visible=False) as classify_tab:  # shown for classifier families only
                 classify = classify_panel.build(config)
             with gr.Tab("Evaluate", id="evaluate", elem_id="tab-evaluate", render_children=True):
                 evaluate = evaluate_panel.build(config)
@@ -61,7 +63,8 @@ def build_page(config: HostConfig) -> gr.Blocks:
                 learn = learn_panel.build(config)
             with gr.Tab("Export", id="export", elem_id="tab-export", render_children=True):
                 export = export_panel.build(config)
-        _wire(demo, config, state, models, merge, chat)
+        page = Page(tabs, chat_tab, classify_tab, models, merge, chat, evaluate)
+        _wire(demo, config, state, page)
         _sync_on_open(merge_tab, state, merge, chat)
         classify_panel.wire(classify, state, config)
         evaluate_panel.wire(evaluate, state, config)
@@ -69,6 +72,19 @@ def build_page(config: HostConfig) -> gr.Blocks:
         learn_panel.wire(learn, state, config)
         export_panel.wire(export, state, config)
     return demo
+
+
+@dataclass
+class Page:
+    """The parts of the page that events between panels touch."""
+
+    tabs: gr.Tabs
+    chat_tab: gr.Tab
+    classify_tab: gr.Tab
+    models: models_panel.ModelsPanel
+    merge: merge_panel.MergePanel
+    chat: chat_panel.ChatPanel
+    evaluate: evaluate_panel.EvaluatePanel
 
 
 def _sync_on_open(merge_tab: gr.Tab, state: gr.State, merge: merge_panel.MergePanel, chat: chat_panel.ChatPanel
@@ -85,10 +101,13 @@ def _sync_on_open(merge_tab: gr.Tab, state: gr.State, merge: merge_panel.MergePa
                      show_progress="hidden")
 
 
-def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, models: models_panel.ModelsPanel,
-          merge: merge_panel.MergePanel, chat: chat_panel.ChatPanel) -> None:
+def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, page: Page) -> None:
+    models, merge, chat, evaluate = page.models, page.merge, page.chat, page.evaluate
     specs = merge_panel.param_specs()
     param_controls = list(merge.params.values())
+    n_weights = len(merge.weights)
+    # Everything that shows the merge's settings: set together after Check models and when a sweep point is kept.
+    merge_controls = [merge.method, merge.help, *merge.weights, *param_controls, merge.shown_method]
 
     # --- Models -> pre-flight, then the merge controls and chat choices follow the chosen models ---------------------
     @guarded(config, "pre-flight")
@@ -98,58 +117,79 @@ def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, models: models_p
         choice = models_panel.ModelsChoice(origin, family, list(experts or []), base or "", sources or "")
         return models_panel.check_models(_session(session), config, choice, preset, progress)
 
+    sweep_axis_outputs = [evaluate.sweep_method, evaluate.sweep_rows, evaluate.sweep_weights, evaluate.sweep_columns,
+                          evaluate.sweep_densities]
+
     def follow_models(session: Session) -> list[Any]:
+        classifier = session.kind == "classifier"
+        settings = session.merge_settings
+        method = settings.method if settings and settings.method in evaluate_panel.sweep_methods() else "ties"
+        choices, rows, columns = evaluate_panel.sweep_axes(session, method)
+        sweep = [gr.update(value=method), gr.update(choices=choices, value=rows),
+                 evaluate_panel.default_grid(method, rows),
+                 gr.update(choices=[evaluate_panel.NO_AXIS, *choices], value=columns or evaluate_panel.NO_AXIS),
+                 evaluate_panel.default_grid(method, columns)]
         return [*merge_panel.session_control_updates(session, specs),
-                gr.update(choices=chat_panel.compare_choices(session), value=chat_panel.NO_COMPARISON)]
+                gr.update(choices=chat_panel.compare_choices(session), value=chat_panel.NO_COMPARISON),
+                gr.update(visible=classifier), gr.update(visible=not classifier), "", *sweep]
 
     checked = models.check.click(preflight, [state, *models.choice_inputs, models.preset], models.report,
                                  api_name="preflight")
-    follow_outputs = [merge.method, merge.help, *merge.weights, *param_controls, chat.compare_label]
+    follow_outputs = [*merge_controls, chat.compare_label, page.classify_tab, page.chat_tab, merge.status,
+                      *sweep_axis_outputs]
     checked.success(follow_models, state, follow_outputs, api_visibility="private")
 
-    # A visitor lands on the default zoo preset already checked: the first click on Merge merges.
-    @guarded(config, "pre-flight")
+    # A visitor lands on the default preset already checked: the first click on Merge (or Merge and chat) merges.
     def check_default(session: Session) -> str:
-        default = models_panel.preset_choice(models_panel.get_preset(models_panel.DEFAULT_PRESET))
-        return models_panel.check_models(_session(session), config, default, models_panel.DEFAULT_PRESET)
+        name = models_panel.default_preset_name()
+        default = models_panel.preset_choice(models_panel.get_preset(name))
+        return models_panel.check_models(_session(session), config, default, name)
 
-    demo.load(check_default, state, models.report, api_visibility="private").success(
-        follow_models, state, follow_outputs, api_visibility="private")
+    demo.load(guarded(config, "pre-flight")(check_default), state, models.report,
+              api_visibility="private").success(follow_models, state, follow_outputs, api_visibility="private")
 
     # --- Merge ---------------------------------------------------------------------------------------------------
-    def method_changed(name: str) -> list[Any]:
-        return [merge_panel.method_help(name), *merge_panel.control_updates(name, specs)]
+    def method_changed(session: Session | None, name: str, previous: str | None, *values: Any) -> list[Any]:
+        # Each control re-ranged and valued as the new method declares it; shared values carried over.
+        weights, params = list(values[:n_weights]), dict(zip(specs, values[n_weights:]))
+        return [merge_panel.method_help(name), *merge_panel.weight_control_updates(session, name, weights),
+                *merge_panel.control_updates(name, specs, params, previous), name]
 
-    merge.method.input(method_changed, merge.method, [merge.help, *param_controls], api_visibility="private")
+    merge.method.input(method_changed, [state, merge.method, merge.shown_method, *merge.weights, *param_controls],
+                       [merge.help, *merge.weights, *param_controls, merge.shown_method], api_visibility="private",
+                       show_progress="hidden")
 
-    n_weights = len(merge.weights)
-
-    @guarded(config, "merge settings")
+    @guarded(config, "merge settings", in_place=True)
     def collect(session: Session, method: str, seed: float, *values: Any) -> dict:
         weights, params = values[:n_weights], dict(zip(specs, values[n_weights:]))
         return merge_panel.collect_settings(_session(session), method, seed, list(weights), params)
 
-    @guarded(config, "merge")
+    @guarded(config, "merge", in_place=True)
     def do_merge(session: Session, settings: dict, progress: gr.Progress = gr.Progress()) -> str:
         return merge_panel.run_merge(_session(session), config, settings, progress)
 
-    @guarded(config, "merge to folder")
+    @guarded(config, "merge to folder", in_place=True)
     def do_merge_folder(session: Session, settings: dict, name: str,
                         progress: gr.Progress = gr.Progress()) -> str:
         return merge_panel.run_merge_to_folder(_session(session), config, settings, name, progress)
 
-    def live_if_small(session: Session, settings: dict) -> str | Any:
-        # Slider moves re-merge only where live merging is on; big models wait for a button.
-        if session is None or session.live is None:
-            return gr.update()
-        return do_merge(session, settings)
+    def merge_error(action: str):
+        return in_place_error(action, merge_panel.error_status)
 
     do_merge_folder = on_gpu(do_merge_folder)
     controls = [state, *merge.controls]
-    merge.merge.click(collect, controls, merge.settings, api_visibility="private").success(
-        do_merge, [state, merge.settings], merge.status, api_name="merge")
-    folder_event = merge.merge_folder.click(collect, controls, merge.settings, api_visibility="private").success(
-        do_merge_folder, [state, merge.settings, merge.folder_name], merge.status, api_name="merge_to_folder")
+    settings_step = merge.merge.click(collect, controls, merge.settings, api_visibility="private")
+    settings_step.failure(merge_error("merge settings"), state, merge.status, api_visibility="private",
+                          show_progress="hidden")
+    merged = settings_step.success(do_merge, [state, merge.settings], merge.status, api_name="merge")
+    merged.failure(merge_error("merge"), state, merge.status, api_visibility="private", show_progress="hidden")
+    folder_settings = merge.merge_folder.click(collect, controls, merge.settings, api_visibility="private")
+    folder_settings.failure(merge_error("merge settings"), state, merge.status, api_visibility="private",
+                            show_progress="hidden")
+    folder_event = folder_settings.success(do_merge_folder, [state, merge.settings, merge.folder_name],
+                                           merge.status, api_name="merge_to_folder")
+    folder_event.failure(merge_error("merge to folder"), state, merge.status, api_visibility="private",
+                         show_progress="hidden")
 
     def cancel_merge(session: Session) -> str:
         if session is not None:
@@ -157,30 +197,121 @@ def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, models: models_p
         return "Cancel requested: a merge in progress stops and leaves nothing behind."
 
     merge.cancel.click(cancel_merge, state, merge.status, cancels=[folder_event], api_name="cancel_merge")
-    # `input` fires only on the user's own moves (drag or typed number), not when the page sets values.
-    triggers = [c.input for c in [*merge.weights, *param_controls]]
-    gr.on(triggers, collect, controls, merge.settings, api_visibility="private", trigger_mode="always_last",
-          show_progress="hidden").success(live_if_small, [state, merge.settings], merge.status,
-                                          api_visibility="private", show_progress="minimal")
 
-    # --- Chat ----------------------------------------------------------------------------------------------------
-    @guarded(config, "chat")
+    def follow_controls(session: Session | None, method: str, seed: float, *values: Any) -> str | Any:
+        """A slider moved: re-merge now with the values the controls show (one event: reading the controls and
+        merging cannot be overtaken by a later move, and always_last runs the final values after a running one)."""
+        session = _session(session)
+        try:
+            weights, params = values[:n_weights], dict(zip(specs, values[n_weights:]))
+            settings = merge_panel.collect_settings(session, method, seed, list(weights), params)
+            if session.live is None:
+                summary = merge_panel.settings_summary(settings, session.labels)
+                return (f"*Settings changed ({summary}); these models merge to a folder: press **Merge** to apply "
+                        "them.*")
+            return merge_panel.run_merge(session, config, settings)
+        except Exception as error:  # noqa: BLE001 - shown where the sliders are, in words
+            from ui.feedback import user_message
+
+            return merge_panel.error_status(session, user_message(error, config))
+
+    # Slider drags fire `input` while moving and `release` at the end; typed numbers and other controls `input`.
+    # `input` fires only on the user's own moves, not when the page sets values.
+    sliders = [c for c in [*merge.weights, *param_controls] if isinstance(c, gr.Slider)]
+    triggers = [c.input for c in [*merge.weights, *param_controls]] + [c.release for c in sliders]
+    gr.on(triggers, follow_controls, controls, merge.status, api_visibility="private", trigger_mode="always_last",
+          show_progress="hidden")
+
+    # An evaluation on screen says so when the merge it scored is no longer the current one.
+    merge.status.change(evaluate_panel.stale_note, [state, evaluate.status], evaluate.status,
+                        api_visibility="private", show_progress="hidden")
+
+    # --- one click for a visitor: merge the checked preset with its settings and open Chat beside a source -----
+    _wire_chat(config, state, page)
+
+    # --- keep a sweep point: its settings become the Merge tab's and the current merge ---------------------------
+    @guarded(config, "use sweep point", in_place=True)
+    def use_point(session: Session, index: Any) -> list[Any]:
+        from ui.workspace import MergeSettings
+
+        session = _session(session)
+        point = evaluate_panel.kept_point(session, index)
+        status = merge_panel.run_merge(session, config, MergeSettings.from_dict(point.settings).to_dict())
+        note = (f"✓ Kept {evaluate_panel.point_text(session.sweep, point)}: Merge, Chat and Export now use it "
+                f"({merge_panel.settings_summary(session.merge_settings, session.labels)}).")
+        return [note, status, *merge_panel.session_control_updates(session, specs)]
+
+    used = evaluate.sweep_use.click(use_point, [state, evaluate.sweep_point],
+                                    [evaluate.sweep_best, merge.status, *merge_controls], api_name="use_sweep_point")
+    used.failure(in_place_error("use sweep point"), state, evaluate.sweep_best, api_visibility="private",
+                 show_progress="hidden")
+
+
+def _wire_chat(config: HostConfig, state: gr.State, page: Page) -> None:
+    models, merge, chat = page.models, page.merge, page.chat
+    specs = merge_panel.param_specs()
+    merge_controls = [merge.method, merge.help, *merge.weights, *merge.params.values(), merge.shown_method]
+
+    def merge_if_none(session: Session) -> None:
+        # Nothing merged yet (a visitor went straight to Chat): merge what the Merge tab shows, the preset's start.
+        if session.recipe is None and session.merged_path is None and session.base is not None \
+                and session.merge_settings is not None:
+            merge_panel.run_merge(session, config, session.merge_settings.to_dict())
+
+    @guarded(config, "chat", in_place=True)
     def send(session: Session, message: str, merged_history: list, compare_history: list, compare_label: str,
              max_new_tokens: float, temperature: float, top_p: float, quantization: str):
+        session = _session(session)
         settings = chat_panel.GenerationSettings(int(max_new_tokens), float(temperature), float(top_p), quantization)
-        for merged_msgs, compare_msgs in chat_panel.chat(_session(session), config, message, merged_history,
+        merge_if_none(session)
+        for merged_msgs, compare_msgs in chat_panel.chat(session, config, message, merged_history,
                                                          compare_history, compare_label, settings):
-            yield merged_msgs, compare_msgs, ""
+            yield merged_msgs, compare_msgs, "", ""
 
     send = on_gpu(send)  # ZeroGPU on a Space; unchanged elsewhere
     chat_inputs = [state, chat.message, chat.merged, chat.compare, chat.compare_label, *chat.settings_inputs]
-    chat_outputs = [chat.merged, chat.compare, chat.message]
+    chat_outputs = [chat.merged, chat.compare, chat.message, chat.status]
+
+    def chat_error(session: Session) -> list[Any]:
+        from ui.feedback import error_markdown, take_error
+
+        # Also settles both panes, so no error badge is left over them.
+        return [error_markdown(take_error(session, "chat") or "The chat failed."), gr.update(), gr.update()]
+
     sent = chat.send.click(send, chat_inputs, chat_outputs, api_name="chat")
     submitted = chat.message.submit(send, chat_inputs, chat_outputs, api_visibility="private")
+    for event in (sent, submitted):
+        event.failure(chat_error, state, [chat.status, chat.merged, chat.compare], api_visibility="private",
+                      show_progress="hidden")
 
     def stop_chat(session: Session) -> None:
         if session is not None:
             session.stop_chat.set()
 
     chat.stop.click(stop_chat, state, None, cancels=[sent, submitted], api_visibility="private")
-    chat.clear.click(lambda: ([], []), None, [chat.merged, chat.compare], api_visibility="private")
+    chat.clear.click(lambda: ([], [], ""), None, [chat.merged, chat.compare, chat.status], api_visibility="private")
+
+    @guarded(config, "quick start", in_place=True)
+    def quick_start(session: Session, progress: gr.Progress = gr.Progress()) -> list[Any]:
+        session = _session(session)
+        if session.base is None:  # the page-load check has not run (or failed): check the default preset now
+            name = models_panel.default_preset_name()
+            models_panel.check_models(session, config, models_panel.preset_choice(models_panel.get_preset(name)),
+                                      name, progress)
+        status = merge_panel.run_merge(session, config, session.merge_settings.to_dict(), progress)
+        prompts = models_panel.suggested_prompts() or chat_panel.EXAMPLES
+        beside = session.sources[0].label
+        note = f"✓ Merged. Chat is open: the merge answers on the left, **{beside}** (a source model) beside it."
+        return [note, status, gr.Tabs(selected="chat"),
+                gr.update(choices=chat_panel.compare_choices(session), value=beside), prompts[0],
+                *merge_panel.session_control_updates(session, specs)]
+
+    quick = models.quick.click(
+        quick_start, state, [models.quick_status, merge.status, page.tabs, chat.compare_label, chat.message,
+                             *merge_controls], api_name="quick_start")
+    quick.failure(in_place_error("quick start"), state, models.quick_status, api_visibility="private",
+                  show_progress="hidden")
+    # …and the first suggested prompt is asked at once, so both answers are there when Chat opens.
+    quick.success(send, chat_inputs, chat_outputs, api_visibility="private").failure(
+        chat_error, state, [chat.status, chat.merged, chat.compare], api_visibility="private",
+        show_progress="hidden")
