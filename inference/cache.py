@@ -1,7 +1,10 @@
-"""A bounded, thread-safe cache of loaded models, evicting the least recently used by parameter bytes."""
+"""A bounded, thread-safe cache of loaded models, evicting the least recently used by parameter bytes. Folders are
+keyed by their path and their content identity (`folder_identity`), so a folder rewritten in place (a re-merge to
+the same name) is loaded anew instead of answering with the model it held before."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -10,6 +13,19 @@ from pathlib import Path
 import torch
 
 from inference.loading import LoadedModel, Quantization, load_model, parameter_bytes
+
+
+def folder_identity(path: str | Path) -> tuple[tuple[str, int, int, int], ...]:
+    """What changes when a model folder is rewritten: (name, size, mtime_ns, inode) of its top-level files. The
+    engine builds a merge in a new folder and renames it into place, so every rewrite has new inodes and times."""
+    folder = Path(path)
+    entries = []
+    with os.scandir(folder) as listing:
+        for entry in listing:
+            if entry.is_file():
+                info = entry.stat()
+                entries.append((entry.name, info.st_size, info.st_mtime_ns, info.st_ino))
+    return tuple(sorted(entries))
 
 
 class ModelCache:
@@ -83,8 +99,15 @@ class ModelCache:
         dtype: str | torch.dtype | None = None,
         quantization: Quantization | None = None,
     ) -> LoadedModel:
-        """`load_model` through the cache; the key is (resolved path, device, dtype, quantization)."""
-        key = (str(Path(path).resolve()), device, str(dtype), quantization)
+        """`load_model` through the cache; the key is (resolved path, its folder_identity, device, dtype,
+        quantization). Entries for an earlier content of the same folder are dropped: nobody can ask for them."""
+        resolved = str(Path(path).resolve())
+        key = (resolved, folder_identity(resolved), device, str(dtype), quantization)
+        with self._lock:
+            stale = [k for k in self._entries
+                     if isinstance(k, tuple) and len(k) == 5 and k[0] == resolved and k[1] != key[1]]
+            for old in stale:
+                del self._entries[old]
         return self.get_or_load(key, lambda: load_model(path, device=device, dtype=dtype, quantization=quantization))
 
     def evict(self, key: Hashable) -> bool:

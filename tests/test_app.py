@@ -148,7 +148,7 @@ def test_sessions_do_not_share_merged_weights(config):
     first = lm_session(config, (1.0, 0.0), "task_arithmetic")
     second = lm_session(config, (0.0, 1.0), "task_arithmetic")
     assert first.chat_model.model is not second.chat_model.model
-    name = next(n for n in first.merged_tensors if "layers.0" in n and n.endswith("weight"))
+    name = next(n for n in first.live.names if "layers.0" in n and n.endswith("weight"))
     assert not torch.equal(first.chat_model.model.state_dict()[name], second.chat_model.model.state_dict()[name])
     after = shared_model(base_path).model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "a session changed the shared base model"

@@ -67,32 +67,39 @@ def evaluator_for(session: Session, tasks: Any, key: tuple) -> Any:
 
 
 def score_merged(session: Session, evaluator: Any) -> Any:
-    """Score the session's current merge (in-memory tensors, or its merged folder)."""
-    if session.merged_tensors is not None:
-        return evaluator.score_state(session.merged_tensors)
-    if session.merged_path is not None:
-        from inference import LoadedModel
-        from ui.resources import session_tokenizer, shared_model
+    """Score the session's current merge (its record): the in-memory weights, or its merged folder."""
+    from ui.workspace import current_merge, merged_state
 
-        if session.kind == "classifier":
-            from ui.workspace import _read_all
+    record = current_merge(session, "evaluate the result")
+    if record.in_memory:
+        return evaluator.score_state(merged_state(session))
+    from inference import LoadedModel
+    from ui.resources import session_tokenizer, shared_model
 
-            return evaluator.score_state(_read_all(session.merged_path))
-        loaded = shared_model(session.merged_path)
-        return evaluator.score(LoadedModel(loaded.model, session_tokenizer(session, session.merged_path), "lm"))
-    raise MergeLabError("Merge the models first (Merge tab), then evaluate the result.")
+    if session.kind == "classifier":
+        from ui.workspace import _read_all
+
+        return evaluator.score_state(_read_all(record.folder))
+    loaded = shared_model(record.folder)  # keyed by the folder's content: a re-merge is a new entry
+    return evaluator.score(LoadedModel(loaded.model, session_tokenizer(session, record.folder), "lm"))
 
 
 def evaluate(session: Session, config: HostConfig, uploaded: str | None = None,
              per_task: int | None = DEFAULT_PER_TASK) -> dict[str, Any]:
-    """/evaluate: the result as a dict (summary, per-task scores); also kept in the session for downloads."""
+    """/evaluate: the result as a dict (summary, per-task scores, and the recipe and merge version scored); also
+    kept in the session for downloads."""
+    from ui.workspace import current_merge
+
     require_models(session)
+    record = current_merge(session, "evaluate the result")
     per_task = int(per_task) if per_task else None
     tasks = task_set_for(session, uploaded, per_task)
     evaluator = evaluator_for(session, tasks, (tasks.source, per_task, tuple(session.labels), session.base.ref))
     result = score_merged(session, evaluator)
-    session.evaluation = result
-    return result.to_dict()
+    if session.merge is record:  # a merge made while scoring is not what was scored: keep no result for it
+        session.evaluation = result
+    return {"recipe": record.recipe.to_dict(), "merge": {"version": record.version, "mode": record.mode,
+                                                         "dtype": record.dtype}, **result.to_dict()}
 
 
 SWEEP_METRICS = ("accuracy", "agreement", "normalized_accuracy")
@@ -170,8 +177,9 @@ def sweep(session: Session, config: HostConfig, method: str = "ties", rows_grid:
 
     require_models(session)
     if session.live is None:
-        raise MergeLabError("A sweep merges in memory, which is off for models this large: run it on a GPU host "
-                            "with `python -m evaluation sweep`.")
+        reason = session.live_plan.reason if session.live_plan is not None else "the models are not read yet"
+        raise MergeLabError(f"A sweep merges in memory, and live merging is off ({reason}): run it with "
+                            "`python -m evaluation sweep` on a machine with more memory.")
     if metric not in SWEEP_METRICS:
         raise MergeLabError(f"Metric must be one of {', '.join(SWEEP_METRICS)}.")
     _, default_rows, default_columns = sweep_axes(session, method)
@@ -278,8 +286,10 @@ def summary_markdown(result: dict[str, Any]) -> str:
 def write_downloads(session: Session, result: dict[str, Any]) -> list[str]:
     """results.json, results.csv and recipe.yaml in a fresh temporary folder (gradio serves them)."""
     folder = Path(tempfile.mkdtemp(prefix="mergelab-results-"))
-    (folder / "results.json").write_text(json.dumps({"recipe": session.recipe.to_dict() if session.recipe else None,
-                                                     **result}, ensure_ascii=False, indent=2), encoding="utf-8")
+    # The recipe scored is the one evaluate() put in the result (a later merge does not rename it).
+    scored = result.get("recipe", session.recipe.to_dict() if session.recipe else None)
+    (folder / "results.json").write_text(json.dumps({**result, "recipe": scored}, ensure_ascii=False, indent=2),
+                                         encoding="utf-8")
     with (folder / "results.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["task", "expert", "examples", "agreement", "accuracy", "expert_accuracy",
@@ -288,8 +298,10 @@ def write_downloads(session: Session, result: dict[str, Any]) -> list[str]:
             writer.writerow([name, s["expert"] or "", s["examples"], s["agreement"], s["accuracy"],
                              s["expert_accuracy"], s["normalized_accuracy"]])
     paths = [str(folder / "results.json"), str(folder / "results.csv")]
-    if session.recipe is not None:
-        (folder / "recipe.yaml").write_text(session.recipe.to_yaml(), encoding="utf-8")
+    if scored is not None:
+        from merging.recipe import Recipe
+
+        (folder / "recipe.yaml").write_text(Recipe.from_dict(scored).to_yaml(), encoding="utf-8")
         paths.append(str(folder / "recipe.yaml"))
     return paths
 

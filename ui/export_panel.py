@@ -39,25 +39,30 @@ def recipe_file(session: Session) -> str:
 
 def save_folder(session: Session, config: HostConfig, name: str, progress: Any = None) -> str:
     """/export: write the merged model to ./models/merged/<session>/<name> (streamed by the engine)."""
+    return _shown(config, _save(session, config, name, progress))
+
+
+def _save(session: Session, config: HostConfig, name: str, progress: Any = None) -> Path:
+    """The current merge as a folder: its own folder when it was merged to that one, else written now."""
     from merging.engine import merge_to_folder
     from ui.resources import device
     from ui.workspace import BASE_LABEL
 
     _require_merge(session)
+    record = session.merge
     out = session.merged_folder(config.models_dir, name or "merged")
-    if session.merged_path is not None and session.merged_path == out:
-        return _shown(config, out)
+    if record.folder is not None and record.folder == out and out.is_dir():
+        return out
     recipe = _engine_recipe(session, BASE_LABEL)
 
     def report(p: Any) -> None:
         if progress is not None:
             progress(p.fraction, desc=f"Tensor {p.tensor_index}/{p.num_tensors}")
 
-    seed = session.merge_settings.seed if session.merge_settings else 0
     session.cancel.clear()
-    merge_to_folder(recipe, out, device=device(), seed=seed, progress=report, cancel=session.cancel, overwrite=True)
-    session.merged_path = out
-    return _shown(config, out)
+    merge_to_folder(recipe, out, device=device(), seed=record.settings.seed, progress=report, cancel=session.cancel,
+                    overwrite=True)
+    return out
 
 
 def _engine_recipe(session: Session, base_label: str):
@@ -107,14 +112,13 @@ def push_to_hub(session: Session, config: HostConfig, repo_id: str, token: str, 
         raise SourceError(f"Cannot push to {repo_id!r}: this server cannot reach the Hugging Face Hub right now. "
                           "Save the merged folder (above) and upload it from a machine with network, or try again "
                           "later.")
-    if session.merged_path is None:
-        save_folder(session, config, "merged")
+    folder = session.merged_path or _save(session, config, "merged")
     from huggingface_hub import HfApi
 
     api = HfApi(token=token.strip())
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(folder_path=str(session.merged_path), repo_id=repo_id)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id)
     except Exception as error:  # noqa: BLE001 - auth, quota and network errors all become one message
         raise SourceError(f"Could not push to {repo_id!r}: {error}. Check the token's write access and the name."
                           ) from None

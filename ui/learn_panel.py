@@ -98,7 +98,7 @@ def learn(session: Session, config: HostConfig, settings: LearnSettings, uploade
     from merging.learned.recipe_io import recipe_dict
     from merging.recipe import Recipe
     from ui.resources import device
-    from ui.workspace import load_merged_into_models
+    from ui.workspace import write_learned
 
     require_models(session)
     settings.check()
@@ -141,16 +141,9 @@ def learn(session: Session, config: HostConfig, settings: LearnSettings, uploade
     if session.cancel.is_set() and len(result.losses) < settings.steps:
         yield loss_figure(result.losses, settings.method), None, "Cancelled: the merge was not changed."
         return
-    with session.lock:
-        session.learned = result
-        session.merged_tensors = {**(session.merged_tensors or {}), **result.merged()}
-        data = recipe_dict(str(session.base.path), [str(experts[t]) for t in result.tasks], result.names,
-                           result.coefficients)
-        session.recipe = Recipe.from_dict(data)
-        session.merge_settings = MergeSettings("task_arithmetic", [0.0] * len(session.sources))
-        session.merge_version += 1
-        session.merged_path = None
-        load_merged_into_models(session)
+    data = recipe_dict(str(session.base.path), [str(experts[t]) for t in result.tasks], result.names,
+                       result.coefficients)
+    write_learned(session, result, Recipe.from_dict(data), result.seconds)  # the one place a merge is recorded
     yield (loss_figure(result.losses, settings.method),
            coefficients_figure(result.tasks, result.names, result.coefficients),
            (f"✓ Learned {result.coefficients.numel()} coefficients in {result.seconds:.1f} s "
@@ -165,7 +158,8 @@ def compare_with_baselines(session: Session, config: HostConfig, per_task: int =
     if session.learned is None:
         raise MergeLabError("Learn coefficients first, then compare.")
     if session.live is None:
-        raise MergeLabError("Comparing needs the models in memory (live merging), which is off for models this big.")
+        reason = session.live_plan.reason if session.live_plan is not None else "the models are not read yet"
+        raise MergeLabError(f"Comparing needs the models in memory, and live merging is off ({reason}).")
     tasks = task_set_for(session, None, per_task)
     evaluator = evaluator_for(session, tasks, (tasks.source, per_task, tuple(session.labels), session.base.ref))
     scores = {f"learned ({session.learned.method})": evaluator.score_state(session.learned.merged())}

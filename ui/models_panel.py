@@ -11,7 +11,15 @@ import gradio as gr
 from ui.catalog import Preset, get_preset, hub_reachable, load_catalog
 from ui.hosting import HostConfig
 from ui.session import Session
-from ui.workspace import ORIGINS, MergeSettings, build_recipe_for_engine, prepare_live, select_models, zoo_families
+from ui.workspace import (
+    ORIGINS,
+    MergeSettings,
+    build_recipe_for_engine,
+    live_mode_text,
+    prepare_live,
+    select_models,
+    zoo_families,
+)
 
 DEFAULT_PRESET_ENV = "MERGELAB_DEFAULT_PRESET"  # a preset's name; unset: the catalog's first preset
 
@@ -103,9 +111,8 @@ def check_models(
     session.preflight = report
     ok, text = report.ok, _with_labels(report.to_markdown(), session)
     if ok:
-        live = prepare_live(session)
-        text += ("\n\n**Live merging is on**: these models are small, so sliders re-merge in memory at once."
-                 if live else "\n\n**Live merging is off** for models this large: use *Merge to folder*.")
+        prepare_live(session)
+        text += "\n\n" + live_mode_text(session)  # which mode, and the memory plan's reason
     return config.public_message(text)
 
 

@@ -9,7 +9,18 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # typing only (heavy imports, and ui.workspace imports this module)
+    from evaluation.agreement import EvalResult
+    from evaluation.sweep import SweepResult
+    from inference import LoadedModel
+    from merging.learned import LearnedMerge
+    from merging.live import LiveMerger, LivePlan
+    from merging.preflight import PreflightReport
+    from merging.recipe import Recipe
+    from ui.merge_record import MergeRecord
+    from ui.workspace import MergeSettings
 
 
 @dataclass
@@ -24,39 +35,56 @@ class SourceModel:
 
 @dataclass
 class Session:
-    """Everything one user has picked, merged and measured. Mutated in place by the handlers."""
+    """Everything one user has picked, merged and measured. The current merge is one record (`merge`, made only by
+    ui.merge_record.record_merge); the panels read it."""
 
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    # --- the chosen models (ui.workspace.select_models)
     family: str | None = None  # zoo family name when the models come from the zoo
     kind: str = "lm"  # "lm" or "classifier"
     base: SourceModel | None = None
     sources: list[SourceModel] = field(default_factory=list)
+    dtype: str = "float32"  # the sources' dtype: merges are written in it unless the recipe says otherwise
     tasks_path: Path | None = None  # the family's task set (JSONL)
     unlabeled_path: Path | None = None
-    preflight: Any = None
-    live: Any = None  # merging.live.LiveMerger when the models are small enough to merge in memory
-    recipe: Any = None  # the last merged Recipe (models named by portable path or Hub id)
-    merge_settings: Any = None  # the ui.workspace.MergeSettings that produced it
-    merged_tensors: dict | None = None
-    merged_path: Path | None = None  # folder written by "Merge to folder"
-    chat_model: Any = None  # this session's own model instance holding the merged weights
-    classifier_models: dict[str, Any] = field(default_factory=dict)  # task -> merged encoder with task t's head
-    merge_version: int = 0  # bumped by every merge; models loaded for an older version are stale
-    loaded_version: int = -1
-    last_merge_ms: float | None = None
-    evaluation: Any = None  # last evaluation result (for downloads)
-    sweep: Any = None
-    learned: Any = None
-    evaluators: dict[tuple, Any] = field(default_factory=dict, repr=False)  # experts' answers, computed once
-    tokenizers: dict[str, Any] = field(default_factory=dict, repr=False)  # folder -> this session's tokenizer
+    preflight: PreflightReport | None = None
+    live: LiveMerger | None = None  # set when the live memory plan says the sources fit (ui.workspace.prepare_live)
+    live_plan: LivePlan | None = None  # why live merging is on or off
+    start_settings: MergeSettings | None = None  # the controls' first values (a preset's), until the first merge
+    # --- the current merge and the session's own models holding in-memory merges
+    merge: MergeRecord | None = None
+    chat_model: LoadedModel | None = None  # this session's language model; live merges are written into it
+    classifier_models: dict[str, LoadedModel] = field(default_factory=dict)  # task -> merged encoder + t's head
+    # --- results
+    evaluation: EvalResult | None = None  # the last evaluation, of `merge` (dropped when a new merge is recorded)
+    sweep: SweepResult | None = None
+    learned: LearnedMerge | None = None
+    evaluators: dict[tuple, object] = field(default_factory=dict, repr=False)  # experts' answers, computed once
+    tokenizers: dict[str, object] = field(default_factory=dict, repr=False)  # folder -> this session's tokenizer
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)  # set to stop a merge or training
     stop_chat: threading.Event = field(default_factory=threading.Event, repr=False)
+    # No __deepcopy__: Gradio 6 deep-copies only a gr.State's initial value (gradio/state_holder.py), which is a
+    # FreshSession (below); a Session itself is never copied.
 
-    def __deepcopy__(self, memo: dict) -> Session:
-        # gr.State deep-copies the value its factory returns; a Session is created per browser session and holds
-        # locks and models, so the "copy" is the session itself.
-        return self
+    @property
+    def recipe(self) -> Recipe | None:
+        """The current merge's recipe (models named by portable path or Hub id)."""
+        return self.merge.recipe if self.merge is not None else None
+
+    @property
+    def merge_settings(self) -> MergeSettings | None:
+        """What the controls show: the current merge's settings, else the preset's starting values."""
+        return self.merge.settings if self.merge is not None else self.start_settings
+
+    @merge_settings.setter
+    def merge_settings(self, settings: MergeSettings | None) -> None:
+        self.start_settings = settings
+
+    @property
+    def merged_path(self) -> Path | None:
+        """The current merge's folder (a folder merge), else None."""
+        return self.merge.folder if self.merge is not None else None
 
     @property
     def labels(self) -> list[str]:
@@ -71,19 +99,19 @@ class Session:
 
     def reset_models(self) -> None:
         """Forget everything derived from the previous choice of models."""
-        self.preflight = None
-        self.live = None
-        self.recipe = None
-        self.merge_settings = None
-        self.merged_tensors = None
-        self.merged_path = None
-        self.chat_model = None
-        self.classifier_models = {}
-        self.evaluation = None
-        self.evaluators = {}
-        self.sweep = None
-        self.learned = None
-        self.merge_version += 1
+        with self.lock:
+            self.preflight = None
+            self.live = None
+            self.live_plan = None
+            self.start_settings = None
+            self.merge = None
+            self.chat_model = None
+            self.classifier_models = {}
+            self.evaluation = None
+            self.evaluators = {}
+            self.tokenizers = {}
+            self.sweep = None
+            self.learned = None
 
 
 def new_session() -> Session:

@@ -5,6 +5,7 @@ into the session's own chat/classifier models. The merging itself is merging/'s;
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -406,8 +407,8 @@ def _restore_models(session: Session, previous: MergeRecord | None) -> None:
             session.live.merge_into(_merge_targets(session), build_recipe(session, previous.settings, by="label"),
                                     seed=previous.settings.seed)
             return
-        except Exception:  # noqa: BLE001 - fall through to dropping the models
-            pass
+        except Exception as error:  # noqa: BLE001 - fall through to dropping the models
+            logging.getLogger(__name__).warning("Could not write the previous merge back: %s", error)
     session.chat_model = None
     session.classifier_models = {}
     if previous is not None and previous.in_memory:
