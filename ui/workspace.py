@@ -44,6 +44,9 @@ def ensure_zoo_built(family: Any, progress: Callable[[float, str], None] | None 
         return
     import zoo
 
+    if getattr(family, "root", None) is not None:  # a real family (e.g. smollm2): built on demand, with progress
+        zoo.ensure_family(family.name, progress=progress)
+        return
     builder = getattr(zoo, "ensure_built", None)
     if builder is None:
         raise SourceError("The offline zoo is not built yet: run `python -m zoo build` once, then reload the page.")

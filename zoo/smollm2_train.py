@@ -1,0 +1,152 @@
+"""Fine-tunes the SmolLM2 family's experts as LoRA adapters: `python -m zoo train smollm2` (minutes of CPU each).
+
+Deterministic: the examples, the adapter's initialisation and the batch order come from seeds derived from the expert's
+name, and training runs on the CPU in float32. Not run at app start: the adapters it writes ship in
+assets/zoo/smollm2/<expert>/ (adapter_model.safetensors + adapter_config.json, each a few MB), and the family build
+only materialises base + adapter delta. The loss covers the answer tokens only ("答え: N" and the end-of-turn token),
+on exactly the chat-formatted input inference feeds the model.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .smollm2_tasks import test_split, train_examples
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "zoo" / "smollm2"
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int = 8
+    alpha: int = 16
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj", "up_proj", "down_proj")
+    # The upper 12 of the 30 layers only: backpropagation then stops at layer 18, which more than halves a step's
+    # cost on the CPU (a step of 8 examples took 12-56 s through all layers on 2 busy cores).
+    layers: tuple[int, ...] = tuple(range(18, 30))
+    learning_rate: float = 2e-3
+    batch_size: int = 6
+    steps: int = 90
+    examples: int = 2000
+    seed: int = 0
+
+
+# Steps per expert: measured on the held-out prompts, each stops where its skill is learned (docs/zoo.md).
+EXPERT_STEPS = {"math": 120, "japanese": 120, "strings": 80}
+
+
+def expert_seed(seed: int, expert: str) -> int:
+    return zlib.crc32(f"{seed}:smollm2:{expert}".encode())
+
+
+def encode(tokenizer, prompt: str, answer: str) -> tuple[list[int], list[int]]:
+    """Input ids of the chat-formatted prompt + answer + end of turn, and labels (-100 on the prompt)."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+    prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
+
+
+def _batch(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Left-padded inputs and the labels of the last `keep` positions only: the answers sit at the end, so the
+    vocabulary projection (a fifth of the model's compute at this length) runs on those positions alone."""
+    width = max(len(ids) for ids, _ in pairs)
+    keep = max(sum(1 for x in lab if x != -100) for _, lab in pairs) + 1
+    ids = torch.full((len(pairs), width), pad_id)
+    labels = torch.full((len(pairs), width), -100)
+    mask = torch.zeros((len(pairs), width), dtype=torch.long)
+    for row, (i, lab) in enumerate(pairs):
+        ids[row, width - len(i):], labels[row, width - len(lab):] = torch.tensor(i), torch.tensor(lab)
+        mask[row, width - len(i):] = 1
+    return {"input_ids": ids, "attention_mask": mask, "logits_to_keep": keep}, labels[:, -keep:]
+
+
+def answer_loss(model, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy on the answer tokens (logits at position t predict the token at t + 1)."""
+    logits = model(**inputs).logits.float()
+    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                             labels[:, 1:].reshape(-1), ignore_index=-100)
+
+
+@torch.no_grad()
+def held_out_accuracy(model, tokenizer, task: str, seed: int = 0, max_new_tokens: int = 16) -> float:
+    """Share of the task's evaluation prompts whose greedy answer equals the expected one (evaluation's extractor)."""
+    from evaluation.answers import answer_body, extract_answer, extract_text_answer
+
+    from .scoring import greedy_answers
+
+    examples = [r for r in test_split(seed) if r["task"] == task]
+    outputs = greedy_answers(model, tokenizer, [r["prompt"] for r in examples], max_new_tokens=max_new_tokens)
+    numeric = task != "strings"
+    hits = 0
+    for r, text in zip(examples, outputs):
+        got = extract_answer(text) if numeric else extract_text_answer(text)
+        want = extract_answer(r["answer"]) if numeric else answer_body(r["answer"])
+        hits += got == want
+    return hits / len(examples)
+
+
+def train_expert(base_dir: Path, expert: str, out: Path, settings: LoraSettings, log=print) -> dict:
+    """Trains one LoRA adapter on the expert's examples and saves it to `out`; returns a record of the run."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    seed = expert_seed(settings.seed, expert)
+    torch.manual_seed(seed)
+    # One thread: the same float sums on every machine, and on a shared 2-core machine a second OpenMP thread
+    # mostly waits for the first.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=0.0, bias="none",
+                        target_modules=list(settings.target_modules), layers_to_transform=list(settings.layers),
+                        task_type="CAUSAL_LM")
+    model = get_peft_model(model, config)
+    data = [encode(tokenizer, p, a) for p, a in train_examples(expert, settings.examples, settings.seed)]
+    order = random.Random(seed)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.learning_rate,
+                                  weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / 10) * max(0.1, 1 - step / settings.steps))
+    model.train()
+    started, losses = time.perf_counter(), []
+    for step in range(settings.steps):
+        loss = answer_loss(model, *_batch(order.sample(data, settings.batch_size), tokenizer.pad_token_id))
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if step % 10 == 9 or step == settings.steps - 1:
+            log(f"{expert} step {step + 1}/{settings.steps} loss {sum(losses[-10:]) / len(losses[-10:]):.4f} "
+                f"({time.perf_counter() - started:.0f} s)")
+    seconds = time.perf_counter() - started
+    model.eval()
+    accuracy = held_out_accuracy(model, tokenizer, expert, settings.seed)
+    log(f"{expert}: held-out accuracy {accuracy:.2f} after {settings.steps} steps in {seconds:.0f} s")
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)  # adapter_model.safetensors + adapter_config.json
+    for extra in ("README.md",):  # peft's generic card says nothing true about this adapter
+        (out / extra).unlink(missing_ok=True)
+    record = {"expert": expert, "settings": asdict(settings), "seconds": round(seconds, 1),
+              "final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4), "held_out_accuracy": accuracy,
+              "torch_threads": 1}
+    (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    torch.set_num_threads(threads)
+    return record
+
+
+def train(base_dir: Path, out: Path | None = None, experts: tuple[str, ...] = ("math", "japanese", "strings"),
+          log=print) -> list[dict]:
+    """Trains every expert's adapter into `out/<expert>` (default: the shipped assets/zoo/smollm2)."""
+    out = Path(out) if out else ASSETS
+    return [train_expert(base_dir, e, out / e, LoraSettings(steps=EXPERT_STEPS[e]), log) for e in experts]
