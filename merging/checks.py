@@ -6,8 +6,11 @@ refused before anything that looks finished is written.
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -129,3 +132,72 @@ def _leaves(setting: Any, depth: int = 0) -> Iterator[float]:
     elif isinstance(setting, (list, tuple)):
         for item in setting:
             yield from _leaves(item, depth + 1)
+
+
+# --- the output folder ------------------------------------------------------------------------------------------
+
+# The merge is built in a hidden sibling `.NAME.incomplete-<pid>` (up to 20 bytes more than NAME), and file systems
+# allow 255 bytes per name.
+MAX_OUTPUT_NAME_BYTES = 200
+
+
+class OutputFolderError(MergeLabError):
+    """The output folder cannot be used (exists and is not empty, is a file, cannot be written, disk full)."""
+
+
+def output_folder_problem(out: Path, *, overwrite: bool) -> str | None:
+    """What stops a merge from being written to `out` (a message saying what to fix), or None."""
+    if not out.name or out.name in (".", ".."):
+        return f"{out} is not a folder name; give a path ending in the new folder's name, e.g. models/my-merge."
+    if len(out.name.encode("utf-8", "surrogateescape")) > MAX_OUTPUT_NAME_BYTES:
+        return (f"The output folder name is {len(out.name.encode('utf-8', 'surrogateescape'))} bytes long; file "
+                f"systems allow 255 and the merge needs room for a temporary name: use at most "
+                f"{MAX_OUTPUT_NAME_BYTES} bytes.")
+    try:
+        if out.exists() and not out.is_dir():
+            return f"{out} is a file; give a folder path for the merged model."
+        if out.is_dir() and any(out.iterdir()) and not overwrite:
+            return (f"{out} already exists and is not empty. Choose a new folder, or pass --overwrite "
+                    "(overwrite=True) to replace it once the new merge is complete.")
+        ancestor = existing_ancestor(out.parent)
+    except OSError as exc:
+        return f"{out} cannot be used as the output folder ({exc.strerror or exc}); choose another folder."
+    if not ancestor.is_dir():
+        return (f"{ancestor} is a file, so {out} cannot be created inside it; choose an output folder whose parent "
+                "is a folder.")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"No permission to write in {ancestor}; choose an output folder you can write to."
+    return None
+
+
+def existing_ancestor(path: Path) -> Path:
+    """`path` itself if it exists, else its nearest existing parent."""
+    path = path.expanduser().absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+_WRITE_FIXES = {
+    errno.ENOSPC: "the disk is full: free space there, or choose an output folder on another disk",
+    errno.EDQUOT: "the disk quota is used up: free space, or choose an output folder on another disk",
+    errno.EACCES: "no permission to write there: choose an output folder you can write to",
+    errno.EPERM: "no permission to write there: choose an output folder you can write to",
+    errno.EROFS: "the file system is read-only: choose an output folder on a writable disk",
+    errno.ENOTDIR: "a file stands where a folder is needed: choose another output folder",
+    errno.EEXIST: "a file stands where a folder is needed: choose another output folder",
+    errno.ENAMETOOLONG: "a name is too long for the file system: choose a shorter output folder name",
+}
+
+
+def output_write_error(error: OSError, out: Path) -> OutputFolderError:
+    """An OSError met while writing the merge into `out`, as a message naming the file and what to fix."""
+    where = error.filename or out
+    fix = _WRITE_FIXES.get(error.errno or 0, "check the output folder and the disk")
+    return OutputFolderError(f"Writing the merged model to {out} failed at {_short(where)} "
+                             f"({error.strerror or error}): {fix}. Nothing was written.")
+
+
+def _short(value: Any, limit: int = 300) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -25,7 +25,14 @@ from typing import Any
 
 import torch
 
-from merging.checks import method_failure, require_finite, require_input_count
+from merging.checks import (
+    OutputFolderError,
+    method_failure,
+    output_folder_problem,
+    output_write_error,
+    require_finite,
+    require_input_count,
+)
 from merging.errors import CompatibilityError, MergeCancelled, MergeLabError
 from merging.inputs import MergeInputs, TaskHeads, fit_rows, is_vocab_mismatch, open_inputs, task_heads
 from merging.plan import (
@@ -48,10 +55,6 @@ TOKENIZER_FILES = (
 )
 # Test-only hook: seconds to sleep per tensor, so a test can kill a merge mid-way.
 _DELAY_ENV = "MERGELAB_TEST_TENSOR_DELAY_S"
-
-
-class OutputFolderError(MergeLabError):
-    """The output folder cannot be used (exists and is not empty, or is a file)."""
 
 
 @dataclass
@@ -115,7 +118,9 @@ def merge_to_folder(
 
     recipe = _as_recipe(recipe)
     out = Path(out_dir).expanduser().absolute()
-    _check_output_folder(out, overwrite)
+    problem = output_folder_problem(out, overwrite=overwrite)
+    if problem:
+        raise OutputFolderError(problem)
     max_shard = parse_size(shard_size)
     device = _check_device(device)
     report = preflight(recipe, out_dir=out, device=device, allow_pickle=allow_pickle)
@@ -123,11 +128,11 @@ def merge_to_folder(
         raise CompatibilityError("The merge cannot start:\n- " + "\n- ".join(report.errors))
 
     started = time.perf_counter()
-    _remove_stale_temps(out)
+    remove_stale_temps(out.parent)
     temp = out.parent / f".{out.name}.incomplete-{os.getpid()}"
     shutil.rmtree(temp, ignore_errors=True)
-    temp.mkdir(parents=True)
     try:
+        temp.mkdir(parents=True)
         with open_inputs(recipe, allow_pickle=allow_pickle) as inputs:
             plan = plan_outputs(inputs)
             shards = plan_shards([p.planned for p in plan], max_shard)
@@ -144,6 +149,9 @@ def merge_to_folder(
                              f"{TASKS_DIR}/<task>/ ({', '.join(written)}).")
             _write_side_files(inputs, temp, out_dtype, recipe)
         _move_into_place(temp, out, overwrite)
+    except OSError as exc:  # disk full, read-only folder, a file in the way: a message, and nothing left behind
+        shutil.rmtree(temp, ignore_errors=True)
+        raise output_write_error(exc, out) from exc
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
@@ -472,26 +480,26 @@ def _move_into_place(temp: Path, out: Path, overwrite: bool) -> None:
     temp.rename(out)
 
 
-def _check_output_folder(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise OutputFolderError(f"{out} is a file; give a folder path for the merged model.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputFolderError(f"{out} already exists and is not empty. Choose a new folder, or pass --overwrite "
-                                "(overwrite=True) to replace it once the new merge is complete.")
-
-
-def _remove_stale_temps(out: Path) -> None:
-    """Leftovers of killed merges into the same folder (their process is gone)."""
-    for temp in out.parent.glob(f".{out.name}.incomplete-*"):
+def remove_stale_temps(parent: Path) -> list[Path]:
+    """Remove the hidden `.NAME.incomplete-<pid>` folders that killed merges left in `parent` (any NAME, their
+    process gone); folders of running processes (this one included) are kept. Returns what was removed."""
+    removed = []
+    try:
+        candidates = list(parent.glob(".*.incomplete-*")) if parent.is_dir() else []
+    except OSError:  # an unreadable parent: the merge itself will say what is wrong
+        return removed
+    for temp in candidates:
         pid = temp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _process_alive(int(pid)):
+        if temp.is_dir() and pid.isdigit() and not _process_alive(int(pid)):
             shutil.rmtree(temp, ignore_errors=True)
+            removed.append(temp)
+    return removed
 
 
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # no such process (or not a possible pid)
         return False
     except PermissionError:
         return True

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from merging.checks import existing_ancestor, output_folder_problem
 from merging.errors import MergeLabError
 from merging.inputs import MergeInputs, is_vocab_mismatch, open_inputs, task_heads
 from merging.plan import dtype_name, estimate
@@ -268,7 +269,11 @@ def _check_resources(inputs: MergeInputs, report: PreflightReport, out_dir: Any,
         report.error(f"This merge needs about {_gb(memory)} of {where} at once but only {_gb(available)} is free. "
                      "Close other programs, merge on the CPU, or choose smaller models.")
     if out_dir is not None:
-        free = shutil.disk_usage(_existing_parent(Path(out_dir))).free
+        problem = output_folder_problem(Path(out_dir).expanduser().absolute(), overwrite=True)
+        if problem:  # a file in the way, no permission, a name too long: nothing to measure
+            report.error(problem)
+            return
+        free = shutil.disk_usage(existing_ancestor(Path(out_dir))).free
         report.facts["disk_free_bytes"] = free
         if out_bytes > free:
             report.error(f"The merged model needs {_gb(out_bytes)} of disk but only {_gb(free)} is free where "
@@ -298,13 +303,6 @@ def _available_memory(device: str) -> int | None:
         except OSError:
             return None
     return None
-
-
-def _existing_parent(path: Path) -> Path:
-    path = path.expanduser().absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
 
 
 def _file_digest(path: Path) -> str | None:

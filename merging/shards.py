@@ -8,8 +8,10 @@ safetensors (`safe_open`, `from_pretrained` and mergekit read them).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -115,20 +117,23 @@ class ShardWriter:
             self._open(shard_index)
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
         assert self._file is not None
-        self._file.write(memoryview(data))
+        with _naming(self.folder / self.shards[shard_index].filename):
+            self._file.write(memoryview(data))
         self._next += 1
 
     def _open(self, shard_index: int) -> None:
         self.close()
         shard = self.shards[shard_index]
-        self._file = open(self.folder / shard.filename, "wb")
-        self._file.write(_header_bytes(shard, self.metadata))
+        with _naming(self.folder / shard.filename):
+            self._file = open(self.folder / shard.filename, "wb")  # noqa: SIM115 - open across writes
+            self._file.write(_header_bytes(shard, self.metadata))
         self._file_index = shard_index
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            with _naming(Path(file.name)):
+                file.close()  # flushes: a full disk can show here
 
     def finish(self) -> list[str]:
         """Close the last file and write the index (sharded outputs only); returns the files written."""
@@ -139,6 +144,18 @@ class ShardWriter:
         if len(self.shards) > 1:
             index = {"metadata": {"total_size": sum(s.nbytes for s in self.shards)},
                      "weight_map": {t.name: s.filename for s in self.shards for t in s.tensors}}
-            (self.folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+            with _naming(self.folder / INDEX_NAME):
+                (self.folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
             names.append(INDEX_NAME)
         return names
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """OSErrors raised inside (a full disk has no file name) carry `path`, so the message can name the file."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise

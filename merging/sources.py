@@ -110,7 +110,7 @@ class ModelSource:
     @property
     def num_layers(self) -> int:
         for key in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
-            value = self.config.get(key) or self.config.get("text_config", {}).get(key)
+            value = self.config.get(key) or _text_config(self.config).get(key)
             if isinstance(value, int) and value > 0:
                 return value
         indices = [int(m.group(1)) for n in self._meta if (m := _LAYER_INDEX.search(n))]
@@ -119,12 +119,14 @@ class ModelSource:
     @property
     def architecture(self) -> str:
         archs = self.config.get("architectures") or []
-        return archs[0] if archs else str(self.config.get("model_type", "unknown"))
+        if isinstance(archs, list) and archs and isinstance(archs[0], str):
+            return archs[0]
+        return str(self.config.get("model_type", "unknown"))
 
     @property
     def vocab_size(self) -> int | None:
-        value = self.config.get("vocab_size") or self.config.get("text_config", {}).get("vocab_size")
-        return value if isinstance(value, int) else None
+        value = self.config.get("vocab_size") or _text_config(self.config).get("vocab_size")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     def close(self) -> None:
         with self._lock:
@@ -277,29 +279,69 @@ def read_safetensors_header(file: Path) -> dict[str, tuple[tuple[int, ...], torc
     return {name: (shape, dtype) for name, (shape, dtype, _) in _read_header_entries(file).items()}
 
 
+# Largest safetensors header read (the format's own limit is 100 MB); a bigger length field means a corrupt file.
+MAX_HEADER_BYTES = 100_000_000
+
+
 def _read_header_entries(file: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype, int]]:
-    """Tensor name -> (shape, dtype, absolute data offset), checking that each entry's byte span fits its shape."""
+    """Tensor name -> (shape, dtype, absolute data offset), checking that each entry's byte span fits its shape and
+    lies inside the file (a truncated download fails here, in the pre-flight check, not half-way through a merge)."""
     try:
+        size = file.stat().st_size
         with open(file, "rb") as fh:
             (length,) = struct.unpack("<Q", fh.read(8))
+            if length > min(size - 8, MAX_HEADER_BYTES):
+                raise ValueError(f"its header length field says {length} bytes but the file has {size}")
             header = json.loads(fh.read(length))
     except (OSError, struct.error, ValueError) as exc:
-        raise SourceError(f"{file} is not a readable safetensors file ({exc}); the download may be "
-                          "incomplete.") from exc
+        raise SourceError(f"{file} is not a readable safetensors file ({_short(exc)}); the download may be "
+                          "incomplete: download or save the model again.") from exc
+    if not isinstance(header, dict):
+        raise SourceError(f"{file} is not a safetensors file: its header is a JSON {type(header).__name__}, not an "
+                          "object of tensors. Save or download the model again.")
     out = {}
+    data_end = 0
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        dtype = SAFETENSORS_DTYPES.get(info["dtype"])
-        if dtype is None:
-            raise SourceError(f"{file}: tensor {name!r} has dtype {info['dtype']}, which MergeLab cannot merge.")
-        shape = tuple(info["shape"])
-        start, end = info["data_offsets"]
+        shape, dtype, start, end = _header_entry(file, name, info)
         if end - start != _numel(shape) * dtype.itemsize:
             raise SourceError(f"{file}: tensor {name!r} has {end - start} bytes for shape {shape}; the file is "
                               "corrupt.")
+        data_end = max(data_end, end)
         out[name] = (shape, dtype, 8 + length + start)
+    if 8 + length + data_end > size:
+        raise SourceError(f"{file} is truncated: its header places tensor data up to byte {8 + length + data_end} "
+                          f"but the file has {size} bytes. Download or copy the model again.")
     return out
+
+
+def _header_entry(file: Path, name: str, info: Any) -> tuple[tuple[int, ...], torch.dtype, int, int]:
+    """(shape, dtype, start, end) of one header entry, or SourceError naming the file and the tensor."""
+    offsets = info.get("data_offsets") if isinstance(info, dict) else None
+    shape = info.get("shape") if isinstance(info, dict) else None
+    if (not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape)
+            or not isinstance(offsets, list) or len(offsets) != 2
+            or not all(type(o) is int for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
+        raise SourceError(f"{file}: the header entry of tensor {_short(name)!r} is malformed (it needs dtype, a "
+                          "shape of sizes and two data offsets); the file is corrupt: save or download it again.")
+    dtype = SAFETENSORS_DTYPES.get(info.get("dtype")) if isinstance(info.get("dtype"), str) else None
+    if dtype is None:
+        raise SourceError(f"{file}: tensor {_short(name)!r} has dtype {_short(info.get('dtype'))}, which MergeLab "
+                          "cannot merge.")
+    return tuple(shape), dtype, offsets[0], offsets[1]
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    """A value or message cut for an error message (a corrupt file can hold megabytes of it)."""
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _text_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A multimodal config's `text_config` (ignored when it is not an object)."""
+    sub = config.get("text_config")
+    return sub if isinstance(sub, dict) else {}
 
 
 def _read_config(path: Path, ref: str) -> dict[str, Any]:
@@ -307,16 +349,30 @@ def _read_config(path: Path, ref: str) -> dict[str, Any]:
     if not config_file.is_file():
         raise SourceError(f"{ref!r} ({path}) is not a Hugging Face model folder: it has no config.json.")
     try:
-        return json.loads(config_file.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise SourceError(f"{config_file} is not valid JSON ({exc}).") from exc
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"{config_file} is not valid JSON ({_short(exc)}); save or download the model again."
+                          ) from exc
+    if not isinstance(config, dict):
+        raise SourceError(f"{config_file} holds a JSON {type(config).__name__}, not an object: it must be the "
+                          "model's configuration as transformers saves it ({\"architectures\": [...], ...}).")
+    return config
 
 
 def _indexed_files(path: Path, index_name: str) -> list[Path] | None:
     index = path / index_name
     if not index.is_file():
         return None
-    weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"{index} is not valid JSON ({_short(exc)}); download it again, or delete it if the "
+                          "model has a single weights file.") from exc
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+            isinstance(f, str) and f and Path(f).name == f and f not in (".", "..") for f in weight_map.values()):
+        raise SourceError(f"{index} is not a weights index: it needs a \"weight_map\" object mapping each tensor "
+                          "to a file name in the same folder. Download it again.")
     files = sorted({path / f for f in weight_map.values()})
     missing = [f.name for f in files if not f.is_file()]
     if missing:

@@ -444,29 +444,61 @@ def _recipe_text(fam, method, weights, extra="", base=True):
             + f"models:\n{models}{extra}")
 
 
-@pytest.mark.parametrize("case, text_args, cause", [
-    ("multislerp_opposite_weights", ("multislerp", [("a", 1), ("b", -1)]), "sum to 0"),
-    ("huge_weight", ("linear", [("a", 1e308), ("b", 1e308)], "parameters: {normalize: false}\n", False), "1e+308"),
-    ("huge_lambda", ("task_arithmetic", [("a", 1), ("b", 1)], "parameters: {lambda: 1e300}\n"), "lambda"),
-])
-def test_a_merge_with_non_finite_values_is_refused_and_leaves_nothing(fam, tmp_path, case, text_args, cause):
-    from merging.errors import MergeLabError
+def _altered_copy(fam, tmp_path, name, change):
+    """A copy of expert `a` whose tensors went through `change` (NaN or huge values in an input model)."""
+    from safetensors.torch import save_file
 
-    recipe = load_recipe(_recipe_text(fam, *text_args))
-    with pytest.raises(MergeLabError) as info:
-        merge_to_folder(recipe, tmp_path / case, shard_size="10KB")
+    folder = tmp_path / name
+    shutil.copytree(fam["a"], folder)
+    state = load_file(folder / "model.safetensors")
+    save_file({n: change(t) for n, t in state.items()}, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+def test_multislerp_with_opposite_weights_is_refused_and_leaves_nothing(fam, tmp_path):
+    from merging.checks import NonFiniteMergeError
+
+    recipe = load_recipe(_recipe_text(fam, "multislerp", [("a", 1), ("b", -1)]))
+    with pytest.raises(NonFiniteMergeError) as info:
+        merge_to_folder(recipe, tmp_path / "out", shard_size="10KB")
     message = str(info.value)
-    assert "tensor '" in message and cause in message and "Nothing was written" in message, message
-    _no_leftovers(tmp_path, case)
+    assert "tensor '" in message and "sum to 0" in message and "Nothing was written" in message, message
+    assert len(message) < 1000
+    _no_leftovers(tmp_path, "out")
+
+
+def test_a_nan_in_an_input_model_is_refused_and_leaves_nothing(fam, tmp_path):
+    from merging.checks import NonFiniteMergeError
+
+    fam = {**fam, "a": _altered_copy(fam, tmp_path, "nan", lambda t: t.clone().fill_(float("nan")))}
+    recipe = load_recipe(_recipe_text(fam, "task_arithmetic", [("a", 1), ("b", 1)]))
+    with pytest.raises(NonFiniteMergeError, match="NaN.*input model"):
+        merge_to_folder(recipe, tmp_path / "out")
+    _no_leftovers(tmp_path, "out")
 
 
 def test_values_beyond_the_output_dtype_are_refused(fam, tmp_path):
     from merging.checks import NonFiniteMergeError
 
-    recipe = load_recipe(_recipe_text(fam, "task_arithmetic", [("a", 3e6), ("b", 3e6)], "out_dtype: float16\n"))
+    fam = {**fam, "a": _altered_copy(fam, tmp_path, "big", lambda t: t * 1e4)}
+    recipe = load_recipe(_recipe_text(fam, "task_arithmetic", [("a", 100), ("b", 1)], "out_dtype: float16\n"))
     with pytest.raises(NonFiniteMergeError, match="float16"):
         merge_to_folder(recipe, tmp_path / "fp16")
     _no_leftovers(tmp_path, "fp16")
+
+
+@pytest.mark.parametrize("case, text_args", [
+    ("huge_weight", ("linear", [("a", 1e308), ("b", 1e308)], "parameters: {normalize: false}\n", False)),
+    ("huge_lambda", ("task_arithmetic", [("a", 1), ("b", 1)], "parameters: {lambda: 1e300}\n")),
+])
+def test_huge_weights_are_refused_with_a_message(fam, tmp_path, case, text_args):
+    """Refused by the recipe's bounds or, past them, by the non-finite check: a message either way, nothing left."""
+    from merging.errors import MergeLabError
+
+    with pytest.raises(MergeLabError) as info:
+        merge_to_folder(_recipe_text(fam, *text_args), tmp_path / case)
+    assert "1e+308" in str(info.value) or "1e+300" in str(info.value) or "lambda" in str(info.value)
+    _no_leftovers(tmp_path, case)
 
 
 def test_live_merger_refuses_non_finite_merges_too(fam):
@@ -501,3 +533,101 @@ def test_a_method_never_gets_fewer_tensors_than_parameter_sets():
     require_input_count("w", [torch.zeros(1)] * 2, [{}, {}], "linear")
     with pytest.raises(MergeLabError, match="2 input tensors but 3 parameter sets"):
         require_input_count("w", [torch.zeros(1)] * 2, [{}, {}, {}], "linear")
+
+
+# --- clean failures while writing, and leftovers of killed merges (issue 9, items 8 and 10) ---------------------
+
+
+class _FullDisk:
+    """A file on a disk with `room[0]` bytes free: writes fail with ENOSPC once they are used up."""
+
+    def __init__(self, handle, room: list[int]):
+        self.handle, self.room, self.name = handle, room, handle.name
+
+    def write(self, data) -> int:
+        self.room[0] -= len(memoryview(data).cast("B"))
+        if self.room[0] < 0:
+            import errno
+
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.handle.write(data)
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def test_a_full_disk_during_run_is_a_message_naming_the_file_and_leaves_nothing(fam, tmp_path, monkeypatch, capsys):
+    import builtins
+
+    import merging.shards
+    from merging.cli import main
+
+    real_open = builtins.open
+    room = [20_000]
+    monkeypatch.setattr(merging.shards, "open", lambda *a, **k: _FullDisk(real_open(*a, **k), room), raising=False)
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(ta_recipe(fam).to_yaml())
+    with pytest.raises(OutputFolderError) as info:
+        merge_to_folder(ta_recipe(fam), tmp_path / "full", shard_size="10KB")
+    assert "disk is full" in str(info.value) and ".safetensors" in str(info.value), str(info.value)
+    _no_leftovers(tmp_path, "full")
+    room[0] = 20_000
+    assert main(["run", str(recipe_file), str(tmp_path / "full"), "--quiet", "--shard-size", "10KB"]) == 2
+    err = capsys.readouterr().err
+    assert "disk is full" in err and "Traceback" not in err
+    _no_leftovers(tmp_path, "full")
+
+
+def test_a_read_only_output_folder_is_a_message(fam, tmp_path, monkeypatch):
+    """(Simulated: the tests may run as root, whom permissions do not stop.)"""
+    import errno
+
+    real_mkdir = Path.mkdir
+
+    def refuse(self, *args, **kwargs):
+        if self.name.startswith(".ro.incomplete"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    with pytest.raises(OutputFolderError, match="no permission to write"):
+        merge_to_folder(ta_recipe(fam), tmp_path / "ro")
+    _no_leftovers(tmp_path, "ro")
+
+
+def test_an_output_whose_parent_is_a_file_is_refused_before_any_work(fam, tmp_path):
+    from merging.preflight import preflight
+
+    (tmp_path / "notes.txt").write_text("a file")
+    out = tmp_path / "notes.txt" / "merged"
+    with pytest.raises(OutputFolderError, match=r"notes.txt is a file"):
+        merge_to_folder(ta_recipe(fam), out)
+    report = preflight(ta_recipe(fam), out_dir=out)
+    assert not report.ok and any("notes.txt is a file" in e for e in report.errors)
+    assert (tmp_path / "notes.txt").read_text() == "a file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_an_output_name_too_long_for_the_file_system_is_a_message(fam, tmp_path):
+    with pytest.raises(OutputFolderError, match="at most 200 bytes"):
+        merge_to_folder(ta_recipe(fam), tmp_path / ("m" * 240))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_temporary_folders_of_dead_merges_are_removed_and_live_ones_kept(fam, tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = tmp_path / f".another-merge.incomplete-{dead.pid}"
+        running = tmp_path / f".someone-elses.incomplete-{alive.pid}"
+        for folder in (stale, running):
+            folder.mkdir()
+            (folder / "model.safetensors").write_bytes(b"half")
+        merge_to_folder(ta_recipe(fam), tmp_path / "fresh")
+        assert not stale.exists()
+        assert (running / "model.safetensors").read_bytes() == b"half"
+        assert (tmp_path / "fresh" / "config.json").is_file()
+    finally:
+        alive.kill()
+        alive.wait()

@@ -189,3 +189,52 @@ def test_old_config_without_model_type_still_counts_as_a_head_model(classifiers,
     report = preflight(recipe(classifiers.base, old, classifiers.experts["topic"]))
     assert report.ok, report.errors
     assert sorted(report.facts["per_task_heads"]) == ["old_sentiment", "topic"]
+
+
+# --- broken model folders: a message naming the file, never a traceback (issue 9, item 8) ----------------------
+
+
+def _broken_copy(src, dst, breaker):
+    shutil.copytree(src, dst)
+    breaker(dst)
+    return dst
+
+
+def _write(name, data):
+    return lambda folder: (folder / name).write_bytes(data if isinstance(data, bytes) else data.encode())
+
+
+def _header_list(folder):
+    header = b"[1, 2, 3]   "
+    (folder / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+
+
+def _truncate(folder):
+    shard = folder / "model.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-100])
+
+
+BROKEN_FOLDERS = {
+    "config_is_a_list": (_write("config.json", "[1, 2]"), "config.json holds a JSON list"),
+    "config_not_json": (_write("config.json", "{nope"), "config.json is not valid JSON"),
+    "index_not_json": (_write("model.safetensors.index.json", "{"), "index.json is not valid JSON"),
+    "index_without_map": (_write("model.safetensors.index.json", '{"weight_map": [1]}'), "is not a weights index"),
+    "index_escaping_folder": (_write("model.safetensors.index.json", '{"weight_map": {"w": "../../etc/passwd"}}'),
+                              "is not a weights index"),
+    "header_is_a_list": (_header_list, "header is a JSON list"),
+    "truncated_shard": (_truncate, "is truncated"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_FOLDERS))
+def test_broken_model_folders_are_named_by_check_and_refused_by_run(models, tmp_path, case):
+    from merging.engine import merge_to_folder
+    from merging.errors import MergeLabError
+
+    breaker, expected = BROKEN_FOLDERS[case]
+    broken = _broken_copy(models["a"], tmp_path / case, breaker)
+    report = preflight(recipe(models["base"], broken, models["b"]))
+    assert not report.ok and any(expected in e and str(broken) in e for e in report.errors), report.errors
+    with pytest.raises(MergeLabError, match=expected):
+        merge_to_folder(recipe(models["base"], broken, models["b"]), tmp_path / "out")
+    assert not [p for p in tmp_path.iterdir() if p.name == "out" or p.name.startswith(".out.")]
