@@ -281,6 +281,9 @@ def _coerce_choice(value: Any) -> Any:
     # Dropdowns hand back strings; the registry's choices may be booleans (rescale: true/false/inverse_density).
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
+    return value
+
+
 # --- live merging ------------------------------------------------------------------------------------------------
 
 def _read_all(path: Path) -> dict[str, torch.Tensor]:
