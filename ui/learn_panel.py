@@ -27,11 +27,15 @@ BASELINE_WEIGHT = 0.5
 
 @dataclass
 class LearnSettings:
+    """The Learn tab's controls. `rho` is SAMerging's radius relative to λ (‖ε‖/‖λ‖), not the paper's absolute ρ;
+    with `auto_init` the start is the best constant λ by the training loss and `init` is not used."""
+
     method: str = "samerging"
     examples_per_task: int = 16
-    steps: int = 30
-    rho: float = 0.07
+    steps: int = 200
+    rho: float = 0.05
     init: float = 0.3
+    auto_init: bool = True
 
     def check(self) -> None:
         if self.method not in LEARN_METHODS:
@@ -41,17 +45,31 @@ class LearnSettings:
         if not 1 <= self.steps <= 5000:
             raise MergeLabError("Steps must be between 1 and 5000.")
         if not 0 <= self.rho <= 1:
-            raise MergeLabError("ρ (SAM radius) must be between 0 and 1; 0.07 is the paper's.")
+            raise MergeLabError("The SAM radius ‖ε‖/‖λ‖ must be between 0 and 1 (0.05 = 5 % of ‖λ‖; 0 = plain Adam).")
+
+
+# Why a learned merge can lose to task arithmetic, shown beside the comparison when it does.
+WHY_NOT = {
+    "adamerging": ("AdaMerging minimises the merge's entropy, which rewards confident outputs, not the experts' "
+                   "answers: on the LM zoo the most confident merge echoes the base (docs/learned-merging.md). "
+                   "SAMerging distils each expert instead."),
+    "samerging": ("SAMerging matches the experts on the unlabeled inputs it was given; with few of them (or inputs "
+                  "unlike the scored tasks) the held-out KL it stopped at does not carry over. Try more examples per "
+                  "task."),
+}
 
 
 def unlabeled_inputs(session: Session, uploaded: str | None, per_task: int) -> dict[str, list[str]]:
+    from pathlib import Path
+
     from merging.learned.cli import read_inputs
 
     path = uploaded or session.unlabeled_path
     if path is None:
         raise TaskSetError("Upload unlabeled prompts (JSONL, one {\"expert\": name, \"prompt\" or \"text\": ...} a "
                            "line) for these models.")
-    return read_inputs(path, session.labels, per_task)
+    # An upload is a server-side copy (/tmp/gradio/<hash>/NAME): messages name the file the user chose.
+    return read_inputs(path, session.labels, per_task, display=Path(path).name)
 
 
 def loss_figure(losses: list[float], method: str):
@@ -95,6 +113,7 @@ def learn(session: Session, config: HostConfig, settings: LearnSettings, uploade
     """/learn: yields (loss curve, coefficients heatmap or None, status) while training; the learned merge
     becomes the session's merged model."""
     from merging.learned.api import learn_merge
+    from merging.learned.cli import describe_run
     from merging.learned.recipe_io import recipe_dict
     from merging.recipe import Recipe
     from ui.resources import device
@@ -112,7 +131,9 @@ def learn(session: Session, config: HostConfig, settings: LearnSettings, uploade
         try:
             outcome["result"] = learn_merge(
                 settings.method, session.base.path, experts, inputs, steps=int(settings.steps),
-                rho=float(settings.rho) if settings.method == "samerging" else None, init=float(settings.init),
+                rho=0.07 if settings.method == "samerging" else None,
+                rho_relative=float(settings.rho) if settings.method == "samerging" else None,
+                init="auto" if settings.auto_init else float(settings.init),
                 batch_size=min(16, int(settings.examples_per_task)), device=device(),
                 progress=lambda step, loss: updates.put((step, loss)), cancel=session.cancel.is_set)
         except Exception as error:  # noqa: BLE001 - re-raised in the handler's thread below, as a message
@@ -147,7 +168,8 @@ def learn(session: Session, config: HostConfig, settings: LearnSettings, uploade
     yield (loss_figure(result.losses, settings.method),
            coefficients_figure(result.tasks, result.names, result.coefficients),
            (f"✓ Learned {result.coefficients.numel()} coefficients in {result.seconds:.1f} s "
-            f"(final loss {result.losses[-1]:.4f}). Chat, Evaluate and Export now use the learned merge."))
+            f"(final loss {result.losses[-1]:.4f}); {describe_run(result)}. "
+            "Chat, Evaluate and Export now use the learned merge."))
 
 
 def compare_with_baselines(session: Session, config: HostConfig, per_task: int = 20) -> tuple[Any, str]:
@@ -169,7 +191,12 @@ def compare_with_baselines(session: Session, config: HostConfig, per_task: int =
         settings = MergeSettings(template.method, [BASELINE_WEIGHT] * len(session.sources), dict(template.params))
         merged = session.live.merge(build_recipe(session, settings, by="label"), seed=0)
         scores[name] = evaluator.score_state(merged)
-    return comparison_figure(scores), comparison_markdown(scores)
+    markdown = comparison_markdown(scores)
+    learned = scores[f"learned ({session.learned.method})"].mean("agreement")
+    ta = scores["task arithmetic"].mean("agreement")
+    if learned is not None and ta is not None and learned <= ta:
+        markdown += f"\n\n**Why the learned merge does not beat task arithmetic here:** {WHY_NOT[session.learned.method]}"
+    return comparison_figure(scores), markdown
 
 
 def comparison_figure(scores: dict[str, Any]):
@@ -206,6 +233,7 @@ class LearnPanel:
     steps: gr.Slider
     rho: gr.Slider
     init: gr.Slider
+    auto_init: gr.Checkbox
     run: gr.Button
     cancel: gr.Button
     status: gr.Markdown
@@ -217,21 +245,27 @@ class LearnPanel:
 
     @property
     def settings_inputs(self) -> list[gr.components.Component]:
-        return [self.method, self.examples, self.steps, self.rho, self.init]
+        return [self.method, self.examples, self.steps, self.rho, self.init, self.auto_init]
 
 
 def build(config: HostConfig) -> LearnPanel:
     gr.Markdown("Learn one coefficient per task and tensor from a few **unlabeled** prompts: SAMerging distils each "
-                "expert into the merge with sharpness-aware steps; AdaMerging minimises the merge's entropy.")
+                "expert into the merge with sharpness-aware steps; AdaMerging minimises the merge's entropy (on the "
+                "LM zoo that favours confident echoes and loses to task arithmetic: use SAMerging there). A quarter "
+                "of each task's prompts is held out to choose when to stop.")
     with gr.Row():
         method = gr.Radio(list(LEARN_METHODS), value="samerging", label="Method", elem_id="learn-method")
         prompts = gr.File(label="Unlabeled prompts (optional, JSONL; default: the zoo's)", type="filepath",
                           file_types=[".jsonl", ".json"], elem_id="learn-prompts")
     with gr.Row():
         examples = gr.Slider(1, 256, value=16, step=1, label="Examples per task", elem_id="learn-examples")
-        steps = gr.Slider(1, 1000, value=30, step=1, label="Steps", elem_id="learn-steps")
-        rho = gr.Slider(0.0, 0.5, value=0.07, step=0.01, label="ρ (SAM radius)", elem_id="learn-rho")
-        init = gr.Slider(-1.0, 1.0, value=0.3, step=0.05, label="Initial λ", elem_id="learn-init")
+        steps = gr.Slider(1, 1000, value=200, step=1, label="Steps (at most: stops early on held-out inputs)",
+                          elem_id="learn-steps")
+        rho = gr.Slider(0.0, 0.3, value=0.05, step=0.01, label="SAM radius ‖ε‖/‖λ‖", elem_id="learn-rho",
+                        info="0.05 = a step of 5 % of ‖λ‖ toward the worst nearby λ; 0 = plain Adam")
+        auto_init = gr.Checkbox(value=True, label="Start at the best constant λ (by the loss)",
+                                elem_id="learn-auto-init")
+        init = gr.Slider(-1.0, 1.0, value=0.3, step=0.05, label="Initial λ", elem_id="learn-init", visible=False)
     with gr.Row():
         run = gr.Button("Learn", variant="primary", elem_id="learn-run")
         cancel = gr.Button("Cancel", variant="stop", elem_id="learn-cancel")
@@ -242,17 +276,17 @@ def build(config: HostConfig) -> LearnPanel:
     compare = gr.Button("Evaluate beside task arithmetic and TIES", elem_id="learn-compare")
     compare_chart = gr.Plot(label="Comparison", elem_id="learn-compare-chart")
     compare_table = gr.Markdown(elem_id="learn-compare-table")
-    return LearnPanel(method, prompts, examples, steps, rho, init, run, cancel, status, loss, coefficients, compare,
-                      compare_chart, compare_table)
+    return LearnPanel(method, prompts, examples, steps, rho, init, auto_init, run, cancel, status, loss, coefficients,
+                      compare, compare_chart, compare_table)
 
 
 def wire(panel: LearnPanel, state: gr.State, config: HostConfig) -> None:
     from ui.feedback import guarded
 
     @guarded(config, "learn")
-    def run(session: Session, method: str, examples: float, steps: float, rho: float, init: float,
+    def run(session: Session, method: str, examples: float, steps: float, rho: float, init: float, auto_init: bool,
             prompts: str | None):
-        settings = LearnSettings(method, int(examples), int(steps), float(rho), float(init))
+        settings = LearnSettings(method, int(examples), int(steps), float(rho), float(init), bool(auto_init))
         yield from learn(session, config, settings, prompts)
 
     from ui.resources import on_gpu
@@ -266,6 +300,11 @@ def wire(panel: LearnPanel, state: gr.State, config: HostConfig) -> None:
         return "Cancelling…"
 
     panel.cancel.click(cancel, state, panel.status, api_visibility="private")
+    # ρ belongs to SAMerging only; the initial λ slider only matters without the automatic start.
+    panel.method.change(lambda m: gr.update(visible=m == "samerging"), panel.method, panel.rho,
+                        api_visibility="private")
+    panel.auto_init.change(lambda auto: gr.update(visible=not auto), panel.auto_init, panel.init,
+                           api_visibility="private")
 
     @guarded(config, "compare")
     def compare(session: Session, progress: gr.Progress = gr.Progress()):

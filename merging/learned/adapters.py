@@ -29,19 +29,25 @@ Kind = Literal["lm", "classifier"]
 StudentFn = Callable[[int, int], torch.Tensor]
 
 
+Split = Literal["train", "heldout"]
+
+
 @dataclass
 class LearningSetup:
-    """Everything the trainer needs, model-agnostic from here on."""
+    """Everything the trainer needs, model-agnostic from here on. Batches come in two splits: "train" (what learning
+    sees) and "heldout" (inputs kept aside for early stopping; never in a training batch)."""
 
     tasks: list[str]
     vectors: TaskVectors
     params: dict[str, torch.Tensor]  # the student's leaf tensors for vectors.names
-    student_logits: StudentFn  # (task, batch) -> (rows, classes) logits at θ currently in params
-    num_batches: int  # the most batches any task has; a task with fewer cycles through its own
+    student_logits: Callable[..., torch.Tensor]  # (task, batch, split="train") -> (rows, classes) logits at θ(params)
+    num_batches: int  # the most training batches any task has; a task with fewer cycles through its own
     teachers: list[list[TeacherTargets]] = field(default_factory=list)  # [task][batch]; empty when not needed
+    num_heldout_batches: int = 0  # the most held-out batches any task has (0: no held-out inputs)
+    heldout_teachers: list[list[TeacherTargets]] = field(default_factory=list)
 
-    def teacher(self, task: int, batch: int) -> TeacherTargets:
-        own = self.teachers[task]
+    def teacher(self, task: int, batch: int, split: Split = "train") -> TeacherTargets:
+        own = (self.teachers if split == "train" else self.heldout_teachers)[task]
         return own[batch % len(own)]
 
 
@@ -164,28 +170,32 @@ def setup_causal_lm(
     temperature: float = 2.0,
     top_k: int = 64,
     max_new_tokens: int = 32,
+    heldout: Mapping[str, Sequence[str]] | None = None,
 ) -> LearningSetup:
-    """Learning setup for causal LMs; `prompts[task]` are task t's unlabeled prompts (task names = expert names)."""
+    """Learning setup for causal LMs; `prompts[task]` are task t's unlabeled prompts (task names = expert names),
+    `heldout[task]` prompts kept aside for early stopping (never in a training batch)."""
     dev = torch.device(device)
     _check_inputs(prompts, experts)
     tokenizer = _load_tokenizer(base)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     tasks = list(experts)
-    batches: list[list[dict]] = []
-    teachers: list[list[TeacherTargets]] = []
+    splits = {"train": prompts, "heldout": heldout or {}}
+    batches: dict[str, list[list[dict]]] = {split: [] for split in splits}
+    teachers: dict[str, list[list[TeacherTargets]]] = {split: [] for split in splits}
     expert_states = []
     for task in tasks:
         teacher = _load(experts[task], "lm", dev)
-        task_batches, task_targets = [], []
-        for chunk in _chunks([_prompt_ids(tokenizer, p) for p in prompts[task]], batch_size):
-            continuation = _greedy_continuations(teacher, tokenizer, list(chunk), max_new_tokens, dev)
-            batch = _lm_batch(list(chunk), continuation, pad, dev)
-            task_batches.append(batch)
-            if need_teachers:
-                with torch.no_grad():
-                    task_targets.append(teacher_targets(_lm_logits(teacher, batch), temperature, top_k))
-        batches.append(task_batches)
-        teachers.append(task_targets)
+        for split, inputs in splits.items():
+            task_batches, task_targets = [], []
+            for chunk in _chunks([_prompt_ids(tokenizer, p) for p in inputs.get(task, ())], batch_size):
+                continuation = _greedy_continuations(teacher, tokenizer, list(chunk), max_new_tokens, dev)
+                batch = _lm_batch(list(chunk), continuation, pad, dev)
+                task_batches.append(batch)
+                if need_teachers:
+                    with torch.no_grad():
+                        task_targets.append(teacher_targets(_lm_logits(teacher, batch), temperature, top_k))
+            batches[split].append(task_batches)
+            teachers[split].append(task_targets)
         expert_states.append(_parameters(teacher))
         del teacher
         gc.collect()
@@ -199,12 +209,20 @@ def setup_causal_lm(
     for n, p in params.items():
         p.requires_grad_(n in names)
 
-    def student_logits(task: int, batch: int) -> torch.Tensor:
-        own = batches[task]
+    def student_logits(task: int, batch: int, split: Split = "train") -> torch.Tensor:
+        own = batches[split][task]
         return _lm_logits(student, own[batch % len(own)])
 
-    return LearningSetup(tasks, vectors, {n: params[n] for n in names}, student_logits, max(map(len, batches)),
-                         teachers if need_teachers else [])
+    return _setup(tasks, vectors, {n: params[n] for n in names}, student_logits, batches, teachers, need_teachers)
+
+
+def _setup(tasks, vectors, params, student_logits, batches, teachers, need_teachers) -> LearningSetup:
+    """A LearningSetup from per-split batches; held-out batches only when every task has some."""
+    heldout = batches["heldout"]
+    num_heldout = max(map(len, heldout)) if heldout and all(heldout) else 0
+    return LearningSetup(tasks, vectors, params, student_logits, max(map(len, batches["train"])),
+                         teachers["train"] if need_teachers else [], num_heldout,
+                         teachers["heldout"] if need_teachers and num_heldout else [])
 
 
 # ---- classifiers with per-task heads ----
@@ -219,24 +237,29 @@ def setup_classifier(
     need_teachers: bool = True,
     temperature: float = 2.0,
     max_length: int = 128,
+    heldout: Mapping[str, Sequence[str]] | None = None,
 ) -> LearningSetup:
-    """Learning setup for sequence classifiers: task t is read through expert t's head on a merged backbone."""
+    """Learning setup for sequence classifiers: task t is read through expert t's head on a merged backbone;
+    `heldout[task]` texts are kept aside for early stopping (never in a training batch)."""
     dev = torch.device(device)
     _check_inputs(texts, experts)
     tasks = list(experts)
     models = [_load(experts[t], "classifier", dev) for t in tasks]
-    batches: list[list[dict]] = []
-    teachers: list[list[TeacherTargets]] = []
+    splits = {"train": texts, "heldout": heldout or {}}
+    batches: dict[str, list[list[dict]]] = {split: [] for split in splits}
+    teachers: dict[str, list[list[TeacherTargets]]] = {split: [] for split in splits}
     for task, model in zip(tasks, models):
         tokenizer = _load_tokenizer(experts[task])
-        task_batches = []
-        for chunk in _chunks(list(texts[task]), batch_size):
-            enc = tokenizer(list(chunk), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-            task_batches.append({k: v.to(dev) for k, v in enc.items()})
-        batches.append(task_batches)
-        if need_teachers:
-            with torch.no_grad():
-                teachers.append([teacher_targets(model(**b).logits, temperature) for b in task_batches])
+        for split, inputs in splits.items():
+            task_batches = []
+            for chunk in _chunks(list(inputs.get(task, ())), batch_size):
+                enc = tokenizer(list(chunk), padding=True, truncation=True, max_length=max_length,
+                                return_tensors="pt")
+                task_batches.append({k: v.to(dev) for k, v in enc.items()})
+            batches[split].append(task_batches)
+            if need_teachers:
+                with torch.no_grad():
+                    teachers[split].append([teacher_targets(model(**b).logits, temperature) for b in task_batches])
 
     base_state = read_state(base)
     expert_states = [_parameters(m) for m in models]
@@ -254,8 +277,8 @@ def setup_classifier(
         for n, p in model.named_parameters():
             p.requires_grad_(n in shared)
 
-    def student_logits(task: int, batch: int) -> torch.Tensor:
-        own = batches[task]
+    def student_logits(task: int, batch: int, split: Split = "train") -> torch.Tensor:
+        own = batches[split][task]
         return models[task](**own[batch % len(own)]).logits
 
-    return LearningSetup(tasks, vectors, shared, student_logits, max(map(len, batches)), teachers)
+    return _setup(tasks, vectors, shared, student_logits, batches, teachers, need_teachers)

@@ -1,7 +1,11 @@
 """`python -m merging learn`: learn layer-wise (or task-wise) merging coefficients and write a recipe folder.
 
     python -m merging learn --method samerging --base DIR --expert math=DIR --expert japanese=DIR \
-        --prompts unlabeled.jsonl --examples-per-task 16 --steps 100 --out RECIPE_DIR
+        --prompts unlabeled.jsonl --examples-per-task 16 --out RECIPE_DIR
+
+Defaults (merging.learned.api.default_config): start at the best constant λ of {0.1, 0.3, 0.5, 0.7, 1.0} by the
+training loss, Adam lr 1e-2, up to 200 steps with early stopping on a held-out quarter of each task's inputs
+(never learned on), SAMerging's ASAM radius set so that ‖ε‖ ≈ 5 % of ‖λ‖.
 
 The prompts file is a task-set JSONL (`task`, `prompt` or `text`, `expert`): lines owned by expert NAME are that
 expert's unlabeled inputs; lines whose expert is null (composite tasks) are not used.
@@ -18,29 +22,36 @@ from merging.cli import register_subcommand
 from merging.errors import MergeLabError, TaskSetError
 
 
-def read_inputs(path: str | Path, experts: list[str], per_task: int) -> dict[str, list[str]]:
-    """The first `per_task` prompts (or texts) of each expert in a task-set JSONL file."""
+def read_inputs(path: str | Path, experts: list[str], per_task: int, *, display: str | None = None
+                ) -> dict[str, list[str]]:
+    """The first `per_task` prompts (or texts) of each expert in a task-set JSONL file. Messages name the file as
+    `display` (default: its path), so an app can show an upload's own name instead of its server-side copy."""
     path = Path(path)
+    shown = display or str(path)
     if not path.is_file():
-        raise TaskSetError(f"prompts file {path} does not exist: pass a task-set JSONL file to --prompts")
+        raise TaskSetError(f"prompts file {shown} does not exist: pass a task-set JSONL file to --prompts")
     inputs: dict[str, list[str]] = {e: [] for e in experts}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text_lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise TaskSetError(f"{shown} is not UTF-8 text: save the prompts file as UTF-8 JSONL") from None
+    for number, line in enumerate(text_lines, start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise TaskSetError(f"{path}:{number} is not valid JSON ({e.msg}): one JSON object per line") from None
+            raise TaskSetError(f"{shown}:{number} is not valid JSON ({e.msg}): one JSON object per line") from None
         text = row.get("prompt", row.get("text")) if isinstance(row, dict) else None
         if not isinstance(text, str):
-            raise TaskSetError(f"{path}:{number} has no `prompt` or `text` string: every line needs one")
+            raise TaskSetError(f"{shown}:{number} has no `prompt` or `text` string: every line needs one")
         owner = row.get("expert")
         if owner in inputs and len(inputs[owner]) < per_task:
             inputs[owner].append(text)
     short = {e: len(v) for e, v in inputs.items() if len(v) < per_task}
     if short:
         raise TaskSetError(
-            f"{path} has fewer than {per_task} examples for {short} (counted by the `expert` field): lower "
+            f"{shown} has fewer than {per_task} examples for {short} (counted by the `expert` field): lower "
             "--examples-per-task or check that the expert names given to --expert match the file"
         )
     return inputs
@@ -66,16 +77,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", required=True, help="task-set JSONL with unlabeled prompts/texts per expert")
     parser.add_argument("--examples-per-task", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=16, help="examples per task in each step; default 16")
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=200, help="most updates (early stopping may end sooner)")
     parser.add_argument("--rho", type=float, default=None,
-                        help="SAM radius (SAMerging default 0.07; 0 = plain Adam); ignored by AdaMerging")
-    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate on λ (default 1e-3)")
+                        help="absolute SAM radius ρ (0 = plain Adam; the paper's 0.07 is ~1 %% of ‖λ‖ on the zoo); "
+                             "default: set by --rho-relative; ignored by AdaMerging")
+    parser.add_argument("--rho-relative", type=float, default=None,
+                        help="SAM radius as a fraction of ‖λ‖ (default 0.05: ‖ε‖ ≈ 5 %% of ‖λ‖)")
+    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate on λ (default 1e-2)")
+    parser.add_argument("--holdout", type=float, default=0.25,
+                        help="fraction of each task's inputs kept aside for early stopping (0 = none)")
+    parser.add_argument("--patience", type=int, default=None,
+                        help="held-out evaluations (every 10 steps) without improvement before stopping; 0 = never")
     parser.add_argument("--sam-mode", choices=("true", "repo"), default="true",
                         help="true: gradient at θ(λ+ε) (default); repo: the research code's cached θ(λ) (= Adam)")
     parser.add_argument("--sam", choices=("adaptive", "standard"), default="adaptive",
                         help="ASAM (ε scaled by |λ|, default) or standard SAM")
     parser.add_argument("--granularity", choices=("layer", "task"), default="layer")
-    parser.add_argument("--init", type=float, default=0.3, help="initial coefficient (AdaMerging 0.3; SAMerging code 0)")
+    parser.add_argument("--init", default="auto",
+                        help="initial coefficient, or auto (default): the best constant start by the training loss "
+                             "(AdaMerging's paper: 0.3; the SAMerging code: 0)")
     parser.add_argument("--temperature", type=float, default=2.0, help="distillation temperature (SAMerging)")
     parser.add_argument("--top-k", type=int, default=64, help="teacher probabilities kept per LM position")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="length of the teachers' LM continuations")
@@ -94,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         raise MergeLabError("--examples-per-task and --batch-size must be at least 1")
     inputs = read_inputs(args.prompts, list(experts), args.examples_per_task)
     rho = 0.0 if args.method == "adamerging" else args.rho
+    init = _parse_init(args.init)
     bar = None
     if not args.quiet:
         print("Loading the models and computing the teachers' outputs…", file=sys.stderr, flush=True)
@@ -108,9 +129,10 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
 
     try:
-        merge = learn_merge(args.method, args.base, experts, inputs, steps=args.steps, rho=rho, lr=args.lr,
+        merge = learn_merge(args.method, args.base, experts, inputs, steps=args.steps, rho=rho,
+                            rho_relative=args.rho_relative, lr=args.lr, holdout=args.holdout, patience=args.patience,
                             sam_mode=args.sam_mode, adaptive=args.sam == "adaptive", granularity=args.granularity,
-                            init=args.init, batch_size=args.batch_size, temperature=args.temperature,
+                            init=init, batch_size=args.batch_size, temperature=args.temperature,
                             top_k=args.top_k, max_new_tokens=args.max_new_tokens, device=args.device,
                             progress=progress)
     finally:
@@ -121,7 +143,34 @@ def run(args: argparse.Namespace) -> int:
     first, last = merge.losses[0], merge.losses[-1]
     print(f"Learned {tuple(merge.coefficients.shape)} coefficients in {merge.seconds:.1f} s "
           f"(loss {first:.4f} → {last:.4f}); recipe: {recipe}")
+    print(describe_run(merge))
     return 0
+
+
+def describe_run(merge) -> str:
+    """One line on the start, the SAM radius, early stopping and the held-out loss of a learned merge."""
+    from merging.learned.api import learn_summary
+
+    s = learn_summary(merge)
+    if not s:
+        return ""
+    parts = [f"start λ = {s['init']:g}" + (" (best constant by the training loss)" if s["init_losses"] else "")]
+    if s["eps_ratio"] is not None:
+        parts.append(f"ρ = {s['rho']:.3g}, ‖ε‖/‖λ‖ = {100 * s['eps_ratio']:.1f} %")
+    if s["best_step"] is not None:
+        stop = f"stopped early after {s['steps_run']} steps" if s["stopped_early"] else f"{s['steps_run']} steps"
+        parts.append(f"{stop}; kept step {s['best_step']} (held-out loss {s['heldout_loss']:.4f} on "
+                     f"{s['heldout_examples']} held-out inputs)")
+    return "; ".join(parts)
+
+
+def _parse_init(value: str | float) -> float | str:
+    if value == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise MergeLabError(f"--init {value!r} must be a number or auto") from None
 
 
 register_subcommand("learn", "learn merging coefficients (AdaMerging, SAMerging) from unlabeled prompts",
