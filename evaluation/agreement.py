@@ -7,8 +7,10 @@ over the best source's accuracy). LM tasks also get agreement and accuracy again
 (`agreement_by_source`), for the per-task bar chart. Classification tasks are read through the task's own head:
 the merged backbone is loaded into a copy of expert t's model, whose head stays its own.
 
-Expert outputs are computed once per Evaluator (and reused across calls, e.g. every point of a sweep). Without
-experts, only accuracy is scored.
+Expert outputs are computed once per Evaluator (and reused across calls, e.g. every point of a sweep); generated
+ones are also kept in an AnswerCache keyed by the expert folder's identity, the prompt and the generation settings
+(in memory for the process by default; give one with a directory to keep them across processes). Without experts,
+only accuracy is scored.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from evaluation.answer_cache import AnswerCache, shared_memory_cache
 from evaluation.scoring import (
     Predictions,
     TaskOutputs,
@@ -30,7 +33,7 @@ from evaluation.scoring import (
     share_equal,
 )
 from evaluation.tasks import Task, TaskSet
-from inference.generation import SMALL_MODEL_PARAMETERS
+from inference.generation import default_batch_size
 from inference.loading import LoadedModel
 from merging.errors import CompatibilityError, TaskSetError
 
@@ -133,8 +136,9 @@ class Evaluator:
     classification tasks need their expert (its head)."""
 
     def __init__(self, tasks: TaskSet, experts: Mapping[str, LoadedModel], *, batch_size: int | None = None,
-                 template: LoadedModel | None = None) -> None:
+                 template: LoadedModel | None = None, answer_cache: AnswerCache | None = None) -> None:
         self.tasks = tasks
+        self.answer_cache = answer_cache if answer_cache is not None else shared_memory_cache()
         self.experts = dict(experts)
         self.template = template  # what merged weights are loaded into (default: a copy of an LM expert)
         self.batch_size = batch_size
@@ -174,20 +178,20 @@ class Evaluator:
             predictions = {name: Predictions() for name in self.experts}
             for name, expert in self.experts.items():
                 mine = [t for t in self.tasks.tasks.values() if name in self._sources_for(t)]
-                predictions[name].tasks.update(self._run(expert.model, expert.tokenizer, mine))
+                key = self.answer_cache.model_key(expert)
+                predictions[name].tasks.update(self._run(expert.model, expert.tokenizer, mine, key))
             self._expert_predictions = predictions
         return self._expert_predictions
 
     def _batch_size(self, model: PreTrainedModel) -> int:
-        if self.batch_size:
-            return self.batch_size
-        small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMETERS
-        return 256 if small else 16  # tiny models: one generate call for a whole task set
+        return self.batch_size or default_batch_size(model)
 
-    def _run(self, model: PreTrainedModel, tokenizer, tasks: list[Task]) -> dict[str, TaskOutputs]:
+    def _run(self, model: PreTrainedModel, tokenizer, tasks: list[Task], cache_key: str | None = None
+             ) -> dict[str, TaskOutputs]:
         size = self._batch_size(model)
         outputs = {t.name: classify_task(model, tokenizer, t, batch_size=size) for t in tasks if t.is_classification}
-        outputs.update(generate_tasks(model, tokenizer, [t for t in tasks if not t.is_classification], batch_size=size))
+        outputs.update(generate_tasks(model, tokenizer, [t for t in tasks if not t.is_classification], batch_size=size,
+                                      cache=self.answer_cache, model_key=cache_key))
         return outputs
 
     # --- scoring ---------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Running a model over a task set: batched greedy generation (LM tasks) with a per-task token limit, or the
-argmax label (classification tasks), turned into comparable answers."""
+"""Running a model over a task set: batched greedy generation (LM tasks) with a per-task token limit and stop
+strings, or the argmax label (classification tasks), turned into comparable answers. Generated answers can be read
+from and kept in an AnswerCache (the experts' are computed once per family and task set)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from evaluation.answer_cache import AnswerCache, answer_key
 from evaluation.answers import expected_answer, extract
 from evaluation.tasks import Task
-from inference.generation import classify_batch, generate_batch
+from inference.generation import classify_batch, format_prompt, generate_batch
 
 DEFAULT_MAX_NEW_TOKENS = 32  # for tasks with no known answers and no limit of their own
 TOKEN_MARGIN = 4  # room for spacing variants beyond the longest expected answer
@@ -43,17 +45,20 @@ def token_limit(task: Task, tokenizer: PreTrainedTokenizerBase) -> int:
 
 
 def generate_tasks(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tasks: list[Task], *, batch_size: int = 256
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tasks: list[Task], *, batch_size: int | None = None,
+    cache: AnswerCache | None = None, model_key: str | None = None,
 ) -> dict[str, TaskOutputs]:
-    """Generate for several tasks in shared batches (each prompt keeps its task's token limit): fewer, fuller
-    batches than one generate call per task."""
-    prompts, limits, owners = [], [], []
+    """Generate for several tasks in shared batches (each prompt keeps its task's token limit and stop strings):
+    fewer, fuller batches than one generate call per task. With a `cache` and the model's `model_key`
+    (AnswerCache.model_key), answers already known are read and only the others generated, then stored."""
+    prompts, limits, stops, owners = [], [], [], []
     for task in tasks:
         limit = token_limit(task, tokenizer)
         prompts += task.inputs
         limits += [limit] * len(task.examples)
+        stops += [task.stop] * len(task.examples)
         owners += [task.name] * len(task.examples)
-    raw = generate_batch(model, tokenizer, prompts, limits, batch_size=batch_size) if prompts else []
+    raw = _generate_cached(model, tokenizer, prompts, limits, stops, batch_size, cache, model_key)
     result = {}
     for task in tasks:
         texts = [text for text, owner in zip(raw, owners) if owner == task.name]
@@ -61,8 +66,27 @@ def generate_tasks(
     return result
 
 
+def _generate_cached(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                     limits: list[int], stops: list[tuple[str, ...]], batch_size: int | None,
+                     cache: AnswerCache | None, model_key: str | None) -> list[str]:
+    if not prompts:
+        return []
+    if cache is None or model_key is None:
+        return generate_batch(model, tokenizer, prompts, limits, batch_size=batch_size, stop=stops)
+    keys = [answer_key(format_prompt(tokenizer, p), n, s) for p, n, s in zip(prompts, limits, stops)]
+    known = cache.lookup(model_key, keys)
+    missing = [i for i, key in enumerate(keys) if key not in known]
+    if missing:
+        texts = generate_batch(model, tokenizer, [prompts[i] for i in missing], [limits[i] for i in missing],
+                               batch_size=batch_size, stop=[stops[i] for i in missing])
+        fresh = {keys[i]: text for i, text in zip(missing, texts)}
+        cache.store(model_key, fresh)
+        known = {**known, **fresh}
+    return [known[key] for key in keys]
+
+
 def generate_task(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, *, batch_size: int = 64
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, *, batch_size: int | None = None
 ) -> TaskOutputs:
     return generate_tasks(model, tokenizer, [task], batch_size=batch_size)[task.name]
 

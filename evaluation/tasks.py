@@ -6,7 +6,12 @@
 `prompt` examples are generated and scored by their extracted answer; `text` examples are classified. `answer` /
 `label` may be left out where unknown (agreement with the expert still works). `expert` names the expert that owns
 the task, null (or left out) for a composite task. Optional: `answer_type` ("number" | "text"; by default inferred
-from the answers, numbers when none are known) and `max_new_tokens` (a per-task generation limit).
+from the answers, numbers when none are known), `max_new_tokens` (a generation limit) and `stop` (a string or a list
+of strings that end an answer, e.g. "\n\n"). A task takes the largest `max_new_tokens` and every `stop` of its lines,
+so writing them on one line of a task sets them for the whole task.
+
+Files are bounded (hosted users share one server): at most MAX_FILE_BYTES, MAX_LINES lines and MAX_LINE_BYTES a line;
+prompts longer than a model's context are cut at generation time (inference.generation.fit_prompt).
 """
 
 from __future__ import annotations
@@ -20,6 +25,13 @@ from typing import Any
 from evaluation.answers import is_numeric_answer
 from merging.errors import TaskSetError
 
+MAX_FILE_BYTES = 16_000_000
+MAX_LINES = 100_000
+MAX_LINE_BYTES = 64_000  # ~16K tokens of English: more than the context of the models a class merges
+MAX_NEW_TOKENS = 4096
+MAX_STOP_STRINGS = 8
+MAX_STOP_CHARS = 64
+
 
 @dataclass(frozen=True)
 class Example:
@@ -31,6 +43,7 @@ class Example:
     line: int = 0
     max_new_tokens: int | None = None
     answer_type: str | None = None
+    stop: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,7 @@ class Task:
     is_classification: bool
     numeric: bool  # compare answers as numbers (else as text); unused for classification
     max_new_tokens: int | None  # from the file, else derived from the answers by the scorer
+    stop: tuple[str, ...] = ()  # strings that end an answer (besides eos), from the file
 
     @property
     def inputs(self) -> list[str]:
@@ -122,13 +136,28 @@ def parse_record(record: Any, line: int, source: str = "<memory>") -> Example:
     _check_type(source, line, record, "max_new_tokens", (int,), "a positive integer")
     if record.get("max_new_tokens") is not None and record["max_new_tokens"] < 1:
         raise _fail(source, line, '"max_new_tokens" must be a positive integer.')
+    if record.get("max_new_tokens") is not None and record["max_new_tokens"] > MAX_NEW_TOKENS:
+        raise _fail(source, line, f'"max_new_tokens" is {record["max_new_tokens"]}; the most is {MAX_NEW_TOKENS}.')
     if record.get("answer_type") not in (None, "number", "text"):
         raise _fail(source, line, '"answer_type" must be "number" or "text".')
     return Example(
         task=record["task"].strip(), input=record[key], is_classification=has_text,
         answer=record.get("answer" if has_prompt else "label"), expert=record.get("expert"), line=line,
         max_new_tokens=record.get("max_new_tokens"), answer_type=record.get("answer_type"),
+        stop=_stop_strings(record.get("stop"), source, line),
     )
+
+
+def _stop_strings(value: Any, source: str, line: int) -> tuple[str, ...]:
+    """`stop` as a tuple: a non-empty string or a list of them (at most MAX_STOP_STRINGS, each short)."""
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if (not isinstance(items, list) or not items or len(items) > MAX_STOP_STRINGS
+            or not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in items)):
+        raise _fail(source, line, f'"stop" must be a non-empty string or a list of 1 to {MAX_STOP_STRINGS} of them, '
+                    f'each at most {MAX_STOP_CHARS} characters (e.g. "stop": ["\\n\\n"]).')
+    return tuple(items)
 
 
 def _group(examples: Iterable[Example], source: str) -> dict[str, Task]:
@@ -147,6 +176,7 @@ def _group(examples: Iterable[Example], source: str) -> dict[str, Task]:
         tasks[name] = Task(
             name=name, examples=tuple(items), expert=first.expert, is_classification=first.is_classification,
             numeric=_numeric(items), max_new_tokens=max((e.max_new_tokens or 0) for e in items) or None,
+            stop=tuple(dict.fromkeys(s for e in items for s in e.stop)),
         )
     return tasks
 
@@ -160,21 +190,51 @@ def _numeric(items: list[Example]) -> bool:
 
 
 def load_tasks(path: str | Path) -> TaskSet:
-    """Read and validate a JSONL task file."""
+    """Read and validate a JSONL task file. Size limits are checked before the work they would cause: the file's
+    size first, then each line's as it is read (a huge line is never read whole)."""
     file = Path(path)
     if not file.is_file():
         raise TaskSetError(f"Task file {str(file)!r} does not exist: give a .jsonl file, one example a line.")
+    size = file.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise TaskSetError(f"{file.name} is {_size(size)}; task files may be at most {_size(MAX_FILE_BYTES)}: keep "
+                           "fewer examples (a few hundred per task are plenty to compare merges), or split the file.")
     examples = []
-    with file.open(encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError as error:
-                raise _fail(file.name, number, f"not valid JSON ({error.msg} at column {error.colno}).") from None
-            examples.append(parse_record(record, number, file.name))
+    with file.open("rb") as handle:
+        for number in range(1, MAX_LINES + 2):
+            raw = handle.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                break
+            if number > MAX_LINES:
+                raise _fail(file.name, number, f"the file has more than {MAX_LINES} lines, the most a task file may "
+                            "have: keep fewer examples, or split the file.")
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                raise _fail(file.name, number, f"the line is longer than {_size(MAX_LINE_BYTES)}, the most one "
+                            "example may take: shorten its prompt (models read only their context's worth anyway).")
+            record = _decode_line(raw, file.name, number)
+            if record is not None:
+                examples.append(parse_record(record, number, file.name))
     return TaskSet(examples, source=file.name)
+
+
+def _decode_line(raw: bytes, source: str, number: int) -> Any:
+    """The JSON value of one line (None for a blank line)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _fail(source, number, "not UTF-8 text: save the file as UTF-8.") from None
+    if not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise _fail(source, number, f"not valid JSON ({error.msg} at column {error.colno}).") from None
+    except RecursionError:
+        raise _fail(source, number, "JSON nested too deeply: one flat object a line.") from None
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e6:.1f} MB" if count >= 1_000_000 else f"{count / 1e3:.0f} KB"
 
 
 def tasks_from_records(records: Iterable[dict], source: str = "<memory>") -> TaskSet:

@@ -107,6 +107,221 @@ def single_thread_for_small_models(model: PreTrainedModel) -> Iterator[None]:
                 torch.set_num_threads(_threads_saved)
 
 
+# --- the model's context: prompts and chat history are cut to fit it ------------------------------------------------
+
+# No token of a real tokenizer spans more characters than this, so keeping budget x this many characters of a text's
+# end before tokenizing loses nothing and bounds the tokenizer's work (a 5 MB prompt is not tokenized whole).
+MAX_CHARS_PER_TOKEN = 32
+
+
+def context_length(model: PreTrainedModel) -> int | None:
+    """How many positions the model was built for (None where its config does not say)."""
+    config = model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def prompt_budget(context: int | None, max_new_tokens: int) -> int | None:
+    """Tokens a prompt may take so that its answer still fits: the context less the answer's limit, where the
+    answer is given at most half the context (a huge limit must not leave no room for the question)."""
+    if context is None:
+        return None
+    return context - min(max_new_tokens, max(1, context // 2))
+
+
+def _count_tokens(tokenizer: PreTrainedTokenizerBase, text: str, templated: bool) -> int:
+    return len(tokenizer(text, add_special_tokens=not templated)["input_ids"])
+
+
+def keep_end(tokenizer: PreTrainedTokenizerBase, text: str, tokens: int) -> str:
+    """The end of `text` holding at most about `tokens` tokens (cut at a token boundary)."""
+    if tokens <= 0:
+        return ""
+    text = text[-tokens * MAX_CHARS_PER_TOKEN:]
+    if getattr(tokenizer, "is_fast", False):
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        return text if len(offsets) <= tokens else text[offsets[-tokens][0]:]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text if len(ids) <= tokens else tokenizer.decode(ids[-tokens:])
+
+
+def _fit(tokenizer: PreTrainedTokenizerBase, content: str, budget: int, size) -> str:
+    """`content` cut from its start until `size(content)` (the tokens of what the model sees) is within budget."""
+    if len(content) > budget * MAX_CHARS_PER_TOKEN:
+        content = content[-budget * MAX_CHARS_PER_TOKEN:]
+    total = size(content)
+    if total <= budget:
+        return content
+    keep = total - size("")  # the content's own tokens, as the template counts them
+    for _ in range(8):  # re-tokenizing the cut text can merge tokens differently; a few rounds converge
+        keep -= total - budget
+        content = keep_end(tokenizer, content, keep)
+        total = size(content)
+        if total <= budget or not content:
+            return content
+    return content
+
+
+def fit_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, budget: int | None) -> str:
+    """A single-turn prompt cut from its start (its end, usually the question, is kept) so that the text the model
+    sees (chat template included) is at most `budget` tokens."""
+    if budget is None:
+        return prompt
+    templated = _has_chat_template(tokenizer)
+    return _fit(tokenizer, prompt, budget, lambda text: _count_tokens(tokenizer, format_prompt(tokenizer, text),
+                                                                      templated))
+
+
+def fit_messages(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], budget: int | None
+                 ) -> list[dict[str, str]]:
+    """The end of a conversation that fits `budget` tokens once templated: system messages stay, then the latest
+    turns (starting at a user turn); where even the last turn is too long, its start is cut. A system prompt too long
+    to leave room for the turn is cut to its first half of the budget."""
+    if budget is None or not messages:
+        return messages
+    templated = _has_chat_template(tokenizer)
+
+    def size(chat: list[dict[str, str]]) -> int:
+        return _count_tokens(tokenizer, _chat_text(tokenizer, chat), templated)
+
+    system = [m for m in messages if m["role"] == "system"]
+    turns = [m for m in messages if m["role"] != "system"]
+    if system and size(system) > budget // 2:
+        system = [{"role": "system", "content": _keep_start(tokenizer, system[0]["content"], budget // 4)}]
+    kept: list[dict[str, str]] = []
+    for message in reversed(turns):
+        if len(message["content"]) > budget * MAX_CHARS_PER_TOKEN or size([*system, message, *kept]) > budget:
+            break
+        kept.insert(0, message)
+    while kept and kept[0]["role"] != "user" and len(kept) > 1:
+        kept.pop(0)  # a conversation the model sees starts with the user
+    if not kept and turns:
+        last = turns[-1]
+        content = _fit(tokenizer, last["content"], budget,
+                       lambda text: size([*system, {"role": last["role"], "content": text}]))
+        kept = [{"role": last["role"], "content": content}]
+    return [*system, *kept]
+
+
+def _keep_start(tokenizer: PreTrainedTokenizerBase, text: str, tokens: int) -> str:
+    text = text[:max(tokens, 0) * MAX_CHARS_PER_TOKEN]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text if len(ids) <= tokens else tokenizer.decode(ids[:max(tokens, 0)], skip_special_tokens=True)
+
+
+# --- batched greedy generation ---------------------------------------------------------------------------------------
+
+def default_batch_size(model: PreTrainedModel) -> int:
+    """Prompts per forward pass: large on an accelerator (it is idle otherwise), moderate on a CPU, where a
+    batch's cost grows with its rows and finished rows are dropped anyway."""
+    if _device(model).type != "cpu":
+        return 64
+    small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMETERS
+    return 256 if small else 32
+
+
+def _stop_lists(stop: Sequence[str] | Sequence[Sequence[str]] | None, count: int) -> list[tuple[str, ...]]:
+    """One tuple of stop strings per prompt from None, one list for all, or one list per prompt."""
+    if stop is None:
+        return [()] * count
+    if isinstance(stop, str):
+        return [(stop,)] * count
+    items = list(stop)
+    if items and all(isinstance(s, str) for s in items):
+        return [tuple(s for s in items if s)] * count
+    if len(items) != count:
+        raise InferenceError(f"{len(items)} stop lists for {count} prompts: give one list or one each.")
+    return [tuple(s for s in ([row] if isinstance(row, str) else (row or ())) if s) for row in items]
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """`text` up to (not including) the earliest stop string in it."""
+    ends = [text.find(s) for s in stops if s and s in text]
+    return text[:min(ends)] if ends else text
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
+    return {i for i in ids if i is not None}
+
+
+def _supports_own_loop(model: PreTrainedModel) -> bool:
+    import inspect
+
+    names = inspect.signature(model.forward).parameters
+    return all(name in names for name in ("position_ids", "past_key_values", "attention_mask"))
+
+
+@torch.inference_mode()
+def _greedy_rows(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[list[int]],
+                 limits: list[int], stops: list[tuple[str, ...]], eos: set[int], pad_id: int) -> list[list[int]]:
+    """Greedy decoding of left-padded `rows` with a KV cache. A row leaves the batch (and the cache) as soon as it
+    emits eos, reaches its limit or writes one of its stop strings, so the batch shrinks as answers finish and the
+    loop ends when every row has."""
+    device = _device(model)
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    input_ids, mask, positions = input_ids.to(device), mask.to(device), positions.to(device)
+    extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
+    cache, logits = out.past_key_values, out.logits[:, -1]
+    next_position = positions[:, -1] + 1
+    active = list(range(len(rows)))
+    generated: list[list[int]] = [[] for _ in rows]
+    finished: set[int] = set()
+    while True:
+        tokens = logits.argmax(-1).tolist()
+        keep = []
+        for slot, row in enumerate(active):
+            if row in finished:
+                continue
+            if tokens[slot] in eos or _append_and_check(tokenizer, generated[row], tokens[slot], limits[row],
+                                                        stops[row]):
+                finished.add(row)
+                continue
+            keep.append(slot)
+        if not keep:
+            return generated
+        step = torch.tensor([tokens[slot] for slot in keep], dtype=torch.long, device=device)[:, None]
+        if len(keep) < len(active) and hasattr(cache, "batch_select_indices"):
+            index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(index)
+            mask, next_position = mask[index], next_position[index]
+            active = [active[slot] for slot in keep]
+        elif len(keep) < len(active):  # a cache that cannot drop rows: finished rows ride along, ignored
+            step = torch.tensor(tokens, dtype=torch.long, device=device)[:, None]
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        out = model(input_ids=step, attention_mask=mask, position_ids=next_position[:, None], past_key_values=cache,
+                    use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1]
+        next_position = next_position + 1
+
+
+def _append_and_check(tokenizer: PreTrainedTokenizerBase, generated: list[int], token: int, limit: int,
+                      stops: tuple[str, ...]) -> bool:
+    """Add `token` to a row; True when the row is finished (its limit reached or a stop string written)."""
+    generated.append(token)
+    if len(generated) >= limit:
+        return True
+    return bool(stops) and any(s in tokenizer.decode(generated, skip_special_tokens=True) for s in stops)
+
+
+def _accepts(model: PreTrainedModel, name: str) -> bool:
+    import inspect
+
+    return name in inspect.signature(model.forward).parameters
+
+
 @torch.inference_mode()
 def generate_batch(
     model: PreTrainedModel,
@@ -114,37 +329,67 @@ def generate_batch(
     prompts: Sequence[str],
     max_new_tokens: int | Sequence[int],
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
+    stop: Sequence[str] | Sequence[Sequence[str]] | None = None,
 ) -> list[str]:
-    """Greedy continuations of `prompts` (only the new text, special tokens dropped, stripped), in prompt order.
-    `max_new_tokens` is one limit or one per prompt (a batch runs to its largest limit and each row is cut to its
-    own, which gives the same text as generating it alone). Prompts are grouped by length so little padding is
-    decoded; each stops at eos."""
+    """Greedy continuations of `prompts` (only the new text, special tokens dropped, cut before the first stop
+    string, stripped), in prompt order. `max_new_tokens` is one limit or one per prompt; `stop` is one list of stop
+    strings or one per prompt. Each row gives the same text as generated alone: it stops at eos, its own limit or
+    its stop string, and leaves the batch then. Prompts longer than the model's context less the answer's room are
+    cut from their start (see fit_prompt). Prompts are grouped by length so little padding is decoded."""
     limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     if len(limits) != len(prompts):
         raise InferenceError(f"{len(limits)} token limits for {len(prompts)} prompts: give one limit or one each.")
     if any(limit < 1 for limit in limits):
         raise InferenceError(f"max_new_tokens must be at least 1 (got {min(limits)}).")
+    stops = _stop_lists(stop, len(prompts))
+    if not prompts:
+        return []
     templated = _has_chat_template(tokenizer)
-    texts = [format_prompt(tokenizer, p) for p in prompts]
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    outputs: list[str] = [""] * len(texts)
-    device = _device(model)
+    context = context_length(model)
+    rows, row_limits = [], []
+    for prompt, limit in zip(prompts, limits):
+        budget = prompt_budget(context, limit)
+        ids = tokenizer(format_prompt(tokenizer, fit_prompt(tokenizer, prompt, budget)),
+                        add_special_tokens=not templated)["input_ids"]
+        if budget is not None:
+            ids = ids[-budget:]  # last resort where the template alone is longer than the budget
+        rows.append(ids)
+        row_limits.append(limit if context is None else max(1, min(limit, context - len(ids))))
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    outputs: list[str] = [""] * len(rows)
+    size = batch_size or default_batch_size(model)
+    eos, pad_id = _eos_ids(model, tokenizer), _pad_id(tokenizer)
     with single_thread_for_small_models(model):
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            config = GenerationConfig(
-                do_sample=False, max_new_tokens=max(limits[i] for i in chunk), pad_token_id=_pad_id(tokenizer),
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            encoded = _encode(tokenizer, [texts[i] for i in chunk], templated)
-            encoded = {k: v.to(device) for k, v in encoded.items()}
-            generated = model.generate(**encoded, generation_config=config)
-            new_tokens = generated[:, encoded["input_ids"].shape[1]:]
-            rows = [new_tokens[row, :limits[i]] for row, i in enumerate(chunk)]
-            for i, text in zip(chunk, tokenizer.batch_decode(rows, skip_special_tokens=True)):
-                outputs[i] = text.strip()
+        for start in range(0, len(order), size):
+            chunk = order[start:start + size]
+            new = _generate_rows(model, tokenizer, [rows[i] for i in chunk], [row_limits[i] for i in chunk],
+                                 [stops[i] for i in chunk], eos, pad_id)
+            for i, tokens in zip(chunk, new):
+                outputs[i] = cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stops[i]).strip()
     return outputs
+
+
+def _generate_rows(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[list[int]],
+                   limits: list[int], stops: list[tuple[str, ...]], eos: set[int], pad_id: int | None
+                   ) -> list[list[int]]:
+    """Our greedy loop where the model takes positions and a cache (decoder LMs of transformers), else
+    transformers' generate run to the longest limit, each row cut to its own limit and eos afterwards."""
+    pad = pad_id if pad_id is not None else 0
+    if _supports_own_loop(model):
+        return _greedy_rows(model, tokenizer, rows, limits, stops, eos, pad)
+    width = max(len(r) for r in rows)
+    input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=_device(model))
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=_device(model))
+    config = GenerationConfig(do_sample=False, max_new_tokens=max(limits), pad_token_id=pad,
+                              eos_token_id=sorted(eos) or None)
+    generated = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)[:, width:]
+    result = []
+    for row, limit in zip(generated.tolist(), limits):
+        row = row[:limit]
+        cut = next((i for i, t in enumerate(row) if t in eos), len(row))
+        result.append(row[:cut])
+    return result
 
 
 @torch.inference_mode()
@@ -204,11 +449,16 @@ def stream_chat(
     """Stream the model's reply to a conversation. Yields the reply SO FAR (cumulative text, ready to show in a
     Gradio chatbot) each time new text arrives. temperature 0 means greedy. Setting `stop_event` ends generation
     early. Message content may be a string or Gradio 6 blocks; it is flattened before the chat template sees it."""
-    chat = normalize_messages(messages, system_prompt)
-    text = _chat_text(tokenizer, chat)
-    encoded = _encode(tokenizer, [text], _has_chat_template(tokenizer))
+    context = context_length(model)
+    budget = prompt_budget(context, max_new_tokens)
+    chat = fit_messages(tokenizer, normalize_messages(messages, system_prompt), budget)
+    encoded = _encode(tokenizer, [_chat_text(tokenizer, chat)], _has_chat_template(tokenizer))
+    if budget is not None:  # last resort where the template alone is longer than the budget
+        encoded = {k: v[:, -budget:] for k, v in encoded.items()}
     encoded = {k: v.to(_device(model)) for k, v in encoded.items()}
     sampling = temperature > 0
+    if context is not None:  # the answer fills at most what the (cut) conversation leaves of the context
+        max_new_tokens = max(1, min(max_new_tokens, context - encoded["input_ids"].shape[1]))
     config = GenerationConfig(
         do_sample=sampling, max_new_tokens=max_new_tokens, pad_token_id=_pad_id(tokenizer),
         eos_token_id=tokenizer.eos_token_id,
