@@ -76,8 +76,7 @@ def quantization_config(quantization: Quantization | None, compute_dtype: torch.
     missing."""
     if quantization is None:
         return None
-    if quantization not in ("8bit", "4bit"):
-        raise InferenceError(f"Unknown quantization {quantization!r}: use '8bit', '4bit' or none.")
+    _check_quantization_name(quantization)
     try:
         import bitsandbytes  # noqa: F401  (only to fail early with a readable message)
         from transformers import BitsAndBytesConfig
@@ -91,6 +90,26 @@ def quantization_config(quantization: Quantization | None, compute_dtype: torch.
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_type="nf4")
 
 
+def _check_quantization_name(quantization: str) -> None:
+    if quantization not in ("8bit", "4bit"):
+        raise InferenceError(f"Unknown quantization {quantization!r}: use '8bit', '4bit' or none.")
+
+
+def require_gpu_for_quantization(quantization: Quantization | None, device: str) -> None:
+    """4-bit and 8-bit (bitsandbytes) belong to GPU hosts: refuse them on a CPU device or a host without CUDA.
+    bitsandbytes' CPU path depends on the CPU and on optional kernel packages (it fails outright on some CPUs),
+    so it is not offered rather than offered unreliably."""
+    if quantization is None:
+        return
+    _check_quantization_name(quantization)
+    if not str(device).startswith("cuda") or not torch.cuda.is_available():
+        where = "this host has no CUDA GPU" if not torch.cuda.is_available() else f"the device is {device!r}"
+        raise InferenceError(
+            f"{quantization} loading (bitsandbytes) needs a GPU host with CUDA, and {where}: load the model without "
+            "quantization here (float32 or bfloat16), or run on a GPU host with device='cuda'."
+        )
+
+
 def load_model(
     path: str | Path,
     *,
@@ -98,11 +117,13 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     quantization: Quantization | None = None,
 ) -> LoadedModel:
-    """Load the model folder `path` in eval mode with its tokenizer (left padding, a pad token)."""
+    """Load the model folder `path` in eval mode with its tokenizer (left padding, a pad token). `quantization`
+    ("8bit" | "4bit", bitsandbytes) needs device="cuda" on a CUDA host; elsewhere it is an InferenceError."""
     folder = Path(path)
     config = _read_config(folder)
     kind = model_kind(config)
     torch_dtype = resolve_dtype(dtype, device)
+    require_gpu_for_quantization(quantization, device)
     compute_dtype = torch_dtype if isinstance(torch_dtype, torch.dtype) else torch.float16
     quant = quantization_config(quantization, compute_dtype)
     auto_class = AutoModelForSequenceClassification if kind == "classifier" else AutoModelForCausalLM

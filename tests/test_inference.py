@@ -203,11 +203,71 @@ def test_cache_load_reuses_the_loaded_model(family):
     assert cache.load(family.base, dtype="bfloat16") is not first
 
 
-def test_4bit_loading_quantizes_linear_layers(family):
-    # bitsandbytes 0.50 runs 4-bit on the CPU too (slowly); on this tiny model that is instant.
-    lm = load_model(family.base, quantization="4bit")
-    kinds = {type(m).__name__ for m in lm.model.modules()}
-    assert "Linear4bit" in kinds
+@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
+def test_quantization_on_a_cpu_says_it_needs_a_gpu_host(family, quantization):
+    # bitsandbytes' CPU path fails on some CPUs (shape '[32, 0]' is invalid): 4/8-bit belong to GPU hosts.
+    with pytest.raises(InferenceError, match="needs a GPU host"):
+        load_model(family.base, quantization=quantization)  # device "cpu", whatever the host has
+
+
+def test_quantization_without_cuda_says_it_needs_a_gpu_host(family, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InferenceError, match="no CUDA GPU"):
+        load_model(family.base, device="cuda", quantization="4bit")
+
+
+@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
+def test_quantization_config_is_built_and_passed_to_from_pretrained(family, monkeypatch, quantization):
+    """What the CPU can check honestly: the BitsAndBytesConfig and the loading arguments a GPU host would get."""
+    import bitsandbytes  # noqa: F401 - imported before CUDA is faked below (its import probes the GPU)
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from inference import loading
+
+    real = AutoModelForCausalLM.from_pretrained
+    captured: dict = {}
+
+    def capture(folder, **kwargs):
+        captured.update(kwargs)
+        plain = {k: v for k, v in kwargs.items() if k not in ("quantization_config", "device_map")}
+        return real(folder, **plain)  # the model itself loads unquantized: the kernels need the GPU
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained", capture)
+    lm = load_model(family.base, device="cuda", dtype="bfloat16", quantization=quantization)
+    config = captured["quantization_config"]
+    assert isinstance(config, BitsAndBytesConfig)
+    assert captured["device_map"] == {"": "cuda"}
+    assert captured["trust_remote_code"] is False and captured["local_files_only"] is True
+    if quantization == "4bit":
+        assert config.load_in_4bit and not config.load_in_8bit
+        assert config.bnb_4bit_quant_type == "nf4" and config.bnb_4bit_compute_dtype == torch.bfloat16
+    else:
+        assert config.load_in_8bit and not config.load_in_4bit
+    assert lm.kind == "lm" and not lm.model.training
+
+
+def test_quantized_load_failure_is_an_inference_error(family, monkeypatch):
+    import bitsandbytes  # noqa: F401 - imported before CUDA is faked below (its import probes the GPU)
+
+    from inference import loading
+
+    def fail(folder, **kwargs):
+        raise RuntimeError("shape '[32, 0]' is invalid for input of size 16")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained", fail)
+    with pytest.raises(InferenceError, match="Could not load .* in 4bit"):
+        load_model(family.base, device="cuda", quantization="4bit")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="bitsandbytes 4-bit/8-bit kernels run on CUDA: this test cannot run on a CPU-only machine "
+                           "(the CPU tests above check the config and the refusal)")
+@pytest.mark.parametrize("quantization, layer", [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt")])
+def test_quantized_loading_on_a_gpu_quantizes_linear_layers(family, quantization, layer):
+    lm = load_model(family.base, device="cuda", quantization=quantization)
+    assert layer in {type(m).__name__ for m in lm.model.modules()}
     assert len(generate_batch(lm.model, lm.tokenizer, ["1+2="], 3)) == 1
 
 
