@@ -34,6 +34,7 @@ from merging.checks import (
     require_input_count,
 )
 from merging.errors import CompatibilityError, MergeCancelled, MergeLabError
+from merging.export import MERGEKIT_FILE, MERGELAB_FILE, mergekit_export
 from merging.inputs import MergeInputs, TaskHeads, fit_rows, is_vocab_mismatch, open_inputs, task_heads
 from merging.plan import (
     PREFETCH_TENSORS,
@@ -46,9 +47,9 @@ from merging.plan import (
 )
 from merging.shards import PlannedTensor, ShardWriter, parse_size, plan_shards
 
-RECIPE_FILE = "mergelab_recipe.yaml"
+RECIPE_FILE = MERGELAB_FILE  # the recipe as MergeLab reads it (faithful)
 TASKS_DIR = "tasks"  # per-task folders (merged tensors + one expert's head) when the experts have their own heads
-MERGEKIT_RECIPE_FILE = "mergekit_config.yml"
+MERGEKIT_RECIPE_FILE = MERGEKIT_FILE  # written only when mergekit 0.1.5 can run the recipe (merging/export.py)
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.model",
     "vocab.json", "merges.txt", "vocab.txt", "spiece.model", "chat_template.jinja", "chat_template.json",
@@ -372,8 +373,10 @@ def _write_side_files(inputs: MergeInputs, folder: Path, out_dtype: torch.dtype,
         shutil.copy2(donor_path / "generation_config.json", folder / "generation_config.json")
     recipe_yaml = recipe.to_yaml()
     (folder / RECIPE_FILE).write_text(recipe_yaml, encoding="utf-8")
-    (folder / MERGEKIT_RECIPE_FILE).write_text(recipe_yaml, encoding="utf-8")
-    (folder / "README.md").write_text(model_card(inputs, recipe_yaml), encoding="utf-8")
+    export = mergekit_export(recipe)
+    if export.runs_in_mergekit:
+        (folder / MERGEKIT_RECIPE_FILE).write_text(export.text, encoding="utf-8")
+    (folder / "README.md").write_text(model_card(inputs, recipe_yaml, export.reason), encoding="utf-8")
     _write_config(inputs.donor.config, inputs, out_dtype, folder)
 
 
@@ -438,14 +441,17 @@ def _write_task_side_files(inputs: MergeInputs, ref: str, name: str, folder: Pat
     _write_config(expert.config, inputs, out_dtype, folder)
 
 
-def model_card(inputs: MergeInputs, recipe_yaml: str) -> str:
+def model_card(inputs: MergeInputs, recipe_yaml: str, mergekit_gap: str | None = None) -> str:
+    """README.md of the merged folder; `mergekit_gap` says why there is no mergekit_config.yml (None: there is)."""
     recipe = inputs.recipe
+    for_mergekit = (f"`{MERGEKIT_RECIPE_FILE}` holds it as mergekit 0.1.5 runs it" if mergekit_gap is None
+                    else f"{mergekit_gap}, so there is no `{MERGEKIT_RECIPE_FILE}`")
     models = "\n".join(f"- {ref}" for ref in dict.fromkeys(e.model for e in recipe.models))
     base = f" with `{recipe.base_model}` as the base" if recipe.base_model else ""
     return (
         "---\nlibrary_name: transformers\ntags:\n- mergelab\n- merge\n---\n"
         f"# Merged model\n\nMade with MergeLab using the `{recipe.merge_method}` method{base}.\n\n"
-        f"## Models merged\n\n{models}\n\n{_tasks_section(inputs)}## Recipe\n\nThe recipe (also in `{RECIPE_FILE}`; mergekit accepts it):\n\n"
+        f"## Models merged\n\n{models}\n\n{_tasks_section(inputs)}## Recipe\n\nThe recipe (also in `{RECIPE_FILE}`; {for_mergekit}):\n\n"
         f"```yaml\n{recipe_yaml.rstrip()}\n```\n"
     )
 

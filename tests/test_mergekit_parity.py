@@ -195,3 +195,101 @@ def test_random_consensus_methods_match_mergekit_statistics(family, method):
     theirs = spread(family.mergekit(recipe, seed=1))
     assert ours[0] != ours[1]  # the seed matters
     assert all(abs(value / theirs - 1) < 0.05 for value in ours), (ours, theirs)
+
+
+# --- exports: whatever MergeLab labels mergekit YAML runs in mergekit 0.1.5 (issue 9, item 7) -------------------
+
+SAMPLE_VALUES = {"weight": [0.6, 0.4], "t": [0.3]}  # required per-model settings; the others at their default
+
+
+def every_setting_recipe(family: Family, method) -> Recipe:
+    """`method` with each of its parameters written out (so mergekit must know every key we write)."""
+    count = max(method.min_models, min(2, method.max_models or 2))
+    per_model = [{} for _ in range(count)]
+    parameters = {}
+    for param in method.params:
+        values = SAMPLE_VALUES.get(param.name) or [param.default]
+        if values[0] is None:
+            continue
+        if param.scope == "model":
+            for i, entry in enumerate(per_model):
+                entry[param.name] = values[i % len(values)]
+        else:
+            parameters[param.name] = values[0]
+    return family.recipe(method.name, per_model, parameters, base=method.base != "ignored", n=count)
+
+
+def run_mergekit_text(family: Family, text: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    config = mergekit_config.MergeConfiguration.model_validate(yaml.safe_load(text))
+    family.count += 1
+    out = family.root / f"mergekit-{family.count}"
+    options = mergekit_options.MergeOptions(cuda=False, copy_tokenizer=False, lazy_unpickle=False, quiet=True,
+                                            write_model_card=False, random_seed=seed)
+    mergekit_merge.run_merge(config, str(out), options)
+    return load_state(out)
+
+
+def test_the_list_of_mergekit_methods_is_mergekit_s_own():
+    from mergekit.merge_methods import registry
+
+    from merging.export import MERGEKIT_METHODS
+
+    for name in MERGEKIT_METHODS:
+        assert registry.get(name) is not None
+
+
+def test_every_method_exported_as_mergekit_yaml_runs_in_mergekit_and_gives_our_result(family):
+    from merging.export import mergekit_export
+    from merging.methods.registry import list_methods
+
+    failures = []
+    for method in list_methods():
+        recipe = every_setting_recipe(family, method)
+        export = mergekit_export(recipe)
+        if not export.runs_in_mergekit:  # the export then says so, and is a MergeLab recipe
+            assert export.filename == "mergelab_recipe.yaml" and "mergekit 0.1.5 has no" in export.text
+            continue
+        try:
+            theirs = run_mergekit_text(family, export.text)
+        except Exception as error:  # noqa: BLE001 - collected so every method is reported
+            failures.append(f"{method.name}: mergekit refused the export: {error}")
+            continue
+        if method.random or "differ" in export.text:
+            continue  # runs; same statistics are tested above
+        ours = family.merger.merge(recipe)
+        bad = [n for n, t in theirs.items() if not torch.allclose(ours[n].float(), t.float(), rtol=1e-5, atol=1e-6)]
+        if bad:
+            failures.append(f"{method.name}: mergekit's result differs in {bad[:3]}")
+    assert not failures, "\n".join(failures)
+
+
+def test_a_method_mergekit_lacks_is_exported_as_a_labelled_mergelab_recipe(family, monkeypatch):
+    import merging.export
+    from merging.recipe import load_recipe
+
+    monkeypatch.setattr(merging.export, "MERGEKIT_METHODS", merging.export.MERGEKIT_METHODS - {"ties"})
+    recipe = family.recipe("ties", [{"weight": 1.0, "density": 0.5}])
+    export = merging.export.mergekit_export(recipe)
+    assert not export.runs_in_mergekit and export.filename == "mergelab_recipe.yaml"
+    assert export.text.startswith("# mergekit 0.1.5 has no merge method 'ties'")
+    assert load_recipe(export.text).to_dict() == recipe.to_dict()
+
+
+@pytest.mark.parametrize("case", ["linear_with_base_input", "magnitude_prune"])
+def test_the_engine_s_folder_and_its_mergekit_config_equal_mergekit(family, tmp_path, case):
+    """The engine's output equals mergekit run on the mergekit_config.yml the engine wrote beside it (linear with an
+    unlisted base_model and a global weight: the engine used to leave the base out)."""
+    from merging.engine import merge_to_folder
+
+    if case == "magnitude_prune":
+        recipe = family.recipe("magnitude_prune", [{"weight": 1.0, "density": 0.5}, {"weight": 0.5, "density": 0.3}])
+    else:
+        method, per_model, parameters, base = DETERMINISTIC[case]
+        recipe = family.recipe(method, per_model, parameters, base=base)
+        assert recipe.base_model not in [m.model for m in recipe.models]
+    out = merge_to_folder(recipe, tmp_path / case).out_dir
+    ours = load_state(out)
+    theirs = run_mergekit_text(family, (out / "mergekit_config.yml").read_text(encoding="utf-8"))
+    assert set(ours) == set(theirs)
+    for name, tensor in theirs.items():
+        assert torch.allclose(ours[name].float(), tensor.float(), rtol=1e-5, atol=1e-6), name

@@ -11,6 +11,7 @@ from typing import Any
 import gradio as gr
 
 from merging.errors import MergeLabError, SourceError
+from merging.export import RecipeExport, mergekit_export
 from ui.catalog import hub_reachable
 from ui.hosting import HostConfig
 from ui.session import Session
@@ -23,17 +24,24 @@ def _require_merge(session: Session) -> None:
         raise MergeLabError("Merge the models first (Merge or Learn tab); there is nothing to export yet.")
 
 
-def recipe_yaml(session: Session) -> str:
+def recipe_export(session: Session) -> RecipeExport:
+    """The session's recipe as mergekit 0.1.5 runs it (mergekit_config.yml), or, for a method mergekit lacks, the
+    MergeLab recipe with a comment on top saying so (mergelab_recipe.yaml): never a file labelled mergekit YAML
+    that mergekit refuses."""
     _require_merge(session)
-    return session.recipe.to_yaml()
+    return mergekit_export(session.recipe)
+
+
+def recipe_yaml(session: Session) -> str:
+    return recipe_export(session).text
 
 
 def recipe_file(session: Session) -> str:
-    """/export_yaml: the recipe as a downloadable mergekit YAML file."""
-    text = recipe_yaml(session)
+    """/export_yaml: the recipe as a downloadable file (see recipe_export for which one)."""
+    export = recipe_export(session)
     folder = Path(tempfile.mkdtemp(prefix="mergelab-recipe-"))
-    path = folder / "mergekit_config.yml"
-    path.write_text(text, encoding="utf-8")
+    path = folder / export.filename
+    path.write_text(export.text, encoding="utf-8")
     return str(path)
 
 
