@@ -293,3 +293,18 @@ def test_the_engine_s_folder_and_its_mergekit_config_equal_mergekit(family, tmp_
     assert set(ours) == set(theirs)
     for name, tensor in theirs.items():
         assert torch.allclose(ours[name].float(), tensor.float(), rtol=1e-5, atol=1e-6), name
+
+
+def test_the_export_tab_s_mergekit_yaml_runs_in_mergekit(family):
+    """The Export tab's "Recipe as mergekit YAML" for magnitude_prune (which mergekit spells breadcrumbs, gamma 0)."""
+    from types import SimpleNamespace
+
+    from ui import export_panel
+
+    recipe = family.recipe("magnitude_prune", [{"weight": 1.0, "density": 0.5}, {"weight": 0.5, "density": 0.3}])
+    session = SimpleNamespace(base=object(), sources=[object()], recipe=recipe)  # what the export reads
+    path = Path(export_panel.recipe_file(session))
+    assert path.name == "mergekit_config.yml"
+    theirs = run_mergekit_text(family, path.read_text(encoding="utf-8"))
+    ours = family.merger.merge(recipe)
+    assert all(torch.allclose(ours[n], t.float(), rtol=1e-5, atol=1e-6) for n, t in theirs.items())
