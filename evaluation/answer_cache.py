@@ -20,6 +20,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from inference.loading import LoadedModel
 
 GENERATION_VERSION = 1  # bump when generation's output for the same inputs changes
@@ -37,6 +39,15 @@ def folder_identity(folder: str | Path) -> str:
     root = Path(folder).resolve()
     entries = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in root.iterdir() if p.is_file())
     return _digest([str(root), entries])
+
+
+@torch.no_grad()
+def weights_fingerprint(model: torch.nn.Module, tensors: int = 4) -> list[float]:
+    """Sums over a strided sample of a few parameters: a model changed in memory after loading (its folder
+    unchanged) gets another key. Costs milliseconds, not a pass over the weights."""
+    parameters = list(model.parameters())
+    picks = {round(i * (len(parameters) - 1) / max(tensors - 1, 1)) for i in range(tensors)}
+    return [round(float(parameters[i].detach().flatten()[::997].double().sum()), 6) for i in sorted(picks)]
 
 
 def _digest(value: object) -> str:
@@ -61,8 +72,8 @@ class AnswerCache:
         if loaded.path is None or not Path(loaded.path).is_dir():
             return None
         parameter = next(loaded.model.parameters())
-        return _digest([folder_identity(loaded.path), str(parameter.dtype), parameter.device.type,
-                        GENERATION_VERSION])
+        return _digest([folder_identity(loaded.path), weights_fingerprint(loaded.model), str(parameter.dtype),
+                        parameter.device.type, GENERATION_VERSION])
 
     def lookup(self, model_key: str, keys: Sequence[str]) -> dict[str, str]:
         """The known answers among `keys`."""
