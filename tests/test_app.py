@@ -299,3 +299,132 @@ def test_guarded_handlers_show_messages_not_tracebacks(hosted):
     assert next(stream) == "first"
     with pytest.raises(gr.Error, match="tasks.jsonl:3"):
         next(stream)
+
+
+# --- one current merge: chat, evaluate and export follow every re-merge ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def bf16_local(tmp_path_factory):
+    """A small bf16 Llama family as local folders, and a task file for it (the tiny tokenizer's characters)."""
+    from tests.factory import make_family
+
+    root = tmp_path_factory.mktemp("bf16-family")
+    family = make_family(root, arch="llama", dtype=torch.bfloat16, hidden=64, seed=9, scale=0.05)
+    tasks = root / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps({"task": "sums", "prompt": f"{a}+{b}=", "answer": str(a + b),
+                                         "expert": None}) + "\n" for a, b in [(1, 2), (3, 4), (2, 2)]),
+                     encoding="utf-8")
+    return family, tasks
+
+
+def _local_session(config: HostConfig, family) -> object:
+    session = new_session()
+    choice = models_panel.ModelsChoice("Local folders", "lm", [], str(family.base),
+                                       "\n".join(str(p) for p in family.experts))
+    report = models_panel.check_models(session, config, choice)
+    assert "Live merging is on" in report, report
+    return session
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _fresh(folder: Path) -> dict[str, torch.Tensor]:
+    """A fresh load of a merged folder, as plain transformers would (float32 on the CPU, like the app)."""
+    from inference import load_model
+
+    return _state(load_model(folder, device="cpu").model)
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_re_merge_to_the_same_folder_is_what_chat_and_evaluate_use(config, bf16_local):
+    from inference import LoadedModel
+    from ui import evaluate_panel
+    from ui.resources import session_tokenizer
+    from ui.workspace import merged_chat_model
+
+    family, tasks = bf16_local
+    session = _local_session(config, family)
+    first = {"method": "task_arithmetic", "weights": [0.5, 0.5], "params": {}}
+    merge_panel.run_merge_to_folder(session, config, first, "same")
+    folder = session.merged_path
+    assert json.loads((folder / "config.json").read_text())["dtype"] == "bfloat16"  # bf16 in, bf16 out
+    old = _fresh(folder)
+    assert _same(_state(merged_chat_model(session).model), old)
+    evaluate_panel.evaluate(session, config, str(tasks), 3)  # loads the folder into the shared cache
+
+    second = {"method": "task_arithmetic", "weights": [3.0, -2.0], "params": {}}
+    merge_panel.run_merge_to_folder(session, config, second, "same")
+    assert session.merged_path == folder
+    new = _fresh(folder)
+    assert not _same(new, old)
+    assert _same(_state(merged_chat_model(session).model), new), "chat kept the previous merge"
+
+    result = evaluate_panel.evaluate(session, config, str(tasks), 3)
+    assert [m["parameters"]["weight"] for m in result["recipe"]["models"]] == [3.0, -2.0]
+    assert result["merge"]["version"] == session.merge.version and result["merge"]["mode"] == "folder"
+    fresh = LoadedModel(_fresh_model(folder), session_tokenizer(session, folder), "lm")
+    evaluator = next(iter(session.evaluators.values()))
+    assert result["answers"] == evaluator.score(fresh).answers
+    files = evaluate_panel.write_downloads(session, result)
+    saved = json.loads(Path(files[0]).read_text(encoding="utf-8"))
+    assert [m["parameters"]["weight"] for m in saved["recipe"]["models"]] == [3.0, -2.0]
+
+
+def _fresh_model(folder: Path):
+    from inference import load_model
+
+    return load_model(folder, device="cpu").model
+
+
+def test_chat_follows_live_then_folder_then_live_merges(config, bf16_local):
+    from ui.workspace import merged_chat_model
+
+    family, _ = bf16_local
+    session = _local_session(config, family)
+    steps = [("live", [0.6, 0.2]), ("folder", [0.1, 1.2]), ("live", [1.5, -0.5])]
+    seen = []
+    for index, (mode, weights) in enumerate(steps):
+        settings = {"method": "ties", "weights": weights, "params": {"density": 0.5}, "seed": index}
+        if mode == "live":
+            merge_panel.run_merge(session, config, settings)
+        else:
+            merge_panel.run_merge_to_folder(session, config, settings, "merged")
+        assert session.merge.mode == mode and session.merge.dtype == "bfloat16"
+        chat = _state(merged_chat_model(session).model)
+        # Export writes the current merge (the engine, from the record's recipe): chat holds exactly that.
+        exported = session.merged_folder(config.models_dir, f"export-{index}")
+        export_panel.save_folder(session, config, f"export-{index}")
+        assert _same(chat, _fresh(exported)), f"step {index} ({mode}): chat is not the current merge"
+        seen.append(chat)
+    assert not _same(seen[0], seen[2]) and not _same(seen[1], seen[2])
+    versions = {session.merge.version}
+    merge_panel.run_merge(session, config, {"method": "ties", "weights": [0.6, 0.2], "params": {"density": 0.5}})
+    assert session.merge.version not in versions  # every merge has a new version
+
+
+def test_a_failed_live_merge_leaves_the_previous_merge_in_place(config, bf16_local, monkeypatch):
+    from merging.checks import NonFiniteMergeError
+    from ui.workspace import merged_chat_model
+
+    family, _ = bf16_local
+    session = _local_session(config, family)
+    merge_panel.run_merge(session, config, {"method": "task_arithmetic", "weights": [0.5, 0.5], "params": {}})
+    record, before = session.merge, _state(merged_chat_model(session).model)
+    calls = {"n": 0}
+    real = __import__("merging.live", fromlist=["require_finite"]).require_finite
+
+    def fail_on_the_third_tensor(name, tensor, recipe, out_dtype=None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise NonFiniteMergeError(f"{name}: made to fail")
+        return real(name, tensor, recipe, out_dtype)
+
+    monkeypatch.setattr("merging.live.require_finite", fail_on_the_third_tensor)
+    with pytest.raises(NonFiniteMergeError):
+        merge_panel.run_merge(session, config, {"method": "task_arithmetic", "weights": [2.0, 1.0], "params": {}})
+    assert session.merge is record and _same(_state(merged_chat_model(session).model), before)

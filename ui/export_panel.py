@@ -53,6 +53,7 @@ def save_folder(session: Session, config: HostConfig, name: str, progress: Any =
 def _save(session: Session, config: HostConfig, name: str, progress: Any = None) -> Path:
     """The current merge as a folder: its own folder when it was merged to that one, else written now."""
     from merging.engine import merge_to_folder
+    from ui.merge_record import record_saved
     from ui.resources import device
     from ui.workspace import BASE_LABEL
 
@@ -70,6 +71,7 @@ def _save(session: Session, config: HostConfig, name: str, progress: Any = None)
     session.cancel.clear()
     merge_to_folder(recipe, out, device=device(), seed=record.settings.seed, progress=report, cancel=session.cancel,
                     overwrite=True)
+    record_saved(session, record, out)
     return out
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -67,3 +67,11 @@ def record_merge(session: Session, settings: MergeSettings, recipe: Recipe, mode
         if learned is not None:
             session.learned = learned
     return record
+
+
+def record_saved(session: Session, record: MergeRecord, folder: Path) -> None:
+    """The current merge was also written to `folder` (Export): same merge, same version, now with a folder. A
+    merge recorded meanwhile is left alone."""
+    with session.lock:
+        if session.merge is record:
+            session.merge = replace(record, folder=folder)
