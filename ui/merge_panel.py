@@ -10,6 +10,7 @@ from typing import Any
 
 import gradio as gr
 
+from merging.cancel import cancellable
 from merging.methods import get_method, list_methods
 from merging.methods.registry import Method, Param
 from ui.hosting import HostConfig
@@ -210,7 +211,9 @@ def run_merge(session: Session, config: HostConfig, raw_settings: dict, progress
     require_models(session)
     settings = MergeSettings.from_dict(raw_settings)
     if session.live is not None:
-        merge_live(session, settings)
+        session.cancel.clear()  # a Cancel pressed while nothing ran must not stop this merge
+        with cancellable(session.cancel):  # /cancel_merge reaches loops inside a method (karcher's iterations)
+            merge_live(session, settings)
         return merge_status(session, "memory")
     return run_merge_to_folder(session, config, raw_settings, "merged", progress)
 
@@ -226,7 +229,8 @@ def run_merge_to_folder(session: Session, config: HostConfig, raw_settings: dict
         if progress is not None:
             progress(fraction, desc=text)
 
-    out = merge_to_folder(session, config, settings, name or "merged", progress=step)
+    with cancellable(session.cancel):  # the engine checks between tensors; this reaches inside a method's loop
+        out = merge_to_folder(session, config, settings, name or "merged", progress=step)
     seconds = time.perf_counter() - started
     shown = out.relative_to(config.models_dir.parent) if out.is_relative_to(config.models_dir.parent) else out
     from ui.export_panel import task_folders_text
