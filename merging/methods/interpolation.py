@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from merging.cancel import check_cancelled
 from merging.errors import RecipeError
 from merging.methods.common import as_float32
 from merging.methods.registry import Method, Param, register
@@ -121,6 +122,7 @@ def karcher_mean(tensors: list[torch.Tensor], max_iter: int, tol: float) -> torc
     mean_norm = float(torch.linalg.vector_norm(mean))
     mean = valid_units[0].clone() if mean_norm < tol else mean / mean_norm
     for _ in range(max_iter):
+        check_cancelled()  # one tensor can take max_iter passes: a Cancel must not wait for them all
         tangent = torch.zeros_like(mean)
         for weight, unit in zip(weights, valid_units):
             dot = max(-1.0, min(1.0, float(torch.dot(mean.flatten(), unit.flatten()))))
