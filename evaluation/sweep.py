@@ -298,13 +298,14 @@ def default_axes(method: str, params: Mapping[str, Any], sources: Sequence[str] 
 
 
 def axis_range(method: str, axis: str) -> tuple[float, float]:
-    """The declared range of an axis (bounds, else the parameter's ui_range)."""
+    """The range of an axis: the parameter's ui_range (the useful part of wide bounds), else its bounds."""
     spec = get_method(method)
     param = spec.param(axis.split(":", 1)[0])
     if param is None:
         raise SweepError(f"{method} has no parameter {axis!r}: vary one of {', '.join(axis_choices(method, []))}.")
-    ui_low, ui_high = param.ui_range or (0.0, 1.0)
-    return (param.low if param.low is not None else ui_low, param.high if param.high is not None else ui_high)
+    if param.ui_range is not None:
+        return float(param.ui_range[0]), float(param.ui_range[1])
+    return (param.low if param.low is not None else 0.0, param.high if param.high is not None else 1.0)
 
 
 def apply_axis(settings: Mapping[str, Any], axis: str, value: float, sources: Sequence[str]) -> dict[str, Any]:

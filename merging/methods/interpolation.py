@@ -9,15 +9,23 @@ import torch
 from merging.cancel import check_cancelled
 from merging.errors import RecipeError
 from merging.methods.common import as_float32
+from merging.methods.params import MAGNITUDE
 from merging.methods.registry import Method, Param, register
 
-T_SLERP = Param("t", "global", None, 0.0, 1.0, "float", "Position between the base (0) and the other model (1).",
-                required=True)
-T_NEARSWAP = Param("t", "global", None, 0.0, None, "float",
-                   "Distance below which entries take the other model's value (larger = more of it).", required=True,
-                   ui_range=(0.0, 0.01))
-WEIGHT = Param("weight", "model", None, None, None, "float", "This model's share of the interpolation.",
-               required=True, ui_range=(0.0, 1.0))
+T_SLERP = Param(name="t", scope="global", default=None, low=0.0, high=1.0, kind="float",
+                help="Position between the base (0) and the other model (1).", required=True)
+T_NEARSWAP = Param(name="t", scope="global", default=None, low=0.0, high=MAGNITUDE, kind="float",
+                   help="Distance below which entries take the other model's value (larger = more of it).",
+                   required=True, ui_range=(0.0, 0.01))
+WEIGHT = Param(name="weight", scope="model", default=None, low=-MAGNITUDE, high=MAGNITUDE, kind="float",
+               help="This model's share of the interpolation.", required=True, ui_range=(0.0, 1.0))
+MAX_ITER = Param(name="max_iter", scope="global", default=10, low=1, high=1000, kind="int",
+                 help="Iterations of the fixed-point search (at most 1000: each one passes over every model).",
+                 ui_range=(1, 50))
+TOL = Param(name="tol", scope="global", default=1e-5, low=1e-12, high=1e-2, kind="float",
+            help="Stop when the update is smaller than this; also the norm below which a model counts as zero.")
+EPS = Param(name="eps", scope="global", default=1e-8, low=1e-12, high=1e-2, kind="float",
+            help="Numerical floor for norms.")
 DOT_THRESHOLD = 0.9995  # |cos| above this: the vectors are (anti)parallel, interpolate linearly
 
 
@@ -162,8 +170,9 @@ register(Method(
     formula="t = w₂/(w₁+w₂); out = base + slerp(t, x₁ − base, x₂ − base)",
     params=(
         WEIGHT,
-        Param("nuslerp_row_wise", "global", False, None, None, "bool", "Interpolate column vectors (dim 0)."),
-        Param("nuslerp_flatten", "global", True, None, None, "bool", "Treat each tensor as one vector."),
+        Param(name="nuslerp_row_wise", scope="global", default=False, kind="bool",
+              help="Interpolate column vectors (dim 0)."),
+        Param(name="nuslerp_flatten", scope="global", default=True, kind="bool", help="Treat each tensor as one vector."),
     ),
     base="optional", random=False, min_models=2, max_models=2, fn=nuslerp,
 ))
@@ -173,8 +182,9 @@ register(Method(
     formula="average on the tangent space at the weighted mean direction, mapped back, times Σ w_i‖x_i‖",
     params=(
         WEIGHT,
-        Param("normalize_weights", "global", True, None, None, "bool", "Scale the weights to sum to 1."),
-        Param("eps", "global", 1e-8, 0.0, None, "float", "Numerical floor for norms."),
+        Param(name="normalize_weights", scope="global", default=True, kind="bool",
+              help="Scale the weights to sum to 1."),
+        EPS,
     ),
     base="optional", random=False, min_models=1, max_models=None, fn=multislerp,
 ))
@@ -182,10 +192,7 @@ register(Method(
     name="karcher", family="interpolation",
     explanation="Riemannian (Karcher) mean of all models' directions, scaled by their mean norm.",
     formula="argmin_m Σ_i d(m, x_i/‖x_i‖)² on the sphere, times mean ‖x_i‖",
-    params=(
-        Param("max_iter", "global", 10, 1, None, "int", "Iterations of the fixed-point search.", ui_range=(1, 50)),
-        Param("tol", "global", 1e-5, 0.0, None, "float", "Stop when the update is smaller than this."),
-    ),
+    params=(MAX_ITER, TOL),
     base="ignored", random=False, min_models=1, max_models=None, fn=karcher,
 ))
 register(Method(

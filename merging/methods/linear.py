@@ -6,13 +6,15 @@ import torch
 
 from merging.errors import RecipeError
 from merging.methods.common import as_float32
+from merging.methods.params import MAGNITUDE
 from merging.methods.registry import Method, Param, register
 
 WEIGHT = Param(
-    "weight", "model", None, None, None, "float", "This model's share of the average.", required=True,
-    ui_range=(0.0, 2.0),
+    name="weight", scope="model", default=None, low=-MAGNITUDE, high=MAGNITUDE, kind="float",
+    help="This model's share of the average.", required=True, ui_range=(0.0, 2.0),
 )
-NORMALIZE = Param("normalize", "global", True, None, None, "bool", "Divide by the total weight (a true average).")
+NORMALIZE = Param(name="normalize", scope="global", default=True, kind="bool",
+                  help="Divide by the total weight (a true average).")
 
 
 def linear(

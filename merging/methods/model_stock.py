@@ -37,6 +37,7 @@ register(Method(
     name="model_stock", family="model_stock",
     explanation="Move from the base toward the fine-tunes' average by how much their task vectors agree.",
     formula="cosθ = mean pairwise cos(δ_i, δ_j); t = N cosθ / (1 + (N−1) cosθ); out = t·mean(x_i) + (1−t)·base",
-    params=(Param("filter_wise", "global", False, None, None, "bool", "One ratio per row instead of per tensor."),),
+    params=(Param(name="filter_wise", scope="global", default=False, kind="bool",
+                  help="One ratio per row instead of per tensor."),),
     base="required", random=False, min_models=2, max_models=None, fn=model_stock,
 ))

@@ -1,34 +1,44 @@
-"""Parameter declarations shared by several methods (mergekit's names, ranges and defaults)."""
+"""Parameter declarations shared by several methods (mergekit's names and defaults; our bounds).
+
+Bounds (see registry.Param): weights, λ and scales within ±MAGNITUDE (mergekit recipes use −1..2; a weight of 1e300
+only overflows), fractions within [0, 1].
+"""
 
 from __future__ import annotations
 
 from merging.methods.registry import Param
 
+MAGNITUDE = 100.0  # |weight|, |λ|, |scale| at most this: far beyond any useful merge, far below float32 overflow
+
 WEIGHT = Param(
-    "weight", "model", None, None, None, "float", "How much of this model's task vector goes into the merge.",
-    required=True, ui_range=(-1.0, 2.0),
+    name="weight", scope="model", default=None, low=-MAGNITUDE, high=MAGNITUDE, kind="float",
+    help="How much of this model's task vector goes into the merge.", required=True, ui_range=(-1.0, 2.0),
 )
-DENSITY = Param("density", "model", 1.0, 0.0, 1.0, "float", "Fraction of each task vector's entries kept (1 = all).")
-GAMMA = Param("gamma", "model", 0.01, 0.0, 1.0, "float", "Fraction of the largest entries dropped as outliers.")
+DENSITY = Param(name="density", scope="model", default=1.0, low=0.0, high=1.0, kind="float",
+                help="Fraction of each task vector's entries kept (1 = all).")
+GAMMA = Param(name="gamma", scope="model", default=0.01, low=0.0, high=1.0, kind="float",
+              help="Fraction of the largest entries dropped as outliers.")
 EPSILON = Param(
-    "epsilon", "model", 0.15, 0.0, 1.0, "float",
-    "Spread of keep probabilities around the density: smallest entries density−ε, largest density+ε.",
+    name="epsilon", scope="model", default=0.15, low=0.0, high=1.0, kind="float",
+    help="Spread of keep probabilities around the density: smallest entries density−ε, largest density+ε.",
 )
-LAMBDA = Param("lambda", "global", 1.0, None, None, "float", "Scale of the merged task vector.", ui_range=(0.0, 2.0))
-INT8_MASK = Param("int8_mask", "global", False, None, None, "bool", "Accepted for mergekit compatibility; no effect.")
+LAMBDA = Param(name="lambda", scope="global", default=1.0, low=-MAGNITUDE, high=MAGNITUDE, kind="float",
+               help="Scale of the merged task vector.", ui_range=(0.0, 2.0))
+INT8_MASK = Param(name="int8_mask", scope="global", default=False, kind="bool",
+                  help="Accepted for mergekit compatibility; no effect.")
 
 
 def normalize(default: bool) -> Param:
     return Param(
-        "normalize", "global", default, None, None, "bool",
-        "Divide the mixed task vector by the total weight of the models that contributed.",
+        name="normalize", scope="global", default=default, kind="bool",
+        help="Divide the mixed task vector by the total weight of the models that contributed.",
     )
 
 
 def rescale(default: bool) -> Param:
     return Param(
-        "rescale", "global", default, None, None, "choice",
-        "After random pruning scale kept entries up: true = match the L1 norm (mergekit), "
+        name="rescale", scope="global", default=default, kind="choice",
+        help="After random pruning scale kept entries up: true = match the L1 norm (mergekit), "
         "inverse_density = divide by the density (DARE paper), false = no rescale.",
         choices=(True, False, "inverse_density"),
     )

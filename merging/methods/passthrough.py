@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from merging.methods.common import as_float32
+from merging.methods.params import MAGNITUDE
 from merging.methods.registry import Method, Param, register
 
 
@@ -18,7 +19,7 @@ register(Method(
     name="passthrough", family="passthrough",
     explanation="Copy the one input model's weights unchanged (optionally scaled).",
     formula="out = scale · x",
-    params=(Param("scale", "model", None, None, None, "float", "Multiply the tensor by this (unset = copy as is).",
-                  ui_range=(0.0, 2.0)),),
+    params=(Param(name="scale", scope="model", default=None, low=-MAGNITUDE, high=MAGNITUDE, kind="float",
+                  help="Multiply the tensor by this (unset = copy as is).", ui_range=(0.0, 2.0)),),
     base="ignored", random=False, min_models=1, max_models=1, fn=passthrough,
 ))

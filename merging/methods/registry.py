@@ -28,21 +28,26 @@ MethodFn = Callable[[torch.Tensor | None, list[torch.Tensor], list[dict], dict, 
 DeltaFn = Callable[[list[torch.Tensor], list[dict], dict, torch.Generator | None], torch.Tensor]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Param:
-    """One parameter of a method. `scope="model"` values may be set per model or globally (per-model wins);
-    `scope="global"` values only under the recipe's top-level `parameters`."""
+    """One parameter of a method, declared with keywords. `scope="model"` values may be set per model or globally
+    (per-model wins); `scope="global"` values only under the recipe's top-level `parameters`.
+
+    Numeric parameters ("float", "int") declare both `low` and `high`: recipe validation refuses values outside them
+    (and NaN/inf), so no recipe can make a merge run without end (karcher's max_iter) or overflow (a weight of 1e300).
+    `ui_range` is the slider range to offer when the useful values are a small part of the bounds (weight −1..2 of
+    ±100); without it a slider spans low..high."""
 
     name: str
     scope: Scope
     default: Any
-    low: float | None
-    high: float | None
+    low: float | None = None  # None only for "bool" and "choice"
+    high: float | None = None
     kind: Kind
     help: str
     choices: tuple = ()
     required: bool = False  # no default: every model must get a value (mergekit's `weight`)
-    ui_range: tuple[float, float] | None = None  # slider range to offer when low/high leave the value open
+    ui_range: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -89,16 +94,14 @@ def register(method: Method) -> Method:
 
 
 def _ensure_loaded() -> None:
+    """Import every family module once. A module that fails to import (a misspelt name included) fails the lookup
+    loudly: a silently missing family would only show up as 'unknown merge_method' much later."""
     global _loaded
     if _loaded:
         return
-    _loaded = True
     for module in _FAMILY_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as error:  # a family not written yet must not break the others
-            if error.name != module:
-                raise
+        importlib.import_module(module)
+    _loaded = True
 
 
 def get_method(name: str) -> Method:

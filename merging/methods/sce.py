@@ -15,8 +15,8 @@ from merging.methods.sparsify import sum_of_squares
 from merging.methods.task_arithmetic import ScratchWorkspace, delta_of, widened
 
 SELECT_TOPK = Param(
-    "select_topk", "global", 1.0, 0.0, 1.0, "float",
-    "Fraction of entries kept, those where the task vectors vary most across models (1 = all).",
+    name="select_topk", scope="global", default=1.0, low=0.0, high=1.0, kind="float",
+    help="Fraction of entries kept, those where the task vectors vary most across models (1 = all).",
 )
 UNIFORM_BELOW = 1e-6  # mergekit: coefficients fall back to uniform when Σ mean(δ_i²) is below this
 DIVISOR_FLOOR = 1e-6  # mergekit: the disjoint mean's divisor Σ c_i [agree_i] is clamped at this
