@@ -134,3 +134,23 @@ def test_defaults_converge_on_the_lm_zoo():
     start_heldout, best_heldout = r.val_losses[0][1], min(v for _, v in r.val_losses)
     assert best_heldout < 0.6 * start_heldout
     assert 0.02 < r.eps_ratio < 0.12
+
+
+def test_learn_tab_names_an_uploaded_file_by_its_own_name(tmp_path):
+    """Gradio hands the handler a server-side copy (/tmp/gradio/<hash>/NAME): the message names NAME only."""
+    from merging.errors import TaskSetError
+    from ui.learn_panel import unlabeled_inputs
+    from ui.session import Session
+
+    upload = tmp_path / "gradio" / "0123abcd" / "my prompts.jsonl"
+    upload.parent.mkdir(parents=True)
+    upload.write_text('{"expert": "math", "prompt": "1+1="}\n{"expert": "math"\n', encoding="utf-8")
+    session = Session()
+    session.sources = []
+    with pytest.raises(TaskSetError) as error:
+        unlabeled_inputs(session, str(upload), 1)
+    assert "my prompts.jsonl:2" in str(error.value)
+    assert str(upload.parent) not in str(error.value) and "0123abcd" not in str(error.value)
+    upload.write_bytes(b"\xff\xfe not utf-8")
+    with pytest.raises(TaskSetError, match="my prompts.jsonl is not UTF-8"):
+        unlabeled_inputs(session, str(upload), 1)
