@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
 from merging.errors import RecipeError
-from merging.methods import collect_notes, get_method, list_methods, sparsify
-from merging.methods.selection import rank_window_mask, top_k_mask, value_at_rank
+from merging.methods import chunks, collect_notes, fused, get_method, list_methods, sparsify
+from merging.methods.chunks import compute_threads
+from merging.methods.consensus import disjoint_mean_into
+from merging.methods.fused import MIN_FUSED, can_fuse
+from merging.methods.sce import UNIFORM_BELOW, coefficients_from_energies
+from merging.methods.sce import coefficients as sce_coefficients
+from merging.methods.selection import drop_ties_, rank_window_mask, top_k_mask, value_at_rank
 
 
 def gen(seed: int) -> torch.Generator:
@@ -184,6 +191,46 @@ def test_ties_sign_election_and_disjoint_mean_by_hand():
     assert torch.equal(out, torch.tensor([3.0, 0.0, 2.5, 5.0]))
 
 
+def test_disjoint_mean_kernel_by_hand():
+    """consensus.disjoint_mean_into, the one kernel of the plain and fused paths (TIES and SCE)."""
+    parts = [torch.tensor([2.0, -1.0, 0.0, 1.0]), torch.tensor([-1.0, -2.0, 0.0, 3.0])]
+    # sums [1, -3, 0, 4] elect [+, -, +, +]; agree: [1,0], [1,1], [0,0], [1,1]
+    ties = disjoint_mean_into(parts, [1.0, 0.5], None, {}, normalize=True)
+    assert torch.equal(ties, torch.tensor([2.0 / 1.0, -3.0 / 1.5, 0.0, 4.0 / 1.5]))  # empty divisor → 1
+    sce = disjoint_mean_into(parts, [0.75, 0.25], [0.75, 0.25], {}, normalize=True, min_divisor=1e-6)
+    assert torch.allclose(sce, torch.tensor([1.5 / 0.75, -1.25 / 1.0, 0.0, 1.5 / 1.0]))
+    assert torch.equal(parts[0], torch.tensor([2.0, -1.0, 0.0, 1.0]))  # inputs untouched
+    unnormalized = disjoint_mean_into(parts, [1.0, 1.0], None, {}, normalize=False)
+    assert torch.equal(unnormalized, torch.tensor([2.0, -3.0, 0.0, 4.0]))
+
+
+@pytest.mark.parametrize("target_dtype", [torch.float32, torch.bool])
+def test_drop_ties_drops_the_first_and_last_tied_positions_in_flat_order(target_dtype):
+    values = torch.tensor([[5.0, 3.0, 3.0], [1.0, 3.0, 3.0]])
+    target = torch.ones(2, 3, dtype=target_dtype)
+    drop_ties_(target, values == 3.0, first=1, last=2)  # tied at 3: flat positions 1, 2, 4, 5
+    assert target.tolist() == [[1, 0, 1], [1, 0, 0]]
+    untouched = torch.ones(2, 3, dtype=target_dtype)
+    assert torch.equal(drop_ties_(untouched, values == 3.0, first=0, last=-1), torch.ones(2, 3, dtype=target_dtype))
+
+
+def test_sce_coefficients_from_energies_normalise_or_fall_back_with_a_note():
+    with collect_notes() as notes:
+        assert coefficients_from_energies([3.0, 1.0]) == [0.75, 0.25]
+    assert notes == []
+    with collect_notes() as notes:
+        assert coefficients_from_energies([UNIFORM_BELOW / 4, UNIFORM_BELOW / 4]) == [0.5, 0.5]
+    assert len(notes) == 1 and "uniform" in notes[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_and_plain_sce_coefficients_are_the_same_numbers(dtype):
+    base = torch.randn(700, 400, generator=gen(3)).to(dtype)
+    xs = [base + (torch.randn(700, 400, generator=gen(4 + i)) * 0.01 * (i + 1)).to(dtype) for i in range(3)]
+    plain = sce_coefficients([x.float() - base.float() for x in xs])
+    assert coefficients_from_energies(fused.energies(base, xs)) == plain
+
+
 def test_weighted_ties_divides_by_the_agreeing_weights():
     base = torch.zeros(2)
     x1, x2 = torch.tensor([1.0, 1.0]), torch.tensor([3.0, -4.0])
@@ -307,9 +354,6 @@ def test_karcher_multislerp_nearswap_passthrough_basics():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", ["task_arithmetic", "magnitude_prune", "ties", "sce"])
 def test_fused_path_for_large_tensors_equals_the_plain_delta_path(name, dtype, threads):
-    from merging.methods.chunks import compute_threads
-    from merging.methods.fused import MIN_FUSED, can_fuse
-
     base = torch.randn(640, 480, generator=gen(0)) * 0.02  # 307 200 elements: fused, over many chunks
     xs = []
     for i in range(3):
@@ -328,16 +372,14 @@ def test_fused_path_for_large_tensors_equals_the_plain_delta_path(name, dtype, t
             models = [{"weight": m["weight"]} for m in models]
     params = defaults(name, **({"lambda": 0.7} if name != "sce" else {}))
     with compute_threads(threads):
-        fused = method.fn(base, xs, models, params, None)
-    assert fused.dtype == torch.float32
+        fused_out = method.fn(base, xs, models, params, None)
+    assert fused_out.dtype == torch.float32
     base32, xs32 = base.float(), [x.float() for x in xs]
     plain = base32 + method.fn_deltas([x - base32 for x in xs32], models, params, None)
-    assert torch.allclose(fused, plain, atol=1e-7, rtol=1e-6)
+    assert torch.allclose(fused_out, plain, atol=1e-7, rtol=1e-6)
 
 
 def test_fused_threshold_is_exact_when_the_sampled_window_misses(monkeypatch):
-    from merging.methods import fused
-
     monkeypatch.setattr(fused, "_predicted_window", lambda base, x, rank: (0, 0))  # force the second pass
     base = torch.zeros(700, 400)
     x = torch.randn(700, 400, generator=gen(9))
@@ -351,10 +393,6 @@ def test_fused_threshold_is_exact_when_the_sampled_window_misses(monkeypatch):
 
 
 def test_compute_threads_sets_one_budget_and_restores_it():
-    import threading
-
-    from merging.methods import chunks
-
     before = torch.get_num_threads()
     seen: set[str] = set()
 
@@ -380,7 +418,6 @@ def test_compute_threads_sets_one_budget_and_restores_it():
 def test_fused_threshold_with_few_distinct_magnitudes_keeps_exactly_k(monkeypatch, density):
     """bf16 inputs give few distinct |δ|: the sampled window is then one value, found by counting alone, and whole
     chunks of tied entries are dropped. Exactly k entries stay, the first tied ones in flat order go."""
-    from merging.methods import fused
 
     def no_fallback(*args):
         raise AssertionError("the sampled window should have held the threshold")
@@ -400,7 +437,6 @@ def test_fused_threshold_with_few_distinct_magnitudes_keeps_exactly_k(monkeypatc
 def test_reused_scratch_buffers_give_the_same_bits(name):
     """Inside compute_threads() the plain paths keep their full-size scratch between calls; results (and the
     tensors handed back, which are never a reused buffer) stay the same."""
-    from merging.methods import chunks
 
     base = torch.randn(300, 200, generator=gen(0)).bfloat16()
     xs = [(base.float() + torch.randn(300, 200, generator=gen(i)) * 0.01).bfloat16() for i in (1, 2)]
