@@ -293,7 +293,7 @@ def _read_header_entries(file: Path) -> dict[str, tuple[tuple[int, ...], torch.d
             if length > min(size - 8, MAX_HEADER_BYTES):
                 raise ValueError(f"its header length field says {length} bytes but the file has {size}")
             header = json.loads(fh.read(length))
-    except (OSError, struct.error, ValueError) as exc:
+    except (OSError, struct.error, ValueError, RecursionError) as exc:
         raise SourceError(f"{file} is not a readable safetensors file ({_short(exc)}); the download may be "
                           "incomplete: download or save the model again.") from exc
     if not isinstance(header, dict):
@@ -350,7 +350,7 @@ def _read_config(path: Path, ref: str) -> dict[str, Any]:
         raise SourceError(f"{ref!r} ({path}) is not a Hugging Face model folder: it has no config.json.")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise SourceError(f"{config_file} is not valid JSON ({_short(exc)}); save or download the model again."
                           ) from exc
     if not isinstance(config, dict):
@@ -365,7 +365,7 @@ def _indexed_files(path: Path, index_name: str) -> list[Path] | None:
         return None
     try:
         data = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise SourceError(f"{index} is not valid JSON ({_short(exc)}); download it again, or delete it if the "
                           "model has a single weights file.") from exc
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
