@@ -149,21 +149,32 @@ def test_local_folders_field_stays_inside_models_when_hosted(hosted, outside_fam
             "Local folders", None, [], "link/base", "link/expert0"))
 
 
-def test_hosted_api_refuses_a_server_path_in_the_hub_id_field(stand_in_hub, tmp_path, outside_family):
+def test_hosted_api_refuses_server_paths_in_the_hub_id_field_and_in_uploads(stand_in_hub, tmp_path,
+                                                                            outside_family):
     """Through the real server and gradio_client, as the probe found it."""
-    gradio_client = pytest.importorskip("gradio_client")
+    import gradio_client
+    import httpx
+
     from app import create_app
 
     config = HostConfig.detect(hosted=True, models_dir=tmp_path / "models")
     demo = create_app(config)
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    secret = tmp_path / "server-side.jsonl"  # a file on the server that no user uploaded
+    secret.write_text('{"task": "t", "prompt": "p", "answer": "1", "expert": null}\n', encoding="utf-8")
     try:
         client = gradio_client.Client(url, verbose=False)
         with pytest.raises(gradio_client.exceptions.AppError) as error:
             client.predict("Hub ids", None, [], str(outside_family.base), str(outside_family.experts[0]), None,
                            api_name="/preflight")
+        # Upload fields (task files, learn prompts) take only files a user uploaded: a server path sent as the
+        # file (raw HTTP, so no client uploads it first) is refused by Gradio before any handler runs.
+        call = httpx.post(f"{url}gradio_api/call/evaluate", timeout=60, json={
+            "data": [{"path": str(secret), "meta": {"_type": "gradio.FileData"}}, 5]})
+        events = httpx.get(f"{url}gradio_api/call/evaluate/{call.json()['event_id']}", timeout=60).text
     finally:
         demo.close()
     message = str(error.value)
     assert "not a Hugging Face Hub id" in message and "ready to merge" not in message
     assert str(Path(outside_family.base).parent) not in message
+    assert "event: error" in events and "event: complete" not in events, events
