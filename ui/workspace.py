@@ -315,14 +315,18 @@ def live_plan(session: Session, device: str) -> Any:
     from merging.live import live_memory_plan
     from merging.sources import open_model
 
-    sizes, largest = [], 0
+    sizes, largest, base_elements = [], 0, 0
     for model in [session.base, *session.sources]:
         with open_model(model.path) as source:
             names = source.tensor_names()
             sizes.append(sum(source.nbytes(n) for n in names))
-            largest = max([largest, *(_numel(source.shape(n)) for n in names)])
+            counts = [_numel(source.shape(n)) for n in names]
+            largest = max([largest, *counts])
+            base_elements = base_elements or sum(counts)
+    # The session's model: float32 on the CPU (inference.loading's default there), the checkpoint's dtype elsewhere.
+    per_model = base_elements * 4 if device == "cpu" else sizes[0]
     targets = len(session.sources) if session.kind == "classifier" else 1
-    return live_memory_plan(sizes, largest, device=device, model_bytes=sizes[0] * targets)
+    return live_memory_plan(sizes, largest, device=device, model_bytes=per_model * targets)
 
 
 def _numel(shape: tuple[int, ...]) -> int:
