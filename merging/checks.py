@@ -193,9 +193,19 @@ _WRITE_FIXES = {
 def output_write_error(error: OSError, out: Path) -> OutputFolderError:
     """An OSError met while writing the merge into `out`, as a message naming the file and what to fix."""
     where = error.filename or out
+    if error.filename and not _writing_side(Path(str(error.filename)).absolute(), out):
+        return OutputFolderError(f"Reading {_short(where)} failed ({error.strerror or error}) while merging into "
+                                 f"{out}: check that model's files and its disk. Nothing was written.")
     fix = _WRITE_FIXES.get(error.errno or 0, "check the output folder and the disk")
     return OutputFolderError(f"Writing the merged model to {out} failed at {_short(where)} "
                              f"({error.strerror or error}): {fix}. Nothing was written.")
+
+
+def _writing_side(path: Path, out: Path) -> bool:
+    """Whether `path` is one the merge writes: `out`, a folder on the way to it, or inside its temporary folder."""
+    temp_prefix = f".{out.name}.incomplete-"
+    return (path == out or out.is_relative_to(path) or path.is_relative_to(out)
+            or any(part.startswith(temp_prefix) for part in path.parts))
 
 
 def _short(value: Any, limit: int = 300) -> str:

@@ -631,3 +631,17 @@ def test_stale_temporary_folders_of_dead_merges_are_removed_and_live_ones_kept(f
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_a_read_error_during_the_merge_names_the_model_file_not_the_output(fam, tmp_path, monkeypatch):
+    import errno
+
+    import merging.sources
+
+    def failing_read(fd, buffers, offset):
+        raise OSError(errno.EIO, "Input/output error", str(fam["a"] / "model.safetensors"))
+
+    monkeypatch.setattr(merging.sources.os, "preadv", failing_read)
+    with pytest.raises(OutputFolderError, match=r"Reading .*model.safetensors failed .*check that model's files"):
+        merge_to_folder(ta_recipe(fam), tmp_path / "out")
+    _no_leftovers(tmp_path, "out")
