@@ -89,5 +89,9 @@ def wire(panel: InterferencePanel, state: gr.State, config: HostConfig) -> None:
         report = interference(session, config, density, progress)
         return cosine_heatmap(report), interference_heatmap(report), kept_heatmap(report)
 
-    panel.run.click(run, [state, panel.density], [panel.cosine, panel.conflicts, panel.kept],
-                    api_name="interference")
+    outputs = [panel.cosine, panel.conflicts, panel.kept]
+    panel.run.click(run, [state, panel.density], outputs, api_name="interference")
+    # The charts follow the density slider (the trimming chart depends on it): redrawn when a drag ends or a value
+    # is typed, the last value winning.
+    gr.on([panel.density.release, panel.density.input], run, [state, panel.density], outputs,
+          api_visibility="private", trigger_mode="always_last", show_progress="minimal")

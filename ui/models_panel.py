@@ -189,18 +189,25 @@ def build(config: HostConfig) -> ModelsPanel:
     panel = ModelsPanel(preset, preset_about, origin, family, experts, base, sources, check, report, quick,
                         quick_status)
 
-    def apply_preset(name: str):
+    applied = gr.State(default.name)  # the preset whose choice the controls show
+    changed = "*The choice changed: press **Check models** to check it.*"
+
+    def apply_preset(name: str, shown: str | None):
+        # The dropdown also reports an `input` when it merely loses focus (Escape, then a click elsewhere): with
+        # the same preset that must change nothing, or it would undo the click (a choice of "Local folders" lost).
+        if name == shown:
+            return [gr.update()] * 8
         chosen = preset_choice(get_preset(name))
         zoo = chosen.origin == "Zoo"
         return (describe_preset(name), chosen.origin, gr.Dropdown(value=chosen.family, visible=zoo),
                 gr.CheckboxGroup(choices=_family_experts(chosen.family), value=chosen.experts, visible=zoo),
-                gr.Textbox(value=chosen.base, visible=not zoo), gr.Textbox(value=chosen.sources, visible=not zoo))
+                gr.Textbox(value=chosen.base, visible=not zoo), gr.Textbox(value=chosen.sources, visible=not zoo),
+                name, changed)
 
-    preset.input(apply_preset, preset, [preset_about, origin, family, experts, base, sources],
-                 api_visibility="private")
+    preset.input(apply_preset, [preset, applied], [preset_about, origin, family, experts, base, sources, applied,
+                                                   report], api_visibility="private", show_progress="hidden")
     # The report speaks of the models last checked: once the choice changes, say so instead of showing it.
-    gr.on([preset.input, origin.input, family.input, experts.input, base.input, sources.input],
-          lambda: "*The choice changed: press **Check models** to check it.*", None, report,
+    gr.on([origin.input, family.input, experts.input, base.input, sources.input], lambda: changed, None, report,
           api_visibility="private", show_progress="hidden")
 
     def show_origin(value: str):
