@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
 from merging.checks import (
     OutputFolderError,
@@ -36,6 +37,8 @@ from merging.checks import (
 from merging.errors import CompatibilityError, MergeCancelled, MergeLabError
 from merging.export import MERGEKIT_FILE, MERGELAB_FILE, mergekit_export
 from merging.inputs import MergeInputs, TaskHeads, fit_rows, is_vocab_mismatch, open_inputs, task_heads
+from merging.methods.chunks import compute_threads
+from merging.methods.registry import collect_notes
 from merging.plan import (
     PREFETCH_TENSORS,
     WRITE_BEHIND_TENSORS,
@@ -45,6 +48,8 @@ from merging.plan import (
     plan_outputs,
     torch_dtype,
 )
+from merging.preflight import preflight
+from merging.recipe import ParameterResolver, load_recipe
 from merging.shards import PlannedTensor, ShardWriter, parse_size, plan_shards
 
 RECIPE_FILE = MERGELAB_FILE  # the recipe as MergeLab reads it (faithful)
@@ -115,13 +120,12 @@ def merge_to_folder(
     nothing behind) when `cancel` is set. `overwrite` replaces an existing non-empty folder only once the new one is
     complete.
     """
-    from merging.preflight import preflight
-
     recipe = _as_recipe(recipe)
     out = Path(out_dir).expanduser().absolute()
     problem = output_folder_problem(out, overwrite=overwrite)
     if problem:
         raise OutputFolderError(problem)
+    remove_stale_temps(out.parent)  # before the disk check: killed merges' leftovers may be what fills the disk
     max_shard = parse_size(shard_size)
     device = _check_device(device)
     report = preflight(recipe, out_dir=out, device=device, allow_pickle=allow_pickle)
@@ -129,7 +133,6 @@ def merge_to_folder(
         raise CompatibilityError("The merge cannot start:\n- " + "\n- ".join(report.errors))
 
     started = time.perf_counter()
-    remove_stale_temps(out.parent)
     temp = out.parent / f".{out.name}.incomplete-{os.getpid()}"
     shutil.rmtree(temp, ignore_errors=True)
     try:
@@ -177,9 +180,6 @@ def _run_pipeline(inputs: MergeInputs, plan: list[TensorPlan], shards: list, fol
                   progress: ProgressFn | None, cancel: CancelFlag, started: float,
                   stages: dict[str, float]) -> list[str]:
     """Read, merge and write every planned tensor; returns the methods' notes (deduplicated, in order)."""
-    from merging.methods.registry import collect_notes
-    from merging.recipe import ParameterResolver
-
     stop = threading.Event()
     errors: list[BaseException] = []
     read_q: queue.Queue = queue.Queue(maxsize=PREFETCH_TENSORS)
@@ -267,8 +267,6 @@ def _compute_threads(device: str) -> Any:
     covers torch's intra-op pool and the methods' chunk workers (merging.methods.chunks), so they do not fight."""
     if device != "cpu":
         return contextlib.nullcontext()
-    from merging.methods.chunks import compute_threads
-
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return compute_threads(min(torch.get_num_threads(), max(1, cores - 1)))
 
@@ -385,8 +383,6 @@ def _write_task_folders(inputs: MergeInputs, heads: TaskHeads, plan: list[Tensor
     """For each expert with tensors of its own: `folder/tasks/<task>/`, a complete model of the expert's class holding
     the merged shared tensors (read back from the shards just written, one at a time) and the expert's own tensors
     (its head), with the expert's config and tokenizer. Returns the task names."""
-    from safetensors import safe_open
-
     fixed = torch_dtype(getattr(inputs.recipe, "out_dtype", None) or getattr(inputs.recipe, "dtype", None))
     planned = {p.planned.name: p.planned for p in plan}
     written_in = {t.name: shard.filename for shard in shards for t in shard.tensors}
@@ -517,8 +513,6 @@ def _process_alive(pid: int) -> bool:
 
 def _as_recipe(recipe: Any) -> Any:
     if isinstance(recipe, (str, os.PathLike)):
-        from merging.recipe import load_recipe
-
         return load_recipe(recipe)
     return recipe
 

@@ -47,8 +47,9 @@ def test_every_merging_module_imports():
 
 def test_the_scan_sees_imports_inside_functions():
     graph = import_graph()
-    assert "merging.preflight" in graph["merging.engine"]  # imported inside merge_to_folder
+    assert "merging.methods.registry" in graph["merging.checks"]
     assert "merging.plan" in graph["merging.preflight"]
+    assert "merging.recipe_text" in graph["merging.recipe"]
 
 
 def test_no_two_merging_modules_import_each_other():
