@@ -56,11 +56,14 @@ def _choice_value(value: Any) -> str:
 
 
 def param_range(param: Param) -> tuple[float, float] | None:
-    """The declared bounds, where open taken from the parameter's `ui_range`; None when still unbounded."""
-    ui_low, ui_high = param.ui_range or (None, None)
-    low = param.low if param.low is not None else ui_low
-    high = param.high if param.high is not None else ui_high
-    return None if low is None or high is None else (float(low), float(high))
+    """The slider range: the parameter's `ui_range` (the useful part of wide bounds, e.g. weight −1..2 of ±100),
+    else its declared bounds; None (a number box) when unbounded or spanning orders of magnitude (a tolerance of
+    1e-12..1e-2 has no useful slider steps)."""
+    if param.ui_range is not None:
+        return float(param.ui_range[0]), float(param.ui_range[1])
+    if param.low is None or param.high is None or (param.low > 0 and param.high / param.low >= 1e6):
+        return None
+    return float(param.low), float(param.high)
 
 
 def start_value(param: Param) -> Any:
