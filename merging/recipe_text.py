@@ -134,7 +134,7 @@ def _check_node_bounds(root: Any, where: str) -> None:
         children = _node_children(node)
         if children_done:
             on_path.discard(key)
-            expanded[key] = 1 + sum(expanded[id(c)] for c in children)
+            expanded[key] = 1 + sum(expanded.get(id(c), 1) for c in children)  # a scalar counts 1
             if expanded[key] > MAX_RECIPE_VALUES:
                 raise RecipeError(f"{where} expands to more than {MAX_RECIPE_VALUES:,} values (YAML aliases `*name` "
                                   "repeat what their anchor `&name` holds, and nested ones multiply): write the "
@@ -149,7 +149,7 @@ def _check_node_bounds(root: Any, where: str) -> None:
         stack.append((node, True))
         if len(on_path) > MAX_RECIPE_DEPTH:  # on_path is the chain of nodes from the root to this one
             raise RecipeError(_too_deep(where))
-        stack.extend((c, False) for c in children if id(c) not in expanded)
+        stack.extend((c, False) for c in children if not isinstance(c, yaml.ScalarNode) and id(c) not in expanded)
 
 
 def _too_deep(where: str) -> str:
