@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from merging.cancel import cancellable
 from merging.checks import (
     OutputFolderError,
     method_failure,
@@ -141,7 +142,7 @@ def merge_to_folder(
             plan = plan_outputs(inputs)
             shards = plan_shards([p.planned for p in plan], max_shard)
             stages: dict[str, float] = {"read": 0.0, "merge": 0.0, "write": 0.0}
-            with _compute_threads(device):
+            with _compute_threads(device), cancellable(cancel):  # reaches loops inside methods (karcher)
                 notes = _run_pipeline(inputs, plan, shards, temp, device=device, seed=seed, progress=progress,
                                       cancel=cancel, started=started, stages=stages)
             out_dtype = dominant_dtype(plan)

@@ -104,3 +104,20 @@ def test_cancel_stops_a_karcher_folder_merge_within_its_first_tensor(config):
     assert finished == []  # no tensor was finished: the cancel landed inside the first one
     out = session.merged_folder(config.models_dir, "cancelled")
     assert not out.exists() and not list(out.parent.glob(".cancelled*"))  # nothing left behind
+
+
+def test_engine_cancel_flag_reaches_inside_karcher(tmp_path):
+    """Any engine caller (CLI, Export, sweeps) gets it: merge_to_folder(cancel=...) alone, no UI around it."""
+    from merging.engine import merge_to_folder
+    from tests.factory import make_family
+
+    family = make_family(tmp_path / "f", n_experts=2)
+    settings = slow_karcher_settings()["params"]
+    recipe = (f"merge_method: karcher\nmodels:\n  - model: {family.experts[0]}\n  - model: {family.experts[1]}\n"
+              f"parameters: {{max_iter: {settings['max_iter']}, tol: {settings['tol']}}}\n")
+    flag = CancelAfter(after=3)  # read once before tensor 0, then inside karcher's iterations
+    finished: list[int] = []
+    with pytest.raises(MergeCancelled):
+        merge_to_folder(recipe, tmp_path / "out", cancel=flag, progress=lambda p: finished.append(p.tensor_index))
+    assert finished == [] and flag.reads == 3
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
