@@ -5,10 +5,13 @@
 - `interference_heatmap`: one interference metric over layers × module types.
 - `cosine_heatmap`: task × task cosine similarity of the task vectors (overall, or one layer/module group).
 - `kept_heatmap`: the share of each task vector TIES trimming keeps, per layer.
+- `loss_figure`, `coefficients_figure`: a learned merge's loss curve and its coefficients (tasks × tensors).
+- `comparison_figure`, `comparison_markdown`: several merges' EvalResults side by side (learned vs baselines).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import plotly.graph_objects as go
@@ -153,3 +156,62 @@ def kept_heatmap(report: Any, by: str = "kept_mass_share") -> go.Figure:
                             f"<sub>share of each task vector's {what}</sub>", height=400,
                       margin={"t": 70, "b": 40}, yaxis={"autorange": "reversed"})
     return fig
+
+
+# --- learned merging ---------------------------------------------------------------------------------------------
+
+
+def loss_figure(losses: list[float], method: str) -> go.Figure:
+    """The training loss per step of a learned merge."""
+    fig = go.Figure(go.Scatter(x=list(range(1, len(losses) + 1)), y=losses, mode="lines", name="loss"))
+    fig.update_layout(title=f"{method} loss", xaxis_title="step", yaxis_title="loss", height=320,
+                      margin={"t": 50, "b": 40})
+    return fig
+
+
+def short_tensor_name(name: str) -> str:
+    """model.layers.3.self_attn.q_proj.weight -> L3 q_proj (bias kept): tick labels a person can read."""
+    match = re.search(r"(?:layers|layer|h|blocks)\.(\d+)\.(.*)", name)
+    tail = match.group(2) if match else name.removeprefix("model.").removeprefix("bert.")
+    tail = tail.replace("self_attn.", "").replace("mlp.", "").replace("attention.", "")
+    tail = tail.removesuffix(".weight")
+    return f"L{match.group(1)} {tail}" if match else tail
+
+
+def coefficients_figure(tasks: list[str], names: list[str], coefficients: Any) -> go.Figure:
+    """Learned coefficients as a tasks × tensors heatmap (one column when they are task-wise)."""
+    values = coefficients.detach().float().cpu()
+    if values.dim() == 1:
+        values = values[:, None]
+        names = ["all tensors"]
+    labels = [short_tensor_name(n) for n in names]
+    fig = go.Figure(go.Heatmap(z=values.tolist(), x=labels, y=tasks, colorscale="Viridis",
+                               colorbar={"title": "λ"}, hovertemplate="%{y} · %{x}: λ = %{z:.3f}<extra></extra>"))
+    fig.update_layout(title="Learned coefficients (tasks × tensors, in layer order)", height=360,
+                      xaxis={"showticklabels": len(names) <= 60, "tickangle": -60, "tickfont": {"size": 9}},
+                      margin={"t": 50, "b": 90})
+    return fig
+
+
+def comparison_figure(scores: dict[str, Any]) -> go.Figure:
+    """Mean agreement and accuracy of several merges (name -> EvalResult), side by side."""
+    fig = go.Figure()
+    for metric in ("agreement", "accuracy"):
+        fig.add_bar(name=metric, x=list(scores), y=[s.mean(metric) for s in scores.values()])
+    fig.update_layout(title="Learned merge beside task arithmetic and TIES (mean over tasks)", barmode="group",
+                      yaxis={"range": [0, 1], "tickformat": ".0%"}, height=360, margin={"t": 50, "b": 40})
+    return fig
+
+
+def comparison_markdown(scores: dict[str, Any]) -> str:
+    """A table of merges × tasks: agreement with the task's expert, or accuracy for a task with none."""
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{v:.0%}"
+
+    tasks = list(next(iter(scores.values())).scores)
+    lines = ["| merge | " + " | ".join(tasks) + " | mean agreement |", "|---" * (len(tasks) + 2) + "|"]
+    for name, result in scores.items():
+        cells = [pct(result.scores[t].agreement if result.scores[t].agreement is not None
+                     else result.scores[t].accuracy) for t in tasks]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {pct(result.mean('agreement'))} |")
+    return "\n".join(lines) + "\n\n(cells: agreement with the task's expert, or accuracy for a task with none)"

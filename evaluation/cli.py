@@ -1,11 +1,15 @@
 """Command line:
 
-    python -m evaluation run --model DIR --tasks FILE.jsonl [--expert NAME=DIR ...] --out FILE.json
+    python -m evaluation run --model DIR --tasks FILE.jsonl [--expert NAME=DIR ...] --out FILE.json   (+ .csv)
     python -m evaluation sweep RECIPE.yaml --tasks FILE.jsonl --weights 0.2:1.0:0.2 --densities 0.2:1.0:0.2
                                [--method ties,dare_ties] [--metric accuracy] --out FILE.json   (+ .csv, .best.yaml)
     python -m evaluation interference RECIPE.yaml [--density 0.5] --out FILE.json
 
 User errors (MergeLabError) print one paragraph and exit with status 2, without a traceback.
+The experts' generated answers are kept in a cache folder (--cache-dir, default $MERGELAB_ANSWER_CACHE or
+~/.cache/mergelab/expert-answers; --no-cache to keep them in memory only), so scoring another merge of the same
+experts on the same tasks generates only with the merged model. Models load in their own dtype where that is fast
+(a GPU, or a CPU with native bf16), else in float32 (--dtype to choose).
 """
 
 from __future__ import annotations
@@ -13,14 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from merging.errors import MergeLabError
-
-if TYPE_CHECKING:
-    import torch
 
 EXIT_USER_ERROR = 2
 
@@ -62,24 +63,39 @@ def _quiet_transformers() -> None:
     transformers_logging.disable_progress_bar()  # "Loading weights" bars would drown the report
 
 
+def _answer_cache(args: argparse.Namespace) -> Any:
+    from evaluation.answer_cache import AnswerCache, default_directory
+
+    return AnswerCache(None if args.no_cache else (args.cache_dir or default_directory()))
+
+
+def _dtype(args: argparse.Namespace) -> str | None:
+    from inference.generation import scoring_dtype
+
+    return args.dtype or scoring_dtype(args.device)
+
+
 def _run(args: argparse.Namespace) -> int:
     _quiet_transformers()
     from evaluation.agreement import Evaluator, check_same_architecture
+    from evaluation.results import write_results
     from evaluation.tasks import load_tasks
     from inference.loading import load_model
 
     tasks = load_tasks(args.tasks).limited(args.per_task)
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
-    experts = {name: load_model(path, device=args.device, dtype=args.dtype)
+    dtype = _dtype(args)
+    model = load_model(args.model, device=args.device, dtype=dtype)
+    experts = {name: load_model(path, device=args.device, dtype=dtype)
                for name, path in _expert_pairs(args.expert).items()}
     for name, expert in experts.items():  # name the odd one out against the model, before experts are compared
         check_same_architecture(model.model, expert.model, name)
-    result = Evaluator(tasks, experts).score(model)
+    result = Evaluator(tasks, experts, answer_cache=_answer_cache(args)).score(model)
     data = {"model": str(args.model), "tasks_file": str(args.tasks), "experts": _expert_pairs(args.expert),
             **result.to_dict(), "questions": {t.name: t.inputs for t in tasks.tasks.values()},
             "expected": {t.name: t.answers for t in tasks.tasks.values()}}
     _print_scores(result.scores)
-    print(f"wrote {_write_json(args.out, data)}")
+    written = write_results(args.out, data)
+    print(f"wrote {written['json']}, {written['csv']}")
     return 0
 
 
@@ -96,7 +112,7 @@ def _sweep(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.method.split(",") if m.strip()] if args.method else None
     tasks = load_tasks(args.tasks).limited(args.per_task)
     setup = prepare_sweep(args.recipe, tasks, experts=_expert_pairs(args.expert), device=args.device,
-                          dtype=args.dtype)
+                          dtype=_dtype(args), answer_cache=_answer_cache(args))
 
     def progress(fraction: float, text: str) -> None:
         if not args.quiet:
@@ -127,32 +143,8 @@ def _print_grid(result: Any, method: str) -> None:
 # --- interference ---------------------------------------------------------------------------------------------
 
 
-class _LazyState(Mapping):
-    """A model folder's tensors as a read-only mapping, each read (memory-mapped) only when asked for."""
-
-    def __init__(self, ref: str) -> None:
-        from merging.sources import open_model
-
-        self.source = open_model(ref)
-        self._names = self.source.tensor_names()
-        self._known = set(self._names)
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        if name not in self._known:
-            raise KeyError(name)
-        return self.source.get(name)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._known
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-
 def _interference(args: argparse.Namespace) -> int:
+    from evaluation.folder_state import LazyFolderState
     from evaluation.interference import interference_report
     from merging.recipe import load_recipe
 
@@ -160,8 +152,8 @@ def _interference(args: argparse.Namespace) -> int:
     if not recipe.base_model:
         raise MergeLabError("The recipe has no base_model: task vectors are measured against the base, so name it.")
     # Named by folder, as sweeps name experts (evaluation.sweep.expert_name, not imported: it pulls transformers).
-    experts = {Path(m.model).name: _LazyState(m.model) for m in recipe.models if m.model != recipe.base_model}
-    report = interference_report(_LazyState(recipe.base_model), experts, density=args.density,
+    experts = {Path(m.model).name: LazyFolderState(m.model) for m in recipe.models if m.model != recipe.base_model}
+    report = interference_report(LazyFolderState(recipe.base_model), experts, density=args.density,
                                  per_tensor=args.per_tensor)
     overall = report.overall
     print(f"tasks: {', '.join(report.tasks)}; sign conflicts {_percent(overall['sign_conflict_rate'])}, "
@@ -177,6 +169,13 @@ def _interference(args: argparse.Namespace) -> int:
 # --- entry point ----------------------------------------------------------------------------------------------
 
 
+def _cache_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache-dir", default=None,
+                        help="where the experts' answers are kept (default $MERGELAB_ANSWER_CACHE or "
+                             "~/.cache/mergelab/expert-answers)")
+    parser.add_argument("--no-cache", action="store_true", help="keep the experts' answers in memory only")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m evaluation", description="Score merged models against experts.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -188,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="results JSON file")
     run.add_argument("--per-task", type=int, default=None, help="only the first N examples of each task")
     run.add_argument("--device", default="cpu", help="cpu or cuda; default cpu")
-    run.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16; default float32 on cpu")
+    run.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 | auto; default: the models' own "
+                     "where fast (GPU, CPU with native bf16), else float32")
+    _cache_arguments(run)
     run.set_defaults(handler=_run)
 
     sweep = commands.add_parser("sweep", help="merge and score a weight x density grid in memory")
@@ -205,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--seed", type=int, default=0, help="seed for random methods; default 0")
     sweep.add_argument("--out", required=True, help="results JSON file (the CSV and best recipe go beside it)")
     sweep.add_argument("--device", default="cpu", help="where the experts and the scored model run; default cpu")
-    sweep.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16; default float32 on cpu")
+    sweep.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 | auto; default: the models' "
+                       "own where fast (GPU, CPU with native bf16), else float32")
+    _cache_arguments(sweep)
     sweep.add_argument("--quiet", action="store_true", help="no progress lines")
     sweep.set_defaults(handler=_sweep)
 

@@ -25,8 +25,9 @@ from typing import Any
 import torch
 
 from evaluation.agreement import METRICS, EvalResult, Evaluator
+from evaluation.answer_cache import AnswerCache
 from evaluation.errors import SweepError
-from evaluation.tasks import TaskSet
+from evaluation.tasks import TaskSet, tasks_for_experts
 from inference.loading import load_model
 from merging.errors import MergeLabError
 from merging.live import LiveMerger
@@ -434,7 +435,8 @@ class SweepSetup:
 
 
 def prepare_sweep(recipe: Recipe | str | Path, tasks: TaskSet, *, experts: Mapping[str, str] | None = None,
-                  batch_size: int | None = None, device: str = "cpu", dtype: str | None = None) -> SweepSetup:
+                  batch_size: int | None = None, device: str = "cpu", dtype: str | None = None,
+                  answer_cache: AnswerCache | None = None) -> SweepSetup:
     """Load the recipe's base and models (names from folder names, or `experts` name -> model ref), keep only the
     tasks of those experts and composite tasks, and build the merger and evaluator. The experts (and the scoring
     instance) live on `device`; task vectors stay on the CPU in float32."""
@@ -451,13 +453,9 @@ def prepare_sweep(recipe: Recipe | str | Path, tasks: TaskSet, *, experts: Mappi
     states = {ref: read_state(ref)[0] for ref in refs}
     merger = LiveMerger(base_state, states, num_layers)
     loaded = {names[ref]: load_model(ref, device=device, dtype=dtype) for ref in refs}
-    kept = [e for e in tasks.examples if e.expert is None or e.expert in loaded]
-    if not kept:
-        raise SweepError(f"No task in {tasks.source} belongs to the recipe's models ({', '.join(loaded)}) or is "
-                         "composite: set each line's \"expert\" to one of them (or null).")
-    task_set = TaskSet(kept, source=tasks.source)
+    task_set = tasks_for_experts(tasks, loaded, whose="the recipe's models")
     template_model = None
     if any(not t.is_classification for t in task_set.tasks.values()) and all(m.kind == "lm" for m in loaded.values()):
         template_model = next(iter(loaded.values()))
-    evaluator = Evaluator(task_set, loaded, batch_size=batch_size, template=template_model)
+    evaluator = Evaluator(task_set, loaded, batch_size=batch_size, template=template_model, answer_cache=answer_cache)
     return SweepSetup(template=template, merger=merger, evaluator=evaluator)

@@ -237,6 +237,17 @@ def _size(count: int) -> str:
     return f"{count / 1e6:.1f} MB" if count >= 1_000_000 else f"{count / 1e3:.0f} KB"
 
 
+def tasks_for_experts(tasks: TaskSet, experts: Iterable[str], *, whose: str = "the chosen sources") -> TaskSet:
+    """Only the tasks owned by one of `experts`, and composite tasks (expert null): what a merge of those experts
+    can be scored on. `whose` names the experts in the error when no task is left."""
+    names = set(experts)
+    kept = [e for e in tasks.examples if e.expert is None or e.expert in names]
+    if not kept:
+        raise TaskSetError(f"No task in {tasks.source} belongs to {whose} ({', '.join(sorted(names))}) or is "
+                           "composite: set each line's \"expert\" to one of them, or null for a task of none.")
+    return TaskSet(kept, source=tasks.source)
+
+
 def tasks_from_records(records: Iterable[dict], source: str = "<memory>") -> TaskSet:
     """A TaskSet from already-parsed records (line numbers count from 1)."""
     return TaskSet([parse_record(r, i, source) for i, r in enumerate(records, start=1)], source=source)

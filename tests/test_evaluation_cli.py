@@ -32,6 +32,14 @@ def models(tmp_path_factory):
     return mistral, llama, tasks, recipe
 
 
+@pytest.fixture(autouse=True)
+def answer_cache_in_tmp(tmp_path, monkeypatch):
+    """The experts' answers go to a folder of the test's own, never the user's ~/.cache."""
+    folder = tmp_path / "answers"
+    monkeypatch.setenv("MERGELAB_ANSWER_CACHE", str(folder))
+    return folder
+
+
 def _experts(family) -> list[str]:
     return [arg for i, path in enumerate(family.experts) for arg in ("--expert", f"expert{i}={path}")]
 
@@ -46,6 +54,33 @@ def test_run_scores_a_model_against_its_experts(models, tmp_path, capsys):
     assert data["tasks"]["a"]["agreement"] == 1.0  # expert0 agrees with itself
     assert data["questions"]["a"] == ["1+2=", "abc"] and len(data["answers"]["b"]) == 2
     assert "agreement" in capsys.readouterr().out
+
+
+def test_run_writes_the_scores_csv_and_reuses_the_experts_answers(models, tmp_path, answer_cache_in_tmp,
+                                                                 monkeypatch):
+    import csv
+
+    from evaluation import scoring
+
+    mistral, _, tasks, _ = models
+    generated: list[str] = []
+    real = scoring.generate_batch
+    monkeypatch.setattr(scoring, "generate_batch",
+                        lambda model, tok, prompts, *a, **k: generated.extend(prompts) or real(model, tok, prompts, *a, **k))
+    argv = ["run", "--model", str(mistral.base), "--tasks", str(tasks), *_experts(mistral)]
+    assert main([*argv, "--out", str(tmp_path / "first.json")]) == 0
+    assert len(generated) == 2 * 4 + 4  # both experts on all four prompts, then the model
+    assert len(list(answer_cache_in_tmp.glob("*.json"))) == 2
+    generated.clear()
+    assert main([*argv, "--out", str(tmp_path / "second.json")]) == 0
+    assert len(generated) == 4  # the experts' answers came from the cache folder
+    rows = list(csv.DictReader((tmp_path / "second.csv").open(encoding="utf-8")))
+    data = json.loads((tmp_path / "second.json").read_text(encoding="utf-8"))
+    assert [r["task"] for r in rows] == ["a", "b"]
+    assert float(rows[0]["agreement"]) == data["tasks"]["a"]["agreement"]
+    generated.clear()
+    assert main([*argv, "--no-cache", "--out", str(tmp_path / "third.json")]) == 0
+    assert len(generated) == 2 * 4 + 4
 
 
 def test_sweep_writes_json_csv_and_best_recipe(models, tmp_path):

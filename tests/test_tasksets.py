@@ -99,3 +99,15 @@ def test_bundled_ja_math_set_is_valid_and_original_in_style():
     assert all(any("\u3040" <= ch <= "\u9fff" for ch in e.input) for e in task.examples)  # posed in Japanese
     assert len(set(task.inputs)) == len(task.inputs)
     assert task.max_new_tokens == 256  # room for a real model's working before its answer
+
+
+def test_tasks_for_experts_keeps_their_tasks_and_composites():
+    from evaluation.tasks import tasks_for_experts
+
+    tasks = tasks_from_records([{"task": "a", "prompt": "1", "expert": "math"},
+                                {"task": "b", "prompt": "2", "expert": "japanese"},
+                                {"task": "c", "prompt": "3", "expert": None}])
+    assert tasks_for_experts(tasks, ["math"]).task_names == ["a", "c"]
+    only = tasks_from_records([{"task": "a", "prompt": "1", "expert": "math"}], source="t.jsonl")
+    with pytest.raises(TaskSetError, match=r"No task in t.jsonl belongs to the recipe's models \(strings\)"):
+        tasks_for_experts(only, ["strings"], whose="the recipe's models")

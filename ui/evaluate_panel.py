@@ -4,8 +4,6 @@ recipe as YAML to download."""
 
 from __future__ import annotations
 
-import csv
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,14 +31,9 @@ def task_set_for(session: Session, uploaded: str | None, per_task: int | None):
     else:
         raise TaskSetError("Upload a task file (JSONL, one example a line: {\"task\", \"prompt\" or \"text\", "
                            "\"answer\" or \"label\", \"expert\"}) to evaluate these models.")
-    labels = set(session.labels)
-    kept = [e for e in tasks.examples if e.expert is None or e.expert in labels]
-    if not kept:
-        raise TaskSetError(f"No task in {tasks.source} belongs to the chosen sources ({', '.join(sorted(labels))}): "
-                           "set each line's \"expert\" to one of them, or null for a task of none.")
-    from evaluation.tasks import TaskSet
+    from evaluation.tasks import tasks_for_experts
 
-    return TaskSet(kept, source=tasks.source).limited(per_task)
+    return tasks_for_experts(tasks, session.labels).limited(per_task)
 
 
 def evaluator_for(session: Session, tasks: Any, key: tuple) -> Any:
@@ -288,16 +281,10 @@ def write_downloads(session: Session, result: dict[str, Any]) -> list[str]:
     folder = Path(tempfile.mkdtemp(prefix="mergelab-results-"))
     # The recipe scored is the one evaluate() put in the result (a later merge does not rename it).
     scored = result.get("recipe", session.recipe.to_dict() if session.recipe else None)
-    (folder / "results.json").write_text(json.dumps({**result, "recipe": scored}, ensure_ascii=False, indent=2),
-                                         encoding="utf-8")
-    with (folder / "results.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["task", "expert", "examples", "agreement", "accuracy", "expert_accuracy",
-                         "normalized_accuracy"])
-        for name, s in result["tasks"].items():
-            writer.writerow([name, s["expert"] or "", s["examples"], s["agreement"], s["accuracy"],
-                             s["expert_accuracy"], s["normalized_accuracy"]])
-    paths = [str(folder / "results.json"), str(folder / "results.csv")]
+    from evaluation.results import write_results
+
+    written = write_results(folder / "results.json", {**result, "recipe": scored})
+    paths = [str(written["json"]), str(written["csv"])]
     if scored is not None:
         from merging.recipe import Recipe
 

@@ -4,13 +4,10 @@ the chosen density."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import torch
 
 from merging.errors import MergeLabError
 from ui.hosting import HostConfig
@@ -18,30 +15,9 @@ from ui.session import Session
 from ui.workspace import require_models
 
 
-class _LazyTensors(Mapping):
-    """A model folder as a read-only mapping that reads one tensor at a time (bounded memory for big models)."""
-
-    def __init__(self, path: Path) -> None:
-        from merging.sources import open_model
-
-        self._source = open_model(path)
-        self._names = self._source.tensor_names()
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self._source.get(name)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-    def __contains__(self, name: object) -> bool:
-        return name in set(self._names)
-
-
 def interference(session: Session, config: HostConfig, density: float = 0.5, progress: Any = None) -> dict:
     """/interference: the report as a dict (tasks, overall, by_layer, by_module, cells)."""
+    from evaluation.folder_state import LazyFolderState
     from evaluation.interference import interference_report
 
     require_models(session)
@@ -49,8 +25,8 @@ def interference(session: Session, config: HostConfig, density: float = 0.5, pro
         raise MergeLabError("Interference needs at least two source models: add one in the Models tab.")
     if not 0.0 <= float(density) <= 1.0:
         raise MergeLabError(f"Density must be between 0 and 1 (got {density}).")
-    base = _LazyTensors(session.base.path)
-    experts = {s.label: _LazyTensors(s.path) for s in session.sources}
+    base = LazyFolderState(session.base.path)
+    experts = {s.label: LazyFolderState(s.path) for s in session.sources}
     step = (lambda done, total: progress(done / total, desc=f"Tensor {done}/{total}")) if progress else None
     report = interference_report(base, experts, density=float(density), per_tensor=False, progress=step)
     return report.to_dict()

@@ -13,6 +13,7 @@ from typing import Any
 
 import gradio as gr
 
+from evaluation.charts import coefficients_figure, comparison_figure, comparison_markdown, loss_figure
 from merging.errors import MergeLabError, TaskSetError
 from ui.hosting import HostConfig
 from ui.session import Session
@@ -70,42 +71,6 @@ def unlabeled_inputs(session: Session, uploaded: str | None, per_task: int) -> d
                            "line) for these models.")
     # An upload is a server-side copy (/tmp/gradio/<hash>/NAME): messages name the file the user chose.
     return read_inputs(path, session.labels, per_task, display=Path(path).name)
-
-
-def loss_figure(losses: list[float], method: str):
-    import plotly.graph_objects as go
-
-    fig = go.Figure(go.Scatter(x=list(range(1, len(losses) + 1)), y=losses, mode="lines", name="loss"))
-    fig.update_layout(title=f"{method} loss", xaxis_title="step", yaxis_title="loss", height=320,
-                      margin={"t": 50, "b": 40})
-    return fig
-
-
-def _short(name: str) -> str:
-    """model.layers.3.self_attn.q_proj.weight -> L3 q_proj (bias kept): tick labels a person can read."""
-    import re
-
-    match = re.search(r"(?:layers|layer|h|blocks)\.(\d+)\.(.*)", name)
-    tail = match.group(2) if match else name.removeprefix("model.").removeprefix("bert.")
-    tail = tail.replace("self_attn.", "").replace("mlp.", "").replace("attention.", "")
-    tail = tail.removesuffix(".weight")
-    return f"L{match.group(1)} {tail}" if match else tail
-
-
-def coefficients_figure(tasks: list[str], names: list[str], coefficients: Any):
-    import plotly.graph_objects as go
-
-    values = coefficients.detach().float().cpu()
-    if values.dim() == 1:
-        values = values[:, None]
-        names = ["all tensors"]
-    labels = [_short(n) for n in names]
-    fig = go.Figure(go.Heatmap(z=values.tolist(), x=labels, y=tasks, colorscale="Viridis",
-                               colorbar={"title": "λ"}, hovertemplate="%{y} · %{x}: λ = %{z:.3f}<extra></extra>"))
-    fig.update_layout(title="Learned coefficients (tasks × tensors, in layer order)", height=360,
-                      xaxis={"showticklabels": len(names) <= 60, "tickangle": -60, "tickfont": {"size": 9}},
-                      margin={"t": 50, "b": 90})
-    return fig
 
 
 def learn(session: Session, config: HostConfig, settings: LearnSettings, uploaded: str | None = None
@@ -197,30 +162,6 @@ def compare_with_baselines(session: Session, config: HostConfig, per_task: int =
     if learned is not None and ta is not None and learned <= ta:
         markdown += f"\n\n**Why the learned merge does not beat task arithmetic here:** {WHY_NOT[session.learned.method]}"
     return comparison_figure(scores), markdown
-
-
-def comparison_figure(scores: dict[str, Any]):
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for metric in ("agreement", "accuracy"):
-        fig.add_bar(name=metric, x=list(scores), y=[s.mean(metric) for s in scores.values()])
-    fig.update_layout(title="Learned merge beside task arithmetic and TIES (mean over tasks)", barmode="group",
-                      yaxis={"range": [0, 1], "tickformat": ".0%"}, height=360, margin={"t": 50, "b": 40})
-    return fig
-
-
-def comparison_markdown(scores: dict[str, Any]) -> str:
-    def pct(v: float | None) -> str:
-        return "–" if v is None else f"{v:.0%}"
-
-    tasks = list(next(iter(scores.values())).scores)
-    lines = ["| merge | " + " | ".join(tasks) + " | mean agreement |", "|---" * (len(tasks) + 2) + "|"]
-    for name, result in scores.items():
-        cells = [pct(result.scores[t].agreement if result.scores[t].agreement is not None
-                     else result.scores[t].accuracy) for t in tasks]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {pct(result.mean('agreement'))} |")
-    return "\n".join(lines) + "\n\n(cells: agreement with the task's expert, or accuracy for a task with none)"
 
 
 # --- components ----------------------------------------------------------------------------------------------------
