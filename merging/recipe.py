@@ -161,7 +161,9 @@ def load_recipe(source: str | Path, *, validate: bool = True) -> Recipe:
     Structural and semantic problems are reported together in one RecipeError."""
     text = str(source)
     where = "the recipe"
-    looks_like_path = "\n" not in text and (text.endswith((".yaml", ".yml")) or is_file(Path(text)))
+    # One line without ":" cannot be a usable recipe (that needs a mapping), so it is a file name.
+    looks_like_path = "\n" not in text and (text.endswith((".yaml", ".yml")) or ":" not in text
+                                            or is_file(Path(text)))
     if isinstance(source, Path) or looks_like_path:
         path = Path(source)
         text, where = read_recipe_text(path), f"recipe file {quote(str(path))}"

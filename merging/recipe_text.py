@@ -41,6 +41,8 @@ def read_recipe_text(path: Path) -> str:
     else raises RecipeError naming the file and what to do."""
     shown = quote(str(path))
     try:
+        if path.is_dir():
+            raise RecipeError(f"recipe file {shown} is a folder: give the recipe's YAML file")
         if not path.is_file():
             raise RecipeError(f"recipe file {shown} not found: check the path")
         size = path.stat().st_size

@@ -211,3 +211,10 @@ def test_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as exited:
         main(["check"])
     assert exited.value.code == EXIT_USER_ERROR
+
+
+def test_a_folder_or_a_bare_name_given_as_the_recipe(tmp_path, capsys):
+    assert main(["check", str(tmp_path)]) == EXIT_PROBLEMS
+    assert "is a folder: give the recipe's YAML file" in capsys.readouterr().out
+    assert main(["check", str(tmp_path / "recipe")]) == EXIT_PROBLEMS  # no .yaml suffix, not there
+    assert "not found: check the path" in capsys.readouterr().out
