@@ -75,7 +75,17 @@ def read_state(folder: str | Path) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for f in files:
         state.update(load_file(str(f)))
-    return state
+    return {_modern_name(n): t for n, t in state.items()}
+
+
+def _modern_name(name: str) -> str:
+    """Old BERT checkpoints (bert-base-uncased itself) name LayerNorm parameters gamma/beta; transformers loads
+    them as weight/bias, which is what fine-tunes saved since carry."""
+    if name.endswith("LayerNorm.gamma"):
+        return name.replace("LayerNorm.gamma", "LayerNorm.weight")
+    if name.endswith("LayerNorm.beta"):
+        return name.replace("LayerNorm.beta", "LayerNorm.bias")
+    return name
 
 
 def _load(folder: str | Path, kind: Kind, device: torch.device) -> torch.nn.Module:
@@ -227,6 +237,15 @@ def _setup(tasks, vectors, params, student_logits, batches, teachers, need_teach
 
 # ---- classifiers with per-task heads ----
 
+def _encode(tokenizer, items: list, max_length: int):
+    """Texts, or (first, second) pairs (GLUE's sentence-pair tasks) encoded as the tokenizer's text pairs."""
+    if items and all(isinstance(i, (tuple, list)) and len(i) == 2 for i in items):
+        first, second = [str(i[0]) for i in items], [str(i[1]) for i in items]
+        return tokenizer(first, second, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return tokenizer([str(i) for i in items], padding=True, truncation=True, max_length=max_length,
+                     return_tensors="pt")
+
+
 def setup_classifier(
     base: str | Path,
     experts: Mapping[str, str | Path],
@@ -253,8 +272,7 @@ def setup_classifier(
         for split, inputs in splits.items():
             task_batches = []
             for chunk in _chunks(list(inputs.get(task, ())), batch_size):
-                enc = tokenizer(list(chunk), padding=True, truncation=True, max_length=max_length,
-                                return_tensors="pt")
+                enc = _encode(tokenizer, list(chunk), max_length)
                 task_batches.append({k: v.to(dev) for k, v in enc.items()})
             batches[split].append(task_batches)
             if need_teachers:

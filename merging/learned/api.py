@@ -51,7 +51,7 @@ def split_heldout(inputs: Mapping[str, Sequence[str]], fraction: float) -> tuple
         raise MergeLabError(f"the held-out fraction must be in [0, 1), not {fraction}")
     train, heldout = {}, {}
     for task, items in inputs.items():
-        unique = list(dict.fromkeys(items))
+        unique = list(dict.fromkeys(tuple(i) if isinstance(i, list) else i for i in items))
         k = 0 if fraction == 0 or len(unique) < 2 else min(len(unique) - 1, max(1, round(fraction * len(unique))))
         train[task], heldout[task] = unique[:len(unique) - k], unique[len(unique) - k:]
     return train, heldout

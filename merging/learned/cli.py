@@ -71,11 +71,20 @@ def _parse_experts(values: list[str]) -> dict[str, str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=("samerging", "adamerging"), default="samerging")
-    parser.add_argument("--base", required=True, help="base model folder (the experts' common ancestor)")
-    parser.add_argument("--expert", action="append", required=True, metavar="NAME=DIR",
+    parser.add_argument("--base", help="base model folder (the experts' common ancestor)")
+    parser.add_argument("--expert", action="append", metavar="NAME=DIR",
                         help="an expert and its task name in the prompts file; repeat for each expert")
-    parser.add_argument("--prompts", required=True, help="task-set JSONL with unlabeled prompts/texts per expert")
-    parser.add_argument("--examples-per-task", type=int, default=16)
+    parser.add_argument("--prompts", help="task-set JSONL with unlabeled prompts/texts per expert")
+    parser.add_argument("--preset", choices=("glue-bert",), default=None,
+                        help="glue-bert: bert-base-uncased + the six textattack GLUE teachers from the Hub, 32 GLUE "
+                             "training inputs per task, scored on GLUE validation (replaces --base/--expert/--prompts)")
+    parser.add_argument("--preset-models", default=None, help="preset: local model folders instead of the Hub")
+    parser.add_argument("--preset-data", default=None, help="preset: local JSONL per task instead of GLUE")
+    parser.add_argument("--eval-per-task", type=int, default=1000, help="preset: validation examples scored per task")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="preset: accept PyTorch pickle checkpoints (textattack's), loaded with weights_only")
+    parser.add_argument("--examples-per-task", type=int, default=None,
+                        help="unlabeled inputs per task (default 16; the glue-bert preset: 32)")
     parser.add_argument("--batch-size", type=int, default=16, help="examples per task in each step; default 16")
     parser.add_argument("--steps", type=int, default=200, help="most updates (early stopping may end sooner)")
     parser.add_argument("--rho", type=float, default=None,
@@ -109,10 +118,24 @@ def run(args: argparse.Namespace) -> int:
 
     from merging.learned.api import learn_merge, save_learned_merge
 
-    experts = _parse_experts(args.expert)
-    if args.examples_per_task < 1 or args.batch_size < 1:
-        raise MergeLabError("--examples-per-task and --batch-size must be at least 1")
-    inputs = read_inputs(args.prompts, list(experts), args.examples_per_task)
+    scored = None
+    if args.preset:
+        from merging.learned import presets
+
+        per_task = args.examples_per_task or presets.UNLABELED_PER_TASK
+        args.base, experts = presets.resolve_models(args.preset, args.preset_models, allow_pickle=args.allow_pickle)
+        inputs, scored = presets.load_data(args.preset, args.preset_data, per_task, args.eval_per_task)
+    else:
+        missing = [f"--{n}" for n in ("base", "expert", "prompts") if not getattr(args, n)]
+        if missing:
+            raise MergeLabError(f"give {', '.join(missing)} (or --preset glue-bert)")
+        experts = _parse_experts(args.expert)
+        per_task = args.examples_per_task or 16
+        if per_task < 1:
+            raise MergeLabError("--examples-per-task must be at least 1")
+        inputs = read_inputs(args.prompts, list(experts), per_task)
+    if args.batch_size < 1:
+        raise MergeLabError("--batch-size must be at least 1")
     rho = 0.0 if args.method == "adamerging" else args.rho
     init = _parse_init(args.init)
     bar = None
@@ -144,6 +167,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"Learned {tuple(merge.coefficients.shape)} coefficients in {merge.seconds:.1f} s "
           f"(loss {first:.4f} → {last:.4f}); recipe: {recipe}")
     print(describe_run(merge))
+    if scored is not None:
+        from merging.learned import presets
+
+        report = presets.score(args.base, experts, merge.coefficients, merge.names, scored, device=args.device)
+        (Path(args.out) / "report.json").write_text(json.dumps(report, indent=1))
+        print(presets.report_markdown(report))
     return 0
 
 
