@@ -132,3 +132,15 @@ def test_sweep_grid_too_big_says_so(client):
     with pytest.raises(AppError) as error:
         client.predict("ties", "0:1:0.05", "0:1:0.05", "accuracy", 5, None, api_name="/sweep")
     assert "coarser steps" in str(error.value)
+
+
+def test_re_merge_to_the_same_folder_is_what_evaluate_scores(client):
+    """Two folder merges under one name: /evaluate scores the second and its results.json names that recipe (the
+    handler tests compare the scored model with a fresh load of the folder)."""
+    for weights in ([0.5, 0.5], [2.5, -1.0]):
+        status = client.predict(settings("task_arithmetic", weights), "same", api_name="/merge_to_folder")
+        assert "Saved to" in status, status
+    _status, _chart, _table, downloads = client.predict(None, 5, api_name="/evaluate")
+    results = json.loads(Path(next(f for f in downloads if f.endswith(".json"))).read_text(encoding="utf-8"))
+    assert [m["parameters"]["weight"] for m in results["recipe"]["models"]] == [2.5, -1.0]
+    assert results["merge"]["mode"] == "folder"
