@@ -273,22 +273,11 @@ def _supports_own_loop(model: PreTrainedModel) -> bool:
 @torch.inference_mode()
 def _greedy_rows(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[list[int]],
                  limits: list[int], stops: list[tuple[str, ...]], eos: set[int], pad_id: int) -> list[list[int]]:
-    """Greedy decoding of left-padded `rows` with a KV cache. A row leaves the batch (and the cache) as soon as it
-    emits eos, reaches its limit or writes one of its stop strings, so the batch shrinks as answers finish and the
-    loop ends when every row has."""
+    """Greedy decoding of `rows` with a KV cache. A row leaves the batch (and the cache) as soon as it emits eos,
+    reaches its limit or writes one of its stop strings, so the batch shrinks as answers finish and the loop ends
+    when every row has."""
     device = _device(model)
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    input_ids, mask, positions = input_ids.to(device), mask.to(device), positions.to(device)
-    extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
-    cache, logits = out.past_key_values, out.logits[:, -1]
-    next_position = positions[:, -1] + 1
+    cache, logits, mask, next_position = _prefill(model, rows, pad_id)
     active = list(range(len(rows)))
     generated: list[list[int]] = [[] for _ in rows]
     finished: set[int] = set()
@@ -318,6 +307,53 @@ def _greedy_rows(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, row
                     use_cache=True)
         cache, logits = out.past_key_values, out.logits[:, -1]
         next_position = next_position + 1
+
+
+MIN_SHARED_PREFIX = 4  # tokens; below this a separate prefix pass costs more than it saves
+
+
+def _shared_prefix(rows: list[list[int]]) -> int:
+    """Tokens every row starts with (the chat template's system prompt and turn header), leaving each row at least
+    one token of its own."""
+    shortest = min(len(r) for r in rows)
+    length = 0
+    while length < shortest - 1 and all(r[length] == rows[0][length] for r in rows):
+        length += 1
+    return length
+
+
+def _prefill(model: PreTrainedModel, rows: list[list[int]], pad_id: int):
+    """Run the prompts through the model: (cache, last logits, attention mask, next position per row).
+
+    The prefix all rows share is run once and its cache copied to every row; each row's own tokens follow it,
+    right-aligned, with padding between the prefix and them (masked out; positions count real tokens only). Where no
+    prefix is shared (or the cache cannot be copied), rows are simply left-padded."""
+    device = _device(model)
+    extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    shared = _shared_prefix(rows) if len(rows) > 1 else 0
+    cache = None
+    if shared >= MIN_SHARED_PREFIX:
+        prefix = torch.tensor([rows[0][:shared]], dtype=torch.long, device=device)
+        cache = model(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True, **extra).past_key_values
+        if hasattr(cache, "batch_repeat_interleave"):
+            cache.batch_repeat_interleave(len(rows))
+        else:
+            cache, shared = None, 0
+    else:
+        shared = 0
+    own = [r[shared:] for r in rows]
+    width = max(len(r) for r in own)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    own_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(own):
+        input_ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        own_mask[i, width - len(row):] = 1
+    positions = shared + (own_mask.cumsum(-1) - 1).clamp(min=0)
+    mask = torch.cat([torch.ones((len(rows), shared), dtype=torch.long), own_mask], dim=1)
+    input_ids, mask, positions = input_ids.to(device), mask.to(device), positions.to(device)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                use_cache=True, **extra)
+    return out.past_key_values, out.logits[:, -1], mask, positions[:, -1] + 1
 
 
 def _append_and_check(tokenizer: PreTrainedTokenizerBase, generated: list[int], token: int, limit: int,

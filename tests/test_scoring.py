@@ -39,6 +39,7 @@ class _CountInputs:
 
     def __init__(self, model):
         self.widths: list[int] = []
+        self.batches: list[int] = []
         self.positions: list[int] = []
         self.calls = 0
         self.handle = model.register_forward_pre_hook(self, with_kwargs=True)
@@ -47,6 +48,7 @@ class _CountInputs:
         self.calls += 1
         ids = kwargs.get("input_ids")
         self.widths.append(ids.shape[1])
+        self.batches.append(ids.shape[0])
         positions = kwargs.get("position_ids")
         if positions is not None:
             self.positions.append(int(positions.max()))
@@ -69,6 +71,17 @@ def test_batched_loop_gives_transformers_greedy_answers(base):
         out = base.model.generate(**encoded, generation_config=config)
         theirs.append(tok.decode(out[0, encoded["input_ids"].shape[1]:], skip_special_tokens=True).strip())
     assert ours == theirs
+
+
+def test_the_prompts_shared_start_is_run_once(base):
+    hook = _CountInputs(base.model)
+    try:
+        generate_batch(base.model, base.tokenizer, PROMPTS, 3)
+    finally:
+        hook.remove()
+    # "user: " (the chat template's start) once for the batch, then each prompt's own tokens.
+    assert (hook.batches[0], hook.widths[0]) == (1, len("user: "))
+    assert hook.batches[1] == len(PROMPTS) and hook.widths[1] == max(len(p) for p in PROMPTS) + len("\nassistant: ")
 
 
 def test_stop_strings_cut_each_row_as_if_generated_alone(base):
