@@ -22,14 +22,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
-from transformers.utils import logging as transformers_logging  # noqa: E402
+import torch
+from transformers.utils import logging as transformers_logging
 
-from evaluation.agreement import Evaluator  # noqa: E402
-from evaluation.answer_cache import AnswerCache  # noqa: E402
-from evaluation.tasks import TaskSet, load_tasks  # noqa: E402
-from inference.loading import load_model  # noqa: E402
-from merging.sources import open_model  # noqa: E402
+from evaluation.agreement import Evaluator
+from evaluation.answer_cache import AnswerCache
+from evaluation.tasks import TaskSet, load_tasks
+from inference.generation import scoring_dtype
+from inference.loading import load_model
+from merging.sources import open_model
 
 
 def machine() -> str:
@@ -97,23 +98,25 @@ def run(root: Path, dtype: str | None, batch_size: int | None, per_task: int | N
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=None, help="family root (base/, experts, tasks.jsonl)")
-    parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | auto; default float32 on the CPU")
+    parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | auto; default as python -m evaluation: "
+                        "the models' own where bf16 is native, else float32")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default torch's)")
     parser.add_argument("--batch-size", type=int, default=None, help="prompts per batch (default by device)")
     parser.add_argument("--per-task", type=int, default=None, help="only the first N prompts of each task")
-    parser.add_argument("--compare-dtypes", action="store_true", help="also score in bfloat16 and compare answers")
+    parser.add_argument("--compare-dtypes", action="store_true", help="also score in float32 and compare answers")
     args = parser.parse_args()
     transformers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
     if args.threads:
         torch.set_num_threads(args.threads)
     root = family_root(args.root)
+    args.dtype = args.dtype or scoring_dtype("cpu") or "float32"
     load = os.getloadavg()
     print(f"machine: {machine()}; torch threads {torch.get_num_threads()}; load before {load[0]:.1f}")
     figures = run(root, args.dtype, args.batch_size, args.per_task)
     tasks = figures["tasks"]
     counts = ", ".join(f"{n} {len(t.examples)}" for n, t in tasks.tasks.items())
-    print(f"family {root} ({len(tasks.experts)} experts; {len(tasks)} prompts: {counts}); dtype {args.dtype or 'default'}")
+    print(f"family {root} ({len(tasks.experts)} experts; {len(tasks)} prompts: {counts}); dtype {args.dtype}")
     print(f"experts loaded in {figures['load_s']:.1f} s")
     print(f"cold (experts generate, then the merged model): {figures['cold_s']:.1f} s")
     print(f"warm (experts read from the cache folder, merged model only): {figures['warm_s']:.1f} s")
@@ -122,11 +125,12 @@ def main() -> int:
     summary = figures["result"].summary()
     print("merged model: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items() if v is not None))
     if args.compare_dtypes:
-        other = run(root, "bfloat16", args.batch_size, args.per_task)
+        other = run(root, "float32", args.batch_size, args.per_task)
         same = sum(a == b for task in tasks.task_names
                    for a, b in zip(figures["result"].outputs[task], other["result"].outputs[task]))
-        print(f"bfloat16: cold {other['cold_s']:.1f} s, warm {other['warm_s']:.1f} s; merged model's outputs equal "
-              f"to {args.dtype or 'default'} on {same} of {len(tasks)} prompts")
+        print(f"float32: cold {other['cold_s']:.1f} s, warm {other['warm_s']:.1f} s; merged model's outputs equal "
+              f"to {args.dtype}'s on {same} of {len(tasks)} prompts; float32 "
+              + ", ".join(f"{k} {v:.2f}" for k, v in other["result"].summary().items() if v is not None))
     print(f"load after {os.getloadavg()[0]:.1f}")
     return 0
 
