@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import torch
 from merging.checks import require_finite
 from merging.errors import RecipeError
 from merging.methods.chunks import compute_threads
+from merging.methods.fused import remember_thresholds
 from merging.methods.registry import collect_notes, get_method
 from merging.recipe import ParameterResolver, Recipe, validate_recipe
 
@@ -168,6 +170,9 @@ class LiveMerger:
         }
         self.task_vectors: Mapping[str, Mapping[str, torch.Tensor]] = _TaskVectors(self)
         self.notes: list[str] = []  # the last merge's per-tensor notes ("name: message")
+        self._dtypes = {t.dtype for state in [self.base, *self.models.values()] for t in state.values()}
+        # Magnitude thresholds of the kept tensors per density (a weight slider move reuses them: ties 3x faster).
+        self._thresholds: dict = {}
 
     @property
     def nbytes(self) -> int:
@@ -210,15 +215,24 @@ class LiveMerger:
         out_dtype = self.output_dtype(recipe)
         compute = _DTYPES.get(recipe.dtype or "")  # the engine rounds inputs to the recipe's dtype first
 
-        def prepared(tensor: torch.Tensor) -> torch.Tensor:
+        def kept_as_is(dtype: torch.dtype) -> bool:
             # Widening bf16/fp16 to float32 is exact and the methods widen per chunk themselves (faster, less memory).
-            exact = compute == torch.float32 and tensor.dtype in (torch.bfloat16, torch.float16)
-            return tensor if compute is None or tensor.dtype == compute or exact else tensor.to(compute)
+            exact = compute == torch.float32 and dtype in (torch.bfloat16, torch.float16)
+            return compute is None or dtype == compute or exact
+
+        def prepared(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor if kept_as_is(tensor.dtype) else tensor.to(compute)
+
+        # Thresholds are remembered by the tensors' storage: only for the kept tensors themselves, never for copies
+        # (a freed copy's address can come back holding other values).
+        if len(self._thresholds) > 64 * max(1, len(self.names)):
+            self._thresholds.clear()
+        memo = self._thresholds if all(kept_as_is(d) for d in self._dtypes) else None
 
         sources = [self._weights(key, recipe.base_model) for key in inputs]
         pass_base = method.base == "required" or (method.base == "optional" and recipe.base_model is not None)
         notes: list[str] = []
-        with compute_threads(self.threads):
+        with compute_threads(self.threads), remember_thresholds(memo) if memo is not None else nullcontext():
             for name in self.names:
                 model_params, params = resolve(name)
                 generator = tensor_generator(seed, name, self.device) if method.random else None

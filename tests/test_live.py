@@ -241,3 +241,24 @@ def test_available_memory_is_read_on_this_machine():
 
     free = available_bytes("cpu")
     assert free is not None and free > 0
+
+
+def test_remembered_thresholds_give_the_same_bits_as_a_fresh_merge():
+    """Large tensors take the fused path, whose magnitude thresholds live merging keeps per density: moving a weight,
+    then the density, then back, each merge equals the method called afresh (the engine's call)."""
+    gen = torch.Generator().manual_seed(3)
+    base = {"model.layers.0.mlp.up_proj.weight": torch.randn(512, 600, generator=gen).to(torch.bfloat16)}
+    experts = {k: {n: (w.float() + 0.02 * torch.randn(w.shape, generator=gen)).to(torch.bfloat16)
+                   for n, w in base.items()} for k in ("math", "japanese")}
+    live = LiveMerger(base, experts, num_layers=1)
+    fn = get_method("ties").fn
+    for weights, density in [((0.7, 0.4), 0.3), ((0.2, 0.9), 0.3), ((0.2, 0.9), 0.6), ((0.7, 0.4), 0.3)]:
+        rec = load_recipe(recipe("ties", f"- {{model: math, parameters: {{weight: {weights[0]}}}}}\n"
+                                         f"- {{model: japanese, parameters: {{weight: {weights[1]}}}}}",
+                                 f"density: {density}"))
+        out = live.merge(rec)
+        for name in base:
+            model_params, params = ParameterResolver(rec, 1)(name)
+            expected = fn(base[name], [experts["math"][name], experts["japanese"][name]], model_params, params, None)
+            assert torch.equal(out[name], expected.to(torch.bfloat16)), (weights, density)
+    assert len(live._thresholds) == 2  # one entry per density: the fused path ran and its thresholds were kept

@@ -9,11 +9,13 @@ writes the output — all while the chunk is in the CPU cache. Results equal the
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 
-from merging.methods.chunks import buffer, for_each_chunk
+from merging.methods.chunks import buffer, for_each_chunk, workers
 from merging.methods.consensus import disjoint_mean_into
 from merging.methods.selection import drop_ties_, value_at_rank
 from merging.methods.sparsify import blocked_norms
@@ -86,7 +88,35 @@ def _predicted_window(base: torch.Tensor, x: torch.Tensor, rank: int) -> tuple[f
     return float(low), float(high)
 
 
+_REMEMBERED: ContextVar[dict | None] = ContextVar("remembered_thresholds", default=None)
+
+
+@contextmanager
+def remember_thresholds(memo: dict) -> Iterator[dict]:
+    """Within the block (this thread or task), magnitude thresholds are kept in `memo` and reused, keyed by the
+    tensors' storage (base and each x), the keep counts and the chunking. For callers that merge the same unchanged
+    tensors again and again (live merging: a weight slider moves, the thresholds do not): the caller keeps those
+    tensors alive and unchanged while it uses `memo`, and clears it when they change."""
+    token = _REMEMBERED.set(memo)
+    try:
+        yield memo
+    finally:
+        _REMEMBERED.reset(token)
+
+
 def _thresholds(base: torch.Tensor, xs: list[torch.Tensor], keep_counts: list[int | None]) -> list[_Threshold | None]:
+    memo = _REMEMBERED.get()
+    if memo is None:
+        return _find_thresholds(base, xs, keep_counts)
+    key = (base.data_ptr(), base.numel(), base.dtype, tuple((x.data_ptr(), x.dtype) for x in xs),
+           tuple(keep_counts), workers() < 2)
+    if key not in memo:
+        memo[key] = _find_thresholds(base, xs, keep_counts)
+    return list(memo[key])
+
+
+def _find_thresholds(base: torch.Tensor, xs: list[torch.Tensor], keep_counts: list[int | None]
+                     ) -> list[_Threshold | None]:
     """Per model, the exact magnitude threshold that keeps keep_counts[i] entries (None: keep everything).
     One pass counts the entries above a sample-predicted value window [low, high] and keeps those inside it; the
     exact threshold is then found among those few. When the window holds a single value (bf16 inputs give few
