@@ -299,3 +299,13 @@ def test_a_changed_expert_folder_or_setting_is_generated_again(family, tmp_path,
                                   "max_new_tokens": 7} for p in PROMPTS])
     Evaluator(longer, {"first": expert}, answer_cache=cache).expert_predictions()
     assert len(generated) == count + len(PROMPTS)  # another token limit is another answer
+
+
+def test_models_without_our_loop_get_the_same_answers_from_transformers_generate(base, monkeypatch):
+    import inference.generation as generation
+
+    ours = generate_batch(base.model, base.tokenizer, PROMPTS, [3, 6, 4, 6, 5, 2], stop=["3", None, [], "a", [], []])
+    monkeypatch.setattr(generation, "_supports_own_loop", lambda model: False)
+    theirs = generate_batch(base.model, base.tokenizer, PROMPTS, [3, 6, 4, 6, 5, 2],
+                            stop=["3", None, [], "a", [], []])
+    assert theirs == ours
