@@ -24,7 +24,7 @@ BASE_NAME = "base"
 # ship: each is built on demand into REAL_ZOO_DIR/<name> by the module named here, which provides
 # `EXPERTS` (tuple of expert names) and `build_family(root: Path, progress=None) -> None` (idempotent).
 REAL_ZOO_ENV = "MERGELAB_ZOO_DIR"
-REAL_FAMILY_BUILDERS: dict[str, str] = {"smollm2": "zoo.smollm2"}
+REAL_FAMILY_BUILDERS: dict[str, str] = {"smollm2": "zoo.smollm2", "minilm": "zoo.minilm"}
 REAL_TASKS_FILE, REAL_UNLABELED_FILE = "tasks.jsonl", "unlabeled.jsonl"
 
 Progress = Callable[[float, str], None]
