@@ -16,7 +16,7 @@ only accuracy is scored.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -272,6 +272,14 @@ class Evaluator:
             accuracy=own_accuracy, expert_accuracy=expert_accuracy, normalized_accuracy=normalized,
             agreement_by_source=agreement_by_source, accuracy_by_source=accuracy_by_source,
         )
+
+
+def compare_merges(evaluator: Evaluator, merges: Mapping[str, Callable[[], Mapping[str, torch.Tensor]]]
+                   ) -> dict[str, EvalResult]:
+    """Several merges scored on the same tasks by one evaluator (the experts' answers shared), e.g. a learned merge
+    beside task arithmetic and TIES. Each merge is built (`merges[name]()` returns its weights) just before it is
+    scored, so one set of merged weights is in memory at a time."""
+    return {name: evaluator.score_state(build()) for name, build in merges.items()}
 
 
 def _as_backbone_state(state: Mapping[str, torch.Tensor], expert: PreTrainedModel) -> Mapping[str, torch.Tensor]:

@@ -309,3 +309,22 @@ def test_models_without_our_loop_get_the_same_answers_from_transformers_generate
     theirs = generate_batch(base.model, base.tokenizer, PROMPTS, [3, 6, 4, 6, 5, 2],
                             stop=["3", None, [], "a", [], []])
     assert theirs == ours
+
+
+def test_compare_merges_builds_each_merge_when_it_is_scored(family, base):
+    from evaluation.agreement import compare_merges
+
+    experts = {"first": load_model(family.experts[0]), "second": load_model(family.experts[1])}
+    evaluator = Evaluator(_tasks(), experts)
+    built: list[str] = []
+
+    def build(name):
+        def make():
+            built.append(name)
+            return experts[name].model.state_dict()
+        return make
+
+    scores = compare_merges(evaluator, {"as first": build("first"), "as second": build("second")})
+    assert built == ["first", "second"] and list(scores) == ["as first", "as second"]
+    assert scores["as first"].scores["one"].agreement == 1.0  # the first expert's weights give its answers
+    assert scores["as second"].to_dict() == evaluator.score(experts["second"]).to_dict()

@@ -149,13 +149,15 @@ def compare_with_baselines(session: Session, config: HostConfig, per_task: int =
         raise MergeLabError(f"Comparing needs the models in memory, and live merging is off ({reason}).")
     tasks = task_set_for(session, None, per_task)
     evaluator = evaluator_for(session, tasks, (tasks.source, per_task, tuple(session.labels), session.base.ref))
-    scores = {f"learned ({session.learned.method})": evaluator.score_state(session.learned.merged())}
+    from evaluation.agreement import compare_merges
     from ui.workspace import build_recipe
 
-    for name, template in BASELINES.items():
+    def baseline(template: MergeSettings):
         settings = MergeSettings(template.method, [BASELINE_WEIGHT] * len(session.sources), dict(template.params))
-        merged = session.live.merge(build_recipe(session, settings, by="label"), seed=0)
-        scores[name] = evaluator.score_state(merged)
+        return lambda: session.live.merge(build_recipe(session, settings, by="label"), seed=0)
+
+    scores = compare_merges(evaluator, {f"learned ({session.learned.method})": session.learned.merged,
+                                        **{name: baseline(t) for name, t in BASELINES.items()}})
     markdown = comparison_markdown(scores)
     learned = scores[f"learned ({session.learned.method})"].mean("agreement")
     ta = scores["task arithmetic"].mean("agreement")
