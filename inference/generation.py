@@ -133,7 +133,8 @@ def prompt_budget(context: int | None, max_new_tokens: int) -> int | None:
 
 
 def _count_tokens(tokenizer: PreTrainedTokenizerBase, text: str, templated: bool) -> int:
-    return len(tokenizer(text, add_special_tokens=not templated)["input_ids"])
+    # verbose=False: texts longer than the model are expected here (measuring them is the point), no warning.
+    return len(tokenizer(text, add_special_tokens=not templated, verbose=False)["input_ids"])
 
 
 def keep_end(tokenizer: PreTrainedTokenizerBase, text: str, tokens: int) -> str:
@@ -142,9 +143,10 @@ def keep_end(tokenizer: PreTrainedTokenizerBase, text: str, tokens: int) -> str:
         return ""
     text = text[-tokens * MAX_CHARS_PER_TOKEN:]
     if getattr(tokenizer, "is_fast", False):
-        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                            verbose=False)["offset_mapping"]
         return text if len(offsets) <= tokens else text[offsets[-tokens][0]:]
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     return text if len(ids) <= tokens else tokenizer.decode(ids[-tokens:])
 
 
@@ -208,7 +210,7 @@ def fit_messages(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, st
 
 def _keep_start(tokenizer: PreTrainedTokenizerBase, text: str, tokens: int) -> str:
     text = text[:max(tokens, 0) * MAX_CHARS_PER_TOKEN]
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     return text if len(ids) <= tokens else tokenizer.decode(ids[:max(tokens, 0)], skip_special_tokens=True)
 
 
@@ -400,7 +402,7 @@ def generate_batch(
     for prompt, limit in zip(prompts, limits):
         budget = prompt_budget(context, limit)
         ids = tokenizer(format_prompt(tokenizer, fit_prompt(tokenizer, prompt, budget)),
-                        add_special_tokens=not templated)["input_ids"]
+                        add_special_tokens=not templated, verbose=False)["input_ids"]
         if budget is not None:
             ids = ids[-budget:]  # last resort where the template alone is longer than the budget
         rows.append(ids)
