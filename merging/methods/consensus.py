@@ -19,6 +19,11 @@ def elect_sign_into(parts: list[torch.Tensor], out: torch.Tensor) -> torch.Tenso
     return out.sign_().add_(0.5).sign_()  # −1, 0, +1 → −1, +1, +1
 
 
+def weight_sum_divisor(total: float) -> float:
+    """What `normalize` divides a plain weighted sum by: the total weight, or 1 when it is (nearly) 0 (mergekit)."""
+    return total if abs(total) >= 1e-8 else 1.0
+
+
 def disjoint_mean_into(
     parts: list[torch.Tensor],
     divisor_weights: list[float],

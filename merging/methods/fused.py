@@ -16,7 +16,7 @@ from contextvars import ContextVar
 import torch
 
 from merging.methods.chunks import buffer, for_each_chunk, workers
-from merging.methods.consensus import disjoint_mean_into
+from merging.methods.consensus import disjoint_mean_into, weight_sum_divisor
 from merging.methods.selection import drop_ties_, value_at_rank
 from merging.methods.sparsify import blocked_norms
 
@@ -326,7 +326,7 @@ def fused_merge(
             for delta in deltas[1:]:
                 mixed.add_(delta)
             if normalize:
-                mixed.div_(total_weight if abs(total_weight) >= 1e-8 else 1.0)
+                mixed.div_(weight_sum_divisor(total_weight))
         torch.add(base_part, mixed, alpha=scale, out=out[start:stop])
 
     for_each_chunk(base.numel(), combine)

@@ -12,7 +12,7 @@ from merging.methods import params as P
 from merging.methods import sparsify
 from merging.methods.chunks import full_buffer
 from merging.methods.common import Workspace, as_float32, default_generator, owned_float32
-from merging.methods.consensus import consensus_merge_
+from merging.methods.consensus import consensus_merge_, weight_sum_divisor
 from merging.methods.fused import can_fuse, fused_merge
 from merging.methods.registry import DeltaFn, Method, MethodFn, Param, register
 
@@ -90,7 +90,7 @@ def mix_deltas_(
         mixed.add_(delta)
     total = sum(weights)
     if normalize:
-        scale /= total if abs(total) >= 1e-8 else 1.0
+        scale /= weight_sum_divisor(total)
     if scale != 1:
         mixed.mul_(scale)
     return mixed.add_(base) if base is not None else mixed
