@@ -195,6 +195,10 @@ def report(family: str, handlers: dict[str, list[float]], api: dict[str, list[fl
             for m, t in TARGETS_135M_MS.items() if m in api)
         what = (f"a bf16 family of SmolLM2-135M's shape ({tensors} tensors, {params / 1e6:.1f} M parameters each; "
                 "base + 2 synthetic experts, see the script)")
+        verdict += (" A method's first move (and a density move) finds the magnitude thresholds; weight moves "
+                    "after it reuse them (LiveMerger keeps them per density), so the max column is that first move. "
+                    "The figures scale with the load: on 2 cores at a load average above 10 the merge gets a "
+                    "fraction of one core.")
         command = f".venv/bin/python bench/bench_live.py --family 135m --moves {len(next(iter(api.values())))} " \
                   f"{'--device ' + device + ' ' if device != 'cpu' else ''}--record"
     return "\n".join([

@@ -86,7 +86,7 @@ def check_models(
     preset_name: str | None = None,
     progress: Any = None,
 ) -> str:
-    """Resolve the chosen models, run the pre-flight check, and prepare live merging when they are small.
+    """Resolve the chosen models, run the pre-flight check, and prepare live merging when the memory plan allows.
     Returns the report as Markdown (problems are listed in it, not raised)."""
 
     def step(fraction: float, text: str) -> None:
