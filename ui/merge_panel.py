@@ -4,6 +4,7 @@ in memory at once (small models re-merge as sliders move) or streamed to a folde
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -40,15 +41,49 @@ def method_help(name: str) -> str:
     return f"**{method.name}** — {method.explanation}\n\n`{method.formula}`\n\n*It {base}.{random}{weights}*"
 
 
-def param_specs() -> dict[str, Param]:
-    """Every parameter name some method declares; one control per name, which each method re-ranges as its own
-    declaration says (see control_updates)."""
-    specs: dict[str, Param] = {}
+def _same_meaning(a: Param, b: Param) -> bool:
+    return a.kind == b.kind and param_range(a) == param_range(b) and a.default == b.default
+
+
+@functools.cache
+def control_keys() -> dict[tuple[str, str], str]:
+    """(method, parameter) -> the key of the control showing it. Declarations of one meaning (kind, range and
+    default alike, e.g. density) share a control; others get their own (slerp's t in [0, 1] is not nearswap's t in
+    [0, 0.01]), so no control ever needs a new range and a value outside its old one."""
+    keys: dict[tuple[str, str], str] = {}
+    first: dict[str, list[tuple[str, Param]]] = {}
     for method in methods():
         for param in method.params:
-            if param.name not in HIDDEN_PARAMS:
-                specs.setdefault(param.name, param)
+            if param.name in HIDDEN_PARAMS:
+                continue
+            shared = next((key for key, other in first.get(param.name, []) if _same_meaning(other, param)), None)
+            if shared is None:
+                shared = param.name if param.name not in first else f"{param.name}-{method.name}"
+                first.setdefault(param.name, []).append((shared, param))
+            keys[(method.name, param.name)] = shared
+    return keys
+
+
+def param_specs() -> dict[str, Param]:
+    """Control key -> the parameter declaration it shows (see control_keys)."""
+    specs: dict[str, Param] = {}
+    for (method, name), key in control_keys().items():
+        specs.setdefault(key, get_method(method).param(name))
     return specs
+
+
+def method_param_for(method_name: str, key: str) -> Param | None:
+    """The method's parameter a control key shows, or None."""
+    method = get_method(method_name)
+    return next((p for p in method.params if control_keys().get((method.name, p.name)) == key), None)
+
+
+def params_by_name(method_name: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Control values (by key) -> the method's parameters (by name)."""
+    method = get_method(method_name)
+    keys = control_keys()
+    return {p.name: values[keys[(method.name, p.name)]] for p in method.params
+            if (method.name, p.name) in keys and keys[(method.name, p.name)] in values}
 
 
 def _choice_value(value: Any) -> str:
@@ -84,8 +119,8 @@ def _step(param: Param, bounds: tuple[float, float]) -> float:
     return 0.01 if span >= 1 else span / 100
 
 
-def param_control(param: Param) -> gr.components.Component:
-    common = {"label": param.name, "info": param.help, "elem_id": f"param-{param.name}", "visible": HIDDEN}
+def param_control(param: Param, key: str | None = None) -> gr.components.Component:
+    common = {"label": param.name, "info": param.help, "elem_id": f"param-{key or param.name}", "visible": HIDDEN}
     if param.kind == "bool":
         return gr.Checkbox(value=bool(param.default), **common)
     if param.kind == "choice":
@@ -116,25 +151,26 @@ def _param_update(param: Param, value: Any) -> Any:
 
 def control_updates(method_name: str, specs: dict[str, Param], current: dict[str, Any] | None = None,
                     previous: str | None = None) -> list[Any]:
-    """Show the method's parameters, ranged, explained and valued as it declares them; hide the others. A value
-    the previous method shared (the same name, or density ↔ select_topk) is kept when it fits the new range, so
-    switching ties → dare_ties keeps the density instead of resetting it to 'keep everything'."""
+    """Show the method's parameters, explained and valued as it declares them; hide the others. `current` holds
+    the controls' values by key: a kept fraction (density ↔ select_topk) carries over from the previous method when
+    it fits, so switching ties → dare_ties keeps the density instead of resetting it to 'keep everything'; controls
+    shared by one meaning keep their values anyway."""
     method = get_method(method_name)
-    before = get_method(previous) if previous else None
     current = current or {}
+    before = params_by_name(previous, current) if previous else {}
     updates = []
-    for name in specs:
-        param = method.param(name)
+    for key in specs:
+        param = method_param_for(method.name, key)
         if param is None:
             updates.append(gr.update(visible=HIDDEN))
             continue
         value = start_value(param)
-        carried = [n for n in ((name,) if name not in KEPT_FRACTION else KEPT_FRACTION)
-                   if before is not None and before.param(n) is not None and current.get(n) is not None]
-        if carried and param.kind in ("float", "int") and _within(current[carried[0]], param):
-            value = current[carried[0]]
-        elif carried and param.kind in ("bool", "choice") and name == carried[0]:
-            value = current[name]
+        shared = previous is not None and method_param_for(previous, key) is not None
+        fraction = next((before[n] for n in KEPT_FRACTION if param.name in KEPT_FRACTION and n in before), None)
+        if shared and current.get(key) is not None:
+            value = current[key]
+        elif fraction is not None and _within(fraction, param):
+            value = fraction
         updates.append(_param_update(param, value))
     return updates
 
@@ -168,7 +204,7 @@ def collect_settings(session: Session, method: str, seed: float | None, weights:
     (none when the method has no per-model weight)."""
     chosen = get_method(method)
     n = len(session.sources) if chosen.param("weight") is not None else 0
-    kept = {k: v for k, v in params.items() if chosen.param(k) is not None and v is not None}
+    kept = {k: v for k, v in params_by_name(chosen.name, params).items() if v is not None}
     return MergeSettings(method, [float(w) for w in weights[:n]], kept, int(seed or 0)).to_dict()
 
 
@@ -277,7 +313,7 @@ def build(config: HostConfig) -> MergePanel:
                              info="weight: how much of this model's task vector goes in",
                              visible=HIDDEN, min_width=200) for i in range(MAX_SOURCES)]
     with gr.Row(elem_id="params-row"):
-        params = {name: param_control(param) for name, param in specs.items()}
+        params = {key: param_control(param, key) for key, param in specs.items()}
     with gr.Row(equal_height=True):
         seed = gr.Number(0, precision=0, label="Seed (random methods)", elem_id="merge-seed", min_width=120)
         merge = gr.Button("Merge", variant="primary", elem_id="merge-button")
@@ -289,8 +325,8 @@ def build(config: HostConfig) -> MergePanel:
     shown_method = gr.State(default)  # the method whose controls are shown (values carry over on a switch)
     # Initial visibility, ranges and values for the default method.
     default_method = get_method(default)
-    for name, control in params.items():
-        param = default_method.param(name)
+    for key, control in params.items():
+        param = method_param_for(default_method.name, key)
         control.visible = True if param is not None else HIDDEN
         if param is not None and isinstance(control, gr.Slider) and param_range(param):
             control.minimum, control.maximum = param_range(param)
@@ -320,10 +356,20 @@ def settings_control_updates(session: Session, settings: MergeSettings, specs: d
     """[method, help, *weights, *params, shown method] set to `settings` (values not in it: the declared ones)."""
     method = get_method(settings.method)
     params = control_updates(method.name, specs)
-    for i, name in enumerate(specs):
-        param = method.param(name)
-        if param is not None and name in settings.params:
-            value = settings.params[name]
+    for i, key in enumerate(specs):
+        param = method_param_for(method.name, key)
+        if param is not None and param.name in settings.params:
+            value = settings.params[param.name]
             params[i] = _param_update(param, _choice_value(value) if param.kind == "choice" else value)
     weights = weight_control_updates(session, method.name, settings.weights or None)
     return [gr.update(value=method.name), method_help(method.name), *weights, *params, method.name]
+
+
+def pending_values(updates: list[Any]) -> list[Any]:
+    """The values in control updates, to be set again by a second event: a slider given a new range and a value in
+    one update keeps its old value when the new one lies outside its old range (slerp's t after nearswap's)."""
+    return [u.get("value") if isinstance(u, dict) and u.get("visible") is True else None for u in updates]
+
+
+def apply_values(values: list[Any] | None) -> list[Any]:
+    return [gr.update() if v is None else gr.update(value=v) for v in values or []]

@@ -63,7 +63,8 @@ def build_page(config: HostConfig) -> gr.Blocks:
                 learn = learn_panel.build(config)
             with gr.Tab("Export", id="export", elem_id="tab-export", render_children=True):
                 export = export_panel.build(config)
-        page = Page(tabs, chat_tab, classify_tab, models, merge, chat, evaluate)
+        pending = gr.State([])  # control values to set once their ranges are in place (_then_values)
+        page = Page(tabs, chat_tab, classify_tab, models, merge, chat, evaluate, pending)
         _wire(demo, config, state, page)
         _sync_on_open(merge_tab, state, merge, chat)
         classify_panel.wire(classify, state, config)
@@ -85,6 +86,7 @@ class Page:
     merge: merge_panel.MergePanel
     chat: chat_panel.ChatPanel
     evaluate: evaluate_panel.EvaluatePanel
+    pending: gr.State
 
 
 def _sync_on_open(merge_tab: gr.Tab, state: gr.State, merge: merge_panel.MergePanel, chat: chat_panel.ChatPanel
@@ -107,7 +109,7 @@ def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, page: Page) -> N
     param_controls = list(merge.params.values())
     n_weights = len(merge.weights)
     # Everything that shows the merge's settings: set together after Check models and when a sweep point is kept.
-    merge_controls = [merge.method, merge.help, *merge.weights, *param_controls, merge.shown_method]
+    merge_controls = [merge.method, merge.help, *merge.weights, *param_controls, merge.shown_method, page.pending]
 
     # --- Models -> pre-flight, then the merge controls and chat choices follow the chosen models ---------------------
     @guarded(config, "pre-flight")
@@ -129,7 +131,7 @@ def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, page: Page) -> N
                  evaluate_panel.default_grid(method, rows),
                  gr.update(choices=[evaluate_panel.NO_AXIS, *choices], value=columns or evaluate_panel.NO_AXIS),
                  evaluate_panel.default_grid(method, columns)]
-        return [*merge_panel.session_control_updates(session, specs),
+        return [*_with_pending(merge_panel.session_control_updates(session, specs)),
                 gr.update(choices=chat_panel.compare_choices(session), value=chat_panel.NO_COMPARISON),
                 gr.update(visible=classifier), gr.update(visible=not classifier), "", *sweep]
 
@@ -137,7 +139,7 @@ def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, page: Page) -> N
                                  api_name="preflight")
     follow_outputs = [*merge_controls, chat.compare_label, page.classify_tab, page.chat_tab, merge.status,
                       *sweep_axis_outputs]
-    checked.success(follow_models, state, follow_outputs, api_visibility="private")
+    _then_values(checked.success(follow_models, state, follow_outputs, api_visibility="private"), page)
 
     # A visitor lands on the default preset already checked: the first click on Merge (or Merge and chat) merges.
     def check_default(session: Session) -> str:
@@ -145,19 +147,22 @@ def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, page: Page) -> N
         default = models_panel.preset_choice(models_panel.get_preset(name))
         return models_panel.check_models(_session(session), config, default, name)
 
-    demo.load(guarded(config, "pre-flight")(check_default), state, models.report,
-              api_visibility="private").success(follow_models, state, follow_outputs, api_visibility="private")
+    _then_values(demo.load(guarded(config, "pre-flight")(check_default), state, models.report,
+                           api_visibility="private").success(follow_models, state, follow_outputs,
+                                                             api_visibility="private"), page)
 
     # --- Merge ---------------------------------------------------------------------------------------------------
     def method_changed(session: Session | None, name: str, previous: str | None, *values: Any) -> list[Any]:
         # Each control re-ranged and valued as the new method declares it; shared values carried over.
         weights, params = list(values[:n_weights]), dict(zip(specs, values[n_weights:]))
-        return [merge_panel.method_help(name), *merge_panel.weight_control_updates(session, name, weights),
-                *merge_panel.control_updates(name, specs, params, previous), name]
+        updates = [*merge_panel.weight_control_updates(session, name, weights),
+                   *merge_panel.control_updates(name, specs, params, previous)]
+        return [merge_panel.method_help(name), *updates, name, merge_panel.pending_values(updates)]
 
-    merge.method.input(method_changed, [state, merge.method, merge.shown_method, *merge.weights, *param_controls],
-                       [merge.help, *merge.weights, *param_controls, merge.shown_method], api_visibility="private",
-                       show_progress="hidden")
+    _then_values(merge.method.input(
+        method_changed, [state, merge.method, merge.shown_method, *merge.weights, *param_controls],
+        [merge.help, *merge.weights, *param_controls, merge.shown_method, page.pending], api_visibility="private",
+        show_progress="hidden"), page)
 
     @guarded(config, "merge settings", in_place=True)
     def collect(session: Session, method: str, seed: float, *values: Any) -> dict:
@@ -239,18 +244,31 @@ def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, page: Page) -> N
         status = merge_panel.run_merge(session, config, MergeSettings.from_dict(point.settings).to_dict())
         note = (f"✓ Kept {evaluate_panel.point_text(session.sweep, point)}: Merge, Chat and Export now use it "
                 f"({merge_panel.settings_summary(session.merge_settings, session.labels)}).")
-        return [note, status, *merge_panel.session_control_updates(session, specs)]
+        return [note, status, *_with_pending(merge_panel.session_control_updates(session, specs))]
 
     used = evaluate.sweep_use.click(use_point, [state, evaluate.sweep_point],
                                     [evaluate.sweep_best, merge.status, *merge_controls], api_name="use_sweep_point")
+    _then_values(used, page)
     used.failure(in_place_error("use sweep point"), state, evaluate.sweep_best, api_visibility="private",
                  show_progress="hidden")
+
+
+def _with_pending(updates: list[Any]) -> list[Any]:
+    """[method, help, *weights, *params, shown method] plus the values to set again (see _then_values)."""
+    return [*updates, merge_panel.pending_values(updates[2:-1])]
+
+
+def _then_values(event: Any, page: Page) -> None:
+    # Sliders take a new range and a value outside the old one in two steps: the range first, then the value.
+    controls = [*page.merge.weights, *page.merge.params.values()]
+    event.then(merge_panel.apply_values, page.pending, controls, api_visibility="private", show_progress="hidden")
 
 
 def _wire_chat(config: HostConfig, state: gr.State, page: Page) -> None:
     models, merge, chat = page.models, page.merge, page.chat
     specs = merge_panel.param_specs()
-    merge_controls = [merge.method, merge.help, *merge.weights, *merge.params.values(), merge.shown_method]
+    merge_controls = [merge.method, merge.help, *merge.weights, *merge.params.values(), merge.shown_method,
+                      page.pending]
 
     def merge_if_none(session: Session) -> None:
         # Nothing merged yet (a visitor went straight to Chat): merge what the Merge tab shows, the preset's start.
@@ -304,13 +322,14 @@ def _wire_chat(config: HostConfig, state: gr.State, page: Page) -> None:
         note = f"✓ Merged. Chat is open: the merge answers on the left, **{beside}** (a source model) beside it."
         return [note, status, gr.Tabs(selected="chat"),
                 gr.update(choices=chat_panel.compare_choices(session), value=beside), prompts[0],
-                *merge_panel.session_control_updates(session, specs)]
+                *_with_pending(merge_panel.session_control_updates(session, specs))]
 
     quick = models.quick.click(
         quick_start, state, [models.quick_status, merge.status, page.tabs, chat.compare_label, chat.message,
                              *merge_controls], api_name="quick_start")
     quick.failure(in_place_error("quick start"), state, models.quick_status, api_visibility="private",
                   show_progress="hidden")
+    _then_values(quick, page)
     # …and the first suggested prompt is asked at once, so both answers are there when Chat opens.
     quick.success(send, chat_inputs, chat_outputs, api_visibility="private").failure(
         chat_error, state, [chat.status, chat.merged, chat.compare], api_visibility="private",

@@ -211,12 +211,15 @@ def test_teacher_method_controls_follow_each_declaration(page):
     time.sleep(0.5)
     expect(density).to_have_value("0.5")  # kept, not reset to 1 (where DARE would drop nothing)
     choose(page, "merge-method", "slerp")
-    t = page.locator("#param-t")
+    t = page.locator("#param-t-slerp")  # slerp's t (nearswap's t, declared in [0, 0.01], is another control)
     expect(t).to_contain_text("Position between the base")
     expect(t.locator("input[type=number]")).to_have_value("0.5")  # the middle, not the base
+    expect(t.locator("input[type=range]")).to_have_attribute("max", "1")
     expect(page.locator("#weight-0 input[type=range]")).to_be_hidden()  # slerp has no per-model weight
     choose(page, "merge-method", "nearswap")
-    expect(t.locator("input[type=range]")).to_have_attribute("max", "0.01")  # nearswap declares t in [0, 0.01]
+    expect(t).to_be_hidden()
+    expect(page.locator("#param-t input[type=range]")).to_have_attribute("max", "0.01")
+    expect(page.locator("#param-t")).to_contain_text("Distance below which")
     choose(page, "merge-method", "ties")
     expect(page.locator("#weight-0 input[type=range]")).to_be_visible()
 
@@ -312,6 +315,9 @@ def test_student_keeps_the_best_point_and_exports_what_was_scored(page):
     expect(page.locator("#merge-status")).to_contain_text("dare_ties")
 
     page.get_by_role("tab", name="Evaluate").click()
+    # Local folders come without a task set: the student brings the family's file.
+    page.locator("#eval-task-file input[type=file]").set_input_files(str(family.tasks))
+    expect(page.locator("#eval-task-file")).to_contain_text(Path(family.tasks).name)
     choose(page, "sweep-method", "ties")
     page.locator("#eval-per-task input[type=number]").fill("5")
     page.locator("#eval-per-task input[type=number]").press("Enter")
