@@ -121,8 +121,29 @@ def test_controls_show_exactly_each_methods_parameters():
     specs = merge_panel.param_specs()
     for method in merge_panel.methods():
         updates = merge_panel.control_updates(method.name, specs)
-        shown = {name for name, update in zip(specs, updates) if update.get("visible") is True}
+        shown = {specs[key].name for key, update in zip(specs, updates) if update.get("visible") is True}
         assert shown == {p.name for p in method.params if p.name not in HIDDEN_PARAMS}, method.name
+        for key, update in zip(specs, updates):  # each shown control has the method's own range, help and default
+            param = merge_panel.method_param_for(method.name, key)
+            if update.get("visible") is True and param.kind == "float" and merge_panel.param_range(param):
+                low, high = merge_panel.param_range(param)
+                assert (update["minimum"], update["maximum"], update["info"]) == (low, high, param.help), key
+                assert update["value"] == (param.default if param.default is not None else (low + high) / 2), key
+
+
+def test_switching_method_keeps_the_kept_fraction_and_takes_declared_values():
+    specs = merge_panel.param_specs()
+    shown = {key: 0.5 if specs[key].name == "density" else None for key in specs}
+    updates = dict(zip(specs, merge_panel.control_updates("dare_ties", specs, shown, previous="ties")))
+    assert updates["density"]["value"] == 0.5  # not the declared 1.0, where DARE would drop nothing
+    sce = dict(zip(specs, merge_panel.control_updates("sce", specs, shown, previous="ties")))
+    assert sce["select_topk"]["value"] == 0.5
+    keys = merge_panel.control_keys()
+    slerp_t, nearswap_t = keys[("slerp", "t")], keys[("nearswap", "t")]
+    assert slerp_t != nearswap_t  # different declarations, different controls
+    slerp = dict(zip(specs, merge_panel.control_updates("slerp", specs, {nearswap_t: 0.004}, previous="nearswap")))
+    assert slerp[slerp_t]["value"] == 0.5 and slerp[slerp_t]["maximum"] == 1.0
+    assert merge_panel.weight_range("slerp") is None  # no per-model weight: the weight sliders hide
 
 
 def test_method_help_has_explanation_and_formula():

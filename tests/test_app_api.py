@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client
@@ -121,9 +122,17 @@ def test_missing_local_folder(app_url):
 
 
 def test_sweep_and_interference(client):
-    best, _chart, files = client.predict("ties", "0.5,1.0", "0.5,1.0", "accuracy", 5, None, api_name="/sweep")
-    assert "**Best**: ties at weight" in best and "4 points" in best
+    best, _chart, files, _points = client.predict("ties", "0.5,1.0", "0.5,1.0", "accuracy", 5, None, "weight",
+                                                  "density", api_name="/sweep")
+    assert "**Best**: ties at weight (every source)" in best and "4 points" in best
     assert sorted(Path(f).suffix for f in files) == [".csv", ".json", ".yaml"]
+    # The best point, kept, is the current merge: the exported recipe is the one that was scored.
+    note, status, *_controls = client.predict(None, api_name="/use_sweep_point")
+    assert "now use it" in note and "Merged with **ties**" in status
+    scored = next(Path(f) for f in files if f.endswith(".yaml")).read_text(encoding="utf-8")
+    _file, exported = client.predict(api_name="/export_yaml")
+    assert yaml.safe_load(exported)["models"] == yaml.safe_load(scored)["models"]
+    assert yaml.safe_load(exported).get("parameters") == yaml.safe_load(scored).get("parameters")
     cosine, conflicts, kept = client.predict(0.5, api_name="/interference")
     assert all(isinstance(figure, dict) for figure in (cosine, conflicts, kept))
 

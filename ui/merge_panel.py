@@ -231,8 +231,8 @@ def merge_status(session: Session, where: str) -> str:
     timing = f" in {seconds * 1000:.0f} ms" if where == "memory" and seconds else ""
     number = f" #{record.version}" if getattr(record, "version", None) else ""
     place = "in memory" if where == "memory" else "to the session's folder"
-    return (f"✓ Current merge{number} ({place}{timing}): "
-            f"{settings_summary(session.merge_settings, session.labels)}. "
+    return (f"✓ Merged with {settings_summary(session.merge_settings, session.labels)} ({place}{timing}; the "
+            f"current merge{number}). "
             f"{'Classify' if session.kind == 'classifier' else 'Chat'}, Evaluate and Export use this model.")
 
 

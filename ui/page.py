@@ -284,11 +284,11 @@ def _wire_chat(config: HostConfig, state: gr.State, page: Page) -> None:
         merge_if_none(session)
         for merged_msgs, compare_msgs in chat_panel.chat(session, config, message, merged_history,
                                                          compare_history, compare_label, settings):
-            yield merged_msgs, compare_msgs, "", ""
+            yield merged_msgs, compare_msgs, ""
 
     send = on_gpu(send)  # ZeroGPU on a Space; unchanged elsewhere
     chat_inputs = [state, chat.message, chat.merged, chat.compare, chat.compare_label, *chat.settings_inputs]
-    chat_outputs = [chat.merged, chat.compare, chat.message, chat.status]
+    chat_outputs = [chat.merged, chat.compare, chat.message]  # the /chat API's outputs
 
     def chat_error(session: Session) -> list[Any]:
         from ui.feedback import error_markdown, take_error
@@ -298,6 +298,9 @@ def _wire_chat(config: HostConfig, state: gr.State, page: Page) -> None:
 
     sent = chat.send.click(send, chat_inputs, chat_outputs, api_name="chat")
     submitted = chat.message.submit(send, chat_inputs, chat_outputs, api_visibility="private")
+    # A new message clears an earlier error line.
+    gr.on([chat.send.click, chat.message.submit], lambda: "", None, chat.status, api_visibility="private",
+          show_progress="hidden", queue=False)
     for event in (sent, submitted):
         event.failure(chat_error, state, [chat.status, chat.merged, chat.compare], api_visibility="private",
                       show_progress="hidden")

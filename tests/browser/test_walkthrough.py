@@ -230,7 +230,7 @@ def test_teacher_sees_errors_in_place_and_stale_views_say_so(page):
     page.get_by_role("tab", name="Merge").click()
     status = page.locator("#merge-status")
     page.locator("#merge-button").click()
-    expect(status).to_contain_text("Current merge")
+    expect(status).to_contain_text("the current merge")
     # Evaluate the current merge, then move a slider: Evaluate says it is out of date.
     page.get_by_role("tab", name="Evaluate").click()
     page.locator("#eval-per-task input[type=number]").fill("5")
