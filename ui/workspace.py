@@ -426,17 +426,18 @@ def _restore_models(session: Session, previous: MergeRecord | None) -> None:
 
 
 def write_learned(session: Session, learned: Any, recipe: Recipe, seconds: float) -> MergeRecord:
-    """Put a learned merge (merging.learned.LearnedMerge) into the session's own models and record it."""
+    """Put a learned merge (merging.learned.LearnedMerge) into the session's own models, rounded to the dtype the
+    engine writes for its recipe, and record it."""
+    dtype = recipe.out_dtype or recipe.dtype or session.dtype
+    out = getattr(torch, dtype)
     merged = learned.merged()
-    with session.lock:
+    with session.lock, torch.no_grad():
         for target in _merge_targets(session):
-            with torch.no_grad():
-                for name, value in merged.items():
-                    found = target.get(name)
-                    if found is not None and found.shape == value.shape:
-                        found.copy_(value)
+            for name, value in merged.items():
+                found = target.get(name)
+                if found is not None and found.shape == value.shape:
+                    found.copy_(value.to(out))
         settings = MergeSettings("task_arithmetic", [0.0] * len(session.sources))
-        dtype = str(next(iter(_merge_targets(session)[0].values())).dtype).removeprefix("torch.")
         return record_merge(session, settings, recipe, "learned", dtype=dtype, seconds=seconds, learned=learned)
 
 
