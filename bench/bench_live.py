@@ -160,6 +160,35 @@ def bench_api(n: int, family: str) -> dict[str, list[float]]:
         demo.close()
 
 
+def bench_scoring_135m(per_task: int = 2) -> None:
+    """Evaluate and a 2-point ties sweep on the 135M family (both need live merging, which the old element cap
+    refused at this size), with a 4-prompt task set; prints the seconds."""
+    import json
+
+    from ui import evaluate_panel, merge_panel, models_panel
+    from ui.hosting import HostConfig
+    from ui.session import new_session
+
+    choice, _labels, _methods = family_choice("135m")
+    _base, experts = family_135m()
+    tasks = Path(tempfile.mkdtemp(prefix="bench-live-")) / "tasks.jsonl"
+    rows = [("capital", "The capital of France is", "Paris", experts[0].name),
+            ("capital", "The capital of Italy is", "Rome", experts[0].name),
+            ("sum", "2+2=", "4", experts[1].name), ("sum", "3+4=", "7", experts[1].name)]
+    tasks.write_text("".join(json.dumps({"task": t, "prompt": p, "answer": a, "expert": e}) + "\n"
+                             for t, p, a, e in rows), encoding="utf-8")
+    config = HostConfig.detect(hosted=False, models_dir=Path(tempfile.mkdtemp(prefix="bench-live-")))
+    session = new_session()
+    models_panel.check_models(session, config, models_panel.ModelsChoice(*choice))
+    merge_panel.run_merge(session, config, {"method": "ties", "weights": [0.5, 0.5], "params": {"density": 0.5}})
+    tick = time.perf_counter()
+    evaluate_panel.evaluate(session, config, str(tasks), per_task)
+    print(f"evaluate (experts' answers + the merge, {len(rows)} prompts): {time.perf_counter() - tick:.1f} s")
+    tick = time.perf_counter()
+    result = evaluate_panel.sweep(session, config, "ties", "0.5,1.0", "0.5", "agreement", per_task, str(tasks))
+    print(f"sweep, {len(result.points)} points (experts' answers reused): {time.perf_counter() - tick:.1f} s")
+
+
 def tensor_count(family: str) -> tuple[int, int]:
     from merging.sources import open_model
     from zoo import families
@@ -238,11 +267,16 @@ def main() -> None:
     parser.add_argument("--moves", type=int, default=None, help="slider moves per method (zoo 30, 135m 5)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the app's choice)")
     parser.add_argument("--skip-api", action="store_true", help="time the handlers only")
+    parser.add_argument("--scoring", action="store_true",
+                        help="135m only: time Evaluate and a 2-point sweep instead (prints, records nothing)")
     parser.add_argument("--record", action="store_true", help="write the section into docs/benchmarks.md")
     args = parser.parse_args()
     moves_n = args.moves or (30 if args.family == "zoo" else 5)
     if args.family == "135m":
         family_135m()  # made once, before the clock
+    if args.scoring:
+        bench_scoring_135m()
+        return
     load_before = os.getloadavg()[0]
     tick = time.perf_counter()
     import gradio  # noqa: F401
