@@ -180,8 +180,8 @@ def fit_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, budget: int | No
 def fit_messages(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], budget: int | None
                  ) -> list[dict[str, str]]:
     """The end of a conversation that fits `budget` tokens once templated: system messages stay, then the latest
-    turns (starting at a user turn); where even the last turn is too long, its start is cut. A system prompt too long
-    to leave room for the turn is cut to its first half of the budget."""
+    turns (starting at a user turn); where even the last turn is too long, its start is cut. A system prompt over half
+    the budget is cut to its start (a quarter of the budget), so the latest turn keeps room."""
     if budget is None or not messages:
         return messages
     templated = _has_chat_template(tokenizer)
