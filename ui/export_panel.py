@@ -178,10 +178,13 @@ def wire(panel: ExportPanel, state: gr.State, config: HostConfig) -> None:
     def yaml_out(session: Session):
         return recipe_file(session), recipe_yaml(session)
 
-    @guarded(config, "push")
+    @guarded(config, "push", in_place=True)
     def push(session: Session, repo: str, token: str, private: bool) -> str:
         return push_to_hub(session, config, repo, token, private)
 
     panel.save.click(save, [state, panel.name], panel.status, api_name="export")
     panel.yaml_button.click(yaml_out, state, [panel.yaml_file, panel.yaml_text], api_name="export_yaml")
-    panel.push.click(push, [state, panel.repo, panel.token, panel.private], panel.status, api_name="push")
+    from ui.feedback import in_place_error
+
+    panel.push.click(push, [state, panel.repo, panel.token, panel.private], panel.status, api_name="push").failure(
+        in_place_error("push"), state, panel.status, api_visibility="private", show_progress="hidden")

@@ -30,7 +30,8 @@ ARTIFACTS = ROOT / "test-artifacts"
 SLOW = 60_000  # ms: two shared CPU cores, several test runs at once
 SETTLE = 20_000  # ms a status may take to reach the final slider value
 TINY_PRESET = "Zoo · language models: math + japanese"
-ERROR_BADGE = "[data-testid='status-tracker'].error, .wrap.error"  # gradio's red "Error" pill over an output
+# gradio's red "Error" pill over an output that failed (its status tracker shows a clear button only then)
+ERROR_BADGE = "[data-testid='status-tracker'] .clear-status"
 
 if not Path(CHROMIUM).exists() and not os.environ.get("CI"):
     pytest.skip("Debian's chromium is not installed (apt-get install chromium); in CI this fails instead",
@@ -185,6 +186,11 @@ def test_teacher_drags_and_the_last_value_wins(page):
     page.get_by_role("tab", name="Merge").click()
     expect(page.locator("#weight-0 input[type=range]")).to_be_visible()
     status = page.locator("#merge-status")
+    for k in range(6):  # the protocol: a quick drag, then the status must reach its end value and stay
+        drag(page, "weight-0", [0.9, 0.3 + 0.05 * k])
+        expect(status).to_contain_text(f"math {number(slider_value(page, 'weight-0'))}", timeout=8000)
+        time.sleep(0.7)
+        expect(status).to_contain_text(f"math {number(slider_value(page, 'weight-0'))}", timeout=1)
     for rounds in range(2):  # quick drags back and forth, twice, each ending somewhere new
         drag(page, "weight-0", [0.9, 0.2, 0.75 - 0.1 * rounds])
         drag(page, "param-density", [0.9, 0.3, 0.65 + 0.1 * rounds])
@@ -251,6 +257,11 @@ def test_teacher_sees_errors_in_place_and_stale_views_say_so(page):
     no_error_badges(page, "merge-status")
     page.get_by_role("tab", name="Evaluate").click()
     expect(page.locator("#eval-status")).to_contain_text("Out of date")
+    # Push without a repository: the message in the Export tab, in words.
+    page.get_by_role("tab", name="Export").click()
+    page.locator("#export-push").click()
+    expect(page.locator("#export-status")).to_contain_text("owner/name")
+    no_error_badges(page, "export-status")
 
 
 def test_teacher_interference_follows_its_density_slider(page):
