@@ -191,10 +191,10 @@ def run_heldout(bench: FamilyBench, args, results: dict) -> None:
     out["task_arithmetic"] = {w: bench.task_arithmetic(w) for w in TA_GRID}
     for w, s in out["task_arithmetic"].items():
         summary_row(name, f"task arithmetic λ={w}" + (" (app default)" if w == 0.5 else ""), [s])
-    methods = [("SAMerging (defaults)", "samerging", {}),
-               ("Adam on the KL (SAMerging repo mode, same defaults)", "samerging", {"sam_mode": "repo"}),
-               ("AdaMerging (defaults)", "adamerging", {})]
-    for label, method, kwargs in methods:
+    methods = {"sam": ("SAMerging (defaults)", "samerging", {}),
+               "adam": ("Adam on the KL (SAMerging repo mode, same defaults)", "samerging", {"sam_mode": "repo"}),
+               "ada": ("AdaMerging (defaults)", "adamerging", {})}
+    for label, method, kwargs in (methods[m] for m in args.methods.split(",")):
         runs = [bench.learned(method, bench.inputs(args.examples, d), steps=args.steps, **kwargs)
                 for d in range(args.draws)]
         out[label] = runs
@@ -235,6 +235,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="most steps (early stopping may end sooner)")
     parser.add_argument("--holdout", type=float, default=0.25, help="sharp: held-out fraction for early stopping")
     parser.add_argument("--rhos", default="0,0.02,0.05,0.1,0.2")
+    parser.add_argument("--methods", default="sam,adam,ada", help="heldout: sam, adam (repo mode), ada")
     parser.add_argument("--score-per-task", type=int, default=None, help="score only the first N prompts per task")
     parser.add_argument("--json", default=None, help="write all scores to this file")
     args = parser.parse_args()
