@@ -209,9 +209,16 @@ def fit_messages(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, st
 
 
 def _keep_start(tokenizer: PreTrainedTokenizerBase, text: str, tokens: int) -> str:
-    text = text[:max(tokens, 0) * MAX_CHARS_PER_TOKEN]
+    """The start of `text` holding at most about `tokens` tokens (cut at a token boundary)."""
+    if tokens <= 0:
+        return ""
+    text = text[:tokens * MAX_CHARS_PER_TOKEN]
+    if getattr(tokenizer, "is_fast", False):
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                            verbose=False)["offset_mapping"]
+        return text if len(offsets) <= tokens else text[:offsets[tokens - 1][1]]
     ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-    return text if len(ids) <= tokens else tokenizer.decode(ids[:max(tokens, 0)], skip_special_tokens=True)
+    return text if len(ids) <= tokens else tokenizer.decode(ids[:tokens], skip_special_tokens=True)
 
 
 # --- batched greedy generation ---------------------------------------------------------------------------------------

@@ -302,7 +302,7 @@ def test_a_changed_expert_folder_or_setting_is_generated_again(family, tmp_path,
 
 
 def test_models_without_our_loop_get_the_same_answers_from_transformers_generate(base, monkeypatch):
-    import inference.generation as generation
+    from inference import generation
 
     ours = generate_batch(base.model, base.tokenizer, PROMPTS, [3, 6, 4, 6, 5, 2], stop=["3", None, [], "a", [], []])
     monkeypatch.setattr(generation, "_supports_own_loop", lambda model: False)
@@ -328,3 +328,13 @@ def test_compare_merges_builds_each_merge_when_it_is_scored(family, base):
     assert built == ["first", "second"] and list(scores) == ["as first", "as second"]
     assert scores["as first"].scores["one"].agreement == 1.0  # the first expert's weights give its answers
     assert scores["as second"].to_dict() == evaluator.score(experts["second"]).to_dict()
+
+
+def test_a_system_prompt_too_long_keeps_its_start_and_the_last_turn(base):
+    tok = base.tokenizer
+    messages = [{"role": "system", "content": "abc " * 200}, {"role": "user", "content": "1+2="}]
+    kept = fit_messages(tok, messages, 64)
+    assert messages[0]["content"].startswith(kept[0]["content"]) and len(kept[0]["content"]) <= 16
+    assert kept[-1] == messages[-1]
+    text = tok.apply_chat_template(kept, tokenize=False, add_generation_prompt=True)
+    assert len(tok(text, add_special_tokens=False)["input_ids"]) <= 64
