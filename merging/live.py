@@ -110,6 +110,14 @@ def live_memory_plan(source_bytes: Sequence[int], largest_tensor_elements: int, 
 
 # --- the merger -------------------------------------------------------------------------------------------------
 
+def _promoted(dtypes: Iterable[torch.dtype]) -> torch.dtype:
+    """The inputs' dtypes promoted (bf16 with bf16: bf16; bf16 with float32: float32)."""
+    result = None
+    for dtype in dtypes:
+        result = dtype if result is None else torch.promote_types(result, dtype)
+    return result or torch.float32
+
+
 class _TaskVectors(Mapping):
     """`merger.task_vectors[key][name]`: a model's float32 task vector, computed when read (not cached)."""
 
@@ -181,16 +189,12 @@ class LiveMerger:
         return sum(t.numel() * t.element_size() for state in kept for t in state.values())
 
     def source_dtype(self) -> torch.dtype:
-        """The engine's output dtype when a recipe sets none: the inputs' dtypes promoted (bf16 in → bf16 out)."""
-        dtype = None
-        for state in [self.base, *self.models.values()]:
-            for tensor in state.values():
-                dtype = tensor.dtype if dtype is None else torch.promote_types(dtype, tensor.dtype)
-                break
-        return dtype or torch.float32
+        """The engine's output dtype when a recipe sets none: the kept tensors' dtypes promoted (bf16 in → bf16
+        out). Per tensor, `tensors()` promotes only the inputs that tensor's merge reads, as the engine does."""
+        return _promoted(self._dtypes)
 
     def output_dtype(self, recipe: Recipe) -> torch.dtype:
-        """What the engine writes for this recipe: out_dtype, else dtype, else the sources' dtype."""
+        """What the engine writes for this recipe (all sources of one dtype): out_dtype, else dtype, else theirs."""
         chosen = recipe.out_dtype or recipe.dtype
         return _DTYPES[chosen] if chosen in _DTYPES else self.source_dtype()
 
@@ -212,7 +216,7 @@ class LiveMerger:
         method = get_method(recipe.merge_method)
         inputs = self._inputs(recipe)
         resolve = ParameterResolver(recipe, self.num_layers)
-        out_dtype = self.output_dtype(recipe)
+        fixed = _DTYPES.get(recipe.out_dtype or recipe.dtype or "")
         compute = _DTYPES.get(recipe.dtype or "")  # the engine rounds inputs to the recipe's dtype first
 
         def kept_as_is(dtype: torch.dtype) -> bool:
@@ -236,8 +240,10 @@ class LiveMerger:
             for name in self.names:
                 model_params, params = resolve(name)
                 generator = tensor_generator(seed, name, self.device) if method.random else None
+                read = ([self.base[name]] if pass_base else []) + [src[name] for src in sources]
+                out_dtype = fixed or _promoted(t.dtype for t in read)  # per tensor, as the engine plans it
                 with collect_notes() as tensor_notes:
-                    base = prepared(self.base[name]) if pass_base else None
+                    base = prepared(read[0]) if pass_base else None
                     result = method.fn(base, [prepared(src[name]) for src in sources], model_params, params,
                                        generator)
                 notes += [f"{name}: {message}" for message in tensor_notes]

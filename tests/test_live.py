@@ -262,3 +262,20 @@ def test_remembered_thresholds_give_the_same_bits_as_a_fresh_merge():
             expected = fn(base[name], [experts["math"][name], experts["japanese"][name]], model_params, params, None)
             assert torch.equal(out[name], expected.to(torch.bfloat16)), (weights, density)
     assert len(live._thresholds) == 2  # one entry per density: the fused path ran and its thresholds were kept
+
+
+def test_mixed_dtypes_are_promoted_per_tensor_as_the_engine_does(bf16_family, tmp_path):
+    from merging.engine import merge_to_folder
+    from tests.factory import make_family
+
+    base32 = make_family(tmp_path / "f32", arch="llama", n_experts=0, hidden=64, seed=5).base  # float32 base
+    first, second = [str(p) for p in bf16_family.experts]
+    rec = load_recipe(f"merge_method: task_arithmetic\nbase_model: {base32}\nmodels:\n"
+                      f"- {{model: {first}, parameters: {{weight: 0.6}}}}\n"
+                      f"- {{model: {second}, parameters: {{weight: 0.3}}}}\n")
+    merge_to_folder(rec, tmp_path / "out")
+    folder = _read(tmp_path / "out")
+    live = LiveMerger(_read(base32), {first: _read(first), second: _read(second)}, num_layers=2)
+    merged = live.merge(rec)
+    assert {t.dtype for t in folder.values()} == {torch.float32}  # bf16 experts on a float32 base: float32
+    assert all(merged[n].dtype == folder[n].dtype and torch.equal(merged[n], folder[n]) for n in folder)
