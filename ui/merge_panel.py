@@ -294,6 +294,7 @@ class MergePanel:
     status: gr.Markdown
     settings: gr.JSON
     shown_method: gr.State
+    stamp: gr.Number
 
     @property
     def controls(self) -> list[gr.components.Component]:
@@ -322,6 +323,7 @@ def build(config: HostConfig) -> MergePanel:
         cancel = gr.Button("Cancel", variant="stop", elem_id="merge-cancel")
     status = gr.Markdown(elem_id="merge-status")
     settings = gr.JSON(visible=False, elem_id="merge-settings")
+    stamp = gr.Number(0, visible=False)  # when the browser sent a control move (set by the event's js)
     shown_method = gr.State(default)  # the method whose controls are shown (values carry over on a switch)
     # Initial visibility, ranges and values for the default method.
     default_method = get_method(default)
@@ -332,7 +334,7 @@ def build(config: HostConfig) -> MergePanel:
             control.minimum, control.maximum = param_range(param)
             control.value, control.info = start_value(param), param.help
     return MergePanel(method, help_md, weights, params, seed, merge, merge_folder, folder_name, cancel, status,
-                      settings, shown_method)
+                      settings, shown_method, stamp)
 
 
 def weight_updates(session: Session | None, values: bool = True) -> list[Any]:
@@ -363,6 +365,19 @@ def settings_control_updates(session: Session, settings: MergeSettings, specs: d
             params[i] = _param_update(param, _choice_value(value) if param.kind == "choice" else value)
     weights = weight_control_updates(session, method.name, settings.weights or None)
     return [gr.update(value=method.name), method_help(method.name), *weights, *params, method.name]
+
+
+_NEWEST_MOVE: dict[str, float] = {}  # session id -> the browser stamp of the newest control move merged
+
+
+def newest_move(session: Session, stamp: float | None) -> bool:
+    """True (and remembered) when `stamp` is not older than the newest move merged for this session. Call under
+    the session's lock."""
+    stamp = float(stamp or 0)
+    if stamp < _NEWEST_MOVE.get(session.id, 0.0):
+        return False
+    _NEWEST_MOVE[session.id] = stamp
+    return True
 
 
 def pending_values(updates: list[Any]) -> list[Any]:

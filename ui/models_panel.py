@@ -36,8 +36,23 @@ def default_preset_name() -> str:
 
 
 def suggested_prompts(preset_name: str | None = None) -> list[str]:
-    """Chat prompts the default preset's merge answers well (from the catalog; none when it lists none)."""
-    return list(get_preset(preset_name or default_preset_name()).prompts)
+    """Chat prompts for the default preset: the ones the catalog says its starting merge answers well, else the
+    first prompt of each task of its zoo family (when built); [] when neither is there."""
+    preset = get_preset(preset_name or default_preset_name())
+    if preset.prompts:
+        return list(preset.prompts)
+    family = zoo_families().get(preset.family) if preset.source == "zoo" else None
+    tasks = getattr(family, "tasks", None)
+    if tasks is None or not tasks.is_file():
+        return []
+    import json
+
+    first: dict[str, str] = {}
+    for line in tasks.read_text(encoding="utf-8").splitlines():
+        example = json.loads(line) if line.strip() else {}
+        if example.get("prompt") and example.get("task") not in first:
+            first[example["task"]] = example["prompt"]
+    return list(first.values())[:4]
 
 
 @dataclass

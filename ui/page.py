@@ -112,7 +112,7 @@ def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, page: Page) -> N
     merge_controls = [merge.method, merge.help, *merge.weights, *param_controls, merge.shown_method, page.pending]
 
     # --- Models -> pre-flight, then the merge controls and chat choices follow the chosen models ---------------------
-    @guarded(config, "pre-flight")
+    @guarded(config, "pre-flight", in_place=True)
     def preflight(session: Session, origin: str, family: str | None, experts: list[str] | None, base: str,
                   sources: str, preset: str | None,
                   progress: gr.Progress = gr.Progress(track_tqdm=True)) -> str:  # Hub downloads report via tqdm
@@ -137,6 +137,8 @@ def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, page: Page) -> N
 
     checked = models.check.click(preflight, [state, *models.choice_inputs, models.preset], models.report,
                                  api_name="preflight")
+    checked.failure(in_place_error("pre-flight"), state, models.report, api_visibility="private",
+                    show_progress="hidden")
     follow_outputs = [*merge_controls, chat.compare_label, page.classify_tab, page.chat_tab, merge.status,
                       *sweep_axis_outputs]
     _then_values(checked.success(follow_models, state, follow_outputs, api_visibility="private"), page)
@@ -204,9 +206,11 @@ def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, page: Page) -> N
     merge.cancel.click(cancel_merge, state, merge.status, cancels=[folder_event], api_name="cancel_merge")
 
     def follow_controls(session: Session | None, method: str, seed: float, *values: Any) -> str | Any:
-        """A slider moved: re-merge now with the values the controls show (one event: reading the controls and
-        merging cannot be overtaken by a later move, and always_last runs the final values after a running one)."""
+        """A control moved: re-merge with the values it shows. The browser stamps each move when it sends it
+        (`stamp`, ms); a move older than the newest one this session has merged is dropped, so whichever order the
+        queue runs them in, the last move wins."""
         session = _session(session)
+        *values, stamp = values
         try:
             weights, params = values[:n_weights], dict(zip(specs, values[n_weights:]))
             settings = merge_panel.collect_settings(session, method, seed, list(weights), params)
@@ -214,18 +218,22 @@ def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, page: Page) -> N
                 summary = merge_panel.settings_summary(settings, session.labels)
                 return (f"*Settings changed ({summary}); these models merge to a folder: press **Merge** to apply "
                         "them.*")
-            return merge_panel.run_merge(session, config, settings)
+            with session.lock:
+                if not merge_panel.newest_move(session, stamp):
+                    return gr.update()  # a later move has been merged already
+                return merge_panel.run_merge(session, config, settings)
         except Exception as error:  # noqa: BLE001 - shown where the sliders are, in words
             from ui.feedback import user_message
 
             return merge_panel.error_status(session, user_message(error, config))
 
-    # Slider drags fire `input` while moving and `release` at the end; typed numbers and other controls `input`.
-    # `input` fires only on the user's own moves, not when the page sets values.
+    # `input`: the user's own changes (drag moves, typed numbers; not the page's), `release`: a drag's end or a
+    # number box left. always_last keeps one pending move per trigger; the stamps order what runs.
     sliders = [c for c in [*merge.weights, *param_controls] if isinstance(c, gr.Slider)]
     triggers = [c.input for c in [*merge.weights, *param_controls]] + [c.release for c in sliders]
-    gr.on(triggers, follow_controls, controls, merge.status, api_visibility="private", trigger_mode="always_last",
-          show_progress="hidden")
+    gr.on(triggers, follow_controls, [*controls, merge.stamp], merge.status, api_visibility="private",
+          trigger_mode="always_last", show_progress="hidden",
+          js="(...args) => [...args.slice(0, -1), Date.now()]")  # stamped in the browser at sending time
 
     # An evaluation on screen says so when the merge it scored is no longer the current one.
     merge.status.change(evaluate_panel.stale_note, [state, evaluate.status], evaluate.status,
