@@ -257,9 +257,10 @@ def test_remembered_thresholds_give_the_same_bits_as_a_fresh_merge():
                                          f"- {{model: japanese, parameters: {{weight: {weights[1]}}}}}",
                                  f"density: {density}"))
         out = live.merge(rec)
-        for name in base:
+        for name, weights_of_base in base.items():
             model_params, params = ParameterResolver(rec, 1)(name)
-            expected = fn(base[name], [experts["math"][name], experts["japanese"][name]], model_params, params, None)
+            expected = fn(weights_of_base, [experts["math"][name], experts["japanese"][name]], model_params, params,
+                          None)
             assert torch.equal(out[name], expected.to(torch.bfloat16)), (weights, density)
     assert len(live._thresholds) == 2  # one entry per density: the fused path ran and its thresholds were kept
 
