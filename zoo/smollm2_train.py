@@ -39,7 +39,7 @@ class LoraSettings:
 
 
 # Steps per expert: measured on the held-out prompts, each stops where its skill is learned (docs/zoo.md).
-EXPERT_STEPS = {"math": 120, "japanese": 120, "strings": 80}
+EXPERT_STEPS = {"math": 120, "japanese": 120, "strings": 50}
 
 
 def expert_seed(seed: int, expert: str) -> int:
