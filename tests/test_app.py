@@ -233,8 +233,10 @@ def test_export_folder_yaml_and_push_without_network(config, offline):
     assert "Saved to" in shown
     text = Path(export_panel.recipe_file(session)).read_text(encoding="utf-8")
     assert "merge_method: ties" in text and str(APP_ROOT) not in text
-    with pytest.raises(MergeLabError, match="cannot reach"):
+    with pytest.raises(MergeLabError, match="cannot reach") as offline_push:
         export_panel.push_to_hub(session, config, "me/my-merge", "hf_token")
+    assert "upload it from a machine with network" in str(offline_push.value)
+    assert "download" not in str(offline_push.value)  # the models are here already; the Hub is what is missing
     with pytest.raises(MergeLabError, match="owner/name"):
         export_panel.push_to_hub(session, config, "no-slash", "hf_token")
 
