@@ -103,7 +103,10 @@ def drag(page, elem_id: str, fractions: list[float]) -> None:
     track = page.locator(f"#{elem_id} input[type=range]")
     box = track.bounding_box()
     y = box["y"] + box["height"] / 2
-    x = lambda f: box["x"] + 8 + (box["width"] - 16) * f  # noqa: E731 - the thumb's centre stays 8 px from the ends
+
+    def x(fraction: float) -> float:  # the thumb's centre stays 8 px from the ends
+        return box["x"] + 8 + (box["width"] - 16) * fraction
+
     start = 0.5
     for target in fractions:
         page.mouse.move(x(start), y)
