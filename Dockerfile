@@ -16,7 +16,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     GRADIO_SERVER_PORT=7860 \
     MERGELAB_HOSTED=1
 
-# CJK fonts: the zoo's Japanese tasks (三, 四) in screenshots and server-side renders, not empty boxes.
+# CJK fonts: the zoo's Japanese tasks (三, 四) in screenshots and server-side renders, not empty boxes. Not pinned:
+# the slim image's Debian release decides the version, and a pin would break when it moves on.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends fonts-noto-cjk \
     && rm -rf /var/lib/apt/lists/*
