@@ -67,9 +67,9 @@ def _save_clean(model, tokenizer, out: Path) -> None:
     if missing or unexpected:
         raise RuntimeError(f"GGUF weights do not fit LlamaForCausalLM: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}")
-    # The bf16 rounding of the weights (the original release's own dtype), stored in float32: a LoRA fine-tune's
-    # delta is mostly below bf16's resolution (the japanese expert kept 0.10 of its 0.90 held-out accuracy when
-    # rounded to bf16), so the family is float32 and every expert is exactly this base + its delta.
+    # The bf16 rounding of the weights (the original release's own dtype), stored in float32: the experts' LoRA
+    # deltas are about 2 % of a weight's norm, and rounding base + delta to bf16 would move the task vector by 8-11 %
+    # of the delta's norm (measured), so the family is float32 and every expert is exactly this base + its delta.
     clean = clean.to(torch.bfloat16).to(torch.float32)
     clean.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
