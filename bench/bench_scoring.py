@@ -71,12 +71,13 @@ def timed(fn):
     return value, time.perf_counter() - started
 
 
-def run(root: Path, dtype: str | None, batch_size: int | None, per_task: int | None) -> dict:
+def run(root: Path, dtype: str | None, batch_size: int | None, per_task: int | None,
+        cache_dir: Path | None = None) -> dict:
     tasks = load_tasks(root / "tasks.jsonl").limited(per_task)
     expert_names = tasks.experts
     experts, load_s = timed(lambda: {n: load_model(root / n, dtype=dtype) for n in expert_names})
     state = merged_state(root / "base", [root / n for n in expert_names])
-    cache_dir = Path(tempfile.mkdtemp(prefix="bench-scoring-"))
+    cache_dir = cache_dir or Path(tempfile.mkdtemp(prefix="bench-scoring-"))
     template = load_model(root / "base", dtype=dtype)
     cold_eval = Evaluator(tasks, experts, batch_size=batch_size, template=template,
                           answer_cache=AnswerCache(cache_dir))
@@ -103,6 +104,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default torch's)")
     parser.add_argument("--batch-size", type=int, default=None, help="prompts per batch (default by device)")
     parser.add_argument("--per-task", type=int, default=None, help="only the first N prompts of each task")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="keep the experts' answers here across runs (then 'cold' is warm too); default a new "
+                             "temporary folder")
     parser.add_argument("--compare-dtypes", action="store_true", help="also score in float32 and compare answers")
     args = parser.parse_args()
     transformers_logging.disable_progress_bar()
@@ -113,7 +117,7 @@ def main() -> int:
     args.dtype = args.dtype or scoring_dtype("cpu") or "float32"
     load = os.getloadavg()
     print(f"machine: {machine()}; torch threads {torch.get_num_threads()}; load before {load[0]:.1f}")
-    figures = run(root, args.dtype, args.batch_size, args.per_task)
+    figures = run(root, args.dtype, args.batch_size, args.per_task, args.cache_dir)
     tasks = figures["tasks"]
     counts = ", ".join(f"{n} {len(t.examples)}" for n, t in tasks.tasks.items())
     print(f"family {root} ({len(tasks.experts)} experts; {len(tasks)} prompts: {counts}); dtype {args.dtype}")
