@@ -69,7 +69,7 @@ def load_data(preset: str, data_dir: str | Path | None, per_task: int, eval_per_
     _, tasks = _preset(preset)
     unlabeled, scored = {}, {}
     for task in tasks:
-        train, validation = (_local_rows(Path(data_dir), task) if data_dir is not None else _hub_rows(task))
+        train, validation = _local_rows(Path(data_dir), task) if data_dir is not None else _hub_rows(task, per_task)
         if len(train) < per_task or not validation:
             raise TaskSetError(f"{task.name}: {len(train)} training inputs and {len(validation)} validation examples; "
                                f"need {per_task} and at least one")
@@ -128,14 +128,14 @@ def _input(row: dict, fields: tuple[str, ...]) -> Any:
     return row[fields[0]] if len(fields) == 1 else tuple(row[f] for f in fields)
 
 
-def _hub_rows(task: GlueTask) -> tuple[list, list]:
+def _hub_rows(task: GlueTask, per_task: int) -> tuple[list, list]:
     try:
         from datasets import load_dataset
     except ImportError as e:
         raise MergeLabError("the glue-bert preset reads GLUE with the `datasets` package: pip install datasets, or "
                             "pass --preset-data DIR") from e
     data = load_dataset("nyu-mll/glue", task.name)
-    train = [(_input(r, task.fields), int(r["label"])) for r in data["train"].select(range(UNLABELED_PER_TASK * 4))]
+    train = [(_input(r, task.fields), int(r["label"])) for r in data["train"].select(range(per_task))]
     validation = [(_input(r, task.fields), int(r["label"])) for r in data[task.validation]]
     return train, validation
 
