@@ -10,6 +10,7 @@ import argparse
 import os
 
 from ui.hosting import HostConfig, hosted_from_env
+from ui.models_panel import start_default_family_build
 from ui.page import CSS, build_page
 
 QUEUE_CONCURRENCY = int(os.environ.get("MERGELAB_CONCURRENCY", "4"))  # events of one kind running at once
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = HostConfig.detect(hosted=args.hosted)
     config.models_dir.mkdir(parents=True, exist_ok=True)
+    start_default_family_build()  # first start: the default real family builds while the page comes up
     demo = create_app(config)
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=config.max_upload, css=CSS,
                 show_error=False)

@@ -451,3 +451,20 @@ def test_a_failed_live_merge_leaves_the_previous_merge_in_place(config, bf16_loc
     with pytest.raises(NonFiniteMergeError):
         merge_panel.run_merge(session, config, {"method": "task_arithmetic", "weights": [2.0, 1.0], "params": {}})
     assert session.merge is record and _same(_state(merged_chat_model(session).model), before)
+
+
+def test_first_start_builds_the_default_real_family_in_the_background(monkeypatch):
+    """app.py's start-up build: a default preset whose real family is missing is built once, off the main thread."""
+    from ui import models_panel
+
+    built = []
+    monkeypatch.delenv(models_panel.DEFAULT_PRESET_ENV, raising=False)  # the catalog's first preset: smollm2
+    monkeypatch.setattr(models_panel, "is_family_built", lambda family: False)
+    monkeypatch.setattr(models_panel, "ensure_family", lambda name: built.append(name))
+    preset = models_panel.get_preset(models_panel.default_preset_name())
+    thread = models_panel.start_default_family_build()
+    assert thread is not None and thread.daemon
+    thread.join(timeout=30)
+    assert built == [preset.family]
+    monkeypatch.setattr(models_panel, "is_family_built", lambda family: True)
+    assert models_panel.start_default_family_build() is None  # nothing to build: no thread

@@ -3,6 +3,8 @@ they can be merged and what it will cost, before anything heavy starts."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,7 @@ from ui.workspace import (
     select_models,
     zoo_families,
 )
+from zoo.families import ensure_family, is_family_built
 
 DEFAULT_PRESET_ENV = "MERGELAB_DEFAULT_PRESET"  # a preset's name; unset: the catalog's first preset
 
@@ -33,6 +36,26 @@ def default_preset_name() -> str:
     if wanted:
         return get_preset(wanted, presets).name
     return presets[0].name
+
+
+def start_default_family_build() -> threading.Thread | None:
+    """On a first start, build the default preset's zoo family in the background (a tqdm bar in the terminal), so it
+    is ready, or nearly, when the first visitor arrives; a page load meanwhile waits for the same build and shows
+    its progress. None when there is nothing to build."""
+    preset = get_preset(default_preset_name())
+    family = zoo_families().get(preset.family) if preset.source == "zoo" else None
+    if family is None or family.root is None or is_family_built(family):
+        return None
+
+    def build() -> None:
+        try:
+            ensure_family(family.name)
+        except Exception as error:  # noqa: BLE001 - the page load retries the build and shows the message
+            logging.getLogger("mergelab.ui").warning("Building the %s family failed: %s", family.name, error)
+
+    thread = threading.Thread(target=build, name=f"build-{family.name}", daemon=True)
+    thread.start()
+    return thread
 
 
 def suggested_prompts(preset_name: str | None = None) -> list[str]:

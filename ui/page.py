@@ -144,10 +144,12 @@ def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, page: Page) -> N
     _then_values(checked.success(follow_models, state, follow_outputs, api_visibility="private"), page)
 
     # A visitor lands on the default preset already checked: the first click on Merge (or Merge and chat) merges.
-    def check_default(session: Session) -> str:
+    # On a first start the default family may still be building (app.py starts that build): the report shows its
+    # progress bar until it is ready.
+    def check_default(session: Session, progress: gr.Progress = gr.Progress()) -> str:
         name = models_panel.default_preset_name()
         default = models_panel.preset_choice(models_panel.get_preset(name))
-        return models_panel.check_models(_session(session), config, default, name)
+        return models_panel.check_models(_session(session), config, default, name, progress=progress)
 
     _then_values(demo.load(guarded(config, "pre-flight")(check_default), state, models.report,
                            api_visibility="private").success(follow_models, state, follow_outputs,

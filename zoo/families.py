@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,13 +102,24 @@ def is_family_built(family: Family) -> bool:
     return all(built(f) for f in family.models().values()) and family.tasks.is_file() and family.unlabeled.is_file()
 
 
+# One build at a time per family in this process: the app's start-up build and a visitor's page load (or two
+# visitors) would otherwise write the same temporary folders at once.
+_BUILD_LOCKS: dict[str, threading.Lock] = {name: threading.Lock() for name in REAL_FAMILY_BUILDERS}
+
+
 def ensure_family(name: str, progress: Progress | None = None) -> Family:
     """The family `name`, built first if any of its folders or task files is missing (a tqdm bar, or
-    `progress(fraction, description)`, e.g. a gr.Progress). Quick when it is already built."""
+    `progress(fraction, description)`, e.g. a gr.Progress). Quick when it is already built; a caller that arrives
+    while another thread builds it waits for that build."""
     if name in REAL_FAMILY_BUILDERS:
         family = real_family(name)
-        if not is_family_built(family):
-            real_family_module(name).build_family(family.root, progress=progress)
+        if is_family_built(family):
+            return family
+        with _BUILD_LOCKS[name]:
+            if not is_family_built(family):
+                if progress is not None:
+                    progress(0.0, f"Building the {name} family (first start only)…")
+                real_family_module(name).build_family(family.root, progress=progress)
         return family
     fams = tiny_families()
     if name not in fams:
