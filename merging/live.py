@@ -24,7 +24,6 @@ import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -33,6 +32,7 @@ from merging.errors import RecipeError
 from merging.methods.chunks import compute_threads
 from merging.methods.fused import remember_thresholds
 from merging.methods.registry import collect_notes, get_method
+from merging.plan import available_bytes
 from merging.recipe import ParameterResolver, Recipe, validate_recipe
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -63,26 +63,6 @@ class LivePlan:
     bytes_needed: int
     bytes_available: int | None
     reason: str
-
-
-def available_bytes(device: str = "cpu") -> int | None:
-    """Free memory on `device`: CUDA's free bytes, or the kernel's MemAvailable (page size × available pages where
-    /proc/meminfo is missing). None when it cannot be told."""
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            return None
-        free, _total = torch.cuda.mem_get_info(torch.device(device))
-        return int(free)
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def live_memory_plan(source_bytes: Sequence[int], largest_tensor_elements: int, *, device: str = "cpu",

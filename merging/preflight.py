@@ -13,12 +13,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from merging.checks import existing_ancestor, output_folder_problem
 from merging.errors import MergeLabError
 from merging.inputs import MergeInputs, is_vocab_mismatch, open_inputs, task_heads
-from merging.plan import dtype_name, estimate
+from merging.plan import available_bytes, dtype_name, estimate
 
 MAX_LISTED = 6  # names listed per problem before "and N more"
 
@@ -262,7 +260,7 @@ def _check_resources(inputs: MergeInputs, report: PreflightReport, out_dir: Any,
         "memory_needed_bytes": memory,
         "estimated_seconds": cost.estimated_seconds,
     })
-    available = _available_memory(device)
+    available = available_bytes(device)
     report.facts["memory_available_bytes"] = available
     if available is not None and memory > available:
         where = "GPU memory" if device.startswith("cuda") else "RAM"
@@ -283,26 +281,6 @@ def _check_resources(inputs: MergeInputs, report: PreflightReport, out_dir: Any,
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
-
-
-def _available_memory(device: str) -> int | None:
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            return None
-        free, _total = torch.cuda.mem_get_info(torch.device(device))
-        return int(free)
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        try:
-            for line in Path("/proc/meminfo").read_text().splitlines():
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            return None
-    return None
 
 
 def _file_digest(path: Path) -> str | None:

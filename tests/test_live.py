@@ -237,7 +237,7 @@ def test_memory_plan_counts_sources_scratch_and_target():
 
 
 def test_available_memory_is_read_on_this_machine():
-    from merging.live import available_bytes
+    from merging.plan import available_bytes
 
     free = available_bytes("cpu")
     assert free is not None and free > 0

@@ -102,7 +102,7 @@ def test_bad_recipes_are_reported_not_raised(models, tmp_path):
 def test_memory_shortage_is_an_error(models, monkeypatch):
     import merging.preflight as pf
 
-    monkeypatch.setattr(pf, "_available_memory", lambda device: 1000)
+    monkeypatch.setattr(pf, "available_bytes", lambda device: 1000)
     report = preflight(recipe(models["base"], models["a"]))
     assert not report.ok and any("RAM" in e and "free" in e for e in report.errors)
 
