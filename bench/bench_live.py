@@ -4,10 +4,13 @@ running app's /merge endpoint (queue + HTTP) with gradio_client.
 
     .venv/bin/python bench/bench_live.py [--moves 30] [--record]                      # the LM zoo (0.27 M params)
     .venv/bin/python bench/bench_live.py --family 135m [--moves 5] [--device cuda] [--record]
+    .venv/bin/python bench/bench_live.py --family smollm2 [--moves 5] [--record]      # the real default family
 
 `--family 135m`: the SmolLM2-135M base (bf16) built by `python -m zoo build smollm2` when it is there, else a
 random bf16 Llama of SmolLM2-135M's shape, plus two synthetic bf16 experts (base + sparse noise), written once to
 $TMPDIR/mergelab-bench-135m. `--device cuda` keeps the sources on the GPU (the app does so on a GPU host).
+`--family smollm2`: the app's default family as `python -m zoo build smollm2` builds it (float32 folders; the math
+and japanese experts), chosen as the default preset chooses it.
 --record replaces the family's section of docs/benchmarks.md with the figures.
 """
 
@@ -31,7 +34,9 @@ METHODS = {"task_arithmetic": {}, "ties": {"density": 0.5}, "dare_ties": {"densi
 EXPERTS = ["math", "japanese", "strings"]
 # The 135M family's targets (issue 8) end to end through /merge on the 2-core CPU.
 TARGETS_135M_MS = {"task_arithmetic": 1000.0, "ties": 3000.0}
-SECTIONS = {"zoo": "## Live re-merge", "135m": "## Live re-merge at 135M parameters (bf16)"}
+SECTIONS = {"zoo": "## Live re-merge", "135m": "## Live re-merge at 135M parameters (bf16)",
+            "smollm2": "## Live re-merge on the SmolLM2 family"}
+SMOLLM2_EXPERTS = ["math", "japanese"]
 
 
 def family_135m() -> tuple[Path, list[Path]]:
@@ -80,6 +85,12 @@ def family_choice(family: str) -> tuple[tuple, list[str], dict]:
     """(ModelsChoice fields, expert labels' count as weights template, methods) for the family."""
     if family == "zoo":
         return ("Zoo", "lm", EXPERTS, "", ""), EXPERTS, METHODS
+    if family == "smollm2":
+        from zoo import ensure_family
+
+        ensure_family("smollm2")
+        return ("Zoo", "smollm2", SMOLLM2_EXPERTS, "", ""), SMOLLM2_EXPERTS, {"task_arithmetic": {},
+                                                                               "ties": {"density": 0.5}}
     base, experts = family_135m()
     methods = {"task_arithmetic": {}, "ties": {"density": 0.5}}
     return ("Local folders", "lm", [], str(base), "\n".join(map(str, experts))), [p.name for p in experts], methods
@@ -193,7 +204,8 @@ def tensor_count(family: str) -> tuple[int, int]:
     from merging.sources import open_model
     from zoo import families
 
-    base = families()["lm"].base if family == "zoo" else family_135m()[0]
+    base = {"zoo": lambda: families()["lm"].base, "smollm2": lambda: families()["smollm2"].base,
+            "135m": lambda: family_135m()[0]}[family]()
     with open_model(base) as source:
         names = source.tensor_names()
         return len(names), sum(source.nbytes(n) // source.dtype(n).itemsize for n in names)
@@ -223,12 +235,14 @@ def report(family: str, handlers: dict[str, list[float]], api: dict[str, list[fl
             f"**{'under' if statistics.median(api[m]) < t else 'OVER'} the {t / 1000:g} s target**."
             for m, t in TARGETS_135M_MS.items() if m in api)
         what = (f"a bf16 family of SmolLM2-135M's shape ({tensors} tensors, {params / 1e6:.1f} M parameters each; "
-                "base + 2 synthetic experts, see the script)")
+                "base + 2 synthetic experts, see the script)") if family == "135m" else (
+            f"the SmolLM2 family as `python -m zoo build smollm2` builds it ({tensors} tensors, {params / 1e6:.1f} M "
+            f"parameters each, float32 folders; base + {', '.join(SMOLLM2_EXPERTS)})")
         verdict += (" A method's first move (and a density move) finds the magnitude thresholds; weight moves "
                     "after it reuse them (LiveMerger keeps them per density), so the max column is that first move. "
                     "The figures scale with the load: on 2 cores at a load average above 10 the merge gets a "
                     "fraction of one core.")
-        command = f".venv/bin/python bench/bench_live.py --family 135m --moves {len(next(iter(api.values())))} " \
+        command = f".venv/bin/python bench/bench_live.py --family {family} --moves {len(next(iter(api.values())))} " \
                   f"{'--device ' + device + ' ' if device != 'cpu' else ''}--record"
     return "\n".join([
         SECTIONS[family],
