@@ -170,6 +170,8 @@ def _interference(args: argparse.Namespace) -> int:
 
 
 def _cache_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads; 1 is steadier on a busy 2-core machine (docs/benchmarks.md, Scoring)")
     parser.add_argument("--cache-dir", default=None,
                         help="where the experts' answers are kept (default $MERGELAB_ANSWER_CACHE or "
                              "~/.cache/mergelab/expert-answers)")
@@ -223,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
     try:
         return args.handler(args)
     except MergeLabError as error:
