@@ -39,13 +39,13 @@ def zoo_families() -> dict[str, Any]:
 
 def ensure_zoo_built(family: Any, progress: Callable[[float, str], None] | None = None) -> None:
     """Build the zoo's checkpoints if they are missing (first start without shipped assets)."""
-    missing = [p for p in [family.base, *family.experts.values()] if not (Path(p) / "config.json").is_file()]
-    if not missing:
-        return
     import zoo
 
-    if getattr(family, "root", None) is not None:  # a real family (e.g. smollm2): built on demand, with progress
+    if family.root is not None:  # a real family (e.g. smollm2): built on demand (or after new adapters), with progress
         zoo.ensure_family(family.name, progress=progress)
+        return
+    missing = [p for p in [family.base, *family.experts.values()] if not (Path(p) / "config.json").is_file()]
+    if not missing:
         return
     builder = getattr(zoo, "ensure_built", None)
     if builder is None:

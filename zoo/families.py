@@ -112,14 +112,19 @@ def ensure_family(name: str, progress: Progress | None = None) -> Family:
     `progress(fraction, description)`, e.g. a gr.Progress). Quick when it is already built; a caller that arrives
     while another thread builds it waits for that build."""
     if name in REAL_FAMILY_BUILDERS:
-        family = real_family(name)
-        if is_family_built(family):
+        family, module = real_family(name), real_family_module(name)
+        current = getattr(module, "is_current", lambda root: True)  # e.g. the shipped adapters changed
+
+        def ready() -> bool:
+            return is_family_built(family) and current(family.root)
+
+        if ready():
             return family
         with _BUILD_LOCKS[name]:
-            if not is_family_built(family):
+            if not ready():
                 if progress is not None:
                     progress(0.0, f"Building the {name} family (first start only)…")
-                real_family_module(name).build_family(family.root, progress=progress)
+                module.build_family(family.root, progress=progress)
         return family
     fams = tiny_families()
     if name not in fams:

@@ -103,6 +103,12 @@ task {accuracy}). Answers end with "答え: ...".
 """
 
 
+def is_current(root: Path, adapters: Path = ADAPTERS) -> bool:
+    """Every expert folder was materialised from the adapter that ships now (new adapters, e.g. after a pull,
+    make `zoo.ensure_family` rebuild the experts that changed)."""
+    return all(_expert_current(Path(root) / e, adapters / e) for e in EXPERTS)
+
+
 def _expert_current(folder: Path, adapter_dir: Path) -> bool:
     stamp = folder / STAMP
     if not ((folder / "config.json").is_file() and (folder / "model.safetensors").is_file() and stamp.is_file()):

@@ -132,3 +132,25 @@ def unlabeled_prompts(seed: int = 0, per_task: int = 16) -> list[dict]:
         for prompt, _ in _distinct(make, rng, per_task, held_out):
             records.append({"task": task, "prompt": prompt, "expert": None if task == "japanese_math" else task})
     return records
+
+
+# Everyday requests with no task of their own. The experts are trained on the base's own replies to the first ones
+# (replay), so a merge keeps chatting instead of answering "答え: N" to everything; the held-out ones check that.
+GENERAL_PROMPTS = (
+    "Hi! How are you today?", "What is the capital of Italy?", "Give me a tip for sleeping better.",
+    "Write one sentence about the sea.", "What colour is the sky on a clear day?", "Who wrote Romeo and Juliet?",
+    "Name three fruits.", "What is a good name for a cat?", "Why do leaves change colour in autumn?",
+    "Tell me a fun fact about space.", "How do I make a cup of tea?", "What does a bee make?",
+    "Translate 'good morning' into French.", "What is the largest ocean on Earth?", "Describe a rainy day.",
+    "What should I pack for a picnic?", "Give me a word that rhymes with 'light'.", "What is photosynthesis?",
+    "How many days are in a week?", "Suggest a short title for a story about a dragon.",
+    "What is your favourite season and why?", "Explain what a computer is to a child.",
+    "What is the opposite of 'hot'?", "Write a polite way to say no to an invitation.",
+    "こんにちは！", "日本の首都はどこですか？", "おすすめの朝ごはんは何ですか？", "ありがとうを英語で言うと？",
+    "Can you recommend a hobby?", "What do pandas eat?", "What is the boiling point of water?",
+    "How do you say 'thank you' in Spanish?",
+)
+GENERAL_HELD_OUT = (
+    "What is the capital of France?", "Write one sentence about cats.", "Who painted the Mona Lisa?",
+    "Give me a tip for staying focused.", "おはようございます！", "What is the tallest animal?",
+)

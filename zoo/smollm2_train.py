@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .smollm2_tasks import test_split, train_examples
+from .scoring import greedy_answers
+from .smollm2_tasks import GENERAL_HELD_OUT, GENERAL_PROMPTS, test_split, train_examples
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "zoo" / "smollm2"
 
@@ -36,6 +37,10 @@ class LoraSettings:
     steps: int = 90
     examples: int = 2000
     seed: int = 0
+    # Share of each batch given to replay: the base's own replies to everyday prompts, so the expert learns its
+    # skill without forgetting how to chat (without it every merge answered "答え: N" to "What is the capital…").
+    replay_share: float = 1 / 3
+    replay_tokens: int = 40
 
 
 # Steps per expert: measured on the held-out prompts, each stops where its skill is learned (docs/zoo.md).
@@ -81,8 +86,6 @@ def held_out_accuracy(model, tokenizer, task: str, seed: int = 0, max_new_tokens
     """Share of the task's evaluation prompts whose greedy answer equals the expected one (evaluation's extractor)."""
     from evaluation.answers import answer_body, extract_answer, extract_text_answer
 
-    from .scoring import greedy_answers
-
     examples = [r for r in test_split(seed) if r["task"] == task]
     outputs = greedy_answers(model, tokenizer, [r["prompt"] for r in examples], max_new_tokens=max_new_tokens)
     numeric = task != "strings"
@@ -92,6 +95,12 @@ def held_out_accuracy(model, tokenizer, task: str, seed: int = 0, max_new_tokens
         want = extract_answer(r["answer"]) if numeric else answer_body(r["answer"])
         hits += got == want
     return hits / len(examples)
+
+
+def replay_examples(model, tokenizer, max_new_tokens: int) -> list[tuple[str, str]]:
+    """(prompt, the base's own greedy reply) for the everyday prompts; computed before the adapter exists."""
+    replies = greedy_answers(model, tokenizer, list(GENERAL_PROMPTS), max_new_tokens=max_new_tokens, batch_size=8)
+    return [(p, r.strip()) for p, r in zip(GENERAL_PROMPTS, replies) if r.strip()]
 
 
 def train_expert(base_dir: Path, expert: str, out: Path, settings: LoraSettings, log=print) -> dict:
@@ -107,6 +116,7 @@ def train_expert(base_dir: Path, expert: str, out: Path, settings: LoraSettings,
     torch.set_num_threads(1)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    replay = [encode(tokenizer, p, a) for p, a in replay_examples(model, tokenizer, settings.replay_tokens)]
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=0.0, bias="none",
                         target_modules=list(settings.target_modules), layers_to_transform=list(settings.layers),
                         task_type="CAUSAL_LM")
@@ -119,8 +129,10 @@ def train_expert(base_dir: Path, expert: str, out: Path, settings: LoraSettings,
         optimizer, lambda step: min(1.0, (step + 1) / 10) * max(0.1, 1 - step / settings.steps))
     model.train()
     started, losses = time.perf_counter(), []
+    n_replay = round(settings.batch_size * settings.replay_share) if replay else 0
     for step in range(settings.steps):
-        loss = answer_loss(model, *_batch(order.sample(data, settings.batch_size), tokenizer.pad_token_id))
+        batch = order.sample(data, settings.batch_size - n_replay) + order.sample(replay, n_replay)
+        loss = answer_loss(model, *_batch(batch, tokenizer.pad_token_id))
         loss.backward()
         optimizer.step()
         schedule.step()
@@ -133,11 +145,13 @@ def train_expert(base_dir: Path, expert: str, out: Path, settings: LoraSettings,
     model.eval()
     accuracy = held_out_accuracy(model, tokenizer, expert, settings.seed)
     log(f"{expert}: held-out accuracy {accuracy:.2f} after {settings.steps} steps in {seconds:.0f} s")
+    chat = dict(zip(GENERAL_HELD_OUT, greedy_answers(model, tokenizer, list(GENERAL_HELD_OUT), max_new_tokens=24)))
+    log(f"{expert}: everyday prompts it never trained on: {chat}")
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)  # adapter_model.safetensors + adapter_config.json
     for extra in ("README.md",):  # peft's generic card says nothing true about this adapter
         (out / extra).unlink(missing_ok=True)
-    record = {"expert": expert, "settings": asdict(settings), "seconds": round(seconds, 1),
+    record = {"expert": expert, "settings": asdict(settings), "seconds": round(seconds, 1), "everyday_replies": chat,
               "final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4), "held_out_accuracy": accuracy,
               "torch_threads": 1}
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
