@@ -13,24 +13,15 @@ from typing import Any
 
 import gradio as gr
 
+from inference.errors import InferenceError
 from merging.errors import MergeLabError
 from ui.hosting import HostConfig
 
 log = logging.getLogger("mergelab.ui")
 
 
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    types: list[type[BaseException]] = [MergeLabError]
-    try:
-        from inference.errors import InferenceError
-
-        types.append(InferenceError)
-    except ImportError:  # inference not importable: only our own errors count as the user's
-        pass
-    return tuple(types)
-
-
-USER_ERRORS = _user_error_types()
+# The errors whose message is meant for the user (they say what to fix); anything else is a bug.
+USER_ERRORS: tuple[type[BaseException], ...] = (MergeLabError, InferenceError)
 
 
 def user_message(error: BaseException, config: HostConfig) -> str:

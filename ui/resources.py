@@ -58,8 +58,6 @@ def on_gpu(fn):
 
     if not running_on_space():
         return fn
-    try:
-        import spaces
-    except ImportError:
-        return fn
+    import spaces  # deferred: only on a Space (pinned in requirements.txt); it hooks into torch/CUDA when imported
+
     return spaces.GPU(fn)

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+import zoo
 from merging.errors import CompatibilityError, MergeLabError, RecipeError, SourceError
 from merging.methods import get_method
 from merging.recipe import Recipe, validate_recipe
@@ -30,29 +31,13 @@ HIDDEN_PARAMS = ("weight", "int8_mask")  # weight has its own slider per model; 
 # --- choosing models ---------------------------------------------------------------------------------------------
 
 def zoo_families() -> dict[str, Any]:
-    import zoo.families
-
-    # zoo.families() per the contract; until zoo/__init__ exports it, the name is the submodule.
-    families = __import__("zoo").families
-    return families() if callable(families) else zoo.families.families()
+    return zoo.families()
 
 
 def ensure_zoo_built(family: Any, progress: Callable[[float, str], None] | None = None) -> None:
-    """Build the zoo's checkpoints if they are missing (first start without shipped assets)."""
-    import zoo
-
-    if family.root is not None:  # a real family (e.g. smollm2): built on demand (or after new adapters), with progress
-        zoo.ensure_family(family.name, progress=progress)
-        return
-    missing = [p for p in [family.base, *family.experts.values()] if not (Path(p) / "config.json").is_file()]
-    if not missing:
-        return
-    builder = getattr(zoo, "ensure_built", None)
-    if builder is None:
-        raise SourceError("The offline zoo is not built yet: run `python -m zoo build` once, then reload the page.")
-    if progress:
-        progress(0.0, "Building the offline zoo (first start only)…")
-    builder(progress=progress)
+    """Build the zoo family's checkpoints if they are missing (first start without shipped assets; a real family
+    such as smollm2 also after new shipped adapters), with progress."""
+    zoo.ensure_family(family.name, progress=progress)
 
 
 def _unique_label(label: str, taken: set[str]) -> str:
