@@ -55,14 +55,14 @@ def _save(session: Session, config: HostConfig, name: str, progress: Any = None)
     from merging.engine import merge_to_folder
     from ui.merge_record import record_saved
     from ui.resources import device
-    from ui.workspace import BASE_LABEL
+    from ui.workspace import engine_recipe
 
     _require_merge(session)
     record = session.merge
     out = session.merged_folder(config.models_dir, name or "merged")
     if record.folder is not None and record.folder == out and out.is_dir():
         return out
-    recipe = _engine_recipe(session, BASE_LABEL)
+    recipe = engine_recipe(session, session.recipe)
 
     def report(p: Any) -> None:
         if progress is not None:
@@ -73,25 +73,6 @@ def _save(session: Session, config: HostConfig, name: str, progress: Any = None)
                     overwrite=True)
     record_saved(session, record, out)
     return out
-
-
-def _engine_recipe(session: Session, base_label: str):
-    """The session's recipe with every model named by its local folder (Hub models are already downloaded)."""
-    from merging.recipe import Recipe
-
-    data = session.recipe.to_dict()
-    by_ref = {}
-    for model in [session.base, *session.sources]:
-        by_ref[model.ref] = str(model.path)
-        by_ref[str(model.path)] = str(model.path)
-        from ui.workspace import _portable
-
-        by_ref[_portable(model)] = str(model.path)
-    for entry in data["models"]:
-        entry["model"] = by_ref.get(entry["model"], entry["model"])
-    if data.get("base_model"):
-        data["base_model"] = by_ref.get(data["base_model"], data["base_model"])
-    return Recipe.from_dict(data)
 
 
 def _shown(config: HostConfig, out: Path) -> str:

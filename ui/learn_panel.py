@@ -63,7 +63,7 @@ WHY_NOT = {
 def unlabeled_inputs(session: Session, uploaded: str | None, per_task: int) -> dict[str, list[str]]:
     from pathlib import Path
 
-    from merging.learned.cli import read_inputs
+    from merging.learned.inputs import read_inputs
 
     path = uploaded or session.unlabeled_path
     if path is None:
@@ -77,8 +77,7 @@ def learn(session: Session, config: HostConfig, settings: LearnSettings, uploade
           ) -> Iterator[tuple[Any, Any, str]]:
     """/learn: yields (loss curve, coefficients heatmap or None, status) while training; the learned merge
     becomes the session's merged model."""
-    from merging.learned.api import learn_merge
-    from merging.learned.cli import describe_run
+    from merging.learned.api import describe_run, learn_merge
     from merging.learned.recipe_io import recipe_dict
     from merging.recipe import Recipe
     from ui.resources import device

@@ -464,13 +464,27 @@ def merge_to_folder(
 
 def build_recipe_for_engine(session: Session, settings: MergeSettings) -> Recipe:
     """The engine needs real folders (zoo models are named by folder, Hub models by their downloaded folder)."""
-    recipe = build_recipe(session, settings, by="label")
-    paths = {BASE_LABEL: str(session.base.path), **{s.label: str(s.path) for s in session.sources}}
+    return engine_recipe(session, build_recipe(session, settings, by="label"), by="label")
+
+
+def engine_recipe(session: Session, recipe: Recipe, *, by: str = "path") -> Recipe:
+    """`recipe` with every model named by its local folder (Hub models are already downloaded). `by="label"`: the
+    recipe names models by their session labels (build_recipe's default); `by="path"`: by portable path, Hub id or
+    folder, as a merge record's recipe does."""
+    models = [session.base, *session.sources]
+    if by == "label":
+        folders = {BASE_LABEL: str(session.base.path), **{s.label: str(s.path) for s in session.sources}}
+    else:
+        folders = {name: str(m.path) for m in models for name in (m.ref, str(m.path), _portable(m))}
+
+    def folder(name: str) -> str:
+        return folders[name] if by == "label" else folders.get(name, name)
+
     data = recipe.to_dict()
     for entry in data["models"]:
-        entry["model"] = paths[entry["model"]]
+        entry["model"] = folder(entry["model"])
     if data.get("base_model"):
-        data["base_model"] = paths[data["base_model"]]
+        data["base_model"] = folder(data["base_model"])
     return Recipe.from_dict(data)
 
 

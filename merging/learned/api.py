@@ -161,6 +161,21 @@ def learn_summary(merge: LearnedMerge) -> dict:
             "heldout_examples": sum(len(v) for v in merge.heldout.values())}
 
 
+def describe_run(merge: LearnedMerge) -> str:
+    """One line on the start, the SAM radius, early stopping and the held-out loss of a learned merge."""
+    s = learn_summary(merge)
+    if not s:
+        return ""
+    parts = [f"start λ = {s['init']:g}" + (" (best constant by the training loss)" if s["init_losses"] else "")]
+    if s["eps_ratio"] is not None:
+        parts.append(f"ρ = {s['rho']:.3g}, ‖ε‖/‖λ‖ = {100 * s['eps_ratio']:.1f} %")
+    if s["best_step"] is not None:
+        stop = f"stopped early after {s['steps_run']} steps" if s["stopped_early"] else f"{s['steps_run']} steps"
+        parts.append(f"{stop}; kept step {s['best_step']} (held-out loss {s['heldout_loss']:.4f} on "
+                     f"{s['heldout_examples']} held-out inputs)")
+    return "; ".join(parts)
+
+
 def save_learned_merge(merge: LearnedMerge, out_dir: str | Path, base: str | Path,
                        experts: Mapping[str, str | Path], settings: Mapping | None = None) -> Path:
     """Write the recipe, the coefficients and a summary (losses, settings) into `out_dir`."""

@@ -19,42 +19,9 @@ import sys
 from pathlib import Path
 
 from merging.cli import register_subcommand
-from merging.errors import MergeLabError, TaskSetError
-
-
-def read_inputs(path: str | Path, experts: list[str], per_task: int, *, display: str | None = None
-                ) -> dict[str, list[str]]:
-    """The first `per_task` prompts (or texts) of each expert in a task-set JSONL file. Messages name the file as
-    `display` (default: its path), so an app can show an upload's own name instead of its server-side copy."""
-    path = Path(path)
-    shown = display or str(path)
-    if not path.is_file():
-        raise TaskSetError(f"prompts file {shown} does not exist: pass a task-set JSONL file to --prompts")
-    inputs: dict[str, list[str]] = {e: [] for e in experts}
-    try:
-        text_lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise TaskSetError(f"{shown} is not UTF-8 text: save the prompts file as UTF-8 JSONL") from None
-    for number, line in enumerate(text_lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TaskSetError(f"{shown}:{number} is not valid JSON ({e.msg}): one JSON object per line") from None
-        text = row.get("prompt", row.get("text")) if isinstance(row, dict) else None
-        if not isinstance(text, str):
-            raise TaskSetError(f"{shown}:{number} has no `prompt` or `text` string: every line needs one")
-        owner = row.get("expert")
-        if owner in inputs and len(inputs[owner]) < per_task:
-            inputs[owner].append(text)
-    short = {e: len(v) for e, v in inputs.items() if len(v) < per_task}
-    if short:
-        raise TaskSetError(
-            f"{shown} has fewer than {per_task} examples for {short} (counted by the `expert` field): lower "
-            "--examples-per-task or check that the expert names given to --expert match the file"
-        )
-    return inputs
+from merging.errors import MergeLabError
+from merging.learned.api import describe_run
+from merging.learned.inputs import read_inputs
 
 
 def _parse_experts(values: list[str]) -> dict[str, str]:
@@ -174,23 +141,6 @@ def run(args: argparse.Namespace) -> int:
         (Path(args.out) / "report.json").write_text(json.dumps(report, indent=1))
         print(presets.report_markdown(report))
     return 0
-
-
-def describe_run(merge) -> str:
-    """One line on the start, the SAM radius, early stopping and the held-out loss of a learned merge."""
-    from merging.learned.api import learn_summary
-
-    s = learn_summary(merge)
-    if not s:
-        return ""
-    parts = [f"start λ = {s['init']:g}" + (" (best constant by the training loss)" if s["init_losses"] else "")]
-    if s["eps_ratio"] is not None:
-        parts.append(f"ρ = {s['rho']:.3g}, ‖ε‖/‖λ‖ = {100 * s['eps_ratio']:.1f} %")
-    if s["best_step"] is not None:
-        stop = f"stopped early after {s['steps_run']} steps" if s["stopped_early"] else f"{s['steps_run']} steps"
-        parts.append(f"{stop}; kept step {s['best_step']} (held-out loss {s['heldout_loss']:.4f} on "
-                     f"{s['heldout_examples']} held-out inputs)")
-    return "; ".join(parts)
 
 
 def _parse_init(value: str | float) -> float | str:
