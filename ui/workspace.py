@@ -15,12 +15,17 @@ from typing import Any
 import torch
 
 import zoo
+from inference import model_kind
+from merging.engine import merge_to_folder as engine_merge
 from merging.errors import CompatibilityError, MergeLabError, RecipeError, SourceError
+from merging.live import LiveMerger, live_memory_plan
 from merging.methods import get_method
 from merging.recipe import Recipe, validate_recipe
+from merging.sources import open_model, validate_hub_id
 from ui.catalog import require_hub
-from ui.hosting import HostConfig
+from ui.hosting import APP_ROOT, HostConfig
 from ui.merge_record import MergeRecord, record_merge
+from ui.resources import device, private_copy, shared_model
 from ui.session import Session, SourceModel
 
 ORIGINS = ("Zoo", "Local folders", "Hub ids")
@@ -53,8 +58,6 @@ def _resolve_ref(ref: str, origin: str, config: HostConfig) -> tuple[str, Path]:
     looked up on this server's disk: a path typed there must not reach files outside ./models)."""
     ref = ref.strip()
     if origin == "Hub ids":
-        from merging.sources import open_model, validate_hub_id
-
         if config.hosted:
             ref = validate_hub_id(ref)  # before anything else, so a path is refused whether or not the Hub answers
         require_hub(f"Hub id {ref!r}")
@@ -122,8 +125,6 @@ def select_models(
             progress(0.1 + 0.8 * i / len(refs), f"Opening {ref}…")
         label, path = _resolve_ref(ref, origin, config)
         session.sources.append(SourceModel(ref=ref, label=_unique_label(label, taken), path=path, origin=kind))
-    from inference import model_kind
-
     session.kind = model_kind(json.loads((base_path / "config.json").read_text(encoding="utf-8")))
     if session.sources:
         expert_kind = model_kind(json.loads((session.sources[0].path / "config.json").read_text(encoding="utf-8")))
@@ -254,8 +255,6 @@ def build_recipe(session: Session, settings: MergeSettings, *, by: str = "label"
 
 def _portable(model: SourceModel) -> str:
     """A zoo model's folder relative to the app (readable in an exported YAML, no server paths)."""
-    from ui.hosting import APP_ROOT
-
     try:
         return str(model.path.resolve().relative_to(APP_ROOT))
     except ValueError:
@@ -272,8 +271,6 @@ def _coerce_choice(value: Any) -> Any:
 # --- live merging ------------------------------------------------------------------------------------------------
 
 def _read_all(path: Path) -> dict[str, torch.Tensor]:
-    from merging.sources import open_model
-
     with open_model(path) as source:
         return {name: source.get(name) for name in source.tensor_names()}
 
@@ -281,8 +278,6 @@ def _read_all(path: Path) -> dict[str, torch.Tensor]:
 def sources_dtype(models: list[SourceModel]) -> str:
     """The dtype a merge of these models is written in by default: their floating dtypes promoted (bf16 in, bf16
     out), as the engine does when the recipe names none."""
-    from merging.sources import open_model
-
     dtype: torch.dtype | None = None
     for model in models:
         with open_model(model.path) as source:
@@ -297,9 +292,6 @@ def sources_dtype(models: list[SourceModel]) -> str:
 def live_plan(session: Session, device: str) -> Any:
     """merging.live's memory plan for the chosen models: their tensors in their own dtype, scratch for the largest
     tensor, and the session's own model(s) the merge is written into."""
-    from merging.live import live_memory_plan
-    from merging.sources import open_model
-
     sizes, largest, base_elements = [], 0, 0
     for model in [session.base, *session.sources]:
         with open_model(model.path) as source:
@@ -324,9 +316,6 @@ def _numel(shape: tuple[int, ...]) -> int:
 def prepare_live(session: Session) -> bool:
     """Read the sources into memory for live merging when the memory plan says they fit; True when it is on.
     `session.live_plan.reason` says why either way."""
-    from merging.live import LiveMerger
-    from ui.resources import device
-
     require_models(session)
     session.live = None
     plan = live_plan(session, device())
@@ -350,8 +339,6 @@ def live_mode_text(session: Session) -> str:
 
 
 def _num_layers(path: Path) -> int:
-    from merging.sources import open_model
-
     with open_model(path) as source:
         return source.num_layers
 
@@ -382,8 +369,6 @@ def merge_live(session: Session, settings: MergeSettings) -> MergeRecord:
 def _merge_targets(session: Session) -> list[dict[str, torch.Tensor]]:
     """The parameters a live merge is written into: the session's chat model, or each task's classifier (made on
     first use as private copies of the sources)."""
-    from ui.resources import private_copy
-
     if session.kind == "classifier":
         for source in session.sources:
             if source.label not in session.classifier_models:
@@ -437,9 +422,6 @@ def merge_to_folder(
 ) -> Path:
     """Stream the merge to ./models/merged/<session>/<name> (replacing an earlier one of that name) and record it:
     Chat and Evaluate then read that folder (through the cache, keyed by the folder's content)."""
-    from merging.engine import merge_to_folder as engine_merge
-    from ui.resources import device
-
     recipe = build_recipe(session, settings, by="path")
     engine_recipe = build_recipe_for_engine(session, settings)
     out = session.merged_folder(config.models_dir, name)
@@ -499,8 +481,6 @@ def current_merge(session: Session, action: str = "use the result") -> MergeReco
 def merged_chat_model(session: Session, quantization: str | None = None):
     """The model Chat talks to: the session's own model holding an in-memory merge, or the merged folder through
     the shared cache (a folder rewritten by a re-merge is a new cache entry)."""
-    from ui.resources import shared_model
-
     require_models(session)
     if session.kind == "classifier":
         raise MergeLabError("These are classifiers: use the Classify tab to compare their labels.")
