@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch
+from machine import machine  # bench/machine.py (this folder is on sys.path when a script runs)
 from transformers.utils import logging as transformers_logging
 
 from evaluation.agreement import Evaluator
@@ -31,16 +31,6 @@ from evaluation.tasks import TaskSet, load_tasks
 from inference.generation import scoring_dtype
 from inference.loading import load_model
 from merging.sources import open_model
-
-
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def family_root(given: str | None) -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -19,7 +18,7 @@ STARTED = time.perf_counter()
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import torch
+from machine import machine  # bench/machine.py (this folder is on sys.path when a script runs)
 from transformers.utils import logging as transformers_logging
 
 import zoo
@@ -28,16 +27,6 @@ from evaluation.tasks import load_tasks
 from merging.recipe import Recipe
 
 HEADING = "## Sweep of the LM zoo"
-
-
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def markdown(result: SweepResult, timings: dict[str, float], args: argparse.Namespace, examples: int,
