@@ -11,10 +11,31 @@ from typing import Any
 
 import gradio as gr
 
+from evaluation import load_tasks
+from evaluation.agreement import Evaluator
+from evaluation.charts import _axis_title, sweep_heatmap
+from evaluation.charts import agreement_figure as chart
+from evaluation.results import write_results
+from evaluation.sweep import axis_choices, axis_range, default_axes, parse_grid, run_settings_sweep, settings_grid
+from evaluation.tasks import tasks_for_experts
+from inference import LoadedModel
 from merging.errors import MergeLabError, TaskSetError
+from merging.methods import get_method
+from merging.recipe import Recipe
+from ui.feedback import guarded, in_place_error
 from ui.hosting import HostConfig
+from ui.merge_panel import KEPT_FRACTION, methods, settings_summary, start_value
+from ui.resources import on_gpu, session_tokenizer, shared_model
 from ui.session import Session
-from ui.workspace import require_models
+from ui.workspace import (
+    HIDDEN_PARAMS,
+    MergeSettings,
+    _read_all,
+    build_recipe,
+    current_merge,
+    merged_state,
+    require_models,
+)
 
 DEFAULT_PER_TASK = 20
 
@@ -22,8 +43,6 @@ DEFAULT_PER_TASK = 20
 def task_set_for(session: Session, uploaded: str | None, per_task: int | None):
     """The uploaded task file, else the zoo family's; only tasks whose expert is among the chosen sources (or that
     have none, like the composite japanese_math)."""
-    from evaluation import load_tasks
-
     if uploaded:
         tasks = load_tasks(uploaded)
     elif session.tasks_path is not None and session.tasks_path.is_file():
@@ -31,17 +50,11 @@ def task_set_for(session: Session, uploaded: str | None, per_task: int | None):
     else:
         raise TaskSetError("Upload a task file (JSONL, one example a line: {\"task\", \"prompt\" or \"text\", "
                            "\"answer\" or \"label\", \"expert\"}) to evaluate these models.")
-    from evaluation.tasks import tasks_for_experts
-
     return tasks_for_experts(tasks, session.labels).limited(per_task)
 
 
 def evaluator_for(session: Session, tasks: Any, key: tuple) -> Any:
     """One Evaluator per (task set, sources) and session: the experts' answers are computed once and reused."""
-    from evaluation.agreement import Evaluator
-    from inference import LoadedModel
-    from ui.resources import session_tokenizer, shared_model
-
     cache = session.evaluators
     if key not in cache:
         experts = {}
@@ -61,17 +74,10 @@ def evaluator_for(session: Session, tasks: Any, key: tuple) -> Any:
 
 def score_merged(session: Session, evaluator: Any) -> Any:
     """Score the session's current merge (its record): the in-memory weights, or its merged folder."""
-    from ui.workspace import current_merge, merged_state
-
     record = current_merge(session, "evaluate the result")
     if record.in_memory:
         return evaluator.score_state(merged_state(session))
-    from inference import LoadedModel
-    from ui.resources import session_tokenizer, shared_model
-
     if session.kind == "classifier":
-        from ui.workspace import _read_all
-
         return evaluator.score_state(_read_all(record.folder))
     loaded = shared_model(record.folder)  # keyed by the folder's content: a re-merge is a new entry
     return evaluator.score(LoadedModel(loaded.model, session_tokenizer(session, record.folder), "lm"))
@@ -81,8 +87,6 @@ def evaluate(session: Session, config: HostConfig, uploaded: str | None = None,
              per_task: int | None = DEFAULT_PER_TASK) -> dict[str, Any]:
     """/evaluate: the result as a dict (summary, per-task scores, and the recipe and merge version scored); also
     kept in the session for downloads."""
-    from ui.workspace import current_merge
-
     require_models(session)
     record = current_merge(session, "evaluate the result")
     per_task = int(per_task) if per_task else None
@@ -102,19 +106,12 @@ NO_AXIS = "(none)"
 
 def sweep_methods() -> list[str]:
     """Every method a sweep can vary something of (model_stock has nothing to vary)."""
-    from evaluation.sweep import axis_choices
-    from ui.merge_panel import methods
-
     return [m.name for m in methods() if axis_choices(m.name, ["a", "b"])]
 
 
 def sweep_base_settings(session: Session, method: str) -> dict[str, Any]:
     """The settings a sweep of `method` starts from: the current merge's when it used the same method, else the
     method's declared values as the Merge panel would show them (weights and a density carried over)."""
-    from merging.methods import get_method
-    from ui.merge_panel import KEPT_FRACTION, start_value
-    from ui.workspace import HIDDEN_PARAMS, MergeSettings
-
     current = session.merge_settings
     if current is not None and current.method == method:
         return current.to_dict()
@@ -134,8 +131,6 @@ def sweep_base_settings(session: Session, method: str) -> dict[str, Any]:
 
 def default_grid(method: str, axis: str | None) -> str:
     """Five points across an axis's declared range (weights: 0.2 to 1)."""
-    from evaluation.sweep import axis_range
-
     if not axis or axis == NO_AXIS:
         return ""
     if axis.startswith("weight"):
@@ -150,8 +145,6 @@ def default_grid(method: str, axis: str | None) -> str:
 
 def sweep_axes(session: Session | None, method: str) -> tuple[list[str], str | None, str | None]:
     """(choices, rows, columns) for the sweep's axis dropdowns."""
-    from evaluation.sweep import axis_choices, default_axes
-
     labels = session.labels if session is not None and session.sources else ["model 1", "model 2"]
     params = sweep_base_settings(session, method)["params"] if session is not None and session.sources else {}
     rows, columns = default_axes(method, params, labels)
@@ -165,9 +158,6 @@ def sweep(session: Session, config: HostConfig, method: str = "ties", rows_grid:
     """/sweep: merge and score every grid point in memory; returns the SweepResult. Each point is the Merge panel's
     settings (see sweep_base_settings) with the `rows` and `columns` settings set (default: the method's
     default_axes); every point's recipe is built by the same function as Merge's."""
-    from evaluation.sweep import parse_grid, run_settings_sweep, settings_grid
-    from ui.workspace import MergeSettings, build_recipe
-
     require_models(session)
     if session.live is None:
         reason = session.live_plan.reason if session.live_plan is not None else "the models are not read yet"
@@ -206,8 +196,6 @@ def sweep(session: Session, config: HostConfig, method: str = "ties", rows_grid:
 
 def point_text(result: Any, point: Any) -> str:
     """'λ 1 · density 0.5 → accuracy 65%' for a point of a sweep."""
-    from evaluation.charts import _axis_title
-
     rows, columns = result.axes
     parts = [f"{_axis_title(rows)} {point.weight:g}"]
     if columns:
@@ -225,8 +213,6 @@ def point_choices(result: Any) -> list[tuple[str, int]]:
 
 
 def sweep_outputs(result: Any) -> tuple[Any, str, list[str]]:
-    from evaluation.charts import sweep_heatmap
-
     best = result.best
     text = "No point was scored." if best is None else (
         f"**Best**: {best.method} at {point_text(result, best)} ({len(result.points)} points in "
@@ -256,8 +242,6 @@ def kept_point(session: Session, index: int | None) -> Any:
 
 def agreement_figure(result: dict[str, Any]):
     """Grouped bars: per task, the merged model's agreement with each source expert (accuracy where known)."""
-    from evaluation.charts import agreement_figure as chart
-
     return chart(result)
 
 
@@ -281,13 +265,9 @@ def write_downloads(session: Session, result: dict[str, Any]) -> list[str]:
     folder = Path(tempfile.mkdtemp(prefix="mergelab-results-"))
     # The recipe scored is the one evaluate() put in the result (a later merge does not rename it).
     scored = result.get("recipe", session.recipe.to_dict() if session.recipe else None)
-    from evaluation.results import write_results
-
     written = write_results(folder / "results.json", {**result, "recipe": scored})
     paths = [str(written["json"]), str(written["csv"])]
     if scored is not None:
-        from merging.recipe import Recipe
-
         (folder / "recipe.yaml").write_text(Recipe.from_dict(scored).to_yaml(), encoding="utf-8")
         paths.append(str(folder / "recipe.yaml"))
     return paths
@@ -368,8 +348,6 @@ def build(config: HostConfig) -> EvaluatePanel:
 
 
 def evaluated_text(session: Session) -> str:
-    from ui.merge_panel import settings_summary
-
     return f"✓ Evaluated the current merge: {settings_summary(session.merge_settings, session.labels)}."
 
 
@@ -384,16 +362,12 @@ def stale_note(session: Session | None, shown: str) -> Any:
 
 
 def wire(panel: EvaluatePanel, state: gr.State, config: HostConfig) -> None:
-    from ui.feedback import guarded, in_place_error
-
     @guarded(config, "evaluate", in_place=True)
     def run(session: Session, task_file: str | None, per_task: float, progress: gr.Progress = gr.Progress()):
         progress(0.1, desc="Scoring the experts (once) and the merged model…")
         result = evaluate(session, config, task_file, int(per_task))
         return (evaluated_text(session), agreement_figure(result), summary_markdown(result),
                 write_downloads(session, result))
-
-    from ui.resources import on_gpu
 
     run = on_gpu(run)  # ZeroGPU on a Space; unchanged elsewhere
     panel.run.click(run, [state, panel.task_file, panel.per_task],
