@@ -228,31 +228,10 @@ def run_sweep(
         questions={t.name: t.inputs for t in evaluator.tasks.tasks.values()},
         expected={t.name: t.answers for t in evaluator.tasks.tasks.values()},
     )
-    started = time.perf_counter()
-    if progress:
-        progress(0.0, "Answers of the experts")
-    evaluator.expert_predictions()
-    for index, ((method, weight, density), recipe) in enumerate(zip(plan, recipes)):
-        if should_stop is not None and should_stop():
-            break
-        tick = time.perf_counter()
-        try:
-            state = merger.merge(recipe, seed=seed)
-        except MergeLabError as error:
-            raise SweepError(f"Point {method} weight={weight} density={density}: {error}") from None
-        scored: EvalResult = evaluator.score_state(state)
-        result.points.append(SweepPoint(
-            method=method, weight=weight, density=density, recipe=recipe.to_dict(), summary=scored.summary(),
-            scores={name: asdict(score) for name, score in scored.scores.items()}, answers=scored.answers,
-            seconds=time.perf_counter() - tick,
-        ))
-        if progress:
-            value = result.points[-1].value(metric)
-            shown = "–" if value is None else f"{value:.2f}"
-            progress((index + 1) / len(plan), f"{index + 1}/{len(plan)}: {method} w={weight} d={density} "
-                                              f"{metric}={shown}")
-    result.seconds = time.perf_counter() - started
-    return result
+    jobs = [_Job(label=f"{method} weight={weight} density={density}", recipe=recipe, seed=seed,
+                 point={"method": method, "weight": weight, "density": density, "recipe": recipe.to_dict()})
+            for (method, weight, density), recipe in zip(plan, recipes)]
+    return _score_points(result, jobs, merger, evaluator, metric, progress, should_stop)
 
 
 # --- settings sweeps: each point is the Merge panel's settings with one or two of them changed --------------------
@@ -375,29 +354,48 @@ def run_settings_sweep(
         questions={t.name: t.inputs for t in evaluator.tasks.tasks.values()},
         expected={t.name: t.answers for t in evaluator.tasks.tasks.values()},
     )
+    jobs = [_Job(label=f"{axes[0]}={row} {axes[1]}={column}", recipe=merged_recipe,
+                 seed=int(settings.get("seed") or 0),
+                 point={"method": settings["method"], "weight": row, "density": column, "recipe": recorded.to_dict(),
+                        "settings": copy.deepcopy(dict(settings))})
+            for (row, column, settings), (merged_recipe, recorded) in zip(points, recipes)]
+    return _score_points(result, jobs, merger, evaluator, metric, progress, should_stop)
+
+
+@dataclass
+class _Job:
+    """One sweep point to merge and score: what to call it, what the merger runs, and the SweepPoint's own fields."""
+
+    label: str
+    recipe: Recipe
+    seed: int
+    point: dict[str, Any]
+
+
+def _score_points(result: SweepResult, jobs: Sequence[_Job], merger: LiveMerger, evaluator: Evaluator, metric: str,
+                  progress: Progress | None, should_stop: Callable[[], bool] | None) -> SweepResult:
+    """Merge and score each job into `result.points` (the experts' answers first, once), reporting progress."""
     started = time.perf_counter()
     if progress:
         progress(0.0, "Answers of the experts")
     evaluator.expert_predictions()
-    for index, ((row, column, settings), (merged_recipe, recorded)) in enumerate(zip(points, recipes)):
+    for index, job in enumerate(jobs):
         if should_stop is not None and should_stop():
             break
         tick = time.perf_counter()
         try:
-            state = merger.merge(merged_recipe, seed=int(settings.get("seed") or 0))
+            state = merger.merge(job.recipe, seed=job.seed)
         except MergeLabError as error:
-            raise SweepError(f"Point {axes[0]}={row} {axes[1]}={column}: {error}") from None
+            raise SweepError(f"Point {job.label}: {error}") from None
         scored: EvalResult = evaluator.score_state(state)
         result.points.append(SweepPoint(
-            method=settings["method"], weight=row, density=column, recipe=recorded.to_dict(),
-            summary=scored.summary(), scores={name: asdict(score) for name, score in scored.scores.items()},
-            answers=scored.answers, seconds=time.perf_counter() - tick, settings=copy.deepcopy(dict(settings)),
+            **job.point, summary=scored.summary(), scores={name: asdict(score) for name, score in scored.scores.items()},
+            answers=scored.answers, seconds=time.perf_counter() - tick,
         ))
         if progress:
             value = result.points[-1].value(metric)
             shown = "–" if value is None else f"{value:.2f}"
-            progress((index + 1) / len(points), f"{index + 1}/{len(points)}: {axes[0]}={row} {axes[1]}={column} "
-                                                f"{metric}={shown}")
+            progress((index + 1) / len(jobs), f"{index + 1}/{len(jobs)}: {job.label} {metric}={shown}")
     result.seconds = time.perf_counter() - started
     return result
 
