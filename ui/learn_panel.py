@@ -9,15 +9,24 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
+from evaluation.agreement import compare_merges
 from evaluation.charts import coefficients_figure, comparison_figure, comparison_markdown, loss_figure
 from merging.errors import MergeLabError, TaskSetError
+from merging.learned.api import describe_run, learn_merge
+from merging.learned.inputs import read_inputs
+from merging.learned.recipe_io import recipe_dict
+from merging.recipe import Recipe
+from ui.evaluate_panel import evaluator_for, task_set_for
+from ui.feedback import guarded
 from ui.hosting import HostConfig
+from ui.resources import device, on_gpu
 from ui.session import Session
-from ui.workspace import MergeSettings, require_models
+from ui.workspace import MergeSettings, build_recipe, require_models, write_learned
 
 LEARN_METHODS = ("samerging", "adamerging")
 # Baselines the learned merge is compared with (weights as FusionBench's GPT-2 reference settings).
@@ -61,9 +70,6 @@ WHY_NOT = {
 
 
 def unlabeled_inputs(session: Session, uploaded: str | None, per_task: int) -> dict[str, list[str]]:
-    from pathlib import Path
-
-    from merging.learned.inputs import read_inputs
 
     path = uploaded or session.unlabeled_path
     if path is None:
@@ -77,12 +83,6 @@ def learn(session: Session, config: HostConfig, settings: LearnSettings, uploade
           ) -> Iterator[tuple[Any, Any, str]]:
     """/learn: yields (loss curve, coefficients heatmap or None, status) while training; the learned merge
     becomes the session's merged model."""
-    from merging.learned.api import describe_run, learn_merge
-    from merging.learned.recipe_io import recipe_dict
-    from merging.recipe import Recipe
-    from ui.resources import device
-    from ui.workspace import write_learned
-
     require_models(session)
     settings.check()
     inputs = unlabeled_inputs(session, uploaded, int(settings.examples_per_task))
@@ -138,8 +138,6 @@ def learn(session: Session, config: HostConfig, settings: LearnSettings, uploade
 
 def compare_with_baselines(session: Session, config: HostConfig, per_task: int = 20) -> tuple[Any, str]:
     """/learn_compare: the learned merge, task arithmetic and TIES scored on the same tasks."""
-    from ui.evaluate_panel import evaluator_for, task_set_for
-
     require_models(session)
     if session.learned is None:
         raise MergeLabError("Learn coefficients first, then compare.")
@@ -148,9 +146,6 @@ def compare_with_baselines(session: Session, config: HostConfig, per_task: int =
         raise MergeLabError(f"Comparing needs the models in memory, and live merging is off ({reason}).")
     tasks = task_set_for(session, None, per_task)
     evaluator = evaluator_for(session, tasks, (tasks.source, per_task, tuple(session.labels), session.base.ref))
-    from evaluation.agreement import compare_merges
-    from ui.workspace import build_recipe
-
     def baseline(template: MergeSettings):
         settings = MergeSettings(template.method, [BASELINE_WEIGHT] * len(session.sources), dict(template.params))
         return lambda: session.live.merge(build_recipe(session, settings, by="label"), seed=0)
@@ -223,15 +218,11 @@ def build(config: HostConfig) -> LearnPanel:
 
 
 def wire(panel: LearnPanel, state: gr.State, config: HostConfig) -> None:
-    from ui.feedback import guarded
-
     @guarded(config, "learn")
     def run(session: Session, method: str, examples: float, steps: float, rho: float, init: float, auto_init: bool,
             prompts: str | None):
         settings = LearnSettings(method, int(examples), int(steps), float(rho), float(init), bool(auto_init))
         yield from learn(session, config, settings, prompts)
-
-    from ui.resources import on_gpu
 
     run = on_gpu(run)  # ZeroGPU on a Space; unchanged elsewhere
     panel.run.click(run, [state, *panel.settings_inputs, panel.prompts],
