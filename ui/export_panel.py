@@ -9,13 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from huggingface_hub import HfApi
 
+from merging.engine import merge_to_folder
 from merging.errors import MergeLabError, SourceError
 from merging.export import RecipeExport, mergekit_export
 from ui.catalog import hub_reachable
+from ui.feedback import guarded, in_place_error
 from ui.hosting import HostConfig
+from ui.merge_record import record_saved
+from ui.resources import device
 from ui.session import Session
-from ui.workspace import require_models
+from ui.workspace import engine_recipe, require_models
 
 
 def _require_merge(session: Session) -> None:
@@ -52,11 +57,6 @@ def save_folder(session: Session, config: HostConfig, name: str, progress: Any =
 
 def _save(session: Session, config: HostConfig, name: str, progress: Any = None) -> Path:
     """The current merge as a folder: its own folder when it was merged to that one, else written now."""
-    from merging.engine import merge_to_folder
-    from ui.merge_record import record_saved
-    from ui.resources import device
-    from ui.workspace import engine_recipe
-
     _require_merge(session)
     record = session.merge
     out = session.merged_folder(config.models_dir, name or "merged")
@@ -104,8 +104,6 @@ def push_to_hub(session: Session, config: HostConfig, repo_id: str, token: str, 
                           "Save the merged folder (above) and upload it from a machine with network, or try again "
                           "later.")
     folder = session.merged_path or _save(session, config, "merged")
-    from huggingface_hub import HfApi
-
     api = HfApi(token=token.strip())
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
@@ -149,8 +147,6 @@ def build(config: HostConfig) -> ExportPanel:
 
 
 def wire(panel: ExportPanel, state: gr.State, config: HostConfig) -> None:
-    from ui.feedback import guarded
-
     @guarded(config, "export")
     def save(session: Session, name: str, progress: gr.Progress = gr.Progress()) -> str:
         return save_folder(session, config, name, progress)
@@ -165,7 +161,5 @@ def wire(panel: ExportPanel, state: gr.State, config: HostConfig) -> None:
 
     panel.save.click(save, [state, panel.name], panel.status, api_name="export")
     panel.yaml_button.click(yaml_out, state, [panel.yaml_file, panel.yaml_text], api_name="export_yaml")
-    from ui.feedback import in_place_error
-
     panel.push.click(push, [state, panel.repo, panel.token, panel.private], panel.status, api_name="push").failure(
         in_place_error("push"), state, panel.status, api_visibility="private", show_progress="hidden")
