@@ -21,7 +21,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from evaluation.results import write_results
+from evaluation.tasks import load_tasks
 from merging.errors import MergeLabError
+
+# torch and transformers (through inference/ and most of evaluation/) are imported inside the subcommands that use
+# them: `--help` and a mistyped argument answer at once instead of after seconds of imports.
 
 EXIT_USER_ERROR = 2
 
@@ -58,28 +63,27 @@ def _print_scores(scores: Mapping[str, Any]) -> None:
 
 
 def _quiet_transformers() -> None:
-    from transformers.utils import logging as transformers_logging
+    from transformers.utils import logging as transformers_logging  # deferred: transformers (module comment)
 
     transformers_logging.disable_progress_bar()  # "Loading weights" bars would drown the report
 
 
 def _answer_cache(args: argparse.Namespace) -> Any:
-    from evaluation.answer_cache import AnswerCache, default_directory
+    from evaluation.answer_cache import AnswerCache, default_directory  # deferred: transformers
 
     return AnswerCache(None if args.no_cache else (args.cache_dir or default_directory()))
 
 
 def _dtype(args: argparse.Namespace) -> str | None:
-    from inference.generation import scoring_dtype
+    from inference.generation import scoring_dtype  # deferred: transformers
 
     return args.dtype or scoring_dtype(args.device)
 
 
 def _run(args: argparse.Namespace) -> int:
     _quiet_transformers()
+    # deferred: transformers (see the module comment)
     from evaluation.agreement import Evaluator, check_same_architecture
-    from evaluation.results import write_results
-    from evaluation.tasks import load_tasks
     from inference.loading import load_model
 
     tasks = load_tasks(args.tasks).limited(args.per_task)
@@ -104,8 +108,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     _quiet_transformers()
-    from evaluation.sweep import parse_grid, prepare_sweep, run_sweep
-    from evaluation.tasks import load_tasks
+    from evaluation.sweep import parse_grid, prepare_sweep, run_sweep  # deferred: torch (see the module comment)
 
     weights = parse_grid(args.weights, "weight")
     densities = parse_grid(args.densities, "density")
@@ -144,6 +147,7 @@ def _print_grid(result: Any, method: str) -> None:
 
 
 def _interference(args: argparse.Namespace) -> int:
+    # deferred: torch (see the module comment)
     from evaluation.folder_state import LazyFolderState
     from evaluation.interference import interference_report
     from merging.recipe import load_recipe
@@ -226,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "threads", None):
-        import torch
+        import torch  # deferred: torch (see the module comment)
 
         torch.set_num_threads(max(1, args.threads))
     try:
