@@ -18,9 +18,12 @@ import json
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from merging.cli import register_subcommand
 from merging.errors import MergeLabError
-from merging.learned.api import describe_run
+from merging.learned import presets
+from merging.learned.api import describe_run, learn_merge, save_learned_merge
 from merging.learned.inputs import read_inputs
 
 
@@ -81,14 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from merging.learned.api import learn_merge, save_learned_merge
-
     scored = None
     if args.preset:
-        from merging.learned import presets
-
         per_task = args.examples_per_task or presets.UNLABELED_PER_TASK
         args.base, experts = presets.resolve_models(args.preset, args.preset_models, allow_pickle=args.allow_pickle)
         inputs, scored = presets.load_data(args.preset, args.preset_data, per_task, args.eval_per_task)
@@ -135,8 +132,6 @@ def run(args: argparse.Namespace) -> int:
           f"(loss {first:.4f} → {last:.4f}); recipe: {recipe}")
     print(describe_run(merge))
     if scored is not None:
-        from merging.learned import presets
-
         report = presets.score(args.base, experts, merge.coefficients, merge.names, scored, device=args.device)
         (Path(args.out) / "report.json").write_text(json.dumps(report, indent=1))
         print(presets.report_markdown(report))
