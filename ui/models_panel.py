@@ -3,15 +3,20 @@ they can be merged and what it will cost, before anything heavy starts."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
+from merging.methods import get_method
+from merging.preflight import preflight
 from ui.catalog import Preset, get_preset, hub_reachable, load_catalog
 from ui.hosting import HostConfig
+from ui.resources import device
 from ui.session import Session
 from ui.workspace import (
     ORIGINS,
@@ -29,8 +34,6 @@ DEFAULT_PRESET_ENV = "MERGELAB_DEFAULT_PRESET"  # a preset's name; unset: the ca
 
 def default_preset_name() -> str:
     """The preset a visitor lands on (checked on arrival, merged by the one-click start)."""
-    import os
-
     presets = load_catalog()
     wanted = os.environ.get(DEFAULT_PRESET_ENV)
     if wanted:
@@ -68,8 +71,6 @@ def suggested_prompts(preset_name: str | None = None) -> list[str]:
     tasks = getattr(family, "tasks", None)
     if tasks is None or not tasks.is_file():
         return []
-    import json
-
     first: dict[str, str] = {}
     for line in tasks.read_text(encoding="utf-8").splitlines():
         example = json.loads(line) if line.strip() else {}
@@ -141,9 +142,6 @@ def check_models(
     settings = preset_settings(preset, len(session.sources))
     session.merge_settings = settings
     step(0.9, "Pre-flight check…")
-    from merging.preflight import preflight
-    from ui.resources import device
-
     # Classifier families (per-task heads) go through the same check: it reports the heads as kept per task.
     report = preflight(build_recipe_for_engine(session, _fit_method(settings, session)), device=device())
     session.preflight = report
@@ -155,8 +153,6 @@ def check_models(
 
 
 def _fit_method(settings: MergeSettings, session: Session) -> MergeSettings:
-    from merging.methods import get_method
-
     method = get_method(settings.method)
     if method.max_models is not None and len(session.sources) > method.max_models:
         return MergeSettings("task_arithmetic", [1 / len(session.sources)] * len(session.sources))
