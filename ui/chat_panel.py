@@ -9,8 +9,11 @@ from typing import Any
 
 import gradio as gr
 
+from inference import stream_chat
 from merging.errors import MergeLabError
 from ui.hosting import HostConfig
+from ui.models_panel import suggested_prompts
+from ui.resources import session_tokenizer, shared_model
 from ui.session import Session
 from ui.workspace import merged_chat_model, require_models
 
@@ -51,8 +54,6 @@ def compare_choices(session: Session | None) -> list[str]:
 
 def _model_for(session: Session, label: str, quant: str | None):
     """(model, tokenizer) for a source label; models come from the shared cache, tokenizers are the session's."""
-    from ui.resources import session_tokenizer, shared_model
-
     source = session.source_by_label(label)
     if source is None:
         raise MergeLabError(f"No source model named {label!r}: pick one of {', '.join(compare_choices(session)[1:])}.")
@@ -62,8 +63,6 @@ def _model_for(session: Session, label: str, quant: str | None):
 
 def _merged(session: Session, quant: str | None):
     """(model, tokenizer) of the current merge: the session's own model for an in-memory merge, else its folder."""
-    from ui.resources import session_tokenizer
-
     record = session.merge
     in_memory = record is not None and record.in_memory
     loaded = merged_chat_model(session, None if in_memory else quant)
@@ -82,8 +81,6 @@ def chat(
     settings: GenerationSettings,
 ) -> Iterator[tuple[History, History]]:
     """/chat: stream (merged conversation, comparison conversation); both grow as tokens arrive."""
-    from inference import stream_chat
-
     require_models(session)
     settings.check(config)
     message = (message or "").strip()
@@ -158,8 +155,6 @@ def build(config: HostConfig) -> ChatPanel:
         send = gr.Button("Send", variant="primary", elem_id="chat-send")
         stop = gr.Button("Stop", elem_id="chat-stop")
         clear = gr.Button("Clear", elem_id="chat-clear")
-    from ui.models_panel import suggested_prompts
-
     # The default preset's own prompts (its starting merge answers them well); the zoo's otherwise.
     gr.Examples(suggested_prompts() or EXAMPLES, inputs=message, label="Try", elem_id="chat-examples")
     status = gr.Markdown(elem_id="chat-status")
