@@ -18,10 +18,11 @@ from ui import (
     merge_panel,
     models_panel,
 )
-from ui.feedback import guarded, in_place_error
+from ui.feedback import error_markdown, guarded, in_place_error, take_error, user_message
 from ui.hosting import HostConfig
 from ui.resources import on_gpu
 from ui.session import FreshSession, Session, close_session, new_session
+from ui.workspace import MergeSettings
 
 TITLE = "MergeLab"
 INTRO = ("Merge fine-tuned models with mergekit-compatible methods, chat with the result beside its sources, and see "
@@ -225,8 +226,6 @@ def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, page: Page) -> N
                     return gr.update()  # a later move has been merged already
                 return merge_panel.run_merge(session, config, settings)
         except Exception as error:  # noqa: BLE001 - shown where the sliders are, in words
-            from ui.feedback import user_message
-
             return merge_panel.error_status(session, user_message(error, config))
 
     # `input`: the user's own changes (drag moves, typed numbers; not the page's), `release`: a drag's end or a
@@ -247,8 +246,6 @@ def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, page: Page) -> N
     # --- keep a sweep point: its settings become the Merge tab's and the current merge ---------------------------
     @guarded(config, "use sweep point", in_place=True)
     def use_point(session: Session, index: Any) -> list[Any]:
-        from ui.workspace import MergeSettings
-
         session = _session(session)
         point = evaluate_panel.kept_point(session, index)
         status = merge_panel.run_merge(session, config, MergeSettings.from_dict(point.settings).to_dict())
@@ -301,8 +298,6 @@ def _wire_chat(config: HostConfig, state: gr.State, page: Page) -> None:
     chat_outputs = [chat.merged, chat.compare, chat.message]  # the /chat API's outputs
 
     def chat_error(session: Session) -> list[Any]:
-        from ui.feedback import error_markdown, take_error
-
         # Also settles both panes, so no error badge is left over them.
         return [error_markdown(take_error(session, "chat") or "The chat failed."), gr.update(), gr.update()]
 
