@@ -9,7 +9,11 @@ from typing import Any
 
 import gradio as gr
 
+from evaluation.charts import cosine_heatmap, interference_heatmap, kept_heatmap
+from evaluation.folder_state import LazyFolderState
+from evaluation.interference import interference_report
 from merging.errors import MergeLabError
+from ui.feedback import guarded
 from ui.hosting import HostConfig
 from ui.session import Session
 from ui.workspace import require_models
@@ -17,9 +21,6 @@ from ui.workspace import require_models
 
 def interference(session: Session, config: HostConfig, density: float = 0.5, progress: Any = None) -> dict:
     """/interference: the report as a dict (tasks, overall, by_layer, by_module, cells)."""
-    from evaluation.folder_state import LazyFolderState
-    from evaluation.interference import interference_report
-
     require_models(session)
     if len(session.sources) < 2:
         raise MergeLabError("Interference needs at least two source models: add one in the Models tab.")
@@ -56,12 +57,8 @@ def build(config: HostConfig) -> InterferencePanel:
 
 
 def wire(panel: InterferencePanel, state: gr.State, config: HostConfig) -> None:
-    from ui.feedback import guarded
-
     @guarded(config, "interference")
     def run(session: Session, density: float, progress: gr.Progress = gr.Progress()):
-        from evaluation.charts import cosine_heatmap, interference_heatmap, kept_heatmap
-
         report = interference(session, config, density, progress)
         return cosine_heatmap(report), interference_heatmap(report), kept_heatmap(report)
 
