@@ -7,8 +7,11 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from inference import classify_batch
 from merging.errors import MergeLabError
+from ui.feedback import guarded
 from ui.hosting import HostConfig
+from ui.resources import session_tokenizer, shared_model
 from ui.session import Session
 from ui.workspace import require_models
 
@@ -22,9 +25,6 @@ def _label(model, index: int) -> str:
 
 def classify(session: Session, config: HostConfig, text: str) -> list[list[str]]:
     """/classify: one row per task: (task, merged label, teacher label, whether they agree)."""
-    from inference import classify_batch
-    from ui.resources import session_tokenizer, shared_model
-
     require_models(session)
     if session.kind != "classifier":
         raise MergeLabError("Classify is for classifier families (e.g. the zoo's classifiers); chat with language "
@@ -63,8 +63,6 @@ def build(config: HostConfig) -> ClassifyPanel:
 
 
 def wire(panel: ClassifyPanel, state: gr.State, config: HostConfig) -> None:
-    from ui.feedback import guarded
-
     @guarded(config, "classify")
     def run(session: Session, text: str) -> list[list[str]]:
         return classify(session, config, text)
