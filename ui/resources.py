@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from inference import LoadedModel, ModelCache, load_model, load_tokenizer
+from ui.hosting import running_on_space
 
 DEFAULT_CACHE_BYTES = int(float(os.environ.get("MERGELAB_CACHE_GB", "4")) * 2**30)
 _CACHE = ModelCache(DEFAULT_CACHE_BYTES)
@@ -54,8 +55,6 @@ def session_tokenizer(session, path: Path):
 
 def on_gpu(fn):
     """Wrap a GPU function for ZeroGPU on a Hugging Face Space; elsewhere return it unchanged."""
-    from ui.hosting import running_on_space
-
     if not running_on_space():
         return fn
     import spaces  # deferred: only on a Space (pinned in requirements.txt); it hooks into torch/CUDA when imported
