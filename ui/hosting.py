@@ -10,6 +10,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from merging.errors import SourceError
 
 APP_ROOT = Path(__file__).resolve().parents[1]
@@ -40,8 +42,6 @@ class HostConfig:
 
     @classmethod
     def detect(cls, hosted: bool | None = None, models_dir: Path | None = None) -> HostConfig:
-        import torch
-
         hosted = hosted_from_env() if hosted is None else hosted
         return cls(
             hosted=hosted,
