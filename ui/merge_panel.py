@@ -14,6 +14,7 @@ import gradio as gr
 from merging.cancel import cancellable
 from merging.methods import get_method, list_methods
 from merging.methods.registry import Method, Param
+from ui.export_panel import task_folders_text
 from ui.hosting import HostConfig
 from ui.session import Session
 from ui.workspace import HIDDEN_PARAMS, MergeSettings, merge_live, merge_to_folder, require_models
@@ -272,8 +273,6 @@ def run_merge_to_folder(session: Session, config: HostConfig, raw_settings: dict
         out = merge_to_folder(session, config, settings, name or "merged", progress=step)
     seconds = time.perf_counter() - started
     shown = out.relative_to(config.models_dir.parent) if out.is_relative_to(config.models_dir.parent) else out
-    from ui.export_panel import task_folders_text
-
     return (merge_status(session, "folder") + f"\n\nSaved to `{shown}` in {seconds:.1f} s."
             + task_folders_text(out, shown))
 
