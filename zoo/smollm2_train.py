@@ -17,6 +17,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from evaluation.answers import answer_body, extract_answer, extract_text_answer
 
 from .scoring import greedy_answers
 from .smollm2_tasks import GENERAL_HELD_OUT, GENERAL_PROMPTS, test_split, train_examples
@@ -84,8 +87,6 @@ def answer_loss(model, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def held_out_accuracy(model, tokenizer, task: str, seed: int = 0, max_new_tokens: int = 16) -> float:
     """Share of the task's evaluation prompts whose greedy answer equals the expected one (evaluation's extractor)."""
-    from evaluation.answers import answer_body, extract_answer, extract_text_answer
-
     examples = [r for r in test_split(seed) if r["task"] == task]
     outputs = greedy_answers(model, tokenizer, [r["prompt"] for r in examples], max_new_tokens=max_new_tokens)
     numeric = task != "strings"
@@ -105,9 +106,7 @@ def replay_examples(model, tokenizer, max_new_tokens: int) -> list[tuple[str, st
 
 def train_expert(base_dir: Path, expert: str, out: Path, settings: LoraSettings, log=print) -> dict:
     """Trains one LoRA adapter on the expert's examples and saves it to `out`; returns a record of the run."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    from peft import LoraConfig, get_peft_model  # deferred: peft is needed only to train (python -m zoo train)
     seed = expert_seed(settings.seed, expert)
     torch.manual_seed(seed)
     # One thread: the same float sums on every machine, and on a shared 2-core machine a second OpenMP thread
