@@ -105,14 +105,25 @@ def _sync_on_open(merge_tab: gr.Tab, state: gr.State, merge: merge_panel.MergePa
 
 
 def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, page: Page) -> None:
+    _wire_models(demo, config, state, page)
+    _wire_merge(config, state, page)
+    _wire_live_merges(config, state, page)
+    _wire_chat(config, state, page)  # one click for a visitor: merge the checked preset and open Chat beside a source
+    _wire_sweep_point(config, state, page)
+
+
+def _merge_controls(page: Page) -> list[Any]:
+    """Everything that shows the merge's settings: set together after Check models and when a sweep point is kept."""
+    merge = page.merge
+    return [merge.method, merge.help, *merge.weights, *merge.params.values(), merge.shown_method, page.pending]
+
+
+def _wire_models(demo: gr.Blocks, config: HostConfig, state: gr.State, page: Page) -> None:
+    """Models -> pre-flight (on Check models and on page load), then the merge controls, the chat choices and the
+    sweep axes follow the chosen models."""
     models, merge, chat, evaluate = page.models, page.merge, page.chat, page.evaluate
     specs = merge_panel.param_specs()
-    param_controls = list(merge.params.values())
-    n_weights = len(merge.weights)
-    # Everything that shows the merge's settings: set together after Check models and when a sweep point is kept.
-    merge_controls = [merge.method, merge.help, *merge.weights, *param_controls, merge.shown_method, page.pending]
 
-    # --- Models -> pre-flight, then the merge controls and chat choices follow the chosen models ---------------------
     @guarded(config, "pre-flight", in_place=True)
     def preflight(session: Session, origin: str, family: str | None, experts: list[str] | None, base: str,
                   sources: str, preset: str | None,
@@ -140,7 +151,7 @@ def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, page: Page) -> N
                                  api_name="preflight")
     checked.failure(in_place_error("pre-flight"), state, models.report, api_visibility="private",
                     show_progress="hidden")
-    follow_outputs = [*merge_controls, chat.compare_label, page.classify_tab, page.chat_tab, merge.status,
+    follow_outputs = [*_merge_controls(page), chat.compare_label, page.classify_tab, page.chat_tab, merge.status,
                       *sweep_axis_outputs]
     _then_values(checked.success(follow_models, state, follow_outputs, api_visibility="private"), page)
 
@@ -156,7 +167,14 @@ def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, page: Page) -> N
                            api_visibility="private").success(follow_models, state, follow_outputs,
                                                              api_visibility="private"), page)
 
-    # --- Merge ---------------------------------------------------------------------------------------------------
+
+def _wire_merge(config: HostConfig, state: gr.State, page: Page) -> None:
+    """Merge: method switches, Merge and Merge to folder (errors in place), and cancel."""
+    merge = page.merge
+    specs = merge_panel.param_specs()
+    param_controls = list(merge.params.values())
+    n_weights = len(merge.weights)
+
     def method_changed(session: Session | None, name: str, previous: str | None, *values: Any) -> list[Any]:
         # Each control re-ranged and valued as the new method declares it; shared values carried over.
         weights, params = list(values[:n_weights]), dict(zip(specs, values[n_weights:]))
@@ -208,6 +226,15 @@ def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, page: Page) -> N
 
     merge.cancel.click(cancel_merge, state, merge.status, cancels=[folder_event], api_name="cancel_merge")
 
+
+def _wire_live_merges(config: HostConfig, state: gr.State, page: Page) -> None:
+    """Live re-merges that follow every control move (the last move wins), and the Evaluate tab's staleness note."""
+    merge, evaluate = page.merge, page.evaluate
+    specs = merge_panel.param_specs()
+    param_controls = list(merge.params.values())
+    n_weights = len(merge.weights)
+    controls = [state, *merge.controls]
+
     def follow_controls(session: Session | None, method: str, seed: float, *values: Any) -> str | Any:
         """A control moved: re-merge with the values it shows. The browser stamps each move when it sends it
         (`stamp`, ms); a move older than the newest one this session has merged is dropped, so whichever order the
@@ -240,10 +267,12 @@ def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, page: Page) -> N
     merge.status.change(evaluate_panel.stale_note, [state, evaluate.status], evaluate.status,
                         api_visibility="private", show_progress="hidden")
 
-    # --- one click for a visitor: merge the checked preset with its settings and open Chat beside a source -----
-    _wire_chat(config, state, page)
 
-    # --- keep a sweep point: its settings become the Merge tab's and the current merge ---------------------------
+def _wire_sweep_point(config: HostConfig, state: gr.State, page: Page) -> None:
+    """Keep a sweep point: its settings become the Merge tab's and the current merge."""
+    merge, evaluate = page.merge, page.evaluate
+    specs = merge_panel.param_specs()
+
     @guarded(config, "use sweep point", in_place=True)
     def use_point(session: Session, index: Any) -> list[Any]:
         session = _session(session)
@@ -254,7 +283,8 @@ def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, page: Page) -> N
         return [note, status, *_with_pending(merge_panel.session_control_updates(session, specs))]
 
     used = evaluate.sweep_use.click(use_point, [state, evaluate.sweep_point],
-                                    [evaluate.sweep_best, merge.status, *merge_controls], api_name="use_sweep_point")
+                                    [evaluate.sweep_best, merge.status, *_merge_controls(page)],
+                                    api_name="use_sweep_point")
     _then_values(used, page)
     used.failure(in_place_error("use sweep point"), state, evaluate.sweep_best, api_visibility="private",
                  show_progress="hidden")
@@ -274,8 +304,7 @@ def _then_values(event: Any, page: Page) -> None:
 def _wire_chat(config: HostConfig, state: gr.State, page: Page) -> None:
     models, merge, chat = page.models, page.merge, page.chat
     specs = merge_panel.param_specs()
-    merge_controls = [merge.method, merge.help, *merge.weights, *merge.params.values(), merge.shown_method,
-                      page.pending]
+    merge_controls = _merge_controls(page)
 
     def merge_if_none(session: Session) -> None:
         # Nothing merged yet (a visitor went straight to Chat): merge what the Merge tab shows, the preset's start.
