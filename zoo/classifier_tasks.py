@@ -101,23 +101,23 @@ class ClassifierSplit:
                 return sentence
 
 
+def fresh_sentences(rng: random.Random, count: int, taken: set[str]) -> list[Sentence]:
+    """`count` random sentences whose texts are not in `taken`; each drawn text is added to `taken`, so successive
+    calls give disjoint sets (scored, unlabeled, ...)."""
+    drawn: list[Sentence] = []
+    while len(drawn) < count:
+        s = random_sentence(rng)
+        if s.text not in taken:
+            taken.add(s.text)
+            drawn.append(s)
+    return drawn
+
+
 def classifier_split() -> ClassifierSplit:
-    evaluation: dict[str, list[Sentence]] = {}
-    unlabeled: dict[str, list[str]] = {}
     taken: set[str] = set()
-    for task in LABELS:
-        rng = random.Random(f"{SPLIT_SEED}:{task}")
-        evaluation[task], unlabeled[task] = [], []
-        while len(evaluation[task]) < EVAL_PER_TASK:
-            s = random_sentence(rng)
-            if s.text not in taken:
-                taken.add(s.text)
-                evaluation[task].append(s)
-    for task in LABELS:
-        rng = random.Random(f"{SPLIT_SEED}:{task}:unlabeled")
-        while len(unlabeled[task]) < UNLABELED_PER_TASK:
-            s = random_sentence(rng)
-            if s.text not in taken:
-                taken.add(s.text)
-                unlabeled[task].append(s.text)
+    evaluation = {task: fresh_sentences(random.Random(f"{SPLIT_SEED}:{task}"), EVAL_PER_TASK, taken)
+                  for task in LABELS}
+    unlabeled = {task: [s.text for s in fresh_sentences(random.Random(f"{SPLIT_SEED}:{task}:unlabeled"),
+                                                        UNLABELED_PER_TASK, taken)]
+                 for task in LABELS}
     return ClassifierSplit(evaluation, unlabeled)

