@@ -62,7 +62,7 @@ class Method:
     min_models: int  # counted over the `tensors` passed to fn (non-base inputs unless base is "ignored")
     max_models: int | None
     fn: MethodFn
-    fn_deltas: DeltaFn | None = None  # task-arithmetic family: mixed delta from task vectors (live merging)
+    fn_deltas: DeltaFn | None = None  # task-arithmetic family: mixed delta from task vectors (optional)
     aliases: tuple[str, ...] = field(default=())
 
     def param(self, name: str) -> Param | None:
