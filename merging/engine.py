@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from merging.cancel import cancellable
+from merging.cancel import CancelFlag, cancellable, is_set
 from merging.checks import (
     OutputFolderError,
     method_failure,
@@ -100,7 +100,6 @@ class MergeResult:
 
 
 ProgressFn = Callable[[MergeProgress], None]
-CancelFlag = threading.Event | Callable[[], bool] | None
 
 
 def merge_to_folder(
@@ -205,7 +204,7 @@ def _run_pipeline(inputs: MergeInputs, plan: list[TensorPlan], shards: list, fol
     notes: dict[str, None] = {}
     try:
         for index, item in enumerate(plan):
-            if _cancelled(cancel):
+            if is_set(cancel):
                 raise MergeCancelled("Merge cancelled; no output folder was written.")
             got = _get(read_q, stop)
             if got is _STOPPED:
@@ -403,7 +402,7 @@ def _write_task_folders(inputs: MergeInputs, heads: TaskHeads, plan: list[Tensor
         try:
             for shard in task_shards:
                 for t in shard.tensors:
-                    if _cancelled(cancel):
+                    if is_set(cancel):
                         raise MergeCancelled("Merge cancelled; no output folder was written.")
                     if t.name in written_in:
                         file = written_in[t.name]
@@ -527,14 +526,6 @@ def _check_device(device: str) -> str:
                                 "use --device cpu.")
         return device
     raise MergeLabError(f"Unknown device {device!r}: use cpu or cuda (cuda:N for a given GPU).")
-
-
-def _cancelled(cancel: CancelFlag) -> bool:
-    if cancel is None:
-        return False
-    if isinstance(cancel, threading.Event):
-        return cancel.is_set()
-    return bool(cancel())
 
 
 def _write_config(source_config: dict, inputs: MergeInputs, out_dtype: torch.dtype, folder: Path) -> None:
