@@ -98,40 +98,6 @@ def _promoted(dtypes: Iterable[torch.dtype]) -> torch.dtype:
     return result or torch.float32
 
 
-class _TaskVectors(Mapping):
-    """`merger.task_vectors[key][name]`: a model's float32 task vector, computed when read (not cached)."""
-
-    def __init__(self, merger: LiveMerger) -> None:
-        self._merger = merger
-
-    def __getitem__(self, key: str) -> Mapping[str, torch.Tensor]:
-        model = self._merger.models[key]
-        base = self._merger.base
-        return _Lazy(self._merger.names, lambda name: model[name].float() - base[name].float())
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._merger.models)
-
-    def __len__(self) -> int:
-        return len(self._merger.models)
-
-
-class _Lazy(Mapping):
-    def __init__(self, names: list[str], make) -> None:
-        self._names, self._make = names, make
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        if name not in self._names:
-            raise KeyError(name)
-        return self._make(name)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-
 class LiveMerger:
     """Keeps the base's and `models`' shared tensors (their own dtype) on `device`; `merge(recipe, seed)` returns a
     merged state dict and `merge_into(targets, recipe, seed)` writes it into existing tensors. The recipe's `model`
@@ -156,7 +122,6 @@ class LiveMerger:
         self.models: dict[str, dict[str, torch.Tensor]] = {
             key: {n: m[n].to(device).contiguous() for n in self.names} for key, m in models.items()
         }
-        self.task_vectors: Mapping[str, Mapping[str, torch.Tensor]] = _TaskVectors(self)
         self.notes: list[str] = []  # the last merge's per-tensor notes ("name: message")
         self._dtypes = {t.dtype for state in [self.base, *self.models.values()] for t in state.values()}
         # Magnitude thresholds of the kept tensors per density (a weight slider move reuses them: ties 3x faster).

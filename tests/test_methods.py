@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from merging.errors import RecipeError
-from merging.methods import chunks, collect_notes, fused, get_method, list_methods, sparsify
+from merging.methods import chunks, collect_notes, fused, get_method, list_methods, sce, sparsify, task_arithmetic
 from merging.methods.chunks import compute_threads
 from merging.methods.consensus import disjoint_mean_into
 from merging.methods.fused import MIN_FUSED, can_fuse
@@ -26,6 +26,14 @@ def defaults(name: str, **overrides) -> dict:
     params = {p.name: p.default for p in method.params if p.scope == "global" and not p.required}
     params.update(overrides)
     return params
+
+
+def plain_fn(name: str, *args) -> torch.Tensor:
+    """`get_method(name).fn(*args)` on the plain (unfused) path: the reference the fused path must equal."""
+    with pytest.MonkeyPatch.context() as patch:
+        for module in (sce, task_arithmetic):
+            patch.setattr(module, "can_fuse", lambda base, tensors: False)
+        return get_method(name).fn(*args)
 
 
 def per_model(name: str, *dicts: dict) -> list[dict]:
@@ -240,22 +248,6 @@ def test_weighted_ties_divides_by_the_agreeing_weights():
     assert torch.allclose(out, torch.tensor([2.5 / 1.5, -2.0 / 0.5]))
 
 
-def test_fn_deltas_agrees_with_fn_for_the_whole_family():
-    base = torch.randn(16, 8, generator=gen(0))
-    xs = [base + 0.1 * torch.randn(16, 8, generator=gen(i + 1)) for i in range(3)]
-    for method in list_methods():
-        if method.fn_deltas is None:
-            continue
-        params = defaults(method.name)
-        models = per_model(method.name, *({"weight": w, "density": 0.6} if "density" in [p.name for p in method.params]
-                                          else {"weight": w} for w in (1.0, 0.5, 0.8)))
-        if method.name == "sce":
-            models = [{} for _ in xs]
-        full = method.fn(base, xs, models, params, gen(7))
-        mixed = method.fn_deltas([x - base for x in xs], models, params, gen(7))
-        assert torch.allclose(full, base + mixed, atol=1e-6), method.name
-
-
 @pytest.mark.parametrize("name", ["dare_linear", "dare_ties", "della", "della_linear"])
 def test_random_methods_same_seed_same_bits_different_seed_differs(name):
     base = torch.randn(32, 32, generator=gen(0))
@@ -274,7 +266,6 @@ def test_inputs_are_never_modified():
         method = get_method(name)
         models = per_model(name, {"weight": 1.0}, {"weight": 1.0}) if name != "sce" else [{}, {}]
         method.fn(base, xs, models, defaults(name), gen(0))
-        method.fn_deltas([x - base for x in xs], models, defaults(name), gen(0))
     assert all(torch.equal(a, b) for a, b in zip([base, *xs], copies))
 
 
@@ -353,7 +344,7 @@ def test_karcher_multislerp_nearswap_passthrough_basics():
 @pytest.mark.parametrize("threads", [1, 2])  # one compute thread: bigger chunks, no hand-over
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", ["task_arithmetic", "magnitude_prune", "ties", "sce"])
-def test_fused_path_for_large_tensors_equals_the_plain_delta_path(name, dtype, threads):
+def test_fused_path_for_large_tensors_equals_the_plain_path(name, dtype, threads):
     base = torch.randn(640, 480, generator=gen(0)) * 0.02  # 307 200 elements: fused, over many chunks
     xs = []
     for i in range(3):
@@ -374,8 +365,7 @@ def test_fused_path_for_large_tensors_equals_the_plain_delta_path(name, dtype, t
     with compute_threads(threads):
         fused_out = method.fn(base, xs, models, params, None)
     assert fused_out.dtype == torch.float32
-    base32, xs32 = base.float(), [x.float() for x in xs]
-    plain = base32 + method.fn_deltas([x - base32 for x in xs32], models, params, None)
+    plain = plain_fn(name, base, xs, models, params, None)
     assert torch.allclose(fused_out, plain, atol=1e-7, rtol=1e-6)
 
 
@@ -389,7 +379,7 @@ def test_fused_threshold_is_exact_when_the_sampled_window_misses(monkeypatch):
     models = per_model("magnitude_prune", {"weight": 1.0, "density": density})
     out = get_method("magnitude_prune").fn(base, [x], models, params, None)
     assert int((out != 0).sum()) == max(1, int(density * x.numel()))
-    assert torch.equal(out, get_method("magnitude_prune").fn_deltas([x], models, params, None))
+    assert torch.equal(out, plain_fn("magnitude_prune", base, [x], models, params, None))
 
 
 def test_compute_threads_sets_one_budget_and_restores_it():
@@ -430,7 +420,7 @@ def test_fused_threshold_with_few_distinct_magnitudes_keeps_exactly_k(monkeypatc
     out = get_method("magnitude_prune").fn(base, [x], models, params, None)
     k = max(1, int(density * x.numel()))
     assert int((out != 0).sum()) == k
-    assert torch.equal(out, get_method("magnitude_prune").fn_deltas([x], models, params, None))
+    assert torch.equal(out, plain_fn("magnitude_prune", base, [x], models, params, None))
 
 
 @pytest.mark.parametrize("name", ["dare_ties", "sce", "breadcrumbs_ties"])

@@ -25,7 +25,6 @@ Kind = Literal["float", "bool", "int", "choice"]
 BasePolicy = Literal["required", "optional", "ignored"]
 
 MethodFn = Callable[[torch.Tensor | None, list[torch.Tensor], list[dict], dict, torch.Generator | None], torch.Tensor]
-DeltaFn = Callable[[list[torch.Tensor], list[dict], dict, torch.Generator | None], torch.Tensor]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,7 +61,6 @@ class Method:
     min_models: int  # counted over the `tensors` passed to fn (non-base inputs unless base is "ignored")
     max_models: int | None
     fn: MethodFn
-    fn_deltas: DeltaFn | None = None  # task-arithmetic family: mixed delta from task vectors (optional)
     aliases: tuple[str, ...] = field(default=())
 
     def param(self, name: str) -> Param | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from merging.methods.common import Workspace, owned_float32
+from merging.methods.common import Workspace
 from merging.methods.consensus import consensus_merge_
 from merging.methods.fused import can_fuse, energies, fused_merge
 from merging.methods.params import INT8_MASK
@@ -88,10 +88,6 @@ def sce_mix_(deltas: list[torch.Tensor], params: dict, base: torch.Tensor | None
     return consensus_merge_(deltas, weights, scales=weights, min_divisor=DIVISOR_FLOOR, base=base)
 
 
-def sce_deltas(deltas, model_params, params, generator) -> torch.Tensor:
-    return sce_mix_([owned_float32(d) for d in deltas], params)
-
-
 def sce(base, tensors, model_params, params, generator) -> torch.Tensor:
     if params.get("select_topk", 1.0) >= 1 and can_fuse(base, tensors):
         weights = coefficients_from_energies(energies(base, tensors))
@@ -110,6 +106,6 @@ register(
         formula="m = top-k variance mask; c_i = mean(δ_i²)/Σ_j mean(δ_j²); out = base + Σ c_i [sign δ_i = s] m δ_i "
         "/ max(Σ c_i [sign δ_i = s], 1e-6)",
         params=(SELECT_TOPK, INT8_MASK), base="required", random=False, min_models=1, max_models=None,
-        fn=sce, fn_deltas=sce_deltas,
+        fn=sce,
     )
 )

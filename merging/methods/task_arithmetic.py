@@ -11,10 +11,10 @@ import torch
 from merging.methods import params as P
 from merging.methods import sparsify
 from merging.methods.chunks import full_buffer
-from merging.methods.common import Workspace, as_float32, default_generator, owned_float32
+from merging.methods.common import Workspace, as_float32, default_generator
 from merging.methods.consensus import consensus_merge_, weight_sum_divisor
 from merging.methods.fused import can_fuse, fused_merge
-from merging.methods.registry import DeltaFn, Method, MethodFn, Param, register
+from merging.methods.registry import Method, MethodFn, Param, register
 
 # A sparsifier prunes (delta, this model's params, global params, generator, workspace) in place.
 Sparsifier = Callable[[torch.Tensor, dict, dict, torch.Generator | None, Workspace], torch.Tensor]
@@ -96,11 +96,7 @@ def mix_deltas_(
     return mixed.add_(base) if base is not None else mixed
 
 
-def _make_fns(sparsifier: Sparsifier | None, consensus: bool) -> tuple[MethodFn, DeltaFn]:
-    def fn_deltas(deltas, model_params, params, generator):
-        owned = [owned_float32(delta) for delta in deltas]
-        return mix_deltas_(owned, model_params, params, generator, sparsifier=sparsifier, consensus=consensus)
-
+def _make_fn(sparsifier: Sparsifier | None, consensus: bool) -> MethodFn:
     fusable = sparsifier is None or sparsifier is _magnitude
 
     def fn(base, tensors, model_params, params, generator):
@@ -116,7 +112,7 @@ def _make_fns(sparsifier: Sparsifier | None, consensus: bool) -> tuple[MethodFn,
         return mix_deltas_(deltas, model_params, params, generator, sparsifier=sparsifier, consensus=consensus,
                            base=base)
 
-    return fn, fn_deltas
+    return fn
 
 
 def _family(
@@ -138,11 +134,10 @@ def _family(
     if rescale is not None:
         params += (P.rescale(rescale),)
     params += (P.INT8_MASK,)
-    fn, fn_deltas = _make_fns(sparsifier, consensus)
     return register(
         Method(
             name=name, family="task_arithmetic", explanation=explanation, formula=formula, params=params,
-            base="required", random=random, min_models=1, max_models=None, fn=fn, fn_deltas=fn_deltas,
+            base="required", random=random, min_models=1, max_models=None, fn=_make_fn(sparsifier, consensus),
         )
     )
 
