@@ -89,6 +89,7 @@ def _modern_name(name: str) -> str:
 
 
 def _load(folder: str | Path, kind: Kind, device: torch.device) -> torch.nn.Module:
+    # deferred: transformers takes seconds to import; only loading a model needs it (not `import merging.learned`)
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     cls = AutoModelForCausalLM if kind == "lm" else AutoModelForSequenceClassification
@@ -100,7 +101,7 @@ def _load(folder: str | Path, kind: Kind, device: torch.device) -> torch.nn.Modu
 
 
 def _load_tokenizer(folder: str | Path):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # deferred: heavy, as in _load
 
     try:
         return AutoTokenizer.from_pretrained(str(folder))

@@ -10,7 +10,7 @@ from typing import Literal
 import torch
 
 from merging.errors import MergeLabError
-from merging.learned.adapters import LearningSetup, model_kind, setup_causal_lm, setup_classifier
+from merging.learned.adapters import Kind, LearningSetup, model_kind, setup_causal_lm, setup_classifier
 from merging.learned.objectives import entropy_loss, kl_loss
 from merging.learned.recipe_io import save_learned
 from merging.learned.trainer import LearnResult, LossFn, OptimConfig, SamMode, learn
@@ -118,6 +118,23 @@ def learn_merge(
     sets ρ so that ‖ε‖ ≈ rho_relative·‖λ‖; an explicit `rho` is used as given (0 = plain Adam). AdaMerging has no ρ."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise MergeLabError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu")
+    config = _options_config(method, steps=steps, rho=rho, rho_relative=rho_relative, lr=lr, sam_mode=sam_mode,
+                             adaptive=adaptive, granularity=granularity, init=init, patience=patience)
+    kind = _experts_kind(experts)
+    train, heldout = split_heldout({t: inputs.get(t, []) for t in experts}, holdout)
+    setup = _learning_setup(kind, method, base, experts, train, heldout, batch_size=batch_size,
+                            temperature=temperature, top_k=top_k, max_new_tokens=max_new_tokens, device=device)
+    val_loss = make_loss(setup, method, temperature, "heldout") if setup.num_heldout_batches else None
+    result = learn(setup.vectors, setup.params, make_loss(setup, method, temperature), setup.num_batches, config,
+                   val_loss_fn=val_loss, num_val_batches=setup.num_heldout_batches, progress=progress, cancel=cancel)
+    return LearnedMerge(method, setup.tasks, setup.vectors.names, result.coefficients, result.losses,
+                        result.seconds, setup, result, heldout)
+
+
+def _options_config(method: LearnMethod, *, steps: int, rho: float | None, rho_relative: float | None,
+                    lr: float | None, sam_mode: SamMode, adaptive: bool, granularity: Literal["layer", "task"],
+                    init: float | Literal["auto"], patience: int | None) -> OptimConfig:
+    """The method's default_config with learn_merge's options applied (None and "auto" keep the default), checked."""
     overrides: dict = {"steps": steps, "sam_mode": sam_mode, "adaptive": adaptive, "granularity": granularity}
     if init != "auto":
         overrides.update(init=float(init), init_grid=())
@@ -131,23 +148,28 @@ def learn_merge(
         overrides["patience"] = patience
     config = default_config(method, **overrides)
     config.check()
+    return config
+
+
+def _experts_kind(experts: Mapping[str, str | Path]) -> Kind:
+    """"lm" or "classifier": the one kind all the experts share."""
     kinds = {model_kind(p) for p in experts.values()}
     if len(kinds) != 1:
         raise MergeLabError("the experts mix causal LMs and classifiers: learn one kind at a time")
-    train, heldout = split_heldout({t: inputs.get(t, []) for t in experts}, holdout)
+    return kinds.pop()
+
+
+def _learning_setup(kind: Kind, method: LearnMethod, base: str | Path, experts: Mapping[str, str | Path],
+                    train: Mapping[str, Sequence[str]], heldout: Mapping[str, Sequence[str]], *, batch_size: int,
+                    temperature: float, top_k: int, max_new_tokens: int, device: str) -> LearningSetup:
+    """The kind's learning setup; the teachers' outputs are computed only for SAMerging (AdaMerging needs none)."""
     need_teachers = method == "samerging"
-    if kinds.pop() == "lm":
-        setup = setup_causal_lm(base, experts, train, batch_size=batch_size, device=device,
-                                need_teachers=need_teachers, temperature=temperature, top_k=top_k,
-                                max_new_tokens=max_new_tokens, heldout=heldout)
-    else:
-        setup = setup_classifier(base, experts, train, batch_size=batch_size, device=device,
-                                 need_teachers=need_teachers, temperature=temperature, heldout=heldout)
-    val_loss = make_loss(setup, method, temperature, "heldout") if setup.num_heldout_batches else None
-    result = learn(setup.vectors, setup.params, make_loss(setup, method, temperature), setup.num_batches, config,
-                   val_loss_fn=val_loss, num_val_batches=setup.num_heldout_batches, progress=progress, cancel=cancel)
-    return LearnedMerge(method, setup.tasks, setup.vectors.names, result.coefficients, result.losses,
-                        result.seconds, setup, result, heldout)
+    if kind == "lm":
+        return setup_causal_lm(base, experts, train, batch_size=batch_size, device=device,
+                               need_teachers=need_teachers, temperature=temperature, top_k=top_k,
+                               max_new_tokens=max_new_tokens, heldout=heldout)
+    return setup_classifier(base, experts, train, batch_size=batch_size, device=device,
+                            need_teachers=need_teachers, temperature=temperature, heldout=heldout)
 
 
 def learn_summary(merge: LearnedMerge) -> dict:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from merging.cli import register_subcommand
 from merging.errors import MergeLabError
 from merging.learned import presets
-from merging.learned.api import describe_run, learn_merge, save_learned_merge
+from merging.learned.api import LearnedMerge, describe_run, learn_merge, save_learned_merge
 from merging.learned.inputs import read_inputs
 
 
@@ -84,47 +84,69 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    scored = None
-    if args.preset:
-        per_task = args.examples_per_task or presets.UNLABELED_PER_TASK
-        args.base, experts = presets.resolve_models(args.preset, args.preset_models, allow_pickle=args.allow_pickle)
-        inputs, scored = presets.load_data(args.preset, args.preset_data, per_task, args.eval_per_task)
-    else:
-        missing = [f"--{n}" for n in ("base", "expert", "prompts") if not getattr(args, n)]
-        if missing:
-            raise MergeLabError(f"give {', '.join(missing)} (or --preset glue-bert)")
-        experts = _parse_experts(args.expert)
-        per_task = args.examples_per_task or 16
-        if per_task < 1:
-            raise MergeLabError("--examples-per-task must be at least 1")
-        inputs = read_inputs(args.prompts, list(experts), per_task)
+    experts, inputs, scored = _models_and_inputs(args)
     if args.batch_size < 1:
         raise MergeLabError("--batch-size must be at least 1")
     rho = 0.0 if args.method == "adamerging" else args.rho
     init = _parse_init(args.init)
-    bar = None
     if not args.quiet:
         print("Loading the models and computing the teachers' outputs…", file=sys.stderr, flush=True)
-
-    def progress(step: int, loss: float) -> None:
-        nonlocal bar
-        if args.quiet:
-            return
-        if bar is None:  # created at the first step so that loading time does not count as step time
-            bar = tqdm(total=args.steps, desc=args.method, unit="step", dynamic_ncols=True, initial=step - 1)
-        bar.update(1)
-        bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
-
+    bar = _StepBar(args.steps, args.method, quiet=args.quiet)
     try:
         merge = learn_merge(args.method, args.base, experts, inputs, steps=args.steps, rho=rho,
                             rho_relative=args.rho_relative, lr=args.lr, holdout=args.holdout, patience=args.patience,
                             sam_mode=args.sam_mode, adaptive=args.sam == "adaptive", granularity=args.granularity,
                             init=init, batch_size=args.batch_size, temperature=args.temperature,
                             top_k=args.top_k, max_new_tokens=args.max_new_tokens, device=args.device,
-                            progress=progress)
+                            progress=bar.update)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
+    _save_and_report(args, experts, merge, scored)
+    return 0
+
+
+def _models_and_inputs(args: argparse.Namespace) -> tuple[dict[str, str], dict, dict | None]:
+    """(experts, unlabeled inputs per task, scored examples per task or None): from the preset (which also sets
+    args.base) or from --base/--expert/--prompts."""
+    if args.preset:
+        per_task = args.examples_per_task or presets.UNLABELED_PER_TASK
+        args.base, experts = presets.resolve_models(args.preset, args.preset_models, allow_pickle=args.allow_pickle)
+        inputs, scored = presets.load_data(args.preset, args.preset_data, per_task, args.eval_per_task)
+        return experts, inputs, scored
+    missing = [f"--{n}" for n in ("base", "expert", "prompts") if not getattr(args, n)]
+    if missing:
+        raise MergeLabError(f"give {', '.join(missing)} (or --preset glue-bert)")
+    experts = _parse_experts(args.expert)
+    per_task = args.examples_per_task or 16
+    if per_task < 1:
+        raise MergeLabError("--examples-per-task must be at least 1")
+    return experts, read_inputs(args.prompts, list(experts), per_task), None
+
+
+class _StepBar:
+    """A progress bar over the learning steps (none when quiet), created at the first step so that loading time does
+    not count as step time."""
+
+    def __init__(self, steps: int, method: str, *, quiet: bool):
+        self.steps, self.method, self.quiet = steps, method, quiet
+        self.bar = None
+
+    def update(self, step: int, loss: float) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            self.bar = tqdm(total=self.steps, desc=self.method, unit="step", dynamic_ncols=True, initial=step - 1)
+        self.bar.update(1)
+        self.bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _save_and_report(args: argparse.Namespace, experts: dict[str, str], merge: LearnedMerge,
+                     scored: dict | None) -> None:
+    """Write the recipe folder and print what was learned; with a preset, also score the merge and write report.json."""
     settings = {k: v for k, v in vars(args).items() if k not in ("func", "command", "quiet")}
     recipe = save_learned_merge(merge, args.out, args.base, experts, settings)
     first, last = merge.losses[0], merge.losses[-1]
@@ -135,7 +157,6 @@ def run(args: argparse.Namespace) -> int:
         report = presets.score(args.base, experts, merge.coefficients, merge.names, scored, device=args.device)
         (Path(args.out) / "report.json").write_text(json.dumps(report, indent=1))
         print(presets.report_markdown(report))
-    return 0
 
 
 def _parse_init(value: str | float) -> float | str:

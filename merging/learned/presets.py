@@ -21,7 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from merging.errors import MergeLabError, TaskSetError
+from merging.learned.adapters import setup_classifier
+from merging.sources import download_from_hub
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,6 @@ def resolve_models(preset: str, models_dir: str | Path | None, *, allow_pickle: 
             raise MergeLabError(f"--preset-models {root} lacks model folders {missing}: name them like the Hub "
                                 "repositories' last part (bert-base-uncased, bert-base-uncased-CoLA, ...)")
         return str(folders.pop("base")), {k: str(v) for k, v in folders.items()}
-    from merging.sources import download_from_hub
-
     base_dir = download_from_hub(base, allow_pickle=allow_pickle)
     return str(base_dir), {t.name: str(download_from_hub(t.expert, allow_pickle=allow_pickle)) for t in tasks}
 
@@ -82,10 +84,6 @@ def score(base: str, experts: dict[str, str], coefficients, names: list[str],
           scored: dict[str, list[tuple[Any, int]]], *, device: str = "cpu", batch_size: int = 32) -> dict[str, dict]:
     """Per task: agreement of the merged backbone (θ(λ), read through the task's head) with the teacher, its
     accuracy, and the teacher's accuracy, on the scored examples."""
-    import torch
-
-    from merging.learned.adapters import setup_classifier
-
     inputs = {t: [x for x, _ in rows] for t, rows in scored.items()}
     setup = setup_classifier(base, experts, inputs, batch_size=batch_size, device=device, temperature=1.0)
     if list(setup.vectors.names) != list(names):
@@ -130,7 +128,7 @@ def _input(row: dict, fields: tuple[str, ...]) -> Any:
 
 def _hub_rows(task: GlueTask, per_task: int) -> tuple[list, list]:
     try:
-        from datasets import load_dataset
+        from datasets import load_dataset  # deferred: optional and heavy; only the Hub path of the preset reads GLUE
     except ImportError as e:
         raise MergeLabError("the glue-bert preset reads GLUE with the `datasets` package: pip install datasets, or "
                             "pass --preset-data DIR") from e

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from merging.errors import MergeLabError
@@ -86,8 +87,6 @@ def load_coefficients(out_dir: str | Path) -> tuple[list[str], list[str], torch.
     path = Path(out_dir) / COEFFICIENTS_FILE
     if not path.is_file():
         raise MergeLabError(f"{out_dir} holds no {COEFFICIENTS_FILE}: point at a folder written by `merging learn`")
-    from safetensors import safe_open
-
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
     tasks, names = json.loads(meta["tasks"]), json.loads(meta["tensor_names"])

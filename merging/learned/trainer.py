@@ -115,92 +115,133 @@ def learn(
     merged names (requires_grad=True); they hold θ(λ_returned) when this returns. `val_loss_fn(t, batch)` over
     `num_val_batches` held-out batches only chooses which λ to return and when to stop: it runs without gradient and
     never enters an update. Raises MergeCancelled when `cancel()` turns true between steps."""
+    _check_arguments(vectors, params, num_batches, config)
+    objective = _Objective(vectors, params, loss_fn, config.granularity)
+    start = time.perf_counter()
+    init, init_losses = _choose_start(objective, num_batches, config)
+    lam = vectors.init_coefficients(init, config.granularity).requires_grad_(True)
+    optimizer = torch.optim.Adam([lam], lr=config.lr, weight_decay=config.weight_decay)
+    rho = _sam_radius(lam, config)
+    result = LearnResult(coefficients=lam.detach().cpu().clone(), init=init, init_losses=init_losses, rho=rho)
+    held_out = None
+    if val_loss_fn is not None and num_val_batches > 0:
+        held_out = _HeldOut(objective, val_loss_fn, num_val_batches, config.patience, lam, result.val_losses)
+        held_out.check(lam, 0)
+    for step in range(config.steps):
+        if cancel is not None and cancel():
+            raise MergeCancelled(f"learning cancelled after {step} of {config.steps} steps; nothing was saved")
+        loss = _update(objective, optimizer, lam, step % num_batches, rho, config, result.eps_ratios)
+        result.losses.append(loss)
+        if progress is not None:
+            progress(step + 1, loss)
+        done = step + 1
+        if held_out is not None and (done % config.eval_every == 0 or done == config.steps) and held_out.check(lam, done):
+            result.stopped_early = done < config.steps
+            break
+    if held_out is not None:
+        result.best_step = held_out.restore_best(lam)
+    vectors.materialize(lam, params)
+    result.coefficients = lam.detach().cpu().clone()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _check_arguments(vectors: TaskVectors, params: Mapping[str, torch.Tensor], num_batches: int,
+                     config: OptimConfig) -> None:
     config.check()
     if num_batches < 1:
         raise MergeLabError("learned merging needs at least one batch of examples per task")
     missing = [n for n in vectors.names if n not in params]
     if missing:
         raise MergeLabError(f"the model has no parameter for merged tensors {missing[:3]}…: wrong architecture?")
-    targets = [params[n] for n in vectors.names]
-    start = time.perf_counter()
+
+
+class _Objective:
+    """The model at θ(λ) and its losses: writes θ(coefficients) into `params`, then runs the loss on a batch."""
+
+    def __init__(self, vectors: TaskVectors, params: Mapping[str, torch.Tensor], loss_fn: LossFn,
+                 granularity: Granularity):
+        self.vectors, self.params, self.loss_fn, self.granularity = vectors, params, loss_fn, granularity
+        self.targets = [params[n] for n in vectors.names]
 
     @torch.no_grad()
-    def mean_loss(coefficients: torch.Tensor, fn: LossFn, batches: int) -> float:
-        """Σ_t loss averaged over `batches` batches at θ(coefficients), without gradients."""
-        vectors.materialize(coefficients, params)
-        return sum(float(fn(t, b)) for b in range(batches) for t in range(vectors.num_tasks)) / batches
+    def mean_loss(self, coefficients: torch.Tensor, fn: LossFn, batches: int) -> float:
+        """Σ_t fn averaged over `batches` batches at θ(coefficients), without gradients."""
+        self.vectors.materialize(coefficients, self.params)
+        return sum(float(fn(t, b)) for b in range(batches) for t in range(self.vectors.num_tasks)) / batches
 
-    init_losses: dict[float, float] = {}
-    init = config.init
-    if config.init_grid:
-        for value in config.init_grid:
-            init_losses[float(value)] = mean_loss(vectors.init_coefficients(value, config.granularity), loss_fn,
-                                                  num_batches)
-        init = min(init_losses, key=init_losses.get)
-    lam = vectors.init_coefficients(init, config.granularity).requires_grad_(True)
-    optimizer = torch.optim.Adam([lam], lr=config.lr, weight_decay=config.weight_decay)
-    rho = config.rho
-    if config.rho_relative is not None and rho > 0:
-        rho = relative_rho(lam, config.rho_relative, adaptive=config.adaptive, eta=config.asam_eta)
-
-    def loss_and_grad(coefficients: torch.Tensor | None, batch: int) -> tuple[float, torch.Tensor]:
-        """Loss and ∂L/∂λ at θ(coefficients); None reuses whatever θ the model holds (the research code's cache)."""
+    def loss_and_grad(self, coefficients: torch.Tensor | None, batch: int) -> tuple[float, torch.Tensor]:
+        """Training loss and ∂L/∂λ at θ(coefficients); None reuses whatever θ the model holds (the research code's
+        cache)."""
         if coefficients is not None:
-            vectors.materialize(coefficients, params)
-        for p in targets:
+            self.vectors.materialize(coefficients, self.params)
+        for p in self.targets:
             p.grad = None
         total = 0.0
-        for task in range(vectors.num_tasks):  # one backward per task bounds activation memory
-            loss = loss_fn(task, batch)
+        for task in range(self.vectors.num_tasks):  # one backward per task bounds activation memory
+            loss = self.loss_fn(task, batch)
             loss.backward()
             total += float(loss.detach())
-        grads = {n: p.grad for n, p in zip(vectors.names, targets)}
-        return total, vectors.coefficient_grad(grads, config.granularity)
+        grads = {n: p.grad for n, p in zip(self.vectors.names, self.targets)}
+        return total, self.vectors.coefficient_grad(grads, self.granularity)
 
-    result = LearnResult(coefficients=lam.detach().cpu().clone(), init=init, init_losses=init_losses, rho=rho)
-    validate = val_loss_fn is not None and num_val_batches > 0
-    best = (float("inf"), lam.detach().clone(), 0)
-    since_best = 0
 
-    def check_held_out(step: int) -> bool:
+def _choose_start(objective: _Objective, num_batches: int, config: OptimConfig) -> tuple[float, dict[float, float]]:
+    """(the constant λ to start from, the training loss at each constant tried): `init`, or with `init_grid` the
+    constant of the grid with the lowest training loss."""
+    init_losses: dict[float, float] = {}
+    if not config.init_grid:
+        return config.init, init_losses
+    for value in config.init_grid:
+        start = objective.vectors.init_coefficients(value, config.granularity)
+        init_losses[float(value)] = objective.mean_loss(start, objective.loss_fn, num_batches)
+    return min(init_losses, key=init_losses.get), init_losses
+
+
+def _sam_radius(lam: torch.Tensor, config: OptimConfig) -> float:
+    """ρ as given, or, with `rho_relative` and SAM on, the ρ that makes ‖ε‖ ≈ rho_relative · ‖λ‖ at the start."""
+    if config.rho_relative is not None and config.rho > 0:
+        return relative_rho(lam, config.rho_relative, adaptive=config.adaptive, eta=config.asam_eta)
+    return config.rho
+
+
+def _update(objective: _Objective, optimizer: torch.optim.Optimizer, lam: torch.Tensor, batch: int, rho: float,
+            config: OptimConfig, eps_ratios: list[float]) -> float:
+    """One Adam step on λ; with rho > 0 the step takes SAM's second gradient (at θ(λ+ε), or at the cached θ(λ) in
+    "repo" mode) and records ‖ε‖/‖λ‖. Returns the loss at λ before the step."""
+    loss, grad = objective.loss_and_grad(lam, batch)
+    if rho > 0:
+        eps = sam_perturbation(lam, grad, rho, adaptive=config.adaptive, eta=config.asam_eta)
+        eps_ratios.append(float(eps.norm() / lam.detach().norm().clamp_min(1e-12)))
+        perturbed = lam.detach() + eps if config.sam_mode == "true" else None
+        _, grad = objective.loss_and_grad(perturbed, batch)
+    lam.grad = grad
+    optimizer.step()
+    return loss
+
+
+class _HeldOut:
+    """Early stopping: the held-out loss at λ after some updates, the best λ so far, and when patience runs out."""
+
+    def __init__(self, objective: _Objective, loss_fn: LossFn, num_batches: int, patience: int, lam: torch.Tensor,
+                 record: list[tuple[int, float]]):
+        self.objective, self.loss_fn, self.num_batches, self.patience = objective, loss_fn, num_batches, patience
+        self.record = record  # (updates done, held-out loss), appended at each check
+        self.best_loss, self.best_lam, self.best_step = float("inf"), lam.detach().clone(), 0
+        self.since_best = 0
+
+    def check(self, lam: torch.Tensor, step: int) -> bool:
         """Record the held-out loss after `step` updates; True when learning should stop."""
-        nonlocal best, since_best
-        value = mean_loss(lam, val_loss_fn, num_val_batches)
-        result.val_losses.append((step, value))
-        if value < best[0]:
-            best, since_best = (value, lam.detach().clone(), step), 0
+        value = self.objective.mean_loss(lam, self.loss_fn, self.num_batches)
+        self.record.append((step, value))
+        if value < self.best_loss:
+            self.best_loss, self.best_lam, self.best_step, self.since_best = value, lam.detach().clone(), step, 0
         else:
-            since_best += 1
-        return config.patience > 0 and since_best >= config.patience
+            self.since_best += 1
+        return self.patience > 0 and self.since_best >= self.patience
 
-    if validate:
-        check_held_out(0)
-    for step in range(config.steps):
-        if cancel is not None and cancel():
-            raise MergeCancelled(f"learning cancelled after {step} of {config.steps} steps; nothing was saved")
-        batch = step % num_batches
-        loss, grad = loss_and_grad(lam, batch)
-        if rho > 0:
-            eps = sam_perturbation(lam, grad, rho, adaptive=config.adaptive, eta=config.asam_eta)
-            result.eps_ratios.append(float(eps.norm() / lam.detach().norm().clamp_min(1e-12)))
-            if config.sam_mode == "true":
-                _, grad = loss_and_grad(lam.detach() + eps, batch)
-            else:
-                _, grad = loss_and_grad(None, batch)
-        lam.grad = grad
-        optimizer.step()
-        result.losses.append(loss)
-        if progress is not None:
-            progress(step + 1, loss)
-        done = step + 1
-        if validate and (done % config.eval_every == 0 or done == config.steps) and check_held_out(done):
-            result.stopped_early = done < config.steps
-            break
-    if validate:
-        result.best_step = best[2]
+    def restore_best(self, lam: torch.Tensor) -> int:
+        """Copy the best λ back into `lam`; returns the updates done at it."""
         with torch.no_grad():
-            lam.copy_(best[1])
-    vectors.materialize(lam, params)
-    result.coefficients = lam.detach().cpu().clone()
-    result.seconds = time.perf_counter() - start
-    return result
+            lam.copy_(self.best_lam)
+        return self.best_step
