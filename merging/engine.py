@@ -18,7 +18,7 @@ import shutil
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,37 +135,66 @@ def merge_to_folder(
     started = time.perf_counter()
     temp = out.parent / f".{out.name}.incomplete-{os.getpid()}"
     shutil.rmtree(temp, ignore_errors=True)
-    try:
+    with _nothing_left_on_failure(temp, out):
         temp.mkdir(parents=True)
         with open_inputs(recipe, allow_pickle=allow_pickle) as inputs:
-            plan = plan_outputs(inputs)
-            shards = plan_shards([p.planned for p in plan], max_shard)
-            stages: dict[str, float] = {"read": 0.0, "merge": 0.0, "write": 0.0}
-            with _compute_threads(device), cancellable(cancel):  # reaches loops inside methods (karcher)
-                notes = _run_pipeline(inputs, plan, shards, temp, device=device, seed=seed, progress=progress,
-                                      cancel=cancel, started=started, stages=stages)
-            out_dtype = dominant_dtype(plan)
-            heads = task_heads(inputs)
-            written = _write_task_folders(inputs, heads, plan, shards, temp, out_dtype, max_shard, cancel) \
-                if heads is not None else []
-            if written:
-                notes.append(f"Per-task heads are not merged: each task is read through its own head, in "
-                             f"{TASKS_DIR}/<task>/ ({', '.join(written)}).")
-            _write_side_files(inputs, temp, out_dtype, recipe)
+            built = _build_folder(inputs, temp, device=device, seed=seed, max_shard=max_shard, progress=progress,
+                                  cancel=cancel, started=started)
         _move_into_place(temp, out, overwrite)
-    except OSError as exc:  # disk full, read-only folder, a file in the way: a message, and nothing left behind
+    return MergeResult(
+        out_dir=out, files=sorted(p.name for p in out.iterdir()), num_tensors=len(built.plan),
+        tasks={name: out / TASKS_DIR / name for name in built.tasks},
+        bytes_read=sum(p.bytes_read for p in built.plan),
+        bytes_written=sum(p.planned.nbytes for p in built.plan) + _task_bytes(out, built.tasks),
+        seconds=time.perf_counter() - started, device=device, out_dtype=dtype_name(built.out_dtype),
+        notes=built.notes, stage_seconds={k: round(v, 3) for k, v in built.stages.items()},
+    )
+
+
+@dataclass
+class _BuiltFolder:
+    """What `_build_folder` wrote, for the MergeResult."""
+
+    plan: list[TensorPlan]
+    notes: list[str]
+    tasks: list[str]  # per-task folders written (task names)
+    out_dtype: torch.dtype
+    stages: dict[str, float]
+
+
+@contextlib.contextmanager
+def _nothing_left_on_failure(temp: Path, out: Path) -> Iterator[None]:
+    """Remove the temporary folder when anything fails or cancels the merge (Ctrl-C included), so nothing that looks
+    like a model is left; an OSError (disk full, read-only folder, a file in the way) becomes a message."""
+    try:
+        yield
+    except OSError as exc:
         shutil.rmtree(temp, ignore_errors=True)
         raise output_write_error(exc, out) from exc
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
-    return MergeResult(
-        out_dir=out, files=sorted(p.name for p in out.iterdir()), num_tensors=len(plan),
-        tasks={name: out / TASKS_DIR / name for name in written},
-        bytes_read=sum(p.bytes_read for p in plan), bytes_written=sum(p.planned.nbytes for p in plan) + _task_bytes(out, written),
-        seconds=time.perf_counter() - started, device=device, out_dtype=dtype_name(out_dtype), notes=notes,
-        stage_seconds={k: round(v, 3) for k, v in stages.items()},
-    )
+
+
+def _build_folder(inputs: MergeInputs, folder: Path, *, device: str, seed: int, max_shard: int,
+                  progress: ProgressFn | None, cancel: CancelFlag, started: float) -> _BuiltFolder:
+    """Write the whole model into `folder`: the merged tensors, the per-task folders (if the experts have their own
+    heads), then the side files with config.json last."""
+    plan = plan_outputs(inputs)
+    shards = plan_shards([p.planned for p in plan], max_shard)
+    stages: dict[str, float] = {"read": 0.0, "merge": 0.0, "write": 0.0}
+    with _compute_threads(device), cancellable(cancel):  # reaches loops inside methods (karcher)
+        notes = _run_pipeline(inputs, plan, shards, folder, device=device, seed=seed, progress=progress,
+                              cancel=cancel, started=started, stages=stages)
+    out_dtype = dominant_dtype(plan)
+    heads = task_heads(inputs)
+    written = _write_task_folders(inputs, heads, plan, shards, folder, out_dtype, max_shard, cancel) \
+        if heads is not None else []
+    if written:
+        notes.append(f"Per-task heads are not merged: each task is read through its own head, in "
+                     f"{TASKS_DIR}/<task>/ ({', '.join(written)}).")
+    _write_side_files(inputs, folder, out_dtype, inputs.recipe)
+    return _BuiltFolder(plan=plan, notes=notes, tasks=written, out_dtype=out_dtype, stages=stages)
 
 
 def _task_bytes(out: Path, written: list[str]) -> int:
@@ -180,85 +209,142 @@ def _run_pipeline(inputs: MergeInputs, plan: list[TensorPlan], shards: list, fol
                   progress: ProgressFn | None, cancel: CancelFlag, started: float,
                   stages: dict[str, float]) -> list[str]:
     """Read, merge and write every planned tensor; returns the methods' notes (deduplicated, in order)."""
-    stop = threading.Event()
-    errors: list[BaseException] = []
-    read_q: queue.Queue = queue.Queue(maxsize=PREFETCH_TENSORS)
-    write_q: queue.Queue = queue.Queue(maxsize=WRITE_BEHIND_TENSORS)
-    writer = ShardWriter(folder, shards, metadata={"merged_by": "mergelab"})
-    reader_args = (inputs, plan, device, read_q, stop, stages)
-    reader_thread = threading.Thread(target=_stage, args=(_read_all, reader_args, stop, errors),
-                                     name="mergelab-reader", daemon=True)
-    writer_thread = threading.Thread(target=_stage, args=(_write_all, (writer, write_q, stop, stages), stop, errors),
-                                     name="mergelab-writer", daemon=True)
-    reader_thread.start()
-    writer_thread.start()
-
-    def stopped() -> BaseException:
-        return errors[0] if errors else RuntimeError("the merge pipeline stopped unexpectedly")
-
-    method, resolve_parameters = inputs.method, ParameterResolver(inputs.recipe)
-    num_layers = inputs.donor.num_layers
+    merge = _TensorMerger(inputs, device=device, seed=seed, stages=stages)
     delay = float(os.environ.get(_DELAY_ENV, "0") or 0)
     total = sum(p.bytes_read for p in plan)
     done_bytes = 0
-    notes: dict[str, None] = {}
+    pipeline = _Pipeline(inputs, plan, shards, folder, device=device, stages=stages)  # threads start here
     try:
         for index, item in enumerate(plan):
             if is_set(cancel):
                 raise MergeCancelled("Merge cancelled; no output folder was written.")
-            got = _get(read_q, stop)
-            if got is _STOPPED:
-                raise stopped()
-            name, base, operands = got
-            if item.merge:
-                model_params, global_params = resolve_parameters(name, num_layers)
-                generator = None
-                if method.random:
-                    generator = torch.Generator(device=device).manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
-                require_input_count(name, operands, model_params, method.name)
-                tick = time.perf_counter()
-                with collect_notes() as tensor_notes:
-                    try:
-                        merged = method.fn(base, operands, model_params, global_params, generator)
-                    except torch.OutOfMemoryError:
-                        raise
-                    except (RuntimeError, ArithmeticError, ValueError) as exc:  # e.g. a weight beyond float32
-                        raise method_failure(name, method.name, exc, inputs.recipe) from exc
-                require_finite(name, merged, inputs.recipe, item.planned.dtype)
-                if device != "cpu":
-                    torch.cuda.synchronize(device)
-                stages["merge"] += time.perf_counter() - tick
-                for message in tensor_notes:
-                    notes.setdefault(message)
-            else:
-                merged = base
-            if device != "cpu":  # cast on the GPU, so half the bytes cross to the host
-                merged = merged.to(device="cpu", dtype=item.planned.dtype)
-            del got, base, operands
+            name, merged = _next_merged(pipeline, merge, item, device)
             if delay:
                 time.sleep(delay)
-            if not _put(write_q, (name, merged, item.planned.dtype), stop):
-                raise stopped()
+            pipeline.write(name, merged, item.planned.dtype)
             done_bytes += item.bytes_read
             if progress is not None:
-                elapsed = time.perf_counter() - started
-                eta = elapsed / done_bytes * (total - done_bytes) if done_bytes else None
-                progress(MergeProgress(index + 1, len(plan), name, done_bytes, total, elapsed, eta))
-        if not _put(write_q, _DONE, stop):
-            raise stopped()
-        writer_thread.join()
-        if errors:
-            raise errors[0]
-        writer.finish()
+                progress(_progress(index + 1, len(plan), name, done_bytes, total, started))
+        pipeline.finish()
     except BaseException:
-        stop.set()
-        writer_thread.join(timeout=60)
-        writer.close()
+        pipeline.abort()
         raise
     finally:
-        stop.set()
-        reader_thread.join(timeout=60)
-    return list(notes)
+        pipeline.close()
+    return list(merge.notes)
+
+
+def _next_merged(pipeline: _Pipeline, merge: _TensorMerger, item: TensorPlan,
+                 device: str) -> tuple[str, torch.Tensor]:
+    """The next tensor read, merged (or copied from the donor) and, on a GPU, cast and moved to the host. The inputs
+    are released on return, before the merged tensor waits for room in the write queue."""
+    name, base, operands = pipeline.next_read()
+    merged = merge(name, base, operands, item.planned.dtype) if item.merge else base
+    if device != "cpu":  # cast on the GPU, so half the bytes cross to the host
+        merged = merged.to(device="cpu", dtype=item.planned.dtype)
+    return name, merged
+
+
+def _progress(done: int, count: int, name: str, done_bytes: int, total: int, started: float) -> MergeProgress:
+    elapsed = time.perf_counter() - started
+    eta = elapsed / done_bytes * (total - done_bytes) if done_bytes else None
+    return MergeProgress(done, count, name, done_bytes, total, elapsed, eta)
+
+
+class _TensorMerger:
+    """Merges one tensor at a time with the recipe's method: its parameters resolved for that tensor, a generator
+    seeded from (seed, name) for random methods, the checks on its inputs and output. Busy seconds go to
+    stages["merge"]; the methods' notes collect in `notes` (deduplicated, in order)."""
+
+    def __init__(self, inputs: MergeInputs, *, device: str, seed: int, stages: dict[str, float]) -> None:
+        self.recipe = inputs.recipe
+        self.method = inputs.method
+        self.resolve_parameters = ParameterResolver(inputs.recipe)
+        self.num_layers = inputs.donor.num_layers
+        self.device = device
+        self.seed = seed
+        self.stages = stages
+        self.notes: dict[str, None] = {}
+
+    def __call__(self, name: str, base: torch.Tensor | None, operands: list[torch.Tensor],
+                 out_dtype: torch.dtype) -> torch.Tensor:
+        method, device = self.method, self.device
+        model_params, global_params = self.resolve_parameters(name, self.num_layers)
+        generator = None
+        if method.random:
+            generator = torch.Generator(device=device).manual_seed(zlib.crc32(f"{self.seed}:{name}".encode()))
+        require_input_count(name, operands, model_params, method.name)
+        tick = time.perf_counter()
+        with collect_notes() as tensor_notes:
+            try:
+                merged = method.fn(base, operands, model_params, global_params, generator)
+            except torch.OutOfMemoryError:
+                raise
+            except (RuntimeError, ArithmeticError, ValueError) as exc:  # e.g. a weight beyond float32
+                raise method_failure(name, method.name, exc, self.recipe) from exc
+        require_finite(name, merged, self.recipe, out_dtype)
+        if device != "cpu":
+            torch.cuda.synchronize(device)
+        self.stages["merge"] += time.perf_counter() - tick
+        for message in tensor_notes:
+            self.notes.setdefault(message)
+        return merged
+
+
+class _Pipeline:
+    """The reader and writer threads around the merging thread, joined by bounded queues (PREFETCH_TENSORS read
+    ahead, WRITE_BEHIND_TENSORS waiting to be written). A stage that fails sets `stop`; the merging thread re-raises
+    its exception at its next read or write."""
+
+    def __init__(self, inputs: MergeInputs, plan: list[TensorPlan], shards: list, folder: Path, *, device: str,
+                 stages: dict[str, float]) -> None:
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.read_q: queue.Queue = queue.Queue(maxsize=PREFETCH_TENSORS)
+        self.write_q: queue.Queue = queue.Queue(maxsize=WRITE_BEHIND_TENSORS)
+        self.writer = ShardWriter(folder, shards, metadata={"merged_by": "mergelab"})
+        self.reader_thread = self._thread(_read_all, (inputs, plan, device, self.read_q, self.stop, stages),
+                                          "mergelab-reader")
+        self.writer_thread = self._thread(_write_all, (self.writer, self.write_q, self.stop, stages),
+                                          "mergelab-writer")
+        self.reader_thread.start()
+        self.writer_thread.start()
+
+    def _thread(self, body: Callable[..., None], args: tuple, name: str) -> threading.Thread:
+        return threading.Thread(target=_stage, args=(body, args, self.stop, self.errors), name=name, daemon=True)
+
+    def _stopped(self) -> BaseException:
+        return self.errors[0] if self.errors else RuntimeError("the merge pipeline stopped unexpectedly")
+
+    def next_read(self) -> tuple[str, torch.Tensor | None, list[torch.Tensor]]:
+        """(name, base, operands) of the next tensor, as the reader prepared them."""
+        got = _get(self.read_q, self.stop)
+        if got is _STOPPED:
+            raise self._stopped()
+        return got
+
+    def write(self, name: str, tensor: torch.Tensor, dtype: torch.dtype) -> None:
+        if not _put(self.write_q, (name, tensor, dtype), self.stop):
+            raise self._stopped()
+
+    def finish(self) -> None:
+        """Wait for the writer to write everything, then complete the shards."""
+        if not _put(self.write_q, _DONE, self.stop):
+            raise self._stopped()
+        self.writer_thread.join()
+        if self.errors:
+            raise self.errors[0]
+        self.writer.finish()
+
+    def abort(self) -> None:
+        """After a failure or cancel: stop the writer and close its shard file (the caller removes the folder)."""
+        self.stop.set()
+        self.writer_thread.join(timeout=60)
+        self.writer.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.reader_thread.join(timeout=60)
 
 
 def _compute_threads(device: str) -> Any:
