@@ -22,6 +22,8 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tqdm import tqdm
+
 from merging.errors import MergeCancelled, MergeLabError
 
 EXIT_OK = 0
@@ -74,9 +76,7 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from merging.engine import MergeProgress, merge_to_folder
+    from merging.engine import MergeProgress, merge_to_folder  # deferred: torch, only when a merge runs (not --help)
 
     bar = None
 
@@ -116,6 +116,7 @@ def _check_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
+    # deferred: torch, only when a check runs (not --help); looked up at call time, so tests can patch it
     from merging.preflight import preflight
 
     report = preflight(args.recipe, out_dir=args.out_dir, device=args.device, allow_pickle=args.allow_pickle)

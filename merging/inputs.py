@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from merging.errors import RecipeError
+from merging.methods.registry import get_method
 from merging.sources import ModelSource, open_model
 
 
@@ -100,8 +101,6 @@ def tokenizer_ref(recipe: Any, donor_ref: str) -> tuple[str, bool]:
 
 def open_inputs(recipe: Any, *, allow_pickle: bool = False, cache_dir: str | None = None) -> MergeInputs:
     """Open every model the recipe names (raises SourceError / RecipeError, closing what was opened)."""
-    from merging.methods.registry import get_method
-
     method = get_method(recipe.merge_method)
     refs = list(dict.fromkeys(([recipe.base_model] if recipe.base_model else []) +
                               [entry.model for entry in recipe.models]))
@@ -304,28 +303,34 @@ def _find_task_heads(inputs: MergeInputs) -> TaskHeads | None:
         if not head_class(src):
             foreign.append(ref)
             continue
-        extra, missing = names - base_set, base_set - names
-        gaps = (sorted(n for n in missing if _LAYER_TENSOR.search(n) and not _mask_buffer(n, base.shape(n))),
-                sorted(n for n in extra if _LAYER_TENSOR.search(n)))
+        gaps = _layer_gaps(base, base_set, names)
         if gaps[0] or gaps[1]:
             layer_gaps[ref] = gaps
-        heads[ref] = sorted(n for n in extra if not _LAYER_TENSOR.search(n))
+        heads[ref] = sorted(n for n in names - base_set if not _LAYER_TENSOR.search(n))
     other_names = [set(src.tensor_names()) for src in others.values()]
     shared = [n for n in base_names if all(n in names for names in other_names)]
     shared_set = set(shared)
+    own = {ref: mine for ref in heads if (mine := [n for n in others[ref].tensor_names() if n not in shared_set])}
+    return TaskHeads(shared=shared, base_only=[n for n in base_names if n not in shared_set], heads=heads, own=own,
+                     tasks=_task_names(heads, others), foreign=foreign, layer_gaps=layer_gaps)
+
+
+def _layer_gaps(base: ModelSource, base_set: set[str], names: set[str]) -> tuple[list[str], list[str]]:
+    """(tensors inside the numbered layers a model lacks, those it adds) relative to the base; the base's causal-mask
+    buffers are not weights a model can lack."""
+    missing = sorted(n for n in base_set - names if _LAYER_TENSOR.search(n) and not _mask_buffer(n, base.shape(n)))
+    return missing, sorted(n for n in names - base_set if _LAYER_TENSOR.search(n))
+
+
+def _task_names(heads: dict[str, list[str]], sources: dict[str, ModelSource]) -> dict[str, str]:
+    """Expert ref -> its task name, made unique (`name`, `name-2`, ...) in the experts' order."""
     taken: set[str] = set()
     tasks: dict[str, str] = {}
-    own: dict[str, list[str]] = {}
     for ref in heads:
-        src = others[ref]
-        mine = [n for n in src.tensor_names() if n not in shared_set]
-        if mine:  # else nothing of its own to read it through: no task folder
-            own[ref] = mine
-        name = task_name(ref, src.path)
+        name = task_name(ref, sources[ref].path)
         unique, k = name, 2
         while unique in taken:
             unique, k = f"{name}-{k}", k + 1
         taken.add(unique)
         tasks[ref] = unique
-    return TaskHeads(shared=shared, base_only=[n for n in base_names if n not in shared_set], heads=heads, own=own,
-                     tasks=tasks, foreign=foreign, layer_gaps=layer_gaps)
+    return tasks

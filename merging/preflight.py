@@ -17,6 +17,7 @@ from merging.checks import existing_ancestor, output_folder_problem
 from merging.errors import MergeLabError
 from merging.inputs import MergeInputs, is_vocab_mismatch, open_inputs, task_heads
 from merging.plan import available_bytes, dtype_name, estimate
+from merging.recipe import load_recipe, validate_recipe
 
 MAX_LISTED = 6  # names listed per problem before "and N more"
 
@@ -89,8 +90,6 @@ def preflight(recipe: Any, out_dir: str | os.PathLike | None = None, device: str
 
 
 def _load(recipe: Any, report: PreflightReport) -> Any:
-    from merging.recipe import load_recipe, validate_recipe
-
     try:
         if isinstance(recipe, (str, os.PathLike)):
             recipe = load_recipe(recipe)
@@ -267,17 +266,22 @@ def _check_resources(inputs: MergeInputs, report: PreflightReport, out_dir: Any,
         report.error(f"This merge needs about {_gb(memory)} of {where} at once but only {_gb(available)} is free. "
                      "Close other programs, merge on the CPU, or choose smaller models.")
     if out_dir is not None:
-        problem = output_folder_problem(Path(out_dir).expanduser().absolute(), overwrite=True)
-        if problem:  # a file in the way, no permission, a name too long: nothing to measure
-            report.error(problem)
-            return
-        free = shutil.disk_usage(existing_ancestor(Path(out_dir))).free
-        report.facts["disk_free_bytes"] = free
-        if out_bytes > free:
-            report.error(f"The merged model needs {_gb(out_bytes)} of disk but only {_gb(free)} is free where "
-                         f"{out_dir} would be written. Free space or choose another output folder.")
-        elif out_bytes > 0.9 * free:
-            report.warnings.append(f"The merged model ({_gb(out_bytes)}) nearly fills the free disk ({_gb(free)}).")
+        _check_disk(report, out_dir, out_bytes)
+
+
+def _check_disk(report: PreflightReport, out_dir: Any, out_bytes: int) -> None:
+    """The output folder can be written, and its disk has room for the merged model."""
+    problem = output_folder_problem(Path(out_dir).expanduser().absolute(), overwrite=True)
+    if problem:  # a file in the way, no permission, a name too long: nothing to measure
+        report.error(problem)
+        return
+    free = shutil.disk_usage(existing_ancestor(Path(out_dir))).free
+    report.facts["disk_free_bytes"] = free
+    if out_bytes > free:
+        report.error(f"The merged model needs {_gb(out_bytes)} of disk but only {_gb(free)} is free where "
+                     f"{out_dir} would be written. Free space or choose another output folder.")
+    elif out_bytes > 0.9 * free:
+        report.warnings.append(f"The merged model ({_gb(out_bytes)}) nearly fills the free disk ({_gb(free)}).")
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------

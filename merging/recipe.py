@@ -507,23 +507,47 @@ def _fmt(bound: float | None) -> str:
 
 def _method_problems(recipe: Recipe, method: Method) -> list[str]:
     problems: list[str] = []
-    name = method.name
     if method.base == "required" and not recipe.base_model:
-        problems.append(f"{name} needs a base_model (the model the others were fine-tuned from): add `base_model: ...`")
+        problems.append(f"{method.name} needs a base_model (the model the others were fine-tuned from): add "
+                        "`base_model: ...`")
     inputs = recipe.merge_inputs()
     count_problem = _count_problem(method, len(inputs))
     if count_problem:
         problems.append(count_problem)
+    problems += _global_parameter_problems(recipe, method)
+    problems += _model_parameter_problems(recipe, method)
+    problems += _required_parameter_problems(recipe, method, inputs)
+    if method.name == "linear" and recipe.parameters.get("normalize", True) is True:
+        problems += _zero_weight_problems(recipe, inputs)
+    if method.param("epsilon") is not None:
+        problems += _della_problems(recipe, method, inputs)
+    return problems
+
+
+def _unknown_parameter(method: Method, where: str, key: Any) -> str:
+    names = ", ".join(dict.fromkeys(p.name for p in method.params)) or "none"
+    return f"{where}: {method.name} has no parameter {quote(key)}; its parameters are: {names}" + \
+        _unknown_hint(method.name, key)
+
+
+def _global_parameter_problems(recipe: Recipe, method: Method) -> list[str]:
+    """The top-level `parameters`: known to the method, every value (gradient point, filter value) in range."""
     known = {p.name: p for p in method.params}
-    names = ", ".join(known) or "none"
+    problems: list[str] = []
     for key, value in recipe.parameters.items():
         param = known.get(key)
         if param is None:
-            problems.append(f"parameters.{cut(str(key), MAX_QUOTED_CHARS)}: {name} has no parameter {quote(key)}; "
-                            f"its parameters are: {names}"
-                            + _unknown_hint(name, key))
+            problems.append(_unknown_parameter(method, f"parameters.{cut(str(key), MAX_QUOTED_CHARS)}", key))
             continue
         problems += [p for leaf in _leaves(value) if (p := _leaf_problem(f"parameters.{key}", param, leaf))]
+    return problems
+
+
+def _model_parameter_problems(recipe: Recipe, method: Method) -> list[str]:
+    """Each model's `parameters`: known, per model (not global), every value in range; the base's are ignored when the
+    method uses a base, as mergekit does."""
+    known = {p.name: p for p in method.params}
+    problems: list[str] = []
     for index, entry in enumerate(recipe.models):
         is_base = entry.model == recipe.base_model and method.base != "ignored"
         for key, value in entry.parameters.items():
@@ -531,13 +555,18 @@ def _method_problems(recipe: Recipe, method: Method) -> list[str]:
             param = known.get(key)
             if param is None:
                 if not is_base:  # mergekit ignores the base's parameters; so do we
-                    problems.append(f"{where}: {name} has no parameter {quote(key)}; its parameters are: {names}"
-                                    + _unknown_hint(name, key))
+                    problems.append(_unknown_parameter(method, where, key))
                 continue
             if param.scope == "global":
                 problems.append(f"{where}: {key} applies to the whole merge; move it to the top-level `parameters`")
                 continue
             problems += [p for leaf in _leaves(value) if (p := _leaf_problem(where, param, leaf))]
+    return problems
+
+
+def _required_parameter_problems(recipe: Recipe, method: Method, inputs: list[str]) -> list[str]:
+    """Every merge input has each required parameter (its own or the global one) for every tensor."""
+    problems: list[str] = []
     for param in method.params:
         if not param.required:
             continue
@@ -546,22 +575,24 @@ def _method_problems(recipe: Recipe, method: Method) -> list[str]:
             if own is None and shared is None:
                 unlisted = model == recipe.base_model and model not in [m.model for m in recipe.models]
                 problems.append(
-                    f"base_model {quote(model)} is merged as one more input by {name} (as mergekit does) but has no "
-                    f"{param.name}: list it under `models` with a {param.name}, or remove base_model" if unlisted else
+                    f"base_model {quote(model)} is merged as one more input by {method.name} (as mergekit does) but "
+                    f"has no {param.name}: list it under `models` with a {param.name}, or remove base_model"
+                    if unlisted else
                     f"model {quote(model)} has no {param.name}: add `parameters: {{{param.name}: 1.0}}` to it or a "
-                    "global "
-                    f"`{param.name}` under `parameters`")
+                    f"global `{param.name}` under `parameters`")
             elif not any(s is not None and _has_catch_all(s) for s in (own, shared)):
                 problems.append(f"model {quote(model)}: the {param.name} filters do not cover every tensor; add a "
                                 f"`- value: ...` entry without `filter` as a fallback")
-    if name == "linear" and recipe.parameters.get("normalize", True) is True:
-        weights = [_number(recipe.model_settings(m).get("weight", recipe.parameters.get("weight"))) for m in inputs]
-        if weights and all(w is not None for w in weights) and abs(sum(weights)) < 1e-8:
-            problems.append("linear: the weights add up to 0, so the average is undefined; give at least one model "
-                            "a nonzero weight (or set normalize: false)")
-    if method.param("epsilon") is not None:
-        problems += _della_problems(recipe, method, inputs)
     return problems
+
+
+def _zero_weight_problems(recipe: Recipe, inputs: list[str]) -> list[str]:
+    """linear with normalize divides by the sum of the weights: it must not be 0."""
+    weights = [_number(recipe.model_settings(m).get("weight", recipe.parameters.get("weight"))) for m in inputs]
+    if weights and all(w is not None for w in weights) and abs(sum(weights)) < 1e-8:
+        return [("linear: the weights add up to 0, so the average is undefined; give at least one model a nonzero "
+                 "weight (or set normalize: false)")]
+    return []
 
 
 def _count_problem(method: Method, count: int) -> str | None:

@@ -9,6 +9,7 @@ hostile input or end in RecursionError.
 from __future__ import annotations
 
 import codecs
+import errno
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,6 @@ def decode_recipe_bytes(raw: bytes, shown: str) -> str:
 
 
 def _os_error_hint(error: OSError) -> str:
-    import errno
-
     hints = {errno.ENAMETOOLONG: "a file or folder name is too long for the file system (most allow 255 bytes "
                                  "per name): shorten it",
              errno.EACCES: "check the file's permissions",

@@ -240,7 +240,7 @@ def _path_exists(path: Path, ref: str) -> bool:
 def download_from_hub(repo_id: str, *, allow_pickle: bool = False, cache_dir: str | None = None) -> Path:
     """Snapshot the files a merge needs. Offline (no route to the Hub, or HF_HUB_OFFLINE=1) only the local cache is
     used, and a model missing from it fails at once with a SourceError naming the id."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # deferred: huggingface_hub (~0.6 s), only Hub ids need it
 
     patterns = ["*.safetensors", "*.safetensors.index.json", *HUB_SIDE_FILES]
     if allow_pickle:
@@ -266,7 +266,7 @@ def download_from_hub(repo_id: str, *, allow_pickle: bool = False, cache_dir: st
 
 
 def _hub_has_pickle_weights(repo_id: str) -> bool:
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi  # deferred: huggingface_hub (~0.6 s), only Hub ids need it
 
     try:
         return any(f.endswith(".bin") for f in HfApi().list_repo_files(repo_id))
@@ -395,7 +395,7 @@ def hub_reachable(timeout_s: float = HUB_CONNECT_TIMEOUT_S) -> bool:
     endpoint opens within `timeout_s` (so a machine without network fails fast instead of hanging in a download)."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
         return False
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # deferred: huggingface_hub (~0.6 s), only Hub ids need it
 
     if constants.HF_HUB_OFFLINE:
         return False
