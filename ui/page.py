@@ -108,7 +108,8 @@ def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, page: Page) -> N
     _wire_models(demo, config, state, page)
     _wire_merge(config, state, page)
     _wire_live_merges(config, state, page)
-    _wire_chat(config, state, page)  # one click for a visitor: merge the checked preset and open Chat beside a source
+    send = _wire_chat(config, state, page)
+    _wire_quick_start(config, state, page, send)  # one click: merge the checked preset, open Chat beside a source
     _wire_sweep_point(config, state, page)
 
 
@@ -159,33 +160,26 @@ def _wire_models(demo: gr.Blocks, config: HostConfig, state: gr.State, page: Pag
     # On a first start the default family may still be building (app.py starts that build): the report shows its
     # progress bar until it is ready.
     def check_default(session: Session, progress: gr.Progress = gr.Progress()) -> str:
-        name = models_panel.default_preset_name()
-        default = models_panel.preset_choice(models_panel.get_preset(name))
-        return models_panel.check_models(_session(session), config, default, name, progress=progress)
+        return _check_default_preset(_session(session), config, progress)
 
     _then_values(demo.load(guarded(config, "pre-flight")(check_default), state, models.report,
                            api_visibility="private").success(follow_models, state, follow_outputs,
                                                              api_visibility="private"), page)
 
 
+def _check_default_preset(session: Session, config: HostConfig, progress: Any) -> str:
+    """Pre-flight of the preset a visitor lands on (the report, as check_models returns it)."""
+    name = models_panel.default_preset_name()
+    default = models_panel.preset_choice(models_panel.get_preset(name))
+    return models_panel.check_models(session, config, default, name, progress=progress)
+
+
 def _wire_merge(config: HostConfig, state: gr.State, page: Page) -> None:
     """Merge: method switches, Merge and Merge to folder (errors in place), and cancel."""
     merge = page.merge
     specs = merge_panel.param_specs()
-    param_controls = list(merge.params.values())
     n_weights = len(merge.weights)
-
-    def method_changed(session: Session | None, name: str, previous: str | None, *values: Any) -> list[Any]:
-        # Each control re-ranged and valued as the new method declares it; shared values carried over.
-        weights, params = list(values[:n_weights]), dict(zip(specs, values[n_weights:]))
-        updates = [*merge_panel.weight_control_updates(session, name, weights),
-                   *merge_panel.control_updates(name, specs, params, previous)]
-        return [merge_panel.method_help(name), *updates, name, merge_panel.pending_values(updates)]
-
-    _then_values(merge.method.input(
-        method_changed, [state, merge.method, merge.shown_method, *merge.weights, *param_controls],
-        [merge.help, *merge.weights, *param_controls, merge.shown_method, page.pending], api_visibility="private",
-        show_progress="hidden"), page)
+    _wire_method_switch(state, page)
 
     @guarded(config, "merge settings", in_place=True)
     def collect(session: Session, method: str, seed: float, *values: Any) -> dict:
@@ -201,23 +195,9 @@ def _wire_merge(config: HostConfig, state: gr.State, page: Page) -> None:
                         progress: gr.Progress = gr.Progress()) -> str:
         return merge_panel.run_merge_to_folder(_session(session), config, settings, name, progress)
 
-    def merge_error(action: str):
-        return in_place_error(action, merge_panel.error_status)
-
-    do_merge_folder = on_gpu(do_merge_folder)
-    controls = [state, *merge.controls]
-    settings_step = merge.merge.click(collect, controls, merge.settings, api_visibility="private")
-    settings_step.failure(merge_error("merge settings"), state, merge.status, api_visibility="private",
-                          show_progress="hidden")
-    merged = settings_step.success(do_merge, [state, merge.settings], merge.status, api_name="merge")
-    merged.failure(merge_error("merge"), state, merge.status, api_visibility="private", show_progress="hidden")
-    folder_settings = merge.merge_folder.click(collect, controls, merge.settings, api_visibility="private")
-    folder_settings.failure(merge_error("merge settings"), state, merge.status, api_visibility="private",
-                            show_progress="hidden")
-    folder_event = folder_settings.success(do_merge_folder, [state, merge.settings, merge.folder_name],
-                                           merge.status, api_name="merge_to_folder")
-    folder_event.failure(merge_error("merge to folder"), state, merge.status, api_visibility="private",
-                         show_progress="hidden")
+    _collect_then_merge(state, page, merge.merge, collect, do_merge, [], "merge", "merge")
+    folder_event = _collect_then_merge(state, page, merge.merge_folder, collect, on_gpu(do_merge_folder),
+                                       [merge.folder_name], "merge to folder", "merge_to_folder")
 
     def cancel_merge(session: Session) -> str:
         if session is not None:
@@ -225,6 +205,42 @@ def _wire_merge(config: HostConfig, state: gr.State, page: Page) -> None:
         return "Cancel requested: a merge in progress stops and leaves nothing behind."
 
     merge.cancel.click(cancel_merge, state, merge.status, cancels=[folder_event], api_name="cancel_merge")
+
+
+def _wire_method_switch(state: gr.State, page: Page) -> None:
+    """Another method: each control re-ranged and valued as the new method declares it; shared values carried over."""
+    merge = page.merge
+    specs = merge_panel.param_specs()
+    param_controls = list(merge.params.values())
+    n_weights = len(merge.weights)
+
+    def method_changed(session: Session | None, name: str, previous: str | None, *values: Any) -> list[Any]:
+        weights, params = list(values[:n_weights]), dict(zip(specs, values[n_weights:]))
+        updates = [*merge_panel.weight_control_updates(session, name, weights),
+                   *merge_panel.control_updates(name, specs, params, previous)]
+        return [merge_panel.method_help(name), *updates, name, merge_panel.pending_values(updates)]
+
+    _then_values(merge.method.input(
+        method_changed, [state, merge.method, merge.shown_method, *merge.weights, *param_controls],
+        [merge.help, *merge.weights, *param_controls, merge.shown_method, page.pending], api_visibility="private",
+        show_progress="hidden"), page)
+
+
+def _collect_then_merge(state: gr.State, page: Page, button: gr.Button, collect: Any, run: Any,
+                        extra_inputs: list[Any], action: str, api_name: str) -> Any:
+    """A merge button: read the controls into settings, then `run` the merge with them; either step's error is
+    written into the Merge tab's status line (`action` names the merge's). Returns the merge step's event."""
+    merge = page.merge
+    settings_step = button.click(collect, [state, *merge.controls], merge.settings, api_visibility="private")
+    settings_step.failure(_merge_error("merge settings"), state, merge.status, api_visibility="private",
+                          show_progress="hidden")
+    merged = settings_step.success(run, [state, merge.settings, *extra_inputs], merge.status, api_name=api_name)
+    merged.failure(_merge_error(action), state, merge.status, api_visibility="private", show_progress="hidden")
+    return merged
+
+
+def _merge_error(action: str) -> Any:
+    return in_place_error(action, merge_panel.error_status)
 
 
 def _wire_live_merges(config: HostConfig, state: gr.State, page: Page) -> None:
@@ -301,37 +317,13 @@ def _then_values(event: Any, page: Page) -> None:
     event.then(merge_panel.apply_values, page.pending, controls, api_visibility="private", show_progress="hidden")
 
 
-def _wire_chat(config: HostConfig, state: gr.State, page: Page) -> None:
-    models, merge, chat = page.models, page.merge, page.chat
-    specs = merge_panel.param_specs()
-    merge_controls = _merge_controls(page)
-
-    def merge_if_none(session: Session) -> None:
-        # Nothing merged yet (a visitor went straight to Chat): merge what the Merge tab shows, the preset's start.
-        if session.recipe is None and session.merged_path is None and session.base is not None \
-                and session.merge_settings is not None:
-            merge_panel.run_merge(session, config, session.merge_settings.to_dict())
-
-    @guarded(config, "chat", in_place=True)
-    def send(session: Session, message: str, merged_history: list, compare_history: list, compare_label: str,
-             max_new_tokens: float, temperature: float, top_p: float, quantization: str):
-        session = _session(session)
-        settings = chat_panel.GenerationSettings(int(max_new_tokens), float(temperature), float(top_p), quantization)
-        merge_if_none(session)
-        for merged_msgs, compare_msgs in chat_panel.chat(session, config, message, merged_history,
-                                                         compare_history, compare_label, settings):
-            yield merged_msgs, compare_msgs, ""
-
-    send = on_gpu(send)  # ZeroGPU on a Space; unchanged elsewhere
-    chat_inputs = [state, chat.message, chat.merged, chat.compare, chat.compare_label, *chat.settings_inputs]
-    chat_outputs = [chat.merged, chat.compare, chat.message]  # the /chat API's outputs
-
-    def chat_error(session: Session) -> list[Any]:
-        # Also settles both panes, so no error badge is left over them.
-        return [error_markdown(take_error(session, "chat") or "The chat failed."), gr.update(), gr.update()]
-
-    sent = chat.send.click(send, chat_inputs, chat_outputs, api_name="chat")
-    submitted = chat.message.submit(send, chat_inputs, chat_outputs, api_visibility="private")
+def _wire_chat(config: HostConfig, state: gr.State, page: Page) -> Any:
+    """Chat: send (the button or Enter), stop and clear. Returns the send handler, which quick start reuses."""
+    chat = page.chat
+    send = on_gpu(_chat_sender(config))  # ZeroGPU on a Space; unchanged elsewhere
+    inputs, outputs = _chat_inputs(state, page), _chat_outputs(page)
+    sent = chat.send.click(send, inputs, outputs, api_name="chat")
+    submitted = chat.message.submit(send, inputs, outputs, api_visibility="private")
     # A new message clears an earlier error line.
     gr.on([chat.send.click, chat.message.submit], lambda: "", None, chat.status, api_visibility="private",
           show_progress="hidden", queue=False)
@@ -345,14 +337,56 @@ def _wire_chat(config: HostConfig, state: gr.State, page: Page) -> None:
 
     chat.stop.click(stop_chat, state, None, cancels=[sent, submitted], api_visibility="private")
     chat.clear.click(lambda: ([], [], ""), None, [chat.merged, chat.compare, chat.status], api_visibility="private")
+    return send
+
+
+def _chat_inputs(state: gr.State, page: Page) -> list[Any]:
+    chat = page.chat
+    return [state, chat.message, chat.merged, chat.compare, chat.compare_label, *chat.settings_inputs]
+
+
+def _chat_outputs(page: Page) -> list[Any]:
+    return [page.chat.merged, page.chat.compare, page.chat.message]  # the /chat API's outputs
+
+
+def _chat_sender(config: HostConfig) -> Any:
+    """The chat handler: streams (merged pane, compared pane, cleared message box)."""
+
+    @guarded(config, "chat", in_place=True)
+    def send(session: Session, message: str, merged_history: list, compare_history: list, compare_label: str,
+             max_new_tokens: float, temperature: float, top_p: float, quantization: str):
+        session = _session(session)
+        settings = chat_panel.GenerationSettings(int(max_new_tokens), float(temperature), float(top_p), quantization)
+        _merge_if_none(session, config)
+        for merged_msgs, compare_msgs in chat_panel.chat(session, config, message, merged_history,
+                                                         compare_history, compare_label, settings):
+            yield merged_msgs, compare_msgs, ""
+
+    return send
+
+
+def _merge_if_none(session: Session, config: HostConfig) -> None:
+    # Nothing merged yet (a visitor went straight to Chat): merge what the Merge tab shows, the preset's start.
+    if session.recipe is None and session.merged_path is None and session.base is not None \
+            and session.merge_settings is not None:
+        merge_panel.run_merge(session, config, session.merge_settings.to_dict())
+
+
+def chat_error(session: Session) -> list[Any]:
+    """The chat's error in its status line; also settles both panes, so no error badge is left over them."""
+    return [error_markdown(take_error(session, "chat") or "The chat failed."), gr.update(), gr.update()]
+
+
+def _wire_quick_start(config: HostConfig, state: gr.State, page: Page, send: Any) -> None:
+    """Merge and chat: merge the checked preset, open Chat beside a source, and ask the first suggested prompt."""
+    models, merge, chat = page.models, page.merge, page.chat
+    specs = merge_panel.param_specs()
 
     @guarded(config, "quick start", in_place=True)
     def quick_start(session: Session, progress: gr.Progress = gr.Progress()) -> list[Any]:
         session = _session(session)
         if session.base is None:  # the page-load check has not run (or failed): check the default preset now
-            name = models_panel.default_preset_name()
-            models_panel.check_models(session, config, models_panel.preset_choice(models_panel.get_preset(name)),
-                                      name, progress)
+            _check_default_preset(session, config, progress)
         status = merge_panel.run_merge(session, config, session.merge_settings.to_dict(), progress)
         prompts = models_panel.suggested_prompts() or chat_panel.EXAMPLES
         beside = session.sources[0].label
@@ -363,11 +397,11 @@ def _wire_chat(config: HostConfig, state: gr.State, page: Page) -> None:
 
     quick = models.quick.click(
         quick_start, state, [models.quick_status, merge.status, page.tabs, chat.compare_label, chat.message,
-                             *merge_controls], api_name="quick_start")
+                             *_merge_controls(page)], api_name="quick_start")
     quick.failure(in_place_error("quick start"), state, models.quick_status, api_visibility="private",
                   show_progress="hidden")
     _then_values(quick, page)
     # …and the first suggested prompt is asked at once, so both answers are there when Chat opens.
-    quick.success(send, chat_inputs, chat_outputs, api_visibility="private").failure(
+    quick.success(send, _chat_inputs(state, page), _chat_outputs(page), api_visibility="private").failure(
         chat_error, state, [chat.status, chat.merged, chat.compare], api_visibility="private",
         show_progress="hidden")
