@@ -362,6 +362,13 @@ def stale_note(session: Session | None, shown: str) -> Any:
 
 
 def wire(panel: EvaluatePanel, state: gr.State, config: HostConfig) -> None:
+    _wire_evaluate(panel, state, config)
+    _wire_sweep(panel, state, config)
+
+
+def _wire_evaluate(panel: EvaluatePanel, state: gr.State, config: HostConfig) -> None:
+    """Evaluate: score the current merge (errors in the status line)."""
+
     @guarded(config, "evaluate", in_place=True)
     def run(session: Session, task_file: str | None, per_task: float, progress: gr.Progress = gr.Progress()):
         progress(0.1, desc="Scoring the experts (once) and the merged model…")
@@ -373,6 +380,10 @@ def wire(panel: EvaluatePanel, state: gr.State, config: HostConfig) -> None:
     panel.run.click(run, [state, panel.task_file, panel.per_task],
                     [panel.status, panel.chart, panel.table, panel.downloads], api_name="evaluate").failure(
         in_place_error("evaluate"), state, panel.status, api_visibility="private", show_progress="hidden")
+
+
+def _wire_sweep(panel: EvaluatePanel, state: gr.State, config: HostConfig) -> None:
+    """Sweep: run it (errors in the best-point line), its axes follow the method, and cancel."""
 
     @guarded(config, "sweep", in_place=True)
     def run_sweep(session: Session, method: str, rows_grid: str, columns_grid: str, metric: str, per_task: float,
@@ -389,6 +400,16 @@ def wire(panel: EvaluatePanel, state: gr.State, config: HostConfig) -> None:
         run_sweep, [state, *panel.sweep_inputs],
         [panel.sweep_best, panel.sweep_chart, panel.sweep_files, panel.sweep_point], api_name="sweep").failure(
         in_place_error("sweep"), state, panel.sweep_best, api_visibility="private", show_progress="hidden")
+    _wire_sweep_axes(panel, state)
+
+    def stop(session: Session) -> None:
+        session.cancel.set()
+
+    panel.sweep_cancel.click(stop, state, None, api_visibility="private")
+
+
+def _wire_sweep_axes(panel: EvaluatePanel, state: gr.State) -> None:
+    """Another method offers its own axes; another axis gets its default grid."""
 
     def axes_for(session: Session | None, method: str):
         choices, rows, columns = sweep_axes(session, method)
@@ -402,8 +423,3 @@ def wire(panel: EvaluatePanel, state: gr.State, config: HostConfig) -> None:
                            panel.sweep_weights, api_visibility="private", show_progress="hidden")
     panel.sweep_columns.input(lambda m, a: default_grid(m, a), [panel.sweep_method, panel.sweep_columns],
                               panel.sweep_densities, api_visibility="private", show_progress="hidden")
-
-    def stop(session: Session) -> None:
-        session.cancel.set()
-
-    panel.sweep_cancel.click(stop, state, None, api_visibility="private")

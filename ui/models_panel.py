@@ -222,34 +222,44 @@ def build(config: HostConfig) -> ModelsPanel:
     report = gr.Markdown(elem_id="preflight-report")
     panel = ModelsPanel(preset, preset_about, origin, family, experts, base, sources, check, report, quick,
                         quick_status)
-
-    applied = gr.State(default.name)  # the preset whose choice the controls show
-    changed = "*The choice changed: press **Check models** to check it.*"
-
-    def apply_preset(name: str, shown: str | None):
-        # The dropdown also reports an `input` when it merely loses focus (Escape, then a click elsewhere): with
-        # the same preset that must change nothing, or it would undo the click (a choice of "Local folders" lost).
-        if name == shown:
-            return [gr.update()] * 8
-        chosen = preset_choice(get_preset(name))
-        zoo = chosen.origin == "Zoo"
-        return (describe_preset(name), chosen.origin, gr.Dropdown(value=chosen.family, visible=zoo),
-                gr.CheckboxGroup(choices=_family_experts(chosen.family), value=chosen.experts, visible=zoo),
-                gr.Textbox(value=chosen.base, visible=not zoo), gr.Textbox(value=chosen.sources, visible=not zoo),
-                name, changed)
-
-    preset.input(apply_preset, [preset, applied], [preset_about, origin, family, experts, base, sources, applied,
-                                                   report], api_visibility="private", show_progress="hidden")
-    # The report speaks of the models last checked: once the choice changes, say so instead of showing it.
-    gr.on([origin.input, family.input, experts.input, base.input, sources.input], lambda: changed, None, report,
-          api_visibility="private", show_progress="hidden")
-
-    def show_origin(value: str):
-        zoo = value == "Zoo"
-        return (gr.Dropdown(visible=zoo), gr.CheckboxGroup(visible=zoo), gr.Textbox(visible=not zoo),
-                gr.Textbox(visible=not zoo))
-
-    origin.input(show_origin, origin, [family, experts, base, sources], api_visibility="private")
-    family.input(lambda f: gr.CheckboxGroup(choices=_family_experts(f), value=_family_experts(f)), family, experts,
-                 api_visibility="private")
+    _wire_choice(panel, default.name)
     return panel
+
+
+_CHANGED = "*The choice changed: press **Check models** to check it.*"
+
+
+def _wire_choice(panel: ModelsPanel, default: str) -> None:
+    """The controls follow a preset, the origin and the zoo family; the report says when it no longer applies."""
+    applied = gr.State(default)  # the preset whose choice the controls show
+    choice_outputs = [panel.preset_about, panel.origin, panel.family, panel.experts, panel.base, panel.sources]
+    panel.preset.input(apply_preset, [panel.preset, applied], [*choice_outputs, applied, panel.report],
+                       api_visibility="private", show_progress="hidden")
+    # The report speaks of the models last checked: once the choice changes, say so instead of showing it.
+    gr.on([control.input for control in panel.choice_inputs], lambda: _CHANGED, None, panel.report,
+          api_visibility="private", show_progress="hidden")
+    panel.origin.input(show_origin, panel.origin, [panel.family, panel.experts, panel.base, panel.sources],
+                       api_visibility="private")
+    panel.family.input(lambda f: gr.CheckboxGroup(choices=_family_experts(f), value=_family_experts(f)),
+                       panel.family, panel.experts, api_visibility="private")
+
+
+def apply_preset(name: str, shown: str | None) -> list[Any] | tuple[Any, ...]:
+    """The choice controls as preset `name` sets them, the preset as applied, and the report's "changed" note."""
+    # The dropdown also reports an `input` when it merely loses focus (Escape, then a click elsewhere): with
+    # the same preset that must change nothing, or it would undo the click (a choice of "Local folders" lost).
+    if name == shown:
+        return [gr.update()] * 8
+    chosen = preset_choice(get_preset(name))
+    zoo = chosen.origin == "Zoo"
+    return (describe_preset(name), chosen.origin, gr.Dropdown(value=chosen.family, visible=zoo),
+            gr.CheckboxGroup(choices=_family_experts(chosen.family), value=chosen.experts, visible=zoo),
+            gr.Textbox(value=chosen.base, visible=not zoo), gr.Textbox(value=chosen.sources, visible=not zoo),
+            name, _CHANGED)
+
+
+def show_origin(value: str) -> tuple[Any, ...]:
+    """The zoo's controls for "Zoo", the base and source text boxes for folders and Hub ids."""
+    zoo = value == "Zoo"
+    return (gr.Dropdown(visible=zoo), gr.CheckboxGroup(visible=zoo), gr.Textbox(visible=not zoo),
+            gr.Textbox(visible=not zoo))

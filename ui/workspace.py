@@ -86,27 +86,39 @@ def select_models(
     if origin not in ORIGINS:
         raise SourceError(f"Unknown model origin {origin!r}: choose one of {', '.join(ORIGINS)}.")
     session.reset_models()
-    taken: set[str] = set()
     if origin == "Zoo":
-        families = zoo_families()
-        if family not in families:
-            raise SourceError(f"Unknown zoo family {family!r}: choose one of {', '.join(families)}.")
-        fam = families[family]
-        chosen = list(experts or [])
-        unknown = [e for e in chosen if e not in fam.experts]
-        if unknown:
-            raise SourceError(f"The {family} zoo has no expert {', '.join(map(repr, unknown))}: choose among "
-                              f"{', '.join(fam.experts)}.")
-        if not chosen:
-            raise SourceError(f"Pick at least one expert of the {family} zoo to merge into its base.")
-        ensure_zoo_built(fam, progress)
-        session.family, session.kind = fam.name, fam.kind
-        session.base = SourceModel(ref=f"zoo:{fam.name}/base", label=BASE_LABEL, path=Path(fam.base), origin="zoo")
-        session.sources = [SourceModel(ref=f"zoo:{fam.name}/{e}", label=_unique_label(e, taken),
-                                       path=Path(fam.experts[e]), origin="zoo") for e in chosen]
-        session.tasks_path, session.unlabeled_path = Path(fam.tasks), Path(fam.unlabeled)
-        session.dtype = sources_dtype([session.base, *session.sources])
-        return session
+        _select_zoo_models(session, family, list(experts or []), progress)
+    else:
+        _select_typed_models(session, config, origin, base_ref, source_refs, progress)
+    session.dtype = sources_dtype([session.base, *session.sources])
+    return session
+
+
+def _select_zoo_models(session: Session, family: str | None, chosen: list[str],
+                       progress: Callable[[float, str], None] | None) -> None:
+    """A zoo family's base and the chosen experts (the family is built first if its checkpoints are missing)."""
+    families = zoo_families()
+    if family not in families:
+        raise SourceError(f"Unknown zoo family {family!r}: choose one of {', '.join(families)}.")
+    fam = families[family]
+    unknown = [e for e in chosen if e not in fam.experts]
+    if unknown:
+        raise SourceError(f"The {family} zoo has no expert {', '.join(map(repr, unknown))}: choose among "
+                          f"{', '.join(fam.experts)}.")
+    if not chosen:
+        raise SourceError(f"Pick at least one expert of the {family} zoo to merge into its base.")
+    ensure_zoo_built(fam, progress)
+    taken: set[str] = set()
+    session.family, session.kind = fam.name, fam.kind
+    session.base = SourceModel(ref=f"zoo:{fam.name}/base", label=BASE_LABEL, path=Path(fam.base), origin="zoo")
+    session.sources = [SourceModel(ref=f"zoo:{fam.name}/{e}", label=_unique_label(e, taken),
+                                   path=Path(fam.experts[e]), origin="zoo") for e in chosen]
+    session.tasks_path, session.unlabeled_path = Path(fam.tasks), Path(fam.unlabeled)
+
+
+def _select_typed_models(session: Session, config: HostConfig, origin: str, base_ref: str | None,
+                         source_refs: list[str] | str | None, progress: Callable[[float, str], None] | None) -> None:
+    """Local folders or Hub ids as the user typed them (one source per line); no task set comes with them."""
     refs = [r.strip() for r in (source_refs.splitlines() if isinstance(source_refs, str) else source_refs or [])]
     refs = [r for r in refs if r]
     if not (base_ref or "").strip():
@@ -120,17 +132,19 @@ def select_models(
     kind = "hub" if origin == "Hub ids" else "local"
     session.base = SourceModel(ref=base_ref.strip(), label=BASE_LABEL, path=base_path, origin=kind)
     session.sources = []
+    taken: set[str] = set()
     for i, ref in enumerate(refs):
         if progress:
             progress(0.1 + 0.8 * i / len(refs), f"Opening {ref}…")
         label, path = _resolve_ref(ref, origin, config)
         session.sources.append(SourceModel(ref=ref, label=_unique_label(label, taken), path=path, origin=kind))
-    session.kind = model_kind(json.loads((base_path / "config.json").read_text(encoding="utf-8")))
-    if session.sources:
-        expert_kind = model_kind(json.loads((session.sources[0].path / "config.json").read_text(encoding="utf-8")))
-        session.kind = "classifier" if "classifier" in (session.kind, expert_kind) else "lm"
-    session.dtype = sources_dtype([session.base, *session.sources])
-    return session
+    session.kind = _kind_of(session.base.path, session.sources[0].path)
+
+
+def _kind_of(base: Path, expert: Path) -> str:
+    """The session's kind: "classifier" when the base or the first expert is a sequence classifier, else "lm"."""
+    kinds = {model_kind(json.loads((folder / "config.json").read_text(encoding="utf-8"))) for folder in (base, expert)}
+    return "classifier" if "classifier" in kinds else "lm"
 
 
 def require_models(session: Session) -> None:
