@@ -14,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from evaluation.agreement import compare_merges
+from evaluation import baselines
 from evaluation.charts import coefficients_figure, comparison_figure, comparison_markdown, loss_figure
 from merging.errors import MergeLabError, TaskSetError
 from merging.learned.api import describe_run, learn_merge
@@ -29,10 +29,6 @@ from ui.session import Session
 from ui.workspace import MergeSettings, build_recipe, require_models, write_learned
 
 LEARN_METHODS = ("samerging", "adamerging")
-# Baselines the learned merge is compared with (weights as FusionBench's GPT-2 reference settings).
-BASELINES = {"task arithmetic": MergeSettings("task_arithmetic", [], {}), "TIES": MergeSettings("ties", [],
-                                                                                                   {"density": 0.5})}
-BASELINE_WEIGHT = 0.5
 
 
 @dataclass
@@ -58,17 +54,6 @@ class LearnSettings:
             raise MergeLabError("The SAM radius ‖ε‖/‖λ‖ must be between 0 and 1 (0.05 = 5 % of ‖λ‖; 0 = plain Adam).")
 
 
-# Why a learned merge can lose to task arithmetic, shown beside the comparison when it does.
-WHY_NOT = {
-    "adamerging": ("AdaMerging minimises the merge's entropy, which rewards confident outputs, not the experts' "
-                   "answers: on the LM zoo the most confident merge echoes the base (docs/learned-merging.md). "
-                   "SAMerging distils each expert instead."),
-    "samerging": ("SAMerging matches the experts on the unlabeled inputs it was given; with few of them (or inputs "
-                  "unlike the scored tasks) the held-out KL it stopped at does not carry over. Try more examples per "
-                  "task."),
-}
-
-
 def unlabeled_inputs(session: Session, uploaded: str | None, per_task: int) -> dict[str, list[str]]:
 
     path = uploaded or session.unlabeled_path
@@ -88,37 +73,10 @@ def learn(session: Session, config: HostConfig, settings: LearnSettings, uploade
     inputs = unlabeled_inputs(session, uploaded, int(settings.examples_per_task))
     experts = {s.label: s.path for s in session.sources}
     updates: queue.Queue = queue.Queue()
-    outcome: dict[str, Any] = {}
     session.cancel.clear()
-
-    def run() -> None:
-        try:
-            outcome["result"] = learn_merge(
-                settings.method, session.base.path, experts, inputs, steps=int(settings.steps),
-                rho=0.07 if settings.method == "samerging" else None,
-                rho_relative=float(settings.rho) if settings.method == "samerging" else None,
-                init="auto" if settings.auto_init else float(settings.init),
-                batch_size=min(16, int(settings.examples_per_task)), device=device(),
-                progress=lambda step, loss: updates.put((step, loss)), cancel=session.cancel.is_set)
-        except Exception as error:  # noqa: BLE001 - re-raised in the handler's thread below, as a message
-            outcome["error"] = error
-        finally:
-            updates.put(None)
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    losses: list[float] = []
-    last_yield = 0.0
-    yield loss_figure(losses, settings.method), None, "Preparing teachers and batches…"
-    while True:
-        item = updates.get()
-        if item is None:
-            break
-        losses.append(float(item[1]))
-        if time.monotonic() - last_yield > 0.3:  # a redraw per 0.3 s is plenty for the eye
-            last_yield = time.monotonic()
-            yield (loss_figure(losses, settings.method), None,
-                   f"Step {item[0]}/{settings.steps}: loss {item[1]:.4f}")
+    worker, outcome = _start_training(session, settings, experts, inputs, updates)
+    yield loss_figure([], settings.method), None, "Preparing teachers and batches…"
+    yield from _loss_updates(updates, settings)
     worker.join()
     if "error" in outcome:
         raise outcome["error"]
@@ -136,6 +94,43 @@ def learn(session: Session, config: HostConfig, settings: LearnSettings, uploade
             "Chat, Evaluate and Export now use the learned merge."))
 
 
+def _start_training(session: Session, settings: LearnSettings, experts: dict[str, Path],
+                    inputs: dict[str, list[str]], updates: queue.Queue) -> tuple[threading.Thread, dict[str, Any]]:
+    """learn_merge in a worker thread, so the handler can stream the losses: each step puts (step, loss) on
+    `updates`, and None at the end; the returned dict then holds the "result" or the "error"."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = learn_merge(
+                settings.method, session.base.path, experts, inputs, steps=int(settings.steps),
+                rho=0.07 if settings.method == "samerging" else None,
+                rho_relative=float(settings.rho) if settings.method == "samerging" else None,
+                init="auto" if settings.auto_init else float(settings.init),
+                batch_size=min(16, int(settings.examples_per_task)), device=device(),
+                progress=lambda step, loss: updates.put((step, loss)), cancel=session.cancel.is_set)
+        except Exception as error:  # noqa: BLE001 - re-raised in the handler's thread, as a message
+            outcome["error"] = error
+        finally:
+            updates.put(None)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    return worker, outcome
+
+
+def _loss_updates(updates: queue.Queue, settings: LearnSettings) -> Iterator[tuple[Any, None, str]]:
+    """The loss curve so far, redrawn at most every 0.3 s (plenty for the eye), until the worker's None."""
+    losses: list[float] = []
+    last_yield = 0.0
+    while (item := updates.get()) is not None:
+        losses.append(float(item[1]))
+        if time.monotonic() - last_yield > 0.3:
+            last_yield = time.monotonic()
+            yield (loss_figure(losses, settings.method), None,
+                   f"Step {item[0]}/{settings.steps}: loss {item[1]:.4f}")
+
+
 def compare_with_baselines(session: Session, config: HostConfig, per_task: int = 20) -> tuple[Any, str]:
     """/learn_compare: the learned merge, task arithmetic and TIES scored on the same tasks."""
     require_models(session)
@@ -146,17 +141,16 @@ def compare_with_baselines(session: Session, config: HostConfig, per_task: int =
         raise MergeLabError(f"Comparing needs the models in memory, and live merging is off ({reason}).")
     tasks = task_set_for(session, None, per_task)
     evaluator = evaluator_for(session, tasks, (tasks.source, per_task, tuple(session.labels), session.base.ref))
-    def baseline(template: MergeSettings):
-        settings = MergeSettings(template.method, [BASELINE_WEIGHT] * len(session.sources), dict(template.params))
-        return lambda: session.live.merge(build_recipe(session, settings, by="label"), seed=0)
 
-    scores = compare_merges(evaluator, {f"learned ({session.learned.method})": session.learned.merged,
-                                        **{name: baseline(t) for name, t in BASELINES.items()}})
+    def merge(settings: dict[str, Any]) -> Any:
+        return session.live.merge(build_recipe(session, MergeSettings.from_dict(settings), by="label"), seed=0)
+
+    method = session.learned.method
+    scores = baselines.compare_with_baselines(evaluator, method, session.learned.merged, merge, len(session.sources))
     markdown = comparison_markdown(scores)
-    learned = scores[f"learned ({session.learned.method})"].mean("agreement")
-    ta = scores["task arithmetic"].mean("agreement")
-    if learned is not None and ta is not None and learned <= ta:
-        markdown += f"\n\n**Why the learned merge does not beat task arithmetic here:** {WHY_NOT[session.learned.method]}"
+    why_not = baselines.why_not_better(method, scores)
+    if why_not is not None:
+        markdown += f"\n\n**Why the learned merge does not beat task arithmetic here:** {why_not}"
     return comparison_figure(scores), markdown
 
 
