@@ -17,7 +17,6 @@ import queue
 import shutil
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,8 @@ from merging.checks import (
 from merging.errors import CompatibilityError, MergeCancelled, MergeLabError
 from merging.export import MERGEKIT_FILE, MERGELAB_FILE, mergekit_export
 from merging.inputs import MergeInputs, TaskHeads, fit_rows, is_vocab_mismatch, open_inputs, task_heads
-from merging.methods.chunks import compute_threads
+from merging.methods.chunks import compute_threads, spare_cores
+from merging.methods.common import tensor_generator
 from merging.methods.registry import collect_notes
 from merging.plan import (
     PREFETCH_TENSORS,
@@ -272,7 +272,7 @@ class _TensorMerger:
         model_params, global_params = self.resolve_parameters(name, self.num_layers)
         generator = None
         if method.random:
-            generator = torch.Generator(device=device).manual_seed(zlib.crc32(f"{self.seed}:{name}".encode()))
+            generator = tensor_generator(self.seed, name, device)
         require_input_count(name, operands, model_params, method.name)
         tick = time.perf_counter()
         with collect_notes() as tensor_notes:
@@ -353,8 +353,7 @@ def _compute_threads(device: str) -> Any:
     covers torch's intra-op pool and the methods' chunk workers (merging.methods.chunks), so they do not fight."""
     if device != "cpu":
         return contextlib.nullcontext()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return compute_threads(min(torch.get_num_threads(), max(1, cores - 1)))
+    return compute_threads(min(torch.get_num_threads(), spare_cores()))
 
 
 def _stage(body: Callable[..., None], args: tuple, stop: threading.Event, errors: list[BaseException]) -> None:

@@ -19,8 +19,6 @@ listed in `unmerged_names`.
 
 from __future__ import annotations
 
-import os
-import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -29,7 +27,8 @@ import torch
 
 from merging.checks import require_finite
 from merging.errors import RecipeError
-from merging.methods.chunks import compute_threads
+from merging.methods.chunks import compute_threads, spare_cores
+from merging.methods.common import tensor_generator
 from merging.methods.fused import remember_thresholds
 from merging.methods.registry import collect_notes, get_method
 from merging.plan import available_bytes
@@ -39,17 +38,6 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 # Live merging is planned to use at most this share of the device's free memory (the rest: the chat model's
 # activations, the evaluator's copies, other sessions, the OS).
 MEMORY_SHARE = 0.7
-
-
-def tensor_generator(seed: int, name: str, device: str | torch.device = "cpu") -> torch.Generator:
-    """The generator a random method gets for one tensor (the engine seeds the same way, on its device)."""
-    return torch.Generator(device=device).manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
-
-
-def default_threads() -> int:
-    """Compute threads for a live merge: the cores less one, like the engine (on a busy 2-core machine two threads
-    were 10x slower than one on a 1536 × 576 ties merge: they fight the other work for the cores)."""
-    return max(1, (os.cpu_count() or 1) - 1)
 
 
 # --- the memory plan --------------------------------------------------------------------------------------------
@@ -108,7 +96,7 @@ class LiveMerger:
                  threads: int | None = None) -> None:
         self.num_layers = num_layers
         self.device = device
-        self.threads = threads or default_threads()
+        self.threads = threads or spare_cores()
         wanted = list(names) if names is not None else list(base)
         self.names: list[str] = [
             n for n in wanted

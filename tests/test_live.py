@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from merging.errors import RecipeError
-from merging.live import LiveMerger, tensor_generator
+from merging.live import LiveMerger
+from merging.methods.common import tensor_generator
 from merging.methods.registry import get_method
 from merging.recipe import ParameterResolver, load_recipe
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import torch
 
 
@@ -15,6 +17,12 @@ def as_float32(tensor: torch.Tensor) -> torch.Tensor:
 def default_generator(generator: torch.Generator | None) -> torch.Generator:
     """Random methods draw only from the caller's generator; without one, a fixed seed keeps results reproducible."""
     return generator if generator is not None else torch.Generator().manual_seed(0)
+
+
+def tensor_generator(seed: int, name: str, device: str | torch.device = "cpu") -> torch.Generator:
+    """The generator a random method gets for one tensor, from (seed, tensor name): the engine and live merging
+    draw the same numbers for the same recipe and seed."""
+    return torch.Generator(device=device).manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
 
 
 class Workspace:
