@@ -1,7 +1,7 @@
 """Command line: `python -m merging run RECIPE.yaml OUT_DIR`, `python -m merging check RECIPE.yaml`.
 
 Subcommands live in `SUBCOMMANDS` (name -> Subcommand). Another module adds its own by calling
-`merging.cli.register_subcommand(...)` at import and being listed in `EXTENSIONS` (imported only if present; the
+`merging.cli.register_subcommand(...)` at import and being listed in `EXTENSIONS` (imported by name when the parser is built; the
 registry is here, not in __main__, so that importing it never runs a second copy of the entry point).
 Exit codes (the CLI contract, also in `--help` and DEVELOPERS.md): see EXIT_CODES_HELP. User errors print one
 short paragraph (`Error: ...`); anything unexpected prints a one-line internal-error message, with the traceback only
@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+import merging.preflight
+from merging.engine import MergeProgress, merge_to_folder
 from merging.errors import MergeCancelled, MergeLabError
 
 EXIT_OK = 0
@@ -40,7 +42,7 @@ EXIT_CODES_HELP = """exit status:
   130  cancelled (Ctrl-C or SIGTERM); nothing was written"""
 DEBUG_ENV = "MERGELAB_DEBUG"
 MAX_MESSAGE_CHARS = 8000  # a message longer than this is cut (messages are meant to be a paragraph)
-# Modules that register more subcommands (e.g. `learn`); a missing one is skipped.
+# Modules that register more subcommands (`learn`): they import this module, so it imports them late, by name.
 EXTENSIONS = ("merging.learned.cli",)
 
 
@@ -76,8 +78,6 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from merging.engine import MergeProgress, merge_to_folder  # deferred: torch, only when a merge runs (not --help)
-
     bar = None
 
     def progress(p: MergeProgress) -> None:
@@ -116,10 +116,9 @@ def _check_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    # deferred: torch, only when a check runs (not --help); looked up at call time, so tests can patch it
-    from merging.preflight import preflight
-
-    report = preflight(args.recipe, out_dir=args.out_dir, device=args.device, allow_pickle=args.allow_pickle)
+    # looked up through the module at call time, so tests can patch it
+    report = merging.preflight.preflight(args.recipe, out_dir=args.out_dir, device=args.device,
+                                         allow_pickle=args.allow_pickle)
     print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else report.to_markdown())
     return EXIT_OK if report.ok else EXIT_PROBLEMS
 
@@ -134,11 +133,7 @@ register_subcommand("check", "pre-flight check of a recipe: compatibility, memor
 
 def build_parser() -> argparse.ArgumentParser:
     for module in EXTENSIONS:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:  # the extension exists but is broken: say so rather than hide it
-                raise
+        importlib.import_module(module)
     parser = argparse.ArgumentParser(prog="python -m merging", description="MergeLab model merging.",
                                      epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help=f"show tracebacks of internal errors (or {DEBUG_ENV}=1)")
