@@ -4,6 +4,7 @@ zoo is trained on (DEVELOPERS.md "Prompt format"), plus batched classification f
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -273,8 +274,6 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[
 
 
 def _supports_own_loop(model: PreTrainedModel) -> bool:
-    import inspect
-
     names = inspect.signature(model.forward).parameters
     return all(name in names for name in ("position_ids", "past_key_values", "attention_mask"))
 
@@ -375,8 +374,6 @@ def _append_and_check(tokenizer: PreTrainedTokenizerBase, generated: list[int], 
 
 
 def _accepts(model: PreTrainedModel, name: str) -> bool:
-    import inspect
-
     return name in inspect.signature(model.forward).parameters
 
 
@@ -395,25 +392,11 @@ def generate_batch(
     strings or one per prompt. Each row gives the same text as generated alone: it stops at eos, its own limit or
     its stop string, and leaves the batch then. Prompts longer than the model's context less the answer's room are
     cut from their start (see fit_prompt). Prompts are grouped by length so little padding is decoded."""
-    limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-    if len(limits) != len(prompts):
-        raise InferenceError(f"{len(limits)} token limits for {len(prompts)} prompts: give one limit or one each.")
-    if any(limit < 1 for limit in limits):
-        raise InferenceError(f"max_new_tokens must be at least 1 (got {min(limits)}).")
+    limits = _token_limits(max_new_tokens, len(prompts))
     stops = _stop_lists(stop, len(prompts))
     if not prompts:
         return []
-    templated = _has_chat_template(tokenizer)
-    context = context_length(model)
-    rows, row_limits = [], []
-    for prompt, limit in zip(prompts, limits):
-        budget = prompt_budget(context, limit)
-        ids = tokenizer(format_prompt(tokenizer, fit_prompt(tokenizer, prompt, budget)),
-                        add_special_tokens=not templated, verbose=False)["input_ids"]
-        if budget is not None:
-            ids = ids[-budget:]  # last resort where the template alone is longer than the budget
-        rows.append(ids)
-        row_limits.append(limit if context is None else max(1, min(limit, context - len(ids))))
+    rows, row_limits = _prompt_rows(model, tokenizer, prompts, limits)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     outputs: list[str] = [""] * len(rows)
     size = batch_size or default_batch_size(model)
@@ -426,6 +409,34 @@ def generate_batch(
             for i, tokens in zip(chunk, new):
                 outputs[i] = cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stops[i]).strip()
     return outputs
+
+
+def _token_limits(max_new_tokens: int | Sequence[int], count: int) -> list[int]:
+    """One answer limit per prompt, from one limit for all or one each."""
+    limits = [max_new_tokens] * count if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(limits) != count:
+        raise InferenceError(f"{len(limits)} token limits for {count} prompts: give one limit or one each.")
+    if any(limit < 1 for limit in limits):
+        raise InferenceError(f"max_new_tokens must be at least 1 (got {min(limits)}).")
+    return limits
+
+
+def _prompt_rows(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                 limits: list[int]) -> tuple[list[list[int]], list[int]]:
+    """The token ids the model sees for each prompt (templated, cut to leave its answer room in the context) and
+    each answer's limit, lowered where the prompt leaves less room than asked."""
+    templated = _has_chat_template(tokenizer)
+    context = context_length(model)
+    rows, row_limits = [], []
+    for prompt, limit in zip(prompts, limits):
+        budget = prompt_budget(context, limit)
+        ids = tokenizer(format_prompt(tokenizer, fit_prompt(tokenizer, prompt, budget)),
+                        add_special_tokens=not templated, verbose=False)["input_ids"]
+        if budget is not None:
+            ids = ids[-budget:]  # last resort where the template alone is longer than the budget
+        rows.append(ids)
+        row_limits.append(limit if context is None else max(1, min(limit, context - len(ids))))
+    return rows, row_limits
 
 
 def _generate_rows(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[list[int]],
@@ -507,39 +518,11 @@ def stream_chat(
     """Stream the model's reply to a conversation. Yields the reply SO FAR (cumulative text, ready to show in a
     Gradio chatbot) each time new text arrives. temperature 0 means greedy. Setting `stop_event` ends generation
     early. Message content may be a string or Gradio 6 blocks; it is flattened before the chat template sees it."""
-    context = context_length(model)
-    budget = prompt_budget(context, max_new_tokens)
-    chat = fit_messages(tokenizer, normalize_messages(messages, system_prompt), budget)
-    encoded = _encode(tokenizer, [_chat_text(tokenizer, chat)], _has_chat_template(tokenizer))
-    if budget is not None:  # last resort where the template alone is longer than the budget
-        encoded = {k: v[:, -budget:] for k, v in encoded.items()}
-    encoded = {k: v.to(_device(model)) for k, v in encoded.items()}
-    sampling = temperature > 0
-    if context is not None:  # the answer fills at most what the (cut) conversation leaves of the context
-        max_new_tokens = max(1, min(max_new_tokens, context - encoded["input_ids"].shape[1]))
-    config = GenerationConfig(
-        do_sample=sampling, max_new_tokens=max_new_tokens, pad_token_id=_pad_id(tokenizer),
-        eos_token_id=tokenizer.eos_token_id,
-        **({"temperature": temperature, "top_p": top_p} if sampling else {}),
-        **({"top_k": top_k} if sampling and top_k else {}),
-        **({"repetition_penalty": repetition_penalty} if repetition_penalty else {}),
-    )
+    encoded, max_new_tokens = _chat_inputs(model, tokenizer, messages, system_prompt, max_new_tokens)
+    config = _chat_config(tokenizer, max_new_tokens, temperature, top_p, top_k, repetition_penalty)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     stopping = StoppingCriteriaList([_StopOnEvent(stop_event)]) if stop_event is not None else None
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            if seed is not None:
-                torch.manual_seed(seed)
-            with torch.inference_mode():
-                model.generate(**encoded, generation_config=config, streamer=streamer, stopping_criteria=stopping)
-        except BaseException as error:  # noqa: BLE001  (any failure must end the stream; re-raised below)
-            failure.append(error)
-            streamer.end()
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
+    worker, failure = _generate_in_background(model, encoded, config, streamer, stopping, seed)
     reply = ""
     for piece in streamer:
         if piece:
@@ -548,3 +531,55 @@ def stream_chat(
     worker.join()
     if failure:
         raise InferenceError(f"Generation failed: {failure[0]}") from failure[0]
+
+
+def _chat_inputs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, messages: Iterable[Any],
+                 system_prompt: str | None, max_new_tokens: int) -> tuple[dict[str, torch.Tensor], int]:
+    """The conversation encoded on the model's device, cut to leave the answer room in the context, and the answer's
+    limit, lowered to what the (cut) conversation leaves of the context."""
+    context = context_length(model)
+    budget = prompt_budget(context, max_new_tokens)
+    chat = fit_messages(tokenizer, normalize_messages(messages, system_prompt), budget)
+    encoded = _encode(tokenizer, [_chat_text(tokenizer, chat)], _has_chat_template(tokenizer))
+    if budget is not None:  # last resort where the template alone is longer than the budget
+        encoded = {k: v[:, -budget:] for k, v in encoded.items()}
+    encoded = {k: v.to(_device(model)) for k, v in encoded.items()}
+    if context is not None:
+        max_new_tokens = max(1, min(max_new_tokens, context - encoded["input_ids"].shape[1]))
+    return encoded, max_new_tokens
+
+
+def _chat_config(tokenizer: PreTrainedTokenizerBase, max_new_tokens: int, temperature: float, top_p: float,
+                 top_k: int | None, repetition_penalty: float | None) -> GenerationConfig:
+    """Generation settings for a reply: greedy at temperature 0, where the sampling settings are left out
+    (transformers warns about them on a greedy config)."""
+    sampling = temperature > 0
+    return GenerationConfig(
+        do_sample=sampling, max_new_tokens=max_new_tokens, pad_token_id=_pad_id(tokenizer),
+        eos_token_id=tokenizer.eos_token_id,
+        **({"temperature": temperature, "top_p": top_p} if sampling else {}),
+        **({"top_k": top_k} if sampling and top_k else {}),
+        **({"repetition_penalty": repetition_penalty} if repetition_penalty else {}),
+    )
+
+
+def _generate_in_background(model: PreTrainedModel, encoded: dict[str, torch.Tensor], config: GenerationConfig,
+                            streamer: TextIteratorStreamer, stopping: StoppingCriteriaList | None, seed: int | None
+                            ) -> tuple[threading.Thread, list[BaseException]]:
+    """Start generate on a daemon thread that feeds `streamer`; the returned list receives its failure, if any
+    (which also ends the stream, so the reader is never left waiting)."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            if seed is not None:
+                torch.manual_seed(seed)
+            with torch.inference_mode():
+                model.generate(**encoded, generation_config=config, streamer=streamer, stopping_criteria=stopping)
+        except BaseException as error:  # noqa: BLE001  (any failure must end the stream; re-raised by the reader)
+            failure.append(error)
+            streamer.end()
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    return worker, failure

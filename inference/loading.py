@@ -78,8 +78,8 @@ def quantization_config(quantization: Quantization | None, compute_dtype: torch.
         return None
     _check_quantization_name(quantization)
     try:
-        import bitsandbytes  # noqa: F401  (only to fail early with a readable message)
-        from transformers import BitsAndBytesConfig
+        import bitsandbytes  # deferred: optional (GPU hosts); imported only to fail early, readably  # noqa: F401
+        from transformers import BitsAndBytesConfig  # deferred: with bitsandbytes, only when 8/4-bit is asked for
     except Exception as error:  # noqa: BLE001  (ImportError, or a broken native library)
         raise InferenceError(
             f"{quantization} loading needs the bitsandbytes package, which cannot be used here ({error}). "
