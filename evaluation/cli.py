@@ -82,9 +82,8 @@ def _dtype(args: argparse.Namespace) -> str | None:
 
 def _run(args: argparse.Namespace) -> int:
     _quiet_transformers()
-    # deferred: transformers (see the module comment)
-    from evaluation.agreement import Evaluator, check_same_architecture
-    from inference.loading import load_model
+    from evaluation.agreement import Evaluator, check_same_architecture  # deferred: transformers (module comment)
+    from inference.loading import load_model  # deferred: transformers (module comment)
 
     tasks = load_tasks(args.tasks).limited(args.per_task)
     dtype = _dtype(args)
@@ -147,10 +146,9 @@ def _print_grid(result: Any, method: str) -> None:
 
 
 def _interference(args: argparse.Namespace) -> int:
-    # deferred: torch (see the module comment)
-    from evaluation.folder_state import LazyFolderState
-    from evaluation.interference import interference_report
-    from merging.recipe import load_recipe
+    from evaluation.folder_state import LazyFolderState  # deferred: torch (module comment)
+    from evaluation.interference import interference_report  # deferred: torch (module comment)
+    from merging.recipe import load_recipe  # deferred: torch, through merging (module comment)
 
     recipe = load_recipe(args.recipe, validate=False)
     if not recipe.base_model:

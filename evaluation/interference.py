@@ -234,39 +234,73 @@ def interference_report(
         raise MergeLabError("Interference needs at least two experts (task vectors) besides the base.")
     if not 0.0 <= density <= 1.0:
         raise MergeLabError(f"density must be between 0 and 1 (got {density}).")
-    candidates = list(names) if names is not None else list(base.keys())
-    shared = [n for n in candidates if all(n in e for e in experts.values())]
-    if not shared:
-        raise CompatibilityError("The base and the experts share no tensor names: are they the same architecture?")
-    overall, layers, modules, cells = _Sums(len(task_names)), {}, {}, {}
+    shared = _shared_names(base, experts, names)
+    groups = _Groups(len(task_names))
     tensors = []
     for step, name in enumerate(shared, start=1):
-        base_tensor = base[name]
-        if not base_tensor.is_floating_point():
+        vectors = _task_vectors(base, experts, task_names, name)
+        if vectors is None:
             continue
-        expert_tensors = [experts[t][name] for t in task_names]
-        if any(tuple(e.shape) != tuple(base_tensor.shape) for e in expert_tensors):
-            continue  # a per-task head or a resized vocabulary: not a task vector
-        vectors = [e.to(torch.float32) - base_tensor.to(torch.float32) for e in expert_tensors]
         sums = tensor_sums(vectors, density)
         layer, module = _layer_key(layer_index(name)), module_type(name)
-        for groups, key in ((layers, layer), (modules, module), (cells, (layer, module))):
-            groups.setdefault(key, _Sums(len(task_names))).add(sums)
-        overall.add(sums)
+        groups.add(layer, module, sums)
         if per_tensor:
             tensors.append({"name": name, "layer": layer, "module": module, **sums.summary(task_names)})
         if progress is not None:
             progress(step, len(shared))
-    if overall.numel == 0:
+    if groups.overall.numel == 0:
         raise CompatibilityError("No tensor has a task vector (shapes differ everywhere): merge-compatible experts "
                                  "share tensor names and shapes with the base.")
-    layer_order = sorted(layers, key=lambda k: (k == "none", int(k) if k != "none" else 0))
-    module_order = [m for m in MODULE_ORDER if m in modules]
-    return InterferenceReport(
-        tasks=task_names, density=density, overall=overall.summary(task_names),
-        by_layer={k: layers[k].summary(task_names) for k in layer_order},
-        by_module={k: modules[k].summary(task_names) for k in module_order},
-        cells=[{"layer": layer, "module": module, **cells[(layer, module)].summary(task_names)}
-               for layer in layer_order for module in module_order if (layer, module) in cells],
-        tensors=tensors,
-    )
+    return groups.report(task_names, density, tensors)
+
+
+def _shared_names(base: Mapping[str, torch.Tensor], experts: Mapping[str, Mapping[str, torch.Tensor]],
+                  names: Iterable[str] | None) -> list[str]:
+    """The tensor names (`names`, default all of the base's) that every expert has too."""
+    candidates = list(names) if names is not None else list(base.keys())
+    shared = [n for n in candidates if all(n in e for e in experts.values())]
+    if not shared:
+        raise CompatibilityError("The base and the experts share no tensor names: are they the same architecture?")
+    return shared
+
+
+def _task_vectors(base: Mapping[str, torch.Tensor], experts: Mapping[str, Mapping[str, torch.Tensor]],
+                  task_names: list[str], name: str) -> list[torch.Tensor] | None:
+    """Each expert's tensor `name` less the base's, in float32; None where the base's is not floating point or an
+    expert's shape differs (a per-task head or a resized vocabulary: not a task vector)."""
+    base_tensor = base[name]
+    if not base_tensor.is_floating_point():
+        return None
+    expert_tensors = [experts[t][name] for t in task_names]
+    if any(tuple(e.shape) != tuple(base_tensor.shape) for e in expert_tensors):
+        return None
+    return [e.to(torch.float32) - base_tensor.to(torch.float32) for e in expert_tensors]
+
+
+class _Groups:
+    """The report's running sums: over everything, per layer, per module type and per (layer, module type) cell."""
+
+    def __init__(self, tasks: int) -> None:
+        self.tasks = tasks
+        self.overall = _Sums(tasks)
+        self.layers: dict[str, _Sums] = {}
+        self.modules: dict[str, _Sums] = {}
+        self.cells: dict[tuple[str, str], _Sums] = {}
+
+    def add(self, layer: str, module: str, sums: _Sums) -> None:
+        for groups, key in ((self.layers, layer), (self.modules, module), (self.cells, (layer, module))):
+            groups.setdefault(key, _Sums(self.tasks)).add(sums)
+        self.overall.add(sums)
+
+    def report(self, task_names: list[str], density: float, tensors: list[dict[str, Any]]) -> InterferenceReport:
+        """Layers in order ("none" last), module types in MODULE_ORDER, cells in layer then module order."""
+        layer_order = sorted(self.layers, key=lambda k: (k == "none", int(k) if k != "none" else 0))
+        module_order = [m for m in MODULE_ORDER if m in self.modules]
+        return InterferenceReport(
+            tasks=task_names, density=density, overall=self.overall.summary(task_names),
+            by_layer={k: self.layers[k].summary(task_names) for k in layer_order},
+            by_module={k: self.modules[k].summary(task_names) for k in module_order},
+            cells=[{"layer": layer, "module": module, **self.cells[(layer, module)].summary(task_names)}
+                   for layer in layer_order for module in module_order if (layer, module) in self.cells],
+            tensors=tensors,
+        )
