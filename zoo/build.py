@@ -10,6 +10,7 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 from transformers import BertForPreTraining, MistralForCausalLM
@@ -77,39 +78,48 @@ def _steps_needed(settings, todo: list[str]) -> int:
 def _build_lm(root: Path, todo: list[str], settings: lm.LMSettings, seed: int, steps: _Steps) -> None:
     tokenizer = lm.build_tokenizer()
     splits = lm_splits()
-    if BASE_NAME in todo:
-        steps.stage("lm: pretraining the base")
-        with deterministic(model_seed(seed, "lm", BASE_NAME)):
-            base = lm.train_base(tokenizer, settings, model_seed(seed, "lm", BASE_NAME), steps.step)
-        lm.save_lm(base, tokenizer, root / BASE_NAME)
-    else:
-        base = MistralForCausalLM.from_pretrained(root / BASE_NAME, dtype="float32")
-    for expert in (m for m in todo if m != BASE_NAME):
-        steps.stage(f"lm: fine-tuning the {expert} expert")
-        expert_seed = model_seed(seed, "lm", expert)
-        with deterministic(expert_seed):
-            model = lm.train_expert(base, splits[expert], settings, expert_seed, tokenizer, steps.step)
-        lm.save_lm(model, tokenizer, root / expert)
+    _build_family(
+        "lm", root, todo, seed, steps, base_stage="pretraining the base",
+        train_base=lambda base_seed: lm.train_base(tokenizer, settings, base_seed, steps.step),
+        load_base=lambda folder: MistralForCausalLM.from_pretrained(folder, dtype="float32"),
+        train_expert=lambda base, expert, expert_seed: lm.train_expert(base, splits[expert], settings, expert_seed,
+                                                                      tokenizer, steps.step),
+        save=lambda model, folder: lm.save_lm(model, tokenizer, folder))
 
 
 def _build_classifier(root: Path, todo: list[str], settings: classifier.ClassifierSettings, seed: int,
                       steps: _Steps) -> None:
     tokenizer = classifier.build_tokenizer()
     split = classifier_split()
+    _build_family(
+        "classifier", root, todo, seed, steps, base_stage="pretraining the base (masked LM)",
+        train_base=lambda base_seed: classifier.train_base(tokenizer, settings, split, base_seed, steps.step),
+        load_base=lambda folder: BertForPreTraining.from_pretrained(folder, dtype="float32"),
+        train_expert=lambda base, expert, expert_seed: classifier.train_expert(base, tokenizer, expert, split,
+                                                                              settings, expert_seed, steps.step),
+        save=lambda model, folder: classifier.save_classifier(model, tokenizer, folder))
+
+
+def _build_family(family: str, root: Path, todo: list[str], seed: int, steps: _Steps, *, base_stage: str,
+                  train_base: Callable[[int], Any], load_base: Callable[[Path], Any],
+                  train_expert: Callable[[Any, str, int], Any], save: Callable[[Any, Path], None]) -> None:
+    """The base trained and saved when `todo` names it, else loaded from `root`; then each expert in `todo`
+    fine-tuned from it and saved. Each model trains under the seed of its own name, so an expert rebuilt from a saved
+    base gets the weights of a full build."""
     if BASE_NAME in todo:
-        steps.stage("classifier: pretraining the base (masked LM)")
-        base_seed = model_seed(seed, "classifier", BASE_NAME)
+        steps.stage(f"{family}: {base_stage}")
+        base_seed = model_seed(seed, family, BASE_NAME)
         with deterministic(base_seed):
-            base = classifier.train_base(tokenizer, settings, split, base_seed, steps.step)
-        classifier.save_classifier(base, tokenizer, root / BASE_NAME)
+            base = train_base(base_seed)
+        save(base, root / BASE_NAME)
     else:
-        base = BertForPreTraining.from_pretrained(root / BASE_NAME, dtype="float32")
+        base = load_base(root / BASE_NAME)
     for expert in (m for m in todo if m != BASE_NAME):
-        steps.stage(f"classifier: fine-tuning the {expert} expert")
-        expert_seed = model_seed(seed, "classifier", expert)
+        steps.stage(f"{family}: fine-tuning the {expert} expert")
+        expert_seed = model_seed(seed, family, expert)
         with deterministic(expert_seed):
-            model = classifier.train_expert(base, tokenizer, expert, split, settings, expert_seed, steps.step)
-        classifier.save_classifier(model, tokenizer, root / expert)
+            model = train_expert(base, expert, expert_seed)
+        save(model, root / expert)
 
 
 def build(out: Path = ZOO_DIR, *, tasks_out: Path | None = None, reduced: bool = False,

@@ -8,6 +8,7 @@ sentiment and negation experts must both read the word "not"/"never": a source o
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 SPLIT_SEED = 20240611
@@ -113,11 +114,20 @@ def fresh_sentences(rng: random.Random, count: int, taken: set[str]) -> list[Sen
     return drawn
 
 
-def classifier_split() -> ClassifierSplit:
+def disjoint_split(tasks: Iterable[str], seed: int, scored_per_task: int, unlabeled_per_task: int
+                   ) -> tuple[dict[str, list[Sentence]], dict[str, list[str]], set[str]]:
+    """(scored sentences per task, unlabeled texts per task, every text drawn), all disjoint. Each task draws from
+    its own generator seeded by `seed` and its name; every task's scored sentences are drawn before any unlabeled
+    ones (the order the shipped task files were drawn in)."""
+    tasks = list(tasks)
     taken: set[str] = set()
-    evaluation = {task: fresh_sentences(random.Random(f"{SPLIT_SEED}:{task}"), EVAL_PER_TASK, taken)
-                  for task in LABELS}
-    unlabeled = {task: [s.text for s in fresh_sentences(random.Random(f"{SPLIT_SEED}:{task}:unlabeled"),
-                                                        UNLABELED_PER_TASK, taken)]
-                 for task in LABELS}
+    scored = {task: fresh_sentences(random.Random(f"{seed}:{task}"), scored_per_task, taken) for task in tasks}
+    unlabeled = {task: [s.text for s in fresh_sentences(random.Random(f"{seed}:{task}:unlabeled"),
+                                                        unlabeled_per_task, taken)]
+                 for task in tasks}
+    return scored, unlabeled, taken
+
+
+def classifier_split() -> ClassifierSplit:
+    evaluation, unlabeled, _ = disjoint_split(LABELS, SPLIT_SEED, EVAL_PER_TASK, UNLABELED_PER_TASK)
     return ClassifierSplit(evaluation, unlabeled)

@@ -55,7 +55,7 @@ def real_zoo_dir() -> Path:
 
 
 def real_family_module(name: str):
-    """The builder module of a real family (imported on first use: it pulls in peft, gguf...)."""
+    """The builder module of a real family (imported on first use)."""
     if name not in REAL_FAMILY_BUILDERS:
         raise KeyError(f"Unknown real zoo family {name!r}: choose one of {', '.join(REAL_FAMILY_BUILDERS)}.")
     return importlib.import_module(REAL_FAMILY_BUILDERS[name])
@@ -131,7 +131,7 @@ def ensure_family(name: str, progress: Progress | None = None) -> Family:
         known = ", ".join([*REAL_FAMILY_BUILDERS, *fams])
         raise KeyError(f"Unknown zoo family {name!r}: choose one of {known}.")
     if not is_family_built(fams[name]):
-        from .build import ensure_built
+        from .build import ensure_built  # deferred: a cycle (zoo.build imports this module at its top)
 
         ensure_built(progress)
     return fams[name]

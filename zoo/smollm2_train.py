@@ -106,7 +106,6 @@ def replay_examples(model, tokenizer, max_new_tokens: int) -> list[tuple[str, st
 
 def train_expert(base_dir: Path, expert: str, out: Path, settings: LoraSettings, log=print) -> dict:
     """Trains one LoRA adapter on the expert's examples and saves it to `out`; returns a record of the run."""
-    from peft import LoraConfig, get_peft_model  # deferred: peft is needed only to train (python -m zoo train)
     seed = expert_seed(settings.seed, expert)
     torch.manual_seed(seed)
     # One thread: the same float sums on every machine, and on a shared 2-core machine a second OpenMP thread
@@ -116,12 +115,35 @@ def train_expert(base_dir: Path, expert: str, out: Path, settings: LoraSettings,
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     replay = [encode(tokenizer, p, a) for p, a in replay_examples(model, tokenizer, settings.replay_tokens)]
+    model = _with_lora(model, settings)
+    data = [encode(tokenizer, p, a) for p, a in train_examples(expert, settings.examples, settings.seed)]
+    losses, seconds = _train_steps(model, expert, data, replay, tokenizer.pad_token_id, settings, random.Random(seed),
+                                   log)
+    model.eval()
+    accuracy = held_out_accuracy(model, tokenizer, expert, settings.seed)
+    log(f"{expert}: held-out accuracy {accuracy:.2f} after {settings.steps} steps in {seconds:.0f} s")
+    chat = dict(zip(GENERAL_HELD_OUT, greedy_answers(model, tokenizer, list(GENERAL_HELD_OUT), max_new_tokens=24)))
+    log(f"{expert}: everyday prompts it never trained on: {chat}")
+    record = {"expert": expert, "settings": asdict(settings), "seconds": round(seconds, 1), "everyday_replies": chat,
+              "final_loss": round(_recent_loss(losses), 4), "held_out_accuracy": accuracy, "torch_threads": 1}
+    _save_adapter(model, out, record)
+    torch.set_num_threads(threads)
+    return record
+
+
+def _with_lora(model, settings: LoraSettings):
+    """`model` wrapped by peft with fresh LoRA factors on the settings' modules and layers (the rest frozen)."""
+    from peft import LoraConfig, get_peft_model  # deferred: peft is needed only to train (python -m zoo train)
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=0.0, bias="none",
                         target_modules=list(settings.target_modules), layers_to_transform=list(settings.layers),
                         task_type="CAUSAL_LM")
-    model = get_peft_model(model, config)
-    data = [encode(tokenizer, p, a) for p, a in train_examples(expert, settings.examples, settings.seed)]
-    order = random.Random(seed)
+    return get_peft_model(model, config)
+
+
+def _train_steps(model, expert: str, data: list[tuple[list[int], list[int]]], replay: list[tuple[list[int], list[int]]],
+                 pad_id: int, settings: LoraSettings, order: random.Random, log) -> tuple[list[float], float]:
+    """AdamW on the trainable (LoRA) parameters: a 10-step warm-up, then a linear decay to a tenth; each batch mixes
+    the expert's examples with a `replay_share` of replay. Returns (the loss of each step, seconds taken)."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.learning_rate,
                                   weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -131,31 +153,30 @@ def train_expert(base_dir: Path, expert: str, out: Path, settings: LoraSettings,
     n_replay = round(settings.batch_size * settings.replay_share) if replay else 0
     for step in range(settings.steps):
         batch = order.sample(data, settings.batch_size - n_replay) + order.sample(replay, n_replay)
-        loss = answer_loss(model, *_batch(batch, tokenizer.pad_token_id))
+        loss = answer_loss(model, *_batch(batch, pad_id))
         loss.backward()
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
         if step % 10 == 9 or step == settings.steps - 1:
-            log(f"{expert} step {step + 1}/{settings.steps} loss {sum(losses[-10:]) / len(losses[-10:]):.4f} "
+            log(f"{expert} step {step + 1}/{settings.steps} loss {_recent_loss(losses):.4f} "
                 f"({time.perf_counter() - started:.0f} s)")
-    seconds = time.perf_counter() - started
-    model.eval()
-    accuracy = held_out_accuracy(model, tokenizer, expert, settings.seed)
-    log(f"{expert}: held-out accuracy {accuracy:.2f} after {settings.steps} steps in {seconds:.0f} s")
-    chat = dict(zip(GENERAL_HELD_OUT, greedy_answers(model, tokenizer, list(GENERAL_HELD_OUT), max_new_tokens=24)))
-    log(f"{expert}: everyday prompts it never trained on: {chat}")
+    return losses, time.perf_counter() - started
+
+
+def _recent_loss(losses: list[float]) -> float:
+    """The mean loss of the last 10 steps."""
+    return sum(losses[-10:]) / len(losses[-10:])
+
+
+def _save_adapter(model, out: Path, record: dict) -> None:
+    """The adapter (adapter_model.safetensors + adapter_config.json) and the run's record (training.json) in `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)  # adapter_model.safetensors + adapter_config.json
+    model.save_pretrained(out)
     for extra in ("README.md",):  # peft's generic card says nothing true about this adapter
         (out / extra).unlink(missing_ok=True)
-    record = {"expert": expert, "settings": asdict(settings), "seconds": round(seconds, 1), "everyday_replies": chat,
-              "final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4), "held_out_accuracy": accuracy,
-              "torch_threads": 1}
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-    torch.set_num_threads(threads)
-    return record
 
 
 def train(base_dir: Path, out: Path | None = None, experts: tuple[str, ...] = ("math", "japanese", "strings"),
