@@ -114,8 +114,9 @@ def percentile(values: list[float], q: float) -> float:
 def bench_handlers(n: int, family: str, device: str | None) -> tuple[dict[str, list[float]], str]:
     from ui import models_panel, resources
     from ui.hosting import HostConfig
+    from ui.merge_record import MergeSettings
     from ui.session import new_session
-    from ui.workspace import MergeSettings, merge_live
+    from ui.workspace import merge_live
 
     if device:
         resources.device = lambda: device  # the app picks cuda by itself on a GPU host; this forces the choice

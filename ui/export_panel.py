@@ -17,7 +17,6 @@ from merging.export import RecipeExport, mergekit_export
 from ui.catalog import hub_reachable
 from ui.feedback import guarded, in_place_error
 from ui.hosting import HostConfig
-from ui.merge_record import record_saved
 from ui.resources import device
 from ui.session import Session
 from ui.workspace import engine_recipe, require_models
@@ -71,7 +70,7 @@ def _save(session: Session, config: HostConfig, name: str, progress: Any = None)
     session.cancel.clear()
     merge_to_folder(recipe, out, device=device(), seed=record.settings.seed, progress=report, cancel=session.cancel,
                     overwrite=True)
-    record_saved(session, record, out)
+    session.record_saved(record, out)
     return out
 
 

@@ -24,9 +24,10 @@ from merging.recipe import Recipe
 from ui.evaluate_panel import evaluator_for, task_set_for
 from ui.feedback import guarded
 from ui.hosting import HostConfig
+from ui.merge_record import MergeSettings
 from ui.resources import device, on_gpu
 from ui.session import Session
-from ui.workspace import MergeSettings, build_recipe, require_models, write_learned
+from ui.workspace import build_recipe, require_models, write_learned
 
 LEARN_METHODS = ("samerging", "adamerging")
 

@@ -16,8 +16,9 @@ from merging.methods import get_method, list_methods
 from merging.methods.registry import Method, Param
 from ui.export_panel import task_folders_text
 from ui.hosting import HostConfig
+from ui.merge_record import MergeSettings
 from ui.session import Session
-from ui.workspace import HIDDEN_PARAMS, MergeSettings, merge_live, merge_to_folder, require_models
+from ui.workspace import HIDDEN_PARAMS, merge_live, merge_to_folder, require_models
 
 MAX_SOURCES = 8  # weight sliders made up front; the ones beyond the chosen sources stay hidden
 # "hidden" keeps a control mounted but invisible: a control made visible=False is not in the page, and updates that

@@ -1,4 +1,5 @@
-"""The session's current merge: one record made in one place (`record_merge`), read by every panel. Chat, Evaluate,
+"""The session's current merge: what the Merge panel's controls said (`MergeSettings`) and the record of one merge
+(`MergeRecord`), made in one place (`ui.session.Session.record_merge`) and read by every panel. Chat, Evaluate,
 Interference, Export and the downloads use the record the controls produced last, never an earlier merge: the
 record's `version` is new for every merge (across all sessions), a merged folder is read through a cache keyed by
 its content (inference.cache.folder_identity), and results.json names the record's recipe."""
@@ -7,25 +8,48 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
+from merging.errors import RecipeError
 from merging.recipe import Recipe
-
-if TYPE_CHECKING:  # typing only: ui.workspace imports this module
-    from ui.session import Session
-    from ui.workspace import MergeSettings
 
 Mode = Literal["live", "folder", "learned"]
 _VERSIONS = itertools.count(1)
 _VERSIONS_LOCK = threading.Lock()
 
 
-def _next_version() -> int:
+def next_version() -> int:
     with _VERSIONS_LOCK:
         return next(_VERSIONS)
+
+
+@dataclass
+class MergeSettings:
+    """What the Merge panel's controls say: a method, one weight per source (in source order), the method's other
+    parameters (applied to every model), and a seed for random methods."""
+
+    method: str
+    weights: list[float]
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> MergeSettings:
+        if not isinstance(raw, dict):
+            raise RecipeError('Merge settings must be a JSON object like {"method": "ties", "weights": [0.5, 0.5], '
+                              '"params": {"density": 0.5}, "seed": 0}.')
+        try:
+            weights = [float(w) for w in raw.get("weights") or []]
+            seed = int(raw.get("seed") or 0)
+        except (TypeError, ValueError):
+            raise RecipeError("weights must be numbers (one per source model) and seed an integer.") from None
+        return cls(method=str(raw.get("method") or ""), weights=weights, params=dict(raw.get("params") or {}),
+                   seed=seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "weights": list(self.weights), "params": dict(self.params), "seed": self.seed}
 
 
 @dataclass(frozen=True)
@@ -53,25 +77,3 @@ class MergeRecord:
         """One line for reports and results: method, where, version."""
         where = {"live": "in memory", "learned": "learned, in memory", "folder": f"folder {self.folder}"}[self.mode]
         return f"{self.recipe.merge_method} ({where}, {self.dtype}, merge #{self.version})"
-
-
-def record_merge(session: Session, settings: MergeSettings, recipe: Recipe, mode: Mode, *, dtype: str,
-                 seconds: float, folder: Path | None = None, learned: Any = None) -> MergeRecord:
-    """Make the session's current merge. The only place a merge is recorded: the previous one's results (the last
-    evaluation, which scored it) are dropped, so nothing downstream can mix the two."""
-    record = MergeRecord(settings=settings, recipe=recipe, mode=mode, dtype=dtype, version=_next_version(),
-                         created=time.time(), seconds=seconds, folder=folder, learned=learned)
-    with session.lock:
-        session.merge = record
-        session.evaluation = None
-        if learned is not None:
-            session.learned = learned
-    return record
-
-
-def record_saved(session: Session, record: MergeRecord, folder: Path) -> None:
-    """The current merge was also written to `folder` (Export): same merge, same version, now with a folder. A
-    merge recorded meanwhile is left alone."""
-    with session.lock:
-        if session.merge is record:
-            session.merge = replace(record, folder=folder)

@@ -20,9 +20,9 @@ from ui import (
 )
 from ui.feedback import error_markdown, guarded, in_place_error, take_error, user_message
 from ui.hosting import HostConfig
+from ui.merge_record import MergeSettings
 from ui.resources import on_gpu
 from ui.session import FreshSession, Session, close_session, new_session
-from ui.workspace import MergeSettings
 
 TITLE = "MergeLab"
 INTRO = ("Merge fine-tuned models with mergekit-compatible methods, chat with the result beside its sources, and see "

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # typing only (heavy imports, and ui.workspace imports this module)
+from ui.merge_record import MergeRecord, MergeSettings, Mode, next_version
+
+if TYPE_CHECKING:  # typing only: heavy imports
     from evaluation.agreement import EvalResult
     from evaluation.sweep import SweepResult
     from inference import LoadedModel
@@ -19,8 +22,6 @@ if TYPE_CHECKING:  # typing only (heavy imports, and ui.workspace imports this m
     from merging.live import LiveMerger, LivePlan
     from merging.preflight import PreflightReport
     from merging.recipe import Recipe
-    from ui.merge_record import MergeRecord
-    from ui.workspace import MergeSettings
 
 
 @dataclass
@@ -36,7 +37,7 @@ class SourceModel:
 @dataclass
 class Session:
     """Everything one user has picked, merged and measured. The current merge is one record (`merge`, made only by
-    ui.merge_record.record_merge); the panels read it."""
+    `record_merge`); the panels read it."""
 
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     # --- the chosen models (ui.workspace.select_models)
@@ -96,6 +97,26 @@ class Session:
     def merged_folder(self, models_dir: Path, name: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip(".-") or "merged"
         return models_dir / "merged" / self.id / safe
+
+    def record_merge(self, settings: MergeSettings, recipe: Recipe, mode: Mode, *, dtype: str, seconds: float,
+                     folder: Path | None = None, learned: LearnedMerge | None = None) -> MergeRecord:
+        """Make this session's current merge. The only place a merge is recorded: the previous one's results (the
+        last evaluation, which scored it) are dropped, so nothing downstream can mix the two."""
+        record = MergeRecord(settings=settings, recipe=recipe, mode=mode, dtype=dtype, version=next_version(),
+                             created=time.time(), seconds=seconds, folder=folder, learned=learned)
+        with self.lock:
+            self.merge = record
+            self.evaluation = None
+            if learned is not None:
+                self.learned = learned
+        return record
+
+    def record_saved(self, record: MergeRecord, folder: Path) -> None:
+        """The current merge was also written to `folder` (Export): same merge, same version, now with a folder. A
+        merge recorded meanwhile is left alone."""
+        with self.lock:
+            if self.merge is record:
+                self.merge = replace(record, folder=folder)
 
     def reset_models(self) -> None:
         """Forget everything derived from the previous choice of models."""

@@ -8,7 +8,6 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from merging.recipe import Recipe, validate_recipe
 from merging.sources import open_model, validate_hub_id
 from ui.catalog import require_hub
 from ui.hosting import APP_ROOT, HostConfig
-from ui.merge_record import MergeRecord, record_merge
+from ui.merge_record import MergeRecord, MergeSettings
 from ui.resources import device, private_copy, shared_model
 from ui.session import Session, SourceModel
 
@@ -153,33 +152,6 @@ def require_models(session: Session) -> None:
 
 
 # --- recipes from the merge controls -----------------------------------------------------------------------------
-
-@dataclass
-class MergeSettings:
-    """What the Merge panel's controls say: a method, one weight per source (in source order), the method's other
-    parameters (applied to every model), and a seed for random methods."""
-
-    method: str
-    weights: list[float]
-    params: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-
-    @classmethod
-    def from_dict(cls, raw: Any) -> MergeSettings:
-        if not isinstance(raw, dict):
-            raise RecipeError('Merge settings must be a JSON object like {"method": "ties", "weights": [0.5, 0.5], '
-                              '"params": {"density": 0.5}, "seed": 0}.')
-        try:
-            weights = [float(w) for w in raw.get("weights") or []]
-            seed = int(raw.get("seed") or 0)
-        except (TypeError, ValueError):
-            raise RecipeError("weights must be numbers (one per source model) and seed an integer.") from None
-        return cls(method=str(raw.get("method") or ""), weights=weights, params=dict(raw.get("params") or {}),
-                   seed=seed)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "weights": list(self.weights), "params": dict(self.params), "seed": self.seed}
-
 
 def method_param_names(method_name: str) -> list[str]:
     """The parameters the Merge panel shows for a method, besides the per-model weights."""
@@ -376,7 +348,7 @@ def merge_live(session: Session, settings: MergeSettings) -> MergeRecord:
             raise CompatibilityError("The merged tensors do not match the model's parameter names; merge to a "
                                      "folder and load it instead.")
         dtype = str(session.live.output_dtype(recipe)).removeprefix("torch.")
-        return record_merge(session, settings, build_recipe(session, settings, by="path"), "live", dtype=dtype,
+        return session.record_merge(settings, build_recipe(session, settings, by="path"), "live", dtype=dtype,
                             seconds=time.perf_counter() - started)
 
 
@@ -422,7 +394,7 @@ def write_learned(session: Session, learned: Any, recipe: Recipe, seconds: float
                 if found is not None and found.shape == value.shape:
                     found.copy_(value.to(out))
         settings = MergeSettings("task_arithmetic", [0.0] * len(session.sources))
-        return record_merge(session, settings, recipe, "learned", dtype=dtype, seconds=seconds, learned=learned)
+        return session.record_merge(settings, recipe, "learned", dtype=dtype, seconds=seconds, learned=learned)
 
 
 # --- merging to a folder -----------------------------------------------------------------------------------------
@@ -449,7 +421,7 @@ def merge_to_folder(
 
     result = engine_merge(engine_recipe, out, device=device(), seed=settings.seed, progress=report,
                           cancel=session.cancel, overwrite=True)
-    record_merge(session, settings, recipe, "folder", dtype=result.out_dtype, folder=out,
+    session.record_merge(settings, recipe, "folder", dtype=result.out_dtype, folder=out,
                  seconds=time.perf_counter() - started)
     if session.kind == "classifier" and session.live is not None:
         # Classify reads the session's per-task models: give them the same merge the folder holds.
