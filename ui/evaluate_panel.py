@@ -93,8 +93,9 @@ def evaluate(session: Session, config: HostConfig, uploaded: str | None = None,
     tasks = task_set_for(session, uploaded, per_task)
     evaluator = evaluator_for(session, tasks, (tasks.source, per_task, tuple(session.labels), session.base.ref))
     result = score_merged(session, evaluator)
-    if session.merge is record:  # a merge made while scoring is not what was scored: keep no result for it
-        session.evaluation = result
+    with session.lock:  # a merge made while scoring is not what was scored: keep no result for it
+        if session.merge is record:
+            session.evaluation = result
     return {"recipe": record.recipe.to_dict(), "merge": {"version": record.version, "mode": record.mode,
                                                          "dtype": record.dtype}, **result.to_dict()}
 
