@@ -1,8 +1,9 @@
 """Command line: `python -m merging run RECIPE.yaml OUT_DIR`, `python -m merging check RECIPE.yaml`.
 
 Subcommands live in `SUBCOMMANDS` (name -> Subcommand). Another module adds its own by calling
-`merging.cli.register_subcommand(...)` at import and being listed in `EXTENSIONS` (imported by name when the parser is built; the
-registry is here, not in __main__, so that importing it never runs a second copy of the entry point).
+`merging.cli.register_subcommand(...)` at import and being listed in `EXTENSIONS` (imported by name when the
+parser is built; the registry is here, not in __main__, so that importing it never runs a second copy of the entry
+point).
 Exit codes (the CLI contract, also in `--help` and DEVELOPERS.md): see EXIT_CODES_HELP. User errors print one
 short paragraph (`Error: ...`); anything unexpected prints a one-line internal-error message, with the traceback only
 under `--debug` or MERGELAB_DEBUG=1.

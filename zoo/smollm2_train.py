@@ -13,6 +13,8 @@ import json
 import random
 import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -108,27 +110,36 @@ def train_expert(base_dir: Path, expert: str, out: Path, settings: LoraSettings,
     """Trains one LoRA adapter on the expert's examples and saves it to `out`; returns a record of the run."""
     seed = expert_seed(settings.seed, expert)
     torch.manual_seed(seed)
-    # One thread: the same float sums on every machine, and on a shared 2-core machine a second OpenMP thread
-    # mostly waits for the first.
+    with _one_thread():
+        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        replay = [encode(tokenizer, p, a) for p, a in replay_examples(model, tokenizer, settings.replay_tokens)]
+        model = _with_lora(model, settings)
+        data = [encode(tokenizer, p, a) for p, a in train_examples(expert, settings.examples, settings.seed)]
+        losses, seconds = _train_steps(model, expert, data, replay, tokenizer.pad_token_id, settings,
+                                       random.Random(seed), log)
+        model.eval()
+        accuracy = held_out_accuracy(model, tokenizer, expert, settings.seed)
+        log(f"{expert}: held-out accuracy {accuracy:.2f} after {settings.steps} steps in {seconds:.0f} s")
+        chat = dict(zip(GENERAL_HELD_OUT, greedy_answers(model, tokenizer, list(GENERAL_HELD_OUT), max_new_tokens=24)))
+        log(f"{expert}: everyday prompts it never trained on: {chat}")
+        record = {"expert": expert, "settings": asdict(settings), "seconds": round(seconds, 1),
+                  "everyday_replies": chat, "final_loss": round(_recent_loss(losses), 4),
+                  "held_out_accuracy": accuracy, "torch_threads": 1}
+        _save_adapter(model, out, record)
+    return record
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Train on one thread (restored after, also on failure): the same float sums on every machine, and on a shared
+    2-core machine a second OpenMP thread mostly waits for the first."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    replay = [encode(tokenizer, p, a) for p, a in replay_examples(model, tokenizer, settings.replay_tokens)]
-    model = _with_lora(model, settings)
-    data = [encode(tokenizer, p, a) for p, a in train_examples(expert, settings.examples, settings.seed)]
-    losses, seconds = _train_steps(model, expert, data, replay, tokenizer.pad_token_id, settings, random.Random(seed),
-                                   log)
-    model.eval()
-    accuracy = held_out_accuracy(model, tokenizer, expert, settings.seed)
-    log(f"{expert}: held-out accuracy {accuracy:.2f} after {settings.steps} steps in {seconds:.0f} s")
-    chat = dict(zip(GENERAL_HELD_OUT, greedy_answers(model, tokenizer, list(GENERAL_HELD_OUT), max_new_tokens=24)))
-    log(f"{expert}: everyday prompts it never trained on: {chat}")
-    record = {"expert": expert, "settings": asdict(settings), "seconds": round(seconds, 1), "everyday_replies": chat,
-              "final_loss": round(_recent_loss(losses), 4), "held_out_accuracy": accuracy, "torch_threads": 1}
-    _save_adapter(model, out, record)
-    torch.set_num_threads(threads)
-    return record
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _with_lora(model, settings: LoraSettings):
