@@ -3,13 +3,14 @@ tasks by one evaluator, and why a learned merge that does not beat task arithmet
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
 import torch
 
 from evaluation.agreement import EvalResult, Evaluator, compare_merges
+from merging.recipe import Recipe
 
 # Baselines the learned merge is compared with (weights as FusionBench's GPT-2 reference settings).
 BASELINES = {"task arithmetic": ("task_arithmetic", {}), "TIES": ("ties", {"density": 0.5})}
@@ -39,6 +40,19 @@ def baseline_settings(n_sources: int) -> dict[str, dict[str, Any]]:
     BASELINE_WEIGHT."""
     return {name: {"method": method, "weights": [BASELINE_WEIGHT] * n_sources, "params": dict(params), "seed": 0}
             for name, (method, params) in BASELINES.items()}
+
+
+def settings_recipe(base_model: str, models: Sequence[str], settings: Mapping[str, Any]) -> Recipe:
+    """Merge settings as baseline_settings gives them, as a recipe over `base_model` and `models` (the refs a
+    LiveMerger is keyed by): for a caller without the Merge tab's recipe builder (python -m evaluation compare)."""
+    data: dict[str, Any] = {
+        "merge_method": settings["method"], "base_model": base_model, "dtype": "float32",
+        "models": [{"model": ref, "parameters": {"weight": float(w)}} for ref, w in zip(models, settings["weights"],
+                                                                                        strict=True)],
+    }
+    if settings.get("params"):
+        data["parameters"] = dict(settings["params"])
+    return Recipe.from_dict(data)
 
 
 def compare_with_baselines(evaluator: Evaluator, method: str, learned: Callable[[], Weights],

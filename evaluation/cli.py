@@ -4,6 +4,8 @@
     python -m evaluation sweep RECIPE.yaml --tasks FILE.jsonl --weights 0.2:1.0:0.2 --densities 0.2:1.0:0.2
                                [--method ties,dare_ties] [--metric accuracy] --out FILE.json   (+ .csv, .best.yaml)
     python -m evaluation interference RECIPE.yaml [--density 0.5] --out FILE.json
+    python -m evaluation compare LEARNED_DIR --tasks FILE.jsonl --out FILE.json    (a learned merge beside task
+                               arithmetic and TIES, as the Learn tab's Compare; LEARNED_DIR from python -m merging learn)
 
 User errors (MergeLabError) print one paragraph and exit with status 2, without a traceback.
 The experts' generated answers are kept in a cache folder (--cache-dir, default $MERGELAB_ANSWER_CACHE or
@@ -168,6 +170,49 @@ def _interference(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- compare --------------------------------------------------------------------------------------------------
+
+
+def _compare(args: argparse.Namespace) -> int:
+    _quiet_transformers()
+    from evaluation.baselines import (  # deferred: torch (module comment)
+        baseline_settings,
+        compare_with_baselines,
+        settings_recipe,
+        why_not_better,
+    )
+    from evaluation.charts import comparison_markdown  # deferred: plotly (module comment)
+    from evaluation.sweep import prepare_sweep  # deferred: torch (module comment)
+
+    folder = Path(args.learned)
+    recipe, info = folder / "recipe.yaml", folder / "learned.json"
+    if not recipe.is_file() or not info.is_file():
+        raise MergeLabError(f"{folder} is not a learned merge: it needs recipe.yaml and learned.json, as "
+                            "`python -m merging learn --out DIR` writes them.")
+    learned = json.loads(info.read_text(encoding="utf-8"))
+    method = learned["method"]
+    tasks = load_tasks(args.tasks).limited(args.per_task)
+    setup = prepare_sweep(recipe, tasks, experts=learned["experts"], device=args.device, dtype=_dtype(args),
+                          answer_cache=_answer_cache(args))
+    base = setup.template.base_model
+    refs = [m.model for m in setup.template.models if m.model != base]
+
+    def merge(settings: Mapping[str, Any]) -> Any:
+        return setup.merger.merge(settings_recipe(base, refs, settings), seed=0)
+
+    scores = compare_with_baselines(setup.evaluator, method, lambda: setup.merger.merge(setup.template, seed=0),
+                                    merge, len(refs))
+    print(comparison_markdown(scores))
+    reason = why_not_better(method, scores)
+    if reason:
+        print(f"\nWhy the learned merge does not beat task arithmetic here: {reason}")
+    baselines = {name: settings_recipe(base, refs, s).to_dict() for name, s in baseline_settings(len(refs)).items()}
+    data = {"learned": str(folder), "method": method, "tasks_file": str(args.tasks), "baselines": baselines,
+            "scores": {name: result.to_dict() for name, result in scores.items()}, "why_not_better": reason}
+    print(f"wrote {_write_json(args.out, data)}")
+    return 0
+
+
 # --- entry point ----------------------------------------------------------------------------------------------
 
 
@@ -222,6 +267,18 @@ def build_parser() -> argparse.ArgumentParser:
     interference.add_argument("--per-tensor", action="store_true", help="also write one row per tensor")
     interference.add_argument("--out", required=True, help="report JSON file")
     interference.set_defaults(handler=_interference)
+
+    compare = commands.add_parser("compare", help="a learned merge beside task arithmetic and TIES, on one task set")
+    compare.add_argument("learned", help="a learned merge's folder (recipe.yaml + learned.json, from "
+                                         "python -m merging learn)")
+    compare.add_argument("--tasks", required=True, help="JSONL task file")
+    compare.add_argument("--out", required=True, help="results JSON file")
+    compare.add_argument("--per-task", type=int, default=None, help="only the first N examples of each task")
+    compare.add_argument("--device", default="cpu", help="where the experts and the scored model run; default cpu")
+    compare.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 | auto; default: the models' "
+                                                       "own where fast, else float32")
+    _cache_arguments(compare)
+    compare.set_defaults(handler=_compare)
     return parser
 
 

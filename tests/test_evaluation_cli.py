@@ -10,7 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from evaluation.baselines import BASELINE_WEIGHT, WHY_NOT
 from evaluation.cli import main
+from merging.engine import merge_to_folder
+from merging.learned.recipe_io import save_learned
+from merging.recipe import Recipe
 from tests.factory import make_family
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,6 +106,39 @@ def test_interference_writes_the_report(models, tmp_path, capsys):
     assert data["tasks"] == ["expert0", "expert1"] and data["density"] == 0.3
     assert 0.0 <= data["overall"]["sign_conflict_rate"] <= 1.0
     assert "sign conflicts" in capsys.readouterr().out
+
+
+def test_compare_scores_a_learned_merge_beside_the_baselines(models, tmp_path, capsys):
+    """A learned merge whose task-wise λ is the baselines' weight is task arithmetic itself: the two score alike and
+    the verdict says why the learned one did not win. TIES scores as its own merged folder does under `run`."""
+    mistral, _, tasks, _ = models
+    experts = {f"expert{i}": str(path) for i, path in enumerate(mistral.experts)}
+    learned = tmp_path / "learned"
+    save_learned(learned, base=str(mistral.base), experts=experts, names=[],
+                 coefficients=torch.full((len(experts),), BASELINE_WEIGHT), info={"method": "samerging"})
+    out = tmp_path / "compare.json"
+    assert main(["compare", str(learned), "--tasks", str(tasks), "--out", str(out)]) == 0
+    data = json.loads(out.read_text(encoding="utf-8"))
+    scores = data["scores"]
+    assert list(scores) == ["learned (samerging)", "task arithmetic", "TIES"]
+    assert scores["learned (samerging)"]["outputs"] == scores["task arithmetic"]["outputs"]
+    assert scores["TIES"]["outputs"] != scores["task arithmetic"]["outputs"]  # the baselines are different merges
+    assert data["why_not_better"] == WHY_NOT["samerging"]
+    assert "mean agreement" in capsys.readouterr().out
+
+    folder = tmp_path / "ties"
+    merge_to_folder(Recipe.from_dict(data["baselines"]["TIES"]), folder)
+    assert main(["run", "--model", str(folder), "--tasks", str(tasks), "--out", str(tmp_path / "ties.json"),
+                 *_experts(mistral)]) == 0
+    by_engine = json.loads((tmp_path / "ties.json").read_text(encoding="utf-8"))
+    assert by_engine["outputs"] == scores["TIES"]["outputs"]
+    assert by_engine["summary"] == scores["TIES"]["summary"]
+
+
+def test_compare_refuses_a_folder_that_is_not_a_learned_merge(models, tmp_path, capsys):
+    _, _, tasks, _ = models
+    _fails(["compare", str(tmp_path), "--tasks", str(tasks), "--out", str(tmp_path / "c.json")],
+           "is not a learned merge", capsys)
 
 
 def _fails(argv: list[str], message: str, capsys) -> None:
