@@ -216,7 +216,14 @@ def _compare(args: argparse.Namespace) -> int:
 # --- entry point ----------------------------------------------------------------------------------------------
 
 
-def _cache_arguments(parser: argparse.ArgumentParser) -> None:
+def _scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    """What every subcommand that generates answers takes: how many examples, where and in which dtype, threads and
+    the experts' answer cache."""
+    parser.add_argument("--per-task", type=int, default=None, help="only the first N examples of each task")
+    parser.add_argument("--device", default="cpu", help="where the experts and the scored model run: cpu or cuda; "
+                        "default cpu")
+    parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 | auto; default: the models' own "
+                        "where fast (GPU, CPU with native bf16), else float32")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads; 1 is steadier on a busy 2-core machine (docs/benchmarks.md, Scoring)")
     parser.add_argument("--cache-dir", default=None,
@@ -234,11 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tasks", required=True, help="JSONL task file")
     run.add_argument("--expert", action="append", metavar="NAME=DIR", help="an expert to measure agreement with")
     run.add_argument("--out", required=True, help="results JSON file")
-    run.add_argument("--per-task", type=int, default=None, help="only the first N examples of each task")
-    run.add_argument("--device", default="cpu", help="cpu or cuda; default cpu")
-    run.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 | auto; default: the models' own "
-                     "where fast (GPU, CPU with native bf16), else float32")
-    _cache_arguments(run)
+    _scoring_arguments(run)
     run.set_defaults(handler=_run)
 
     sweep = commands.add_parser("sweep", help="merge and score a weight x density grid in memory")
@@ -251,13 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="agreement | accuracy | normalized_accuracy, or TASK.METRIC; default accuracy")
     sweep.add_argument("--expert", action="append", metavar="NAME=DIR",
                        help="name a recipe model after the expert its tasks name (default: its folder name)")
-    sweep.add_argument("--per-task", type=int, default=None, help="only the first N examples of each task")
     sweep.add_argument("--seed", type=int, default=0, help="seed for random methods; default 0")
     sweep.add_argument("--out", required=True, help="results JSON file (the CSV and best recipe go beside it)")
-    sweep.add_argument("--device", default="cpu", help="where the experts and the scored model run; default cpu")
-    sweep.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 | auto; default: the models' "
-                       "own where fast (GPU, CPU with native bf16), else float32")
-    _cache_arguments(sweep)
+    _scoring_arguments(sweep)
     sweep.add_argument("--quiet", action="store_true", help="no progress lines")
     sweep.set_defaults(handler=_sweep)
 
@@ -273,11 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "python -m merging learn)")
     compare.add_argument("--tasks", required=True, help="JSONL task file")
     compare.add_argument("--out", required=True, help="results JSON file")
-    compare.add_argument("--per-task", type=int, default=None, help="only the first N examples of each task")
-    compare.add_argument("--device", default="cpu", help="where the experts and the scored model run; default cpu")
-    compare.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 | auto; default: the models' "
-                                                       "own where fast, else float32")
-    _cache_arguments(compare)
+    _scoring_arguments(compare)
     compare.set_defaults(handler=_compare)
     return parser
 
