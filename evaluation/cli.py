@@ -181,7 +181,7 @@ def _compare(args: argparse.Namespace) -> int:
         settings_recipe,
         why_not_better,
     )
-    from evaluation.charts import comparison_markdown  # deferred: plotly (module comment)
+    from evaluation.charts import comparison_markdown  # deferred: plotly, which charts.py imports, is slow to import
     from evaluation.sweep import prepare_sweep  # deferred: torch (module comment)
 
     folder = Path(args.learned)
