@@ -176,6 +176,7 @@ def _interference(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     _quiet_transformers()
     from evaluation.baselines import (  # deferred: torch (module comment)
+        WHY_NOT,
         baseline_settings,
         compare_with_baselines,
         settings_recipe,
@@ -183,16 +184,23 @@ def _compare(args: argparse.Namespace) -> int:
     )
     from evaluation.charts import comparison_markdown  # deferred: plotly, which charts.py imports, is slow to import
     from evaluation.sweep import prepare_sweep  # deferred: torch (module comment)
+    from merging.learned.recipe_io import INFO_FILE, RECIPE_FILE  # deferred: torch (module comment)
 
     folder = Path(args.learned)
-    recipe, info = folder / "recipe.yaml", folder / "learned.json"
+    recipe, info = folder / RECIPE_FILE, folder / INFO_FILE
     if not recipe.is_file() or not info.is_file():
-        raise MergeLabError(f"{folder} is not a learned merge: it needs recipe.yaml and learned.json, as "
+        raise MergeLabError(f"{folder} is not a learned merge: it needs {RECIPE_FILE} and {INFO_FILE}, as "
                             "`python -m merging learn --out DIR` writes them.")
-    learned = json.loads(info.read_text(encoding="utf-8"))
-    method = learned["method"]
+    try:
+        learned = json.loads(info.read_text(encoding="utf-8"))
+        method, experts = learned["method"], dict(learned["experts"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise MergeLabError(f"{info} is not readable as a learned merge's summary ({error!r}): write the folder again "
+                            "with `python -m merging learn --out DIR`.") from None
+    if method not in WHY_NOT:
+        raise MergeLabError(f"{info} names method {method!r}; learned merges are {', '.join(WHY_NOT)}.")
     tasks = load_tasks(args.tasks).limited(args.per_task)
-    setup = prepare_sweep(recipe, tasks, experts=learned["experts"], device=args.device, dtype=_dtype(args),
+    setup = prepare_sweep(recipe, tasks, experts=experts, device=args.device, dtype=_dtype(args),
                           answer_cache=_answer_cache(args))
     base = setup.template.base_model
     refs = [m.model for m in setup.template.models if m.model != base]

@@ -139,6 +139,10 @@ def test_compare_refuses_a_folder_that_is_not_a_learned_merge(models, tmp_path, 
     _, _, tasks, _ = models
     _fails(["compare", str(tmp_path), "--tasks", str(tasks), "--out", str(tmp_path / "c.json")],
            "is not a learned merge", capsys)
+    (tmp_path / "recipe.yaml").write_text("merge_method: task_arithmetic\n", encoding="utf-8")
+    (tmp_path / "learned.json").write_text('{"experts": {}}', encoding="utf-8")  # no method
+    _fails(["compare", str(tmp_path), "--tasks", str(tasks), "--out", str(tmp_path / "c.json")],
+           "is not readable as a learned merge's summary", capsys)
 
 
 def _fails(argv: list[str], message: str, capsys) -> None:

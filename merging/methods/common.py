@@ -41,9 +41,3 @@ class Workspace:
         if key not in self._buffers:
             self._buffers[key] = torch.empty(self.shape, dtype=dtype, device=self.device)
         return self._buffers[key]
-
-
-def owned_float32(tensor: torch.Tensor) -> torch.Tensor:
-    """A float32 (or float64) copy the caller may overwrite."""
-    converted = as_float32(tensor)
-    return converted.clone() if converted is tensor else converted
