@@ -468,3 +468,19 @@ def test_first_start_builds_the_default_real_family_in_the_background(monkeypatc
     assert built == [preset.family]
     monkeypatch.setattr(models_panel, "is_family_built", lambda family: True)
     assert models_panel.start_default_family_build() is None  # nothing to build: no thread
+
+
+def test_an_out_of_date_evaluation_names_the_earlier_merge_not_the_current_one():
+    from ui.evaluate_panel import evaluated_text, stale_note
+    from ui.merge_record import MergeSettings
+    from ui.session import SourceModel
+
+    session = new_session()
+    session.sources = [SourceModel(ref=name, label=name, path=Path(name)) for name in ("math", "japanese")]
+    session.merge_settings = MergeSettings("task_arithmetic", [0.7, 0.7])
+    shown = evaluated_text(session)
+    assert not isinstance(stale_note(session, shown), str)  # still the current merge: the status stays as it is
+    session.merge_settings = MergeSettings("task_arithmetic", [1.0, 1.0])
+    note = stale_note(session, shown)
+    assert "Out of date" in note and "Shown: the earlier merge" in note and "math 0.7" in note
+    assert "current merge: task_arithmetic" not in note

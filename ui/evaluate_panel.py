@@ -359,7 +359,7 @@ def stale_note(session: Session | None, shown: str) -> Any:
     if shown == evaluated_text(session):
         return gr.update()
     return ("⚠ **Out of date**: the merge has changed since this evaluation (the chart below is of the earlier "
-            "one). Press **Evaluate** to score the current merge.\n\n" + shown.replace("✓ Evaluated", "Shown:", 1))
+            "one). Press **Evaluate** to score the current merge.\n\n" + shown.replace("✓ Evaluated the current merge:", "Shown: the earlier merge,", 1))
 
 
 def wire(panel: EvaluatePanel, state: gr.State, config: HostConfig) -> None:
