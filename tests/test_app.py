@@ -128,7 +128,8 @@ def test_controls_show_exactly_each_methods_parameters():
             if update.get("visible") is True and param.kind == "float" and merge_panel.param_range(param):
                 low, high = merge_panel.param_range(param)
                 assert (update["minimum"], update["maximum"], update["info"]) == (low, high, param.help), key
-                assert update["value"] == (param.default if param.default is not None else (low + high) / 2), key
+                declared = param.ui_start if param.ui_start is not None else param.default
+                assert update["value"] == (declared if declared is not None else (low + high) / 2), key
 
 
 def test_switching_method_keeps_the_kept_fraction_and_takes_declared_values():
@@ -144,6 +145,20 @@ def test_switching_method_keeps_the_kept_fraction_and_takes_declared_values():
     slerp = dict(zip(specs, merge_panel.control_updates("slerp", specs, {nearswap_t: 0.004}, previous="nearswap")))
     assert slerp[slerp_t]["value"] == 0.5 and slerp[slerp_t]["maximum"] == 1.0
     assert merge_panel.weight_range("slerp") is None  # no per-model weight: the weight sliders hide
+
+
+def test_sparsifying_methods_start_where_they_trim():
+    """A method whose declared density (or select_topk) default keeps everything starts the page below 1, so a
+    switch to ties trims from the first merge; recipes keep mergekit's default."""
+    specs = merge_panel.param_specs()
+    for name in ("ties", "dare_ties", "breadcrumbs", "della", "magnitude_prune", "sce"):
+        updates = dict(zip(specs, merge_panel.control_updates(name, specs, {}, previous="task_arithmetic")))
+        fraction = next(updates[key]["value"] for key in specs if specs[key].name in merge_panel.KEPT_FRACTION
+                        and updates[key].get("visible") is True)
+        assert 0 < fraction < 1, name
+    from merging.methods import get_method
+
+    assert get_method("ties").param("density").default == 1.0  # mergekit's default for recipes is unchanged
 
 
 def test_method_help_has_explanation_and_formula():

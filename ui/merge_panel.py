@@ -104,7 +104,10 @@ def param_range(param: Param) -> tuple[float, float] | None:
 
 
 def start_value(param: Param) -> Any:
-    """The declared default; for a required parameter without one (slerp's t) the middle of its range."""
+    """The declared start for the page (`ui_start`: density 0.5, where density 1 would trim nothing), else the
+    declared default; for a required parameter without either (slerp's t) the middle of its range."""
+    if param.ui_start is not None:
+        return param.ui_start
     if param.default is not None:
         return _choice_value(param.default) if param.kind == "choice" else param.default
     bounds = param_range(param)

@@ -106,8 +106,8 @@ def _sync_on_open(merge_tab: gr.Tab, state: gr.State, merge: merge_panel.MergePa
 
 def _wire(demo: gr.Blocks, config: HostConfig, state: gr.State, page: Page) -> None:
     _wire_models(demo, config, state, page)
-    _wire_merge(config, state, page)
-    _wire_live_merges(config, state, page)
+    switched = _wire_merge(config, state, page)
+    _wire_live_merges(config, state, page, switched)
     send = _wire_chat(config, state, page)
     _wire_quick_start(config, state, page, send)  # one click: merge the checked preset, open Chat beside a source
     _wire_sweep_point(config, state, page)
@@ -174,12 +174,13 @@ def _check_default_preset(session: Session, config: HostConfig, progress: Any) -
     return models_panel.check_models(session, config, default, name, progress=progress)
 
 
-def _wire_merge(config: HostConfig, state: gr.State, page: Page) -> None:
-    """Merge: method switches, Merge and Merge to folder (errors in place), and cancel."""
+def _wire_merge(config: HostConfig, state: gr.State, page: Page) -> Any:
+    """Merge: method switches, Merge and Merge to folder (errors in place), and cancel. Returns the method switch's
+    last step (its controls set), which the live re-merge follows."""
     merge = page.merge
     specs = merge_panel.param_specs()
     n_weights = len(merge.weights)
-    _wire_method_switch(state, page)
+    switched = _wire_method_switch(state, page)
 
     @guarded(config, "merge settings", in_place=True)
     def collect(session: Session, method: str, seed: float, *values: Any) -> dict:
@@ -205,10 +206,12 @@ def _wire_merge(config: HostConfig, state: gr.State, page: Page) -> None:
         return "Cancel requested: a merge in progress stops and leaves nothing behind."
 
     merge.cancel.click(cancel_merge, state, merge.status, cancels=[folder_event], api_name="cancel_merge")
+    return switched
 
 
-def _wire_method_switch(state: gr.State, page: Page) -> None:
-    """Another method: each control re-ranged and valued as the new method declares it; shared values carried over."""
+def _wire_method_switch(state: gr.State, page: Page) -> Any:
+    """Another method: each control re-ranged and valued as the new method declares it; shared values carried over.
+    Returns the step after which the controls show the new method's values."""
     merge = page.merge
     specs = merge_panel.param_specs()
     param_controls = list(merge.params.values())
@@ -220,7 +223,7 @@ def _wire_method_switch(state: gr.State, page: Page) -> None:
                    *merge_panel.control_updates(name, specs, params, previous)]
         return [merge_panel.method_help(name), *updates, name, merge_panel.pending_values(updates)]
 
-    _then_values(merge.method.input(
+    return _then_values(merge.method.input(
         method_changed, [state, merge.method, merge.shown_method, *merge.weights, *param_controls],
         [merge.help, *merge.weights, *param_controls, merge.shown_method, page.pending], api_visibility="private",
         show_progress="hidden"), page)
@@ -243,8 +246,9 @@ def _merge_error(action: str) -> Any:
     return in_place_error(action, merge_panel.error_status)
 
 
-def _wire_live_merges(config: HostConfig, state: gr.State, page: Page) -> None:
-    """Live re-merges that follow every control move (the last move wins), and the Evaluate tab's staleness note."""
+def _wire_live_merges(config: HostConfig, state: gr.State, page: Page, switched: Any) -> None:
+    """Live re-merges that follow every control move (the last move wins) and every method switch (`switched`: once
+    the new method's values are in the controls), and the Evaluate tab's staleness note."""
     merge, evaluate = page.merge, page.evaluate
     specs = merge_panel.param_specs()
     param_controls = list(merge.params.values())
@@ -275,9 +279,12 @@ def _wire_live_merges(config: HostConfig, state: gr.State, page: Page) -> None:
     # number box left. always_last keeps one pending move per trigger; the stamps order what runs.
     sliders = [c for c in [*merge.weights, *param_controls] if isinstance(c, gr.Slider)]
     triggers = [c.input for c in [*merge.weights, *param_controls]] + [c.release for c in sliders]
+    stamped = "(...args) => [...args.slice(0, -1), Date.now()]"  # stamped in the browser at sending time
     gr.on(triggers, follow_controls, [*controls, merge.stamp], merge.status, api_visibility="private",
-          trigger_mode="always_last", show_progress="hidden",
-          js="(...args) => [...args.slice(0, -1), Date.now()]")  # stamped in the browser at sending time
+          trigger_mode="always_last", show_progress="hidden", js=stamped)
+    # A method switch is a move too: the merge follows it (or, for folder merges, the status says it is out of date).
+    switched.then(follow_controls, [*controls, merge.stamp], merge.status, api_visibility="private",
+                  show_progress="hidden", js=stamped)
 
     # An evaluation on screen says so when the merge it scored is no longer the current one.
     merge.status.change(evaluate_panel.stale_note, [state, evaluate.status], evaluate.status,
@@ -311,10 +318,10 @@ def _with_pending(updates: list[Any]) -> list[Any]:
     return [*updates, merge_panel.pending_values(updates[2:-1])]
 
 
-def _then_values(event: Any, page: Page) -> None:
+def _then_values(event: Any, page: Page) -> Any:
     # Sliders take a new range and a value outside the old one in two steps: the range first, then the value.
     controls = [*page.merge.weights, *page.merge.params.values()]
-    event.then(merge_panel.apply_values, page.pending, controls, api_visibility="private", show_progress="hidden")
+    return event.then(merge_panel.apply_values, page.pending, controls, api_visibility="private", show_progress="hidden")
 
 
 def _wire_chat(config: HostConfig, state: gr.State, page: Page) -> Any:

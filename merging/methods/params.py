@@ -15,7 +15,7 @@ WEIGHT = Param(
     help="How much of this model's task vector goes into the merge.", required=True, ui_range=(-1.0, 2.0),
 )
 DENSITY = Param(name="density", scope="model", default=1.0, low=0.0, high=1.0, kind="float",
-                help="Fraction of each task vector's entries kept (1 = all).")
+                help="Fraction of each task vector's entries kept (1 = all).", ui_start=0.5)
 GAMMA = Param(name="gamma", scope="model", default=0.01, low=0.0, high=1.0, kind="float",
               help="Fraction of the largest entries dropped as outliers.")
 EPSILON = Param(

@@ -35,7 +35,8 @@ class Param:
     Numeric parameters ("float", "int") declare both `low` and `high`: recipe validation refuses values outside them
     (and NaN/inf), so no recipe can make a merge run without end (karcher's max_iter) or overflow (a weight of 1e300).
     `ui_range` is the slider range to offer when the useful values are a small part of the bounds (weight −1..2 of
-    ±100); without it a slider spans low..high."""
+    ±100); without it a slider spans low..high. `ui_start` is where the page starts a control when `default` (kept as
+    mergekit's, for recipes) makes the method a no-op: density 1 trims nothing, so TIES would start as a plain sum."""
 
     name: str
     scope: Scope
@@ -47,6 +48,7 @@ class Param:
     choices: tuple = ()
     required: bool = False  # no default: every model must get a value (mergekit's `weight`)
     ui_range: tuple[float, float] | None = None
+    ui_start: Any = None
 
 
 @dataclass(frozen=True)

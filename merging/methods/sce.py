@@ -16,7 +16,7 @@ from merging.methods.task_arithmetic import ScratchWorkspace, delta_of, widened
 
 SELECT_TOPK = Param(
     name="select_topk", scope="global", default=1.0, low=0.0, high=1.0, kind="float",
-    help="Fraction of entries kept, those where the task vectors vary most across models (1 = all).",
+    help="Fraction of entries kept, those where the task vectors vary most across models (1 = all).", ui_start=0.5,
 )
 UNIFORM_BELOW = 1e-6  # mergekit: coefficients fall back to uniform when Σ mean(δ_i²) is below this
 DIVISOR_FLOOR = 1e-6  # mergekit: the disjoint mean's divisor Σ c_i [agree_i] is clamped at this
