@@ -1,8 +1,8 @@
 """Agreement of a (merged) model with the experts it came from, and accuracy where answers are known.
 
-Per task: `agreement` = share of examples on which the model gives the answer of the task's own expert (same
-extracted answer; "no answer" on both sides counts as the same behaviour); `accuracy` over the examples with a
-known answer; `normalized_accuracy` = accuracy / the owning expert's accuracy (for a composite task, with no owner,
+Per task: `agreement` = share of the examples the task's own expert answered on which the model gives the same
+extracted answer (`agreement_share`: "no answer" never counts as agreeing, also when both give none; a model that
+gives no answer where the expert gave one disagrees); `accuracy` over the examples with a known answer; `normalized_accuracy` = accuracy / the owning expert's accuracy (for a composite task, with no owner,
 over the best source's accuracy). LM tasks also get agreement and accuracy against EVERY source expert
 (`agreement_by_source`), for the per-task bar chart. Classification tasks are read through the task's own head:
 the merged backbone is loaded into a copy of expert t's model, whose head stays its own.
@@ -30,7 +30,6 @@ from evaluation.scoring import (
     classify_task,
     expected_answers,
     generate_tasks,
-    share_equal,
 )
 from evaluation.tasks import Task, TaskSet
 from inference.generation import default_batch_size
@@ -256,7 +255,9 @@ class Evaluator:
         agreement_by_source, accuracy_by_source = {}, {}
         for name in self._sources_for(task):
             theirs = experts[name].tasks[task.name].answers
-            agreement_by_source[name] = share_equal(ours.answers, theirs, none_counts=True)
+            source_agreement = agreement_share(ours.answers, theirs)
+            if source_agreement is not None:  # an expert that answered nothing has nothing to agree with
+                agreement_by_source[name] = source_agreement
             source_accuracy = accuracy(theirs, expected)
             if source_accuracy is not None:
                 accuracy_by_source[name] = source_accuracy
@@ -288,6 +289,16 @@ def _as_backbone_state(state: Mapping[str, torch.Tensor], expert: PreTrainedMode
     if not prefix or any(k.startswith(prefix) for k in state):
         return state
     return {prefix + k: v for k, v in state.items()}
+
+
+def agreement_share(ours: list[str | None], theirs: list[str | None]) -> float | None:
+    """Share of the examples `theirs` (the reference expert) answered on which `ours` gives the same answer; None
+    when the expert answered none. "No answer" is never agreement: positions where the expert gave none are left
+    out (there is nothing to agree with), and None from `ours` where the expert answered is a disagreement."""
+    answered = [(a, b) for a, b in zip(ours, theirs, strict=True) if b is not None]
+    if not answered:
+        return None
+    return sum(a == b for a, b in answered) / len(answered)
 
 
 def accuracy(answers: list[str | None], expected: list[str | None]) -> float | None:

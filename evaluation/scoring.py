@@ -111,12 +111,3 @@ def expected_answers(task: Task, label2id: dict[str, int] | None = None) -> list
         result.append(None if label is None else str(label))
     return result
 
-
-def share_equal(ours: list[str | None], theirs: list[str | None], *, none_counts: bool) -> float | None:
-    """The share of positions where both agree; `none_counts=False` never counts a missing answer as a match
-    (for accuracy), True counts "no answer" == "no answer" (for agreement: the same behaviour)."""
-    pairs = [(a, b) for a, b in zip(ours, theirs, strict=True)]
-    if not pairs:
-        return None
-    hits = sum(a == b and (none_counts or a is not None) for a, b in pairs)
-    return hits / len(pairs)

@@ -7,8 +7,8 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 import evaluation.agreement as agreement_module
-from evaluation.agreement import Evaluator, accuracy
-from evaluation.scoring import DEFAULT_MAX_NEW_TOKENS, TOKEN_MARGIN, token_limit
+from evaluation.agreement import Evaluator, accuracy, agreement_share
+from evaluation.scoring import DEFAULT_MAX_NEW_TOKENS, TOKEN_MARGIN, Predictions, TaskOutputs, token_limit
 from evaluation.tasks import tasks_from_records
 from inference import generate_batch, load_model
 from inference.loading import LoadedModel
@@ -117,6 +117,30 @@ def test_token_limit_comes_from_the_task_or_its_longest_answer():
     assert token_limit(tasks.tasks["short"], tokenizer) == len("答え: 18") + 1 + TOKEN_MARGIN  # + eos
     assert token_limit(tasks.tasks["own"], tokenizer) == 7
     assert token_limit(tasks.tasks["unknown"], tokenizer) == DEFAULT_MAX_NEW_TOKENS
+
+
+def test_no_answer_never_counts_as_agreement():
+    # expert: "7", none, "3", "5"; the merge: "7", none, none, "4": one agreement of the three the expert answered
+    assert agreement_share(["7", None, None, "4"], ["7", None, "3", "5"]) == pytest.approx(1 / 3)
+    assert agreement_share([None, None], [None, None]) is None  # the expert answered nothing: nothing to agree with
+    assert agreement_share([None, "1"], ["2", "1"]) == 0.5
+
+
+def test_a_task_score_never_counts_silence_as_agreement(lm):
+    """The scoring path (Evaluator._task_score): expert "first" answers two of four prompts; a merge that answers
+    nothing agrees 0 %, not the 50 % that "no answer" == "no answer" would give; accuracy is scored apart."""
+    _, experts, _, _ = lm
+    records = [{"task": "n", "prompt": p, "answer": a, "expert": "first"}
+               for p, a in zip(PROMPTS[:4], ["3", "7", "7", "8"])]
+    tasks = tasks_from_records(records)
+    evaluator = Evaluator(tasks, experts)
+    expert = {"first": Predictions({"n": TaskOutputs(raw=[""] * 4, answers=["3", None, "7", None])}),
+              "second": Predictions({"n": TaskOutputs(raw=[""] * 4, answers=[None] * 4)})}
+    silent = evaluator._task_score(tasks.tasks["n"], TaskOutputs(raw=[""] * 4, answers=[None] * 4), expert)
+    assert silent.agreement == 0.0 and silent.accuracy == 0.0
+    assert "second" not in silent.agreement_by_source  # an expert that answered nothing: nothing to agree with
+    half = evaluator._task_score(tasks.tasks["n"], TaskOutputs(raw=[""] * 4, answers=["3", "7", "1", "8"]), expert)
+    assert half.agreement == 0.5 and half.accuracy == 0.75  # agrees on "3" only; right on 3, 7 and 8
 
 
 def test_accuracy_counts_only_known_answers():
