@@ -16,7 +16,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-_PERCENT_AXIS = {"range": [0, 1.05], "tickformat": ".0%"}
+_PERCENT_AXIS = {"range": [0, 1.1], "tickformat": ".0%"}  # room above 100 % for the bar labels
 
 
 def _as_dict(result: Any) -> dict[str, Any]:
@@ -27,9 +27,25 @@ def _label(value: float | None) -> str:
     return "" if value is None else f"{value:.0%}"
 
 
+ZERO_BAR = 0.01  # a 0 % bar is drawn this tall (labelled 0 %; hover shows 0): a bar of height 0 is not drawn at all
+
+
+def _bar_values(values: list[float | None]) -> dict[str, Any]:
+    """y (0 drawn as a sliver, so a 0 % score is seen, not missing), its label outside the bar, and the true value
+    for the hover text."""
+    return {"y": [ZERO_BAR if v == 0 else v for v in values], "text": [_label(v) for v in values],
+            "customdata": values, "textposition": "outside", "cliponaxis": False}
+
+
+def merge_title(title: str, data: dict[str, Any]) -> str:
+    """`title`, naming the merge the numbers came from (merge #N) when the result records it."""
+    version = (data.get("merge") or {}).get("version")
+    return f"{title} (merge #{version})" if version is not None else title
+
+
 def agreement_figure(result: Any, title: str = "Agreement of the merged model with each expert, per task") -> go.Figure:
     """Grouped bars: for each task, the share of examples where the merged model gives each source's answer, and
-    its accuracy where answers are known."""
+    its accuracy where answers are known. The title names the merge scored when the result says which."""
     data = _as_dict(result)
     tasks = data["tasks"]
     names = list(tasks)
@@ -37,14 +53,15 @@ def agreement_figure(result: Any, title: str = "Agreement of the merged model wi
     fig = go.Figure()
     for source in sources:
         values = [tasks[t]["agreement_by_source"].get(source) for t in names]
-        fig.add_bar(name=f"agrees with {source}", x=names, y=values, text=[_label(v) for v in values],
-                    hovertemplate=f"%{{x}}: agrees with {source} on %{{y:.0%}}<extra></extra>")
+        fig.add_bar(name=f"agrees with {source}", x=names, **_bar_values(values),
+                    hovertemplate=f"%{{x}}: agrees with {source} on %{{customdata:.0%}}<extra></extra>")
     accuracies = [tasks[t]["accuracy"] for t in names]
     if any(v is not None for v in accuracies):
-        fig.add_bar(name="accuracy", x=names, y=accuracies, text=[_label(v) for v in accuracies],
-                    marker_pattern_shape="/", hovertemplate="%{x}: accuracy %{y:.0%}<extra></extra>")
-    fig.update_layout(title=title, barmode="group", yaxis=dict(title="share of examples", **_PERCENT_AXIS),
-                      xaxis_title="task", legend={"orientation": "h", "y": -0.2}, height=420, margin={"t": 60, "b": 40})
+        fig.add_bar(name="accuracy", x=names, **_bar_values(accuracies), marker_pattern_shape="/",
+                    hovertemplate="%{x}: accuracy %{customdata:.0%}<extra></extra>")
+    fig.update_layout(title=merge_title(title, data), barmode="group",
+                      yaxis=dict(title="share of examples", **_PERCENT_AXIS), xaxis_title="task",
+                      legend={"orientation": "h", "y": -0.2}, height=420, margin={"t": 60, "b": 40})
     return fig
 
 

@@ -190,6 +190,26 @@ def test_sessions_do_not_share_merged_weights(config):
     assert all(torch.equal(before[k], after[k]) for k in before), "a session changed the shared base model"
 
 
+def test_chat_opens_beside_the_first_expert_and_labels_answers_with_their_merge(config):
+    from ui import chat_panel
+
+    session = new_session()
+    models_panel.check_models(session, config, LM)
+    assert chat_panel.default_comparison(session) == "math"  # not "(none)"
+    assert chat_panel.default_comparison(None) == chat_panel.NO_COMPARISON
+    assert "Merged with" in merge_panel.merge_if_none(session, config)  # Chat and Evaluate merge first when needed
+    assert merge_panel.merge_if_none(session, config) is None  # …once
+    settings = chat_panel.GenerationSettings(max_new_tokens=4)
+    merged, compare = list(chat_panel.chat(session, config, "3+4=", [], [], "math", settings))[-1]
+    first = session.merge.version
+    assert merged[-1]["content"].endswith(f"— *merge #{first}*") and "merge #" not in compare[-1]["content"]
+    merge_panel.run_merge(session, config, {"method": "task_arithmetic", "weights": [0.5, 0.5], "params": {}})
+    merged, _ = list(chat_panel.chat(session, config, "3+4=", merged, compare, "math", settings))[-1]
+    assert merged[1]["content"].endswith(f"#{first}*") and merged[-1]["content"].endswith(f"#{session.merge.version}*")
+    assert "merge #" not in chat_panel.untagged(merged)[1]["content"]  # the model never sees the labels
+    assert chat_panel.untagged([{"role": "assistant", "content": chat_panel.tagged("7", 3)}])[0]["content"] == "7"
+
+
 # --- learn, classify, export ------------------------------------------------------------------------------------
 
 def test_learn_streams_losses_and_becomes_the_merge(config):

@@ -34,6 +34,17 @@ def test_agreement_bars_per_source_and_accuracy_from_object_or_dict():
         assert list(fig.data[0].x) == ["math", "japanese_math"]
 
 
+def test_a_zero_bar_is_drawn_and_labelled_and_the_title_names_the_merge():
+    data = json.loads(json.dumps(_eval_result().to_dict()))
+    data["tasks"]["math"]["agreement_by_source"]["japanese"] = 0.0
+    data["merge"] = {"version": 7, "mode": "live", "dtype": "float32"}
+    fig = agreement_figure(data)
+    japanese = fig.data[1]
+    assert japanese.y[0] > 0 and japanese.text[0] == "0%" and japanese.customdata[0] == 0.0  # seen, said, true
+    assert japanese.y[1] == 0.6 and "merge #7" in fig.layout.title.text
+    assert "merge #" not in agreement_figure(_eval_result()).layout.title.text  # no record, no number made up
+
+
 def _sweep() -> SweepResult:
     result = SweepResult(metric="accuracy", methods=["ties"], weights=[0.5, 1.0], densities=[0.2, 0.8], tasks=["t"])
     for w in (0.5, 1.0):

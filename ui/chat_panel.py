@@ -3,6 +3,7 @@ Generation settings; on a GPU host 8-bit / 4-bit loading (bitsandbytes) for mode
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,28 @@ def compare_choices(session: Session | None) -> list[str]:
     return [NO_COMPARISON, *(s.label for s in [session.base, *session.sources])]
 
 
+def default_comparison(session: Session | None) -> str:
+    """The source answering beside the merge when Chat opens: the first expert (a source that cannot answer what
+    the merge can is the point of the comparison), or none before models are chosen."""
+    if session is None or not session.sources:
+        return NO_COMPARISON
+    return session.sources[0].label
+
+
+MERGE_TAG = re.compile(r"\n\n— \*merge #\d+\*$")
+
+
+def tagged(answer: str, version: int) -> str:
+    """The merged model's answer labelled with the merge that produced it (shown under the answer)."""
+    return f"{answer}\n\n— *merge #{version}*"
+
+
+def untagged(history: History) -> History:
+    """The conversation as the model sees it: without the merge labels under the merged answers."""
+    return [{**m, "content": MERGE_TAG.sub("", m["content"])} if isinstance(m.get("content"), str) else m
+            for m in history]
+
+
 def _model_for(session: Session, label: str, quant: str | None):
     """(model, tokenizer) for a source label; models come from the shared cache, tokenizers are the session's."""
     source = session.source_by_label(label)
@@ -87,13 +110,14 @@ def chat(
     if not message:
         raise MergeLabError("Type a message first.")
     merged_model, merged_tok = _merged(session, settings.quant)
+    version = session.merge.version
     merged_history = list(merged_history or [])
     compare_history = list(compare_history or [])
     kwargs = {"max_new_tokens": int(settings.max_new_tokens), "temperature": float(settings.temperature),
                   "top_p": float(settings.top_p), "stop_event": session.stop_chat}
     session.stop_chat.clear()
     streams: dict[str, Iterator[str]] = {
-        "merged": stream_chat(merged_model, merged_tok, [*merged_history, _user(message)], **kwargs)}
+        "merged": stream_chat(merged_model, merged_tok, [*untagged(merged_history), _user(message)], **kwargs)}
     merged_history += [_user(message), _assistant("")]
     if compare_label and compare_label != NO_COMPARISON:
         model, tok = _model_for(session, compare_label, settings.quant)
@@ -104,7 +128,8 @@ def chat(
     while streams:
         for key in list(streams):
             try:
-                targets[key][-1] = _assistant(next(streams[key]))
+                text = next(streams[key])
+                targets[key][-1] = _assistant(tagged(text, version) if key == "merged" else text)
             except StopIteration:
                 del streams[key]
         yield merged_history, compare_history

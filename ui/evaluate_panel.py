@@ -16,7 +16,7 @@ from evaluation.agreement import Evaluator
 from evaluation.charts import _axis_title, sweep_heatmap
 from evaluation.charts import agreement_figure as chart
 from evaluation.results import write_results
-from evaluation.sweep import axis_choices, axis_range, default_axes, parse_grid, run_settings_sweep, settings_grid
+from evaluation.sweep import axis_choices, axis_range, default_axes, parse_grids, run_settings_sweep, settings_grid
 from evaluation.tasks import tasks_for_experts
 from inference import LoadedModel
 from merging.errors import MergeLabError, TaskSetError
@@ -24,7 +24,7 @@ from merging.methods import get_method
 from merging.recipe import Recipe
 from ui.feedback import guarded, in_place_error
 from ui.hosting import HostConfig
-from ui.merge_panel import KEPT_FRACTION, methods, settings_summary, start_value
+from ui.merge_panel import KEPT_FRACTION, merge_if_none, methods, settings_summary, start_value
 from ui.resources import on_gpu, session_tokenizer, shared_model
 from ui.session import Session
 from ui.workspace import (
@@ -171,11 +171,9 @@ def sweep(session: Session, config: HostConfig, method: str = "ties", rows_grid:
     columns = default_columns if columns is None else (None if columns in (NO_AXIS, "") else columns)
     if rows is None:
         raise MergeLabError(f"{method} has no setting to sweep: pick another method.")
-    row_values = parse_grid(rows_grid, rows)
-    column_values = parse_grid(columns_grid, columns) if columns else []
-    if len(row_values) * max(len(column_values), 1) > MAX_SWEEP_POINTS:
-        raise MergeLabError(f"{len(row_values)} × {len(column_values)} points is more than {MAX_SWEEP_POINTS}: "
-                            "use coarser steps, or the command line for big grids.")
+    # Counted before anything is built: "0:1e308:1" is refused from arithmetic, not from a list of its points.
+    row_values, column_values = parse_grids(rows_grid, columns_grid if columns else None,
+                                            max_points=MAX_SWEEP_POINTS, row_name=rows, column_name=columns or "")
     base = sweep_base_settings(session, method)
     points = settings_grid(base, session.labels, rows, row_values, columns, column_values)
     per_task = int(per_task) if per_task else None
@@ -349,17 +347,21 @@ def build(config: HostConfig) -> EvaluatePanel:
 
 
 def evaluated_text(session: Session) -> str:
-    return f"✓ Evaluated the current merge: {settings_summary(session.merge_settings, session.labels)}."
+    """The Evaluate status after scoring: which merge (its number) and its settings."""
+    version = getattr(session.merge, "version", None)
+    number = f" #{version}" if version is not None else ""
+    return f"✓ Evaluated the current merge{number}: {settings_summary(session.merge_settings, session.labels)}."
 
 
 def stale_note(session: Session | None, shown: str) -> Any:
     """After the merge changes, an evaluation on screen says it is of an earlier merge."""
     if session is None or not shown or not shown.startswith("✓ Evaluated") or session.merge_settings is None:
         return gr.update()
-    if shown == evaluated_text(session):
+    if shown.startswith(evaluated_text(session)):
         return gr.update()
     return ("⚠ **Out of date**: the merge has changed since this evaluation (the chart below is of the earlier "
-            "one). Press **Evaluate** to score the current merge.\n\n" + shown.replace("✓ Evaluated the current merge:", "Shown: the earlier merge,", 1))
+            "one). Press **Evaluate** to score the current merge.\n\n"
+            + shown.replace("✓ Evaluated the current merge", "Shown: the earlier merge", 1))
 
 
 def wire(panel: EvaluatePanel, state: gr.State, config: HostConfig) -> None:
@@ -372,9 +374,12 @@ def _wire_evaluate(panel: EvaluatePanel, state: gr.State, config: HostConfig) ->
 
     @guarded(config, "evaluate", in_place=True)
     def run(session: Session, task_file: str | None, per_task: float, progress: gr.Progress = gr.Progress()):
+        merged = merge_if_none(session, config, progress)  # as Chat does: nothing merged yet, merge what Merge shows
         progress(0.1, desc="Scoring the experts (once) and the merged model…")
         result = evaluate(session, config, task_file, int(per_task))
-        return (evaluated_text(session), agreement_figure(result), summary_markdown(result),
+        status = evaluated_text(session) + ("\n\n(Nothing was merged yet: merged the Merge tab's settings first.)"
+                                            if merged else "")
+        return (status, agreement_figure(result), summary_markdown(result),
                 write_downloads(session, result))
 
     run = on_gpu(run)  # ZeroGPU on a Space; unchanged elsewhere

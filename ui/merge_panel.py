@@ -262,6 +262,15 @@ def run_merge(session: Session, config: HostConfig, raw_settings: dict, progress
     return run_merge_to_folder(session, config, raw_settings, "merged", progress)
 
 
+def merge_if_none(session: Session, config: HostConfig, progress: Any = None) -> str | None:
+    """Nothing merged yet (a visitor went straight to Chat or Evaluate): merge what the Merge tab shows, the
+    preset's start. Returns the merge's status line, or None when there was a merge already (or no models)."""
+    if session.recipe is None and session.merged_path is None and session.base is not None \
+            and session.merge_settings is not None:
+        return run_merge(session, config, session.merge_settings.to_dict(), progress)
+    return None
+
+
 def run_merge_to_folder(session: Session, config: HostConfig, raw_settings: dict, name: str = "merged",
                         progress: Any = None) -> str:
     """/merge_to_folder: stream with the engine to ./models/merged/<session>/<name>."""

@@ -145,7 +145,7 @@ def _wire_models(demo: gr.Blocks, config: HostConfig, state: gr.State, page: Pag
                  gr.update(choices=[evaluate_panel.NO_AXIS, *choices], value=columns or evaluate_panel.NO_AXIS),
                  evaluate_panel.default_grid(method, columns)]
         return [*_with_pending(merge_panel.session_control_updates(session, specs)),
-                gr.update(choices=chat_panel.compare_choices(session), value=chat_panel.NO_COMPARISON),
+                gr.update(choices=chat_panel.compare_choices(session), value=chat_panel.default_comparison(session)),
                 gr.update(visible=classifier), gr.update(visible=not classifier), "", *sweep]
 
     checked = models.check.click(preflight, [state, *models.choice_inputs, models.preset], models.report,
@@ -364,19 +364,12 @@ def _chat_sender(config: HostConfig) -> Any:
              max_new_tokens: float, temperature: float, top_p: float, quantization: str):
         session = _session(session)
         settings = chat_panel.GenerationSettings(int(max_new_tokens), float(temperature), float(top_p), quantization)
-        _merge_if_none(session, config)
+        merge_panel.merge_if_none(session, config)
         for merged_msgs, compare_msgs in chat_panel.chat(session, config, message, merged_history,
                                                          compare_history, compare_label, settings):
             yield merged_msgs, compare_msgs, ""
 
     return send
-
-
-def _merge_if_none(session: Session, config: HostConfig) -> None:
-    # Nothing merged yet (a visitor went straight to Chat): merge what the Merge tab shows, the preset's start.
-    if session.recipe is None and session.merged_path is None and session.base is not None \
-            and session.merge_settings is not None:
-        merge_panel.run_merge(session, config, session.merge_settings.to_dict())
 
 
 def chat_error(session: Session) -> list[Any]:
