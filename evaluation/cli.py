@@ -109,10 +109,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     _quiet_transformers()
-    from evaluation.sweep import parse_grid, prepare_sweep, run_sweep  # deferred: torch (see the module comment)
+    from evaluation.sweep import MAX_GRID_POINTS, parse_grids, prepare_sweep, run_sweep  # deferred: torch
 
-    weights = parse_grid(args.weights, "weight")
-    densities = parse_grid(args.densities, "density")
+    weights, densities = parse_grids(args.weights, args.densities, max_points=MAX_GRID_POINTS,
+                                     row_name="weight", column_name="density")
     methods = [m.strip() for m in args.method.split(",") if m.strip()] if args.method else None
     tasks = load_tasks(args.tasks).limited(args.per_task)
     setup = prepare_sweep(args.recipe, tasks, experts=_expert_pairs(args.expert), device=args.device,

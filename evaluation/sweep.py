@@ -39,30 +39,116 @@ Progress = Callable[[float, str], Any]  # progress(fraction, description): gr.Pr
 DENSITY_PARAMS = ("density", "select_topk")
 
 
-def parse_grid(spec: str | Sequence[float], what: str = "value") -> list[float]:
-    """"0.2:1.0:0.2" (start:stop:step, stop included), "0.3,0.5,0.9", "0.5", or a list of numbers."""
+MAX_GRID_POINTS = 10_000  # points on one axis from the command line; the page allows far fewer (ui/evaluate_panel.py)
+MAX_GRID_SPEC_CHARS = 10_000  # a grid written out by hand is far shorter
+MIN_GRID_STEP = 1e-9  # finer steps repeat values once points are rounded to 10 decimals
+
+
+def _grid_number(text: str, what: str, field: str, spec: str) -> float:
+    """One finite number of a grid spec; `field` names it in the message (start, stop, step, value)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        form = "start:stop:step, e.g. 0.2:1.0:0.2" if field in ("start", "stop", "step") else \
+            "numbers separated by commas, or start:stop:step"
+        raise SweepError(f"{what} {field} {_short(text)!r} in {_short(spec)!r} is not a number: write {form}.") \
+            from None
+    if not math.isfinite(value):
+        raise SweepError(f"{what} {field} in {_short(spec)!r} must be a finite number, not {text.strip()}.")
+    return value
+
+
+def _short(text: Any, limit: int = 40) -> str:
+    """`text` cut to `limit` characters, so that a message never repeats a huge input."""
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _range_bounds(spec: str, what: str) -> tuple[float, float, float, int]:
+    """(start, stop, step, point count) of "start:stop:step", counted by arithmetic (no list is built)."""
+    parts = spec.split(":")
+    if len(parts) != 3:
+        raise SweepError(f"{what} range {_short(spec)!r} must be start:stop:step, e.g. 0.2:1.0:0.2.")
+    start, stop, step = (_grid_number(p, what, f, spec) for p, f in zip(parts, ("start", "stop", "step"), strict=True))
+    if step <= 0:
+        raise SweepError(f"{what} range {_short(spec)!r}: step must be positive (it is {step:g}).")
+    if step < MIN_GRID_STEP:
+        raise SweepError(f"{what} range {_short(spec)!r}: step {step:g} is finer than {MIN_GRID_STEP:g}.")
+    if stop < start:
+        raise SweepError(f"{what} range {_short(spec)!r}: stop ({stop:g}) must be at least start ({start:g}).")
+    intervals = (stop - start) / step  # inf when stop - start overflows
+    count = math.floor(intervals + 1e-9) + 1 if math.isfinite(intervals) and intervals < 2**53 else math.inf
+    return start, stop, step, count
+
+
+def grid_size(spec: str | Sequence[float], what: str = "value") -> float:
+    """How many points `spec` holds (see parse_grid), found by arithmetic before anything is built, so that
+    "0:1e308:1" costs nothing to refuse; math.inf for a range too long to count. Raises SweepError for a spec
+    that parse_grid would refuse for its form (not for its size)."""
+    if not isinstance(spec, str | Sequence):
+        raise SweepError(f"{what} grid must be text such as 0.2:1.0:0.2 or a list of numbers, not "
+                         f"{type(spec).__name__}.")
     if not isinstance(spec, str):
-        values = [float(v) for v in spec]
+        return len(spec)
+    if len(spec) > MAX_GRID_SPEC_CHARS:
+        raise SweepError(f"{what} grid is {len(spec)} characters long: write at most {MAX_GRID_SPEC_CHARS}, "
+                         "e.g. start:stop:step.")
+    if ":" in spec:
+        return _range_bounds(spec, what)[3]
+    return len([v for v in spec.split(",") if v.strip()])
+
+
+def check_grid_size(count: float, what: str, max_points: int | None) -> None:
+    """Refuse a grid of more than `max_points` points (None: no limit), naming the axis."""
+    if max_points is not None and count > max_points:
+        shown = "more points than can be counted" if math.isinf(count) else f"{int(count):,} points"
+        raise SweepError(f"{what} grid has {shown}; at most {max_points:,} are allowed: use a coarser step or a "
+                         "shorter range.")
+
+
+def parse_grid(spec: str | Sequence[float], what: str = "value", *,
+               max_points: int | None = MAX_GRID_POINTS) -> list[float]:
+    """"0.2:1.0:0.2" (start:stop:step, stop included), "0.3,0.5,0.9", "0.5", or a list of numbers.
+    Every value must be finite; a spec of more than `max_points` points (None: no limit) is refused from its
+    count (grid_size) before any list is built. `what` names the axis in messages."""
+    what = what or "value"
+    check_grid_size(grid_size(spec, what), what, max_points)
+    if not isinstance(spec, str):
+        values = [_grid_number(v, what, "value", str(list(spec)))
+                  if isinstance(v, str) else _finite_value(v, what) for v in spec]
     elif ":" in spec:
-        parts = spec.split(":")
-        try:
-            start, stop, step = (float(p) for p in parts) if len(parts) == 3 else (None, None, None)
-        except ValueError:
-            start = None
-        if start is None:
-            raise SweepError(f"{what} range {spec!r} must be start:stop:step, e.g. 0.2:1.0:0.2.")
-        if step <= 0 or stop < start:
-            raise SweepError(f"{what} range {spec!r}: step must be positive and stop at least start.")
-        count = math.floor((stop - start) / step + 1e-9) + 1
-        values = [round(start + i * step, 10) for i in range(count)]
+        start, _, step, count = _range_bounds(spec, what)
+        values = [round(start + i * step, 10) for i in range(int(count))]
     else:
-        try:
-            values = [float(v) for v in spec.split(",") if v.strip()]
-        except ValueError:
-            raise SweepError(f"{what}s {spec!r} must be numbers separated by commas, or start:stop:step.") from None
+        values = [_grid_number(v, what, "value", spec) for v in spec.split(",") if v.strip()]
     if not values:
         raise SweepError(f"No {what}s given: write e.g. 0.2:1.0:0.2 or 0.3,0.5.")
     return values
+
+
+def parse_grids(rows: str | Sequence[float], columns: str | Sequence[float] | None, *, max_points: int | None,
+                row_name: str = "row", column_name: str = "column") -> tuple[list[float], list[float]]:
+    """(row values, column values) of a two-axis grid of at most `max_points` points in all (None: no limit),
+    counted by arithmetic before either list is built; `columns` None is one column (an empty list back)."""
+    row_count = grid_size(rows, row_name)
+    column_count = grid_size(columns, column_name) if columns is not None else 1
+    check_grid_size(row_count, row_name, max_points)  # one axis too big: say which
+    check_grid_size(column_count, column_name, max_points)
+    if max_points is not None and row_count * max(column_count, 1) > max_points:
+        raise SweepError(f"The grid has {int(row_count):,} × {int(column_count):,} points; at most {max_points:,} are allowed: use coarser steps or "
+                         "shorter ranges" + (", or the command line for big grids." if max_points < 1000 else "."))
+    row_values = parse_grid(rows, row_name, max_points=max_points)
+    column_values = parse_grid(columns, column_name, max_points=max_points) if columns is not None else []
+    return row_values, column_values
+
+
+def _finite_value(value: Any, what: str) -> float:
+    """A number of a grid given as a list: finite, and a real number (not a bool, None or a nested list)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SweepError(f"{what} values must be numbers, not {type(value).__name__} ({_short(value)}).")
+    if not math.isfinite(value):
+        raise SweepError(f"{what} values must be finite numbers, not {value}.")
+    return float(value)
 
 
 @dataclass

@@ -178,7 +178,11 @@ def test_expert_of_another_architecture_is_refused(models, tmp_path, capsys):
     ("argv", "message"),
     [
         (["--expert", "nonsense"], "must be NAME=DIR"),
-        (["--weights", "1:0:1"], "stop at least start"),
+        (["--weights", "1:0:1"], "must be at least start"),
+        (["--weights", "0:1e308:1"], "more points than can be counted"),
+        (["--densities", "0:1:1e-7"], "density grid has 10,000,001 points"),
+        (["--weights", "nan:1:0.1"], "must be a finite number, not nan"),
+        (["--weights", "0:1:0.001", "--densities", "0:1:0.05"], "1,001 × 21 points"),
         (["--metric", "speed"], "Unknown metric"),
     ],
 )

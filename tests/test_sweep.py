@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 import torch
 
 import evaluation.agreement as agreement_module
 from evaluation.errors import SweepError
-from evaluation.sweep import parse_grid, point_recipe, prepare_sweep, run_sweep
+from evaluation.sweep import grid_size, parse_grid, parse_grids, point_recipe, prepare_sweep, run_sweep
 from evaluation.tasks import tasks_from_records
 from merging.recipe import Recipe, load_recipe
 from tests.factory import make_family
@@ -48,11 +49,52 @@ def test_parse_grid(spec, values):
     assert parse_grid(spec) == values
 
 
-@pytest.mark.parametrize(("spec", "message"), [("1:0:0.1", "stop at least start"), ("0:1:0", "step must be"),
+@pytest.mark.parametrize(("spec", "message"), [("1:0:0.1", "must be at least start"), ("0:1:0", "step must be"),
                                                ("a:b:c", "start:stop:step"), ("x,y", "numbers"), ("", "No")])
 def test_bad_grids_say_how_to_write_them(spec, message):
     with pytest.raises(SweepError, match=message):
         parse_grid(spec)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [("nan:1:0.1", "start .* finite"), ("0:inf:1", "stop .* finite"), ("0:1:nan", "step .* finite"),
+     ("0:1:-0.5", "step must be positive"), ("0:1:5e-324", "finer than"), ("0.5,inf", "finite"),
+     ([0.5, float("nan")], "finite"), ([True], "numbers"), (None, "must be text")],
+)
+def test_non_finite_and_non_positive_grids_are_refused_naming_the_field(spec, message):
+    with pytest.raises(SweepError, match=message):
+        parse_grid(spec, "weight")
+
+
+@pytest.mark.parametrize(("spec", "count"), [("0:1e308:1", math.inf), ("-1e308:1e308:1", math.inf),
+                                             ("0:1:1e-7", 10_000_001), ("0.2:1.0:0.2", 5), ("1,2,3", 3)])
+def test_grid_size_is_counted_by_arithmetic(spec, count):
+    assert grid_size(spec) == count
+
+
+@pytest.mark.parametrize("spec", ["0:1e308:1", "0:1:1e-7", "0:1e9:1", ",".join(["1"] * 3000)])
+def test_huge_grids_are_refused_from_their_count_before_any_list_is_built(spec, monkeypatch):
+    # A range of 10 million points built as a list takes seconds and hundreds of MB; refusing it must take
+    # neither: round() (which builds each point) is never called for a refused spec.
+    import evaluation.sweep as sweep_module
+
+    calls = []
+    monkeypatch.setattr(sweep_module, "round", lambda *a: calls.append(a) or a[0], raising=False)
+    with pytest.raises(SweepError, match="at most 64 are allowed"):
+        parse_grid(spec, "weight", max_points=64)
+    assert calls == []
+    assert len(parse_grid("0:1:0.25", max_points=5)) == 5  # at the limit is allowed (and round() is used)
+    assert len(calls) == 5
+
+
+def test_two_axis_grid_is_limited_in_all():
+    assert parse_grids("0:1:0.5", "0.1,0.2", max_points=6) == ([0.0, 0.5, 1.0], [0.1, 0.2])
+    assert parse_grids("0:1:0.5", None, max_points=3) == ([0.0, 0.5, 1.0], [])
+    with pytest.raises(SweepError, match="3 × 3 points; at most 8"):
+        parse_grids("0:1:0.5", "1,2,3", max_points=8)
+    with pytest.raises(SweepError, match="density grid has more points than can be counted"):
+        parse_grids("0:1:0.5", "0:1e308:1", max_points=8, column_name="density")
 
 
 def test_point_recipe_sets_weight_and_density_where_the_method_has_them(family):
