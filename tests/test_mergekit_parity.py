@@ -114,6 +114,11 @@ DETERMINISTIC = {
     "model_stock": ("model_stock", [{}, {}, {}], None, True),
     "model_stock_filter_wise": ("model_stock", [{}, {}], {"filter_wise": True}, True),
     "passthrough": ("passthrough", [{"scale": [{"filter": "embed", "value": 0.5}, {"value": 1.0}]}], None, False),
+    "arcee_fusion": ("arcee_fusion", [{}], None, True),
+    "ram": ("ram", [{}, {}, {}], None, True),
+    "ram_coarse": ("ram", [{}, {}], {"epsilon": 0.01}, True),
+    "ramplus_tl": ("ramplus_tl", [{}, {}, {}], None, True),
+    "ramplus_tl_boosted": ("ramplus_tl", [{}, {}, {}], {"epsilon": 0.01, "r": 2.0, "alpha": 5.0}, True),
 }
 
 
@@ -141,6 +146,26 @@ def test_gradient_recipe_really_varies_across_layers(family):
     last = f"model.layers.{LAYERS - 1}.self_attn.q_proj.weight"
     assert torch.allclose(merged[first], base[first])  # t = 0 at the first layer
     assert torch.allclose(merged[last], other[last])  # t = 1 at the last layer
+
+
+def test_the_new_methods_cases_are_not_trivial(family):
+    """Guards the parity cases of arcee_fusion, ram and ramplus_tl: fusion keeps some changes and not others; RAM
+    meets entries one model changed and entries several changed (with epsilon 0.01 more of the first); RAM+ boosts."""
+    name = "model.layers.1.mlp.up_proj.weight"
+    base = family.base_state[name]
+    changed = (load_state(Path(family.experts[0]))[name] - base) != 0
+    fused = family.merger.merge(family.recipe("arcee_fusion", [{}]))[name] != base
+    assert 0 < int(fused.sum()) < int(changed.sum())
+    counts = {}
+    for epsilon in (1e-5, 0.01):
+        moved = sum(((load_state(Path(e))[name] - base).abs() > epsilon).int() for e in family.experts)
+        counts[epsilon] = (int((moved == 1).sum()), int((moved > 1).sum()))
+        assert min(counts[epsilon]) > 0, counts
+    assert counts[0.01][0] > counts[1e-5][0]
+    ram = family.merger.merge(family.recipe("ram", [{}, {}, {}], {"epsilon": 0.01}))[name]
+    boosted = family.merger.merge(family.recipe("ramplus_tl", [{}, {}, {}], {"epsilon": 0.01, "r": 2.0,
+                                                                               "alpha": 5.0}))[name]
+    assert not torch.equal(ram, boosted)
 
 
 # With random methods mergekit 0.1.5 keeps about density² of model.embed_tokens (0.14 measured at density 0.4, as if

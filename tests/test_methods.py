@@ -447,3 +447,42 @@ def test_reused_scratch_buffers_give_the_same_bits(name):
     assert torch.equal(fresh, first) and torch.equal(fresh, second)
     assert chunks.full_buffer("delta1", (4,), torch.float32, "cpu").data_ptr() != \
         chunks.full_buffer("delta1", (4,), torch.float32, "cpu").data_ptr()
+
+
+# --- arcee_fusion, ram, ramplus_tl (mergekit 0.1.5's; parity with mergekit in tests/test_mergekit_parity.py) --------
+
+def test_arcee_fusion_keeps_only_the_outlier_change_of_a_row():
+    # one row, so one divergence k > 0 scales every |change|: quartiles 0.2k, 0.3k, 0.4k, cut-off 0.3k + 1.5·0.2k
+    base = torch.zeros(1, 5)
+    tuned = torch.tensor([[0.1, -0.2, 0.3, 0.4, -5.0]])
+    out = get_method("arcee_fusion").fn(base, [tuned], [{}], {}, None)
+    assert torch.equal(out, torch.tensor([[0.0, 0.0, 0.0, 0.0, -5.0]]))
+    assert torch.equal(tuned, torch.tensor([[0.1, -0.2, 0.3, 0.4, -5.0]])) and not base.any()  # inputs untouched
+
+
+def test_arcee_fusion_keeps_every_change_when_most_entries_are_unchanged():
+    # 3 of 16 entries changed: the quartiles and the median are 0, so the cut-off is 0 and every change is kept
+    base = torch.arange(16.0).reshape(4, 4) / 16
+    tuned = base.clone()
+    tuned[0, 1], tuned[2, 3], tuned[3, 0] = 0.5, -1.0, 2.0
+    assert torch.equal(get_method("arcee_fusion").fn(base, [tuned], [{}], {}, None), base + (tuned - base))
+
+
+def test_ram_keeps_a_lone_change_whole_and_averages_shared_ones():
+    base = torch.zeros(4)
+    first, second = torch.tensor([1.0, 0.0, 2.0, 1e-6]), torch.tensor([3.0, 0.0, 0.0, 0.0])
+    ram = get_method("ram").fn
+    # entry 0: both changed it (mean 2); entry 2: only the first (kept whole); entry 3: 1e-6 ≤ ε counts as unchanged
+    assert torch.equal(ram(base, [first, second], [{}, {}], {"epsilon": 1e-5}, None), torch.tensor([2.0, 0, 2, 0]))
+    # ε = 1.5: the first's change of 1 at entry 0 no longer counts, so the second's 3 is alone there
+    assert torch.equal(ram(base, [first, second], [{}, {}], {"epsilon": 1.5}, None), torch.tensor([3.0, 0, 2, 0]))
+
+
+@pytest.mark.parametrize("r, alpha, boosted", [(0.5, 10.0, 3.0), (0.5, 0.4, 2.4), (0.0, 10.0, 2.0)])
+def test_ramplus_tl_boosts_unique_changes_by_the_shared_to_unique_ratio(r, alpha, boosted):
+    # the first model changed entries 0 (shared) and 2 (its own): ratio 1/1, boost 1 + r·min(1, α) on entry 2
+    base = torch.zeros(4)
+    first, second = torch.tensor([1.0, 0.0, 2.0, 1e-6]), torch.tensor([3.0, 0.0, 0.0, 0.0])
+    params = {"epsilon": 1e-5, "r": r, "alpha": alpha}
+    out = get_method("ramplus_tl").fn(base, [first, second], [{}, {}], params, None)
+    assert torch.allclose(out, torch.tensor([2.0, 0.0, boosted, 0.0]), rtol=0, atol=1e-6)

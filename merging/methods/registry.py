@@ -80,6 +80,8 @@ _FAMILY_MODULES = (
     "merging.methods.interpolation",
     "merging.methods.model_stock",
     "merging.methods.passthrough",
+    "merging.methods.arcee_fusion",
+    "merging.methods.ram",
 )
 _loaded = False
 

@@ -1,0 +1,94 @@
+"""Reinforced Agent Merging (mergekit 0.1.5's `ram` and `ramplus_tl`, arXiv:2601.13572).
+
+An entry only one model changed keeps that model's change whole (averaging would dilute it by the model count);
+an entry several models changed gets the mean of their changes. A change counts when |x_i − base| > epsilon.
+RAM+ (tensor-local) also scales up each model's unique entries by how much of its change the others share in the
+same tensor: λ_i = 1 + r·min(ρ_i, α), ρ_i = (its shared changed entries) / (its unique changed entries).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from merging.methods.common import as_float32
+from merging.methods.params import MAGNITUDE
+from merging.methods.registry import Method, Param, register
+
+EPSILON = Param(
+    name="epsilon", scope="global", default=1e-5, low=1e-12, high=1.0, kind="float",
+    help="A change of at most this size counts as no change (RAM+ also divides by it when a model has no unique "
+    "entries).",
+)
+R = Param(name="r", scope="global", default=0.1, low=-MAGNITUDE, high=MAGNITUDE, kind="float",
+          help="How strongly the shared/unique ratio boosts each model's unique entries.", ui_range=(0.0, 1.0))
+ALPHA = Param(name="alpha", scope="global", default=0.2, low=0.0, high=MAGNITUDE, kind="float",
+              help="Cap on the shared/unique ratio before it boosts (boost at most 1 + r·α).", ui_range=(0.0, 1.0))
+
+
+def changed_task_vectors(base32: torch.Tensor, tensors: list[torch.Tensor], epsilon: float,
+                         ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """(each task vector with its unchanged entries zeroed, each model's changed-entry mask, how many models
+    changed each entry)."""
+    deltas, changed = [], []
+    count = torch.zeros(base32.shape, dtype=torch.int32, device=base32.device)
+    for tensor in tensors:
+        delta = as_float32(tensor) - base32
+        mask = delta.abs() > epsilon
+        deltas.append(delta.masked_fill_(~mask, 0.0))
+        changed.append(mask)
+        count += mask
+    return deltas, changed, count
+
+
+def disjoint_merge(base32: torch.Tensor, deltas: list[torch.Tensor], count: torch.Tensor,
+                   boosts: list[float]) -> torch.Tensor:
+    """base + per entry: boost_i·δ_i where model i alone changed it, the mean of the changes where several did."""
+    shared_sum = torch.zeros_like(base32)
+    unique_sum = torch.zeros_like(base32)
+    for delta, boost in zip(deltas, boosts):
+        shared_sum += delta
+        unique_sum.add_(delta, alpha=boost)
+    shared = count > 1
+    merged = torch.where(shared, shared_sum / count.clamp(min=1), unique_sum)
+    return base32 + merged
+
+
+def ram(base, tensors, model_params, params, generator) -> torch.Tensor:
+    base32 = as_float32(base)
+    deltas, _, count = changed_task_vectors(base32, tensors, float(params["epsilon"]))
+    return disjoint_merge(base32, deltas, count, [1.0] * len(deltas))
+
+
+def unique_boosts(changed: list[torch.Tensor], count: torch.Tensor, epsilon: float, r: float,
+                  alpha: float) -> list[float]:
+    """RAM+'s λ_i = 1 + r·clamp(ρ_i, 0, α), ρ_i = shared_i / max(unique_i, ε) counted over this tensor."""
+    shared, unique = count > 1, count == 1
+    boosts = []
+    for mask in changed:
+        ratio = int((mask & shared).sum()) / max(int((mask & unique).sum()), epsilon)
+        boosts.append(1.0 + r * min(max(ratio, 0.0), alpha))
+    return boosts
+
+
+def ramplus_tl(base, tensors, model_params, params, generator) -> torch.Tensor:
+    base32 = as_float32(base)
+    epsilon = float(params["epsilon"])
+    deltas, changed, count = changed_task_vectors(base32, tensors, epsilon)
+    boosts = unique_boosts(changed, count, epsilon, float(params["r"]), float(params["alpha"]))
+    return disjoint_merge(base32, deltas, count, boosts)
+
+
+register(Method(
+    name="ram", family="ram",
+    explanation="Keep a change only one model made whole; average the changes where several models changed an "
+    "entry.",
+    formula="δ_i = x_i − base where |x_i − base| > ε, else 0; n = #{i: δ_i ≠ 0}; out = base + Σ_i δ_i / max(n, 1)",
+    params=(EPSILON,), base="required", random=False, min_models=1, max_models=None, fn=ram,
+))
+register(Method(
+    name="ramplus_tl", family="ram",
+    explanation="RAM, with each model's unique changes scaled up by how much of its change the others share in "
+    "this tensor.",
+    formula="λ_i = 1 + r·min(shared_i / unique_i, α); out = base + (n = 1: λ_i·δ_i; n > 1: Σ_i δ_i / n)",
+    params=(EPSILON, R, ALPHA), base="required", random=False, min_models=1, max_models=None, fn=ramplus_tl,
+))
