@@ -26,46 +26,52 @@ ALPHA = Param(name="alpha", scope="global", default=0.2, low=0.0, high=MAGNITUDE
 
 
 def changed_task_vectors(base32: torch.Tensor, tensors: list[torch.Tensor], epsilon: float,
-                         ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
-    """(each task vector with its unchanged entries zeroed, each model's changed-entry mask, how many models
-    changed each entry)."""
-    deltas, changed = [], []
+                         ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(each task vector with its unchanged entries zeroed, how many models changed each entry). A kept entry is
+    nonzero (|δ| > ε ≥ 1e-12), so `delta != 0` is its model's changed-entry mask: no masks are kept beside."""
+    deltas = []
     count = torch.zeros(base32.shape, dtype=torch.int32, device=base32.device)
     for tensor in tensors:
         delta = as_float32(tensor) - base32
-        mask = delta.abs() > epsilon
-        deltas.append(delta.masked_fill_(~mask, 0.0))
-        changed.append(mask)
-        count += mask
-    return deltas, changed, count
+        changed = delta.abs() > epsilon
+        deltas.append(delta.masked_fill_(~changed, 0.0))
+        count += changed
+    return deltas, count
 
 
 def disjoint_merge(base32: torch.Tensor, deltas: list[torch.Tensor], count: torch.Tensor,
-                   boosts: list[float]) -> torch.Tensor:
-    """base + per entry: boost_i·δ_i where model i alone changed it, the mean of the changes where several did."""
-    shared_sum = torch.zeros_like(base32)
-    unique_sum = torch.zeros_like(base32)
-    for delta, boost in zip(deltas, boosts):
-        shared_sum += delta
-        unique_sum.add_(delta, alpha=boost)
+                   boosts: list[float] | None = None) -> torch.Tensor:
+    """base + per entry: boost_i·δ_i where model i alone changed it (boost 1 without `boosts`), the mean of the
+    changes where several did."""
+    total = torch.zeros_like(base32)
+    for delta in deltas:
+        total += delta
     shared = count > 1
-    merged = torch.where(shared, shared_sum / count.clamp(min=1), unique_sum)
-    return base32 + merged
+    mean = total.div_(count.clamp(min=1))  # a lone change divided by 1: itself
+    if boosts is None:
+        return base32 + mean
+    boosted = torch.zeros_like(base32)
+    for delta, boost in zip(deltas, boosts):
+        boosted.add_(delta, alpha=boost)
+    return base32 + torch.where(shared, mean, boosted)
 
 
 def ram(base, tensors, model_params, params, generator) -> torch.Tensor:
     base32 = as_float32(base)
-    deltas, _, count = changed_task_vectors(base32, tensors, float(params["epsilon"]))
-    return disjoint_merge(base32, deltas, count, [1.0] * len(deltas))
+    deltas, count = changed_task_vectors(base32, tensors, float(params["epsilon"]))
+    return disjoint_merge(base32, deltas, count)
 
 
-def unique_boosts(changed: list[torch.Tensor], count: torch.Tensor, epsilon: float, r: float,
+def unique_boosts(deltas: list[torch.Tensor], count: torch.Tensor, epsilon: float, r: float,
                   alpha: float) -> list[float]:
     """RAM+'s λ_i = 1 + r·clamp(ρ_i, 0, α), ρ_i = shared_i / max(unique_i, ε) counted over this tensor."""
-    shared, unique = count > 1, count == 1
+    shared = count > 1
     boosts = []
-    for mask in changed:
-        ratio = int((mask & shared).sum()) / max(int((mask & unique).sum()), epsilon)
+    for delta in deltas:
+        changed = delta != 0
+        changed_total = int(changed.sum())
+        shared_count = int((changed & shared).sum())
+        ratio = shared_count / max(changed_total - shared_count, epsilon)
         boosts.append(1.0 + r * min(max(ratio, 0.0), alpha))
     return boosts
 
@@ -73,8 +79,8 @@ def unique_boosts(changed: list[torch.Tensor], count: torch.Tensor, epsilon: flo
 def ramplus_tl(base, tensors, model_params, params, generator) -> torch.Tensor:
     base32 = as_float32(base)
     epsilon = float(params["epsilon"])
-    deltas, changed, count = changed_task_vectors(base32, tensors, epsilon)
-    boosts = unique_boosts(changed, count, epsilon, float(params["r"]), float(params["alpha"]))
+    deltas, count = changed_task_vectors(base32, tensors, epsilon)
+    boosts = unique_boosts(deltas, count, epsilon, float(params["r"]), float(params["alpha"]))
     return disjoint_merge(base32, deltas, count, boosts)
 
 
