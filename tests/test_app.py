@@ -505,6 +505,41 @@ def test_first_start_builds_the_default_real_family_in_the_background(monkeypatc
     assert models_panel.start_default_family_build() is None  # nothing to build: no thread
 
 
+def test_the_start_up_build_survives_the_page_patching_tqdm(monkeypatch):
+    """The first-start race: the background build's tqdm bar, made before the page is built (which makes gradio
+    patch tqdm) and updated after, failed with "'tqdm' object has no attribute '_progress'"."""
+    import threading
+
+    import gradio as gr
+    import tqdm
+
+    from ui import models_panel
+
+    for name in ("__init__", "update", "close", "__exit__", "__iter__"):  # tqdm as before any page was built here
+        original = getattr(tqdm.tqdm, f"__{name.strip('_')}__orig__", None)
+        if original is not None:
+            monkeypatch.setattr(tqdm.tqdm, name, original)
+    bar_made, page_built, failures = threading.Event(), threading.Event(), []
+
+    def build_with_a_bar(name: str) -> None:
+        with tqdm.tqdm(total=2, desc="build", disable=False) as bar:
+            bar_made.set()
+            page_built.wait(timeout=30)
+            bar.update(1)  # after the page patched tqdm
+
+    monkeypatch.delenv(models_panel.DEFAULT_PRESET_ENV, raising=False)
+    monkeypatch.setattr(models_panel, "is_family_built", lambda family: False)
+    monkeypatch.setattr(models_panel, "ensure_family", build_with_a_bar)
+    monkeypatch.setattr(models_panel.logging.getLogger("mergelab.ui"), "warning",
+                        lambda *args: failures.append(args))
+    thread = models_panel.start_default_family_build()
+    bar_made.wait(timeout=30)
+    gr.Progress(track_tqdm=True)  # what building the page does, while the build runs
+    page_built.set()
+    thread.join(timeout=30)
+    assert failures == []
+
+
 def test_an_out_of_date_evaluation_names_the_earlier_merge_not_the_current_one():
     from ui.evaluate_panel import evaluated_text, stale_note
     from ui.merge_record import MergeSettings

@@ -57,6 +57,10 @@ def start_default_family_build() -> threading.Thread | None:
         except Exception as error:  # noqa: BLE001 - the page load retries the build and shows the message
             logging.getLogger("mergelab.ui").warning("Building the %s family failed: %s", family.name, error)
 
+    # gradio swaps tqdm's methods the first time a gr.Progress(track_tqdm=True) is made (building the page makes
+    # one); a bar made before that swap and updated after it fails ("'tqdm' object has no attribute '_progress'").
+    # Swap them now, so the build's bars are made after it whatever the order of start-up.
+    gr.Progress(track_tqdm=True)
     thread = threading.Thread(target=build, name=f"build-{family.name}", daemon=True)
     thread.start()
     return thread
