@@ -1,6 +1,9 @@
 """docs/adding-a-method.md, followed literally: the page's Python blocks (steps 1-3) become a family module, the
 module goes into the registry's `_FAMILY_MODULES` (step 3), and the method registers, validates, merges in memory
-(LiveMerger) and to a folder (the engine) as step 4 says. If this needs more than the guide says, the guide is wrong."""
+(LiveMerger) and to a folder (the engine) as step 4 says. If this needs more than the guide says, the guide is wrong.
+
+The method's name is read from the guide, and the tests pass whether or not a reader has followed the guide for real
+(the same name then registered by merging/methods/<name>.py): the page's copy stands in for it during the tests."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from merging.sources import open_model
 from tests.factory import make_family
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "adding-a-method.md"
-MODULE = "guide_task_median"
+MODULE = "guide_method_under_test"  # not merging.methods.<name>: a reader's real module keeps its own name
 
 
 def guide_module_source() -> str:
@@ -31,18 +34,34 @@ def guide_module_source() -> str:
     return "\n".join(blocks)
 
 
+def guide_method_name() -> str:
+    """The name the guide's `register(Method(name=...))` gives its example."""
+    names = re.findall(r"register\(Method\(\s*name=\"(\w+)\"", guide_module_source())
+    assert len(names) == 1, f"the guide should register one example method, found {names}"
+    return names[0]
+
+
+NAME = guide_method_name()
+
+
 @pytest.fixture
 def guide_method(monkeypatch, tmp_path):
     """The guide's module on the path and in `_FAMILY_MODULES`, loaded by a lookup into a copy of the registry (so
-    the method is gone again for the other tests)."""
+    the method is gone again for the other tests). A real method of the same name (the reader followed the guide)
+    is left out of the copy, so the page's own code is what registers and runs."""
     registry.list_methods()  # the real families first (their modules stay imported)
     (tmp_path / f"{MODULE}.py").write_text(guide_module_source(), encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    monkeypatch.setattr(registry, "_METHODS", {k: m for k, m in registry._METHODS.items() if m.name != NAME})
     monkeypatch.setattr(registry, "_FAMILY_MODULES", (*registry._FAMILY_MODULES, MODULE))
     monkeypatch.setattr(registry, "_loaded", False)
-    yield registry.get_method("task_median")
+    method = registry.get_method(NAME)
+    LOADED.append(method)
+    yield method
     sys.modules.pop(MODULE, None)
+
+
+LOADED: list[registry.Method] = []  # the guide's methods the fixture registered (for the last test)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +71,7 @@ def family(tmp_path_factory):
 
 def _recipe(family, lam) -> str:
     models = "".join(f"  - model: {expert}\n" for expert in family.experts)
-    return f"merge_method: task_median\nbase_model: {family.base}\nmodels:\n{models}parameters:\n  lambda: {lam}\n"
+    return f"merge_method: {NAME}\nbase_model: {family.base}\nmodels:\n{models}parameters:\n  lambda: {lam}\n"
 
 
 def _read(folder) -> dict[str, torch.Tensor]:
@@ -61,8 +80,9 @@ def _read(folder) -> dict[str, torch.Tensor]:
 
 
 def test_the_guides_method_registers_and_validates(guide_method, family):
-    assert guide_method.name == "task_median" and guide_method in registry.list_methods()
-    assert load_recipe(_recipe(family, 0.8)).merge_method == "task_median"
+    assert guide_method.name == NAME and guide_method.fn.__module__ == MODULE
+    assert guide_method in registry.list_methods()
+    assert load_recipe(_recipe(family, 0.8)).merge_method == NAME
     with pytest.raises(RecipeError, match=r"lambda = 1000 is outside \[-100, 100\]"):
         load_recipe(_recipe(family, 1000))
 
@@ -87,5 +107,12 @@ def test_the_guides_method_merges_in_memory_and_to_a_folder(guide_method, family
 
 
 def test_the_method_is_gone_again_after_the_guide_tests():
-    with pytest.raises(RecipeError, match="unknown merge_method 'task_median'"):
-        registry.get_method("task_median")
+    """After the fixture the registry is as before: the page's copy is gone; the name is unknown again, or, once a
+    reader has followed the guide for real, it is their module's method."""
+    try:
+        real = registry.get_method(NAME)
+    except RecipeError as error:
+        assert f"unknown merge_method '{NAME}'" in str(error)
+    else:
+        assert real.fn.__module__ == f"merging.methods.{NAME}"
+    assert all(registry._METHODS.get(NAME) is not method for method in LOADED)

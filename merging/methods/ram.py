@@ -14,7 +14,7 @@ from merging.methods.common import as_float32
 from merging.methods.params import MAGNITUDE
 from merging.methods.registry import Method, Param, register
 
-EPSILON = Param(
+CHANGE_THRESHOLD = Param(
     name="epsilon", scope="global", default=1e-5, low=1e-12, high=1.0, kind="float",
     help="A change of at most this size counts as no change (RAM+ also divides by it when a model has no unique "
     "entries).",
@@ -89,12 +89,12 @@ register(Method(
     explanation="Keep a change only one model made whole; average the changes where several models changed an "
     "entry.",
     formula="δ_i = x_i − base where |x_i − base| > ε, else 0; n = #{i: δ_i ≠ 0}; out = base + Σ_i δ_i / max(n, 1)",
-    params=(EPSILON,), base="required", random=False, min_models=1, max_models=None, fn=ram,
+    params=(CHANGE_THRESHOLD,), base="required", random=False, min_models=1, max_models=None, fn=ram,
 ))
 register(Method(
     name="ramplus_tl", family="ram",
     explanation="RAM, with each model's unique changes scaled up by how much of its change the others share in "
     "this tensor.",
     formula="λ_i = 1 + r·min(shared_i / unique_i, α); out = base + (n = 1: λ_i·δ_i; n > 1: Σ_i δ_i / n)",
-    params=(EPSILON, R, ALPHA), base="required", random=False, min_models=1, max_models=None, fn=ramplus_tl,
+    params=(CHANGE_THRESHOLD, R, ALPHA), base="required", random=False, min_models=1, max_models=None, fn=ramplus_tl,
 ))
