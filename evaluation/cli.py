@@ -107,32 +107,103 @@ def _run(args: argparse.Namespace) -> int:
 # --- sweep ----------------------------------------------------------------------------------------------------
 
 
-def _sweep(args: argparse.Namespace) -> int:
-    _quiet_transformers()
-    from evaluation.sweep import MAX_GRID_POINTS, parse_grids, prepare_sweep, run_sweep  # deferred: torch
+def _runner(args: argparse.Namespace, template: Any, tasks: Any) -> Any:
+    """The sweep's or search's runner: Ray workers (--ray auto | ADDRESS) or this process, for the recipe's models
+    scored on `tasks` (one task set or named splits)."""
+    from evaluation.answer_cache import default_directory  # deferred: transformers
+    from evaluation.runner import InProcessRunner, RayRunner, build_scorer, recipe_spec  # deferred: torch
 
-    weights, densities = parse_grids(args.weights, args.densities, max_points=MAX_GRID_POINTS,
-                                     row_name="weight", column_name="density")
-    methods = [m.strip() for m in args.method.split(",") if m.strip()] if args.method else None
-    tasks = load_tasks(args.tasks).limited(args.per_task)
-    setup = prepare_sweep(args.recipe, tasks, experts=_expert_pairs(args.expert), device=args.device,
-                          dtype=_dtype(args), answer_cache=_answer_cache(args))
+    cache_dir = None if args.no_cache else str(args.cache_dir or default_directory())
+    spec = recipe_spec(template, tasks, experts=_expert_pairs(args.expert), device=args.device, dtype=_dtype(args),
+                       threads=args.threads or 0, cache_dir=cache_dir)
+    if args.ray:
+        return RayRunner(spec, workers=args.workers, address=args.ray)
+    return InProcessRunner(build_scorer(spec))
 
+
+def _progress(args: argparse.Namespace) -> Any:
     def progress(fraction: float, text: str) -> None:
         if not args.quiet:
             print(f"[{fraction:4.0%}] {text}", file=sys.stderr)
 
-    result = run_sweep(setup.template, setup.merger, setup.evaluator, weights=weights, densities=densities,
-                       methods=methods, metric=args.metric, seed=args.seed, progress=progress)
+    return progress
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    _quiet_transformers()
+    from evaluation.sweep import MAX_GRID_POINTS, parse_grids, run_sweep  # deferred: torch
+    from merging.recipe import load_recipe  # deferred: torch, through merging (module comment)
+
+    weights, densities = parse_grids(args.weights, args.densities, max_points=MAX_GRID_POINTS,
+                                     row_name="weight", column_name="density")
+    methods = [m.strip() for m in args.method.split(",") if m.strip()] if args.method else None
+    template = load_recipe(args.recipe, validate=False)  # each point is validated when merged
+    runner = _runner(args, template, load_tasks(args.tasks).limited(args.per_task))
+    try:
+        result = run_sweep(template, None, None, weights=weights, densities=densities, methods=methods,
+                           metric=args.metric, seed=args.seed, progress=_progress(args), runner=runner)
+    finally:
+        runner.close()
     written = result.write(args.out)
+    for failed in result.failed:
+        print(f"not scored: {failed['label']}: {failed['incident']}")
     for method in result.methods:
         _print_grid(result, method)
     best = result.best
     if best is not None:
         print(f"best {args.metric} = {best.value(args.metric):.3f} with {best.method} weight={best.weight} "
               f"density={best.density}")
-    print(f"{len(result.points)} points in {result.seconds:.1f} s; wrote " + ", ".join(map(str, written.values())))
+    retried = [p for p in result.points if p.incident]
+    for point in retried:
+        print(f"note: weight={point.weight} density={point.density}: {point.incident}")
+    print(f"{len(result.points)} points in {result.seconds:.1f} s ({result.where}); wrote "
+          + ", ".join(map(str, written.values())))
     return 0
+
+
+# --- search ---------------------------------------------------------------------------------------------------
+
+
+def _search(args: argparse.Namespace) -> int:
+    _quiet_transformers()
+    from evaluation.search import SearchSpace, recipe_build, recipe_grid, run_search, split_tasks  # deferred: torch
+    from evaluation.sweep import MAX_GRID_POINTS, parse_grids  # deferred: torch
+    from merging.recipe import load_recipe  # deferred: torch, through merging (module comment)
+
+    template = load_recipe(args.recipe, validate=False)
+    method = args.method or template.merge_method
+    models = tuple(m.model for m in template.models if m.model != template.base_model)
+    space = SearchSpace(method, models, layer_ranges=args.layer_ranges)
+    grid = []
+    if not args.no_grid:
+        weights, densities = parse_grids(args.grid_weights, args.grid_densities, max_points=MAX_GRID_POINTS,
+                                         row_name="weight", column_name="density")
+        grid = recipe_grid(template, method, weights, densities)
+    splits = split_tasks(load_tasks(args.tasks).limited(args.per_task), args.held_out, args.seed)
+    runner = _runner(args, template, splits)
+    try:
+        result = run_search(runner, space, recipe_build(template, space), budget=args.budget, sampler=args.sampler,
+                            seed=args.seed, metric=args.metric, grid=grid, progress=_progress(args))
+    finally:
+        runner.close()
+    written = result.write(args.out)
+    _print_search(result)
+    print(f"wrote {', '.join(map(str, written.values()))}")
+    return 0
+
+
+def _print_search(result: Any) -> None:
+    best, grid_best = result.best, result.grid_best
+    print(f"{result.sampler} search of {result.method}, {len(result.trials)} proposals in {result.seconds:.1f} s "
+          f"({result.where}); {result.metric}:")
+    print(f"{'':<22} {'search split':>12} {'held out':>9}")
+    for name, candidate in (("best proposal", best), (f"best of {len(result.grid)}-point grid", grid_best)):
+        if candidate is not None:
+            print(f"{name:<22} {_percent(candidate.search_value):>12} {_percent(candidate.held_out_value):>9}")
+    if best is not None:
+        print("best proposal's parameters: " + ", ".join(f"{k}={v:.3f}" for k, v in best.params.items()))
+    for line in result.failed:
+        print(f"not scored: {line}")
 
 
 def _print_grid(result: Any, method: str) -> None:
@@ -175,13 +246,7 @@ def _interference(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     _quiet_transformers()
-    from evaluation.baselines import (  # deferred: torch (module comment)
-        WHY_NOT,
-        baseline_settings,
-        compare_with_baselines,
-        settings_recipe,
-        why_not_better,
-    )
+    from evaluation.baselines import WHY_NOT, compare_fairly, settings_recipe, why_not_better  # deferred: torch
     from evaluation.charts import comparison_markdown  # deferred: plotly, which charts.py imports, is slow to import
     from evaluation.sweep import prepare_sweep  # deferred: torch (module comment)
     from merging.learned.recipe_io import INFO_FILE, RECIPE_FILE  # deferred: torch (module comment)
@@ -194,6 +259,7 @@ def _compare(args: argparse.Namespace) -> int:
     try:
         learned = json.loads(info.read_text(encoding="utf-8"))
         method, experts = learned["method"], dict(learned["experts"])
+        inputs = dict(learned.get("learning_inputs") or {})
     except (ValueError, KeyError, TypeError) as error:
         raise MergeLabError(f"{info} is not readable as a learned merge's summary ({error!r}): write the folder again "
                             "with `python -m merging learn --out DIR`.") from None
@@ -208,15 +274,19 @@ def _compare(args: argparse.Namespace) -> int:
     def merge(settings: Mapping[str, Any]) -> Any:
         return setup.merger.merge(settings_recipe(base, refs, settings), seed=0)
 
-    scores = compare_with_baselines(setup.evaluator, method, lambda: setup.merger.merge(setup.template, seed=0),
-                                    merge, len(refs))
-    print(comparison_markdown(scores))
+    scores, choices = compare_fairly(setup.evaluator, method, lambda: setup.merger.merge(setup.template, seed=0),
+                                     merge, len(refs), inputs)
+    print(comparison_markdown(scores, {name: choice.describe() for name, choice in choices.items()}))
     reason = why_not_better(method, scores)
     if reason:
         print(f"\nWhy the learned merge does not beat task arithmetic here: {reason}")
-    baselines = {name: settings_recipe(base, refs, s).to_dict() for name, s in baseline_settings(len(refs)).items()}
+    baselines = {name: settings_recipe(base, refs, c.settings).to_dict() for name, c in choices.items()}
+    chosen = {name: {"how": c.how, "learning_split_agreement": c.score, "described": c.describe(),
+                     "tried": [{"settings": s, "learning_split_agreement": v} for s, v in c.tried]}
+              for name, c in choices.items()}
     data = {"learned": str(folder), "method": method, "tasks_file": str(args.tasks), "baselines": baselines,
-            "scores": {name: result.to_dict() for name, result in scores.items()}, "why_not_better": reason}
+            "baseline_choices": chosen, "scores": {name: result.to_dict() for name, result in scores.items()},
+            "why_not_better": reason}
     print(f"wrote {_write_json(args.out, data)}")
     return 0
 
@@ -238,6 +308,13 @@ def _scoring_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the experts' answers are kept (default $MERGELAB_ANSWER_CACHE or "
                              "~/.cache/mergelab/expert-answers)")
     parser.add_argument("--no-cache", action="store_true", help="keep the experts' answers in memory only")
+
+
+def _ray_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ray", default=None, metavar="auto|ADDRESS",
+                        help="score points on Ray workers: auto starts a local cluster, an address joins one; "
+                             "default: in this process")
+    parser.add_argument("--workers", type=int, default=2, help="Ray workers (one per GPU, or CPU workers); default 2")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,7 +343,32 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", required=True, help="results JSON file (the CSV and best recipe go beside it)")
     _scoring_arguments(sweep)
     sweep.add_argument("--quiet", action="store_true", help="no progress lines")
+    _ray_arguments(sweep)
     sweep.set_defaults(handler=_sweep)
+
+    search = commands.add_parser("search", help="search per-model weights and densities with Optuna; report the "
+                                                "best on held-out examples beside the best grid point")
+    search.add_argument("recipe", help="mergekit-style YAML recipe (base_model + the models to merge)")
+    search.add_argument("--tasks", required=True, help="JSONL task file (split into search and held-out examples)")
+    search.add_argument("--budget", type=int, default=15, help="proposals to score; default 15")
+    search.add_argument("--sampler", choices=["tpe", "cmaes"], default="tpe", help="Optuna sampler; default tpe")
+    search.add_argument("--method", default=None, help="merge method; default the recipe's")
+    search.add_argument("--layer-ranges", type=int, default=1,
+                        help="search each value per layer range: a mergekit gradient of N points; default 1 (scalar)")
+    search.add_argument("--held-out", type=float, default=0.5, help="share of each task held out; default 0.5")
+    search.add_argument("--metric", default="accuracy", help="accuracy | agreement | normalized_accuracy, or "
+                        "TASK.METRIC; default accuracy")
+    search.add_argument("--grid-weights", default="0.2:1.0:0.2", help="the grid compared with; default 0.2:1.0:0.2")
+    search.add_argument("--grid-densities", default="0.2:1.0:0.2", help="default 0.2:1.0:0.2")
+    search.add_argument("--no-grid", action="store_true", help="do not score the grid for comparison")
+    search.add_argument("--expert", action="append", metavar="NAME=DIR",
+                        help="name a recipe model after the expert its tasks name (default: its folder name)")
+    search.add_argument("--seed", type=int, default=0, help="sampler, split and random-method seed; default 0")
+    search.add_argument("--out", required=True, help="results JSON file (the best recipe's YAML goes beside it)")
+    _scoring_arguments(search)
+    search.add_argument("--quiet", action="store_true", help="no progress lines")
+    _ray_arguments(search)
+    search.set_defaults(handler=_search)
 
     interference = commands.add_parser("interference", help="how the recipe's task vectors interfere")
     interference.add_argument("recipe", help="mergekit-style YAML recipe (base_model + at least two models)")

@@ -24,12 +24,12 @@ from typing import Any
 
 import torch
 
-from evaluation.agreement import METRICS, EvalResult, Evaluator
+from evaluation.agreement import METRICS, Evaluator
 from evaluation.answer_cache import AnswerCache
 from evaluation.errors import SweepError
+from evaluation.runner import InProcessRunner, PointJob, PointOutcome, Scorer, estimate_seconds
 from evaluation.tasks import TaskSet, tasks_for_experts
 from inference.loading import load_model
-from merging.errors import MergeLabError
 from merging.live import LiveMerger
 from merging.methods.registry import get_method
 from merging.recipe import Recipe, load_recipe
@@ -162,6 +162,9 @@ class SweepPoint:
     answers: dict[str, list[str | None]]
     seconds: float
     settings: dict[str, Any] | None = None  # the Merge panel's settings of this point (settings sweeps)
+    worker: str = "in process"  # where it was scored (evaluation.runner)
+    attempts: int = 1  # 2 when its first worker died and a fresh one scored it
+    incident: str | None = None  # what happened on the way (a worker that died), None when nothing did
 
     def value(self, metric: str) -> float | None:
         task, _, name = metric.rpartition(".")
@@ -180,6 +183,8 @@ class SweepResult:
     expected: dict[str, list[Any]] = field(default_factory=dict)
     seconds: float = 0.0
     axes: tuple[str, str | None] = ("weight", "density")  # what the `weight` / `density` fields of a point hold
+    where: str = "in process"  # the runner: in process, or Ray with N workers
+    failed: list[dict[str, Any]] = field(default_factory=list)  # points not scored (their worker died twice)
 
     @property
     def best(self) -> SweepPoint | None:
@@ -289,8 +294,8 @@ def _axes(method: str, weights: list[float], densities: list[float]) -> list[tup
 
 def run_sweep(
     template: Recipe,
-    merger: LiveMerger,
-    evaluator: Evaluator,
+    merger: LiveMerger | None,
+    evaluator: Evaluator | None,
     *,
     weights: Sequence[float],
     densities: Sequence[float],
@@ -299,25 +304,31 @@ def run_sweep(
     seed: int = 0,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    runner: Any = None,
+    partial: Callable[[SweepResult], Any] | None = None,
 ) -> SweepResult:
     """Merge and score every grid point. `metric`: agreement | accuracy | normalized_accuracy (means over tasks) or
-    <task>.<metric>. `should_stop()` returning True ends the sweep early with the points done so far."""
+    <task>.<metric>. `should_stop()` returning True ends the sweep early with the points done so far. `runner`
+    (evaluation.runner: in process or Ray) scores the points; None: in process on `merger` and `evaluator`.
+    `partial(result)` sees the result after each point (a heatmap filling in)."""
+    runner = runner or InProcessRunner(Scorer(merger, {"all": evaluator}))
+    tasks = runner.tasks()
     methods = list(methods or [template.merge_method])
-    _check_metric(metric, evaluator.tasks)
+    _check_metric(metric, tasks)
     plan = [(m, w, d) for m in methods for w, d in _axes(m, list(weights), list(densities))]
     if not plan:
         raise SweepError("The sweep grid is empty: give at least one weight and one density.")
     recipes = [point_recipe(template, m, w, d) for m, w, d in plan]  # fail on a bad method before any work
     result = SweepResult(
         metric=metric, methods=methods, weights=list(weights), densities=list(densities),
-        tasks=evaluator.tasks.task_names,
-        questions={t.name: t.inputs for t in evaluator.tasks.tasks.values()},
-        expected={t.name: t.answers for t in evaluator.tasks.tasks.values()},
+        tasks=tasks.task_names, where=runner.where,
+        questions={t.name: t.inputs for t in tasks.tasks.values()},
+        expected={t.name: t.answers for t in tasks.tasks.values()},
     )
-    jobs = [_Job(label=f"{method} weight={weight} density={density}", recipe=recipe, seed=seed,
+    jobs = [PointJob(label=f"{method} weight={weight} density={density}", recipe=recipe, seed=seed,
                  point={"method": method, "weight": weight, "density": density, "recipe": recipe.to_dict()})
             for (method, weight, density), recipe in zip(plan, recipes)]
-    return _score_points(result, jobs, merger, evaluator, metric, progress, should_stop)
+    return _score_points(result, jobs, runner, progress, should_stop, partial)
 
 
 # --- settings sweeps: each point is the Merge panel's settings with one or two of them changed --------------------
@@ -418,17 +429,22 @@ def settings_grid(settings: Mapping[str, Any], sources: Sequence[str], rows: str
 def run_settings_sweep(
     points: Sequence[tuple[float | None, float | None, Mapping[str, Any]]],
     build: Callable[[Mapping[str, Any]], tuple[Recipe, Recipe]],
-    merger: LiveMerger,
-    evaluator: Evaluator,
+    merger: LiveMerger | None,
+    evaluator: Evaluator | None,
     *,
     axes: tuple[str | None, str | None],
     metric: str = "accuracy",
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    runner: Any = None,
+    partial: Callable[[SweepResult], Any] | None = None,
 ) -> SweepResult:
     """Merge and score each point's settings. `build(settings)` gives (recipe the merger runs, recipe to record):
-    the second names models as an export does, so the kept point's YAML is what was scored."""
-    _check_metric(metric, evaluator.tasks)
+    the second names models as an export does, so the kept point's YAML is what was scored. `runner`, `partial`:
+    as run_sweep's."""
+    runner = runner or InProcessRunner(Scorer(merger, {"all": evaluator}))
+    tasks = runner.tasks()
+    _check_metric(metric, tasks)
     if not points:
         raise SweepError("The sweep grid is empty: give at least one value per axis.")
     recipes = [build(p[2]) for p in points]  # fail on a bad setting before any work
@@ -436,54 +452,57 @@ def run_settings_sweep(
     result = SweepResult(
         metric=metric, methods=methods,
         weights=list(dict.fromkeys(p[0] for p in points)), densities=list(dict.fromkeys(p[1] for p in points)),
-        tasks=evaluator.tasks.task_names, axes=(axes[0] or "", axes[1]),
-        questions={t.name: t.inputs for t in evaluator.tasks.tasks.values()},
-        expected={t.name: t.answers for t in evaluator.tasks.tasks.values()},
+        tasks=tasks.task_names, axes=(axes[0] or "", axes[1]), where=runner.where,
+        questions={t.name: t.inputs for t in tasks.tasks.values()},
+        expected={t.name: t.answers for t in tasks.tasks.values()},
     )
-    jobs = [_Job(label=f"{axes[0]}={row} {axes[1]}={column}", recipe=merged_recipe,
+    jobs = [PointJob(label=f"{axes[0]}={row} {axes[1]}={column}", recipe=merged_recipe,
                  seed=int(settings.get("seed") or 0),
                  point={"method": settings["method"], "weight": row, "density": column, "recipe": recorded.to_dict(),
                         "settings": copy.deepcopy(dict(settings))})
             for (row, column, settings), (merged_recipe, recorded) in zip(points, recipes)]
-    return _score_points(result, jobs, merger, evaluator, metric, progress, should_stop)
+    return _score_points(result, jobs, runner, progress, should_stop, partial)
 
 
-@dataclass
-class _Job:
-    """One sweep point to merge and score: what to call it, what the merger runs, and the SweepPoint's own fields."""
-
-    label: str
-    recipe: Recipe
-    seed: int
-    point: dict[str, Any]
-
-
-def _score_points(result: SweepResult, jobs: Sequence[_Job], merger: LiveMerger, evaluator: Evaluator, metric: str,
-                  progress: Progress | None, should_stop: Callable[[], bool] | None) -> SweepResult:
-    """Merge and score each job into `result.points` (the experts' answers first, once), reporting progress."""
+def _score_points(result: SweepResult, jobs: Sequence[PointJob], runner: Any, progress: Progress | None,
+                  should_stop: Callable[[], bool] | None,
+                  partial: Callable[[SweepResult], Any] | None) -> SweepResult:
+    """Score the jobs on `runner` into `result.points` (in grid order at the end), reporting progress with an
+    estimate of the time left from the points measured so far; failed points go to `result.failed`."""
     started = time.perf_counter()
     if progress:
-        progress(0.0, "Answers of the experts")
-    evaluator.expert_predictions()
-    for index, job in enumerate(jobs):
-        if should_stop is not None and should_stop():
-            break
-        tick = time.perf_counter()
-        try:
-            state = merger.merge(job.recipe, seed=job.seed)
-        except MergeLabError as error:
-            raise SweepError(f"Point {job.label}: {error}") from None
-        scored: EvalResult = evaluator.score_state(state)
-        result.points.append(SweepPoint(
-            **job.point, summary=scored.summary(), scores={name: asdict(score) for name, score in scored.scores.items()},
-            answers=scored.answers, seconds=time.perf_counter() - tick,
-        ))
+        progress(0.0, f"Answers of the experts ({runner.where})")
+    order: dict[int, int] = {}
+
+    def on_point(outcome: PointOutcome, done: int, total: int) -> None:
+        if outcome.failed:
+            result.failed.append({**outcome.job.point, "label": outcome.job.label, "incident": outcome.incident})
+        else:
+            result.points.append(SweepPoint(
+                **outcome.job.point, summary=outcome.summary, scores=outcome.scores, answers=outcome.answers,
+                seconds=outcome.seconds, worker=outcome.worker, attempts=outcome.attempts, incident=outcome.incident))
+            order[id(result.points[-1])] = outcome.index
+        result.seconds = time.perf_counter() - started
+        if partial is not None:
+            partial(result)
         if progress:
-            value = result.points[-1].value(metric)
-            shown = "–" if value is None else f"{value:.2f}"
-            progress((index + 1) / len(jobs), f"{index + 1}/{len(jobs)}: {job.label} {metric}={shown}")
+            value = outcome.value(result.metric)
+            shown = "failed" if outcome.failed else "–" if value is None else f"{value:.2f}"
+            progress(done / total, f"{done}/{total}: {outcome.job.label} {result.metric}={shown}"
+                     f"{remaining_text(result.points, total - done, runner.workers)}")
+
+    runner.run(jobs, on_point, should_stop)
+    result.points.sort(key=lambda p: order[id(p)])
     result.seconds = time.perf_counter() - started
     return result
+
+
+def remaining_text(points: Sequence[SweepPoint], left: int, workers: int) -> str:
+    """ "; about 40 s left" from the points' measured times (empty when nothing is left or measured)."""
+    if left <= 0 or not points:
+        return ""
+    per_point = sum(p.seconds for p in points) / len(points)
+    return f"; about {estimate_seconds(per_point, left, workers):.0f} s left"
 
 
 def _check_metric(metric: str, tasks: TaskSet) -> None:
