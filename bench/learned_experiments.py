@@ -1,20 +1,30 @@
 """The experiments behind docs/learned-merging.md, scored on prompts disjoint from those learned on, over several
-disjoint draws of the unlabeled inputs, with standard errors.
+disjoint draws of the unlabeled inputs, with 95 % intervals (evaluation.stats).
 
-    .venv/bin/python bench/learned_experiments.py heldout --family lm [--draws 3] [--examples 16] [--steps 200]
-    .venv/bin/python bench/learned_experiments.py rho --family lm [--rhos 0,0.02,0.05,0.1,0.2] [--draws 3]
-    .venv/bin/python bench/learned_experiments.py sharp --family minilm [--examples 2] [--draws 3]
+    .venv/bin/python bench/learned_experiments.py heldout --family lm [--draws 5] [--examples 12] [--steps 200]
+    .venv/bin/python bench/learned_experiments.py rho --family lm [--rhos 0,0.02,0.05,0.1,0.2] [--draws 5]
+    .venv/bin/python bench/learned_experiments.py sharp --family minilm [--examples 2] [--draws 5]
 
 Families: lm / classifier (the shipped tiny zoo), minilm / smollm2 (real families, built on demand by zoo).
 Draw d learns from the unlabeled inputs d·N … (d+1)·N − 1 of each expert (N = --examples; SAMerging and AdaMerging
 keep a quarter of them aside for early stopping). Every merge is scored on the family's task file, which shares no
 prompt with the unlabeled file:
-- agreement: the merged model's answer equals the task's own expert's (evaluation.Evaluator.score_state on the
-  state LiveMerger builds from the learned recipe, the product's own path);
+- accuracy: the merged model's answer equals the task file's true answer (mean over the experts' own tasks; a
+  composite task with no expert, japanese_math, is reported apart);
+- agreement: the merged model gives the answer of the task's own expert, over the examples the expert answered
+  ("no answer" never agrees; evaluation.Evaluator.score_state on the state LiveMerger builds from the recipe, the
+  product's own path);
 - held-out KL: mean KL(expert ‖ merge) at temperature 1 over the scored prompts (LM: at the positions of the expert's
   greedy answer; classifiers: the task's head);
 - held-out NLL: −log p_merge(the expert's own prediction) over the same rows.
-Means ± standard error over draws (data-free merges do not depend on the draw: one value). Prints markdown rows;
+Baselines are chosen per draw on that draw's learning inputs, as evaluation.baselines does for every comparison:
+task arithmetic with one λ (best of a grid), with one λ per expert (a coordinate pass from it) and TIES at its best
+density and λ, each by agreement with the experts on the learning inputs (never on the scored set). Fixed task
+arithmetic λ values are shown for reference (one value: they do not depend on the draw).
+
+Each row: mean over draws with its 95 % t interval, and the scored set's own binomial error (± half-width of the
+normal 95 % interval of the task mean at the row's per-task shares). Paired rows: learned − baseline draw by draw,
+with its 95 % t interval; a difference is called established only when the interval excludes 0. Prints markdown;
 --json writes every number.
 """
 
@@ -22,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -33,7 +42,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import zoo
-from evaluation.agreement import Evaluator
+from evaluation.agreement import EvalResult, Evaluator
+from evaluation.baselines import TASK_WISE, TIES, UNIFORM, choose_baselines, learning_tasks, settings_recipe
+from evaluation.stats import binomial_halfwidth, direction, mean_interval, paired_difference
 from evaluation.tasks import load_tasks
 from inference.loading import load_model
 from merging.learned.adapters import read_state, setup_causal_lm, setup_classifier
@@ -44,15 +55,7 @@ from merging.recipe import Recipe
 
 TA_GRID = (0.3, 0.5, 0.7, 1.0)
 BASE = "base"
-
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    """Mean and standard error of the mean (0 for a single value)."""
-    m = sum(values) / len(values)
-    if len(values) < 2:
-        return m, 0.0
-    var = sum((v - m) ** 2 for v in values) / (len(values) - 1)
-    return m, math.sqrt(var / len(values))
+METRICS = ("accuracy", "agreement")
 
 
 class FamilyBench:
@@ -65,8 +68,15 @@ class FamilyBench:
         tasks = load_tasks(family.tasks)
         if score_per_task:
             tasks = tasks.limited(score_per_task)
+        self.tasks = tasks
         self.evaluator = Evaluator(tasks, self.experts)
-        self.evaluator.expert_predictions()
+        predictions = self.evaluator.expert_predictions()
+        owned = {n: t for n, t in tasks.tasks.items() if t.expert is not None}
+        # the number of examples each share is over: expert-answered (agreement), known answers (accuracy)
+        self.counts = {
+            "agreement": {n: sum(a is not None for a in predictions[t.expert].tasks[n].answers) for n, t in owned.items()},
+            "accuracy": {n: sum(a is not None for a in t.answers) for n, t in owned.items()},
+        }
         base = read_state(family.base)
         states = {name: read_state(path) for name, path in family.experts.items()}
         num_layers = self.experts[next(iter(self.experts))].model.config.num_hidden_layers
@@ -123,18 +133,40 @@ class FamilyBench:
             nlls.append(nll_sum / rows)
         return sum(kls) / len(kls), sum(nlls) / len(nlls)
 
-    def score(self, recipe: dict, lam: torch.Tensor, names: list[str] | None = None) -> dict:
-        state = self.merger.merge(Recipe.from_dict(recipe))
-        result = self.evaluator.score_state(state)
-        kl, nll = self.heldout_kl_nll(lam, names)
-        return {"agreement": result.mean("agreement"), "kl": kl, "nll": nll,
-                "tasks": {t: s.agreement for t, s in result.scores.items() if s.agreement is not None}}
+    def score(self, recipe: dict, lam: torch.Tensor | None = None, names: list[str] | None = None) -> dict:
+        """Accuracy and agreement (means over the experts' own tasks), per task, composite tasks' accuracy, and the
+        held-out KL/NLL when the merge is θ(λ) (task arithmetic and learned merges; not TIES)."""
+        result = self.evaluator.score_state(self.merger.merge(Recipe.from_dict(recipe)))
+        out = own_task_means(result)
+        if lam is not None:
+            out["kl"], out["nll"] = self.heldout_kl_nll(lam, names)
+        return out
 
-    def task_arithmetic(self, weight: float) -> dict:
+    def task_arithmetic(self, weights: list[float] | float) -> dict:
+        weights = [float(weights)] * len(self.family.experts) if isinstance(weights, float | int) else weights
         recipe = {"merge_method": "task_arithmetic", "base_model": BASE,
-                  "models": [{"model": e, "parameters": {"weight": weight}} for e in self.family.experts]}
-        lam = torch.full((len(self.family.experts), self.scored.vectors.num_tensors), float(weight))
+                  "models": [{"model": e, "parameters": {"weight": w}} for e, w in zip(self.family.experts, weights)]}
+        lam = torch.tensor(weights, dtype=torch.float32)[:, None].expand(-1, self.scored.vectors.num_tensors)
         return self.score(recipe, lam)
+
+    def baselines(self, inputs: dict[str, list[str]]) -> dict[str, dict]:
+        """The baselines chosen on this draw's learning inputs (evaluation.baselines), scored on the task file."""
+        tokenizer = next(iter(self.experts.values())).tokenizer
+        selector = Evaluator(learning_tasks(inputs, self.tasks, tokenizer), self.experts)
+        experts = list(self.family.experts)
+
+        def merge(settings: dict) -> dict:
+            return self.merger.merge(settings_recipe(BASE, experts, settings))
+
+        out = {}
+        for name, choice in choose_baselines(selector, merge, len(experts)).items():
+            recipe = settings_recipe(BASE, experts, choice.settings).to_dict()
+            if choice.settings["method"] == "task_arithmetic":
+                scores = self.task_arithmetic(choice.settings["weights"])
+            else:
+                scores = self.score(recipe)
+            out[name] = {**scores, "chosen": choice.describe(), "settings": choice.settings}
+        return out
 
     def learned(self, method: str, inputs: dict[str, list[str]], **kwargs) -> dict:
         torch.manual_seed(0)
@@ -151,54 +183,104 @@ class FamilyBench:
         return scores
 
 
-def fmt_pct(m: float, se: float | None = None) -> str:
-    return f"{100 * m:.1f}" + ("" if se is None else f" ± {100 * se:.1f}")
+def own_task_means(result: EvalResult) -> dict:
+    """Mean accuracy and agreement over the tasks an expert owns, each task's two shares, and the accuracy of each
+    composite task (no expert) apart."""
+    owned = {n: sc for n, sc in result.scores.items() if sc.expert is not None}
+    out: dict = {"tasks": {n: {"accuracy": sc.accuracy, "agreement": sc.agreement} for n, sc in owned.items()},
+                 "composite": {n: sc.accuracy for n, sc in result.scores.items() if sc.expert is None}}
+    for metric in METRICS:
+        values = [getattr(sc, metric) for sc in owned.values() if getattr(sc, metric) is not None]
+        out[metric] = sum(values) / len(values) if values else None
+    return out
 
 
-def fmt(m: float, se: float | None = None) -> str:
-    return f"{m:.3f}" + ("" if se is None else f" ± {se:.3f}")
+def pct_interval(values: list[float]) -> str:
+    ci = mean_interval(values)
+    if ci.n == 1:
+        return f"{100 * ci.mean:.1f}"
+    return f"{100 * ci.mean:.1f} [{100 * ci.low:.1f}, {100 * ci.high:.1f}]"
 
 
-def summary_row(family: str, label: str, runs: list[dict], extra: str = "") -> str:
-    """One markdown row: agreement, held-out KL and NLL as mean ± SE over the runs (draws), per-task means."""
-    agree, kl, nll = (mean_se([r[k] for r in runs]) for k in ("agreement", "kl", "nll"))
-    tasks = " · ".join(f"{t} {100 * mean_se([r['tasks'][t] for r in runs])[0]:.1f}" for t in runs[0]["tasks"])
-    se = len(runs) > 1
-    line = (f"| {family} | {label} | {len(runs)} | **{fmt_pct(*(agree if se else agree[:1]))}** | "
-            f"{fmt(*(kl if se else kl[:1]))} | {fmt(*(nll if se else nll[:1]))} | {tasks} | {extra} |")
+def scored_set_error(bench: FamilyBench, runs: list[dict], metric: str) -> str:
+    """± the scored set's binomial error of the row's task mean (at the per-task means over draws), in points."""
+    counts = bench.counts[metric]
+    shares = [sum(r["tasks"][t][metric] for r in runs) / len(runs) for t in counts]
+    return f"±{100 * binomial_halfwidth(shares, list(counts.values())):.1f}"
+
+
+HEADER = ("| merge | draws | accuracy % [95 % CI] | agreement % [95 % CI] | scored-set ± (acc / agr) | held-out KL "
+          "| per task acc / agr (mean) | composite acc | notes |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def summary_row(bench: FamilyBench, label: str, runs: list[dict], extra: str = "") -> str:
+    """One markdown row: accuracy and agreement as mean [95 % t interval] over draws, the scored set's binomial
+    error, held-out KL where defined, per-task means, composite accuracy."""
+    cells = [pct_interval([r[m] for r in runs]) for m in METRICS]
+    error = " / ".join(scored_set_error(bench, runs, m) for m in METRICS)
+    kl = mean_interval([r["kl"] for r in runs]) if all("kl" in r for r in runs) else None
+    kl_cell = "–" if kl is None else (f"{kl.mean:.3f}" if kl.n == 1 else f"{kl.mean:.3f} [{kl.low:.3f}, {kl.high:.3f}]")
+    tasks = " · ".join(f"{t} {100 * sum(r['tasks'][t]['accuracy'] for r in runs) / len(runs):.0f} / "
+                       f"{100 * sum(r['tasks'][t]['agreement'] for r in runs) / len(runs):.0f}" for t in runs[0]["tasks"])
+    composite = " · ".join(f"{t} {100 * sum(r['composite'][t] for r in runs) / len(runs):.1f}"
+                           for t in runs[0]["composite"]) or "–"
+    line = f"| {label} | {len(runs)} | {cells[0]} | {cells[1]} | {error} | {kl_cell} | {tasks} | {composite} | {extra} |"
     print(line, flush=True)
     return line
 
 
-HEADER = ("| family | merge | draws | agreement % (mean ± SE) | held-out KL | held-out NLL | per task (mean) | notes |\n"
-          "|---|---|---|---|---|---|---|---|")
+PAIRED_HEADER = ("| learned | minus | Δ accuracy, points [95 % CI] | Δ agreement, points [95 % CI] | per draw (Δ acc) "
+                 "| verdict |\n|---|---|---|---|---|---|")
+
+
+def paired_row(label: str, baseline: str, ours: list[dict], theirs: list[dict]) -> str:
+    """Learned − baseline draw by draw, for accuracy and agreement, each worded by its interval."""
+    diffs = {m: paired_difference([r[m] for r in ours], [r[m] for r in theirs]) for m in METRICS}
+    cells = [f"{100 * d.mean:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]" for d in diffs.values()]
+    per_draw = ", ".join(f"{100 * (a['accuracy'] - b['accuracy']):+.1f}" for a, b in zip(ours, theirs))
+    verdict = "; ".join(f"{m} {direction(d)}" for m, d in diffs.items())
+    line = f"| {label} | {baseline} | {cells[0]} | {cells[1]} | {per_draw} | {verdict} |"
+    print(line, flush=True)
+    return line
 
 
 def learned_notes(runs: list[dict]) -> str:
-    parts = [f"{mean_se([r['seconds'] for r in runs])[0]:.0f} s",
+    parts = [f"{sum(r['seconds'] for r in runs) / len(runs):.0f} s",
              f"steps run {[r['steps_run'] for r in runs]}, kept {[r['best_step'] for r in runs]}",
              f"start λ {[r['init'] for r in runs]}"]
     if runs[0].get("eps_ratio") is not None:
-        parts.append(f"‖ε‖/‖λ‖ {100 * mean_se([r['eps_ratio'] for r in runs])[0]:.1f} % (ρ {runs[0]['rho']:.3g})")
+        parts.append(f"‖ε‖/‖λ‖ {100 * sum(r['eps_ratio'] for r in runs) / len(runs):.1f} % (ρ {runs[0]['rho']:.3g})")
     return "; ".join(parts)
 
 
+LEARNERS = {"sam": ("SAMerging (defaults)", "samerging", {}),
+            "adam": ("Adam on the KL (SAMerging repo mode, same defaults)", "samerging", {"sam_mode": "repo"}),
+            "ada": ("AdaMerging (defaults)", "adamerging", {}),
+            "paper": ("SAMerging, the paper's settings", "samerging", {"defaults": "paper"})}
+
+
 def run_heldout(bench: FamilyBench, args, results: dict) -> None:
-    name = bench.family.name
-    out = results.setdefault(name, {})
+    out = results.setdefault(bench.family.name, {})
     out["base"] = bench.task_arithmetic(0.0)
-    summary_row(name, "base (no task vectors)", [out["base"]])
-    out["task_arithmetic"] = {w: bench.task_arithmetic(w) for w in TA_GRID}
-    for w, s in out["task_arithmetic"].items():
-        summary_row(name, f"task arithmetic λ={w}" + (" (app default)" if w == 0.5 else ""), [s])
-    methods = {"sam": ("SAMerging (defaults)", "samerging", {}),
-               "adam": ("Adam on the KL (SAMerging repo mode, same defaults)", "samerging", {"sam_mode": "repo"}),
-               "ada": ("AdaMerging (defaults)", "adamerging", {})}
-    for label, method, kwargs in (methods[m] for m in args.methods.split(",")):
-        runs = [bench.learned(method, bench.inputs(args.examples, d), steps=args.steps, **kwargs)
-                for d in range(args.draws)]
-        out[label] = runs
-        summary_row(name, label, runs, learned_notes(runs))
+    summary_row(bench, "base (no task vectors)", [out["base"]])
+    out["fixed"] = {w: bench.task_arithmetic(w) for w in TA_GRID}
+    for w, s in out["fixed"].items():
+        summary_row(bench, f"task arithmetic λ={w} (fixed, reference)", [s])
+    draws = [bench.inputs(args.examples, d) for d in range(args.draws)]
+    chosen = [bench.baselines(inputs) for inputs in draws]
+    out["baselines"] = {name: [c[name] for c in chosen] for name in (UNIFORM, TASK_WISE, TIES)}
+    for name, runs in out["baselines"].items():
+        summary_row(bench, f"{name} (chosen per draw)", runs, "; ".join(r["chosen"] for r in runs))
+    learned = {}
+    for key in args.methods.split(","):
+        label, method, kwargs = LEARNERS[key]
+        runs = [bench.learned(method, inputs, steps=args.steps, **kwargs) for inputs in draws]
+        learned[label] = out[label] = runs
+        summary_row(bench, label, runs, learned_notes(runs))
+    print("\n" + PAIRED_HEADER, flush=True)
+    for label, runs in learned.items():
+        for name, theirs in out["baselines"].items():
+            paired_row(label, name, runs, theirs)
 
 
 def run_rho(bench: FamilyBench, args, results: dict) -> None:
@@ -209,7 +291,7 @@ def run_rho(bench: FamilyBench, args, results: dict) -> None:
         runs = [bench.learned("samerging", bench.inputs(args.examples, d), steps=args.steps, **kwargs)
                 for d in range(args.draws)]
         out[f"rho_relative={rho}"] = runs
-        summary_row(name, f"SAMerging ‖ε‖/‖λ‖ target {rho:g}" + (" (= Adam)" if rho == 0 else ""), runs,
+        summary_row(bench, f"SAMerging ‖ε‖/‖λ‖ target {rho:g}" + (" (= Adam)" if rho == 0 else ""), runs,
                     learned_notes(runs))
 
 
@@ -223,19 +305,20 @@ def run_sharp(bench: FamilyBench, args, results: dict) -> None:
         runs = [bench.learned("samerging", bench.inputs(args.examples, d), steps=args.steps, holdout=args.holdout,
                               **kwargs) for d in range(args.draws)]
         out[label] = runs
-        summary_row(name, f"{label}, {args.examples}/task", runs, learned_notes(runs))
+        summary_row(bench, f"{label}, {args.examples}/task", runs, learned_notes(runs))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=("heldout", "rho", "sharp"))
     parser.add_argument("--family", default="lm", help="lm, classifier, minilm or smollm2")
-    parser.add_argument("--draws", type=int, default=3)
-    parser.add_argument("--examples", type=int, default=16, help="unlabeled inputs per task and draw")
+    parser.add_argument("--draws", type=int, default=5)
+    parser.add_argument("--examples", type=int, default=12, help="unlabeled inputs per task and draw")
     parser.add_argument("--steps", type=int, default=200, help="most steps (early stopping may end sooner)")
     parser.add_argument("--holdout", type=float, default=0.25, help="sharp: held-out fraction for early stopping")
     parser.add_argument("--rhos", default="0,0.02,0.05,0.1,0.2")
-    parser.add_argument("--methods", default="sam,adam,ada", help="heldout: sam, adam (repo mode), ada")
+    parser.add_argument("--methods", default="sam,adam,ada",
+                        help="heldout: sam, adam (repo mode), ada, paper (SAMerging at the paper's settings)")
     parser.add_argument("--score-per-task", type=int, default=None, help="score only the first N prompts per task")
     parser.add_argument("--json", default=None, help="write all scores to this file")
     args = parser.parse_args()

@@ -220,15 +220,20 @@ def comparison_figure(scores: dict[str, Any]) -> go.Figure:
     return fig
 
 
-def comparison_markdown(scores: dict[str, Any]) -> str:
-    """A table of merges × tasks: agreement with the task's expert, or accuracy for a task with none."""
+def comparison_markdown(scores: dict[str, Any], notes: dict[str, str] | None = None) -> str:
+    """A table of merges × tasks with accuracy on the true answers and agreement with the task's expert apart
+    ("acc / agr"; – where a task has no answers or no expert), their means over tasks, and a note per merge (how a
+    baseline's settings were chosen)."""
     def pct(v: float | None) -> str:
         return "–" if v is None else f"{v:.0%}"
 
+    notes = notes or {}
     tasks = list(next(iter(scores.values())).scores)
-    lines = ["| merge | " + " | ".join(tasks) + " | mean agreement |", "|---" * (len(tasks) + 2) + "|"]
+    lines = ["| merge | " + " | ".join(tasks) + " | mean accuracy | mean agreement | settings |",
+             "|---" * (len(tasks) + 4) + "|"]
     for name, result in scores.items():
-        cells = [pct(result.scores[t].agreement if result.scores[t].agreement is not None
-                     else result.scores[t].accuracy) for t in tasks]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {pct(result.mean('agreement'))} |")
-    return "\n".join(lines) + "\n\n(cells: agreement with the task's expert, or accuracy for a task with none)"
+        cells = [f"{pct(result.scores[t].accuracy)} / {pct(result.scores[t].agreement)}" for t in tasks]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {pct(result.mean('accuracy'))} | "
+                     f"{pct(result.mean('agreement'))} | {notes.get(name, '')} |")
+    return "\n".join(lines) + ("\n\n(cells: accuracy on the true answers / agreement with the task's expert, over "
+                               "the examples the expert answered; \"no answer\" never agrees)")

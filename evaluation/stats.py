@@ -93,11 +93,15 @@ def binomial_halfwidth(shares: Sequence[float], counts: Sequence[int], z: float 
     return z * math.sqrt(variance) / len(shares)
 
 
-def claim(difference: Interval, what: str, unit: str = " points", scale: float = 100.0) -> str:
-    """How a paired difference may be worded: "higher"/"lower" only when its 95 % interval excludes 0, otherwise
-    "no difference established". `scale` turns shares into points."""
-    m, lo, hi = (scale * x for x in (difference.mean, difference.low, difference.high))
-    span = f"{m:+.1f}{unit} (95 % CI {lo:+.1f} to {hi:+.1f}, {difference.n} draws)"
+def direction(difference: Interval) -> str:
+    """"higher" or "lower" only when the 95 % interval excludes 0, else "no difference established"."""
     if difference.excludes_zero():
-        return f"{what}: {'higher' if m > 0 else 'lower'}, {span}"
-    return f"{what}: no difference established, {span}"
+        return "higher" if difference.mean > 0 else "lower"
+    return "no difference established"
+
+
+def claim(difference: Interval, what: str, unit: str = " points", scale: float = 100.0) -> str:
+    """A paired difference worded by its interval (`direction`), with the numbers; `scale` turns shares into
+    points."""
+    m, lo, hi = (scale * x for x in (difference.mean, difference.low, difference.high))
+    return f"{what}: {direction(difference)}, {m:+.1f}{unit} (95 % CI {lo:+.1f} to {hi:+.1f}, {difference.n} draws)"

@@ -222,8 +222,10 @@ def test_learn_streams_losses_and_becomes_the_merge(config):
     assert session.recipe.merge_method == "task_arithmetic" and session.chat_model is not None
     assert len(coefficients.data[0].y) == 2  # tasks x tensors
     figure, table = learn_panel.compare_with_baselines(session, config, per_task=5)
-    assert list(figure.data[0].x) == ["learned (samerging)", "task arithmetic", "TIES"]
-    assert "| learned (samerging) |" in table and "| TIES |" in table
+    assert list(figure.data[0].x) == ["learned (samerging)", "task arithmetic", "task arithmetic, task-wise λ",
+                                      "TIES"]  # baselines chosen on the 4 prompts per task learned from
+    assert "| learned (samerging) |" in table and "| TIES |" in table and "chosen on the learning split" in table
+    assert "mean accuracy" in table and "mean agreement" in table
 
 
 def test_learn_rejects_a_malformed_prompts_file(config, tmp_path):

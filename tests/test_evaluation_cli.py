@@ -26,9 +26,11 @@ def models(tmp_path_factory):
     mistral = make_family(root / "mistral", n_experts=2, scale=0.3, dtype=torch.bfloat16)
     llama = make_family(root / "llama", arch="llama", n_experts=1)
     tasks = root / "tasks.jsonl"
-    lines = [{"task": "a", "prompt": p, "answer": "答え: 3", "expert": "expert0", "max_new_tokens": 4}
-             for p in ("1+2=", "abc")]
-    lines += [{"task": "b", "prompt": p, "expert": "expert1", "max_new_tokens": 4} for p in ("3+4=", "xyz")]
+    # text answers: the tiny random experts write no number, and "no answer" never counts as agreement
+    lines = [{"task": "a", "prompt": p, "answer": "答え: 3", "expert": "expert0", "max_new_tokens": 4,
+              "answer_type": "text"} for p in ("1+2=", "abc")]
+    lines += [{"task": "b", "prompt": p, "expert": "expert1", "max_new_tokens": 4, "answer_type": "text"}
+              for p in ("3+4=", "xyz")]
     tasks.write_text("\n".join(json.dumps(line, ensure_ascii=False) for line in lines) + "\n", encoding="utf-8")
     recipe = root / "recipe.yaml"
     recipe.write_text(f"merge_method: ties\nbase_model: {mistral.base}\nmodels:\n"
@@ -120,11 +122,13 @@ def test_compare_scores_a_learned_merge_beside_the_baselines(models, tmp_path, c
     assert main(["compare", str(learned), "--tasks", str(tasks), "--out", str(out)]) == 0
     data = json.loads(out.read_text(encoding="utf-8"))
     scores = data["scores"]
-    assert list(scores) == ["learned (samerging)", "task arithmetic", "TIES"]
+    assert list(scores) == ["learned (samerging)", "task arithmetic", "TIES"]  # no learning split: fixed, said so
+    assert all("fixed" in c["how"] for c in data["baseline_choices"].values())
     assert scores["learned (samerging)"]["outputs"] == scores["task arithmetic"]["outputs"]
     assert scores["TIES"]["outputs"] != scores["task arithmetic"]["outputs"]  # the baselines are different merges
     assert data["why_not_better"] == WHY_NOT["samerging"]
-    assert "mean agreement" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "mean agreement" in printed and "mean accuracy" in printed
 
     folder = tmp_path / "ties"
     merge_to_folder(Recipe.from_dict(data["baselines"]["TIES"]), folder)
@@ -133,6 +137,28 @@ def test_compare_scores_a_learned_merge_beside_the_baselines(models, tmp_path, c
     by_engine = json.loads((tmp_path / "ties.json").read_text(encoding="utf-8"))
     assert by_engine["outputs"] == scores["TIES"]["outputs"]
     assert by_engine["summary"] == scores["TIES"]["summary"]
+
+
+def test_compare_chooses_the_baselines_on_the_learning_split(models, tmp_path):
+    """learned.json's learning inputs choose each baseline's settings (agreement there), never the scored tasks."""
+    mistral, _, tasks, _ = models
+    experts = {f"expert{i}": str(path) for i, path in enumerate(mistral.experts)}
+    learned = tmp_path / "learned"
+    inputs = {"expert0": ["5+1=", "hello"], "expert1": ["2+2=", "zz"]}
+    save_learned(learned, base=str(mistral.base), experts=experts, names=[],
+                 coefficients=torch.full((len(experts),), 0.7), info={"method": "samerging", "learning_inputs": inputs})
+    out = tmp_path / "compare.json"
+    assert main(["compare", str(learned), "--tasks", str(tasks), "--out", str(out)]) == 0
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert list(data["scores"]) == ["learned (samerging)", "task arithmetic", "task arithmetic, task-wise λ", "TIES"]
+    for choice in data["baseline_choices"].values():
+        assert choice["how"] == "chosen on the learning split"
+        best = max(t["learning_split_agreement"] for t in choice["tried"])
+        assert choice["learning_split_agreement"] == best  # the chosen settings score best on the learning split
+    uniform = data["baseline_choices"]["task arithmetic"]
+    assert len(uniform["tried"]) == 4  # UNIFORM_GRID
+    weights = data["baselines"]["task arithmetic, task-wise λ"]["models"]
+    assert len(weights) == 2
 
 
 def test_compare_refuses_a_folder_that_is_not_a_learned_merge(models, tmp_path, capsys):

@@ -23,6 +23,7 @@ from merging.learned.recipe_io import recipe_dict
 from merging.recipe import Recipe
 from ui.evaluate_panel import evaluator_for, task_set_for
 from ui.feedback import guarded
+from ui.fields import choice_field, number_field
 from ui.hosting import HostConfig
 from ui.merge_record import MergeSettings
 from ui.resources import device, on_gpu
@@ -43,6 +44,15 @@ class LearnSettings:
     rho: float = 0.05
     init: float = 0.3
     auto_init: bool = True
+
+    @classmethod
+    def from_controls(cls, method: Any, examples: Any, steps: Any, rho: Any, init: Any, auto_init: Any
+                      ) -> LearnSettings:
+        """The controls as sent to /learn, each checked (finite, in range, of its kind) before any work."""
+        return cls(choice_field(method, "Learning method", LEARN_METHODS),
+                   number_field(examples, "Examples per task", 1, 1024, integer=True),
+                   number_field(steps, "Steps", 1, 5000, integer=True), number_field(rho, "The SAM radius", 0, 1),
+                   number_field(init, "The starting λ", -100, 100), bool(auto_init))
 
     def check(self) -> None:
         if self.method not in LEARN_METHODS:
@@ -133,7 +143,9 @@ def _loss_updates(updates: queue.Queue, settings: LearnSettings) -> Iterator[tup
 
 
 def compare_with_baselines(session: Session, config: HostConfig, per_task: int = 20) -> tuple[Any, str]:
-    """/learn_compare: the learned merge, task arithmetic and TIES scored on the same tasks."""
+    """/learn_compare: the learned merge beside task arithmetic (one λ, and one λ per expert) and TIES, their
+    settings chosen on the prompts the merge was learned from, all scored on the same tasks: accuracy on the true
+    answers and agreement with the experts, apart."""
     require_models(session)
     if session.learned is None:
         raise MergeLabError("Learn coefficients first, then compare.")
@@ -147,8 +159,9 @@ def compare_with_baselines(session: Session, config: HostConfig, per_task: int =
         return session.live.merge(build_recipe(session, MergeSettings.from_dict(settings), by="label"), seed=0)
 
     method = session.learned.method
-    scores = baselines.compare_with_baselines(evaluator, method, session.learned.merged, merge, len(session.sources))
-    markdown = comparison_markdown(scores)
+    scores, choices = baselines.compare_fairly(evaluator, method, session.learned.merged, merge,
+                                               len(session.sources), session.learned.inputs)
+    markdown = comparison_markdown(scores, {name: choice.describe() for name, choice in choices.items()})
     why_not = baselines.why_not_better(method, scores)
     if why_not is not None:
         markdown += f"\n\n**Why the learned merge does not beat task arithmetic here:** {why_not}"
@@ -216,7 +229,7 @@ def wire(panel: LearnPanel, state: gr.State, config: HostConfig) -> None:
     @guarded(config, "learn")
     def run(session: Session, method: str, examples: float, steps: float, rho: float, init: float, auto_init: bool,
             prompts: str | None):
-        settings = LearnSettings(method, int(examples), int(steps), float(rho), float(init), bool(auto_init))
+        settings = LearnSettings.from_controls(method, examples, steps, rho, init, auto_init)
         yield from learn(session, config, settings, prompts)
 
     run = on_gpu(run)  # ZeroGPU on a Space; unchanged elsewhere
@@ -236,7 +249,7 @@ def wire(panel: LearnPanel, state: gr.State, config: HostConfig) -> None:
 
     @guarded(config, "compare")
     def compare(session: Session, progress: gr.Progress = gr.Progress()):
-        progress(0.1, desc="Scoring the learned merge, task arithmetic and TIES…")
+        progress(0.1, desc="Choosing the baselines on the learning prompts, then scoring all merges…")
         return compare_with_baselines(session, config)
 
     panel.compare.click(compare, state, [panel.compare_chart, panel.compare_table], api_name="learn_compare")

@@ -79,6 +79,7 @@ class LearnedMerge:
     setup: LearningSetup = field(repr=False)
     result: LearnResult | None = field(default=None, repr=False)  # start, ρ, ‖ε‖/‖λ‖, held-out curve
     heldout: dict[str, list[str]] = field(default_factory=dict, repr=False)  # the inputs learning never saw
+    inputs: dict[str, list] = field(default_factory=dict, repr=False)  # the learning split: every input given
 
     def merged(self) -> dict[str, torch.Tensor]:
         """θ(λ) for the merged tensors (CPU, float32)."""
@@ -128,7 +129,7 @@ def learn_merge(
     result = learn(setup.vectors, setup.params, make_loss(setup, method, temperature), setup.num_batches, config,
                    val_loss_fn=val_loss, num_val_batches=setup.num_heldout_batches, progress=progress, cancel=cancel)
     return LearnedMerge(method, setup.tasks, setup.vectors.names, result.coefficients, result.losses,
-                        result.seconds, setup, result, heldout)
+                        result.seconds, setup, result, heldout, {t: list(inputs.get(t, [])) for t in experts})
 
 
 def _options_config(method: LearnMethod, *, steps: int, rho: float | None, rho_relative: float | None,
@@ -200,8 +201,9 @@ def describe_run(merge: LearnedMerge) -> str:
 
 def save_learned_merge(merge: LearnedMerge, out_dir: str | Path, base: str | Path,
                        experts: Mapping[str, str | Path], settings: Mapping | None = None) -> Path:
-    """Write the recipe, the coefficients and a summary (losses, settings) into `out_dir`."""
+    """Write the recipe, the coefficients and a summary (losses, settings, the learning split: baselines are chosen
+    on it when the merge is compared) into `out_dir`."""
     info = {"method": merge.method, "settings": dict(settings or {}), "losses": merge.losses,
-            "seconds": round(merge.seconds, 3), **learn_summary(merge)}
+            "seconds": round(merge.seconds, 3), **learn_summary(merge), "learning_inputs": merge.inputs}
     return save_learned(out_dir, base=str(base), experts={t: str(experts[t]) for t in merge.tasks},
                         names=merge.names, coefficients=merge.coefficients, info=info)
