@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -79,6 +80,49 @@ def test_scores_match_a_direct_reading_of_each_expert(glue_like):
     report = presets.score(base, experts, lam, setup.vectors.names, scored)
     assert report["mnli"]["agreement"] == 1.0
     assert names  # the experts are readable safetensors folders
+
+
+def test_mnli_accuracy_maps_glue_labels_to_the_teachers_head_ids(glue_like, tmp_path):
+    """A tiny MNLI teacher whose head is permuted as textattack's is (GLUE label g is head id [1, 2, 0][g]), scored
+    on labels that are its own predictions in GLUE's ids: 100 % accuracy. Compared directly, the ids would never
+    match ([1, 2, 0] moves every label): 0 %."""
+    import shutil
+
+    from merging.learned.adapters import setup_classifier
+
+    models, data = (tmp_path / "models", tmp_path / "data")
+    shutil.copytree(glue_like[0], models)
+    shutil.copytree(glue_like[1], data)
+    base, experts = presets.resolve_models("glue-bert", models, allow_pickle=False)
+    rows = [json.loads(line) for line in (data / "mnli.jsonl").read_text().splitlines()]
+    validation = [tuple(r["text"]) for r in rows if r["split"] == "validation"]
+    setup = setup_classifier(base, {"mnli": experts["mnli"]}, {"mnli": validation}, batch_size=32, temperature=1.0)
+    glue_labels = [int(i) for b in range(len(setup.teachers[0])) for i in setup.teacher(0, b).probs.argmax(-1)]
+    assert len(set(glue_labels)) > 1  # a decisive head that uses more than one class
+    it = iter(glue_labels)
+    with (data / "mnli.jsonl").open("w") as f:
+        for r in rows:
+            f.write(json.dumps({**r, "label": next(it)} if r["split"] == "validation" else r) + "\n")
+    label_map = presets.GLUE_BERT_TASKS[1].label_map
+    assert label_map == (1, 2, 0)
+    weights = load_file(str(Path(experts["mnli"]) / "model.safetensors"))
+    inverse = [label_map.index(j) for j in range(3)]  # head row j now holds GLUE class inverse[j]
+    for name in ("classifier.weight", "classifier.bias"):
+        weights[name] = weights[name][inverse].contiguous()
+    save_file(weights, str(Path(experts["mnli"]) / "model.safetensors"), metadata={"format": "pt"})
+
+    _, scored = presets.load_data("glue-bert", data, 32, 12)
+    assert [y for _, y in scored["mnli"]] == [label_map[g] for g in glue_labels]
+    assert [y for _, y in scored["cola"]] == [r["label"] for r in map(json.loads, (data / "cola.jsonl").open())
+                                              if r["split"] == "validation"]  # other tasks keep GLUE's ids
+    names = setup_classifier(base, experts, {t: [x for x, _ in v] for t, v in scored.items()},
+                             batch_size=32).vectors.names
+    lam = torch.zeros(6, len(names))
+    lam[1] = 1.0  # the mnli teacher's own backbone
+    report = presets.score(base, experts, lam, names, scored)
+    assert report["mnli"]["teacher_accuracy"] == 1.0 and report["mnli"]["accuracy"] == 1.0
+    direct = sum(label_map[g] == g for g in glue_labels) / len(glue_labels)
+    assert direct == 0.0  # what comparing GLUE's ids with the head's directly would have given
 
 
 def test_legacy_layernorm_names_are_read_as_weight_and_bias(tmp_path):

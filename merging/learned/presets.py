@@ -7,7 +7,8 @@ PyTorch pickles, so the command needs --allow-pickle, which loads them with weig
 (`datasets.load_dataset("nyu-mll/glue", task)`): the first 32 training inputs of each task are the unlabeled inputs
 (labels never read), the first `--eval-per-task` validation examples (MNLI: validation_matched) are scored. The
 report gives, per task, the merged model's agreement with the task's teacher and its accuracy, beside the teacher's
-own accuracy.
+own accuracy. GLUE's labels are mapped to each teacher's head ids first: textattack's MNLI head orders the classes
+differently from GLUE (its own evaluation remaps GLUE's labels with [1, 2, 0]).
 
 Offline (or to test): `--preset-models DIR` holds folders named like the Hub repositories' last part
 (DIR/bert-base-uncased, DIR/bert-base-uncased-CoLA, ...) and `--preset-data DIR` one JSONL per task
@@ -34,12 +35,25 @@ class GlueTask:
     expert: str  # Hub repository of the teacher
     fields: tuple[str, ...]  # one field (single sentence) or two (a pair)
     validation: str = "validation"
+    # GLUE label g is the teacher's head id label_map[g]; None = the same ids. textattack trained its MNLI model on
+    # other ids than GLUE's (entailment 0, neutral 1, contradiction 2): its own evaluation remaps GLUE's labels with
+    # [1, 2, 0] (textattack's HUGGINGFACE_DATASET_BY_MODEL, "bert-base-uncased-mnli"). Its configs only say LABEL_0…
+    label_map: tuple[int, ...] | None = None
+
+    def head_id(self, glue_label: int) -> int:
+        """The teacher's head id for a GLUE label."""
+        if self.label_map is None:
+            return glue_label
+        if not 0 <= glue_label < len(self.label_map):
+            raise TaskSetError(f"{self.name}: GLUE label {glue_label} is outside 0..{len(self.label_map) - 1}")
+        return self.label_map[glue_label]
 
 
 GLUE_BERT_BASE = "google-bert/bert-base-uncased"
 GLUE_BERT_TASKS = (
     GlueTask("cola", "textattack/bert-base-uncased-CoLA", ("sentence",)),
-    GlueTask("mnli", "textattack/bert-base-uncased-MNLI", ("premise", "hypothesis"), "validation_matched"),
+    GlueTask("mnli", "textattack/bert-base-uncased-MNLI", ("premise", "hypothesis"), "validation_matched",
+             label_map=(1, 2, 0)),
     GlueTask("mrpc", "textattack/bert-base-uncased-MRPC", ("sentence1", "sentence2")),
     GlueTask("qnli", "textattack/bert-base-uncased-QNLI", ("question", "sentence")),
     GlueTask("qqp", "textattack/bert-base-uncased-QQP", ("question1", "question2")),
@@ -67,7 +81,8 @@ def resolve_models(preset: str, models_dir: str | Path | None, *, allow_pickle: 
 def load_data(preset: str, data_dir: str | Path | None, per_task: int, eval_per_task: int
               ) -> tuple[dict[str, list[Any]], dict[str, list[tuple[Any, int]]]]:
     """(unlabeled inputs per task: the first `per_task` training inputs, scored (input, label) pairs per task: the
-    first `eval_per_task` validation examples). A pair task's input is a (first, second) tuple."""
+    first `eval_per_task` validation examples, each GLUE label turned into the teacher's head id (GlueTask.label_map:
+    MNLI's differ), so that accuracy compares like with like). A pair task's input is a (first, second) tuple."""
     _, tasks = _preset(preset)
     unlabeled, scored = {}, {}
     for task in tasks:
@@ -76,7 +91,7 @@ def load_data(preset: str, data_dir: str | Path | None, per_task: int, eval_per_
             raise TaskSetError(f"{task.name}: {len(train)} training inputs and {len(validation)} validation examples; "
                                f"need {per_task} and at least one")
         unlabeled[task.name] = [x for x, _ in train[:per_task]]
-        scored[task.name] = validation[:eval_per_task]
+        scored[task.name] = [(x, task.head_id(y)) for x, y in validation[:eval_per_task]]
     return unlabeled, scored
 
 
