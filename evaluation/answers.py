@@ -6,6 +6,11 @@ NFKC-normalised first, so full-width digits, "，", "．", "＋", "－" read as 
 "1200.0" and "1200" agree, "0.50" and ".5" agree, "-0" is "0" (a model that writes "1200.0" did answer 1200).
 A sign counts only where it is not part of an expression: in "7-2=5" the numbers are 7, 2 and 5.
 Text answers: the text after the last "答え:" marker (to the end of its line), NFKC-normalised and stripped.
+
+Optionally the reply must be in Japanese (`require_japanese=True`), as Sakana counts MGSM-JA: a reply in English with
+the right number then gives no answer. A reply is Japanese when it holds kana (hiragana or katakana: kanji alone
+could be Chinese) and at least half of its letters are Japanese script (kana and kanji); digits, punctuation and
+symbols are not letters, so "答え: 42" alone is Japanese and "The answer is 42. 答え: 42" is not.
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ _NUMBER = re.compile(
     r"(?:(?<![0-9A-Za-z.])[+-])?(?:(?:\d{1,3}(?:,\d{3})+(?![0-9])|\d+)(?:\.\d+)?|(?<![0-9])\.\d+)"
 )
 _EXTRA_MINUS = str.maketrans({"−": "-", "‐": "-", "–": "-", "﹣": "-"})
+# After NFKC, so half-width katakana has become full-width. ー (U+30FC) and 々 (U+3005) count as Japanese script.
+_KANA = re.compile(r"[\u3040-\u309f\u30a0-\u30ff\u31f0-\u31ff]")
+_JAPANESE_SCRIPT = re.compile(r"[\u3005\u3040-\u309f\u30a0-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff]")
+JAPANESE_SHARE = 0.5  # the least share of a reply's letters in Japanese script
 
 
 def normalize_text(text: str) -> str:
@@ -47,9 +56,27 @@ def _numbers(text: str) -> list[str]:
     return [m.group(0) for m in _NUMBER.finditer(text)]
 
 
-def extract_answer(text: str | None) -> str | None:
-    """The canonical number the text answers, or None where it holds no number."""
+def japanese_share(text: str) -> float:
+    """The share of the text's letters (Unicode category L*, after NFKC) written in Japanese script; 0 without
+    letters."""
+    letters = [c for c in normalize_text(text) if unicodedata.category(c).startswith("L")]
+    if not letters:
+        return 0.0
+    return sum(1 for c in letters if _JAPANESE_SCRIPT.match(c)) / len(letters)
+
+
+def is_japanese_reply(text: str | None) -> bool:
+    """Whether a reply is written in Japanese: it holds kana, and at least JAPANESE_SHARE of its letters are
+    Japanese script."""
     if not text:
+        return False
+    return bool(_KANA.search(normalize_text(text))) and japanese_share(text) >= JAPANESE_SHARE
+
+
+def extract_answer(text: str | None, *, require_japanese: bool = False) -> str | None:
+    """The canonical number the text answers, or None where it holds no number (or, with `require_japanese`, where
+    the reply is not in Japanese: is_japanese_reply)."""
+    if not text or (require_japanese and not is_japanese_reply(text)):
         return None
     normalized = normalize_text(text)
     markers = list(_MARKER.finditer(normalized))
@@ -97,6 +124,9 @@ def expected_answer(answer: object, numeric: bool) -> str | None:
     return canonical_number(body) if numeric else body
 
 
-def extract(text: str | None, numeric: bool) -> str | None:
-    """extract_answer for numeric tasks, extract_text_answer for text tasks."""
+def extract(text: str | None, numeric: bool, *, require_japanese: bool = False) -> str | None:
+    """extract_answer for numeric tasks, extract_text_answer for text tasks; with `require_japanese` a reply not in
+    Japanese gives None."""
+    if require_japanese and not is_japanese_reply(text):
+        return None
     return extract_answer(text) if numeric else extract_text_answer(text)

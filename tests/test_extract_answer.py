@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from evaluation.answers import canonical_number, expected_answer, extract, extract_answer, extract_text_answer
+from evaluation.answers import (
+    canonical_number,
+    expected_answer,
+    extract,
+    extract_answer,
+    extract_text_answer,
+    is_japanese_reply,
+    japanese_share,
+)
 
 CASES = [
     # the number after the marker wins over later numbers
@@ -95,3 +103,44 @@ def test_extract_picks_the_mode_and_expected_answers_normalise_the_same_way():
     assert expected_answer(None, numeric=True) is None
     assert expected_answer("答え: 1,200", numeric=True) == "1200"  # zoo files write answers with the marker
     assert expected_answer("答え: ejd", numeric=False) == "ejd"
+
+
+# --- the optional "reply must be in Japanese" rule (as Sakana counts MGSM-JA) --------------------------------------
+
+@pytest.mark.parametrize("text, japanese", [
+    ("りんごは全部で12個です。答え: 12", True),
+    ("答え: 42", True),  # the marker alone: its letters are all Japanese script, え is kana
+    ("ﾘﾝｺﾞは3個です", True),  # half-width katakana reads as kana
+    ("合計は12個になります", True),
+    ("The answer is 42. 答え: 42", False),  # 2 of 13 letters Japanese
+    ("所以答案是42", False),  # Chinese: kanji without kana
+    ("We have 3 apples, so the answer is 3. ですから", False),
+    ("42", False),  # no letters at all
+    ("", False),
+    (None, False),
+])
+def test_is_japanese_reply(text, japanese):
+    assert is_japanese_reply(text) is japanese
+
+
+def test_japanese_share_counts_letters_only():
+    assert japanese_share("答え: 42!") == 1.0
+    assert japanese_share("ab答え") == 0.5
+    assert japanese_share("123 + 4") == 0.0
+
+
+@pytest.mark.parametrize("text, plain, japanese_only", [
+    ("りんごは3個あります。答え：５", "5", "5"),
+    ("The answer is 42. 答え: 42", "42", None),  # right number, English reply: it does not count
+    ("所以答案是42", "42", None),
+])
+def test_extract_answer_can_require_a_japanese_reply(text, plain, japanese_only):
+    assert extract_answer(text) == plain  # off by default: the rule is unchanged
+    assert extract_answer(text, require_japanese=True) == japanese_only
+    assert extract(text, True, require_japanese=True) == japanese_only
+
+
+def test_extract_text_answers_can_require_a_japanese_reply_too():
+    assert extract("答え: 東京", False, require_japanese=True) == "東京"
+    assert extract("答え: Tokyo", False) == "Tokyo"
+    assert extract("The capital is Tokyo.", False, require_japanese=True) is None
