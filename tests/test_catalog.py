@@ -1,0 +1,72 @@
+"""ui/catalog.py: the homework preset (Mistral-7B base, shisa-gamma and WizardMath, the Japanese GSM task set), task
+sets of presets kept inside the app's folder, and a Hub check that answers at once even when a name lookup hangs."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from evaluation.tasks import load_tasks
+from merging.errors import SourceError
+from ui import catalog
+from ui.catalog import HUB, load_catalog
+
+HOMEWORK_MODELS = ("augmxnt/shisa-gamma-7b-v1", "WizardLMTeam/WizardMath-7B-V1.1")
+
+
+def homework():
+    return next(p for p in load_catalog() if p.base == "mistralai/Mistral-7B-v0.1")
+
+
+def test_the_homework_preset_names_its_models_method_and_task_set():
+    preset = homework()
+    assert preset.needs_hub and preset.kind == "lm" and preset.models == HOMEWORK_MODELS
+    assert preset.method == "dare_ties" and preset.parameters == {"weight": 0.5, "density": 0.5}
+    tasks = load_tasks(preset.tasks_path)
+    assert tasks.task_names == ["ja_gsm"] and len(tasks) >= 36
+
+
+def test_presets_without_a_task_set_have_none():
+    assert all(p.tasks_path is None for p in load_catalog() if p.source == "zoo")
+
+
+@pytest.mark.parametrize("tasks", ["../outside.jsonl", "/etc/passwd", "assets/catalog.yaml"])
+def test_a_preset_task_set_outside_the_app_or_not_jsonl_is_refused(tmp_path, tasks):
+    path = tmp_path / "catalog.yaml"
+    path.write_text(f'presets:\n  - {{name: x, source: hub, base: a/b, models: [c/d], tasks: "{tasks}"}}\n',
+                    encoding="utf-8")
+    with pytest.raises(SourceError, match="tasks must be a .jsonl file inside the app's folder"):
+        load_catalog(path)
+
+
+@pytest.fixture
+def hanging_probe(monkeypatch):
+    """A Hub probe stuck in a name lookup: it blocks until the test releases it."""
+    release, finished = threading.Event(), threading.Event()
+
+    def probe(timeout_s: float) -> bool:
+        release.wait(60)
+        finished.set()
+        return True
+
+    monkeypatch.setattr(catalog, "probe_hub", probe)
+    monkeypatch.setattr(catalog, "HUB_CHECK_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(catalog, "HUB_CHECK_GRACE_S", 0.05)
+    HUB.forget()
+    yield finished
+    release.set()
+    HUB.forget()
+
+
+def test_a_hanging_hub_check_answers_unreachable_without_waiting_for_it(hanging_probe):
+    assert HUB.reachable(timeout_s=0.05) is False
+    assert not hanging_probe.is_set()  # answered while the probe was still stuck
+
+
+def test_choosing_the_homework_preset_offline_says_it_needs_the_hub(hanging_probe):
+    from ui import models_panel
+
+    text = models_panel.describe_preset(homework().name)
+    assert "needs the Hugging Face Hub" in text and "cannot reach" in text
+    assert not hanging_probe.is_set()
