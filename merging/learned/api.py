@@ -17,6 +17,8 @@ from merging.learned.trainer import LearnResult, LossFn, OptimConfig, SamMode, l
 
 LearnMethod = Literal["samerging", "adamerging"]
 METHODS: tuple[str, ...] = ("samerging", "adamerging")
+Defaults = Literal["mergelab", "paper"]
+DEFAULTS: tuple[str, ...] = ("mergelab", "paper")
 
 # Defaults chosen on the zoo (docs/learned-merging.md, "Defaults"): the papers' lr 1e-3 moves λ by ~0.3 in 300
 # steps, too little to converge in an interactive budget; a start searched over constant λ puts learning where task
@@ -28,17 +30,36 @@ DEFAULT_HOLDOUT = 0.25
 DEFAULT_RHO_RELATIVE = 0.05  # ‖ε‖ ≈ 5 % of ‖λ‖ (ASAM's ρ 0.07 gave 0.8 % on the LM zoo: no effect at all)
 
 
-def default_config(method: LearnMethod, **overrides) -> OptimConfig:
+# The public SAMerging code (github.com/arshandalili/SAMerging, config/method/samerging.yaml and
+# fusion_bench/models/wrappers/layer_wise_fusion.py): SGD lr 1e-3 momentum 0.99 weight decay 5e-4 under ASAM ρ 0.07
+# (ε = ρ·λ²g/‖|λ|g‖, no η), λ starting at 0, each task vector of each tensor divided by its norm, 10 epochs × 100
+# steps, no held-out inputs. AdaMerging's code: Adam lr 1e-3 from 0.3, raw task vectors.
+PAPER_STEPS = 1000
+PAPER = {
+    "samerging": {"steps": PAPER_STEPS, "lr": 1e-3, "optimizer": "sgd", "momentum": 0.99, "weight_decay": 5e-4,
+                  "rho": 0.07, "adaptive": True, "asam_eta": 0.0, "init": 0.0, "normalize": True},
+    "adamerging": {"steps": PAPER_STEPS, "lr": 1e-3, "optimizer": "adam", "weight_decay": 0.0, "rho": 0.0,
+                   "init": 0.3},
+}
+
+
+def default_config(method: LearnMethod, defaults: Defaults = "mergelab", **overrides) -> OptimConfig:
     """MergeLab's defaults: Adam lr 1e-2 from the best constant start of INIT_GRID, early stopping (eval every 10
-    steps, patience 5); SAMerging adds ASAM with ‖ε‖ ≈ 5 % of ‖λ‖ and weight decay 5e-4 (the paper's). The papers'
-    own settings are OptimConfig(lr=1e-3, init=0.3, rho=0.07) and 1,000 steps."""
+    steps, patience 5); SAMerging adds ASAM with ‖ε‖ ≈ 5 % of ‖λ‖ and weight decay 5e-4 (the paper's).
+    `defaults="paper"`: the settings of each paper's public code (PAPER; docs/learned-merging.md "Where MergeLab
+    departs from the paper's code"): a fixed start, no early stopping, SAMerging with SGD momentum 0.99 on λ for
+    unit-norm task vectors."""
+    if method not in METHODS:
+        raise MergeLabError(f"unknown learned merging method {method!r}: choose one of {', '.join(METHODS)}")
+    if defaults not in DEFAULTS:
+        raise MergeLabError(f"unknown defaults {defaults!r}: choose one of {', '.join(DEFAULTS)}")
+    if defaults == "paper":
+        return OptimConfig(**{**asdict(OptimConfig(**PAPER[method])), **overrides})
     common = {"steps": DEFAULT_STEPS, "lr": DEFAULT_LR, "init_grid": INIT_GRID, "eval_every": 10, "patience": 5}
     if method == "adamerging":
         base = OptimConfig(**common, weight_decay=0.0, rho=0.0)
-    elif method == "samerging":
-        base = OptimConfig(**common, weight_decay=5e-4, rho=0.07, rho_relative=DEFAULT_RHO_RELATIVE, adaptive=True)
     else:
-        raise MergeLabError(f"unknown learned merging method {method!r}: choose one of {', '.join(METHODS)}")
+        base = OptimConfig(**common, weight_decay=5e-4, rho=0.07, rho_relative=DEFAULT_RHO_RELATIVE, adaptive=True)
     return OptimConfig(**{**asdict(base), **overrides})
 
 
@@ -92,7 +113,8 @@ def learn_merge(
     experts: Mapping[str, str | Path],
     inputs: Mapping[str, Sequence[str]],
     *,
-    steps: int = DEFAULT_STEPS,
+    defaults: Defaults = "mergelab",
+    steps: int | None = None,
     rho: float | None = None,
     rho_relative: float | None = None,
     lr: float | None = None,
@@ -100,7 +122,7 @@ def learn_merge(
     adaptive: bool = True,
     granularity: Literal["layer", "task"] = "layer",
     init: float | Literal["auto"] = "auto",
-    holdout: float = DEFAULT_HOLDOUT,
+    holdout: float | None = None,
     patience: int | None = None,
     batch_size: int = 16,
     temperature: float = 2.0,
@@ -113,14 +135,20 @@ def learn_merge(
     """Learn merging coefficients for `experts` (name → folder) over `base` from unlabeled `inputs` (expert name →
     prompts for LMs or texts for classifiers).
 
-    Defaults (see `default_config`): init "auto" starts from the constant λ of INIT_GRID with the lowest training
-    loss; `holdout` of each task's inputs is kept aside (never learned on) for early stopping with `patience`
-    evaluations (0 = off; holdout 0 also turns it off); lr 1e-2. SAMerging's radius: `rho_relative` (default 5 %)
-    sets ρ so that ‖ε‖ ≈ rho_relative·‖λ‖; an explicit `rho` is used as given (0 = plain Adam). AdaMerging has no ρ."""
+    Defaults (see `default_config`; None keeps them): `steps` 200; init "auto" starts from the constant λ of
+    INIT_GRID with the lowest training loss; `holdout` (0.25) of each task's inputs is kept aside (never learned on)
+    for early stopping with `patience` evaluations (0 = off; holdout 0 also turns it off); lr 1e-2. SAMerging's
+    radius: `rho_relative` (default 5 %) sets ρ so that ‖ε‖ ≈ rho_relative·‖λ‖; an explicit `rho` is used as given
+    (0 = plain Adam). AdaMerging has no ρ. `defaults="paper"` starts from the papers' code instead (1,000 steps,
+    no held-out inputs, the paper's start and optimiser; SAMerging on unit-norm task vectors); options given
+    explicitly still override it."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise MergeLabError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu")
-    config = _options_config(method, steps=steps, rho=rho, rho_relative=rho_relative, lr=lr, sam_mode=sam_mode,
-                             adaptive=adaptive, granularity=granularity, init=init, patience=patience)
+    config = _options_config(method, defaults, steps=steps, rho=rho, rho_relative=rho_relative, lr=lr,
+                             sam_mode=sam_mode, adaptive=adaptive, granularity=granularity, init=init,
+                             patience=patience)
+    if holdout is None:
+        holdout = 0.0 if defaults == "paper" else DEFAULT_HOLDOUT
     kind = _experts_kind(experts)
     train, heldout = split_heldout({t: inputs.get(t, []) for t in experts}, holdout)
     setup = _learning_setup(kind, method, base, experts, train, heldout, batch_size=batch_size,
@@ -132,11 +160,14 @@ def learn_merge(
                         result.seconds, setup, result, heldout, {t: list(inputs.get(t, [])) for t in experts})
 
 
-def _options_config(method: LearnMethod, *, steps: int, rho: float | None, rho_relative: float | None,
-                    lr: float | None, sam_mode: SamMode, adaptive: bool, granularity: Literal["layer", "task"],
-                    init: float | Literal["auto"], patience: int | None) -> OptimConfig:
+def _options_config(method: LearnMethod, defaults: Defaults, *, steps: int | None, rho: float | None,
+                    rho_relative: float | None, lr: float | None, sam_mode: SamMode, adaptive: bool,
+                    granularity: Literal["layer", "task"], init: float | Literal["auto"], patience: int | None
+                    ) -> OptimConfig:
     """The method's default_config with learn_merge's options applied (None and "auto" keep the default), checked."""
-    overrides: dict = {"steps": steps, "sam_mode": sam_mode, "adaptive": adaptive, "granularity": granularity}
+    overrides: dict = {"sam_mode": sam_mode, "adaptive": adaptive, "granularity": granularity}
+    if steps is not None:
+        overrides["steps"] = steps
     if init != "auto":
         overrides.update(init=float(init), init_grid=())
     if method == "samerging" and rho is not None:
@@ -147,7 +178,7 @@ def _options_config(method: LearnMethod, *, steps: int, rho: float | None, rho_r
         overrides["lr"] = lr
     if patience is not None:
         overrides["patience"] = patience
-    config = default_config(method, **overrides)
+    config = default_config(method, defaults, **overrides)
     config.check()
     return config
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from merging.cli import register_subcommand
 from merging.errors import MergeLabError
 from merging.learned import presets
-from merging.learned.api import LearnedMerge, describe_run, learn_merge, save_learned_merge
+from merging.learned.api import LearnedMerge, default_config, describe_run, learn_merge, save_learned_merge
 from merging.learned.inputs import read_inputs
 
 
@@ -55,16 +55,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="preset: accept PyTorch pickle checkpoints (textattack's), loaded with weights_only")
     parser.add_argument("--examples-per-task", type=int, default=None,
                         help="unlabeled inputs per task (default 16; the glue-bert preset: 32)")
+    parser.add_argument("--defaults", choices=("mergelab", "paper"), default="mergelab",
+                        help="mergelab (default: searched start, Adam lr 1e-2, early stopping, relative SAM radius) "
+                             "or paper: the papers' public code (SAMerging: SGD momentum 0.99 lr 1e-3, ASAM rho 0.07, "
+                             "start 0, unit-norm task vectors, 1000 steps, no held-out inputs); other options "
+                             "still override it")
     parser.add_argument("--batch-size", type=int, default=16, help="examples per task in each step; default 16")
-    parser.add_argument("--steps", type=int, default=200, help="most updates (early stopping may end sooner)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="most updates (early stopping may end sooner); default 200 (paper: 1000)")
     parser.add_argument("--rho", type=float, default=None,
                         help="absolute SAM radius ρ (0 = plain Adam; the paper's 0.07 is ~1 %% of ‖λ‖ on the zoo); "
                              "default: set by --rho-relative; ignored by AdaMerging")
     parser.add_argument("--rho-relative", type=float, default=None,
                         help="SAM radius as a fraction of ‖λ‖ (default 0.05: ‖ε‖ ≈ 5 %% of ‖λ‖)")
     parser.add_argument("--lr", type=float, default=None, help="Adam learning rate on λ (default 1e-2)")
-    parser.add_argument("--holdout", type=float, default=0.25,
-                        help="fraction of each task's inputs kept aside for early stopping (0 = none)")
+    parser.add_argument("--holdout", type=float, default=None,
+                        help="fraction of each task's inputs kept aside for early stopping (0 = none); default 0.25 "
+                             "(paper: 0)")
     parser.add_argument("--patience", type=int, default=None,
                         help="held-out evaluations (every 10 steps) without improvement before stopping; 0 = never")
     parser.add_argument("--sam-mode", choices=("true", "repo"), default="true",
@@ -91,9 +98,9 @@ def run(args: argparse.Namespace) -> int:
     init = _parse_init(args.init)
     if not args.quiet:
         print("Loading the models and computing the teachers' outputs…", file=sys.stderr, flush=True)
-    bar = _StepBar(args.steps, args.method, quiet=args.quiet)
+    bar = _StepBar(args.steps or default_config(args.method, args.defaults).steps, args.method, quiet=args.quiet)
     try:
-        merge = learn_merge(args.method, args.base, experts, inputs, steps=args.steps, rho=rho,
+        merge = learn_merge(args.method, args.base, experts, inputs, defaults=args.defaults, steps=args.steps, rho=rho,
                             rho_relative=args.rho_relative, lr=args.lr, holdout=args.holdout, patience=args.patience,
                             sam_mode=args.sam_mode, adaptive=args.sam == "adaptive", granularity=args.granularity,
                             init=init, batch_size=args.batch_size, temperature=args.temperature,

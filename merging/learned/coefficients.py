@@ -89,6 +89,11 @@ class TaskVectors:
             return lam[:, None].expand(self.num_tasks, self.num_tensors)
         return lam
 
+    @torch.no_grad()
+    def tensor_norms(self) -> torch.Tensor:
+        """‖τ_t^l‖ (Frobenius) per task and tensor, (T, P) on the device."""
+        return torch.stack([self._on_device(self.blocks[n]).norm(dim=1) for n in self.names], dim=1)
+
     def init_coefficients(self, value: float, granularity: Granularity = "layer") -> torch.Tensor:
         if granularity not in ("layer", "task"):
             raise MergeLabError(f"granularity must be 'layer' or 'task', not {granularity!r}")

@@ -1,4 +1,4 @@
-"""The optimisation loop shared by AdaMerging and SAMerging: Adam on λ, optionally wrapped in SAM.
+"""The optimisation loop shared by AdaMerging and SAMerging: Adam (or SGD with momentum) on λ, optionally in SAM.
 
 The loop knows nothing about models: it takes the model's parameters for the merged tensors (which it overwrites
 with θ(λ)) and a loss function `loss_fn(task, batch) -> scalar` that runs the model on task t's cached batch.
@@ -29,6 +29,7 @@ from merging.learned.sam import sam_perturbation
 
 LossFn = Callable[[int, int], torch.Tensor]
 SamMode = Literal["true", "repo"]
+BaseOptimizer = Literal["adam", "sgd"]
 
 
 @dataclass
@@ -50,6 +51,9 @@ class OptimConfig:
     rho_relative: float | None = None  # when set (and rho > 0 or rho unset), ρ = this fraction of ‖λ‖ (see above)
     eval_every: int = 10  # held-out loss every this many steps (when a held-out loss is given)
     patience: int = 0  # stop after this many held-out evaluations without improvement; 0 = never stop early
+    optimizer: BaseOptimizer = "adam"  # the base step SAM wraps: Adam, or SGD with `momentum` (the SAMerging code)
+    momentum: float = 0.0  # SGD only
+    normalize: bool = False  # learn λ for τ/‖τ‖ (each task vector of each tensor at unit norm, the SAMerging code)
 
     def check(self) -> None:
         if self.steps < 1:
@@ -66,11 +70,15 @@ class OptimConfig:
             raise MergeLabError(f"the relative SAM radius ‖ε‖/‖λ‖ must be between 0 and 1, not {self.rho_relative}")
         if self.eval_every < 1 or self.patience < 0:
             raise MergeLabError("eval_every must be at least 1 and patience at least 0")
+        if self.optimizer not in ("adam", "sgd"):
+            raise MergeLabError(f"the base optimiser must be 'adam' or 'sgd', not {self.optimizer!r}")
+        if not 0 <= self.momentum < 1:
+            raise MergeLabError(f"SGD momentum must be in [0, 1), not {self.momentum}")
 
 
 @dataclass
 class LearnResult:
-    coefficients: torch.Tensor  # (T, P) layer-wise or (T,) task-wise, on the CPU
+    coefficients: torch.Tensor  # θ(λ) = θ0 + Σ λ τ: (T, P) layer-wise or (T,) task-wise, on the CPU
     losses: list[float] = field(default_factory=list)  # loss at λ before each update
     seconds: float = 0.0
     init: float = 0.3  # the constant λ learning started from
@@ -80,6 +88,7 @@ class LearnResult:
     val_losses: list[tuple[int, float]] = field(default_factory=list)  # (updates done, held-out loss)
     best_step: int | None = None  # updates done at the returned λ (None without a held-out loss: the last λ)
     stopped_early: bool = False
+    normalized_coefficients: torch.Tensor | None = None  # with `normalize`: λ as learned, for τ/‖τ‖
 
     @property
     def eps_ratio(self) -> float | None:
@@ -116,11 +125,12 @@ def learn(
     `num_val_batches` held-out batches only chooses which λ to return and when to stop: it runs without gradient and
     never enters an update. Raises MergeCancelled when `cancel()` turns true between steps."""
     _check_arguments(vectors, params, num_batches, config)
-    objective = _Objective(vectors, params, loss_fn, config.granularity)
+    objective = _Objective(vectors, params, loss_fn, config.granularity,
+                           _unit_norm_scale(vectors) if config.normalize else None)
     start = time.perf_counter()
     init, init_losses = _choose_start(objective, num_batches, config)
     lam = vectors.init_coefficients(init, config.granularity).requires_grad_(True)
-    optimizer = torch.optim.Adam([lam], lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = _base_optimizer(lam, config)
     rho = _sam_radius(lam, config)
     result = LearnResult(coefficients=lam.detach().cpu().clone(), init=init, init_losses=init_losses, rho=rho)
     held_out = None
@@ -140,10 +150,25 @@ def learn(
             break
     if held_out is not None:
         result.best_step = held_out.restore_best(lam)
-    vectors.materialize(lam, params)
-    result.coefficients = lam.detach().cpu().clone()
+    vectors.materialize(objective.effective(lam), params)
+    result.coefficients = objective.effective(lam).detach().cpu().clone()
+    if config.normalize:
+        result.normalized_coefficients = lam.detach().cpu().clone()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _base_optimizer(lam: torch.Tensor, config: OptimConfig) -> torch.optim.Optimizer:
+    """Adam, or SGD with momentum (the SAMerging code's base optimiser under SAM), on λ."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD([lam], lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.Adam([lam], lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _unit_norm_scale(vectors: TaskVectors) -> torch.Tensor:
+    """1/‖τ_t^l‖ per task and tensor (0 where τ_t^l = 0): λ·scale is the coefficient of the raw τ."""
+    norms = vectors.tensor_norms()
+    return torch.where(norms > 0, 1.0 / norms.clamp_min(1e-30), torch.zeros_like(norms))
 
 
 def _check_arguments(vectors: TaskVectors, params: Mapping[str, torch.Tensor], num_batches: int,
@@ -157,24 +182,33 @@ def _check_arguments(vectors: TaskVectors, params: Mapping[str, torch.Tensor], n
 
 
 class _Objective:
-    """The model at θ(λ) and its losses: writes θ(coefficients) into `params`, then runs the loss on a batch."""
+    """The model at θ(λ) and its losses: writes θ(coefficients) into `params`, then runs the loss on a batch.
+    With a `scale` (T, P) the coefficients are learned for scale·τ (unit-norm task vectors): θ uses λ·scale and
+    the gradient is ∂L/∂(λ·scale) · scale, summed over tensors for task-wise λ."""
 
     def __init__(self, vectors: TaskVectors, params: Mapping[str, torch.Tensor], loss_fn: LossFn,
-                 granularity: Granularity):
+                 granularity: Granularity, scale: torch.Tensor | None = None):
         self.vectors, self.params, self.loss_fn, self.granularity = vectors, params, loss_fn, granularity
         self.targets = [params[n] for n in vectors.names]
+        self.scale = scale
+
+    def effective(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """The coefficients of the raw task vectors: λ itself, or λ·scale (then always (T, P))."""
+        if self.scale is None:
+            return coefficients
+        return self.vectors.full(coefficients) * self.scale
 
     @torch.no_grad()
     def mean_loss(self, coefficients: torch.Tensor, fn: LossFn, batches: int) -> float:
         """Σ_t fn averaged over `batches` batches at θ(coefficients), without gradients."""
-        self.vectors.materialize(coefficients, self.params)
+        self.vectors.materialize(self.effective(coefficients), self.params)
         return sum(float(fn(t, b)) for b in range(batches) for t in range(self.vectors.num_tasks)) / batches
 
     def loss_and_grad(self, coefficients: torch.Tensor | None, batch: int) -> tuple[float, torch.Tensor]:
         """Training loss and ∂L/∂λ at θ(coefficients); None reuses whatever θ the model holds (the research code's
         cache)."""
         if coefficients is not None:
-            self.vectors.materialize(coefficients, self.params)
+            self.vectors.materialize(self.effective(coefficients), self.params)
         for p in self.targets:
             p.grad = None
         total = 0.0
@@ -183,7 +217,10 @@ class _Objective:
             loss.backward()
             total += float(loss.detach())
         grads = {n: p.grad for n, p in zip(self.vectors.names, self.targets)}
-        return total, self.vectors.coefficient_grad(grads, self.granularity)
+        if self.scale is None:
+            return total, self.vectors.coefficient_grad(grads, self.granularity)
+        g = self.vectors.coefficient_grad(grads, "layer") * self.scale
+        return total, g if self.granularity == "layer" else g.sum(dim=1)
 
 
 def _choose_start(objective: _Objective, num_batches: int, config: OptimConfig) -> tuple[float, dict[float, float]]:
@@ -207,7 +244,7 @@ def _sam_radius(lam: torch.Tensor, config: OptimConfig) -> float:
 
 def _update(objective: _Objective, optimizer: torch.optim.Optimizer, lam: torch.Tensor, batch: int, rho: float,
             config: OptimConfig, eps_ratios: list[float]) -> float:
-    """One Adam step on λ; with rho > 0 the step takes SAM's second gradient (at θ(λ+ε), or at the cached θ(λ) in
+    """One base-optimiser step on λ; with rho > 0 the step takes SAM's second gradient (at θ(λ+ε), or at the cached θ(λ) in
     "repo" mode) and records ‖ε‖/‖λ‖. Returns the loss at λ before the step."""
     loss, grad = objective.loss_and_grad(lam, batch)
     if rho > 0:
