@@ -26,20 +26,11 @@ import torch
 from safetensors import safe_open
 
 from merging.cancel import CancelFlag, cancellable, is_set
-from merging.checks import (
-    OutputFolderError,
-    method_failure,
-    output_folder_problem,
-    output_write_error,
-    require_finite,
-    require_input_count,
-)
+from merging.checks import OutputFolderError, output_folder_problem, output_write_error
 from merging.errors import CompatibilityError, MergeCancelled, MergeLabError
 from merging.export import MERGEKIT_FILE, MERGELAB_FILE, mergekit_export
 from merging.inputs import MergeInputs, TaskHeads, fit_rows, is_vocab_mismatch, open_inputs, task_heads
 from merging.methods.chunks import compute_threads, spare_cores
-from merging.methods.common import tensor_generator
-from merging.methods.registry import collect_notes
 from merging.plan import (
     PREFETCH_TENSORS,
     WRITE_BEHIND_TENSORS,
@@ -50,8 +41,9 @@ from merging.plan import (
     torch_dtype,
 )
 from merging.preflight import preflight
-from merging.recipe import ParameterResolver, load_recipe
+from merging.recipe import load_recipe
 from merging.shards import PlannedTensor, ShardWriter, parse_size, plan_shards
+from merging.step import MergeStep
 
 RECIPE_FILE = MERGELAB_FILE  # the recipe as MergeLab reads it (faithful)
 TASKS_DIR = "tasks"  # per-task folders (merged tensors + one expert's head) when the experts have their own heads
@@ -252,42 +244,26 @@ def _progress(done: int, count: int, name: str, done_bytes: int, total: int, sta
 
 
 class _TensorMerger:
-    """Merges one tensor at a time with the recipe's method: its parameters resolved for that tensor, a generator
-    seeded from (seed, name) for random methods, the checks on its inputs and output. Busy seconds go to
-    stages["merge"]; the methods' notes collect in `notes` (deduplicated, in order)."""
+    """The engine's side of the per-tensor step (merging.step.MergeStep: parameters, generator, method call,
+    checks): times the method on the device (busy seconds go to stages["merge"]) and keeps the methods' notes."""
 
     def __init__(self, inputs: MergeInputs, *, device: str, seed: int, stages: dict[str, float]) -> None:
-        self.recipe = inputs.recipe
-        self.method = inputs.method
-        self.resolve_parameters = ParameterResolver(inputs.recipe)
-        self.num_layers = inputs.donor.num_layers
+        self.step = MergeStep(inputs.recipe, inputs.donor.num_layers, seed=seed, device=device)
         self.device = device
-        self.seed = seed
         self.stages = stages
-        self.notes: dict[str, None] = {}
+
+    @property
+    def notes(self) -> list[str]:
+        """Each method message once, in the order first seen."""
+        return self.step.distinct_notes()
 
     def __call__(self, name: str, base: torch.Tensor | None, operands: list[torch.Tensor],
                  out_dtype: torch.dtype) -> torch.Tensor:
-        method, device = self.method, self.device
-        model_params, global_params = self.resolve_parameters(name, self.num_layers)
-        generator = None
-        if method.random:
-            generator = tensor_generator(self.seed, name, device)
-        require_input_count(name, operands, model_params, method.name)
         tick = time.perf_counter()
-        with collect_notes() as tensor_notes:
-            try:
-                merged = method.fn(base, operands, model_params, global_params, generator)
-            except torch.OutOfMemoryError:
-                raise
-            except (RuntimeError, ArithmeticError, ValueError) as exc:  # e.g. a weight beyond float32
-                raise method_failure(name, method.name, exc, self.recipe) from exc
-        require_finite(name, merged, self.recipe, out_dtype)
-        if device != "cpu":
-            torch.cuda.synchronize(device)
+        merged = self.step(name, base, operands, out_dtype)
+        if self.device != "cpu":
+            torch.cuda.synchronize(self.device)
         self.stages["merge"] += time.perf_counter() - tick
-        for message in tensor_notes:
-            self.notes.setdefault(message)
         return merged
 
 

@@ -2,10 +2,10 @@
 sweep point, a learned coefficient set) is merged straight into a state dict (`merge`) or into a model's own
 parameters in place (`merge_into`, no per-merge copy of the weights).
 
-Results match the streaming engine tensor for tensor by construction: each tensor is merged by the same call the
-engine makes (`method.fn(base, tensors, ...)` on the sources' tensors in their own dtype, inputs rounded to the
-recipe's `dtype` when it sets one), with the same per-tensor parameter resolution and random generator (seeded from
-`zlib.crc32(f"{seed}:{name}")`), and the result is cast to the engine's output dtype.
+Results match the streaming engine tensor for tensor by construction: each tensor is merged by the engine's own step
+(merging.step.MergeStep: the same parameter resolution, random generator, method call and checks) on the sources'
+tensors in their own dtype (inputs rounded to the recipe's `dtype` when it sets one), and the result is cast to the
+engine's output dtype.
 
 Why no cache of float32 task vectors: the methods derive them per tensor in float32 from the sources (a bf16
 difference is not exact in bf16, so a bf16 cache would break bit-exactness, and a float32 one doubles or triples the
@@ -13,67 +13,166 @@ memory of bf16 sources). Measured on 64M bf16 elements, one thread: task_arithme
 0.8 s vs 2.3 s from cached float32 task vectors; ties and dare_ties within 25 % of each other. So the memory plan
 counts the sources in their own dtype, and live merging reaches models 2-3x larger than a float32 cache would.
 
+Each source is held once, in its own dtype: on the device, or (where device memory is short: a 7B base and three
+experts on one 80 GB GPU) in pinned host memory, streamed to the device tensor by tensor as the merge reaches it.
+`live_memory_plan` decides which, and says what would fit when nothing does. Every tensor is merged through the
+engine's own per-tensor step (merging.step.MergeStep), then written into the caller's tensors (`merge_into`).
+
 Only tensors that every input has (same shape) are merged; the rest (per-task classifier heads) are left out and
 listed in `unmerged_names`.
 """
+
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from merging.checks import require_finite
 from merging.errors import RecipeError
 from merging.methods.chunks import compute_threads, spare_cores
-from merging.methods.common import tensor_generator
 from merging.methods.fused import remember_thresholds
-from merging.methods.registry import collect_notes, get_method
 from merging.plan import available_bytes
-from merging.recipe import ParameterResolver, Recipe, validate_recipe
+from merging.recipe import Recipe, validate_recipe
+from merging.step import MergeStep
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-# Live merging is planned to use at most this share of the device's free memory (the rest: the chat model's
-# activations, the evaluator's copies, other sessions, the OS).
+# On the CPU, live merging is planned to use at most this share of the free memory (the rest: the evaluator's
+# copies, other sessions, the OS). Sources streamed to a GPU are held in host memory under the same share.
 MEMORY_SHARE = 0.7
+# On a GPU: what stays free for activations and the KV cache of batched scoring (Mistral-7B, 32 prompts x 512
+# tokens: about 2 GB of cache), at least this much or a tenth of the free memory.
+DEVICE_RESERVE_BYTES = 8 * 2**30
+_GB = 2**30
 
 
 # --- the memory plan --------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class LivePlan:
-    """Whether the sources fit in memory for live merging, and why (`reason` is shown to the user)."""
+    """Whether the sources fit in memory for live merging, what is held where, and why (`reason` is shown to the
+    user; where live merging is off it says what would fit)."""
 
     live: bool
     device: str
-    bytes_needed: int
-    bytes_available: int | None
+    bytes_needed: int  # everything live merging holds: sources, scratch and the model merged into
+    bytes_available: int | None  # free memory of `device`
     reason: str
+    on_device: int = 0  # sources held on the device, in order (the base first)
+    streamed: int = 0  # sources held in pinned host memory and streamed to the device per tensor
+    host_bytes: int = 0  # host memory those streamed sources hold
 
 
 def live_memory_plan(source_bytes: Sequence[int], largest_tensor_elements: int, *, device: str = "cpu",
-                     model_bytes: int = 0, available: int | None = None) -> LivePlan:
-    """Plan live merging. Needed: the sources' tensors kept in their own dtype (`source_bytes`, one entry per model,
-    base included), float32 scratch for the largest tensor (each input widened, plus the result and a workspace),
-    and `model_bytes` for the model the merge is written into. Live when that is at most MEMORY_SHARE of the free
-    memory of `device` (`available`, measured when None)."""
-    inputs = len(source_bytes)
-    scratch = largest_tensor_elements * 4 * (inputs + 3)
-    needed = int(sum(source_bytes) + scratch + model_bytes)
+                     model_bytes: int = 0, available: int | None = None, host_available: int | None = None,
+                     source_elements: Sequence[int] | None = None) -> LivePlan:
+    """Plan live merging. Held: the sources in their own dtype (`source_bytes`, one entry per model, the base
+    first), float32 scratch for the largest tensor (each input widened, plus the result and a workspace), and
+    `model_bytes` for the model the merge is written into. On the CPU all of it within MEMORY_SHARE of the free
+    memory. On a GPU the model and the scratch on the device, as many sources beside them as leave
+    DEVICE_RESERVE_BYTES free, and the rest in pinned host memory (within MEMORY_SHARE of it), streamed per tensor.
+    `available` / `host_available`: free bytes, measured when None. `source_elements` (per source) sizes the
+    8-bit suggestion; without it the sources are taken as 16-bit."""
     free = available_bytes(device) if available is None else available
-    gb = 2**30
     if free is None:
-        return LivePlan(False, device, needed, None, f"the free memory of {device} cannot be read, so models are "
-                        "merged to a folder")
-    budget = int(free * MEMORY_SHARE)
-    if needed <= budget:
-        return LivePlan(True, device, needed, free, f"the sources need {needed / gb:.2f} GB on {device}, within "
-                        f"{MEMORY_SHARE:.0%} of its {free / gb:.1f} GB free")
-    return LivePlan(False, device, needed, free, f"the sources need {needed / gb:.2f} GB on {device}, more than "
-                    f"{MEMORY_SHARE:.0%} of its {free / gb:.1f} GB free: merge to a folder (streamed, a few tensors "
-                    "at a time)")
+        return LivePlan(False, device, 0, None, f"the free memory of {device} cannot be read, so models are merged "
+                        "to a folder")
+    plan = _place(source_bytes, largest_tensor_elements, device, model_bytes, free, host_available)
+    if plan.live:
+        return plan
+    elements = list(source_elements) if source_elements is not None else [b // 2 for b in source_bytes]
+    fit = _what_would_fit(source_bytes, elements, largest_tensor_elements, device, model_bytes, free, host_available)
+    return LivePlan(False, device, plan.bytes_needed, free, f"{plan.reason}. {fit}")
+
+
+def _scratch(largest_tensor_elements: int, inputs: int) -> int:
+    return largest_tensor_elements * 4 * (inputs + 3)
+
+
+def _place(source_bytes: Sequence[int], largest: int, device: str, model_bytes: int, free: int,
+           host_available: int | None) -> LivePlan:
+    """Where each source goes (no suggestions): all in memory on the CPU; on a GPU as many on the device as fit,
+    the rest streamed from pinned host memory."""
+    fixed = _scratch(largest, len(source_bytes)) + model_bytes
+    needed = int(sum(source_bytes) + fixed)
+    if not device.startswith("cuda"):
+        budget = int(free * MEMORY_SHARE)
+        held = f"the sources need {needed / _GB:.2f} GB on {device} ({_held(source_bytes, fixed)})"
+        if needed <= budget:
+            return LivePlan(True, device, needed, free, f"{held}, within {MEMORY_SHARE:.0%} of its "
+                            f"{free / _GB:.1f} GB free", on_device=len(source_bytes))
+        return LivePlan(False, device, needed, free, f"{held}, more than {MEMORY_SHARE:.0%} of its "
+                        f"{free / _GB:.1f} GB free")
+    usable = free - max(DEVICE_RESERVE_BYTES, free // 10)
+    resident, used = 0, fixed
+    while resident < len(source_bytes) and used + source_bytes[resident] <= usable:
+        used += source_bytes[resident]
+        resident += 1
+    host = int(sum(source_bytes[resident:]))
+    host_free = available_bytes("cpu") if host_available is None and host else host_available
+    host_budget = int((host_free or 0) * MEMORY_SHARE)
+    where = (f"{_count(resident)} on {device} ({used / _GB:.1f} GB with the chat model and scratch, of "
+             f"{max(usable, 0) / _GB:.1f} GB usable: {free / _GB:.1f} GB free less room for activations)")
+    if fixed > usable:
+        return LivePlan(False, device, needed, free, f"the chat model and scratch alone need {fixed / _GB:.1f} GB "
+                        f"on {device}, more than its {max(usable, 0) / _GB:.1f} GB usable")
+    if host > host_budget:
+        return LivePlan(False, device, needed, free, f"{where}; the other {_count(len(source_bytes) - resident, False)} "
+                        f"({host / _GB:.1f} GB) would not fit in {MEMORY_SHARE:.0%} of the host's "
+                        f"{(host_free or 0) / _GB:.1f} GB free")
+    streamed = len(source_bytes) - resident
+    rest = (f"; {_count(streamed, False)} ({host / _GB:.1f} GB) in pinned host memory, streamed to the GPU tensor "
+            "by tensor (each merge also moves those bytes)" if streamed else "")
+    return LivePlan(True, device, needed, free, f"live merging holds {where}{rest}", on_device=resident,
+                    streamed=streamed, host_bytes=host)
+
+
+def _held(source_bytes: Sequence[int], fixed: int) -> str:
+    return f"{_count(len(source_bytes))} {sum(source_bytes) / _GB:.1f} GB, the chat model and scratch {fixed / _GB:.1f} GB"
+
+
+def _count(sources: int, from_base: bool = True) -> str:
+    """'the base and 2 experts' (sources counted from the base) or '1 expert'."""
+    if not from_base:
+        return f"{sources} expert{'s' if sources != 1 else ''}"
+    if sources == 0:
+        return "no source"
+    experts = sources - 1
+    return "the base" + (f" and {experts} expert{'s' if experts != 1 else ''}" if experts else "")
+
+
+def _what_would_fit(source_bytes: Sequence[int], elements: Sequence[int], largest: int, device: str,
+                    model_bytes: int, free: int, host_available: int | None) -> str:
+    """Where the sources do not fit live: how many experts would, whether 8-bit sources would, and the folder
+    merge, which always does (it streams a few tensors at a time)."""
+    def fits(sizes: Sequence[int]) -> bool:
+        return _place(sizes, largest, device, model_bytes, free, host_available).live
+
+    fewer = next((n for n in range(len(source_bytes) - 1, 0, -1) if fits(source_bytes[:n])), 0)
+    options = [f"with the base and {fewer - 1} expert{'s' if fewer != 2 else ''} live merging would fit"
+               if fewer > 1 else "even fewer experts would not fit"]
+    eight_bit = list(elements)  # one byte per element
+    options.append(f"8-bit copies of the sources ({sum(eight_bit) / _GB:.1f} GB, not exact; MergeLab keeps sources "
+                   f"exact) would {'fit' if fits(eight_bit) else 'not fit either'}")
+    options.append("or merge to a folder, which works at any size (streamed, a few tensors at a time)")
+    return "What would fit: " + "; ".join(options)
+
+
+def plan_for_states(states: Sequence[Mapping[str, torch.Tensor]], *, device: str, available: int | None = None,
+                    host_available: int | None = None, model_dtype: torch.dtype | None = None) -> LivePlan:
+    """The memory plan for sources given as state dicts (meta tensors are enough: only shapes and dtypes are read),
+    the first one the base; the chat model is the base's shape in `model_dtype` (default: the base's own dtypes)."""
+    sizes = [sum(t.numel() * t.element_size() for t in state.values()) for state in states]
+    largest = max((t.numel() for state in states for t in state.values()), default=0)
+    base = states[0].values() if states else []
+    model = sum(t.numel() * (torch.tensor([], dtype=model_dtype).element_size() if model_dtype else t.element_size())
+                for t in base)
+    return live_memory_plan(sizes, largest, device=device, model_bytes=model, available=available,
+                            host_available=host_available,
+                            source_elements=[sum(t.numel() for t in state.values()) for state in states])
 
 
 # --- the merger -------------------------------------------------------------------------------------------------
@@ -86,30 +185,85 @@ def _promoted(dtypes: Iterable[torch.dtype]) -> torch.dtype:
     return result or torch.float32
 
 
+class ReaderTensors(Mapping):
+    """A model reader (merging.sources.open_model) as a read-only mapping name → tensor, read on access: handed to
+    LiveMerger, each tensor is read once, straight into where the merger keeps it (no whole-model copy first).
+    Shapes and dtypes come from the header (`shape_of`, `dtype_of`) without reading data."""
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+        self._names = list(reader.tensor_names())
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._names:
+            raise KeyError(name)
+        return self.reader.get(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        return tuple(self.reader.shape(name))
+
+    def dtype_of(self, name: str) -> torch.dtype:
+        return self.reader.dtype(name)
+
+
+def _shape(state: Mapping[str, torch.Tensor], name: str) -> tuple[int, ...]:
+    return state.shape_of(name) if isinstance(state, ReaderTensors) else tuple(state[name].shape)
+
+
+def _floating(state: Mapping[str, torch.Tensor], name: str) -> bool:
+    dtype = state.dtype_of(name) if isinstance(state, ReaderTensors) else state[name].dtype
+    return dtype.is_floating_point
+
+
+def _kept(tensor: torch.Tensor, device: str, streamed: bool) -> torch.Tensor:
+    """Where a source tensor is held: on `device`, or (streamed) in host memory, pinned when `device` is a GPU so
+    the per-tensor copies run at full speed. A tensor already there is kept as is (no second copy)."""
+    if not streamed:
+        return tensor.to(device).contiguous()
+    tensor = tensor.to("cpu").contiguous()
+    return tensor.pin_memory() if torch.device(device).type == "cuda" and not tensor.is_pinned() else tensor
+
+
 class LiveMerger:
-    """Keeps the base's and `models`' shared tensors (their own dtype) on `device`; `merge(recipe, seed)` returns a
+    """Keeps the base's and `models`' shared tensors (their own dtype), each once; `merge(recipe, seed)` returns a
     merged state dict and `merge_into(targets, recipe, seed)` writes it into existing tensors. The recipe's `model`
-    strings are keys of `models`; the base's key is `recipe.base_model`."""
+    strings are keys of `models`; the base's key is `recipe.base_model`.
+
+    `on_device`: how many sources (the base first, then `models` in order) are held on `device`; the others are
+    held in (pinned) host memory and moved to `device` per tensor while merging. None: all on `device`."""
 
     def __init__(self, base: Mapping[str, torch.Tensor], models: Mapping[str, Mapping[str, torch.Tensor]],
                  num_layers: int, names: Iterable[str] | None = None, *, device: str = "cpu",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, on_device: int | None = None) -> None:
         self.num_layers = num_layers
         self.device = device
         self.threads = threads or spare_cores()
         wanted = list(names) if names is not None else list(base)
         self.names: list[str] = [
             n for n in wanted
-            if n in base and base[n].is_floating_point()
-            and all(n in m and m[n].shape == base[n].shape for m in models.values())
+            if n in base and _floating(base, n)
+            and all(n in m and _shape(m, n) == _shape(base, n) for m in models.values())
         ]
         everything = set(base).union(*(set(m) for m in models.values()))
         self.unmerged_names: list[str] = sorted(everything - set(self.names))
+        resident = len(models) + 1 if on_device is None else on_device
         # The sources' own tensors, as the engine reads them (no widening: the methods widen per tensor).
-        self.base: dict[str, torch.Tensor] = {n: base[n].to(device).contiguous() for n in self.names}
+        self.base: dict[str, torch.Tensor] = {n: _kept(base[n], device, resident < 1) for n in self.names}
         self.models: dict[str, dict[str, torch.Tensor]] = {
-            key: {n: m[n].to(device).contiguous() for n in self.names} for key, m in models.items()
+            key: {n: _kept(m[n], device, index + 2 > resident) for n in self.names}
+            for index, (key, m) in enumerate(models.items())
         }
+        self.streamed: set[str] = {key for index, key in enumerate(models) if index + 2 > resident}
+        self.base_streamed = resident < 1
         self.notes: list[str] = []  # the last merge's per-tensor notes ("name: message")
         self._dtypes = {t.dtype for state in [self.base, *self.models.values()] for t in state.values()}
         # Magnitude thresholds of the kept tensors per density (a weight slider move reuses them: ties 3x faster).
@@ -117,7 +271,7 @@ class LiveMerger:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the tensors kept (base and models)."""
+        """Bytes of the tensors kept (base and models, on the device and in host memory)."""
         kept = [self.base, *self.models.values()]
         return sum(t.numel() * t.element_size() for state in kept for t in state.values())
 
@@ -140,49 +294,36 @@ class LiveMerger:
                               f"use one of {', '.join(map(repr, self.models))}")
         return inputs
 
-    def _weights(self, key: str, base_key: str | None) -> dict[str, torch.Tensor]:
-        return self.base if key not in self.models and key == base_key else self.models[key]
+    def _source(self, key: str, base_key: str | None) -> tuple[dict[str, torch.Tensor], bool]:
+        """(a source's kept tensors, whether they are streamed) by its recipe key."""
+        if key not in self.models and key == base_key:
+            return self.base, self.base_streamed
+        return self.models[key], key in self.streamed
 
     def tensors(self, recipe: Recipe, seed: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, merged tensor in the engine's output dtype) one tensor at a time; `notes` is set at the end."""
         validate_recipe(recipe)
-        method = get_method(recipe.merge_method)
-        inputs = self._inputs(recipe)
-        resolve = ParameterResolver(recipe, self.num_layers)
+        step = MergeStep(recipe, self.num_layers, seed=seed, device=self.device)
+        sources = [self._source(key, recipe.base_model) for key in self._inputs(recipe)]
+        base_in = [(self.base, self.base_streamed)] if step.uses_base else []
         fixed = _DTYPES.get(recipe.out_dtype or recipe.dtype or "")
-        compute = _DTYPES.get(recipe.dtype or "")  # the engine rounds inputs to the recipe's dtype first
-
-        def kept_as_is(dtype: torch.dtype) -> bool:
-            # Widening bf16/fp16 to float32 is exact and the methods widen per chunk themselves (faster, less memory).
-            exact = compute == torch.float32 and dtype in (torch.bfloat16, torch.float16)
-            return compute is None or dtype == compute or exact
-
-        def prepared(tensor: torch.Tensor) -> torch.Tensor:
-            return tensor if kept_as_is(tensor.dtype) else tensor.to(compute)
-
-        # Thresholds are remembered by the tensors' storage: only for the kept tensors themselves, never for copies
-        # (a freed copy's address can come back holding other values).
+        inputs = _Inputs(_DTYPES.get(recipe.dtype or ""), self.device)
         if len(self._thresholds) > 64 * max(1, len(self.names)):
             self._thresholds.clear()
-        memo = self._thresholds if all(kept_as_is(d) for d in self._dtypes) else None
-
-        sources = [self._weights(key, recipe.base_model) for key in inputs]
-        pass_base = method.base == "required" or (method.base == "optional" and recipe.base_model is not None)
-        notes: list[str] = []
-        with compute_threads(self.threads), remember_thresholds(memo) if memo is not None else nullcontext():
+        # Thresholds are remembered by the tensors' storage: only for the kept tensors themselves, never for copies
+        # (a freed copy's address can come back holding other values): not when a dtype is rounded or streamed.
+        memo = self._thresholds if all(inputs.kept_as_is(d) for d in self._dtypes) else None
+        with compute_threads(self.threads):
             for name in self.names:
-                model_params, params = resolve(name)
-                generator = tensor_generator(seed, name, self.device) if method.random else None
-                read = ([self.base[name]] if pass_base else []) + [src[name] for src in sources]
+                read = [src[name] for src, _ in base_in + sources]
                 out_dtype = fixed or _promoted(t.dtype for t in read)  # per tensor, as the engine plans it
-                with collect_notes() as tensor_notes:
-                    base = prepared(read[0]) if pass_base else None
-                    result = method.fn(base, [prepared(src[name]) for src in sources], model_params, params,
-                                       generator)
-                notes += [f"{name}: {message}" for message in tensor_notes]
-                require_finite(name, result, recipe, out_dtype)  # a NaN/inf merge is refused, not returned
+                copies = any(streamed for _, streamed in base_in + sources)
+                prepared = [inputs.prepared(t) for t in read]
+                remember = remember_thresholds(memo) if memo is not None and not copies else nullcontext()
+                with remember:
+                    result = step(name, prepared[0] if base_in else None, prepared[len(base_in):], out_dtype)
                 yield name, result if result.dtype == out_dtype else result.to(out_dtype)
-        self.notes = notes
+        self.notes = step.note_lines()
 
     def merge(self, recipe: Recipe, seed: int = 0) -> dict[str, torch.Tensor]:
         """The merged state dict (the engine's output dtype), for the tensors all inputs share."""
@@ -204,3 +345,22 @@ class LiveMerger:
                     found.copy_(tensor)
                     written += 1
         return written
+
+
+class _Inputs:
+    """How a kept source tensor reaches the method: moved to the device when it is streamed, rounded to the
+    recipe's `dtype` when the engine would round it (widening bf16/fp16 to float32 is exact and the methods widen
+    per chunk themselves, so that one is skipped: faster, less memory)."""
+
+    def __init__(self, compute: torch.dtype | None, device: str) -> None:
+        self.compute = compute
+        self.device = torch.device(device)
+
+    def kept_as_is(self, dtype: torch.dtype) -> bool:
+        exact = self.compute == torch.float32 and dtype in (torch.bfloat16, torch.float16)
+        return self.compute is None or dtype == self.compute or exact
+
+    def prepared(self, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.device != self.device:
+            tensor = tensor.to(self.device, non_blocking=True)
+        return tensor if self.kept_as_is(tensor.dtype) else tensor.to(self.compute)

@@ -1,4 +1,5 @@
-"""LiveMerger: cached task vectors, shared-tensor filtering, the same results as the engine's per-tensor path."""
+"""LiveMerger: sources kept once, shared-tensor filtering, the same results as the engine through the one per-tensor
+step (merging.step.MergeStep), and the memory plan (7B-shaped configs on meta tensors)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import torch
 
 from merging.errors import RecipeError
 from merging.live import LiveMerger
-from merging.methods.common import tensor_generator
 from merging.methods.registry import get_method
 from merging.recipe import ParameterResolver, load_recipe
+from merging.step import MergeStep
 
 LAYERS = 2
 
@@ -76,20 +77,17 @@ def test_only_tensors_shared_by_all_inputs_are_merged():
     ("linear", "- {model: math, parameters: {weight: 1}}\n- {model: strings, parameters: {weight: 3}}", ""),
     ("slerp", "- {model: math}", "t: [0.2, 0.8]"),
 ])
-def test_live_gives_the_engine_path_bit_for_bit(merger, method, models, params):
+def test_live_gives_the_engine_step_bit_for_bit(merger, method, models, params):
     live, base, experts = merger
     text = recipe(method, models, params)
     if method == "linear":
         text = text.replace("base_model: base\n", "")
     rec = load_recipe(text)
     out = live.merge(rec, seed=7)
-    fn = get_method(method)
-    resolve = ParameterResolver(rec, LAYERS)
-    for name in base:  # what the streaming engine does per tensor
-        model_params, params_ = resolve(name)
-        gen = tensor_generator(7, name) if fn.random else None
+    step = MergeStep(rec, LAYERS, seed=7)  # the engine's own per-tensor step, called directly
+    for name in base:
         tensors = [experts[m][name] for m in rec.merge_inputs()]
-        expected = fn.fn(None if fn.base == "ignored" else base[name], tensors, model_params, params_, gen)
+        expected = step(name, base[name] if step.uses_base else None, tensors)
         assert torch.equal(out[name], expected), name
 
 
@@ -280,3 +278,167 @@ def test_mixed_dtypes_are_promoted_per_tensor_as_the_engine_does(bf16_family, tm
     merged = live.merge(rec)
     assert {t.dtype for t in folder.values()} == {torch.float32}  # bf16 experts on a float32 base: float32
     assert all(merged[n].dtype == folder[n].dtype and torch.equal(merged[n], folder[n]) for n in folder)
+
+
+# --- one per-tensor step: the engine and live merging both merge every tensor through MergeStep --------------------
+
+def _declared_recipe(method, base: str, experts: list[str]):
+    """A recipe for `method` from its declaration alone (so methods added later are covered too): two inputs where
+    it takes two, required per-model values 0.6 / 0.4, density 0.5, required global values 0.3."""
+    from merging.recipe import Recipe
+
+    count = 2 if method.max_models is None or method.max_models >= 2 else method.max_models
+    models = []
+    for index, expert in enumerate(experts[:count]):
+        own = {p.name: (0.6, 0.4)[index] for p in method.params if p.scope == "model" and p.required}
+        own.update({p.name: 0.5 for p in method.params if p.scope == "model" and p.name == "density"})
+        models.append({"model": expert, **({"parameters": own} if own else {})})
+    data = {"merge_method": method.name, "models": models}
+    if method.base != "ignored":
+        data["base_model"] = base
+    shared = {p.name: 0.3 for p in method.params if p.scope == "global" and p.required}
+    if shared:
+        data["parameters"] = shared
+    return Recipe.from_dict(data)
+
+
+@pytest.fixture(scope="module")
+def small_family(tmp_path_factory):
+    from tests.factory import make_family
+
+    family = make_family(tmp_path_factory.mktemp("step"), hidden=32, seed=4)
+    states = {str(p): _read(p) for p in [family.base, *family.experts]}
+    return family, states
+
+
+def _all_method_names() -> list[str]:
+    from merging.methods.registry import list_methods
+
+    return [m.name for m in list_methods()]
+
+
+@pytest.mark.parametrize("method_name", _all_method_names())
+def test_engine_and_live_give_the_same_tensors_through_one_step(small_family, tmp_path, monkeypatch, method_name):
+    from merging.engine import merge_to_folder
+
+    family, states = small_family
+    base, experts = str(family.base), [str(p) for p in family.experts]
+    rec = _declared_recipe(get_method(method_name), base, experts)
+    calls: dict[str, list[str]] = {"engine": [], "live": []}
+    real_call = MergeStep.__call__
+    who = ["engine"]
+
+    def spied(self, name, *args, **kwargs):
+        calls[who[0]].append(name)
+        return real_call(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(MergeStep, "__call__", spied)
+    merge_to_folder(rec, tmp_path / "out", seed=3)
+    folder = _read(tmp_path / "out")
+    who[0] = "live"
+    live = LiveMerger(states[base], {p: states[p] for p in experts}, num_layers=2)
+    merged = live.merge(rec, seed=3)
+    assert sorted(calls["engine"]) == sorted(calls["live"]) == sorted(folder)  # every tensor, through the step
+    assert all(torch.equal(merged[n], folder[n]) for n in folder), method_name
+
+
+def test_live_rewords_method_failures_as_the_engine_does(merger, monkeypatch):
+    import dataclasses
+
+    from merging.errors import MergeLabError
+
+    live, _, _ = merger
+    rec = load_recipe(recipe("ties", TWO))
+
+    def broken(*args):
+        raise RuntimeError("value cannot be converted to type float without overflow")
+
+    failing = dataclasses.replace(get_method("ties"), fn=broken)
+    monkeypatch.setattr("merging.step.get_method", lambda name: failing)
+    with pytest.raises(MergeLabError, match="Merging tensor .* with ties failed .*overflow"):
+        live.merge(rec)
+
+
+# --- sources streamed from host memory, and the 7B memory plan -----------------------------------------------------
+
+def test_streamed_sources_merge_to_the_same_bits_and_keep_no_thresholds_for_copies():
+    gen = torch.Generator().manual_seed(8)
+    base = {"model.layers.0.mlp.up_proj.weight": torch.randn(512, 600, generator=gen).to(torch.bfloat16),
+            "model.layers.0.input_layernorm.weight": torch.randn(600, generator=gen).to(torch.bfloat16)}
+    experts = {k: {n: (w.float() + 0.02 * torch.randn(w.shape, generator=gen)).to(torch.bfloat16)
+                   for n, w in base.items()} for k in ("math", "japanese")}
+    resident = LiveMerger(base, experts, num_layers=1)
+    streamed = LiveMerger(base, experts, num_layers=1, on_device=1)  # the base held on the device, experts streamed
+    assert streamed.streamed == {"math", "japanese"} and not streamed.base_streamed
+    plain = "- {model: math, parameters: {weight: 0.7}}\n- {model: japanese, parameters: {weight: 0.4}}"
+    for method, models in (("ties", TWO), ("dare_ties", TWO), ("task_arithmetic", plain)):
+        rec = load_recipe(recipe(method, models))
+        expected, got = resident.merge(rec, seed=2), streamed.merge(rec, seed=2)
+        assert all(torch.equal(expected[n], got[n]) for n in expected), method
+    assert streamed._thresholds == {}  # thresholds are never keyed by a per-merge copy's address
+
+
+def _meta_mistral(config_overrides: dict | None = None) -> dict[str, torch.Tensor]:
+    """A Mistral-7B-shaped state dict on the meta device (shapes and dtypes, no weights)."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                           num_attention_heads=32, num_key_value_heads=8, **(config_overrides or {}))
+    with torch.device("meta"):
+        model = MistralForCausalLM(config).to(torch.bfloat16)
+    return dict(model.state_dict())
+
+
+GIB = 2**30
+
+
+@pytest.fixture(scope="module")
+def mistral_7b():
+    state = _meta_mistral()
+    assert 7.2e9 < sum(t.numel() for t in state.values()) < 7.3e9
+    return state
+
+
+def test_a_7b_base_and_two_experts_are_live_on_an_80gb_gpu_each_held_once(mistral_7b):
+    from merging.live import plan_for_states
+
+    plan = plan_for_states([mistral_7b] * 3, device="cuda", available=79 * GIB, host_available=120 * GIB)
+    assert plan.live and plan.on_device == 3 and plan.streamed == 0
+    source = sum(t.numel() * 2 for t in mistral_7b.values())
+    # held once each: 3 sources + the chat model (bf16) + float32 scratch for the embedding (32000 x 4096)
+    assert plan.bytes_needed == 4 * source + 32000 * 4096 * 4 * 6
+    assert "the base and 2 experts on cuda" in plan.reason
+
+
+def test_more_experts_on_an_80gb_gpu_are_streamed_from_pinned_host_memory(mistral_7b):
+    from merging.live import plan_for_states
+
+    three = plan_for_states([mistral_7b] * 4, device="cuda", available=79 * GIB, host_available=120 * GIB)
+    assert three.live and three.on_device + three.streamed == 4
+    four = plan_for_states([mistral_7b] * 5, device="cuda", available=79 * GIB, host_available=120 * GIB)
+    assert four.live and four.streamed >= 1 and four.on_device + four.streamed == 5
+    assert "pinned host memory, streamed" in four.reason
+    no_host = plan_for_states([mistral_7b] * 5, device="cuda", available=79 * GIB, host_available=8 * GIB)
+    assert not no_host.live and "with the base and" in no_host.reason and "merge to a folder" in no_host.reason
+
+
+def test_a_7b_pair_is_not_live_on_a_24gb_cpu_machine_and_the_plan_says_what_would_fit(mistral_7b):
+    from merging.live import plan_for_states
+
+    plan = plan_for_states([mistral_7b] * 3, device="cpu", available=21 * GIB, model_dtype=torch.float32)
+    assert not plan.live
+    assert "even fewer experts would not fit" in plan.reason
+    assert "8-bit copies of the sources (20.2 GB" in plan.reason and "would not fit either" in plan.reason
+    assert "merge to a folder" in plan.reason
+
+
+def test_float32_7b_sources_on_an_80gb_gpu_stream_what_does_not_fit(mistral_7b):
+    from merging.live import plan_for_states
+
+    float32 = {n: torch.empty(t.shape, dtype=torch.float32, device="meta") for n, t in mistral_7b.items()}
+    plan = plan_for_states([float32] * 3, device="cuda", available=79 * GIB, host_available=120 * GIB,
+                           model_dtype=torch.bfloat16)
+    assert plan.live and plan.on_device == 2 and plan.streamed == 1  # float32 folders (the zoo's): 27 GiB each
+    small_host = plan_for_states([float32] * 3, device="cuda", available=79 * GIB, host_available=20 * GIB,
+                                 model_dtype=torch.bfloat16)
+    assert not small_host.live and "with the base and 1 expert live merging would fit" in small_host.reason

@@ -4,6 +4,7 @@ into the session's own chat/classifier models. The merging itself is merging/'s;
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -17,7 +18,7 @@ import zoo
 from inference import model_kind
 from merging.engine import merge_to_folder as engine_merge
 from merging.errors import CompatibilityError, MergeLabError, RecipeError, SourceError
-from merging.live import LiveMerger, live_memory_plan
+from merging.live import LiveMerger, ReaderTensors, live_memory_plan
 from merging.methods import get_method
 from merging.recipe import Recipe, validate_recipe
 from merging.sources import open_model, validate_hub_id
@@ -256,11 +257,6 @@ def _coerce_choice(value: Any) -> Any:
 
 # --- live merging ------------------------------------------------------------------------------------------------
 
-def _read_all(path: Path) -> dict[str, torch.Tensor]:
-    with open_model(path) as source:
-        return {name: source.get(name) for name in source.tensor_names()}
-
-
 def sources_dtype(models: list[SourceModel]) -> str:
     """The dtype a merge of these models is written in by default: their floating dtypes promoted (bf16 in, bf16
     out), as the engine does when the recipe names none."""
@@ -278,18 +274,18 @@ def sources_dtype(models: list[SourceModel]) -> str:
 def live_plan(session: Session, device: str) -> Any:
     """merging.live's memory plan for the chosen models: their tensors in their own dtype, scratch for the largest
     tensor, and the session's own model(s) the merge is written into."""
-    sizes, largest, base_elements = [], 0, 0
+    sizes, elements, largest = [], [], 0
     for model in [session.base, *session.sources]:
         with open_model(model.path) as source:
             names = source.tensor_names()
             sizes.append(sum(source.nbytes(n) for n in names))
             counts = [_numel(source.shape(n)) for n in names]
             largest = max([largest, *counts])
-            base_elements = base_elements or sum(counts)
+            elements.append(sum(counts))
     # The session's model: float32 on the CPU (inference.loading's default there), the checkpoint's dtype elsewhere.
-    per_model = base_elements * 4 if device == "cpu" else sizes[0]
+    per_model = elements[0] * 4 if device == "cpu" else sizes[0]
     targets = len(session.sources) if session.kind == "classifier" else 1
-    return live_memory_plan(sizes, largest, device=device, model_bytes=per_model * targets)
+    return live_memory_plan(sizes, largest, device=device, model_bytes=per_model * targets, source_elements=elements)
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -308,9 +304,11 @@ def prepare_live(session: Session) -> bool:
     session.live_plan = plan
     if not plan.live:
         return False
-    base = _read_all(session.base.path)
-    models = {s.label: _read_all(s.path) for s in session.sources}
-    session.live = LiveMerger(base, models, _num_layers(session.base.path), device=plan.device)
+    with contextlib.ExitStack() as readers:  # each tensor read once, straight to where the merger holds it
+        base = ReaderTensors(readers.enter_context(open_model(session.base.path)))
+        models = {s.label: ReaderTensors(readers.enter_context(open_model(s.path))) for s in session.sources}
+        session.live = LiveMerger(base, models, base.reader.num_layers, device=plan.device,
+                                  on_device=plan.on_device)
     return True
 
 
@@ -322,11 +320,6 @@ def live_mode_text(session: Session) -> str:
     if plan.live:
         return f"**Live merging is on**: sliders re-merge in memory, into the chat model itself ({plan.reason})."
     return f"**Live merging is off**: {plan.reason}. Use *Merge to folder*."
-
-
-def _num_layers(path: Path) -> int:
-    with open_model(path) as source:
-        return source.num_layers
 
 
 def merge_live(session: Session, settings: MergeSettings) -> MergeRecord:

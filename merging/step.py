@@ -1,0 +1,86 @@
+"""One per-tensor merge step, the only place a merge method is called on real tensors: the streaming engine
+(merging/engine.py), live merging (merging/live.py) and the tests that compare them all merge a tensor through
+`MergeStep`, so they cannot drift apart.
+
+For one tensor the step resolves the recipe's parameters (gradients and filters applied, defaults filled), draws
+the tensor's own random generator for random methods (seeded from `zlib.crc32(f"{seed}:{name}")`, so results do not
+depend on tensor order), checks that the method gets one parameter set per input, calls the method generically
+(`method.fn(base, tensors, model_params, params, generator)`: any registered method, new ones included), rewords a
+kernel failure as a message that names the tensor and the likely cause, collects the method's notes, and refuses a
+result holding NaN/inf or values the output dtype cannot hold.
+
+The step neither reads nor writes tensors and does not cast its result: its callers decide where the inputs come
+from (a safetensors reader, tensors kept in memory) and where the result goes (a shard, a model's parameters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from merging.checks import method_failure, require_finite, require_input_count
+from merging.methods.common import tensor_generator
+from merging.methods.registry import Method, collect_notes, get_method
+from merging.recipe import ParameterResolver
+
+
+@dataclass
+class MergeStep:
+    """Merges single tensors for one recipe: build once per merge, call once per tensor.
+
+    `num_layers` places a tensor within the model for gradients; `seed` and `device` make each random method's
+    per-tensor generator. `notes` collects the methods' per-tensor messages (name → messages, in order)."""
+
+    recipe: Any
+    num_layers: int
+    seed: int = 0
+    device: str | torch.device = "cpu"
+    method: Method = field(init=False)
+    notes: dict[str, list[str]] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.method = get_method(self.recipe.merge_method)
+        self._resolve = ParameterResolver(self.recipe, self.num_layers)
+
+    @property
+    def uses_base(self) -> bool:
+        """Whether `base` is passed to the method: "required", or "optional" with a base_model in the recipe."""
+        return self.method.base == "required" or (
+            self.method.base == "optional" and getattr(self.recipe, "base_model", None) is not None)
+
+    def parameters(self, name: str) -> tuple[list[dict], dict]:
+        """(one dict per merge input, the global dict) resolved for tensor `name`."""
+        return self._resolve(name)
+
+    def generator(self, name: str) -> torch.Generator | None:
+        """The tensor's own generator for a random method (None for a deterministic one)."""
+        return tensor_generator(self.seed, name, self.device) if self.method.random else None
+
+    def __call__(self, name: str, base: torch.Tensor | None, tensors: list[torch.Tensor],
+                 out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The merged tensor `name` (the method's compute dtype, float32 unless the recipe's dtype says otherwise),
+        checked to be finite and to fit `out_dtype`. MergeLabError for a failure the recipe can cause."""
+        model_params, params = self.parameters(name)
+        generator = self.generator(name)
+        require_input_count(name, tensors, model_params, self.method.name)
+        with collect_notes() as tensor_notes:
+            try:
+                merged = self.method.fn(base, tensors, model_params, params, generator)
+            except torch.OutOfMemoryError:
+                raise
+            except (RuntimeError, ArithmeticError, ValueError) as exc:  # e.g. a weight beyond float32
+                raise method_failure(name, self.method.name, exc, self.recipe) from exc
+        if tensor_notes:
+            self.notes[name] = list(tensor_notes)
+        require_finite(name, merged, self.recipe, out_dtype)
+        return merged
+
+    def note_lines(self) -> list[str]:
+        """The notes as "tensor: message" lines, in merge order."""
+        return [f"{name}: {message}" for name, messages in self.notes.items() for message in messages]
+
+    def distinct_notes(self) -> list[str]:
+        """Each message once, in the order first seen (the engine's merge report)."""
+        return list(dict.fromkeys(message for messages in self.notes.values() for message in messages))
