@@ -70,3 +70,36 @@ def test_four_users_merge_and_chat_without_seeing_each_other(served):
     # Each session wrote nothing to another's folder: merged folders are per session.
     merged_root = Path(config.models_dir) / "merged"
     assert not merged_root.exists() or len(list(merged_root.iterdir())) <= USERS
+
+
+def test_a_failing_preflight_answers_while_other_sessions_load_their_models(served, monkeypatch):
+    """Other sessions' pre-flights stuck reading their models (more of them than the queue's default concurrency)
+    must not hold up a check that fails before any model is read (a tiny-zoo LM beside a classifier)."""
+    import threading
+    import time
+
+    url, _ = served
+    loading, release = threading.Semaphore(0), threading.Event()
+
+    def slow_prepare(session):  # stands in for reading 2 GB of sources on a busy machine
+        loading.release()
+        release.wait(timeout=120)
+
+    monkeypatch.setattr(models_panel, "prepare_live", slow_prepare)
+    zoo = str(Path(__file__).resolve().parent.parent / "assets" / "zoo")
+    busy = [threading.Thread(target=lambda: Client(url, verbose=False).predict(
+        "Zoo", "lm", ["math", "japanese"], "", "", None, api_name="/preflight")) for _ in range(5)]
+    try:
+        for thread in busy:
+            thread.start()
+        assert loading.acquire(timeout=120)  # at least one session is inside the slow part
+        started = time.perf_counter()
+        report = Client(url, verbose=False).predict("Local folders", None, [], f"{zoo}/lm/base",
+                                                    f"{zoo}/classifier/sentiment", None, api_name="/preflight")
+        answered = time.perf_counter() - started
+        assert not release.is_set() and "problems to fix" in report  # answered while the others still load
+        assert answered < 60, answered
+    finally:
+        release.set()
+        for thread in busy:
+            thread.join(timeout=120)

@@ -152,9 +152,26 @@ def check_models(
     session.preflight = report
     ok, text = report.ok, _with_labels(report.to_markdown(), session)
     if ok:
-        prepare_live(session)
+        _prepare_live_in_turn(session, step)
         text += "\n\n" + live_mode_text(session)  # which mode, and the memory plan's reason
     return config.public_message(text)
+
+
+# Reading every source into memory for live merging (2 GB for the SmolLM2 family) is the one slow part of a
+# pre-flight: a few at a time, so the pre-flight event itself can run many at once (page.PREFLIGHT_CONCURRENCY) and a
+# check that fails, or needs no loading, answers at once instead of queueing behind other sessions' loads.
+LIVE_LOADS = threading.Semaphore(int(os.environ.get("MERGELAB_LIVE_LOADS", "2")))
+
+
+def _prepare_live_in_turn(session: Session, step: Any) -> None:
+    if not LIVE_LOADS.acquire(blocking=False):
+        step(0.92, "Waiting for another session's models to finish loading…")
+        LIVE_LOADS.acquire()
+    try:
+        step(0.95, "Reading the models into memory for live merging…")
+        prepare_live(session)
+    finally:
+        LIVE_LOADS.release()
 
 
 def _fit_method(settings: MergeSettings, session: Session) -> MergeSettings:

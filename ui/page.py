@@ -25,6 +25,9 @@ from ui.resources import on_gpu
 from ui.session import FreshSession, Session, close_session, new_session
 
 TITLE = "MergeLab"
+# Pre-flights at once across sessions: a check reads headers only, and its slow part (reading the sources for live
+# merging) takes turns inside it (models_panel.LIVE_LOADS), so a check never waits for other sessions' loads.
+PREFLIGHT_CONCURRENCY = 16
 INTRO = ("Merge fine-tuned models with mergekit-compatible methods, chat with the result beside its sources, and see "
          "per-task agreement and interference. Runs offline on the built-in zoo.")
 CSS = """
@@ -149,7 +152,7 @@ def _wire_models(demo: gr.Blocks, config: HostConfig, state: gr.State, page: Pag
                 gr.update(visible=classifier), gr.update(visible=not classifier), "", *sweep]
 
     checked = models.check.click(preflight, [state, *models.choice_inputs, models.preset], models.report,
-                                 api_name="preflight")
+                                 api_name="preflight", concurrency_limit=PREFLIGHT_CONCURRENCY)
     checked.failure(in_place_error("pre-flight"), state, models.report, api_visibility="private",
                     show_progress="hidden")
     follow_outputs = [*_merge_controls(page), chat.compare_label, page.classify_tab, page.chat_tab, merge.status,
