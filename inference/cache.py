@@ -110,10 +110,6 @@ class ModelCache:
                 del self._entries[old]
         return self.get_or_load(key, lambda: load_model(path, device=device, dtype=dtype, quantization=quantization))
 
-    def evict(self, key: Hashable) -> bool:
-        with self._lock:
-            return self._entries.pop(key, None) is not None
-
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()

@@ -18,15 +18,11 @@ from transformers import (
 )
 
 from inference.errors import InferenceError, SourceError
+from merging.dtypes import lookup_dtype
 
 ModelKind = Literal["lm", "classifier"]
 Quantization = Literal["8bit", "4bit"]
 
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-}
 
 
 @dataclass
@@ -53,10 +49,10 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype |
         return torch.float32 if str(device).startswith("cpu") else "auto"
     if isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
-    try:
-        return _DTYPES[str(dtype).lower().removeprefix("torch.")]
-    except KeyError:
-        raise InferenceError(f"Unknown dtype {dtype!r}: use one of auto, float32, float16, bfloat16.") from None
+    resolved = lookup_dtype(str(dtype))
+    if resolved is None:
+        raise InferenceError(f"Unknown dtype {dtype!r}: use one of auto, float32, float16, bfloat16.")
+    return resolved
 
 
 def _read_config(folder: Path) -> dict:

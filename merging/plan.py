@@ -7,14 +7,14 @@ plan), so neither has to import the other for it.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from merging.errors import MergeLabError
+from merging.dtypes import dtype_name, torch_dtype
 from merging.inputs import MergeInputs, is_vocab_mismatch, task_heads
 from merging.shards import PlannedTensor
 
@@ -24,28 +24,6 @@ WRITE_BEHIND_TENSORS = 1  # merged tensors waiting for the writer (it holds one 
 # bench/bench_engine.py on a contended 2-core CPU (see docs/benchmarks.md); deliberately on the slow side.
 CPU_BYTES_PER_S = 150e6
 CUDA_BYTES_PER_S = 600e6
-
-
-# --- dtypes -------------------------------------------------------------------------------------------------------
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
-           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "half": torch.float16,
-           "float": torch.float32}
-
-
-def torch_dtype(value: Any) -> torch.dtype | None:
-    """A recipe's dtype string (or a torch.dtype, or None) as a torch.dtype; MergeLabError for an unknown name."""
-    if value is None or isinstance(value, torch.dtype):
-        return value
-    key = str(value).removeprefix("torch.")
-    if key not in _DTYPES:
-        raise MergeLabError(f"Unknown dtype {value!r}: use float32, float16 or bfloat16.")
-    return _DTYPES[key]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """`torch.bfloat16` -> "bfloat16" (as config.json writes it)."""
-    return str(dtype).removeprefix("torch.")
 
 
 # --- tensor plans -------------------------------------------------------------------------------------------------
@@ -135,7 +113,7 @@ def estimate(inputs: MergeInputs, device: str, *, planned: bool = True) -> Estim
         out_dtype = "/".join(sorted({dtype_name(donor.dtype(n)) for n in donor.tensor_names()}))
         read_bytes = out_bytes * len(refs)
         num_tensors = len(donor.tensor_names())
-    largest_numel = max((_numel(inputs.donor.shape(n)) for n in inputs.donor.tensor_names()), default=0)
+    largest_numel = max((math.prod(inputs.donor.shape(n)) for n in inputs.donor.tensor_names()), default=0)
     largest_in = max((src.nbytes(n) for src in inputs.sources.values() for n in src.tensor_names()), default=0)
     # In flight at once: input sets queued, being read and being merged; the method's float32 working copies
     # (inputs + deltas + result); merged tensors queued, being written and being produced. An estimate: methods
@@ -158,13 +136,6 @@ def _task_folder_bytes(inputs: MergeInputs, plan: list[TensorPlan]) -> tuple[int
     for ref, own in heads.own.items():
         total += shared_bytes + sum(inputs.sources[ref].nbytes(n) for n in own)
     return total, total
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def available_bytes(device: str = "cpu") -> int | None:

@@ -7,6 +7,7 @@ user can cause are collected into the report (never raised): the UI shows `to_ma
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -14,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from merging.checks import existing_ancestor, output_folder_problem
+from merging.dtypes import dtype_name
 from merging.errors import MergeLabError
 from merging.inputs import MergeInputs, is_vocab_mismatch, open_inputs, task_heads
-from merging.plan import available_bytes, dtype_name, estimate
+from merging.plan import available_bytes, estimate
 from merging.recipe import load_recipe, validate_recipe
 
 MAX_LISTED = 6  # names listed per problem before "and N more"
@@ -107,7 +109,7 @@ def _describe_models(inputs: MergeInputs, report: PreflightReport) -> None:
         dtypes = sorted({dtype_name(src.dtype(n)) for n in names})
         models[ref] = {
             "architecture": src.architecture,
-            "parameters": sum(_numel(src.shape(n)) for n in names),
+            "parameters": sum(math.prod(src.shape(n)) for n in names),
             "bytes": src.total_bytes(),
             "dtype": "/".join(dtypes),
             "vocab_size": src.vocab_size,
@@ -325,10 +327,3 @@ def _gb(n: float) -> str:
 
 def _count(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n

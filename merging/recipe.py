@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from merging.dtypes import DTYPES as DTYPE_TABLE
 from merging.errors import RecipeError
 from merging.methods.registry import Method, Param, get_method, list_methods
 from merging.recipe_text import (
@@ -40,7 +41,7 @@ from merging.recipe_text import (
 TOP_LEVEL_KEYS = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source",
                   "tokenizer", "chat_template")
 MODEL_KEYS = ("model", "parameters")
-DTYPES = ("float32", "float16", "bfloat16", "float64")
+DTYPES = tuple(DTYPE_TABLE)  # the names a recipe may give (merging.dtypes)
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)(?:\.|$)")
 
 Setting = Any  # scalar | list[scalar] | {"filter", "value"} | list[{"filter", "value"}]
@@ -406,10 +407,6 @@ def resolve_parameters(recipe: Recipe, tensor_name: str, num_layers: int) -> tup
     """Scalars for one tensor: (one dict per merge input, in `recipe.merge_inputs()` order; the global dict).
     For many tensors build a ParameterResolver once instead."""
     return ParameterResolver(recipe, num_layers)(tensor_name)
-
-
-def known_methods() -> list[str]:
-    return [m.name for m in list_methods()]
 
 
 # --- validation ---------------------------------------------------------------------------------------------------

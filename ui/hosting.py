@@ -7,7 +7,7 @@ import os
 import re
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -38,7 +38,6 @@ class HostConfig:
     models_dir: Path = DEFAULT_MODELS_DIR
     max_upload: str | None = None
     gpu: bool = False
-    extra_roots: tuple[Path, ...] = field(default=())
 
     @classmethod
     def detect(cls, hosted: bool | None = None, models_dir: Path | None = None) -> HostConfig:
@@ -49,10 +48,6 @@ class HostConfig:
             max_upload=HOSTED_MAX_UPLOAD if hosted else None,
             gpu=torch.cuda.is_available(),
         )
-
-    @property
-    def merged_dir(self) -> Path:
-        return self.models_dir / "merged"
 
     def resolve_local(self, ref: str) -> Path:
         """A local model folder the user typed. Hosted: relative to ./models and never outside it."""

@@ -9,15 +9,11 @@ from pathlib import Path
 
 import torch
 
-from inference import LoadedModel, ModelCache, load_model, load_tokenizer
+from inference import LoadedModel, ModelCache, load_tokenizer
 from ui.hosting import running_on_space
 
 DEFAULT_CACHE_BYTES = int(float(os.environ.get("MERGELAB_CACHE_GB", "4")) * 2**30)
 _CACHE = ModelCache(DEFAULT_CACHE_BYTES)
-
-
-def model_cache() -> ModelCache:
-    return _CACHE
 
 
 def device() -> str:
@@ -34,15 +30,6 @@ def private_copy(path: Path) -> LoadedModel:
     (a fast tokenizer is not safe to use from two threads at once)."""
     shared = shared_model(path)
     return LoadedModel(model=copy.deepcopy(shared.model), tokenizer=load_tokenizer(path), kind=shared.kind, path=path)
-
-
-def fresh_tokenizer(path: Path):
-    return load_tokenizer(path)
-
-
-def load_private(path: Path, quantization: str | None = None) -> LoadedModel:
-    """Load a model for one session only (not cached)."""
-    return load_model(path, device=device(), quantization=quantization)
 
 
 def session_tokenizer(session, path: Path):
