@@ -257,6 +257,12 @@ def _coerce_choice(value: Any) -> Any:
 
 # --- live merging ------------------------------------------------------------------------------------------------
 
+def _read_all(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a model folder (Evaluate scores a merged folder's state this way)."""
+    with open_model(path) as source:
+        return {name: source.get(name) for name in source.tensor_names()}
+
+
 def sources_dtype(models: list[SourceModel]) -> str:
     """The dtype a merge of these models is written in by default: their floating dtypes promoted (bf16 in, bf16
     out), as the engine does when the recipe names none."""
