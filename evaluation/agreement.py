@@ -4,7 +4,9 @@ Per task: `agreement` = share of the examples the task's own expert answered on 
 extracted answer (`agreement_share`: "no answer" never counts as agreeing, also when both give none; a model that
 gives no answer where the expert gave one disagrees); `accuracy` over the examples with a known answer; `normalized_accuracy` = accuracy / the owning expert's accuracy (for a composite task, with no owner,
 over the best source's accuracy). LM tasks also get agreement and accuracy against EVERY source expert
-(`agreement_by_source`), for the per-task bar chart. Classification tasks are read through the task's own head:
+(`agreement_by_source`), for the per-task bar chart. A task whose file asks for Japanese replies
+(`"reply_language": "ja"`) also gets `japanese_accuracy`: accuracy where a reply not in Japanese counts as no answer
+(evaluation.answers.is_japanese_reply), as Sakana counts MGSM-JA. Classification tasks are read through the task's own head:
 the merged backbone is loaded into a copy of expert t's model, whose head stays its own.
 
 Expert outputs are computed once per Evaluator (and reused across calls, e.g. every point of a sweep); generated
@@ -24,6 +26,7 @@ import torch
 from transformers import PreTrainedModel
 
 from evaluation.answer_cache import AnswerCache, shared_memory_cache
+from evaluation.answers import extract
 from evaluation.scoring import (
     Predictions,
     TaskOutputs,
@@ -53,6 +56,7 @@ class TaskScore:
     normalized_accuracy: float | None
     agreement_by_source: dict[str, float] = field(default_factory=dict)
     accuracy_by_source: dict[str, float] = field(default_factory=dict)
+    japanese_accuracy: float | None = None  # replies in Japanese only; None unless the task asks for them
 
 
 @dataclass
@@ -272,6 +276,7 @@ class Evaluator:
             agreement=agreement_by_source.get(task.expert) if task.expert else None,
             accuracy=own_accuracy, expert_accuracy=expert_accuracy, normalized_accuracy=normalized,
             agreement_by_source=agreement_by_source, accuracy_by_source=accuracy_by_source,
+            japanese_accuracy=japanese_accuracy(task, ours, expected),
         )
 
 
@@ -299,6 +304,14 @@ def agreement_share(ours: list[str | None], theirs: list[str | None]) -> float |
     if not answered:
         return None
     return sum(a == b for a, b in answered) / len(answered)
+
+
+def japanese_accuracy(task: Task, ours: TaskOutputs, expected: list[str | None]) -> float | None:
+    """Accuracy counting an answer only where the reply is in Japanese; None unless the task asks for Japanese
+    replies (generated tasks only: a classifier has no reply)."""
+    if task.reply_language != "ja" or task.is_classification:
+        return None
+    return accuracy([extract(raw, task.numeric, require_japanese=True) for raw in ours.raw], expected)
 
 
 def accuracy(answers: list[str | None], expected: list[str | None]) -> float | None:

@@ -7,8 +7,9 @@
 `label` may be left out where unknown (agreement with the expert still works). `expert` names the expert that owns
 the task, null (or left out) for a composite task. Optional: `answer_type` ("number" | "text"; by default inferred
 from the answers, numbers when none are known), `max_new_tokens` (a generation limit) and `stop` (a string or a list
-of strings that end an answer, e.g. "\n\n"). A task takes the largest `max_new_tokens` and every `stop` of its lines,
-so writing them on one line of a task sets them for the whole task.
+of strings that end an answer, e.g. "\n\n") and `reply_language` ("ja": an answer also counts in `japanese_accuracy`
+only when the reply is in Japanese, as Sakana counts MGSM-JA). A task takes the largest `max_new_tokens`, every `stop`
+and any `reply_language` of its lines, so writing them on one line of a task sets them for the whole task.
 
 Files are bounded (hosted users share one server): at most MAX_FILE_BYTES, MAX_LINES lines and MAX_LINE_BYTES a line;
 prompts longer than a model's context are cut at generation time (inference.generation.fit_prompt).
@@ -31,6 +32,7 @@ MAX_LINE_BYTES = 64_000  # ~16K tokens of English: more than the context of the 
 MAX_NEW_TOKENS = 4096
 MAX_STOP_STRINGS = 8
 MAX_STOP_CHARS = 64
+REPLY_LANGUAGES = (None, "ja")  # the languages a reply can be checked for (evaluation.answers.is_japanese_reply)
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Example:
     max_new_tokens: int | None = None
     answer_type: str | None = None
     stop: tuple[str, ...] = ()
+    reply_language: str | None = None  # "ja": replies must be in Japanese to count in japanese_accuracy
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class Task:
     numeric: bool  # compare answers as numbers (else as text); unused for classification
     max_new_tokens: int | None  # from the file, else derived from the answers by the scorer
     stop: tuple[str, ...] = ()  # strings that end an answer (besides eos), from the file
+    reply_language: str | None = None  # "ja": also scored counting Japanese replies only (agreement.japanese_accuracy)
 
     @property
     def inputs(self) -> list[str]:
@@ -140,11 +144,13 @@ def parse_record(record: Any, line: int, source: str = "<memory>") -> Example:
         raise _fail(source, line, f'"max_new_tokens" is {record["max_new_tokens"]}; the most is {MAX_NEW_TOKENS}.')
     if record.get("answer_type") not in (None, "number", "text"):
         raise _fail(source, line, '"answer_type" must be "number" or "text".')
+    if record.get("reply_language") not in REPLY_LANGUAGES:
+        raise _fail(source, line, '"reply_language" must be "ja" (replies must be in Japanese) or null.')
     return Example(
         task=record["task"].strip(), input=record[key], is_classification=has_text,
         answer=record.get("answer" if has_prompt else "label"), expert=record.get("expert"), line=line,
         max_new_tokens=record.get("max_new_tokens"), answer_type=record.get("answer_type"),
-        stop=_stop_strings(record.get("stop"), source, line),
+        stop=_stop_strings(record.get("stop"), source, line), reply_language=record.get("reply_language"),
     )
 
 
@@ -177,6 +183,7 @@ def _group(examples: Iterable[Example], source: str) -> dict[str, Task]:
             name=name, examples=tuple(items), expert=first.expert, is_classification=first.is_classification,
             numeric=_numeric(items), max_new_tokens=max((e.max_new_tokens or 0) for e in items) or None,
             stop=tuple(dict.fromkeys(s for e in items for s in e.stop)),
+            reply_language=next((e.reply_language for e in items if e.reply_language), None),
         )
     return tasks
 
