@@ -55,10 +55,13 @@ def _percent(value: float | None) -> str:
 
 
 def _print_scores(scores: Mapping[str, Any]) -> None:
-    print(f"{'task':<20} {'expert':<12} {'agreement':>9} {'accuracy':>9} {'expert acc':>10}")
+    """One line per task; a "ja replies" column (accuracy counting Japanese replies only) when a task asks for it."""
+    japanese = any(s.japanese_accuracy is not None for s in scores.values())
+    print(f"{'task':<20} {'expert':<12} {'agreement':>9} {'accuracy':>9} {'expert acc':>10}"
+          + (f" {'ja replies':>10}" if japanese else ""))
     for name, s in scores.items():
         print(f"{name:<20} {s.expert or '-'!s:<12} {_percent(s.agreement):>9} {_percent(s.accuracy):>9} "
-              f"{_percent(s.expert_accuracy):>10}")
+              f"{_percent(s.expert_accuracy):>10}" + (f" {_percent(s.japanese_accuracy):>10}" if japanese else ""))
 
 
 # --- run ------------------------------------------------------------------------------------------------------

@@ -8,13 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-CSV_COLUMNS = ("task", "expert", "examples", "agreement", "accuracy", "expert_accuracy", "normalized_accuracy")
+CSV_COLUMNS = ("task", "expert", "examples", "agreement", "accuracy", "expert_accuracy", "normalized_accuracy",
+               "japanese_accuracy")  # the last: Japanese replies only, empty unless the task asks for them
 
 
 def score_rows(result: dict[str, Any]) -> list[list[Any]]:
     """One row per task (CSV_COLUMNS) from an EvalResult's `to_dict()` (or anything with its "tasks")."""
     return [[name, s["expert"] or "", s["examples"], s["agreement"], s["accuracy"], s["expert_accuracy"],
-             s["normalized_accuracy"]] for name, s in result["tasks"].items()]
+             s["normalized_accuracy"], s.get("japanese_accuracy")] for name, s in result["tasks"].items()]
 
 
 def write_results(json_path: str | Path, data: dict[str, Any]) -> dict[str, Path]:

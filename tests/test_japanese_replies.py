@@ -45,3 +45,28 @@ def test_tasks_that_do_not_ask_get_no_japanese_accuracy():
     task = ja_task(None)
     ours = TaskOutputs(raw=["答え: 2"] * 4, answers=["2"] * 4)
     assert japanese_accuracy(task, ours, expected_answers(task)) is None
+
+
+def _score(name, japanese):
+    from evaluation.agreement import TaskScore
+
+    return TaskScore(task=name, expert=None, examples=4, agreement=None, accuracy=0.75, expert_accuracy=None,
+                     normalized_accuracy=None, japanese_accuracy=japanese)
+
+
+def test_results_show_the_japanese_reply_accuracy_as_its_own_column(tmp_path, capsys):
+    from dataclasses import asdict
+
+    from evaluation.cli import _print_scores
+    from evaluation.results import CSV_COLUMNS, score_rows
+
+    scores = {"ja_gsm": _score("ja_gsm", 0.5), "other": _score("other", None)}
+    rows = score_rows({"tasks": {n: asdict(s) for n, s in scores.items()}})
+    column = CSV_COLUMNS.index("japanese_accuracy")
+    assert [row[column] for row in rows] == [0.5, None]
+    _print_scores(scores)
+    header, ja_line, other_line = capsys.readouterr().out.splitlines()
+    assert header.split()[-2:] == ["ja", "replies"] and ja_line.split() == ["ja_gsm", "-", "-", "75.0%", "-", "50.0%"]
+    assert other_line.split()[-1] == "-"
+    _print_scores({"other": _score("other", None)})  # no task asks: no column
+    assert "ja replies" not in capsys.readouterr().out
