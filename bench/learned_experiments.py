@@ -283,29 +283,47 @@ def run_heldout(bench: FamilyBench, args, results: dict) -> None:
             paired_row(label, name, runs, theirs)
 
 
+def paired_against_first(rows: dict[str, list[dict]]) -> None:
+    """Each configuration minus the first one (the same optimiser without SAM), draw by draw: accuracy, agreement
+    and held-out KL, each with its 95 % t interval and worded by it."""
+    (first_label, first), *others = rows.items()
+    print("\n| configuration | minus | Δ accuracy, points [95 % CI] | Δ agreement, points [95 % CI] | "
+          "Δ held-out KL [95 % CI] | per draw (Δ KL) | verdict |\n|---|---|---|---|---|---|---|", flush=True)
+    for label, runs in others:
+        diffs = {m: paired_difference([r[m] for r in runs], [r[m] for r in first]) for m in (*METRICS, "kl")}
+        cells = [f"{100 * d.mean:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]" for m, d in diffs.items() if m != "kl"]
+        kl = diffs["kl"]
+        per_draw = ", ".join(f"{a['kl'] - b['kl']:+.4f}" for a, b in zip(runs, first))
+        verdict = "; ".join(f"{m} {direction(d)}" for m, d in diffs.items())
+        print(f"| {label} | {first_label} | {cells[0]} | {cells[1]} | {kl.mean:+.4f} [{kl.low:+.4f}, {kl.high:+.4f}] "
+              f"| {per_draw} | {verdict} |", flush=True)
+
+
 def run_rho(bench: FamilyBench, args, results: dict) -> None:
-    name = bench.family.name
-    out = results.setdefault(name, {})
+    out = results.setdefault(bench.family.name, {})
+    rows = {}
     for rho in [float(r) for r in args.rhos.split(",")]:
         kwargs = {"rho": 0.0} if rho == 0 else {"rho_relative": rho}
         runs = [bench.learned("samerging", bench.inputs(args.examples, d), steps=args.steps, **kwargs)
                 for d in range(args.draws)]
-        out[f"rho_relative={rho}"] = runs
-        summary_row(bench, f"SAMerging ‖ε‖/‖λ‖ target {rho:g}" + (" (= Adam)" if rho == 0 else ""), runs,
-                    learned_notes(runs))
+        label = f"SAMerging ‖ε‖/‖λ‖ target {rho:g}" + (" (= Adam)" if rho == 0 else "")
+        rows[label] = out[f"rho_relative={rho}"] = runs
+        summary_row(bench, label, runs, learned_notes(runs))
+    paired_against_first(rows)
 
 
 def run_sharp(bench: FamilyBench, args, results: dict) -> None:
     """Few examples per task (many more coefficients than data): true SAM vs the same optimiser without SAM."""
-    name = bench.family.name
-    out = results.setdefault(name, {})
+    out = results.setdefault(bench.family.name, {})
+    rows = {}
     for label, kwargs in [("Adam on the KL (repo mode)", {"sam_mode": "repo"}),
                           ("SAMerging, true SAM (defaults)", {}),
                           ("SAMerging, true SAM, ‖ε‖/‖λ‖ target 0.2", {"rho_relative": 0.2})]:
         runs = [bench.learned("samerging", bench.inputs(args.examples, d), steps=args.steps, holdout=args.holdout,
                               **kwargs) for d in range(args.draws)]
-        out[label] = runs
+        rows[label] = out[label] = runs
         summary_row(bench, f"{label}, {args.examples}/task", runs, learned_notes(runs))
+    paired_against_first(rows)
 
 
 def main() -> None:
