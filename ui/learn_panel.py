@@ -17,10 +17,12 @@ import gradio as gr
 from evaluation import baselines
 from evaluation.charts import coefficients_figure, comparison_figure, comparison_markdown, loss_figure
 from merging.errors import MergeLabError, TaskSetError
+from merging.learned import budget
 from merging.learned.api import describe_run, learn_merge
 from merging.learned.inputs import read_inputs
 from merging.learned.recipe_io import recipe_dict
 from merging.recipe import Recipe
+from merging.sources import open_model
 from ui.evaluate_panel import evaluator_for, task_set_for
 from ui.feedback import guarded
 from ui.fields import choice_field, number_field
@@ -86,7 +88,10 @@ def learn(session: Session, config: HostConfig, settings: LearnSettings, uploade
     updates: queue.Queue = queue.Queue()
     session.cancel.clear()
     worker, outcome = _start_training(session, settings, experts, inputs, updates)
-    yield loss_figure([], settings.method), None, "Preparing teachers and batches…"
+    expected = sizing_for(session, settings)
+    yield (loss_figure([], settings.method), None,
+           (f"Preparing teachers and batches… (about {budget.duration_text(expected.prep_s)}; the whole run about "
+           f"{budget.duration_text(expected.total_s)})"))
     yield from _loss_updates(updates, settings)
     worker.join()
     if "error" in outcome:
@@ -118,7 +123,8 @@ def _start_training(session: Session, settings: LearnSettings, experts: dict[str
                 rho=0.07 if settings.method == "samerging" else None,
                 rho_relative=float(settings.rho) if settings.method == "samerging" else None,
                 init="auto" if settings.auto_init else float(settings.init),
-                batch_size=min(16, int(settings.examples_per_task)), device=device(),
+                batch_size=budget.train_batch(int(settings.examples_per_task)), device=device(),
+                eval_every=budget.eval_every_for(int(settings.steps)),
                 progress=lambda step, loss: updates.put((step, loss)), cancel=session.cancel.is_set)
         except Exception as error:  # noqa: BLE001 - re-raised in the handler's thread, as a message
             outcome["error"] = error
@@ -131,15 +137,60 @@ def _start_training(session: Session, settings: LearnSettings, experts: dict[str
 
 
 def _loss_updates(updates: queue.Queue, settings: LearnSettings) -> Iterator[tuple[Any, None, str]]:
-    """The loss curve so far, redrawn at most every 0.3 s (plenty for the eye), until the worker's None."""
+    """The loss curve so far, redrawn at most every 0.3 s (plenty for the eye), until the worker's None; the status
+    says how long the remaining steps take at the pace of those done."""
     losses: list[float] = []
-    last_yield = 0.0
+    last_yield, first_step = 0.0, None
     while (item := updates.get()) is not None:
         losses.append(float(item[1]))
-        if time.monotonic() - last_yield > 0.3:
-            last_yield = time.monotonic()
+        now = time.monotonic()
+        first_step = first_step or (now, item[0])  # timed from the first step: preparation is not a step
+        if now - last_yield > 0.3:
+            last_yield = now
+            left = budget.eta_seconds(item[0] - first_step[1], int(settings.steps) - first_step[1],
+                                      now - first_step[0])
+            eta = f" · about {budget.duration_text(left)} left" if left is not None else ""
             yield (loss_figure(losses, settings.method), None,
-                   f"Step {item[0]}/{settings.steps}: loss {item[1]:.4f}")
+                   (f"Step {item[0]}/{settings.steps}: loss {item[1]:.4f}{eta} (stops earlier when the held-out "
+                   "loss stops improving)"))
+
+
+def model_parameters(folder: Path) -> int:
+    """Parameters of a model folder, from its safetensors headers (nothing loaded)."""
+    with open_model(folder) as source:
+        total = 0
+        for name in source.tensor_names():
+            count = 1
+            for size in source.shape(name):
+                count *= size
+            total += count
+        return total
+
+
+def sizing_for(session: Session, settings: LearnSettings | None = None) -> budget.LearnSizing:
+    """The expected time of `settings` on the session's models and device; without settings, the defaults sized to
+    fit them (merging.learned.budget)."""
+    require_models(session)
+    parameters, tasks = model_parameters(session.base.path), len(session.sources)
+    if settings is None:
+        return budget.sized_defaults(parameters, tasks, "samerging", device())
+    return budget.estimate(parameters, tasks, int(settings.examples_per_task), int(settings.steps),
+                           settings.method, device())
+
+
+def estimate_markdown(session: Session | None, settings: LearnSettings) -> str:
+    """Before a run: what it should take here, and on a GPU (or on this GPU, and a CPU)."""
+    if session is None or session.base is None:
+        return ""
+    here = sizing_for(session, settings)
+    parameters, tasks = model_parameters(session.base.path), len(session.sources)
+    other = "cpu" if device() == "cuda" else "cuda"
+    there = budget.estimate(parameters, tasks, here.examples_per_task, here.steps, settings.method, other)
+    where = "this GPU" if device() == "cuda" else "this CPU"
+    return (f"Expected on {where}: about **{budget.duration_text(here.total_s)}** (preparation "
+            f"{budget.duration_text(here.prep_s)}, then {here.steps} steps × {budget.duration_text(here.step_s)} on "
+            f"batches of {here.batch_size} per task; fewer when the held-out loss stops improving). On "
+            f"{'a CPU' if other == 'cpu' else 'one GPU (H100 class)'}: about {budget.duration_text(there.total_s)}.")
 
 
 def compare_with_baselines(session: Session, config: HostConfig, per_task: int = 20) -> tuple[Any, str]:
@@ -187,6 +238,8 @@ class LearnPanel:
     compare: gr.Button
     compare_chart: gr.Plot
     compare_table: gr.Markdown
+    estimate: gr.Markdown | None = None  # what a run with the controls' settings should take, here and on a GPU
+    sized_for: gr.State | None = None  # the models the controls were last sized for (their defaults follow them)
 
     @property
     def settings_inputs(self) -> list[gr.components.Component]:
@@ -211,6 +264,7 @@ def build(config: HostConfig) -> LearnPanel:
         auto_init = gr.Checkbox(value=True, label="Start at the best constant λ (by the loss)",
                                 elem_id="learn-auto-init")
         init = gr.Slider(-1.0, 1.0, value=0.3, step=0.05, label="Initial λ", elem_id="learn-init", visible=False)
+    estimate = gr.Markdown(elem_id="learn-estimate")
     with gr.Row():
         run = gr.Button("Learn", variant="primary", elem_id="learn-run")
         cancel = gr.Button("Cancel", variant="stop", elem_id="learn-cancel")
@@ -222,7 +276,7 @@ def build(config: HostConfig) -> LearnPanel:
     compare_chart = gr.Plot(label="Comparison", elem_id="learn-compare-chart")
     compare_table = gr.Markdown(elem_id="learn-compare-table")
     return LearnPanel(method, prompts, examples, steps, rho, init, auto_init, run, cancel, status, loss, coefficients,
-                      compare, compare_chart, compare_table)
+                      compare, compare_chart, compare_table, estimate=estimate, sized_for=gr.State(""))
 
 
 def wire(panel: LearnPanel, state: gr.State, config: HostConfig) -> None:
@@ -253,3 +307,38 @@ def wire(panel: LearnPanel, state: gr.State, config: HostConfig) -> None:
         return compare_with_baselines(session, config)
 
     panel.compare.click(compare, state, [panel.compare_chart, panel.compare_table], api_name="learn_compare")
+
+
+def models_key(session: Session | None) -> str:
+    if session is None or session.base is None:
+        return ""
+    return "|".join([str(session.base.path), *(str(s.path) for s in session.sources)])
+
+
+def sized_controls(session: Session | None, sized_for: str, *values: Any) -> list[Any]:
+    """On opening Learn: the examples and steps sized to the session's models and device (merging.learned.budget)
+    the first time these models are seen, values the user set left alone otherwise; and the estimate."""
+    key = models_key(session)
+    examples, steps = gr.update(), gr.update()
+    if key and key != sized_for:
+        sized = sizing_for(session)
+        examples, steps = gr.update(value=sized.examples_per_task), gr.update(value=sized.steps)
+        values = (values[0], sized.examples_per_task, sized.steps, *values[3:])
+    return [examples, steps, estimate_for(session, *values), key]
+
+
+def estimate_for(session: Session | None, method: Any, examples: Any, steps: Any, rho: Any, init: Any,
+                 auto_init: Any) -> str:
+    try:
+        return estimate_markdown(session, LearnSettings.from_controls(method, examples, steps, rho, init, auto_init))
+    except MergeLabError as error:  # a value being typed: say what is wrong where the estimate goes
+        return f"*{error}*"
+
+
+def wire_sizing(tab: gr.Tab, panel: LearnPanel, state: gr.State) -> None:
+    """Opening the Learn tab sizes its defaults to the models; every settings change redraws the estimate."""
+    inputs = [state, panel.sized_for, *panel.settings_inputs]
+    tab.select(sized_controls, inputs, [panel.examples, panel.steps, panel.estimate, panel.sized_for],
+               api_visibility="private", show_progress="hidden")
+    gr.on([c.change for c in panel.settings_inputs], estimate_for, [state, *panel.settings_inputs], panel.estimate,
+          api_visibility="private", show_progress="hidden")

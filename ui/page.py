@@ -63,7 +63,7 @@ def build_page(config: HostConfig) -> gr.Blocks:
                 evaluate = evaluate_panel.build(config)
             with gr.Tab("Interference", id="interference", elem_id="tab-interference", render_children=True):
                 interference = interference_panel.build(config)
-            with gr.Tab("Learn", id="learn", elem_id="tab-learn", render_children=True):
+            with gr.Tab("Learn", id="learn", elem_id="tab-learn", render_children=True) as learn_tab:
                 learn = learn_panel.build(config)
             with gr.Tab("Export", id="export", elem_id="tab-export", render_children=True):
                 export = export_panel.build(config)
@@ -75,6 +75,7 @@ def build_page(config: HostConfig) -> gr.Blocks:
         evaluate_panel.wire(evaluate, state, config)
         interference_panel.wire(interference, state, config)
         learn_panel.wire(learn, state, config)
+        learn_panel.wire_sizing(learn_tab, learn, state)
         export_panel.wire(export, state, config)
     return demo
 

@@ -124,6 +124,7 @@ def learn_merge(
     init: float | Literal["auto"] = "auto",
     holdout: float | None = None,
     patience: int | None = None,
+    eval_every: int | None = None,
     batch_size: int = 16,
     temperature: float = 2.0,
     top_k: int = 64,
@@ -137,7 +138,8 @@ def learn_merge(
 
     Defaults (see `default_config`; None keeps them): `steps` 200; init "auto" starts from the constant λ of
     INIT_GRID with the lowest training loss; `holdout` (0.25) of each task's inputs is kept aside (never learned on)
-    for early stopping with `patience` evaluations (0 = off; holdout 0 also turns it off); lr 1e-2. SAMerging's
+    for early stopping with `patience` evaluations every `eval_every` steps (patience 0 = off; holdout 0 also turns
+    it off; merging.learned.budget sizes eval_every to the steps); lr 1e-2. SAMerging's
     radius: `rho_relative` (default 5 %) sets ρ so that ‖ε‖ ≈ rho_relative·‖λ‖; an explicit `rho` is used as given
     (0 = plain Adam). AdaMerging has no ρ. `defaults="paper"` starts from the papers' code instead (1,000 steps,
     no held-out inputs, the paper's start and optimiser; SAMerging on unit-norm task vectors); options given
@@ -146,7 +148,7 @@ def learn_merge(
         raise MergeLabError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu")
     config = _options_config(method, defaults, steps=steps, rho=rho, rho_relative=rho_relative, lr=lr,
                              sam_mode=sam_mode, adaptive=adaptive, granularity=granularity, init=init,
-                             patience=patience)
+                             patience=patience, eval_every=eval_every)
     if holdout is None:
         holdout = 0.0 if defaults == "paper" else DEFAULT_HOLDOUT
     kind = _experts_kind(experts)
@@ -162,8 +164,8 @@ def learn_merge(
 
 def _options_config(method: LearnMethod, defaults: Defaults, *, steps: int | None, rho: float | None,
                     rho_relative: float | None, lr: float | None, sam_mode: SamMode, adaptive: bool,
-                    granularity: Literal["layer", "task"], init: float | Literal["auto"], patience: int | None
-                    ) -> OptimConfig:
+                    granularity: Literal["layer", "task"], init: float | Literal["auto"], patience: int | None,
+                    eval_every: int | None = None) -> OptimConfig:
     """The method's default_config with learn_merge's options applied (None and "auto" keep the default), checked."""
     overrides: dict = {"sam_mode": sam_mode, "adaptive": adaptive, "granularity": granularity}
     if steps is not None:
@@ -178,6 +180,8 @@ def _options_config(method: LearnMethod, defaults: Defaults, *, steps: int | Non
         overrides["lr"] = lr
     if patience is not None:
         overrides["patience"] = patience
+    if eval_every is not None:
+        overrides["eval_every"] = eval_every
     config = default_config(method, defaults, **overrides)
     config.check()
     return config
