@@ -70,3 +70,46 @@ def test_choosing_the_homework_preset_offline_says_it_needs_the_hub(hanging_prob
     text = models_panel.describe_preset(homework().name)
     assert "needs the Hugging Face Hub" in text and "cannot reach" in text
     assert not hanging_probe.is_set()
+
+
+# --- one click on a GPU host: the preset fills base, sources, method and task set --------------------------------
+
+def test_checking_the_homework_preset_takes_its_models_method_and_task_set(tmp_path, monkeypatch):
+    """check_models with the homework preset chosen. The 7B Hub models are stood in for by the zoo's tiny LM family
+    (opened by the real select_models): what is checked is what the preset adds on top of the models."""
+    from ui import models_panel
+    from ui.hosting import HostConfig
+    from ui.session import new_session
+
+    preset = homework()
+    choice = models_panel.preset_choice(preset)
+    assert (choice.origin, choice.base, choice.sources.splitlines()) == ("Hub ids", preset.base, list(HOMEWORK_MODELS))
+    real_select = models_panel.select_models
+
+    def tiny_stand_ins(session, config, origin, family, experts, base, sources, progress=None):
+        assert (origin, base, sources) == (choice.origin, choice.base, choice.sources)
+        real_select(session, config, "Zoo", "lm", ["math", "japanese"], "", "", progress=progress)
+
+    monkeypatch.setattr(models_panel, "select_models", tiny_stand_ins)
+    session = new_session()
+    config = HostConfig.detect(hosted=False, models_dir=tmp_path / "models")
+    models_panel.check_models(session, config, choice, preset.name)
+    assert session.tasks_path == preset.tasks_path  # not the stand-in family's own task set
+    assert session.merge_settings.method == "dare_ties"
+    assert session.merge_settings.weights == [0.5, 0.5] and session.merge_settings.params == {"density": 0.5}
+
+
+def test_the_evaluate_table_shows_japanese_reply_accuracy_in_its_own_column():
+    from ui.evaluate_panel import summary_markdown
+
+    def task(japanese):
+        return {"expert": None, "agreement": None, "accuracy": 0.75, "expert_accuracy": None, "examples": 4,
+                "japanese_accuracy": japanese}
+
+    summary = {"agreement": None, "accuracy": 0.75, "normalized_accuracy": None}
+    table = summary_markdown({"tasks": {"ja_gsm": task(0.5), "other": task(None)}, "summary": summary})
+    header, rule, ja_row, other_row = table.splitlines()[:4]
+    assert "accuracy, Japanese replies" in header and header.count("|") == rule.count("|")
+    assert "| 75% | 50% |" in ja_row and "| 75% | – |" in other_row
+    plain = summary_markdown({"tasks": {"other": task(None)}, "summary": summary})
+    assert "Japanese replies" not in plain

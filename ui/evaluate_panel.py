@@ -248,10 +248,13 @@ def summary_markdown(result: dict[str, Any]) -> str:
     def pct(v: float | None) -> str:
         return "–" if v is None else f"{v:.0%}"
 
-    lines = ["| task | own expert | agreement with it | accuracy | expert's accuracy | examples |",
-             "|---|---|---|---|---|---|"]
+    # Japanese replies only (as Sakana counts MGSM-JA): a column of its own when a task asks for it
+    japanese = any(s.get("japanese_accuracy") is not None for s in result["tasks"].values())
+    lines = ["| task | own expert | agreement with it | accuracy |" + (" accuracy, Japanese replies |" if japanese else "")
+             + " expert's accuracy | examples |", "|---|---|---|---|" + ("---|" if japanese else "") + "---|---|"]
     for name, s in result["tasks"].items():
-        lines.append(f"| {name} | {s['expert'] or '(none)'} | {pct(s['agreement'])} | {pct(s['accuracy'])} | "
+        ja = f" {pct(s.get('japanese_accuracy'))} |" if japanese else ""
+        lines.append(f"| {name} | {s['expert'] or '(none)'} | {pct(s['agreement'])} | {pct(s['accuracy'])} |{ja} "
                      f"{pct(s['expert_accuracy'])} | {s['examples']} |")
     summary = result["summary"]
     lines.append(f"\n**Mean** agreement {pct(summary['agreement'])} · accuracy {pct(summary['accuracy'])} · "

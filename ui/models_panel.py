@@ -144,6 +144,8 @@ def check_models(
             preset = candidate
     select_models(session, config, choice.origin, choice.family, choice.experts, choice.base, choice.sources,
                   progress=step)
+    if preset is not None and preset.tasks_path is not None:  # Hub ids bring no task set: the preset names one
+        session.tasks_path = preset.tasks_path
     settings = preset_settings(preset, len(session.sources))
     session.merge_settings = settings
     step(0.9, "Pre-flight check…")
