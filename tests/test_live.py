@@ -442,3 +442,26 @@ def test_float32_7b_sources_on_an_80gb_gpu_stream_what_does_not_fit(mistral_7b):
     small_host = plan_for_states([float32] * 3, device="cuda", available=79 * GIB, host_available=20 * GIB,
                                  model_dtype=torch.bfloat16)
     assert not small_host.live and "with the base and 1 expert live merging would fit" in small_host.reason
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "breadcrumbs_ties", "della"])
+def test_the_consensus_in_one_chunk_as_on_a_gpu_gives_the_same_bits(monkeypatch, method):
+    """On a GPU the TIES consensus runs as one whole-tensor chunk (chunks.whole_tensor); forced here on the CPU so
+    that path has run before any GPU run: the same tensors as the chunked CPU path."""
+    from merging.methods.chunks import SOLO_CHUNK
+    from merging.methods.fused import MIN_FUSED
+
+    gen = torch.Generator().manual_seed(6)
+    shape = (400, 500)  # several CPU chunks, under the fused path's size: the plain path's chunked consensus
+    assert SOLO_CHUNK < shape[0] * shape[1] < MIN_FUSED
+    base = {"model.layers.0.mlp.up_proj.weight": torch.randn(shape, generator=gen)}
+    experts = {k: {n: w + 0.02 * torch.randn(w.shape, generator=gen) for n, w in base.items()}
+               for k in ("math", "japanese")}
+    live = LiveMerger(base, experts, num_layers=1)
+    params = {"breadcrumbs_ties": "gamma: 0.05", "della": "epsilon: 0.1"}.get(method, "")
+    rec = load_recipe(recipe(method, TWO, params))
+    chunked = live.merge(rec, seed=5)
+    calls = []
+    monkeypatch.setattr("merging.methods.consensus.whole_tensor", lambda tensor: calls.append(1) or True)
+    whole = live.merge(rec, seed=5)
+    assert calls and all(torch.equal(chunked[n], whole[n]) for n in chunked)

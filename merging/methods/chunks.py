@@ -92,10 +92,20 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
-def for_each_chunk(numel: int, step: Callable[[int, int, dict], None]) -> list[dict]:
+def whole_tensor(tensor: torch.Tensor) -> bool:
+    """Whether a step over `tensor` runs as one chunk: on a GPU (chunks are a CPU-cache technique; there, 32K-element
+    chunks would mean millions of tiny kernel launches for a 7B model)."""
+    return tensor.device.type != "cpu"
+
+
+def for_each_chunk(numel: int, step: Callable[[int, int, dict], None], *, whole: bool = False) -> list[dict]:
     """Call step(start, stop, scratch) for consecutive chunks covering [0, numel); `scratch` is a dict private to
     one worker (chunk-sized buffers, running sums). Each worker takes a contiguous run of chunks in order; the
-    workers' scratch dicts are returned in the order of their runs."""
+    workers' scratch dicts are returned in the order of their runs. `whole`: one chunk, in this thread."""
+    if whole:
+        scratch: dict = {}
+        step(0, numel, scratch)
+        return [scratch]
     count = workers()
     size = SOLO_CHUNK if count < 2 else CHUNK  # fixed per budget, so two passes of one merge chunk alike
     bounds = [(start, min(numel, start + size)) for start in range(0, numel, size)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from merging.methods.chunks import buffer, for_each_chunk
+from merging.methods.chunks import buffer, for_each_chunk, whole_tensor
 
 
 def elect_sign_into(parts: list[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
@@ -88,5 +88,5 @@ def consensus_merge_(
         else:
             parts[0].copy_(mixed)
 
-    for_each_chunk(flat[0].numel(), step)
+    for_each_chunk(flat[0].numel(), step, whole=whole_tensor(flat[0]))
     return deltas[0]

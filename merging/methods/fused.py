@@ -28,9 +28,11 @@ _FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def can_fuse(base: torch.Tensor | None, tensors: list[torch.Tensor]) -> bool:
-    """Large contiguous float32/bf16/fp16 tensors of one shape (half-precision chunks are widened to float32)."""
+    """Large contiguous float32/bf16/fp16 tensors of one shape (half-precision chunks are widened to float32), on
+    the CPU: keeping chunks in the CPU cache is the point; on a GPU the plain path's whole-tensor ops are faster."""
     return (
         base is not None and base.numel() >= MIN_FUSED and base.dtype in _FUSED_DTYPES and base.is_contiguous()
+        and base.device.type == "cpu"
         and all(t.dtype in _FUSED_DTYPES and t.shape == base.shape and t.is_contiguous() for t in tensors)
     )
 
