@@ -231,8 +231,6 @@ def merge_status(session: Session, where: str) -> str:
     """Which settings the current merge has (the status line under the controls)."""
     record = getattr(session, "merge", None)  # ui.merge_record.MergeRecord
     seconds = getattr(record, "seconds", None)
-    if seconds is None and getattr(session, "last_merge_ms", None):
-        seconds = session.last_merge_ms / 1000
     timing = f" in {seconds * 1000:.0f} ms" if where == "memory" and seconds else ""
     number = f" #{record.version}" if getattr(record, "version", None) else ""
     place = "in memory" if where == "memory" else "to the session's folder"
