@@ -2,7 +2,8 @@
 
 - `agreement_figure`: per task, the merged model's agreement with each source expert, and its accuracy.
 - `sweep_heatmap`: a (weight × density) sweep of one method with the best point marked.
-- `interference_heatmap`: one interference metric over layers × module types.
+- `interference_heatmap`: one interference metric over layers × module types (blank rows and columns left out).
+- `conflict_by_layer_figure`: sign conflicts per layer beside the rate of unrelated random vectors.
 - `cosine_heatmap`: task × task cosine similarity of the task vectors (overall, or one layer/module group).
 - `kept_heatmap`: the share of each task vector TIES trimming keeps, per layer.
 - `loss_figure`, `coefficients_figure`: a learned merge's loss curve and its coefficients (tasks × tensors).
@@ -122,24 +123,67 @@ def _layer_names(layers: list[str]) -> list[str]:
     return [f"layer {k}" if k != "none" else "outside layers" for k in layers]
 
 
+def _present(z: list[list[float | None]]) -> tuple[list[int], list[int]]:
+    """Rows and columns of a grid that hold at least one value."""
+    rows = [i for i, row in enumerate(z) if any(v is not None for v in row)]
+    columns = [j for j in range(len(z[0]) if z else 0) if any(row[j] is not None for row in z)]
+    return rows, columns
+
+
+MAX_LABELLED_CELLS = 120  # beyond this many cells the numbers are unreadable: colour and hover only
+
+
 def interference_heatmap(report: Any, metric: str = "sign_conflict_rate") -> go.Figure:
     """Module types (rows) × layers (columns) of one per-group metric: sign_conflict_rate, mean_cosine or
-    mean_jaccard."""
+    mean_jaccard. Module types and layers with no value anywhere (the experts did not change them, so there is
+    nothing to compare) are left out and named under the title; numbers are written in the cells only when they
+    fit (hover shows them always)."""
     data = _as_dict(report)
     layers, modules = list(data["by_layer"]), list(data["by_module"])
     cells = {(c["layer"], c["module"]): c[metric] for c in data["cells"]}
     z = [[cells.get((layer, module)) for layer in layers] for module in modules]
+    rows, columns = _present(z)
+    hidden = [m for i, m in enumerate(modules) if i not in rows]
+    z = [[z[i][j] for j in columns] for i in rows]
+    modules, layers = [modules[i] for i in rows], [layers[j] for j in columns]
     scale = {"sign_conflict_rate": ("OrRd", 0, 1), "mean_cosine": ("RdBu", -1, 1), "mean_jaccard": ("Blues", 0, 1)}
     colorscale, low, high = scale.get(metric, ("Viridis", None, None))
+    labelled = len(modules) * len(layers) <= MAX_LABELLED_CELLS
     fig = go.Figure(go.Heatmap(
-        z=z, x=_layer_names(layers), y=modules, zmin=low, zmax=high, colorscale=colorscale,
-        colorbar={"title": metric.replace("_", " ")}, text=[[_label(v) for v in row] for row in z],
-        texttemplate="%{text}", hovertemplate="%{y}, %{x}: %{z:.2f}<extra></extra>",
+        z=z, x=[f"L{k}" if k != "none" else "outside" for k in layers], y=modules, zmin=low, zmax=high,
+        colorscale=colorscale, colorbar={"title": metric.replace("_", " ")}, xgap=1, ygap=1,
+        text=[[_label(v) for v in row] for row in z], texttemplate="%{text}" if labelled else None,
+        textfont={"size": 12}, hovertemplate="%{y}, layer %{x}: %{z:.0%}<extra></extra>",
     ))
     overall = data["overall"].get(metric)
     suffix = f" (overall {overall:.0%})" if isinstance(overall, float) else ""
-    fig.update_layout(title=f"{metric.replace('_', ' ').capitalize()} per layer and module{suffix}", height=420,
-                      margin={"t": 60, "b": 40})
+    note = (f"<br><sub>not shown: {', '.join(hidden)} (the experts left them unchanged: no task vector, nothing to "
+            "conflict)</sub>" if hidden else "")
+    fig.update_layout(title=f"{metric.replace('_', ' ').capitalize()} per layer and module{suffix}{note}",
+                      height=420, margin={"t": 80 if hidden else 60, "b": 40}, xaxis={"type": "category"},
+                      font={"size": 14})
+    return fig
+
+
+def conflict_by_layer_figure(report: Any, reference: float | None = None) -> go.Figure:
+    """Sign-conflict rate per layer (bars), with the rate unrelated random task vectors would give as a dashed line
+    (`reference`, evaluation.interference.random_conflict_rate): bars under the line pull together more than chance.
+    Layers with no task vector are left out and counted in the title."""
+    data = _as_dict(report)
+    layers = [k for k, v in data["by_layer"].items() if v.get("sign_conflict_rate") is not None]
+    skipped = len(data["by_layer"]) - len(layers)
+    values = [data["by_layer"][k]["sign_conflict_rate"] for k in layers]
+    fig = go.Figure(go.Bar(x=[f"L{k}" if k != "none" else "outside" for k in layers], y=values,
+                           text=[_label(v) for v in values], textposition="outside", cliponaxis=False,
+                           marker_color="#d6604d", name="measured",
+                           hovertemplate="layer %{x}: %{y:.0%} of shared entries disagree in sign<extra></extra>"))
+    if reference is not None:
+        fig.add_hline(y=reference, line_dash="dash", line_color="#444",
+                      annotation_text=f"unrelated random vectors: {reference:.0%}", annotation_position="top left")
+    note = f"<br><sub>{skipped} layer(s) without a task vector left out</sub>" if skipped else ""
+    fig.update_layout(title=f"Where the experts disagree: sign conflicts per layer{note}", height=380,
+                      yaxis={"title": "entries with opposite signs", **_PERCENT_AXIS}, xaxis={"type": "category"},
+                      margin={"t": 70, "b": 40}, font={"size": 14}, showlegend=False)
     return fig
 
 

@@ -7,8 +7,15 @@ import json
 import torch
 
 from evaluation.agreement import EvalResult, TaskScore
-from evaluation.charts import agreement_figure, cosine_heatmap, interference_heatmap, kept_heatmap, sweep_heatmap
-from evaluation.interference import interference_report
+from evaluation.charts import (
+    agreement_figure,
+    conflict_by_layer_figure,
+    cosine_heatmap,
+    interference_heatmap,
+    kept_heatmap,
+    sweep_heatmap,
+)
+from evaluation.interference import interference_report, random_conflict_rate
 from evaluation.sweep import SweepPoint, SweepResult
 
 
@@ -94,7 +101,7 @@ def test_interference_heatmaps_follow_the_report():
     report = _report()
     fig = interference_heatmap(report)
     heat = fig.data[0]
-    assert list(heat.x) == ["layer 0", "layer 1", "outside layers"]
+    assert list(heat.x) == ["L0", "L1", "outside"]
     assert list(heat.y) == ["embed", "q_proj", "mlp"]
     cells = {(c["layer"], c["module"]): c["sign_conflict_rate"] for c in report.cells}
     assert heat.z[1][0] == cells[("0", "q_proj")] and heat.z[1][1] is None
@@ -107,3 +114,17 @@ def test_interference_heatmaps_follow_the_report():
     # rows run top-down in the same order as the cosine chart's
     assert kept.layout.yaxis.autorange == cosine_heatmap(report).layout.yaxis.autorange == "reversed"
     json.loads(fig.to_json())  # serialisable for gr.Plot
+
+
+def test_unchanged_modules_are_left_out_and_named_and_layers_meet_the_random_line():
+    base = {"model.layers.0.self_attn.q_proj.weight": torch.zeros(4),
+            "model.layers.0.self_attn.k_proj.weight": torch.zeros(4),  # no expert changes it: no task vector
+            "model.layers.1.self_attn.q_proj.weight": torch.zeros(4)}
+    a = {k: (torch.tensor([1.0, -1.0, 2.0, 0.5]) if "q_proj" in k else v) for k, v in base.items()}
+    b = {k: (torch.tensor([1.0, 1.0, -2.0, 0.5]) if "q_proj" in k else v) for k, v in base.items()}
+    report = interference_report(base, {"a": a, "b": b}, density=1.0)
+    fig = interference_heatmap(report)
+    assert list(fig.data[0].y) == ["q_proj"] and "k_proj" in fig.layout.title.text  # hidden, and said why
+    bars = conflict_by_layer_figure(report, reference=random_conflict_rate(2))
+    assert list(bars.data[0].x) == ["L0", "L1"] and list(bars.data[0].y) == [0.5, 0.5]
+    assert bars.layout.shapes[0].y0 == 0.5 and "random" in bars.layout.annotations[0].text

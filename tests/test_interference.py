@@ -131,3 +131,35 @@ def test_report_aggregates_by_layer_and_module_from_summed_counts():
 def test_report_needs_two_experts():
     with pytest.raises(MergeLabError, match="two experts"):
         interference_report({"w": torch.zeros(2)}, {"only": {"w": torch.ones(2)}})
+
+
+def test_the_random_reference_is_what_unrelated_vectors_measure():
+    from evaluation.interference import random_conflict_rate
+
+    generator = torch.Generator().manual_seed(0)
+    for tasks in (2, 3):
+        vectors = [torch.randn(50_000, generator=generator) for _ in range(tasks)]
+        assert sign_conflict_rate(vectors) == pytest.approx(random_conflict_rate(tasks), abs=0.01)
+    with pytest.raises(MergeLabError):
+        random_conflict_rate(1)
+
+
+def test_the_worked_example_is_what_the_ties_method_merges():
+    """The lesson's table: each entry's trim, elected sign and merged value equal the registered TIES method's
+    output at those entries (weights 1, λ 1), and conflicting entries come first."""
+    from evaluation.interference import worked_example
+    from merging.methods import get_method
+
+    generator = torch.Generator().manual_seed(1)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    base = {name: torch.randn(6, 5, generator=generator)}
+    experts = {t: {name: base[name] + torch.randn(6, 5, generator=generator)} for t in ("math", "japanese")}
+    example = worked_example(base, experts, name, density=0.5, entries=6)
+    merged = get_method("ties").fn(base[name], [experts[t][name] for t in ("math", "japanese")],
+                                   [{"weight": 1.0, "density": 0.5}] * 2, {"normalize": True, "lambda": 1.0}, None)
+    delta = (merged - base[name]).reshape(-1)
+    assert len(example.rows) == 6 and example.rows[0]["conflict"]
+    for row in example.rows:
+        assert row["merged"] == pytest.approx(float(delta[row["index"]]), abs=1e-5), row
+        values = row["values"]
+        assert row["conflict"] == (values["math"] * values["japanese"] < 0)
