@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import re
 import socket
@@ -81,7 +82,7 @@ class ModelSource:
 
     def nbytes(self, name: str) -> int:
         shape, dtype = self._meta[self._known(name)]
-        return _numel(shape) * dtype.itemsize
+        return math.prod(shape) * dtype.itemsize
 
     def total_bytes(self) -> int:
         return sum(self.nbytes(n) for n in self._meta)
@@ -305,7 +306,7 @@ def _read_header_entries(file: Path) -> dict[str, tuple[tuple[int, ...], torch.d
         if name == "__metadata__":
             continue
         shape, dtype, start, end = _header_entry(file, name, info)
-        if end - start != _numel(shape) * dtype.itemsize:
+        if end - start != math.prod(shape) * dtype.itemsize:
             raise SourceError(f"{file}: tensor {name!r} has {end - start} bytes for shape {shape}; the file is "
                               "corrupt.")
         data_end = max(data_end, end)
@@ -406,10 +407,3 @@ def hub_reachable(timeout_s: float = HUB_CONNECT_TIMEOUT_S) -> bool:
             return True
     except OSError:
         return False
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
