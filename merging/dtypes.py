@@ -16,6 +16,13 @@ DTYPES: dict[str, torch.dtype] = {
 ALIASES: dict[str, torch.dtype] = {
     "fp32": torch.float32, "float": torch.float32, "fp16": torch.float16, "half": torch.float16, "bf16": torch.bfloat16,
 }
+# The dtype codes of safetensors headers (read by merging.sources, written by merging.shards).
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+TORCH_TO_SAFETENSORS: dict[torch.dtype, str] = {dtype: code for code, dtype in SAFETENSORS_DTYPES.items()}
 
 
 def lookup_dtype(name: str) -> torch.dtype | None:

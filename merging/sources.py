@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from merging.dtypes import SAFETENSORS_DTYPES
 from merging.errors import SourceError
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -31,11 +32,6 @@ PICKLE_INDEX = "pytorch_model.bin.index.json"
 HUB_SIDE_FILES = ["*.json", "*.model", "*.jinja", "*.txt", "*.tiktoken"]
 HUB_CONNECT_TIMEOUT_S = 3.0
 
-SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-}
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)\.")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # A strict Hub repository id, for callers that must never touch local paths (a hosted app): `owner/name` (or a
