@@ -37,6 +37,7 @@ TARGETS_135M_MS = {"task_arithmetic": 1000.0, "ties": 3000.0}
 SECTIONS = {"zoo": "## Live re-merge", "135m": "## Live re-merge at 135M parameters (bf16)",
             "smollm2": "## Live re-merge on the SmolLM2 family"}
 SMOLLM2_EXPERTS = ["math", "japanese"]
+FLOOR_SECTION = "## Live re-merge against its floor (SmolLM2 family, CPU)"
 
 
 def family_135m() -> tuple[Path, list[Path]]:
@@ -89,8 +90,7 @@ def family_choice(family: str) -> tuple[tuple, list[str], dict]:
         from zoo import ensure_family
 
         ensure_family("smollm2")
-        return ("Zoo", "smollm2", SMOLLM2_EXPERTS, "", ""), SMOLLM2_EXPERTS, {"task_arithmetic": {},
-                                                                               "ties": {"density": 0.5}}
+        return ("Zoo", "smollm2", SMOLLM2_EXPERTS, "", ""), SMOLLM2_EXPERTS, METHODS
     base, experts = family_135m()
     methods = {"task_arithmetic": {}, "ties": {"density": 0.5}}
     return ("Local folders", "lm", [], str(base), "\n".join(map(str, experts))), [p.name for p in experts], methods
@@ -201,6 +201,123 @@ def bench_scoring_135m(per_task: int = 2) -> None:
     print(f"sweep, {len(result.points)} points (experts' answers reused): {time.perf_counter() - tick:.1f} s")
 
 
+# --- the floor: the same moves as a fewest-pass torch loop over the same tensors -----------------------------------
+
+def floor_thresholds(base: dict, experts: list[dict], density: float) -> dict:
+    """Per tensor and expert, the |delta| magnitude that keeps `density` of the entries: found once per density,
+    outside the timed moves (as LiveMerger keeps them per density across weight moves)."""
+    import torch
+
+    found = {}
+    for name, b in base.items():
+        k = max(1, int(density * b.numel()))
+        found[name] = [float(torch.topk((x[name] - b).abs().reshape(-1), k, sorted=False).values.min())
+                       for x in experts]
+    return found
+
+
+def floor_move(method: str, weights: list[float], density: float, base: dict, experts: list[dict], targets: dict,
+               thresholds: dict | None, seed: int = 0) -> None:
+    """One slider move with the fewest torch passes we could write, straight into `targets` (float32, in place).
+    task_arithmetic: out = (1 - sum w) base + sum w_i x_i (3 passes). ties / dare_ties: per expert the delta (one
+    pass), pruned at the cached threshold (ties) or by a fresh Bernoulli mask, rescaled (dare), weighted; the
+    elected sign and the disjoint mean; the base added."""
+    import torch
+
+    for name, b in base.items():
+        out = targets[name]
+        if method == "task_arithmetic":
+            torch.mul(b, 1.0 - sum(weights), out=out)
+            for x, w in zip(experts, weights):
+                out.add_(x[name], alpha=w)
+            continue
+        generator = torch.Generator().manual_seed(seed)
+        deltas = []
+        for i, (x, w) in enumerate(zip(experts, weights)):
+            delta = torch.sub(x[name], b)
+            if thresholds is not None:
+                delta = torch.where(delta.abs() >= thresholds[name][i], delta, 0.0)
+            else:
+                delta.mul_(torch.rand(delta.shape, generator=generator) < density).mul_(w / density)
+                w = 1.0
+            deltas.append(delta.mul_(w) if w != 1.0 else delta)
+        sign = torch.stack(deltas).sum(0).sign_()
+        mixed, divisor = torch.zeros_like(b), torch.zeros_like(b)
+        for delta, w in zip(deltas, weights):
+            agree = torch.sign(delta).eq_(sign)
+            mixed.addcmul_(delta, agree)
+            divisor.add_(agree, alpha=w)
+        if thresholds is not None:  # ties normalises by the agreeing weights
+            mixed.div_(divisor.masked_fill_(divisor == 0, 1.0))
+        torch.add(b, mixed, out=out)
+
+
+def bench_floor(n: int, family: str) -> dict[str, tuple[list[float], list[float]]]:
+    """The page's handler (merge_live into the session's chat model) and the floor loop, move for move, in one
+    process and one thread, interleaved so the load hits both alike. Returns method -> (handler ms, floor ms)."""
+    import torch
+
+    from ui import models_panel
+    from ui.hosting import HostConfig
+    from ui.merge_record import MergeSettings
+    from ui.session import new_session
+    from ui.workspace import merge_live
+
+    choice, labels, methods = family_choice(family)
+    session = new_session()
+    models_panel.check_models(session, HostConfig.detect(hosted=False, models_dir=Path(tempfile.mkdtemp())),
+                              models_panel.ModelsChoice(*choice))
+    if session.live is None:
+        raise SystemExit(f"live merging is off: {session.live_plan.reason}")
+    live = session.live
+    base = {n_: t.float() for n_, t in live.base.items()}
+    experts = [{n_: t.float() for n_, t in live.models[k].items()} for k in labels]
+    targets = {n_: torch.empty_like(t) for n_, t in base.items()}
+    merge_live(session, MergeSettings("task_arithmetic", [0.5] * len(labels)))
+    results = {}
+    torch.set_num_threads(1)
+    for method, params in methods.items():
+        density = float(params.get("density", 1.0))
+        thresholds = floor_thresholds(base, experts, density) if method == "ties" else None
+        handler, floor = [], []
+        for index, weights in enumerate([[0.5] * len(labels)] + moves(n, len(labels))):
+            tick = time.perf_counter()
+            merge_live(session, MergeSettings(method, weights, dict(params)))
+            took = (time.perf_counter() - tick) * 1000
+            tick = time.perf_counter()
+            floor_move(method, weights, density, base, experts, targets, thresholds)
+            if index:  # the first move of a method finds its thresholds (both paths): not a weight move
+                handler.append(took)
+                floor.append((time.perf_counter() - tick) * 1000)
+        results[method] = (handler, floor)
+        print(f"{method}: handler {statistics.median(handler):.0f} ms, floor {statistics.median(floor):.0f} ms, "
+              f"{statistics.median(handler) / statistics.median(floor):.2f}x", flush=True)
+    return results
+
+
+def floor_section(family: str, results: dict, load: tuple[float, float]) -> str:
+    from bench.machine import machine
+
+    rows = ["| method | moves | page's path median ms | fewest-pass floor median ms | ratio |", "|---|---|---|---|---|"]
+    for method, (handler, floor) in results.items():
+        ratio = statistics.median(handler) / statistics.median(floor)
+        rows.append(f"| {method} | {len(handler)} | {statistics.median(handler):.0f} | "
+                    f"{statistics.median(floor):.0f} | {ratio:.2f}x |")
+    return "\n".join([
+        FLOOR_SECTION, "",
+        ("`bench/bench_live.py --family smollm2 --floor` moves a weight slider through the page's own handler "
+        "(`ui.workspace.merge_live`: the recipe from the controls, `LiveMerger.merge_into` the session's chat model) "
+        "and, move for move in the same process and one thread, through a fewest-pass torch loop over the same "
+        "float32 tensors written in place (`floor_move` in the script: task arithmetic as (1 - sum w) base + sum w_i "
+        "x_i; ties with its thresholds found once per density as the app keeps them; dare_ties drawing its masks "
+        "every move). Density 0.5; the first move of each method (it finds thresholds) is not counted. "
+        "Target (issue 19): every method within 1.5x of the floor."), "",
+        (f"Machine: {machine()}; recorded {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average before / "
+        f"after {load[0]:.1f} / {load[1]:.1f}."), "",
+        *rows, "",
+    ])
+
+
 def tensor_count(family: str) -> tuple[int, int]:
     from merging.sources import open_model
     from zoo import families
@@ -267,10 +384,10 @@ def report(family: str, handlers: dict[str, list[float]], api: dict[str, list[fl
     ])
 
 
-def record(section: str, family: str) -> None:
+def record(section: str, family: str, heading: str | None = None) -> None:
     path = ROOT / "docs" / "benchmarks.md"
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(SECTIONS[family]) + r"\n.*?(?=\n## |\Z)", re.DOTALL)
+    pattern = re.compile(re.escape(heading or SECTIONS[family]) + r"\n.*?(?=\n## |\Z)", re.DOTALL)
     text = pattern.sub(section.rstrip() + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     path.write_text(text, encoding="utf-8")
     print(f"recorded in {path}")
@@ -284,9 +401,18 @@ def main() -> None:
     parser.add_argument("--skip-api", action="store_true", help="time the handlers only")
     parser.add_argument("--scoring", action="store_true",
                         help="135m only: time Evaluate and a 2-point sweep instead (prints, records nothing)")
+    parser.add_argument("--floor", action="store_true",
+                        help="the handler against a fewest-pass torch loop, move for move (prints; --record records)")
     parser.add_argument("--record", action="store_true", help="write the section into docs/benchmarks.md")
     args = parser.parse_args()
     moves_n = args.moves or (30 if args.family == "zoo" else 5)
+    if args.floor:
+        load_before = os.getloadavg()[0]
+        section = floor_section(args.family, bench_floor(moves_n, args.family), (load_before, os.getloadavg()[0]))
+        print(section)
+        if args.record:
+            record(section, args.family, FLOOR_SECTION)
+        return
     if args.family == "135m":
         family_135m()  # made once, before the clock
     if args.scoring:

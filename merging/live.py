@@ -34,7 +34,7 @@ import torch
 
 from merging.errors import RecipeError
 from merging.methods.chunks import compute_threads, spare_cores
-from merging.methods.fused import remember_thresholds
+from merging.methods.fused import remember_thresholds, write_result_into
 from merging.plan import available_bytes
 from merging.recipe import Recipe, validate_recipe
 from merging.step import MergeStep
@@ -302,6 +302,12 @@ class LiveMerger:
 
     def tensors(self, recipe: Recipe, seed: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, merged tensor in the engine's output dtype) one tensor at a time; `notes` is set at the end."""
+        return self._merged(recipe, seed, None)
+
+    def _merged(self, recipe: Recipe, seed: int, into: Mapping[str, torch.Tensor] | None
+                ) -> Iterator[tuple[str, torch.Tensor]]:
+        """tensors(); with `into`, a float32 result may be written straight into `into[name]` (then the tensor
+        yielded shares its storage) where the output dtype is float32 too."""
         validate_recipe(recipe)
         step = MergeStep(recipe, self.num_layers, seed=seed, device=self.device)
         sources = [self._source(key, recipe.base_model) for key in self._inputs(recipe)]
@@ -320,7 +326,8 @@ class LiveMerger:
                 copies = any(streamed for _, streamed in base_in + sources)
                 prepared = [inputs.prepared(t) for t in read]
                 remember = remember_thresholds(memo) if memo is not None and not copies else nullcontext()
-                with remember:
+                target = into.get(name) if into is not None and out_dtype == torch.float32 else None
+                with remember, write_result_into(target):
                     result = step(name, prepared[0] if base_in else None, prepared[len(base_in):], out_dtype)
                 yield name, result if result.dtype == out_dtype else result.to(out_dtype)
         self.notes = step.note_lines()
@@ -338,11 +345,13 @@ class LiveMerger:
         the same tensors. Returns how many tensors were written; names a target lacks are skipped."""
         many = [targets] if isinstance(targets, Mapping) else list(targets)
         written = 0
-        for name, tensor in self.tensors(recipe, seed):
+        # One target: a fused float32 merge writes straight into its parameter (no copy; merging.methods.fused).
+        for name, tensor in self._merged(recipe, seed, many[0] if len(many) == 1 else None):
             for target in many:
                 found = target.get(name)
                 if found is not None and found.shape == tensor.shape:
-                    found.copy_(tensor)
+                    if found.data_ptr() != tensor.data_ptr():
+                        found.copy_(tensor)
                     written += 1
         return written
 

@@ -465,3 +465,22 @@ def test_the_consensus_in_one_chunk_as_on_a_gpu_gives_the_same_bits(monkeypatch,
     monkeypatch.setattr("merging.methods.consensus.whole_tensor", lambda tensor: calls.append(1) or True)
     whole = live.merge(rec, seed=5)
     assert calls and all(torch.equal(chunked[n], whole[n]) for n in chunked)
+
+
+def test_a_fused_float32_merge_is_written_straight_into_the_target():
+    gen = torch.Generator().manual_seed(9)
+    base = {"model.layers.0.mlp.up_proj.weight": torch.randn(512, 600, generator=gen),  # the fused path's size
+            "model.layers.0.input_layernorm.weight": torch.randn(600, generator=gen)}  # the plain path
+    experts = {k: {n: w + 0.02 * torch.randn(w.shape, generator=gen) for n, w in base.items()}
+               for k in ("math", "japanese")}
+    live = LiveMerger(base, experts, num_layers=1)
+    for method, models in (("ties", TWO), ("task_arithmetic", ("- {model: math, parameters: {weight: 0.7}}\n"
+                                                             "- {model: japanese, parameters: {weight: 0.4}}"))):
+        rec = load_recipe(recipe(method, models))
+        expected = live.merge(rec)
+        target = {n: torch.zeros_like(t) for n, t in base.items()}
+        shared = {n: t.data_ptr() == target[n].data_ptr() for n, t in live._merged(rec, 0, target)}
+        assert shared == {"model.layers.0.mlp.up_proj.weight": True, "model.layers.0.input_layernorm.weight": False}
+        target = {n: torch.zeros_like(t) for n, t in base.items()}
+        assert live.merge_into(target, rec) == 2
+        assert all(torch.equal(target[n], expected[n]) for n in base), method

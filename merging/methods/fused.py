@@ -91,6 +91,29 @@ def _predicted_window(base: torch.Tensor, x: torch.Tensor, rank: int) -> tuple[f
 
 
 _REMEMBERED: ContextVar[dict | None] = ContextVar("remembered_thresholds", default=None)
+_OUTPUT: ContextVar[torch.Tensor | None] = ContextVar("fused_output", default=None)
+
+
+@contextmanager
+def write_result_into(target: torch.Tensor | None) -> Iterator[None]:
+    """Within the block, a fused merge whose result fits `target` (float32, contiguous, as many elements, same
+    device, no input's storage) writes it there and returns a view of it: live merging hands a model's own
+    parameter, so the merged values need no copy. Otherwise (or with None) a new tensor, as always."""
+    token = _OUTPUT.set(target)
+    try:
+        yield
+    finally:
+        _OUTPUT.reset(token)
+
+
+def _output_for(base: torch.Tensor, xs: list[torch.Tensor]) -> torch.Tensor:
+    """The flat float32 tensor the combine pass writes: the caller's target where it fits, else a new one."""
+    target = _OUTPUT.get()
+    if (target is not None and target.dtype == torch.float32 and target.is_contiguous()
+            and target.numel() == base.numel() and target.device == base.device
+            and all(target.data_ptr() != t.data_ptr() for t in (base, *xs))):
+        return target.view(-1)
+    return torch.empty(base.shape, dtype=torch.float32, device=base.device).view(-1)
 
 
 @contextmanager
@@ -309,7 +332,7 @@ def fused_merge(
     zeroed = [k == 0 for k in keep_counts]  # density 0: the model contributes nothing
     divisor_weights = coefficients if coefficients is not None else weights
     total_weight = sum(weights)
-    out = torch.empty(base.shape, dtype=torch.float32, device=base.device)
+    out = _output_for(base, xs)
 
     def combine(start: int, stop: int, scratch: dict) -> None:
         base_part = _f32(base[start:stop], scratch, "base32")
@@ -324,7 +347,7 @@ def fused_merge(
             mixed = disjoint_mean_into(deltas, divisor_weights, coefficients, scratch, normalize=normalize,
                                        min_divisor=min_divisor)
         else:
-            mixed = buffer(scratch, "mixed", base_part).copy_(deltas[0])
+            mixed = deltas[0]  # this chunk's own scratch: summed into in place (the same sum, one copy fewer)
             for delta in deltas[1:]:
                 mixed.add_(delta)
             if normalize:
