@@ -348,9 +348,22 @@ def worked_example(base: Mapping[str, torch.Tensor], experts: Mapping[str, Mappi
     first, second = flat[0], flat[1]
     conflict = (first * second) < 0
     strength = torch.minimum(first.abs(), second.abs())
-    order = torch.argsort(torch.where(conflict, strength, -1.0 / (1.0 + strength)), descending=True)
-    rows = [_ties_entry(int(i), flat, masks, tasks) for i in order[:entries].tolist()]
+    one_trimmed = conflict & (masks[0] ^ masks[1])
+    agree = (first * second) > 0
+    # the strongest conflicts, the strongest conflict TIES settles by trimming one side, the strongest agreement
+    picks = _strongest(conflict, strength, max(1, entries - 2)) + _strongest(one_trimmed, strength, 1) \
+        + _strongest(agree, strength, 1)
+    chosen = list(dict.fromkeys(picks))
+    chosen += [i for i in _strongest(conflict, strength, entries) if i not in chosen][: entries - len(chosen)]
+    rows = [_ties_entry(i, flat, masks, tasks) for i in chosen[:entries]]
     return WorkedExample(name, tasks, density, rows)
+
+
+def _strongest(where: torch.Tensor, strength: torch.Tensor, count: int) -> list[int]:
+    """Indices of the `count` largest `strength` entries among those `where` is true."""
+    scores = torch.where(where, strength, torch.full_like(strength, -1.0))
+    top = torch.topk(scores, min(count, scores.numel())).indices.tolist()
+    return [int(i) for i in top if bool(where[i])]
 
 
 def _ties_entry(index: int, flat: list[torch.Tensor], masks: list[torch.Tensor], tasks: list[str]) -> dict[str, Any]:
@@ -363,3 +376,23 @@ def _ties_entry(index: int, flat: list[torch.Tensor], masks: list[torch.Tensor],
     return {"index": index, "values": dict(zip(tasks, values)), "kept": dict(zip(tasks, kept)),
             "conflict": any(v > 0 for v in values) and any(v < 0 for v in values), "elected": elected,
             "merged": merged}
+
+
+def most_conflicting_tensor(base: Mapping[str, torch.Tensor], experts: Mapping[str, Mapping[str, torch.Tensor]],
+                            report: Any) -> str:
+    """The tensor with the highest sign-conflict rate within the report's most conflicting layer (the lesson's
+    worked example; reads that layer's tensors one at a time)."""
+    data = report.to_dict() if hasattr(report, "to_dict") else report
+    layers = {k: v["sign_conflict_rate"] for k, v in data["by_layer"].items() if v["sign_conflict_rate"] is not None}
+    if not layers:
+        raise MergeLabError("No layer has entries changed by two experts: there is no sign conflict to show.")
+    worst = max(layers, key=layers.get)
+    best_name, best_rate = None, -1.0
+    for name in base:
+        if _layer_key(layer_index(name)) != worst or not all(name in e for e in experts.values()):
+            continue
+        vectors = _task_vectors(base, experts, list(experts), name)
+        rate = sign_conflict_rate(vectors) if vectors is not None else None
+        if rate is not None and rate > best_rate:
+            best_name, best_rate = name, rate
+    return best_name

@@ -9,9 +9,14 @@ from typing import Any
 
 import gradio as gr
 
-from evaluation.charts import cosine_heatmap, interference_heatmap, kept_heatmap
+from evaluation.charts import conflict_by_layer_figure, cosine_heatmap, interference_heatmap, kept_heatmap
 from evaluation.folder_state import LazyFolderState
-from evaluation.interference import interference_report
+from evaluation.interference import (
+    interference_report,
+    most_conflicting_tensor,
+    random_conflict_rate,
+    worked_example,
+)
 from merging.errors import MergeLabError
 from ui.feedback import guarded
 from ui.hosting import HostConfig
@@ -68,3 +73,114 @@ def wire(panel: InterferencePanel, state: gr.State, config: HostConfig) -> None:
     # is typed, the last value winning.
     gr.on([panel.density.release, panel.density.input], run, [state, panel.density], outputs,
           api_visibility="private", trigger_mode="always_last", show_progress="minimal")
+
+
+# --- the lesson: one page from two experts to interference to a merge's score --------------------------------------
+
+LESSON_INTRO = """## From two experts to one merged model
+
+1. **Two experts, one base.** Each expert is the base model plus a *task vector* (expert − base): what fine-tuning on
+   its task changed. Merging adds task vectors back onto the base. The first chart: how alike the task vectors are
+   (cosine 1 = the same direction, 0 = unrelated, −1 = opposite).
+2. **Where they disagree.** An entry of the weights that one expert raised and another lowered has a *sign
+   conflict*: a plain average cancels both. The bars show the share of such entries per layer; the dashed line is
+   what unrelated, random task vectors would give. Bars under the line: the experts pull together more than chance.
+3. **One tensor up close.** Real numbers from the layer that conflicts most: TIES keeps each task vector's largest
+   entries (the density), elects one sign per entry (the sign of the kept values' sum), and averages only the kept
+   values that agree with it. The loser's value is dropped.
+4. **What the merge then scores.** Accuracy of the merge per task beside each expert's: the tasks whose expert
+   lost the elections are the ones that lose accuracy.
+"""
+
+
+def lesson_example_markdown(example: Any) -> str:
+    """The worked example as a table a class can follow."""
+    first, second = example.tasks[:2]
+
+    def kept(row: dict, task: str) -> str:
+        return f"{row['values'][task]:+.4f}" if row["kept"][task] else f"~~{row['values'][task]:+.4f}~~ trimmed"
+
+    lines = [f"**{example.tensor}**, TIES at density {example.density:g} (weights 1):", "",
+             f"| entry | τ {first} | τ {second} | signs | elected sign | merged τ |", "|---|---|---|---|---|---|"]
+    for row in example.rows:
+        signs = "**conflict**" if row["conflict"] else "agree"
+        elected = {1: "+", -1: "−", 0: "none"}[row["elected"]]
+        lines.append(f"| {row['index']} | {kept(row, first)} | {kept(row, second)} | {signs} | {elected} | "
+                     f"{row['merged']:+.4f} |")
+    return "\n".join(lines)
+
+
+def lesson_score_markdown(session: Session) -> str:
+    """Step 4: the last evaluation of the current merge, per task, beside the experts; or how to get one."""
+    result = session.evaluation
+    if result is None or session.merge is None:
+        return "*No score yet: press **Score the merge** (or Evaluate in the Evaluate tab).*"
+    lines = [f"Merge #{session.merge.version}: {session.merge.describe()}", "",
+             "| task | the merge | its expert | change |", "|---|---|---|---|"]
+    for name, score in result.scores.items():
+        merged, expert = score.accuracy, score.expert_accuracy
+        change = f"{merged - expert:+.0%}" if merged is not None and expert is not None else "–"
+        lines.append(f"| {name} | {'–' if merged is None else f'{merged:.0%}'} | "
+                     f"{'–' if expert is None else f'{expert:.0%}'} | {change} |")
+    return "\n".join(lines)
+
+
+def lesson(session: Session, config: HostConfig, density: float = 0.5, progress: Any = None) -> list[Any]:
+    """The lesson's charts and tables: cosine, conflicts per layer with the random line, the worked example from the
+    most conflicting tensor, and the merge's score."""
+    report = interference(session, config, density, progress)
+    base = LazyFolderState(session.base.path)
+    experts = {s.label: LazyFolderState(s.path) for s in session.sources}
+    name = most_conflicting_tensor(base, experts, report)
+    example = worked_example(base, experts, name, density=float(density))
+    reference = random_conflict_rate(len(report["tasks"]))
+    return [cosine_heatmap(report), conflict_by_layer_figure(report, reference), lesson_example_markdown(example),
+            lesson_score_markdown(session)]
+
+
+@dataclass
+class LessonPanel:
+    density: gr.Slider
+    run: gr.Button
+    cosine: gr.Plot
+    conflicts: gr.Plot
+    example: gr.Markdown
+    score_run: gr.Button
+    score: gr.Markdown
+
+
+def build_lesson(config: HostConfig) -> LessonPanel:
+    with gr.Column(elem_id="lesson"):
+        gr.Markdown(LESSON_INTRO)
+        with gr.Row():
+            density = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="Density (share TIES keeps)",
+                                elem_id="lesson-density")
+            run = gr.Button("Show the lesson", variant="primary", elem_id="lesson-run")
+        with gr.Row():
+            cosine = gr.Plot(label="1. How alike the task vectors are", elem_id="lesson-cosine")
+            conflicts = gr.Plot(label="2. Sign conflicts per layer", elem_id="lesson-conflicts")
+        example = gr.Markdown(elem_id="lesson-example")
+        score_run = gr.Button("Score the merge", elem_id="lesson-score-run")
+        score = gr.Markdown(elem_id="lesson-score")
+    return LessonPanel(density, run, cosine, conflicts, example, score_run, score)
+
+
+def wire_lesson(panel: LessonPanel, state: gr.State, config: HostConfig) -> None:
+    from ui.evaluate_panel import evaluate  # the Evaluate tab's scoring, so the lesson shows the same numbers
+    from ui.merge_panel import merge_if_none
+
+    @guarded(config, "lesson")
+    def run(session: Session, density: float, progress: gr.Progress = gr.Progress()):
+        return lesson(session, config, density, progress)
+
+    panel.run.click(run, [state, panel.density], [panel.cosine, panel.conflicts, panel.example, panel.score],
+                    api_name="lesson")
+
+    @guarded(config, "score")
+    def score(session: Session, progress: gr.Progress = gr.Progress()):
+        merge_if_none(session, config, progress)
+        progress(0.2, desc="Scoring the experts (once) and the merge…")
+        evaluate(session, config, None, 10)
+        return lesson_score_markdown(session)
+
+    panel.score_run.click(score, state, panel.score, api_visibility="private")

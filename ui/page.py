@@ -33,6 +33,7 @@ INTRO = ("Merge fine-tuned models with mergekit-compatible methods, chat with th
 CSS = """
 #preflight-report table { font-size: 0.85em; }
 #merge-status, #eval-status { min-height: 1.5em; }
+#lesson { font-size: 1.15em; }
 """
 
 
@@ -63,6 +64,8 @@ def build_page(config: HostConfig) -> gr.Blocks:
                 evaluate = evaluate_panel.build(config)
             with gr.Tab("Interference", id="interference", elem_id="tab-interference", render_children=True):
                 interference = interference_panel.build(config)
+            with gr.Tab("Lesson", id="lesson", elem_id="tab-lesson", render_children=True):
+                lesson = interference_panel.build_lesson(config)  # one page for a class: experts to a score
             with gr.Tab("Learn", id="learn", elem_id="tab-learn", render_children=True) as learn_tab:
                 learn = learn_panel.build(config)
             with gr.Tab("Export", id="export", elem_id="tab-export", render_children=True):
@@ -74,6 +77,7 @@ def build_page(config: HostConfig) -> gr.Blocks:
         classify_panel.wire(classify, state, config)
         evaluate_panel.wire(evaluate, state, config)
         interference_panel.wire(interference, state, config)
+        interference_panel.wire_lesson(lesson, state, config)
         learn_panel.wire(learn, state, config)
         learn_panel.wire_sizing(learn_tab, learn, state)
         export_panel.wire(export, state, config)
