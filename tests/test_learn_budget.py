@@ -45,10 +45,11 @@ def test_opening_learn_sizes_its_controls_once_per_choice_of_models(tmp_path):
     config = HostConfig.detect(hosted=False, models_dir=tmp_path / "models")
     session = new_session()
     models_panel.check_models(session, config, models_panel.ModelsChoice("Zoo", "lm", ["math", "japanese"], "", ""))
-    controls = ("samerging", 16, 200, 0.05, 0.3, True)
-    examples, steps, text, key = learn_panel.sized_controls(session, "", *controls)
     sized = learn_panel.sizing_for(session)
+    examples, steps, text, key = learn_panel.sized_controls(session, "", "samerging", 2, 3, 0.05, 0.3, True)
     assert (examples["value"], steps["value"]) == (sized.examples_per_task, sized.steps)
+    shown = learn_panel.sized_controls(session, "", "samerging", sized.examples_per_task, sized.steps, 0.05, 0.3, True)
+    assert "value" not in shown[0] and "value" not in shown[1]  # nothing sent that could overwrite typing
     assert "Expected on this CPU" in text and "GPU" in text and key
     again = learn_panel.sized_controls(session, key, "samerging", 5, 30, 0.05, 0.3, True)
     assert "value" not in again[0] and "value" not in again[1]  # the user's values stay

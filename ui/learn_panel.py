@@ -322,9 +322,20 @@ def sized_controls(session: Session | None, sized_for: str, *values: Any) -> lis
     examples, steps = gr.update(), gr.update()
     if key and key != sized_for:
         sized = sizing_for(session)
-        examples, steps = gr.update(value=sized.examples_per_task), gr.update(value=sized.steps)
+        # only values that change are sent: an update equal to what is shown could land after the user's own typing
+        if _number(values[1]) != sized.examples_per_task:
+            examples = gr.update(value=sized.examples_per_task)
+        if _number(values[2]) != sized.steps:
+            steps = gr.update(value=sized.steps)
         values = (values[0], sized.examples_per_task, sized.steps, *values[3:])
     return [examples, steps, estimate_for(session, *values), key]
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def estimate_for(session: Session | None, method: Any, examples: Any, steps: Any, rho: Any, init: Any,
