@@ -421,15 +421,18 @@ def main() -> int:
     started = time.perf_counter()
     from inference.loading import load_tokenizer
     from merging.live import LiveMerger, plan_for_states
+    from merging.plan import available_bytes
 
     rows: list[Row] = []
     tokenizer = load_tokenizer(TOKENIZER)
+    free = {"device": available_bytes(device), "host": available_bytes("cpu")}  # before the family takes its share
     reset_peak(device)
     model, base, experts = make_family(args.shape, device)
     params = sum(t.numel() for t in base.values())
     rows.append(Row("make", f"Mistral-{args.shape}-shaped base + 2 experts on {device} ({params / 1e6:,.0f} M "
                     "parameters each, bf16)", time.perf_counter() - started, peak_gb(device)))
-    plan = plan_for_states([base, *experts.values()], device=device)
+    plan = plan_for_states([base, *experts.values()], device=device, available=free["device"],
+                           host_available=free["host"])
     rows.append(Row("plan", f"live memory plan: {'on' if plan.live else 'OFF'}", None, None, plan.reason))
     print(plan.reason, flush=True)
     # The merger holds each source once (the same tensors: no copy on its own device); `held` is dropped before
