@@ -300,3 +300,16 @@ def test_classifier_batches_match_single_texts(tmp_path):
     singles = torch.cat([classify_logits(lm.model, lm.tokenizer, [t]) for t in texts])
     assert torch.allclose(batched, singles, atol=1e-5)  # padding does not change an encoder's reading
     assert classify_batch(lm.model, lm.tokenizer, texts) == batched.argmax(-1).tolist()
+
+
+def test_streamed_greedy_chat_is_what_transformers_generate_writes(loaded):
+    """The chat's own greedy loop (no generation thread) gives transformers' generate reply, token for token, and
+    streams it in growing pieces."""
+    for prompt in ("1+2=", "abc", "三+四="):
+        messages = [{"role": "user", "content": prompt}]
+        own = list(stream_chat(loaded.model, loaded.tokenizer, messages, max_new_tokens=12, temperature=0))
+        # repetition_penalty 1.0 changes no logit but takes the generate + streamer path
+        reference = list(stream_chat(loaded.model, loaded.tokenizer, messages, max_new_tokens=12, temperature=0,
+                                     repetition_penalty=1.0))
+        assert own[-1] == reference[-1], prompt
+        assert all(b.startswith(a) for a, b in itertools.pairwise(own))
