@@ -6,7 +6,8 @@ the tiny zoo's tokenizer from assets/), then, through the app's own code paths:
   live     live re-merge into the chat model's parameters (LiveMerger.merge_into, as the page's merge does):
            task_arithmetic, ties (density 0.5), dare_ties (density 0.5), median of --repeats moves each;
   score    batched greedy generation of --prompts prompts x --new-tokens tokens (inference.generate_batch, the
-           scorer Evaluate uses) and, for comparison, transformers' generate with a static KV cache (compiled on cuda);
+           scorer Evaluate uses) and, for comparison, transformers' generate with a static KV cache (compiled on
+           cuda by transformers itself);
   sweep    a --points weight sweep end to end: merge into the chat model + score per point;
   folder   `python -m merging run --device DEVICE` of the same recipe to a folder, against the I/O floor (reading
            the sources and writing one model with safetensors alone);
@@ -177,29 +178,21 @@ def score(model, tokenizer, device: str, count: int, new_tokens: int, batch: int
 
 
 def score_static(model, tokenizer, device: str, count: int, new_tokens: int, batch: int) -> Row:
-    """transformers' generate with a static KV cache (and torch.compile on cuda): what the app's loop could gain.
-    One batch is compiled first (its time in the note), then all prompts are timed."""
+    """transformers' generate with a static KV cache (on cuda transformers compiles the forward pass itself for a
+    static cache): what the app's own loop could gain. One batch first (with the compile on cuda: its time in the
+    note), then all prompts are timed, every row run to `new_tokens`."""
     encoded = [tokenizer(prompts(count)[i:i + batch], return_tensors="pt", padding=True).to(device)
                for i in range(0, count, batch)]
 
-    def run() -> None:
-        for enc in encoded:
-            model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                           cache_implementation="static", pad_token_id=tokenizer.pad_token_id)
+    def generate(enc) -> None:
+        model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                       cache_implementation="static", pad_token_id=tokenizer.pad_token_id)
 
+    warm = timed(device, lambda: generate(encoded[0]))
+    reset_peak(device)
+    seconds = timed(device, lambda: [generate(enc) for enc in encoded])
     compiled = device.startswith("cuda")
-    forward = model.forward
-    if compiled:
-        model.forward = torch.compile(forward, mode="reduce-overhead")
-    try:
-        warm = timed(device, lambda: model.generate(**encoded[0], max_new_tokens=new_tokens, do_sample=False,
-                                                    cache_implementation="static",
-                                                    pad_token_id=tokenizer.pad_token_id))
-        reset_peak(device)
-        seconds = timed(device, run)
-    finally:
-        model.forward = forward
-    how = "static KV cache + torch.compile" if compiled else "static KV cache"
+    how = "static KV cache, compiled by transformers" if compiled else "static KV cache"
     return Row("score", f"transformers generate, {how}: {count} x {new_tokens}, batch {batch} (not the app's path)",
                seconds, peak_gb(device), f"first batch{' (compiling)' if compiled else ''} {warm:.1f} s")
 
