@@ -129,20 +129,23 @@ class _Sums:
     conflicting: int = 0
     eligible: int = 0
     numel: int = 0
+    contested: int = 0  # entries kept by trimming in two or more vectors whose signs conflict
+    won: torch.Tensor = None  # T: of those, how many each task's sign won (TIES' elected sign, weights 1)
 
     def __post_init__(self) -> None:
         t = self.tasks
         self.dots = torch.zeros(t, t, dtype=torch.float64)
         self.intersections = torch.zeros(t, t, dtype=torch.float64)
-        for name in ("kept_count", "kept_mass", "mass", "nonzero"):
+        for name in ("kept_count", "kept_mass", "mass", "nonzero", "won"):
             setattr(self, name, torch.zeros(t, dtype=torch.float64))
 
     def add(self, other: _Sums) -> None:
-        for name in ("dots", "intersections", "kept_count", "kept_mass", "mass", "nonzero"):
+        for name in ("dots", "intersections", "kept_count", "kept_mass", "mass", "nonzero", "won"):
             getattr(self, name).add_(getattr(other, name))
         self.conflicting += other.conflicting
         self.eligible += other.eligible
         self.numel += other.numel
+        self.contested += other.contested
 
     def summary(self, task_names: list[str]) -> dict[str, Any]:
         norms = self.dots.diagonal().sqrt()
@@ -162,6 +165,9 @@ class _Sums:
             "jaccard": jaccard.float().tolist(),
             "kept_mass_share": {t: _ratio(self.kept_mass[i], self.mass[i]) for i, t in enumerate(task_names)},
             "kept_count_share": {t: _ratio(self.kept_count[i], self.nonzero[i]) for i, t in enumerate(task_names)},
+            "contested": self.contested,
+            "election_wins": {t: _ratio(self.won[i], torch.tensor(float(self.contested)))
+                              for i, t in enumerate(task_names)},
         }
 
 
@@ -188,7 +194,20 @@ def tensor_sums(vectors: Sequence[torch.Tensor], density: float) -> _Sums:
             sums.intersections[i, j] = sums.intersections[j, i] = both
     sums.conflicting, sums.eligible = sign_conflicts(vectors)
     sums.numel = flat.shape[1]
+    sums.contested, sums.won = election_wins(flat, masks)
     return sums
+
+
+def election_wins(flat: torch.Tensor, masks: Sequence[torch.Tensor]) -> tuple[int, torch.Tensor]:
+    """(entries kept in two or more trimmed task vectors with conflicting signs, per task how many of them its sign
+    wins): TIES elects the sign of the kept values' sum (weights 1), and a task whose sign loses is dropped there.
+    This links a layer's conflicts to the task that pays for them."""
+    kept = torch.stack([row * m.reshape(-1) for row, m in zip(flat, masks)])
+    positive, negative = (kept > 0).sum(dim=0), (kept < 0).sum(dim=0)
+    contested = (positive > 0) & (negative > 0)
+    elected = torch.sign(kept.sum(dim=0))
+    wins = ((torch.sign(kept) == elected) & (kept != 0) & contested).sum(dim=1).double()
+    return int(contested.sum()), wins
 
 
 @dataclass

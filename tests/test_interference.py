@@ -163,3 +163,21 @@ def test_the_worked_example_is_what_the_ties_method_merges():
         assert row["merged"] == pytest.approx(float(delta[row["index"]]), abs=1e-5), row
         values = row["values"]
         assert row["conflict"] == (values["math"] * values["japanese"] < 0)
+
+
+def test_election_wins_count_what_the_worked_example_shows_entry_by_entry():
+    """Per task, the contested entries (kept by trimming in both, opposite signs) whose sign TIES elects: the
+    report's count equals a count over the worked example's every entry."""
+    from evaluation.interference import worked_example
+
+    generator = torch.Generator().manual_seed(2)
+    name = "model.layers.0.mlp.up_proj.weight"
+    base = {name: torch.randn(8, 6, generator=generator)}
+    experts = {t: {name: base[name] + torch.randn(8, 6, generator=generator)} for t in ("a", "b")}
+    report = interference_report(base, experts, density=0.6)
+    rows = worked_example(base, experts, name, density=0.6, entries=48).rows
+    contested = [r for r in rows if r["conflict"] and all(r["kept"].values())]
+    assert report.overall["contested"] == len(contested) > 0
+    for task in ("a", "b"):
+        won = sum(1 for r in contested if (r["values"][task] > 0) == (r["elected"] > 0))
+        assert report.overall["election_wins"][task] == pytest.approx(won / len(contested))

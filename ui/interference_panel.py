@@ -9,7 +9,13 @@ from typing import Any
 
 import gradio as gr
 
-from evaluation.charts import conflict_by_layer_figure, cosine_heatmap, interference_heatmap, kept_heatmap
+from evaluation.charts import (
+    conflict_by_layer_figure,
+    cosine_heatmap,
+    election_figure,
+    interference_heatmap,
+    kept_heatmap,
+)
 from evaluation.folder_state import LazyFolderState
 from evaluation.interference import (
     interference_report,
@@ -88,8 +94,9 @@ LESSON_INTRO = """## From two experts to one merged model
 3. **One tensor up close.** Real numbers from the layer that conflicts most: TIES keeps each task vector's largest
    entries (the density), elects one sign per entry (the sign of the kept values' sum), and averages only the kept
    values that agree with it. The loser's value is dropped.
-4. **What the merge then scores.** Accuracy of the merge per task beside each expert's: the tasks whose expert
-   lost the elections are the ones that lose accuracy.
+4. **Who pays for each layer's conflicts.** Per layer, the share of the contested entries each task's sign wins;
+   where a task loses, its expert's change is dropped. Then the merge's accuracy per task beside each expert's: the
+   task that loses most elections is the one to watch.
 """
 
 
@@ -135,7 +142,7 @@ def lesson(session: Session, config: HostConfig, density: float = 0.5, progress:
     example = worked_example(base, experts, name, density=float(density))
     reference = random_conflict_rate(len(report["tasks"]))
     return [cosine_heatmap(report), conflict_by_layer_figure(report, reference), lesson_example_markdown(example),
-            lesson_score_markdown(session)]
+            election_figure(report), lesson_score_markdown(session)]
 
 
 @dataclass
@@ -145,6 +152,7 @@ class LessonPanel:
     cosine: gr.Plot
     conflicts: gr.Plot
     example: gr.Markdown
+    elections: gr.Plot
     score_run: gr.Button
     score: gr.Markdown
 
@@ -160,9 +168,10 @@ def build_lesson(config: HostConfig) -> LessonPanel:
             cosine = gr.Plot(label="1. How alike the task vectors are", elem_id="lesson-cosine")
             conflicts = gr.Plot(label="2. Sign conflicts per layer", elem_id="lesson-conflicts")
         example = gr.Markdown(elem_id="lesson-example")
+        elections = gr.Plot(label="4. Who wins the sign elections", elem_id="lesson-elections")
         score_run = gr.Button("Score the merge", elem_id="lesson-score-run")
         score = gr.Markdown(elem_id="lesson-score")
-    return LessonPanel(density, run, cosine, conflicts, example, score_run, score)
+    return LessonPanel(density, run, cosine, conflicts, example, elections, score_run, score)
 
 
 def wire_lesson(panel: LessonPanel, state: gr.State, config: HostConfig) -> None:
@@ -173,8 +182,8 @@ def wire_lesson(panel: LessonPanel, state: gr.State, config: HostConfig) -> None
     def run(session: Session, density: float, progress: gr.Progress = gr.Progress()):
         return lesson(session, config, density, progress)
 
-    panel.run.click(run, [state, panel.density], [panel.cosine, panel.conflicts, panel.example, panel.score],
-                    api_name="lesson")
+    panel.run.click(run, [state, panel.density],
+                    [panel.cosine, panel.conflicts, panel.example, panel.elections, panel.score], api_name="lesson")
 
     @guarded(config, "score")
     def score(session: Session, progress: gr.Progress = gr.Progress()):
