@@ -4,6 +4,7 @@
 - `sweep_heatmap`: a (weight × density) sweep of one method with the best point marked.
 - `interference_heatmap`: one interference metric over layers × module types (blank rows and columns left out).
 - `conflict_by_layer_figure`: sign conflicts per layer beside the rate of unrelated random vectors.
+- `election_figure`: per layer, the share of TIES' sign elections each task wins.
 - `cosine_heatmap`: task × task cosine similarity of the task vectors (overall, or one layer/module group).
 - `kept_heatmap`: the share of each task vector TIES trimming keeps, per layer.
 - `loss_figure`, `coefficients_figure`: a learned merge's loss curve and its coefficients (tasks × tensors).
@@ -184,6 +185,24 @@ def conflict_by_layer_figure(report: Any, reference: float | None = None) -> go.
     fig.update_layout(title=f"Where the experts disagree: sign conflicts per layer{note}", height=380,
                       yaxis={"title": "entries with opposite signs", **_PERCENT_AXIS}, xaxis={"type": "category"},
                       margin={"t": 70, "b": 40}, font={"size": 14}, showlegend=False)
+    return fig
+
+
+def election_figure(report: Any) -> go.Figure:
+    """Per layer, the share of contested entries (kept by trimming in two vectors, opposite signs) each task's sign
+    wins in TIES' election: where a task loses, its expert's change is dropped from the merge, so a task that loses
+    most layers is the one whose accuracy the merge costs."""
+    data = _as_dict(report)
+    layers = [k for k, v in data["by_layer"].items() if v.get("contested")]
+    fig = go.Figure()
+    for task in data["tasks"]:
+        values = [data["by_layer"][k]["election_wins"][task] for k in layers]
+        fig.add_bar(name=task, x=[f"L{k}" if k != "none" else "outside" for k in layers], y=values,
+                    hovertemplate=f"layer %{{x}}: {task}'s sign wins %{{y:.0%}} of the contested entries<extra></extra>")
+    fig.update_layout(title="Who wins TIES' sign elections, per layer<br><sub>share of the contested entries each "
+                            "task's sign wins; the loser's change is dropped there</sub>", barmode="group",
+                      height=380, yaxis={"title": "elections won", **_PERCENT_AXIS}, xaxis={"type": "category"},
+                      legend={"orientation": "h", "y": -0.2}, margin={"t": 70, "b": 40}, font={"size": 14})
     return fig
 
 
