@@ -37,7 +37,9 @@ TARGETS_135M_MS = {"task_arithmetic": 1000.0, "ties": 3000.0}
 SECTIONS = {"zoo": "## Live re-merge", "135m": "## Live re-merge at 135M parameters (bf16)",
             "smollm2": "## Live re-merge on the SmolLM2 family"}
 SMOLLM2_EXPERTS = ["math", "japanese"]
-FLOOR_SECTION = "## Live re-merge against its floor (SmolLM2 family, CPU)"
+FLOOR_SECTIONS = {"zoo": "## Live re-merge against its floor (LM zoo, CPU)",
+                  "135m": "## Live re-merge against its floor (135M bf16, CPU)",
+                  "smollm2": "## Live re-merge against its floor (SmolLM2 family, CPU)"}
 
 
 def family_135m() -> tuple[Path, list[Path]]:
@@ -231,6 +233,12 @@ def floor_move(method: str, weights: list[float], density: float, base: dict, ex
             for x, w in zip(experts, weights):
                 out.add_(x[name], alpha=w)
             continue
+        if method == "task_arithmetic exact":  # the engine's rounding: base + sum of w_i (x_i - base), op by op
+            mixed = torch.sub(experts[0][name], b).mul_(weights[0])
+            for x, w in zip(experts[1:], weights[1:]):
+                mixed.add_(torch.sub(x[name], b).mul_(w))
+            torch.add(b, mixed, out=out)
+            continue
         generator = torch.Generator().manual_seed(seed)
         deltas = []
         for i, (x, w) in enumerate(zip(experts, weights)):
@@ -274,7 +282,7 @@ def bench_floor(n: int, family: str) -> dict[str, tuple[list[float], list[float]
     experts = [{n_: t.float() for n_, t in live.models[k].items()} for k in labels]
     targets = {n_: torch.empty_like(t) for n_, t in base.items()}
     merge_live(session, MergeSettings("task_arithmetic", [0.5] * len(labels)))
-    results = {}
+    results, exact = {}, []
     torch.set_num_threads(1)
     for method, params in methods.items():
         density = float(params.get("density", 1.0))
@@ -286,10 +294,18 @@ def bench_floor(n: int, family: str) -> dict[str, tuple[list[float], list[float]
             took = (time.perf_counter() - tick) * 1000
             tick = time.perf_counter()
             floor_move(method, weights, density, base, experts, targets, thresholds)
+            floor_took = (time.perf_counter() - tick) * 1000
+            if method == "task_arithmetic":
+                tick = time.perf_counter()
+                floor_move("task_arithmetic exact", weights, density, base, experts, targets, None)
+                exact.append((time.perf_counter() - tick) * 1000)
             if index:  # the first move of a method finds its thresholds (both paths): not a weight move
                 handler.append(took)
-                floor.append((time.perf_counter() - tick) * 1000)
+                floor.append(floor_took)
         results[method] = (handler, floor)
+        if exact:
+            results["task_arithmetic, floor with the engine's rounding"] = (handler, exact[1:])
+            exact = []
         print(f"{method}: handler {statistics.median(handler):.0f} ms, floor {statistics.median(floor):.0f} ms, "
               f"{statistics.median(handler) / statistics.median(floor):.2f}x", flush=True)
     return results
@@ -304,12 +320,13 @@ def floor_section(family: str, results: dict, load: tuple[float, float]) -> str:
         rows.append(f"| {method} | {len(handler)} | {statistics.median(handler):.0f} | "
                     f"{statistics.median(floor):.0f} | {ratio:.2f}x |")
     return "\n".join([
-        FLOOR_SECTION, "",
-        ("`bench/bench_live.py --family smollm2 --floor` moves a weight slider through the page's own handler "
+        FLOOR_SECTIONS[family], "",
+        (f"`bench/bench_live.py --family {family} --floor` moves a weight slider through the page's own handler "
         "(`ui.workspace.merge_live`: the recipe from the controls, `LiveMerger.merge_into` the session's chat model) "
         "and, move for move in the same process and one thread, through a fewest-pass torch loop over the same "
         "float32 tensors written in place (`floor_move` in the script: task arithmetic as (1 - sum w) base + sum w_i "
-        "x_i; ties with its thresholds found once per density as the app keeps them; dare_ties drawing its masks "
+        "x_i, 3 passes, and, as its own row, op by op with the engine's rounding, base + sum of w_i (x_i - base); "
+         "ties with its thresholds found once per density as the app keeps them; dare_ties drawing its masks "
         "every move). Density 0.5; the first move of each method (it finds thresholds) is not counted. "
         "Target (issue 19): every method within 1.5x of the floor."), "",
         (f"Machine: {machine()}; recorded {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average before / "
@@ -411,7 +428,7 @@ def main() -> None:
         section = floor_section(args.family, bench_floor(moves_n, args.family), (load_before, os.getloadavg()[0]))
         print(section)
         if args.record:
-            record(section, args.family, FLOOR_SECTION)
+            record(section, args.family, FLOOR_SECTIONS[args.family])
         return
     if args.family == "135m":
         family_135m()  # made once, before the clock
