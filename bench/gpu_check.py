@@ -439,12 +439,27 @@ def main() -> int:
                                                 batch))
     guarded(rows, "sweep", lambda: sweep(held["merger"], held["model"], tokenizer, device, args.points, sweep_count,
                                          sweep_tokens, batch))
+    states = {"base": held["merger"].base, **held["merger"].models}
+    held.clear()  # only the sources stay, for the folder merge
+    on_disk(rows, args, device, states)
+    total = time.perf_counter() - started
+    print(f"\nMachine: {device_name(device)}; shape {args.shape}; {total:.0f} s in all.\n")
+    print(table(rows))
+    print("\nRows for docs/benchmarks.md (" + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+          + f", {device_name(device)}, load average {os.getloadavg()[0]:.1f}, "
+          + f"`bench/gpu_check.py --device {device} --shape {args.shape} --points {args.points}`):\n")
+    print("\n".join(table(rows).splitlines()[2:]))
+    print(json.dumps({"failed": [r.step for r in rows if r.what == "FAILED"], "seconds": round(total, 1)}))
+    return 1 if any(r.what == "FAILED" for r in rows) else 0
+
+
+def on_disk(rows: list[Row], args: argparse.Namespace, device: str, states: dict) -> None:
+    """The steps with folders: the folder merge of the sources (`states` is emptied after it, freeing them), then
+    the bitsandbytes rows on a merged folder (a 1B-shaped one made for them where the main shape is larger)."""
     root = Path(args.workdir or tempfile.mkdtemp(prefix="mergelab-gpu-check-"))
     root.mkdir(parents=True, exist_ok=True)
     merged: list[Path | None] = [None]
     try:
-        states = {"base": held["merger"].base, **held["merger"].models}
-        held.clear()
         if not args.skip_folder:
             guarded(rows, "folder", lambda: _folder_rows(root, args.shape, device, states, merged))
         states.clear()
@@ -456,15 +471,6 @@ def main() -> int:
     finally:
         if args.workdir is None:
             shutil.rmtree(root, ignore_errors=True)
-    total = time.perf_counter() - started
-    print(f"\nMachine: {device_name(device)}; shape {args.shape}; {total:.0f} s in all.\n")
-    print(table(rows))
-    print("\nRows for docs/benchmarks.md (" + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-          + f", {device_name(device)}, load average {os.getloadavg()[0]:.1f}, "
-          + f"`bench/gpu_check.py --device {device} --shape {args.shape} --points {args.points}`):\n")
-    print("\n".join(table(rows).splitlines()[2:]))
-    print(json.dumps({"failed": [r.step for r in rows if r.what == "FAILED"], "seconds": round(total, 1)}))
-    return 1 if any(r.what == "FAILED" for r in rows) else 0
 
 
 def _folder_rows(root: Path, shape: str, device: str, states: dict, merged: list) -> list[Row]:
