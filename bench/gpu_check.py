@@ -67,7 +67,7 @@ WORKLOADS = {
 }
 METHODS = {"task_arithmetic": {}, "ties": {"density": 0.5}, "dare_ties": {"density": 0.5}}
 TARGETS_S = {"task_arithmetic": 0.5, "ties": 3.0, "score": 60.0}  # one H100, 7B-shaped (issue 19)
-EXPERTS = ("expert_a", "expert_b")
+EXPERTS = ("expert_a", "expert_b", "expert_c", "expert_d")  # --experts takes the first N (default 2)
 TASK_VECTOR_STD = 0.002  # small next to the weights' 0.02: experts close to their base, as fine-tunes are
 
 
@@ -115,7 +115,7 @@ def model_config(shape: str):
     return MistralConfig(**{**MISTRAL_7B, **SHAPES[shape]})
 
 
-def make_family(shape: str, device: str, seed: int = 0):
+def make_family(shape: str, device: str, seed: int = 0, experts: int = 2):
     """(chat model, base state, {expert: state}) on `device` in bf16: a randomly initialised Mistral (the chat
     model, which live merges are written into), the base as a copy of its weights, experts = base + N(0, 0.002)."""
     from transformers import MistralForCausalLM
@@ -130,18 +130,20 @@ def make_family(shape: str, device: str, seed: int = 0):
         torch.set_default_dtype(before)
     base = {n: t.detach().clone() for n, t in model.state_dict().items()}
     generator = torch.Generator(device=device).manual_seed(seed + 1)
-    experts = {}
-    for key in EXPERTS:
-        experts[key] = {n: (w.float() + TASK_VECTOR_STD * torch.randn(w.shape, generator=generator, device=device)
+    made = {}
+    for key in EXPERTS[:experts]:
+        made[key] = {n: (w.float() + TASK_VECTOR_STD * torch.randn(w.shape, generator=generator, device=device)
                             ).to(w.dtype) for n, w in base.items()}
-    return model, base, experts
+    return model, base, made
 
 
-def recipe_for(method: str, weights: tuple[float, float], experts: tuple[str, ...] = EXPERTS,
+def recipe_for(method: str, weights: tuple[float, ...], experts: tuple[str, ...] | None = None,
                base: str = "base") -> object:
+    """The recipe of one move: expert i at weights[i] (experts: the first len(weights) of EXPERTS unless given)."""
     from merging.recipe import Recipe
 
     params = METHODS[method]
+    experts = experts or EXPERTS[:len(weights)]
     models = [{"model": e, "parameters": {"weight": w, **params}} for e, w in zip(experts, weights)]
     return Recipe.from_dict({"merge_method": method, "base_model": base, "models": models,
                              "dtype": "float32", "out_dtype": "bfloat16"})  # as the page's recipes: float32 compute
@@ -153,10 +155,12 @@ def live_remerge(merger, model, device: str, repeats: int) -> list[Row]:
     """Each method: a first move (finds the magnitude thresholds), then `repeats` weight moves, median."""
     rows = []
     targets = model.state_dict()
+    others = (0.6,) * (len(merger.models) - 1)
     for method in METHODS:
         reset_peak(device)
-        first = timed(device, lambda m=method: merger.merge_into(targets, recipe_for(m, (0.5, 0.5))))
-        times = [timed(device, lambda m=method, i=i: merger.merge_into(targets, recipe_for(m, (0.3 + 0.1 * i, 0.6))))
+        first = timed(device, lambda m=method: merger.merge_into(targets, recipe_for(m, (0.5, *others))))
+        times = [timed(device, lambda m=method, i=i: merger.merge_into(targets, recipe_for(m, (0.3 + 0.1 * i,
+                                                                                               *others))))
                  for i in range(repeats)]
         target = TARGETS_S.get(method)
         rows.append(Row("live", f"{method} re-merge into the chat model (median of {repeats}; first {first:.2f} s)",
@@ -208,7 +212,7 @@ def sweep(merger, model, tokenizer, device: str, points: int, count: int, new_to
 
     def run() -> None:
         for w in weights:
-            merger.merge_into(targets, recipe_for("task_arithmetic", (w, w)))
+            merger.merge_into(targets, recipe_for("task_arithmetic", (w,) * len(merger.models)))
             generate_batch(model, tokenizer, prompts(count), new_tokens, batch_size=batch)
 
     seconds = timed(device, run)
@@ -296,20 +300,21 @@ def folder_merge(root: Path, shape: str, device: str, states: dict[str, dict[str
     disk cannot hold the sources and the output, one expert fewer (said in the row)."""
     size = sum(t.numel() * t.element_size() for t in states["base"].values())
     experts = [k for k in EXPERTS if k in states]
+    made = len(experts)
     while experts and shutil.disk_usage(root).free < size * (len(experts) + 2) * 1.1:
         experts.pop()
     if not experts:
         return [Row("folder", "python -m merging run", None, None,
                     f"skipped: {shutil.disk_usage(root).free / 2**30:.0f} GB free on disk, too little")], None
     folders = write_sources(root, shape, {k: states[k] for k in ["base", *experts]})
-    recipe = recipe_for("ties", (0.6, 0.4)[: len(experts)], tuple(str(folders[k]) for k in experts),
+    recipe = recipe_for("ties", (0.6, 0.4, 0.3, 0.2)[: len(experts)], tuple(str(folders[k]) for k in experts),
                         base=str(folders["base"]))
     recipe_path = root / "recipe.yaml"
     recipe_path.write_text(recipe.to_yaml(), encoding="utf-8")
     out = root / "merged"
     seconds, peak, _ = run_cli(recipe_path, out, device)
     floor = io_floor([folders[k] for k in ["base", *experts]], root / "floor.safetensors")
-    fewer = "" if len(experts) == len(EXPERTS) else f" (base + {len(experts)} expert: disk too small for more)"
+    fewer = "" if len(experts) == made else f" (base + {len(experts)} of {made} experts: disk too small for more)"
     return [Row("folder", f"python -m merging run --device {device}: ties to a folder{fewer}", seconds, peak,
                 f"{seconds / floor:.1f}x the I/O floor (the CLI's start included)"),
             Row("folder", "I/O floor: read the sources, write one model (safetensors alone)", floor, None,
@@ -393,6 +398,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--device", default="cuda", help="cuda (cuda:N) or cpu")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="7b")
     parser.add_argument("--points", type=int, default=5, help="sweep points")
+    parser.add_argument("--experts", type=int, choices=(1, 2, 3, 4), default=2,
+                        help="experts beside the base (3 on an 80 GB GPU: the plan streams what does not fit)")
     parser.add_argument("--prompts", type=int, help="prompts scored (cuda: 256)")
     parser.add_argument("--new-tokens", type=int, help="new tokens per prompt (cuda: 256)")
     parser.add_argument("--batch", type=int, help="prompts per batch (cuda: 64)")
@@ -420,9 +427,9 @@ def main() -> int:
     tokenizer = load_tokenizer(TOKENIZER)
     free = {"device": available_bytes(device), "host": available_bytes("cpu")}  # before the family takes its share
     reset_peak(device)
-    model, base, experts = make_family(args.shape, device)
+    model, base, experts = make_family(args.shape, device, experts=args.experts)
     params = sum(t.numel() for t in base.values())
-    rows.append(Row("make", f"Mistral-{args.shape}-shaped base + 2 experts on {device} ({params / 1e6:,.0f} M "
+    rows.append(Row("make", f"Mistral-{args.shape}-shaped base + {args.experts} experts on {device} ({params / 1e6:,.0f} M "
                     "parameters each, bf16)", time.perf_counter() - started, peak_gb(device)))
     plan = plan_for_states([base, *experts.values()], device=device, available=free["device"],
                            host_available=free["host"])
