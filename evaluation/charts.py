@@ -300,3 +300,27 @@ def comparison_markdown(scores: dict[str, Any], notes: dict[str, str] | None = N
                      f"{pct(result.mean('agreement'))} | {notes.get(name, '')} |")
     return "\n".join(lines) + ("\n\n(cells: accuracy on the true answers / agreement with the task's expert, over "
                                "the examples the expert answered; \"no answer\" never agrees)")
+
+
+def search_figure(result: Any) -> go.Figure:
+    """A merge search: each proposal's metric on the search split (dots), the best so far (line), and the best grid
+    point's value on the same split (dashed) for comparison."""
+    values = [t.search_value for t in result.trials]
+    running, best = [], None
+    for value in values:
+        best = value if best is None or (value is not None and value > best) else best
+        running.append(best)
+    numbers = list(range(1, len(values) + 1))
+    fig = go.Figure([
+        go.Scatter(x=numbers, y=values, mode="markers", name="proposal", marker={"size": 9}),
+        go.Scatter(x=numbers, y=running, mode="lines", name="best so far", line={"shape": "hv"}),
+    ])
+    grid_best = result.grid_best
+    if grid_best is not None and grid_best.search_value is not None:
+        fig.add_hline(y=grid_best.search_value, line_dash="dash",
+                      annotation_text=f"best of the {len(result.grid)}-point grid")
+    fig.update_layout(title=f"{result.sampler} search of {result.method}: {result.metric} on the search split",
+                      xaxis={"title": "proposal", "dtick": 1}, yaxis={"title": result.metric, "range": [0, 1.05],
+                                                                      "tickformat": ".0%"},
+                      height=380, margin={"t": 60, "b": 40})
+    return fig

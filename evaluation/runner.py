@@ -18,6 +18,7 @@ is made (the app and the in-process runner work without it).
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -43,6 +44,8 @@ POLL_SECONDS = 0.2  # how often a Ray sweep looks at should_stop while waiting f
 
 def ray_available() -> bool:
     """True where Ray can be imported (it is optional: a small Space sweeps in process)."""
+    if "ray" in sys.modules:
+        return sys.modules["ray"] is not None  # None: imports of it are blocked
     return find_spec("ray") is not None
 
 
@@ -240,6 +243,7 @@ def connect_ray(address: str, *, num_cpus: int | None = None) -> bool:
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}}
     if address == LOCAL:
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                 _node_ip_address="127.0.0.1",
                  object_store_memory=OBJECT_STORE_BYTES, runtime_env=env, log_to_driver=False,
                  logging_level="WARNING")
     else:

@@ -141,6 +141,8 @@ class SearchSpace:
         density = self.value(values, "density", "*")
         if density is not None:
             out["params"][self.density_name] = density
+        if get_method(self.method).param("normalize") is not None:
+            out["params"]["normalize"] = False  # as in sweeps: the weights are the searched scale
         return out
 
 
@@ -165,6 +167,8 @@ class Candidate:
     settings: dict[str, Any] | None
     params: dict[str, float] = field(default_factory=dict)
     search_value: float | None = None
+    summary: dict[str, float | None] | None = None  # the search split's mean metrics and per-task scores
+    scores: dict[str, dict[str, Any]] | None = None
     held_out_value: float | None = None
     held_out_scores: dict[str, Any] | None = None
     seconds: float = 0.0
@@ -173,7 +177,8 @@ class Candidate:
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "params": self.params, "recipe": self.recorded.to_dict(),
-                "settings": self.settings, "search_value": self.search_value, "held_out_value": self.held_out_value,
+                "settings": self.settings, "search_value": self.search_value, "search_scores": self.scores,
+                "held_out_value": self.held_out_value,
                 "held_out_scores": self.held_out_scores, "seconds": round(self.seconds, 3), "worker": self.worker,
                 "incident": self.incident}
 
@@ -288,6 +293,7 @@ def _score(runner: Any, candidates: Sequence[Candidate], split: str, seed: int, 
             candidate.held_out_scores = outcome.scores
         else:
             candidate.search_value = outcome.value(metric)
+            candidate.summary, candidate.scores = outcome.summary, outcome.scores
             candidate.seconds, candidate.worker = outcome.seconds, outcome.worker
     return outcomes
 

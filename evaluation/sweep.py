@@ -204,6 +204,21 @@ class SweepResult:
             rows.append(row)
         return rows
 
+    def task_table(self) -> list[dict[str, Any]]:
+        """The grid's table for a report: the swept settings, then one column per task holding the metric's measure
+        (accuracy for "accuracy" or "japanese_math.accuracy"), then the mean over tasks."""
+        measure = self.metric.rpartition(".")[2]
+        rows_axis, columns_axis = self.axes
+        rows = []
+        for p in self.points:
+            row = {"method": p.method, rows_axis or "weight": p.weight}
+            if columns_axis:
+                row[columns_axis] = p.density
+            row.update({task: p.scores[task][measure] for task in self.tasks})
+            row[f"mean {measure}"] = p.summary[measure]
+            rows.append(row)
+        return rows
+
     def grid(self, method: str | None = None, metric: str | None = None) -> tuple[list, list, list[list]]:
         """(weights, densities, z[weight][density]) of one method, for a heatmap; None where a point is missing."""
         method = method or self.methods[0]
@@ -240,6 +255,13 @@ class SweepResult:
             writer.writeheader()
             writer.writerows(rows)
         written = {"json": json_path, "csv": csv_path}
+        tasks_path = json_path.with_name(json_path.stem + ".tasks.csv")
+        task_rows = self.task_table()
+        with tasks_path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(task_rows[0]) if task_rows else ["method"])
+            writer.writeheader()
+            writer.writerows(task_rows)
+        written["tasks_csv"] = tasks_path
         if self.best is not None:
             yaml_path = json_path.with_name(json_path.stem + ".best.yaml")
             yaml_path.write_text(Recipe.from_dict(self.best.recipe).to_yaml(), encoding="utf-8")
@@ -354,16 +376,15 @@ def axis_choices(method: str, sources: Sequence[str]) -> list[str]:
 def default_axes(method: str, params: Mapping[str, Any], sources: Sequence[str] = ()
                  ) -> tuple[str | None, str | None]:
     """Rows and columns worth looking at first. With a density (or SCE's select_topk) it is the columns, against
-    the shared weight, or λ when normalize divides equal weights out; without one, two sources' weights against
-    each other; otherwise the method's own numeric parameter (slerp's t)."""
+    the shared weight for every method with a weight (a shared-weight point turns normalize off: see apply_axis),
+    else λ; without one, two sources' weights against each other; otherwise the method's own numeric parameter
+    (slerp's t). `params` is kept for callers; the choice no longer depends on it."""
     spec = get_method(method)
     fraction = next((n for n in DENSITY_PARAMS if spec.param(n)), None)
-    normalizing = next((spec.param(n) for n in ("normalize", "normalize_weights") if spec.param(n)), None)
-    normalize = params.get(normalizing.name, normalizing.default) if normalizing else False
     numeric = [p.name for p in spec.params if p.kind in ("float", "int") and p.name not in ("weight", "eps", "tol")]
     has_weight = spec.param("weight") is not None
     if fraction:
-        if has_weight and not (normalize is True and spec.param("lambda") is not None):
+        if has_weight:
             return WEIGHT_AXIS, fraction
         other = "lambda" if spec.param("lambda") is not None else None
         return (other, fraction) if other else (fraction, None)
@@ -391,6 +412,8 @@ def apply_axis(settings: Mapping[str, Any], axis: str, value: float, sources: Se
     out.setdefault("params", {})
     if axis == WEIGHT_AXIS:
         out["weights"] = [value] * len(sources)
+        if get_method(out["method"]).param("normalize") is not None:
+            out["params"]["normalize"] = False  # normalising divides equal weights out: the axis would do nothing
     elif axis.startswith(WEIGHT_AXIS + ":"):
         name = axis.split(":", 1)[1]
         if name not in sources:

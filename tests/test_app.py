@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 LM = models_panel.ModelsChoice("Zoo", "lm", ["math", "japanese"], "", "")
 CLASSIFIERS = models_panel.ModelsChoice("Zoo", "classifier", ["sentiment", "negation"], "", "")
-EXPECTED_API = {"preflight", "merge", "merge_to_folder", "chat", "evaluate", "sweep", "interference", "learn",
+EXPECTED_API = {"preflight", "merge", "merge_to_folder", "chat", "evaluate", "sweep", "search", "interference", "learn",
                 "learn_compare", "classify", "export", "export_yaml", "push"}
 
 

@@ -125,7 +125,7 @@ def test_sweep_and_interference(client):
     best, _chart, files, _points = client.predict("ties", "0.5,1.0", "0.5,1.0", "accuracy", 5, None, "weight",
                                                   "density", api_name="/sweep")
     assert "**Best**: ties at weight (every source)" in best and "4 points" in best
-    assert sorted(Path(f).suffix for f in files) == [".csv", ".json", ".yaml"]
+    assert sorted(Path(f).suffix for f in files) == [".csv", ".csv", ".json", ".yaml"]  # table, per-task table
     # The best point, kept, is the current merge: the exported recipe is the one that was scored.
     note, status, *_controls = client.predict(None, api_name="/use_sweep_point")
     assert "now use it" in note and "Merged with **ties**" in status

@@ -150,6 +150,9 @@ def test_sweep_grid_progress_results_files_and_reuse(family, tmp_path, monkeypat
     rows = list(csv.DictReader(written["csv"].open(encoding="utf-8")))
     assert len(rows) == 6 and "a.accuracy" in rows[0]
     assert load_recipe(written["yaml"]).to_dict() == best.recipe  # the hand-in recipe
+    by_task = list(csv.DictReader(written["tasks_csv"].open(encoding="utf-8")))  # one column per task
+    assert list(by_task[0]) == ["method", "weight", "density", "a", "b", "mean agreement"]
+    assert [float(r["b"]) for r in by_task] == [p.scores["b"]["agreement"] for p in result.points]
 
 
 def test_sweep_can_stop_early(family):

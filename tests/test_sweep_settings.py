@@ -20,7 +20,9 @@ def test_axis_choices_are_the_methods_own_numeric_settings():
 
 
 @pytest.mark.parametrize(("method", "params", "axes"), [
-    ("ties", {"normalize": True}, ("lambda", "density")),  # equal weights divide out: λ instead
+    ("ties", {"normalize": True}, ("weight", "density")),  # weight x density for every method with a density
+    ("dare_ties", {}, ("weight", "density")),
+    ("della", {}, ("weight", "density")),
     ("ties", {"normalize": False}, ("weight", "density")),
     ("task_arithmetic", {}, ("weight:math", "weight:japanese")),  # no density: one source against the other
     ("slerp", {}, ("t", None)),
@@ -37,7 +39,9 @@ def test_grid_points_change_only_their_axes():
     assert first == {"method": "ties", "weights": [0.5, 0.2], "params": {"density": 0.3, "normalize": True},
                      "seed": 3}
     assert BASE["weights"] == [0.5, 0.5] and BASE["params"]["density"] == 0.5  # the base is left alone
-    assert apply_axis(BASE, "weight", 0.7, SOURCES)["weights"] == [0.7, 0.7]
+    shared = apply_axis(BASE, "weight", 0.7, SOURCES)
+    assert shared["weights"] == [0.7, 0.7]
+    assert shared["params"]["normalize"] is False  # else equal weights divide out and the axis changes nothing
 
 
 def test_bad_axes_say_what_to_choose():

@@ -22,10 +22,12 @@ from inference import LoadedModel
 from merging.errors import MergeLabError, TaskSetError
 from merging.methods import get_method
 from merging.recipe import Recipe
+from ui import sweep_search
 from ui.feedback import guarded, in_place_error
 from ui.hosting import HostConfig
 from ui.merge_panel import KEPT_FRACTION, merge_if_none, methods, settings_summary, start_value
 from ui.resources import on_gpu, session_tokenizer, shared_model
+from ui.sweep_search import RUNNER_CHOICES, page_runner, runner_note
 from ui.session import Session
 from ui.workspace import (
     HIDDEN_PARAMS,
@@ -57,19 +59,26 @@ def evaluator_for(session: Session, tasks: Any, key: tuple) -> Any:
     """One Evaluator per (task set, sources) and session: the experts' answers are computed once and reused."""
     cache = session.evaluators
     if key not in cache:
-        experts = {}
-        for source in session.sources:
-            shared = shared_model(source.path)
-            experts[source.label] = LoadedModel(shared.model, session_tokenizer(session, source.path), shared.kind,
-                                                source.path)
-        template = None
-        if session.kind == "lm":
-            base = shared_model(session.base.path)
-            template = LoadedModel(base.model, session_tokenizer(session, session.base.path), base.kind,
-                                   session.base.path)
+        experts, template = session_experts(session)
         cache.clear()  # keep one: the experts' predictions for the current choice only
         cache[key] = Evaluator(tasks, experts, template=template)
     return cache[key]
+
+
+def session_experts(session: Session) -> tuple[dict[str, LoadedModel], LoadedModel | None]:
+    """The sources as experts by label (the shared models, this session's tokenizers), and the base as the model
+    merged weights are loaded into (language models)."""
+    experts = {}
+    for source in session.sources:
+        shared = shared_model(source.path)
+        experts[source.label] = LoadedModel(shared.model, session_tokenizer(session, source.path), shared.kind,
+                                            source.path)
+    template = None
+    if session.kind == "lm":
+        base = shared_model(session.base.path)
+        template = LoadedModel(base.model, session_tokenizer(session, session.base.path), base.kind,
+                               session.base.path)
+    return experts, template
 
 
 def score_merged(session: Session, evaluator: Any) -> Any:
@@ -100,7 +109,7 @@ def evaluate(session: Session, config: HostConfig, uploaded: str | None = None,
                                                          "dtype": record.dtype}, **result.to_dict()}
 
 
-SWEEP_METRICS = ("accuracy", "agreement", "normalized_accuracy")
+SWEEP_METRICS = ("accuracy", "agreement", "normalized_accuracy")  # means over tasks; "<task>.accuracy" one task
 MAX_SWEEP_POINTS = 64  # a bigger grid belongs on the command line (python -m evaluation sweep)
 NO_AXIS = "(none)"
 
@@ -155,17 +164,13 @@ def sweep_axes(session: Session | None, method: str) -> tuple[list[str], str | N
 def sweep(session: Session, config: HostConfig, method: str = "ties", rows_grid: str = "0.2:1.0:0.2",
           columns_grid: str = "0.2:1.0:0.2", metric: str = "accuracy", per_task: int | None = DEFAULT_PER_TASK,
           uploaded: str | None = None, progress: Any = None, rows: str | None = None,
-          columns: str | None = None) -> Any:
+          columns: str | None = None, runner: str | None = None, partial: Any = None) -> Any:
     """/sweep: merge and score every grid point in memory; returns the SweepResult. Each point is the Merge panel's
     settings (see sweep_base_settings) with the `rows` and `columns` settings set (default: the method's
-    default_axes); every point's recipe is built by the same function as Merge's."""
-    require_models(session)
-    if session.live is None:
-        reason = session.live_plan.reason if session.live_plan is not None else "the models are not read yet"
-        raise MergeLabError(f"A sweep merges in memory, and live merging is off ({reason}): run it with "
-                            "`python -m evaluation sweep` on a machine with more memory.")
-    if metric not in SWEEP_METRICS:
-        raise MergeLabError(f"Metric must be one of {', '.join(SWEEP_METRICS)}.")
+    default_axes); every point's recipe is built by the same function as Merge's. `runner`: one of
+    sweep_search.RUNNER_CHOICES (default this process); `partial(result)` sees each point as it finishes."""
+    require_live(session, "A sweep")
+    check_metric(metric)
     _, default_rows, default_columns = sweep_axes(session, method)
     rows = default_rows if rows is None else rows
     columns = default_columns if columns is None else (None if columns in (NO_AXIS, "") else columns)
@@ -185,11 +190,60 @@ def sweep(session: Session, config: HostConfig, method: str = "ties", rows_grid:
         # Merged by label (the LiveMerger's keys); recorded as Export writes it (folders / Hub ids).
         return build_recipe(session, parsed, by="label"), build_recipe(session, parsed, by="path")
 
+    run_on = page_runner(session, config, runner, {"all": tasks}, lambda: {"all": evaluator})
     session.cancel.clear()
     step = (lambda fraction, text: progress(fraction, desc=text)) if progress else None
     result = run_settings_sweep(points, build, session.live, evaluator, axes=(rows, columns), metric=metric,
-                                progress=step, should_stop=session.cancel.is_set)
+                                progress=step, should_stop=session.cancel.is_set, runner=run_on, partial=partial)
     session.sweep = result
+    return result
+
+
+def require_live(session: Session, what: str) -> None:
+    """Sweeps and searches merge in memory: refuse (saying why) when live merging is off."""
+    require_models(session)
+    if session.live is None:
+        reason = session.live_plan.reason if session.live_plan is not None else "the models are not read yet"
+        raise MergeLabError(f"{what} merges in memory, and live merging is off ({reason}): run it with "
+                            "`python -m evaluation sweep` (or search) on a machine with more memory.")
+
+
+def check_metric(metric: str) -> None:
+    """A mean over tasks (SWEEP_METRICS) or one task's, "<task>.<metric>" (the task is checked against the set)."""
+    if metric not in SWEEP_METRICS and metric.rpartition(".")[2] not in SWEEP_METRICS:
+        raise MergeLabError(f"Metric must be one of {', '.join(SWEEP_METRICS)} (means over tasks), or one task's, "
+                            "e.g. japanese_math.accuracy.")
+
+
+def metric_choices(session: Session | None) -> list[str]:
+    """The sweep's metrics: the means, then each task's accuracy and agreement (tasks of the current models)."""
+    try:
+        names = task_set_for(session, None, None).task_names if session is not None and session.sources else []
+    except MergeLabError:
+        names = []
+    return [*SWEEP_METRICS, *(f"{task}.{m}" for task in names for m in ("accuracy", "agreement"))]
+
+
+def search(session: Session, config: HostConfig, method: str = "ties", metric: str = "accuracy",
+           per_task: int | None = DEFAULT_PER_TASK, uploaded: str | None = None, sampler: str = "tpe",
+           budget: int = sweep_search.DEFAULT_BUDGET, compare: bool = True, runner: str | None = None,
+           progress: Any = None) -> Any:
+    """/search: Optuna over the sources' weights and the method's density (from sweep_base_settings), scored on
+    half of every task's examples and judged on the other half beside the 5 × 5 grid's best; returns the
+    SearchResult. Its proposals become the session's last sweep (Use this point keeps one)."""
+    require_live(session, "A search")
+    check_metric(metric)
+    tasks = task_set_for(session, uploaded, int(per_task) if per_task else None)
+
+    def evaluators(splits: dict[str, Any]) -> dict[str, Any]:
+        experts, template = session_experts(session)
+        return {name: Evaluator(split, experts, template=template) for name, split in splits.items()}
+
+    step = (lambda fraction, text: progress(fraction, desc=text)) if progress else None
+    result, proposals = sweep_search.search(session, config, sweep_base_settings(session, method), tasks, evaluators,
+                                            budget=budget, sampler=sampler, metric=metric, compare=compare,
+                                            runner_choice=runner, progress=step)
+    session.sweep = proposals
     return result
 
 
@@ -299,12 +353,19 @@ class EvaluatePanel:
     sweep_point: gr.Dropdown
     sweep_use: gr.Button
     sweep_files: gr.File
+    sweep_runner: gr.Radio | None = None
+    search: sweep_search.SearchControls | None = None
 
     @property
     def sweep_inputs(self) -> list[gr.components.Component]:
         # The API's first six inputs are the old ones (method, rows grid, columns grid, metric, per task, file).
         return [self.sweep_method, self.sweep_weights, self.sweep_densities, self.sweep_metric, self.per_task,
-                self.task_file, self.sweep_rows, self.sweep_columns]
+                self.task_file, self.sweep_rows, self.sweep_columns, self.sweep_runner]
+
+    @property
+    def search_inputs(self) -> list[gr.components.Component]:
+        return [self.sweep_method, self.sweep_metric, self.per_task, self.task_file, self.search.sampler,
+                self.search.budget, self.search.compare, self.sweep_runner]
 
 
 def build(config: HostConfig) -> EvaluatePanel:
@@ -327,7 +388,11 @@ def build(config: HostConfig) -> EvaluatePanel:
     choices, rows, columns = sweep_axes(None, method)
     with gr.Row():
         sweep_method = gr.Dropdown(sweep_methods(), value=method, label="Method", elem_id="sweep-method")
-        sweep_metric = gr.Dropdown(list(SWEEP_METRICS), value="accuracy", label="Metric", elem_id="sweep-metric")
+        sweep_metric = gr.Dropdown(list(SWEEP_METRICS), value="accuracy", label="Metric (a mean, or one task's)",
+                                   elem_id="sweep-metric", allow_custom_value=True)
+        sweep_runner = gr.Radio(list(RUNNER_CHOICES), value=RUNNER_CHOICES[0], label="Run on",
+                                interactive=runner_note() == "" and not config.hosted, info=runner_note() or None,
+                                elem_id="sweep-runner")
     with gr.Row():
         sweep_rows = gr.Dropdown(choices, value=rows, label="Rows: vary", elem_id="sweep-rows")
         sweep_weights = gr.Textbox(default_grid(method, rows), label="Row values", elem_id="sweep-weights")
@@ -344,9 +409,10 @@ def build(config: HostConfig) -> EvaluatePanel:
         sweep_use = gr.Button("Use this point", elem_id="sweep-use", scale=1)
     sweep_files = gr.File(label="Sweep results (JSON, CSV, best recipe)", file_count="multiple", interactive=False,
                           elem_id="sweep-files")
+    search = sweep_search.build_search()
     return EvaluatePanel(task_file, per_task, run, status, chart, table, downloads, sweep_method, sweep_rows,
                          sweep_weights, sweep_columns, sweep_densities, sweep_metric, sweep_run, sweep_cancel,
-                         sweep_best, sweep_chart, sweep_point, sweep_use, sweep_files)
+                         sweep_best, sweep_chart, sweep_point, sweep_use, sweep_files, sweep_runner, search)
 
 
 def evaluated_text(session: Session) -> str:
@@ -397,12 +463,22 @@ def _wire_sweep(panel: EvaluatePanel, state: gr.State, config: HostConfig) -> No
     @guarded(config, "sweep", in_place=True)
     def run_sweep(session: Session, method: str, rows_grid: str, columns_grid: str, metric: str, per_task: float,
                   task_file: str | None, rows: str | None = None, columns: str | None = None,
-                  progress: gr.Progress = gr.Progress()):
-        result = sweep(session, config, method, rows_grid, columns_grid, metric, int(per_task), task_file, progress,
-                       rows or None, columns or None)
+                  runner: str | None = None, progress: gr.Progress = gr.Progress()):
+        def run(partial: Any) -> Any:
+            return sweep(session, config, method, rows_grid, columns_grid, metric, int(per_task),
+                         task_file, progress, rows or None, columns or None, runner, partial)
+
+        for kind, result in sweep_search.streamed(run):  # the heatmap fills in as points finish
+            if kind == "partial":
+                total = len(result.weights) * max(1, len([d for d in result.densities if d is not None]))
+                workers = sweep_search.RAY_WORKERS if result.where.startswith("Ray") else 1
+                yield (sweep_search.progress_text(result, total, workers), sweep_heatmap(result), gr.update(),
+                       gr.update())
         figure, best, files = sweep_outputs(result)
+        if result.failed:
+            best += "\n\n" + "\n".join(f"Not scored: {f['label']}: {f['incident']}" for f in result.failed)
         choices = point_choices(result)
-        return best, figure, files, gr.update(choices=choices, value=choices[0][1] if choices else None)
+        yield best, figure, files, gr.update(choices=choices, value=choices[0][1] if choices else None)
 
     run_sweep = on_gpu(run_sweep)
     panel.sweep_run.click(
@@ -410,11 +486,34 @@ def _wire_sweep(panel: EvaluatePanel, state: gr.State, config: HostConfig) -> No
         [panel.sweep_best, panel.sweep_chart, panel.sweep_files, panel.sweep_point], api_name="sweep").failure(
         in_place_error("sweep"), state, panel.sweep_best, api_visibility="private", show_progress="hidden")
     _wire_sweep_axes(panel, state)
+    _wire_search(panel, state, config)
+    panel.sweep_metric.focus(lambda session: gr.update(choices=metric_choices(session)), state, panel.sweep_metric,
+                             api_visibility="private", show_progress="hidden")
 
     def stop(session: Session) -> None:
         session.cancel.set()
 
     panel.sweep_cancel.click(stop, state, None, api_visibility="private")
+
+
+def _wire_search(panel: EvaluatePanel, state: gr.State, config: HostConfig) -> None:
+    """Search: run it (errors in its summary); Stop is the sweep's; its proposals fill the Point list."""
+
+    @guarded(config, "search", in_place=True)
+    def run_search(session: Session, method: str, metric: str, per_task: float, task_file: str | None, sampler: str,
+                   budget: float, compare: bool, runner: str | None = None, progress: gr.Progress = gr.Progress()):
+        result = search(session, config, method, metric, int(per_task), task_file, sampler, int(budget),
+                        bool(compare), runner, progress)
+        written = result.write(Path(tempfile.mkdtemp(prefix="mergelab-search-")) / "search.json")
+        choices = point_choices(session.sweep)
+        return (sweep_search.search_markdown(result), sweep_search.search_figure(result),
+                [str(p) for p in written.values()], gr.update(choices=choices, value=choices[0][1] if choices else None))
+
+    run_search = on_gpu(run_search)
+    controls = panel.search
+    controls.run.click(run_search, [state, *panel.search_inputs],
+                       [controls.summary, controls.chart, controls.files, panel.sweep_point], api_name="search").failure(
+        in_place_error("search"), state, controls.summary, api_visibility="private", show_progress="hidden")
 
 
 def _wire_sweep_axes(panel: EvaluatePanel, state: gr.State) -> None:

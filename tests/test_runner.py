@@ -1,0 +1,179 @@
+"""evaluation.runner and evaluation.search on a real local Ray cluster (127.0.0.1, 2 CPU workers) and in process, on
+the shipped tiny LM zoo: the same grid gives the same numbers either way, a killed worker's point is retried and
+reported, cancel stops the workers, and a small search reports held-out scores beside the grid's best."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from evaluation.errors import SweepError
+from evaluation.runner import (
+    RAY_MISSING,
+    InProcessRunner,
+    RayRunner,
+    build_scorer,
+    connect_ray,
+    ray_available,
+    recipe_spec,
+)
+from evaluation.search import SearchSpace, recipe_build, recipe_grid, run_search, split_tasks
+from evaluation.sweep import run_sweep
+from evaluation.tasks import load_tasks
+from merging.recipe import Recipe, load_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+ZOO = ROOT / "assets" / "zoo" / "lm"
+GRID = {"weights": [0.5, 1.0], "densities": [0.3, 1.0]}
+pytestmark = pytest.mark.timeout(900)  # a loaded 2-core machine starts Ray workers slowly
+
+
+def _template() -> Recipe:
+    return Recipe.from_dict({"merge_method": "ties", "base_model": str(ZOO / "base"),
+                             "models": [{"model": str(ZOO / "math")}, {"model": str(ZOO / "japanese")}]})
+
+
+def _spec():
+    tasks = load_tasks(ROOT / "assets" / "tasks" / "zoo_lm.jsonl").limited(4)
+    return recipe_spec(_template(), {"all": tasks, **split_tasks(tasks, 0.5, seed=0)}, threads=1)
+
+
+@pytest.fixture(scope="module")
+def ray_runner():
+    """One local cluster and one 2-worker runner for the module (starting workers is the slow part)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=128 * 2**20,
+             _node_ip_address="127.0.0.1", log_to_driver=False, logging_level="WARNING",
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    runner = RayRunner(_spec(), workers=2, address=None)
+    yield runner
+    runner.close()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def in_process():
+    """The same spec scored in this process, one torch thread as each Ray worker has."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield InProcessRunner(build_scorer(replace(_spec(), threads=1)))
+    torch.set_num_threads(before)
+
+
+def _sweep(runner, **kwargs):
+    return run_sweep(_template(), None, None, runner=runner, metric="japanese_math.accuracy", seed=3, **GRID,
+                     **kwargs)
+
+
+def _numbers(result):
+    return [(p.weight, p.density, p.scores, p.answers) for p in result.points]
+
+
+def test_the_same_grid_gives_the_same_numbers_in_process_and_on_ray(ray_runner, in_process):
+    seen = []
+    on_ray = _sweep(ray_runner, partial=lambda result: seen.append(len(result.points)))
+    here = _sweep(in_process)
+    assert len(on_ray.points) == 4 and _numbers(on_ray) == _numbers(here)
+    assert seen == [1, 2, 3, 4]  # the page's heatmap fills in point by point
+    assert {p.worker for p in on_ray.points} <= {"worker 1", "worker 2"} and on_ray.where == "Ray, 2 workers"
+    assert all(p.attempts == 1 and p.incident is None for p in on_ray.points)
+
+
+def test_a_killed_worker_has_its_point_retried_once_and_reported(ray_runner, in_process):
+    victim = ray_runner.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    _wait_gone(victim)
+    result = _sweep(ray_runner)
+    assert len(result.points) == 4 and not result.failed  # nothing dropped
+    retried = [p for p in result.points if p.attempts == 2]
+    assert len(retried) == 1 and "died" in retried[0].incident and "retried" in retried[0].incident
+    assert _numbers(result) == _numbers(_sweep(in_process))  # the retry scored what the dead worker would have
+    assert victim not in ray_runner.worker_pids()
+
+
+def test_cancel_stops_the_workers(ray_runner):
+    pids = ray_runner.worker_pids()
+    done: list[int] = []
+    result = _sweep(ray_runner, partial=lambda r: done.append(len(r.points)), should_stop=lambda: bool(done))
+    assert 1 <= len(result.points) < 4  # stopped after the first point
+    for pid in pids:
+        _wait_gone(pid)  # cancel ended both workers
+    assert len(_sweep(ray_runner).points) == 4  # the next sweep starts fresh ones
+
+
+def test_a_small_search_on_ray_reports_held_out_scores_beside_the_grid(ray_runner, tmp_path):
+    template = _template()
+    models = tuple(m.model for m in template.models)
+    space = SearchSpace("ties", models, layer_ranges=2)
+    grid = recipe_grid(template, "ties", [0.5, 1.0], [0.5])
+    result = run_search(ray_runner, space, recipe_build(template, space), budget=4, sampler="tpe", seed=1,
+                        metric="accuracy", grid=grid)
+    assert len(result.trials) == 4 and result.where == "Ray, 2 workers"
+    best, grid_best = result.best, result.grid_best
+    assert best.search_value == max(t.search_value for t in result.trials)
+    assert best.held_out_value is not None and grid_best.held_out_value is not None
+    assert grid_best.search_value == max(c.search_value for c in grid)
+    weight = best.recorded.to_dict()["models"][0]["parameters"]["weight"]
+    assert isinstance(weight, list) and len(weight) == 2  # a gradient over two layer ranges
+    written = result.write(tmp_path / "search.json")
+    assert written["yaml"].name.endswith("mergekit_config.yml")
+    assert load_recipe(written["yaml"]).to_dict() == best.recorded.to_dict()
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "cmaes"])
+def test_the_same_seed_proposes_the_same_recipes(in_process, sampler):
+    template = _template()
+    space = SearchSpace("ties", tuple(m.model for m in template.models))
+
+    def search(seed):
+        return run_search(in_process, space, recipe_build(template, space), budget=3, sampler=sampler, seed=seed)
+
+    first, again, other = search(5), search(5), search(6)
+    assert [t.params for t in first.trials] == [t.params for t in again.trials]
+    assert [t.search_value for t in first.trials] == [t.search_value for t in again.trials]
+    assert [t.params for t in first.trials] != [t.params for t in other.trials]
+    assert first.best.held_out_value is not None and first.grid_best is None
+
+
+def test_splits_hold_out_a_share_of_every_task():
+    tasks = load_tasks(ROOT / "assets" / "tasks" / "zoo_lm.jsonl").limited(5)
+    splits = split_tasks(tasks, 0.4, seed=0)
+    for name in tasks.tasks:
+        search, held = splits["search"].tasks[name].inputs, splits["held_out"].tasks[name].inputs
+        assert len(held) == 2 and len(search) == 3 and not set(search) & set(held)
+    with pytest.raises(SweepError, match="at least 2 per task"):
+        split_tasks(tasks.limited(1))
+
+
+def test_without_ray_sweeps_run_in_process_and_say_so(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as where ray is not installed
+    assert not ray_available()
+    with pytest.raises(SweepError, match="Ray is not installed"):
+        connect_ray("auto")
+    code = ("import sys; sys.modules['ray'] = None; import ui.sweep_search as p, ui.evaluate_panel, evaluation.cli; "
+            "print(p.RUNNER_CHOICES[0], p.runner_note())")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert RAY_MISSING in done.stdout
+
+
+def _wait_gone(pid: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"process {pid} is still running")
