@@ -277,9 +277,15 @@ def run_heldout(bench: FamilyBench, args, results: dict) -> None:
         runs = [bench.learned(method, inputs, steps=args.steps, **kwargs) for inputs in draws]
         learned[label] = out[label] = runs
         summary_row(bench, label, runs, learned_notes(runs))
+    # Diagnostic: task arithmetic at each learned merge's own per-task mean λ (three scalars per draw): how much
+    # of the learned merge is rebalancing the tasks, and how much its per-tensor structure.
+    means = {label: [bench.task_arithmetic(r["lambda_mean"]) for r in runs] for label, runs in learned.items()}
+    for label, rows in means.items():
+        out[f"task arithmetic at the mean λ of {label}"] = rows
+        summary_row(bench, f"task arithmetic at {label}'s per-task mean λ", rows)
     print("\n" + PAIRED_HEADER, flush=True)
     for label, runs in learned.items():
-        for name, theirs in out["baselines"].items():
+        for name, theirs in [*out["baselines"].items(), ("its per-task mean λ", means[label])]:
             paired_row(label, name, runs, theirs)
 
 
