@@ -38,6 +38,9 @@ def test_one_task_s_metric_weight_by_density_filling_in_and_a_csv_per_task(sessi
     assert all(p.settings["params"]["normalize"] is False for p in result.points)  # the weight axis matters
     text = sweep_search.progress_text(result, 4, 1)
     assert "4 of 4 points" in text and "s a point" in text
+    assert "the first one is measured" in sweep_search.starting_text(None, 4, 1)
+    assert "at the last sweep's" in sweep_search.starting_text(result, 25, 2)  # before the next one starts
+    assert evaluate_panel.grid_points("0.2:1.0:0.2", "0.2:1.0:0.2") == 25
     partial = sweep_heatmap(result)
     assert partial.data[0].z is not None
     written = result.write(tmp_path / "sweep.json")

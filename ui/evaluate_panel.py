@@ -16,7 +16,15 @@ from evaluation.agreement import Evaluator
 from evaluation.charts import _axis_title, sweep_heatmap
 from evaluation.charts import agreement_figure as chart
 from evaluation.results import write_results
-from evaluation.sweep import axis_choices, axis_range, default_axes, parse_grids, run_settings_sweep, settings_grid
+from evaluation.sweep import (
+    axis_choices,
+    axis_range,
+    default_axes,
+    grid_size,
+    parse_grids,
+    run_settings_sweep,
+    settings_grid,
+)
 from evaluation.tasks import tasks_for_experts
 from inference import LoadedModel
 from merging.errors import MergeLabError, TaskSetError
@@ -197,6 +205,14 @@ def sweep(session: Session, config: HostConfig, method: str = "ties", rows_grid:
                                 progress=step, should_stop=session.cancel.is_set, runner=run_on, partial=partial)
     session.sweep = result
     return result
+
+
+def grid_points(rows_grid: str, columns_grid: str | None) -> int:
+    """How many points a sweep's grids hold (0 where one does not parse: the sweep then says what is wrong)."""
+    try:
+        return int(grid_size(rows_grid) * (grid_size(columns_grid) if columns_grid else 1))
+    except MergeLabError:
+        return 0
 
 
 def require_live(session: Session, what: str) -> None:
@@ -468,10 +484,11 @@ def _wire_sweep(panel: EvaluatePanel, state: gr.State, config: HostConfig) -> No
             return sweep(session, config, method, rows_grid, columns_grid, metric, int(per_task),
                          task_file, progress, rows or None, columns or None, runner, partial)
 
+        total = grid_points(rows_grid, columns_grid if columns not in (NO_AXIS, "") else None)
+        workers = sweep_search.RAY_WORKERS if runner == RUNNER_CHOICES[1] else 1
+        yield sweep_search.starting_text(session.sweep, total, workers), gr.update(), gr.update(), gr.update()
         for kind, result in sweep_search.streamed(run):  # the heatmap fills in as points finish
             if kind == "partial":
-                total = len(result.weights) * max(1, len([d for d in result.densities if d is not None]))
-                workers = sweep_search.RAY_WORKERS if result.where.startswith("Ray") else 1
                 yield (sweep_search.progress_text(result, total, workers), sweep_heatmap(result), gr.update(),
                        gr.update())
         figure, best, files = sweep_outputs(result)

@@ -81,6 +81,16 @@ def streamed(run: Callable[[Callable[[Any], None]], Any]) -> Iterator[tuple[str,
             return
 
 
+def starting_text(previous: SweepResult | None, total: int, workers: int) -> str:
+    """Before a sweep's first point: an estimate from the session's last sweep's measured points, where it has
+    one (the first point of this sweep is measured and the estimate renewed as soon as it is done)."""
+    if previous is None or not previous.points:
+        return f"Starting {total} points: the first one is measured, then the time left is shown here."
+    per_point = sum(p.seconds for p in previous.points) / len(previous.points)
+    return (f"Starting {total} points: about {-(-total // max(1, workers)) * per_point:.0f} s at the last sweep's "
+            f"{per_point:.1f} s a point (renewed once this sweep's first point is measured).")
+
+
 def progress_text(result: SweepResult, total: int, workers: int) -> str:
     """"3 of 25 points (Ray, 2 workers); measured 4.1 s a point: about 90 s left" while a sweep runs."""
     done = len(result.points)
