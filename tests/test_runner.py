@@ -155,13 +155,15 @@ def test_splits_hold_out_a_share_of_every_task():
         split_tasks(tasks.limited(1))
 
 
-def test_without_ray_sweeps_run_in_process_and_say_so(monkeypatch):
+def test_without_ray_sweeps_run_in_process_and_say_so(monkeypatch, in_process, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # as where ray is not installed
     assert not ray_available()
     with pytest.raises(SweepError, match="Ray is not installed"):
         connect_ray("auto")
-    code = ("import sys; sys.modules['ray'] = None; import ui.sweep_search as p, ui.evaluate_panel, evaluation.cli; "
-            "print(p.RUNNER_CHOICES[0], p.runner_note())")
+    assert len(run_sweep(_template(), None, None, runner=in_process, weights=[1.0], densities=[0.5]).points) == 1
+    code = ("import sys; sys.modules['ray'] = None; import app, ui.sweep_search as p; from ui.hosting import "
+            f"HostConfig; app.create_app(HostConfig(models_dir=__import__('pathlib').Path({str(tmp_path)!r}))); "
+            "print(p.RUNNER_CHOICES[0], p.runner_note())")  # the page builds, and says it sweeps in process
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           check=False)
     assert done.returncode == 0, done.stderr
