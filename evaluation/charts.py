@@ -18,6 +18,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from evaluation.stats import wilson_interval
+
 _PERCENT_AXIS = {"range": [0, 1.1], "tickformat": ".0%"}  # room above 100 % for the bar labels
 
 
@@ -298,8 +300,12 @@ def comparison_markdown(scores: dict[str, Any], notes: dict[str, str] | None = N
         cells = [f"{pct(result.scores[t].accuracy)} / {pct(result.scores[t].agreement)}" for t in tasks]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {pct(result.mean('accuracy'))} | "
                      f"{pct(result.mean('agreement'))} | {notes.get(name, '')} |")
+    fewest = min(sc.examples for result in scores.values() for sc in result.scores.values())
+    low, high = wilson_interval(fewest // 2, fewest) if fewest else (0.0, 1.0)
     return "\n".join(lines) + ("\n\n(cells: accuracy on the true answers / agreement with the task's expert, over "
-                               "the examples the expert answered; \"no answer\" never agrees)")
+                               "the examples the expert answered; \"no answer\" never agrees. One run on "
+                               f"{fewest} examples per task: a share near 50 % is uncertain by ±{(high - low) / 2:.0%} "
+                               "(95 % Wilson interval); differences smaller than that are not established)")
 
 
 def search_figure(result: Any) -> go.Figure:

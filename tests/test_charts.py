@@ -128,3 +128,15 @@ def test_unchanged_modules_are_left_out_and_named_and_layers_meet_the_random_lin
     bars = conflict_by_layer_figure(report, reference=random_conflict_rate(2))
     assert list(bars.data[0].x) == ["L0", "L1"] and list(bars.data[0].y) == [0.5, 0.5]
     assert bars.layout.shapes[0].y0 == 0.5 and "random" in bars.layout.annotations[0].text
+
+
+def test_comparison_table_reports_accuracy_and_agreement_apart_with_the_scored_sets_error():
+    from evaluation.charts import comparison_markdown
+    from evaluation.stats import wilson_interval
+
+    table = comparison_markdown({"learned (samerging)": _eval_result(), "TIES": _eval_result()},
+                                {"TIES": "density 0.2, λ 1 (chosen on the learning split)"})
+    assert "| learned (samerging) | 80% / 90% | 40% / – | 60% | 90% |" in table  # accuracy / agreement per task
+    assert "| TIES | 80% / 90% | 40% / – | 60% | 90% | density 0.2, λ 1 (chosen on the learning split) |" in table
+    low, high = wilson_interval(5, 10)
+    assert "10 examples per task" in table and f"±{(high - low) / 2:.0%}" in table
