@@ -63,7 +63,7 @@ SHAPES = {
 WORKLOADS = {
     ("cuda", "7b"): (256, 256, 64, 5, 64, 64), ("cuda", "1b"): (256, 256, 64, 5, 64, 64),
     ("cuda", "tiny"): (256, 64, 64, 5, 64, 16),
-    ("cpu", "7b"): (4, 2, 4, 1, 2, 2), ("cpu", "1b"): (32, 2, 32, 2, 4, 2), ("cpu", "tiny"): (32, 8, 32, 3, 8, 4),
+    ("cpu", "7b"): (4, 2, 4, 1, 2, 2), ("cpu", "1b"): (32, 2, 32, 1, 4, 2), ("cpu", "tiny"): (32, 8, 32, 3, 8, 4),
 }
 METHODS = {"task_arithmetic": {}, "ties": {"density": 0.5}, "dare_ties": {"density": 0.5}}
 TARGETS_S = {"task_arithmetic": 0.5, "ties": 3.0, "score": 60.0}  # one H100, 7B-shaped (issue 19)
