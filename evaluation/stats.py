@@ -6,7 +6,7 @@ Two sources of noise, reported separately:
   Student-t interval, `mean_interval`; learned minus baseline draw by draw, `paired_difference`;
 - within the scored set (which prompts happen to be scored): a share of n answers has binomial error,
   `wilson_interval` for one task, `binomial_halfwidth` for a mean of per-task shares.
-A difference is written as established only when its interval excludes 0 (`claim`).
+A difference is written as established only when its interval excludes 0 (`direction`).
 """
 
 from __future__ import annotations
@@ -99,9 +99,3 @@ def direction(difference: Interval) -> str:
         return "higher" if difference.mean > 0 else "lower"
     return "no difference established"
 
-
-def claim(difference: Interval, what: str, unit: str = " points", scale: float = 100.0) -> str:
-    """A paired difference worded by its interval (`direction`), with the numbers; `scale` turns shares into
-    points."""
-    m, lo, hi = (scale * x for x in (difference.mean, difference.low, difference.high))
-    return f"{what}: {direction(difference)}, {m:+.1f}{unit} (95 % CI {lo:+.1f} to {hi:+.1f}, {difference.n} draws)"

@@ -10,7 +10,7 @@ import pytest
 from evaluation.stats import (
     Interval,
     binomial_halfwidth,
-    claim,
+    direction,
     mean_interval,
     paired_difference,
     t_quantile_975,
@@ -80,8 +80,8 @@ def test_binomial_halfwidth_of_a_mean_over_tasks():
     assert binomial_halfwidth([1.0, 0.0], [10, 10]) == 0.0
 
 
-def test_a_claim_is_worded_by_its_interval():
-    assert "higher" in claim(Interval(0.05, 0.01, 0.09, 5), "agreement")
-    assert "lower" in claim(Interval(-0.05, -0.09, -0.01, 5), "agreement")
-    worded = claim(Interval(0.05, -0.01, 0.11, 5), "agreement")
-    assert "no difference established" in worded and "+5.0 points" in worded and "-1.0 to +11.0" in worded
+def test_a_difference_is_worded_by_its_interval():
+    assert direction(Interval(0.05, 0.01, 0.09, 5)) == "higher"
+    assert direction(Interval(-0.05, -0.09, -0.01, 5)) == "lower"
+    assert direction(Interval(0.05, -0.01, 0.11, 5)) == "no difference established"
+    assert direction(Interval(0.05, 0.05, 0.05, 1)) == "no difference established"  # one draw: no interval
