@@ -25,10 +25,8 @@ from typing import Any
 
 from evaluation.answers import is_numeric_answer
 from merging.errors import TaskSetError
+from merging.jsonl import MAX_FILE_BYTES, MAX_LINE_BYTES, MAX_LINES  # one set of limits for every upload path
 
-MAX_FILE_BYTES = 16_000_000
-MAX_LINES = 100_000
-MAX_LINE_BYTES = 64_000  # ~16K tokens of English: more than the context of the models a class merges
 MAX_NEW_TOKENS = 4096
 MAX_STOP_STRINGS = 8
 MAX_STOP_CHARS = 64

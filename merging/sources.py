@@ -220,6 +220,32 @@ def validate_hub_id(ref: str) -> str:
     return repo_id
 
 
+MAX_REF_CHARS = 1024  # a folder path or Hub id as typed; the file system's own limit is 4096 bytes
+MAX_NAME_BYTES = 255  # one folder name (most file systems)
+
+
+def check_ref_text(ref: str, field: str = "Model") -> str:
+    """`ref` (a folder or Hub id as a user typed it) stripped, or SourceError naming `field` when no file system
+    could take it: a NUL or other control character, a name over MAX_NAME_BYTES, a path over MAX_REF_CHARS. The
+    message shows at most the first 40 characters, never the whole input."""
+    text = ref.strip() if isinstance(ref, str) else ref
+    if not isinstance(text, str):
+        raise SourceError(f"{field} must be text (a folder or a Hub id), not {type(ref).__name__}.")
+    shown = text if len(text) <= 40 else text[:40] + "…"
+    bad = next((c for c in text if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        what = "a NUL byte" if bad == "\0" else f"a control character ({ord(bad):#04x})"
+        raise SourceError(f"{field} {shown!r} holds {what}: type the folder or Hub id again.")
+    if len(text) > MAX_REF_CHARS:
+        raise SourceError(f"{field} {shown!r} is {len(text)} characters long; a folder path or Hub id may have at "
+                          f"most {MAX_REF_CHARS}.")
+    longest = max((len(part.encode("utf-8")) for part in re.split(r"[\\/]", text)), default=0)
+    if longest > MAX_NAME_BYTES:
+        raise SourceError(f"{field} {shown!r} has a name of {longest} bytes; folder names may have at most "
+                          f"{MAX_NAME_BYTES}.")
+    return text
+
+
 def _path_exists(path: Path, ref: str) -> bool:
     """Path.exists(), with names the file system refuses (too long, NUL bytes) reported as what to fix."""
     try:

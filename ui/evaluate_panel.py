@@ -32,11 +32,12 @@ from merging.methods import get_method
 from merging.recipe import Recipe
 from ui import sweep_search
 from ui.feedback import guarded, in_place_error
+from ui.fields import number_field
 from ui.hosting import HostConfig
 from ui.merge_panel import KEPT_FRACTION, merge_if_none, methods, settings_summary, start_value
 from ui.resources import on_gpu, session_tokenizer, shared_model
+from ui.session import Session, session_downloads
 from ui.sweep_search import RUNNER_CHOICES, page_runner, runner_note
-from ui.session import Session
 from ui.workspace import (
     HIDDEN_PARAMS,
     MergeSettings,
@@ -281,12 +282,12 @@ def point_choices(result: Any) -> list[tuple[str, int]]:
             for i in order]
 
 
-def sweep_outputs(result: Any) -> tuple[Any, str, list[str]]:
+def sweep_outputs(result: Any, folder: Path | None = None) -> tuple[Any, str, list[str]]:
     best = result.best
     text = "No point was scored." if best is None else (
         f"**Best**: {best.method} at {point_text(result, best)} ({len(result.points)} points in "
         f"{result.seconds:.1f} s). **Use this point** puts it into Merge, Chat and Export.")
-    folder = Path(tempfile.mkdtemp(prefix="mergelab-sweep-"))
+    folder = folder if folder is not None else Path(tempfile.mkdtemp(prefix="mergelab-sweep-"))
     written = result.write(folder / "sweep.json")
     return sweep_heatmap(result), text, [str(p) for p in written.values()]
 
@@ -332,9 +333,15 @@ def summary_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def per_task_field(value: Any) -> int | None:
+    """The "Examples per task" control: a whole number from 1 to 10,000 (empty: every example)."""
+    return None if value is None else int(number_field(value, "Examples per task", 1, 10_000, integer=True))
+
+
 def write_downloads(session: Session, result: dict[str, Any]) -> list[str]:
-    """results.json, results.csv and recipe.yaml in a fresh temporary folder (gradio serves them)."""
-    folder = Path(tempfile.mkdtemp(prefix="mergelab-results-"))
+    """results.json, results.csv and recipe.yaml in the session's results folder (gradio serves them; the next
+    evaluation replaces them, and the folder goes with the session)."""
+    folder = session_downloads(session, "results")
     # The recipe scored is the one evaluate() put in the result (a later merge does not rename it).
     scored = result.get("recipe", session.recipe.to_dict() if session.recipe else None)
     written = write_results(folder / "results.json", {**result, "recipe": scored})
@@ -461,7 +468,7 @@ def _wire_evaluate(panel: EvaluatePanel, state: gr.State, config: HostConfig) ->
     def run(session: Session, task_file: str | None, per_task: float, progress: gr.Progress = gr.Progress()):
         merged = merge_if_none(session, config, progress)  # as Chat does: nothing merged yet, merge what Merge shows
         progress(0.1, desc="Scoring the experts (once) and the merged model…")
-        result = evaluate(session, config, task_file, int(per_task))
+        result = evaluate(session, config, task_file, per_task_field(per_task))
         status = evaluated_text(session) + ("\n\n(Nothing was merged yet: merged the Merge tab's settings first.)"
                                             if merged else "")
         return (status, agreement_figure(result), summary_markdown(result),
@@ -481,7 +488,7 @@ def _wire_sweep(panel: EvaluatePanel, state: gr.State, config: HostConfig) -> No
                   task_file: str | None, rows: str | None = None, columns: str | None = None,
                   runner: str | None = None, progress: gr.Progress = gr.Progress()):
         def run(partial: Any) -> Any:
-            return sweep(session, config, method, rows_grid, columns_grid, metric, int(per_task),
+            return sweep(session, config, method, rows_grid, columns_grid, metric, per_task_field(per_task),
                          task_file, progress, rows or None, columns or None, runner, partial)
 
         total = grid_points(rows_grid, columns_grid if columns not in (NO_AXIS, "") else None)
@@ -491,7 +498,7 @@ def _wire_sweep(panel: EvaluatePanel, state: gr.State, config: HostConfig) -> No
             if kind == "partial":
                 yield (sweep_search.progress_text(result, total, workers), sweep_heatmap(result), gr.update(),
                        gr.update())
-        figure, best, files = sweep_outputs(result)
+        figure, best, files = sweep_outputs(result, session_downloads(session, "sweep"))
         if result.failed:
             best += "\n\n" + "\n".join(f"Not scored: {f['label']}: {f['incident']}" for f in result.failed)
         choices = point_choices(result)
@@ -519,7 +526,7 @@ def _wire_search(panel: EvaluatePanel, state: gr.State, config: HostConfig) -> N
     @guarded(config, "search", in_place=True)
     def run_search(session: Session, method: str, metric: str, per_task: float, task_file: str | None, sampler: str,
                    budget: float, compare: bool, runner: str | None = None, progress: gr.Progress = gr.Progress()):
-        result = search(session, config, method, metric, int(per_task), task_file, sampler, int(budget),
+        result = search(session, config, method, metric, per_task_field(per_task), task_file, sampler, int(budget),
                         bool(compare), runner, progress)
         written = result.write(Path(tempfile.mkdtemp(prefix="mergelab-search-")) / "search.json")
         choices = point_choices(session.sweep)

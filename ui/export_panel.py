@@ -3,7 +3,6 @@ recipe), download the recipe as mergekit YAML, push the folder to the Hugging Fa
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from ui.catalog import hub_reachable
 from ui.feedback import guarded, in_place_error
 from ui.hosting import HostConfig
 from ui.resources import device
-from ui.session import Session
+from ui.session import Session, session_downloads
 from ui.workspace import engine_recipe, require_models
 
 
@@ -43,8 +42,7 @@ def recipe_yaml(session: Session) -> str:
 def recipe_file(session: Session) -> str:
     """/export_yaml: the recipe as a downloadable file (see recipe_export for which one)."""
     export = recipe_export(session)
-    folder = Path(tempfile.mkdtemp(prefix="mergelab-recipe-"))
-    path = folder / export.filename
+    path = session_downloads(session, "recipe") / export.filename  # one folder per session, not one per call
     path.write_text(export.text, encoding="utf-8")
     return str(path)
 

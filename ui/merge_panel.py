@@ -5,6 +5,7 @@ in memory at once (small models re-merge as sliders move) or streamed to a folde
 from __future__ import annotations
 
 import functools
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -377,16 +378,13 @@ def settings_control_updates(session: Session, settings: MergeSettings, specs: d
     return [gr.update(value=method.name), method_help(method.name), *weights, *params, method.name]
 
 
-_NEWEST_MOVE: dict[str, float] = {}  # session id -> the browser stamp of the newest control move merged
-
-
 def newest_move(session: Session, stamp: float | None) -> bool:
-    """True (and remembered) when `stamp` is not older than the newest move merged for this session. Call under
-    the session's lock."""
+    """True (and remembered in the session, so it goes with it) when `stamp` is not older than the newest move
+    merged for this session. Call under the session's lock."""
     stamp = float(stamp or 0)
-    if stamp < _NEWEST_MOVE.get(session.id, 0.0):
+    if not math.isfinite(stamp) or stamp < session.newest_move:
         return False
-    _NEWEST_MOVE[session.id] = stamp
+    session.newest_move = stamp
     return True
 
 

@@ -12,8 +12,10 @@ from typing import Any
 
 import gradio as gr
 
+from merging.errors import SourceError
 from merging.methods import get_method
 from merging.preflight import preflight
+from merging.sources import check_ref_text
 from ui.catalog import Preset, get_preset, hub_reachable, load_catalog
 from ui.hosting import HostConfig
 from ui.resources import device
@@ -137,6 +139,7 @@ def check_models(
         if progress is not None:
             progress(fraction, desc=text)
 
+    check_typed_refs(choice)
     preset = None
     if preset_name:
         candidate = get_preset(preset_name)
@@ -157,6 +160,23 @@ def check_models(
         _prepare_live_in_turn(session, step)
         text += "\n\n" + live_mode_text(session)  # which mode, and the memory plan's reason
     return config.public_message(text)
+
+
+MAX_TYPED_SOURCES = 64  # source lines in the "sources" box; the Merge tab shows 8 weights
+
+
+def check_typed_refs(choice: ModelsChoice) -> None:
+    """The typed base and source lines, refused before any is opened when no file system could take them (a NUL
+    byte, a 5,000-character name): a short message naming the field, never the whole text back."""
+    if choice.origin == "Zoo":
+        return
+    if choice.base:
+        check_ref_text(choice.base, "Base model")
+    lines = choice.sources.splitlines() if isinstance(choice.sources, str) else list(choice.sources or [])
+    if len(lines) > MAX_TYPED_SOURCES:
+        raise SourceError(f"{len(lines)} source lines: give at most {MAX_TYPED_SOURCES} models to merge.")
+    for number, line in enumerate(lines, start=1):
+        check_ref_text(line, f"Source model (line {number})")
 
 
 # Reading every source into memory for live merging (2 GB for the SmolLM2 family) is the one slow part of a

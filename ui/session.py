@@ -5,6 +5,7 @@ cache in ui.resources."""
 from __future__ import annotations
 
 import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -22,6 +23,8 @@ if TYPE_CHECKING:  # typing only: heavy imports
     from merging.live import LiveMerger, LivePlan
     from merging.preflight import PreflightReport
     from merging.recipe import Recipe
+
+DOWNLOADS = Path(tempfile.gettempdir()) / "mergelab-downloads"  # <session id>/<what>/: see session_downloads
 
 
 @dataclass
@@ -65,6 +68,7 @@ class Session:
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)  # set to stop a merge or training
     stop_chat: threading.Event = field(default_factory=threading.Event, repr=False)
+    newest_move: float = 0.0  # the browser stamp of the newest Merge control move merged (ui.merge_panel.newest_move)
     # No __deepcopy__: Gradio 6 deep-copies only a gr.State's initial value (gradio/state_holder.py), which is a
     # FreshSession (below); a Session itself is never copied.
 
@@ -148,10 +152,19 @@ class FreshSession:
         return new_session()
 
 
+def session_downloads(session: Session, what: str) -> Path:
+    """The session's own folder for a kind of download (`what`: "recipe", ...), made on first use and reused by
+    every later call (a file in it is replaced, not added), removed with the session (close_session)."""
+    folder = DOWNLOADS / session.id / what
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def close_session(session: Session | None, models_dir: Path | None = None) -> None:
-    """Free a finished session's models; in hosted mode also its merged folders (disk is shared)."""
+    """Free a finished session's models and downloads; in hosted mode also its merged folders (disk is shared)."""
     if session is None:
         return
     session.reset_models()
+    shutil.rmtree(DOWNLOADS / session.id, ignore_errors=True)
     if models_dir is not None:
         shutil.rmtree(models_dir / "merged" / session.id, ignore_errors=True)

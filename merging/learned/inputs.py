@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from merging.errors import TaskSetError
+from merging.jsonl import read_jsonl
 
 
 def read_inputs(path: str | Path, experts: list[str], per_task: int, *, display: str | None = None
@@ -17,17 +17,8 @@ def read_inputs(path: str | Path, experts: list[str], per_task: int, *, display:
     if not path.is_file():
         raise TaskSetError(f"prompts file {shown} does not exist: pass a task-set JSONL file to --prompts")
     inputs: dict[str, list[str]] = {e: [] for e in experts}
-    try:
-        text_lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise TaskSetError(f"{shown} is not UTF-8 text: save the prompts file as UTF-8 JSONL") from None
-    for number, line in enumerate(text_lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TaskSetError(f"{shown}:{number} is not valid JSON ({e.msg}): one JSON object per line") from None
+    # The same bounds as a task file's (size, lines, line length, nesting): an upload to /learn is no bigger.
+    for number, row in read_jsonl(path, shown, "prompts files"):
         text = row.get("prompt", row.get("text")) if isinstance(row, dict) else None
         if not isinstance(text, str):
             raise TaskSetError(f"{shown}:{number} has no `prompt` or `text` string: every line needs one")

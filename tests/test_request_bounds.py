@@ -1,0 +1,195 @@
+"""Every request bounded before work starts (issue 18): the worst forms a probe sent to each endpoint, through
+gradio_client against a real server, each answered with a message that names the field (never "Something went
+wrong", never a traceback, never the whole hostile input repeated back)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from merging.jsonl import MAX_FILE_BYTES
+from ui.merge_record import MergeSettings
+from ui.session import DOWNLOADS
+
+ZOO_LM = ("Zoo", "lm", ["math", "japanese"], "", "")
+GOOD = {"method": "ties", "weights": [0.6, 0.4], "params": {"density": 0.5}, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    client = Client(app_url, verbose=False)
+    report = client.predict(*ZOO_LM, None, api_name="/preflight")
+    assert "ready to merge" in report, report
+    return client
+
+
+def _refused(client: Client, *args, api_name: str) -> str:
+    with pytest.raises(AppError) as error:
+        client.predict(*args, api_name=api_name)
+    message = str(error.value)
+    assert "Something went wrong" not in message and "Traceback" not in message, message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ([0.5, 0.5], "must be a JSON object"),
+        ("ties", "must be a JSON object"),
+        ({**GOOD, "params": [0.5]}, "params must be an object"),
+        ({**GOOD, "params": "density=0.5"}, "params must be an object"),
+        ({**GOOD, "weights": "11"}, "weights must be a list of numbers"),
+        ({**GOOD, "weights": [0.5, "x"]}, "weights[1] must be a number"),
+        ({**GOOD, "weights": [0.5] * 1000}, "weights has 1000 entries"),
+        ({**GOOD, "params": {"bogus": 1}}, "'bogus' is not a parameter of ties"),
+        ({**GOOD, "params": {"__class__": 1}}, "'__class__' is not a parameter of ties"),
+        ({**GOOD, "params": {"density": None}}, "params.density is null"),
+        ({**GOOD, "params": {"density": [[[[0.5]]]]}}, "params.density must be a number"),
+        ({**GOOD, "params": {"density": 10**400}}, "params.density is too large"),
+        ({**GOOD, "params": {"density": 1e308}}, "density = 1e+308 is outside"),
+        ({**GOOD, "seed": 1.5}, "seed must be a whole number"),
+        ({**GOOD, "method": "x" * 5000}, "is not a merge method"),
+        ({**GOOD, "extra": {"deep": [[[]]]}}, "unknown field(s) 'extra'"),
+    ],
+)
+def test_merge_refuses_bad_settings_naming_the_field(client, settings, expected):
+    message = _refused(client, settings, api_name="/merge")
+    assert expected in message, message
+    assert "x" * 100 not in message  # a huge input is never repeated back
+
+
+def test_merge_to_folder_refuses_the_same_forms(client, tmp_path):
+    message = _refused(client, {**GOOD, "weights": "11"}, "bad", api_name="/merge_to_folder")
+    assert "weights must be a list of numbers" in message, message
+
+
+def test_refused_settings_leave_the_current_merge_as_it_was(client):
+    status = client.predict(GOOD, api_name="/merge")
+    assert "Merged with **ties**" in status
+    _refused(client, {**GOOD, "params": {"density": None}}, api_name="/merge")
+    _file, exported = client.predict(api_name="/export_yaml")
+    assert "density: 0.5" in exported
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [("0:1e308:1", "more points than can be counted"), ("0:1:1e-7", "10,000,001 points"),
+     ("nan:1:0.1", "must be a finite number, not nan"), ("0:inf:0.1", "must be a finite number, not inf"),
+     ("0:1:0", "step must be positive"), ("0:1:-0.1", "step must be positive"), ("0.1:1:0.05", "19 × 10 points; at most 64")],
+)
+def test_sweep_grids_are_counted_before_anything_is_built(client, rows, expected):
+    message = _refused(client, "ties", rows, "0.1:1:0.1", "accuracy", 5, None, "weight", "density",
+                       api_name="/sweep")
+    assert expected in message, message
+
+
+@pytest.mark.parametrize(("per_task", "expected"), [(1e308, "greater than maximum value"),
+                                                   (-3, "less than minimum value"), (0, "less than minimum value")])
+def test_sweep_and_evaluate_refuse_examples_per_task_out_of_range(client, per_task, expected):
+    # The sliders' own bounds (gradio) answer first; per_task_field is the handlers' own check behind them.
+    for args, api in (((None, per_task), "/evaluate"),
+                      (("ties", "0.5", "0.5", "accuracy", per_task, None, "weight", "density"), "/sweep")):
+        message = _refused(client, *args, api_name=api)
+        assert expected in message and str(per_task) in message, message
+
+
+def test_learn_refuses_a_deeply_nested_line(client, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"expert": "math", "prompt": "1+1="}\n' + "[" * 20_000 + "]" * 20_000 + "\n",
+                       encoding="utf-8")
+    message = _refused(client, "samerging", 1, 1, 0.05, 0.3, False, handle_file(str(prompts)), api_name="/learn")
+    assert "prompts.jsonl:2" in message and "nested more than" in message, message
+
+
+def test_learn_applies_the_evaluate_upload_size_limit(client, tmp_path):
+    big = tmp_path / "big.jsonl"
+    line = json.dumps({"expert": "math", "prompt": "1+1=" * 200}) + "\n"
+    big.write_text(line * (MAX_FILE_BYTES // len(line) + 10), encoding="utf-8")
+    assert big.stat().st_size > MAX_FILE_BYTES
+    learn = _refused(client, "samerging", 1, 1, 0.05, 0.3, False, handle_file(str(big)), api_name="/learn")
+    evaluate = _refused(client, handle_file(str(big)), 5, api_name="/evaluate")
+    for message in (learn, evaluate):
+        assert "may be at most 16.0 MB" in message, message
+
+
+@pytest.mark.parametrize(
+    ("controls", "expected"),
+    [(("samerging", 1, 1e308, 0.05, 0.3, False), "greater than maximum value"),
+     (("samerging", 1, 1, 7, 0.3, False), "greater than maximum value"),
+     (("__class__", 1, 1, 0.05, 0.3, False), "is not in the list of choices")],
+)
+def test_learn_refuses_numbers_out_of_range(client, controls, expected):
+    message = _refused(client, *controls, None, api_name="/learn")
+    assert expected in message, message
+
+
+@pytest.mark.parametrize(
+    ("controls", "expected"),
+    [(("samerging", float("nan"), 1, 0.05, 0.3, False), "Examples per task must be a finite number"),
+     (("samerging", None, 1, 0.05, 0.3, False), "between 1 and 1024, not empty"),
+     (("samerging", 1, 2.5, 0.05, 0.3, False), "Steps must be a whole number, not 2.5"),
+     (("samerging", 1, 10**400, 0.05, 0.3, False), "Steps must be between 1 and 5000 (it is a huge number)"),
+     (("samerging", 1, 1, "0.05", 0.3, False), "The SAM radius must be a number between 0 and 1, not the text"),
+     (("samerging", 1, 1, 0.05, float("-inf"), False), "The starting λ must be a finite number"),
+     (("__class__", 1, 1, 0.05, 0.3, False), "Learning method must be one of samerging, adamerging")],
+)
+def test_learn_controls_behind_the_sliders_are_checked_too(controls, expected):
+    """What gradio's sliders cannot send (NaN, null, a string) reaches a handler called from Python."""
+    from merging.errors import MergeLabError
+    from ui.learn_panel import LearnSettings
+
+    with pytest.raises(MergeLabError) as error:
+        LearnSettings.from_controls(*controls)
+    assert expected in str(error.value), str(error.value)
+    assert LearnSettings.from_controls("samerging", 4.0, 10, 0.05, 0.3, True).examples_per_task == 4
+
+
+def test_export_yaml_reuses_one_folder_per_session(client):
+    client.predict(GOOD, api_name="/merge")
+    before = set(Path(tempfile.gettempdir()).glob("mergelab-recipe-*"))
+    paths = {client.predict(api_name="/export_yaml")[0] for _ in range(3)}
+    assert set(Path(tempfile.gettempdir()).glob("mergelab-recipe-*")) == before  # no temp folder per call
+    assert len({Path(p).parent for p in paths}) == 1  # gradio's cached copies: the same file each time
+    assert any(DOWNLOADS.glob("*/recipe/*"))
+
+
+def test_merge_settings_refuse_non_finite_numbers():
+    """NaN and inf cannot travel as JSON through gradio_client; handlers given them by Python still refuse them."""
+    for raw, expected in (({**GOOD, "weights": [float("nan"), 1]}, "weights[0] must be a finite number"),
+                          ({**GOOD, "params": {"density": float("inf")}}, "params.density must be a finite"),
+                          ({**GOOD, "weights": [True, 1]}, "weights[0] must be a number, not a boolean")):
+        with pytest.raises(Exception, match=expected.replace("[", r"\[").replace("]", r"\]")):
+            MergeSettings.from_dict(raw)
+    assert MergeSettings.from_dict({**GOOD, "seed": 3.0}).seed == 3
+
+
+@pytest.fixture(scope="module")
+def hosted_url(tmp_path_factory):
+    from app import create_app
+    from ui.hosting import HostConfig
+
+    config = HostConfig.detect(hosted=True, models_dir=tmp_path_factory.mktemp("hosted-models"))
+    demo = create_app(config)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    yield url
+    demo.close()
+
+
+@pytest.mark.parametrize(
+    ("base", "sources", "expected"),
+    [("a\x00b", "e1", "holds a NUL byte"), ("x" * 300, "e1", "has a name of 300 bytes"),
+     ("y" * 5000, "e1", "is 5000 characters long"), ("base", "ok\n" + "z" * 3000, "line 2"),
+     ("base", "\n".join(["m"] * 500), "at most 64 models")],
+)
+def test_hosted_local_folders_field_gives_a_short_message(hosted_url, base, sources, expected):
+    client = Client(hosted_url, verbose=False)
+    message = _refused(client, "Local folders", None, [], base, sources, None, api_name="/preflight")
+    assert expected in message, message
+    assert len(message) < 400 and "x" * 60 not in message and "y" * 60 not in message and "z" * 60 not in message
