@@ -151,8 +151,10 @@ def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerBase:
     """The folder's tokenizer set up for batched generation: left padding, and eos as pad when it has no pad."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
-    except (OSError, ValueError) as error:
-        raise SourceError(f"{str(folder)!r} has no usable tokenizer ({error}): copy the tokenizer files into it.") from None
+    except Exception as error:  # noqa: BLE001 - tokenizers raises bare Exception for a malformed tokenizer.json
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(" :")[:160]
+        raise SourceError(f"{str(folder)!r} has no usable tokenizer ({reason}): copy the tokenizer files of the model "
+                          "it was fine-tuned from into it.") from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token

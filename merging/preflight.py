@@ -7,6 +7,7 @@ user can cause are collected into the report (never raised): the UI shows `to_ma
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import shutil
@@ -82,6 +83,8 @@ def preflight(recipe: Any, out_dir: str | os.PathLike | None = None, device: str
         _check_tensors(inputs, report)
         _check_vocabulary(inputs, report)
         _check_tokenizers(inputs, report)
+        _check_tokenizer_files(inputs, report)
+        _check_remote_code(inputs, report)
         _check_dtypes(inputs, report)
         _check_chat_template(inputs, report)
         _check_resources(inputs, report, out_dir, device)
@@ -233,6 +236,51 @@ def _check_tokenizers(inputs: MergeInputs, report: PreflightReport) -> None:
             "The models' tokenizer.json files differ; if their token ids do not mean the same tokens the merge will "
             f"talk gibberish. The output takes `{inputs.tokenizer_ref}`'s tokenizer (set `tokenizer_source` to choose)."
         )
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
+MAX_TOKENIZER_JSON_BYTES = 64_000_000  # the largest real ones (250K-token vocabularies) are ~20 MB
+
+
+def tokenizer_file_problem(folder: Path) -> str | None:
+    """Why `folder`'s tokenizer cannot load (no tokenizer files; tokenizer.json not JSON or too big), or None.
+    A cheap look at the files, so pre-flight can say it before a merge copies a broken tokenizer."""
+    present = [name for name in TOKENIZER_FILES if (folder / name).is_file()]
+    if not present:
+        return f"has no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, …)"
+    if "tokenizer.json" not in present:
+        return None
+    file = folder / "tokenizer.json"
+    if file.stat().st_size > MAX_TOKENIZER_JSON_BYTES:
+        return f"has a tokenizer.json of {file.stat().st_size / 1e6:.0f} MB, more than any real tokenizer"
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        reason = f"{error.msg} at line {error.lineno}" if isinstance(error, json.JSONDecodeError) else "not UTF-8 JSON"
+        return f"has a tokenizer.json that is not valid JSON ({reason})"
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        return "has a tokenizer.json without a tokenizer model in it"
+    return None
+
+
+def _check_tokenizer_files(inputs: MergeInputs, report: PreflightReport) -> None:
+    """The tokenizer the output copies must load: else the merge is written but Chat and Evaluate cannot read it."""
+    problem = tokenizer_file_problem(inputs.tokenizer_donor.path)
+    if problem is not None:
+        report.warnings.append(
+            f"`{inputs.tokenizer_ref}` {problem}: the merged model gets its tokenizer from it, so Chat and Evaluate "
+            "cannot use the merge. Copy the tokenizer files of the model it was fine-tuned from into that folder.")
+
+
+def _check_remote_code(inputs: MergeInputs, report: PreflightReport) -> None:
+    """auto_map asks loaders to run the folder's own Python; MergeLab never does (trust_remote_code=False)."""
+    asking = [f"`{ref}`" for ref, src in inputs.sources.items() if src.config.get("auto_map")]
+    if asking:
+        report.warnings.append(
+            f"{_listed(asking)} {'asks' if len(asking) == 1 else 'ask'} to run its own code (auto_map in "
+            "config.json). MergeLab never runs it: the "
+            f"tensors are merged as {inputs.tokenizer_donor.config.get('model_type')!r} and loaded with "
+            "transformers' built-in class, so a model that needs its own code cannot be chatted with.")
 
 
 def _check_dtypes(inputs: MergeInputs, report: PreflightReport) -> None:
