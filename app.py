@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
+from merging.debris import clean_debris
 from ui.hosting import HostConfig, hosted_from_env
 from ui.models_panel import start_default_family_build
 from ui.page import CSS, build_page
@@ -18,8 +20,12 @@ QUEUE_MAX_SIZE = int(os.environ.get("MERGELAB_QUEUE_SIZE", "64"))  # beyond this
 
 
 def create_app(config: HostConfig | None = None):
-    """The page with its queue set up; tests launch it themselves."""
-    demo = build_page(config or HostConfig.detect())
+    """The page with its queue set up; tests launch it themselves. Killed merges' hidden folders (from before this
+    start) are cleaned first."""
+    config = config or HostConfig.detect()
+    for action in clean_debris(config.models_dir):
+        logging.getLogger("mergelab").warning("start-up: %s", action)
+    demo = build_page(config)
     demo.queue(default_concurrency_limit=QUEUE_CONCURRENCY, max_size=QUEUE_MAX_SIZE)
     return demo
 
