@@ -43,14 +43,14 @@ def _recipe(base: Path, experts: list[Path]) -> Recipe:
                              "models": [{"model": str(p)} for p in experts]})
 
 
-def _sweep_on(runner, template: Recipe) -> dict:
+def _sweep_on(runner, template: Recipe, grid: list[float]) -> dict:
     started = time.perf_counter()
     if isinstance(runner, RayRunner):
         runner.start()  # workers read the models and answer as the experts once: not part of the points
     else:
         runner.scorer.warm()  # the same for the in-process scorer
     ready = time.perf_counter()
-    result = run_sweep(template, None, None, runner=runner, weights=GRID, densities=GRID, metric="accuracy")
+    result = run_sweep(template, None, None, runner=runner, weights=grid, densities=grid, metric="accuracy")
     done = time.perf_counter()
     seconds = [p.seconds for p in result.points]
     return {"where": result.where, "setup": ready - started, "points_wall": done - ready, "points": len(seconds),
@@ -62,8 +62,11 @@ def sweep(args: argparse.Namespace) -> None:
     import torch
 
     import zoo
+    from zoo.families import real_family
 
-    family = zoo.ensure_family("smollm2")
+    family = real_family("smollm2")  # as built (python -m zoo build smollm2); built here only when missing
+    if not family.base.is_dir():
+        family = zoo.ensure_family("smollm2")
     template = _recipe(family.base, [family.experts["math"], family.experts["japanese"]])
     tasks = load_tasks(family.tasks).limited(args.per_task)
     spec = recipe_spec(template, tasks, threads=1)
@@ -72,19 +75,20 @@ def sweep(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     runner = InProcessRunner(build_scorer(replace(spec, threads=1)))
     built = time.perf_counter() - started
-    here = _sweep_on(runner, template)
+    grid = parse_grid(args.grid)
+    here = _sweep_on(runner, template, grid)
     here["setup"] += built  # reading the models is setup too
     del runner
     connect_ray("auto", num_cpus=2)
     ray_runner = RayRunner(spec, workers=2, address=None)
-    on_ray = _sweep_on(ray_runner, template)
-    overheads = _overheads(ray_runner, template, spec)
+    on_ray = _sweep_on(ray_runner, template, grid)
+    overheads = _overheads(ray_runner, template, spec, grid)
     ray_runner.close()
     print(json.dumps({"in_process": here, "ray": on_ray, "overhead": overheads}, indent=1, default=str))
     same = here["summaries"] == on_ray["summaries"]
     print(f"\nMachine: {machine()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load before "
           f"{load:.1f}, after {os.getloadavg()[0]:.1f}; {len(tasks)} prompts ({args.per_task} per task)")
-    print("| runner | setup s | 25 points wall s | mean s a point (where it ran) | best (w, d, acc) |")
+    print(f"| runner | setup s | {len(grid) ** 2} points wall s | mean s a point (where it ran) | best (w, d, acc) |")
     print("|---|---|---|---|---|")
     for row in (here, on_ray):
         print(f"| {row['where']} | {row['setup']:.1f} | {row['points_wall']:.1f} | {row['mean_point']:.2f} | "
@@ -95,7 +99,7 @@ def sweep(args: argparse.Namespace) -> None:
           f"({overheads['share']:.1%})")
 
 
-def _overheads(runner: RayRunner, template: Recipe, spec) -> dict:
+def _overheads(runner: RayRunner, template: Recipe, spec, grid: list[float]) -> dict:
     """Points one at a time on one worker (no contention between workers): round trip minus worker seconds."""
     from evaluation.runner import PointJob
     from evaluation.sweep import point_recipe
@@ -103,7 +107,7 @@ def _overheads(runner: RayRunner, template: Recipe, spec) -> dict:
     runner.close()
     one = RayRunner(spec, workers=1, address=None)
     one.start()
-    jobs = [PointJob(label=f"w={w}", recipe=point_recipe(template, "ties", w, 0.6), seed=0) for w in GRID]
+    jobs = [PointJob(label=f"w={w}", recipe=point_recipe(template, "ties", w, 0.6), seed=0) for w in grid]
     outcomes = [one.run([job])[0] for job in jobs]
     one.close()
     extra = [o.wall_seconds - o.seconds for o in outcomes]
@@ -150,6 +154,7 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     one = commands.add_parser("sweep")
     one.add_argument("--per-task", type=int, default=2)
+    one.add_argument("--grid", default="0.2:1.0:0.2", help="weights and densities; default 0.2:1.0:0.2 (5 x 5)")
     one.set_defaults(handler=sweep)
     two = commands.add_parser("search")
     two.add_argument("--per-task", type=int, default=40)

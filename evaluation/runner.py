@@ -40,6 +40,7 @@ RAY_MISSING = ("Ray is not installed here, so sweeps and searches run in this pr
 LOCAL = "auto"  # --ray auto: start a local cluster
 OBJECT_STORE_BYTES = 256 * 2**20  # points and results are small; keep Ray's shared memory small too
 POLL_SECONDS = 0.2  # how often a Ray sweep looks at should_stop while waiting for points
+START_SECONDS = 600  # a worker that is not ready by then never will be (no free CPU or GPU in the cluster)
 
 
 def ray_available() -> bool:
@@ -283,11 +284,13 @@ class RayRunner:
     """`workers` Ray actors, each holding a Scorer built from `spec`; points go to whichever worker is free.
     Connect first (connect_ray) or let `address` do it; `close()` ends the workers (and a cluster it started)."""
 
-    def __init__(self, spec: WorkerSpec, *, workers: int = 2, address: str | None = LOCAL) -> None:
+    def __init__(self, spec: WorkerSpec, *, workers: int = 2, address: str | None = LOCAL,
+                 start_seconds: float = START_SECONDS) -> None:
         if workers < 1:
             raise SweepError(f"Ray needs at least one worker, not {workers}.")
         self.spec = spec
         self.workers = workers
+        self.start_seconds = start_seconds
         self.where = f"Ray, {workers} worker{'s' * (workers != 1)}"
         self.note = ""
         self._started_cluster = connect_ray(address, num_cpus=None) if address else False
@@ -313,8 +316,14 @@ class RayRunner:
         if self._actors:
             return
         self._actors = [self._new_actor() for _ in range(self.workers)]
-        ray.get(self._actors[0].warm.remote())  # its answers land in the cache the others then read
-        ray.get([actor.warm.remote() for actor in self._actors[1:]])
+        try:
+            ray.get(self._actors[0].warm.remote(), timeout=self.start_seconds)  # its answers land in the cache
+            ray.get([actor.warm.remote() for actor in self._actors[1:]], timeout=self.start_seconds)
+        except ray.exceptions.GetTimeoutError:
+            self._stop()
+            raise SweepError(f"{self.workers} Ray worker(s) did not start within {self.start_seconds:g} s: the cluster has no "
+                             f"free {'GPU' if self.spec.device.startswith('cuda') else 'CPU'} for each (another "
+                             "sweep's workers may hold them); use fewer workers or end the other sweep.") from None
 
     def worker_pids(self) -> list[int]:
         """The workers' process ids (a test kills one to see its point retried)."""
@@ -387,7 +396,7 @@ class RayRunner:
         self._actors = [a for a in self._actors if a is not dead]
         ray.kill(dead, no_restart=True)
         actor = self._new_actor()
-        ray.get(actor.warm.remote())
+        ray.get(actor.warm.remote(), timeout=self.start_seconds)
         self._actors.append(actor)
         return actor
 

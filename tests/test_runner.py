@@ -111,6 +111,14 @@ def test_cancel_stops_the_workers(ray_runner):
     assert len(_sweep(ray_runner).points) == 4  # the next sweep starts fresh ones
 
 
+def test_workers_that_cannot_start_are_reported_not_waited_for(ray_runner):
+    ray_runner.start()  # its two workers hold the cluster's two CPUs
+    crowded = RayRunner(_spec(), workers=1, address=None, start_seconds=3)
+    with pytest.raises(SweepError, match="did not start within 3 s"):
+        crowded.start()
+    crowded.close()
+
+
 def test_a_small_search_on_ray_reports_held_out_scores_beside_the_grid(ray_runner, tmp_path):
     template = _template()
     models = tuple(m.model for m in template.models)
@@ -179,3 +187,28 @@ def _wait_gone(pid: int, timeout: float = 60.0) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"process {pid} is still running")
+
+
+def test_the_page_sweeps_on_ray_workers_as_in_process(ray_runner, in_process, tmp_path, monkeypatch):
+    """The Evaluate tab's Run on: Ray workers give the page's in-process numbers (the cluster is the module's)."""
+    from ui import evaluate_panel, models_panel, sweep_search
+    from ui.hosting import HostConfig
+    from ui.session import new_session
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ray_runner.close()  # the cluster has two CPUs: the module runner's workers give them to the page's
+    config = HostConfig.detect(hosted=False, models_dir=tmp_path / "models")
+    session = new_session()
+    choice = models_panel.ModelsChoice("Zoo", "lm", ["math", "japanese"], "", "")
+    assert "ready to merge" in models_panel.check_models(session, config, choice)
+
+    def sweep(runner):
+        return evaluate_panel.sweep(session, config, "ties", "0.5,1.0", "0.5", "japanese_math.accuracy", per_task=3,
+                                    runner=runner)
+
+    try:
+        on_ray, here = sweep(sweep_search.RUNNER_CHOICES[1]), sweep(sweep_search.RUNNER_CHOICES[0])
+    finally:
+        sweep_search.close_page_runners()
+    assert on_ray.where == "Ray, 2 workers" and here.where == "in process"
+    assert _numbers(on_ray) == _numbers(here)

@@ -60,6 +60,14 @@ def page_runner(session: Session, config: HostConfig, choice: str | None, splits
         return _RAY[key]
 
 
+def close_page_runners() -> None:
+    """End the page's Ray workers (a test's cleanup; the process's exit does it otherwise)."""
+    with _RAY_LOCK:
+        for runner in _RAY.values():
+            runner.close()
+        _RAY.clear()
+
+
 def streamed(run: Callable[[Callable[[Any], None]], Any]) -> Iterator[tuple[str, Any]]:
     """Run `run(partial)` in a thread and yield ("partial", result so far) as `partial` is called, then
     ("done", final result); an error in the run is raised here."""
