@@ -6,6 +6,7 @@ makes its best recipe the current merge, and its best recipe downloads as mergek
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -79,7 +80,8 @@ def streamed(run: Callable[[Callable[[Any], None]], Any]) -> Iterator[tuple[str,
         except BaseException as error:  # noqa: BLE001 - handed to the page's thread, raised there
             updates.put(("error", error))
 
-    threading.Thread(target=work, daemon=True, name="mergelab-sweep").start()
+    context = contextvars.copy_context()  # gradio's progress bar reads the request's context variables
+    threading.Thread(target=context.run, args=(work,), daemon=True, name="mergelab-sweep").start()
     while True:
         kind, value = updates.get()
         if kind == "error":
