@@ -255,6 +255,9 @@ def run_search(runner: Any, space: SearchSpace, build: Build, *, budget: int, sa
             merged, recorded, settings = build(values)
             batch.append(Candidate(f"trial {trial.number}", merged, recorded, settings, dict(values)))
         outcomes = _score(runner, batch, SEARCH, seed, metric, should_stop)
+        if should_stop and should_stop():
+            result.trials += [c for c in batch if c.search_value is not None]  # stopped: the rest were never run
+            break
         for trial, candidate in zip(asked, batch, strict=True):
             if candidate.search_value is None:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)

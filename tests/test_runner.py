@@ -212,3 +212,12 @@ def test_the_page_sweeps_on_ray_workers_as_in_process(ray_runner, in_process, tm
         sweep_search.close_page_runners()
     assert on_ray.where == "Ray, 2 workers" and here.where == "in process"
     assert _numbers(on_ray) == _numbers(here)
+
+
+def test_a_stopped_search_keeps_what_it_scored_and_fails_nothing(in_process):
+    template = _template()
+    space = SearchSpace("ties", tuple(m.model for m in template.models))
+    seen: list[int] = []
+    result = run_search(in_process, space, recipe_build(template, space), budget=5, seed=0,
+                        progress=lambda fraction, text: seen.append(1), should_stop=lambda: bool(seen))
+    assert len(result.trials) == 1 and result.failed == [] and result.best.held_out_value is None
