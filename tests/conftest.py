@@ -5,6 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+API_TIMEOUT_S = 900  # one HTTP call of gradio_client on a loaded 2-core machine (its default is httpx's 5 s)
+
+
+def api_client(url: str):
+    """A gradio_client Client whose HTTP calls (join the queue, upload, download a result file) wait as long as a
+    loaded machine needs: a test fails for a wrong answer, not because the server took more than 5 s to reply."""
+    from gradio_client import Client
+
+    return Client(url, verbose=False, httpx_kwargs={"timeout": API_TIMEOUT_S})
+
 
 @pytest.fixture
 def one_torch_thread():

@@ -501,7 +501,7 @@ def test_first_start_builds_the_default_real_family_in_the_background(monkeypatc
     preset = models_panel.get_preset(models_panel.default_preset_name())
     thread = models_panel.start_default_family_build()
     assert thread is not None and thread.daemon
-    thread.join(timeout=30)
+    thread.join(timeout=600)
     assert built == [preset.family]
     monkeypatch.setattr(models_panel, "is_family_built", lambda family: True)
     assert models_panel.start_default_family_build() is None  # nothing to build: no thread
@@ -526,7 +526,7 @@ def test_the_start_up_build_survives_the_page_patching_tqdm(monkeypatch):
     def build_with_a_bar(name: str) -> None:
         with tqdm.tqdm(total=2, desc="build", disable=False) as bar:
             bar_made.set()
-            page_built.wait(timeout=30)
+            page_built.wait(timeout=600)
             bar.update(1)  # after the page patched tqdm
 
     monkeypatch.delenv(models_panel.DEFAULT_PRESET_ENV, raising=False)
@@ -535,10 +535,10 @@ def test_the_start_up_build_survives_the_page_patching_tqdm(monkeypatch):
     monkeypatch.setattr(models_panel.logging.getLogger("mergelab.ui"), "warning",
                         lambda *args: failures.append(args))
     thread = models_panel.start_default_family_build()
-    bar_made.wait(timeout=30)
+    bar_made.wait(timeout=600)
     gr.Progress(track_tqdm=True)  # what building the page does, while the build runs
     page_built.set()
-    thread.join(timeout=30)
+    thread.join(timeout=600)
     assert failures == []
 
 

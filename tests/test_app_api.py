@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import Client
 from gradio_client.exceptions import AppError
 
+from tests.conftest import api_client
 from ui.catalog import HUB
 
 ZOO_LM = ("Zoo", "lm", ["math", "japanese"], "", "")
@@ -20,7 +20,7 @@ ZOO_LM = ("Zoo", "lm", ["math", "japanese"], "", "")
 
 @pytest.fixture(scope="module")
 def client(app_url):
-    client = Client(app_url, verbose=False)
+    client = api_client(app_url)
     report = client.predict(*ZOO_LM, None, api_name="/preflight")
     assert "ready to merge" in report, report
     return client
@@ -83,7 +83,7 @@ def test_unknown_hub_id_without_network_fails_at_once(app_url, monkeypatch):
     HUB.forget()
     try:
         with pytest.raises(AppError) as error:
-            Client(app_url, verbose=False).predict("Hub ids", None, [], "no-such-org/no-such-model",
+            api_client(app_url).predict("Hub ids", None, [], "no-such-org/no-such-model",
                                                    "no-such-org/other", None, api_name="/preflight")
     finally:
         HUB.forget()
@@ -95,7 +95,7 @@ def test_incompatible_models_are_reported_before_merging(app_url, tmp_path):
 
     small = make_family(tmp_path / "small", n_experts=1, hidden=32)
     large = make_family(tmp_path / "large", n_experts=1, hidden=64)
-    report = Client(app_url, verbose=False).predict(
+    report = api_client(app_url).predict(
         "Local folders", None, [], str(small.base), f"{small.experts[0]}\n{large.experts[0]}", None,
         api_name="/preflight")
     assert "problem" in report and "shape" in report.lower(), report
@@ -116,7 +116,7 @@ def test_malformed_task_file_names_the_line(client, tmp_path):
 
 def test_missing_local_folder(app_url):
     with pytest.raises(AppError) as error:
-        Client(app_url, verbose=False).predict("Local folders", None, [], "/no/such/base", "/no/such/expert", None,
+        api_client(app_url).predict("Local folders", None, [], "/no/such/base", "/no/such/expert", None,
                                                api_name="/preflight")
     assert "does not exist" in str(error.value)
 

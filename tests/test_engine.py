@@ -204,11 +204,11 @@ def test_killed_merge_leaves_no_finished_looking_folder(fam, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "merging", "run", str(recipe_file), str(out), "--shard-size",
                              "5KB", "--quiet"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     temp = tmp_path / f".killed.incomplete-{proc.pid}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 600  # a loaded 2-core machine starts Python and torch slowly
     while not list(temp.glob("model-*.safetensors")) and time.monotonic() < deadline:
         assert proc.poll() is None, "the merge ended before it could be killed"
         time.sleep(0.05)
-    assert list(temp.glob("model-*.safetensors")), "no shard appeared within 60 s"
+    assert list(temp.glob("model-*.safetensors")), "no shard appeared within 600 s"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not out.exists()

@@ -225,7 +225,7 @@ def test_bad_sweep_arguments(models, tmp_path, capsys, argv, message):
 def test_module_entry_point_exits_non_zero_without_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "evaluation", "interference", str(tmp_path / "missing.yaml"), "--out",
-         str(tmp_path / "o.json")], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+         str(tmp_path / "o.json")], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
     )
     assert result.returncode == 2
     assert "error:" in result.stderr and "Traceback" not in result.stderr

@@ -179,7 +179,7 @@ def test_load_recipe_text_on_one_long_line_is_not_taken_for_a_path():
 
 def test_exit_codes_are_documented_in_help():
     result = subprocess.run([sys.executable, "-m", "merging", "check", "--help"], cwd=REPO, capture_output=True, check=False,
-                            text=True, timeout=120)
+                            text=True, timeout=600)
     assert result.returncode == 0
     for line in ("1    check found problems", "2    usage error", "3    internal error", "130  cancelled"):
         assert line in result.stdout, result.stdout

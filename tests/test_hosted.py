@@ -15,6 +15,7 @@ import pytest
 
 from merging.errors import SourceError
 from merging.sources import open_model, validate_hub_id
+from tests.conftest import api_client
 from tests.factory import make_family
 from ui import models_panel
 from ui.catalog import HUB, hub_reachable
@@ -163,7 +164,7 @@ def test_hosted_api_refuses_server_paths_in_the_hub_id_field_and_in_uploads(stan
     secret = tmp_path / "server-side.jsonl"  # a file on the server that no user uploaded
     secret.write_text('{"task": "t", "prompt": "p", "answer": "1", "expert": null}\n', encoding="utf-8")
     try:
-        client = gradio_client.Client(url, verbose=False)
+        client = api_client(url)
         with pytest.raises(gradio_client.exceptions.AppError) as error:
             client.predict("Hub ids", None, [], str(outside_family.base), str(outside_family.experts[0]), None,
                            api_name="/preflight")

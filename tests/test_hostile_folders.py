@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import Client
 from gradio_client.exceptions import AppError
 
+from tests.conftest import api_client
 from tests.factory import make_family
 
 SETTINGS = {"method": "task_arithmetic", "weights": [0.5, 0.5], "params": {}, "seed": 0}
@@ -137,7 +137,7 @@ def _broken(zoo, fault, role: str) -> tuple[Path, Path]:
     return (copy, good.experts[0]) if role == "base" else (good.base, copy)
 
 
-def _call(client: Client, *args, api_name: str) -> tuple[bool, str]:
+def _call(client, *args, api_name: str) -> tuple[bool, str]:
     """(answered, text): the answer, or the error's message; never a generic failure."""
     try:
         return True, str(client.predict(*args, api_name=api_name))
@@ -147,8 +147,8 @@ def _call(client: Client, *args, api_name: str) -> tuple[bool, str]:
         return False, message
 
 
-def _preflight(url: str, base: Path, expert: Path, other: Path) -> tuple[Client, bool, str]:
-    client = Client(url, verbose=False)
+def _preflight(url: str, base: Path, expert: Path, other: Path) -> tuple[object, bool, str]:
+    client = api_client(url)
     ok, text = _call(client, "Local folders", None, [], str(base), f"{expert}\n{other}", None, api_name="/preflight")
     return client, ok, text
 

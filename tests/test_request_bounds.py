@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
 from merging.jsonl import MAX_FILE_BYTES
+from tests.conftest import api_client
 from ui.merge_record import MergeSettings
 from ui.session import DOWNLOADS
 
@@ -24,13 +25,13 @@ GOOD = {"method": "ties", "weights": [0.6, 0.4], "params": {"density": 0.5}, "se
 
 @pytest.fixture(scope="module")
 def client(app_url):
-    client = Client(app_url, verbose=False)
+    client = api_client(app_url)
     report = client.predict(*ZOO_LM, None, api_name="/preflight")
     assert "ready to merge" in report, report
     return client
 
 
-def _refused(client: Client, *args, api_name: str) -> str:
+def _refused(client, *args, api_name: str) -> str:
     with pytest.raises(AppError) as error:
         client.predict(*args, api_name=api_name)
     message = str(error.value)
@@ -189,7 +190,7 @@ def hosted_url(tmp_path_factory):
      ("base", "\n".join(["m"] * 500), "at most 64 models")],
 )
 def test_hosted_local_folders_field_gives_a_short_message(hosted_url, base, sources, expected):
-    client = Client(hosted_url, verbose=False)
+    client = api_client(hosted_url)
     message = _refused(client, "Local folders", None, [], base, sources, None, api_name="/preflight")
     assert expected in message, message
     assert len(message) < 400 and "x" * 60 not in message and "y" * 60 not in message and "z" * 60 not in message

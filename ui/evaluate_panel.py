@@ -208,12 +208,16 @@ def sweep(session: Session, config: HostConfig, method: str = "ties", rows_grid:
     return result
 
 
+MAX_COUNTED_POINTS = 2**53  # beyond this a count is not a number of points anyone can run
+
+
 def grid_points(rows_grid: str, columns_grid: str | None) -> int:
     """How many points a sweep's grids hold (0 where one does not parse: the sweep then says what is wrong)."""
     try:
-        return int(grid_size(rows_grid) * (grid_size(columns_grid) if columns_grid else 1))
+        count = grid_size(rows_grid) * (grid_size(columns_grid) if columns_grid else 1)
     except MergeLabError:
         return 0
+    return int(count) if count < MAX_COUNTED_POINTS else 0  # grid_size says inf for "0:1e308:1": refused later
 
 
 def require_live(session: Session, what: str) -> None:
