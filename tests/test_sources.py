@@ -121,7 +121,7 @@ def test_hub_id_offline_fails_fast_naming_the_id(tmp_path, monkeypatch):
     started = time.perf_counter()
     with pytest.raises(SourceError, match="mergelab-test/not-a-real-model"):
         open_model("mergelab-test/not-a-real-model", cache_dir=str(tmp_path / "hub-cache"))
-    assert time.perf_counter() - started < 5
+    assert time.perf_counter() - started < 60  # no network retries (each would wait far longer); loaded-machine slack
 
 
 def test_truncated_shard_fails_with_a_source_error(tmp_path, families):
