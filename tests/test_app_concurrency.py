@@ -3,6 +3,7 @@ merged model (each session's recipe holds its own weights; each chat answer is w
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,7 +13,7 @@ pytest.importorskip("gradio_client")
 
 from app import create_app
 from tests.conftest import api_client
-from ui import chat_panel, merge_panel, models_panel
+from ui import chat_panel, evaluate_panel, merge_panel, models_panel
 from ui.hosting import HostConfig
 from ui.session import new_session
 
@@ -40,16 +41,20 @@ def one_user(url: str, weights) -> dict:
     status = client.predict(settings(weights), api_name="/merge")
     merged, _, _ = client.submit(PROMPT, [], [], "(none)", 8, 0.0, 1.0, "none", api_name="/chat").result()
     _, recipe = client.predict(api_name="/export_yaml")
-    return {"status": status, "answer": merged[-1]["content"], "recipe": recipe}
+    _status, _chart, _table, downloads = client.predict(None, 5, api_name="/evaluate")
+    scored = json.loads(Path(next(f for f in downloads if f.endswith(".json"))).read_text(encoding="utf-8"))
+    return {"status": status, "answer": merged[-1]["content"], "recipe": recipe, "scores": scored["tasks"]}
 
 
-def expected_answer(config: HostConfig, weights) -> str:
-    """What a merge with these weights answers, computed in-process through the same handlers."""
+def alone(config: HostConfig, weights) -> tuple[str, dict]:
+    """What a merge with these weights answers and scores when made alone, in-process through the same handlers
+    (the chat answer without its '— merge #N' tag: merge numbers are unique across sessions)."""
     session = new_session()
     models_panel.check_models(session, config, models_panel.ModelsChoice("Zoo", "lm", ["math", "japanese"], "", ""))
     merge_panel.run_merge(session, config, settings(weights))
     *_, (merged, _) = chat_panel.chat(session, config, PROMPT, [], [], "(none)", chat_panel.GenerationSettings(8))
-    return merged[-1]["content"]
+    scores = evaluate_panel.evaluate(session, config, None, 5)["tasks"]
+    return chat_panel.MERGE_TAG.sub("", _text(merged[-1]["content"])), json.loads(json.dumps(scores))
 
 
 def _text(content) -> str:
@@ -66,7 +71,12 @@ def test_four_users_merge_and_chat_without_seeing_each_other(served):
         assert "Merged with **task_arithmetic**" in result["status"]
         assert f"math {weights[0]:g}, japanese {weights[1]:g}" in result["status"], result["status"]
         assert f"weight: {weights[0]}" in result["recipe"] and f"weight: {weights[1]}" in result["recipe"]
-        assert _text(result["answer"]) == expected_answer(config, weights)
+        answer, scores = alone(config, weights)
+        assert chat_panel.MERGE_TAG.sub("", _text(result["answer"])) == answer
+        assert result["scores"] == scores  # each evaluation is of its own session's merge
+    # The four merges differ, so a session shown another's merge would be caught.
+    seen = {json.dumps([chat_panel.MERGE_TAG.sub("", _text(r["answer"])), r["scores"]], sort_keys=True) for r in results}
+    assert len(seen) == len(WEIGHTS), seen
     # Each session wrote nothing to another's folder: merged folders are per session.
     merged_root = Path(config.models_dir) / "merged"
     assert not merged_root.exists() or len(list(merged_root.iterdir())) <= USERS
