@@ -15,7 +15,7 @@ SMOLLM2_PARAMETERS = 134_515_008  # SmolLM2-135M-Instruct, tied embeddings count
 
 def test_the_default_learn_on_smollm2_fits_five_minutes_of_cpu_and_says_so():
     sized = budget.sized_defaults(SMOLLM2_PARAMETERS, 3, "samerging", "cpu")
-    assert sized.total_s <= 5 * 60
+    assert sized.total_s * 1.85 <= 5 * 60  # within 5 minutes even at the slowdown measured on a busy machine
     assert sized.steps >= budget.MIN_STEPS and sized.examples_per_task >= budget.MIN_EXAMPLES
     assert sized.steps // sized.eval_every >= 5  # early stopping can act within the run
     old = budget.estimate(SMOLLM2_PARAMETERS, 3, 16, 200, "samerging", "cpu")  # the defaults the issue met

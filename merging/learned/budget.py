@@ -6,9 +6,10 @@ batch forward and backward through the merged model (twice for SAMerging's sharp
 model's size and the number of inputs, so the estimate is  parameters × inputs × seconds-per-parameter-and-input,
 with the seconds measured (docs/benchmarks.md, "Learned merging"):
 
-- CPU, 2 shared cores: SmolLM2-135M, SAMerging with 2-3 experts, batches of 6-12 inputs a task: 10 s a step with
-  2 × 6 inputs, 30 s with 3 × 12, i.e. 0.83 s per task input and step (6.2e-9 s per parameter); preparation 95 s
-  for 3 × 16 inputs (2.0 s per input: 1.5e-8 s per parameter).
+- CPU, 2 shared cores: SmolLM2-135M, SAMerging with 2-3 experts, batches of 5-12 inputs a task: 10 s a step with
+  2 × 6 inputs, 30 s with 3 × 12, 6-8 s with 2 × 5 on a quiet machine, i.e. 0.83 s per task input and step (6.2e-9
+  s per parameter); preparation 95 s for 3 × 16 inputs and 48 s for 2 × 7 (2-3.4 s per input: 2.5e-8 s per
+  parameter, the slower figure).
 - GPU, one H100: GPT-2 size (124 M), 7 tasks × 16 inputs of 128 tokens: 0.62 s a SAMerging step, 5.5 ms per task
   input (4.4e-11 s per parameter).
 
@@ -21,9 +22,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SECONDS_PER_PARAM_INPUT_STEP = {"cpu": 6.2e-9, "cuda": 4.4e-11}  # SAMerging; AdaMerging takes half (one pass)
-SECONDS_PER_PARAM_INPUT_PREP = {"cpu": 1.5e-8, "cuda": 2.0e-10}
+# GPU preparation of an LM (the teachers' greedy continuations) is not measured: assumed as much faster than the CPU
+# as a step is (141 times).
+SECONDS_PER_PARAM_INPUT_PREP = {"cpu": 2.5e-8, "cuda": 1.8e-10}
 HELD_OUT_SHARE = 0.25  # of each task's inputs, never learned on (merging.learned.api.DEFAULT_HOLDOUT)
-CPU_BUDGET_S = 240.0  # the default run on a CPU: 4 minutes, leaving a margin under the 5 a visitor will wait
+# The default run on a CPU: 2.5 minutes at the measured rates. A busy machine is slower: the first sized run on the
+# SmolLM2 family (2 experts) took 1.85 times its estimate at load 3-5 (docs/benchmarks.md, "Learned merging"), and a
+# visitor should be done within 5 minutes even then.
+CPU_BUDGET_S = 150.0
 GPU_BUDGET_S = 600.0
 MIN_STEPS, MAX_STEPS = 10, 200
 MIN_EXAMPLES, MAX_EXAMPLES = 4, 16
@@ -89,7 +95,7 @@ def eval_every_for(steps: int) -> int:
 
 def sized_defaults(parameters: int, tasks: int, method: str = "samerging", device: str = "cpu",
                    budget_s: float | None = None) -> LearnSizing:
-    """The most inputs and steps that fit the budget (CPU 4 minutes, GPU 10): inputs first (down to 4 a task, a
+    """The most inputs and steps that fit the budget (CPU 2.5 minutes, GPU 10): inputs first (down to 4 a task, a
     batch of 3), then as many steps as the rest of the budget holds (10 to 200)."""
     budget = budget_s if budget_s is not None else (GPU_BUDGET_S if _device_kind(device) == "cuda" else CPU_BUDGET_S)
     best = estimate(parameters, tasks, MIN_EXAMPLES, MIN_STEPS, method, device)
