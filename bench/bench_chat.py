@@ -1,5 +1,6 @@
-"""Chat at the speed of the model: tokens per second of a greedy answer three ways, side by side in one run on the
-same merged weights (the default preset's starting merge of the SmolLM2 family):
+"""Chat at the speed of the model: tokens per second of a greedy answer, side by side in one run on the same merged
+weights (the default preset's models, task arithmetic at weight 0.01 each: a merge that still writes long answers
+like the base, where the experts' merges answer "答え: N" in four tokens and time only the prompt):
 
 - `generate`: plain `model.generate` (the ceiling),
 - `stream_chat`: inference.generation.stream_chat, as the Chat tab calls it (greedy: its own KV-cache loop in the
@@ -30,18 +31,19 @@ sys.path.insert(0, str(REPO))
 import torch
 from machine import machine  # bench/machine.py (this folder is on sys.path when a script runs)
 
-PROMPT = "Count from 1 to 300, one number after another, separated by commas."
+PROMPT = "Write a long story about a cat who travels around the world, with many details."
+SETTINGS = {"method": "task_arithmetic", "weights": [0.01, 0.01], "params": {}, "seed": 0}
 
 
 def local_session(config):
-    """The default preset's starting merge, made in-process through the page's own handlers."""
+    """The default preset's models merged with SETTINGS, in-process through the page's own handlers."""
     from ui import merge_panel, models_panel
     from ui.session import new_session
 
     session = new_session()
     name = models_panel.default_preset_name()
     models_panel.check_models(session, config, models_panel.preset_choice(models_panel.get_preset(name)), name)
-    merge_panel.run_merge(session, config, session.merge_settings.to_dict())
+    merge_panel.run_merge(session, config, SETTINGS)
     return session
 
 
@@ -99,7 +101,7 @@ def main() -> None:
     choice = models_panel.preset_choice(models_panel.get_preset(name))
     client.predict(choice.origin, choice.family, choice.experts, choice.base, choice.sources, name,
                    api_name="/preflight")
-    client.predict(session.merge_settings.to_dict(), api_name="/merge")  # the same settings, so the same weights
+    client.predict(SETTINGS, api_name="/merge")  # the same settings, so the same weights
     rates: dict[str, list[float]] = {"generate": [], "stream_chat": [], "stream_chat (thread)": [], "/chat": []}
     print(f"# {machine()}; {time.strftime('%Y-%m-%d %H:%M')}; torch threads {torch.get_num_threads()}; "
           f"{args.tokens} greedy tokens at most")
