@@ -115,6 +115,64 @@ def test_export_killed_while_replacing_keeps_the_previous_model(family, tmp_path
     assert sorted((p.name, p.stat().st_size) for p in out.iterdir()) == before  # the previous export, whole
 
 
+SERVER = r'''
+import sys
+from pathlib import Path
+from app import create_app
+from ui.hosting import HostConfig
+
+demo = create_app(HostConfig.detect(hosted=False, models_dir=Path(sys.argv[1])))
+demo.launch(server_name="127.0.0.1", server_port=int(sys.argv[2]), quiet=True)
+'''
+
+
+def test_app_killed_during_a_folder_merge_then_restarted(tmp_path):
+    """The whole app SIGKILLed while /merge_to_folder writes (the engine slowed per tensor by its test hook), then
+    started again: no folder under the merge's name, the hidden temp folder gone after the restart."""
+    import socket
+
+
+    models = tmp_path / "models"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    script = tmp_path / "server.py"
+    script.write_text(SERVER, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MERGELAB_TEST_TENSOR_DELAY_S": "0.5"}
+    server = subprocess.Popen([sys.executable, str(script), str(models), str(port)], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = _wait_for_server(server, f"http://127.0.0.1:{port}/")
+        client.predict("Zoo", "lm", ["math", "japanese"], "", "", None, api_name="/preflight")
+        client.submit({"method": "task_arithmetic", "weights": [0.5, 0.5], "params": {}, "seed": 0}, "killed",
+                      api_name="/merge_to_folder")
+        deadline = time.monotonic() + WAIT_S
+        while not list(models.glob("merged/*/.killed.incomplete-*/*.safetensors")):
+            assert server.poll() is None and time.monotonic() < deadline, "the merge never started writing"
+            time.sleep(0.1)
+    finally:
+        server.kill()
+        server.wait(timeout=60)
+    session_folder = next(models.glob("merged/*"))
+    assert not (session_folder / "killed").exists()
+    assert _hidden(session_folder) == [f".killed.incomplete-{server.pid}"]
+    _restart(models)
+    assert _hidden(session_folder) == [] and not (session_folder / "killed").exists()
+
+
+def _wait_for_server(server: subprocess.Popen, url: str):
+    from tests.conftest import api_client
+
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        assert server.poll() is None, "the app ended while starting"
+        try:
+            return api_client(url)
+        except Exception:  # noqa: BLE001 - not listening yet
+            assert time.monotonic() < deadline, "the app did not start"
+            time.sleep(0.5)
+
+
 def test_debris_of_running_processes_is_kept(tmp_path):
     mine = tmp_path / f".merged.incomplete-{os.getpid()}"
     mine.mkdir()
