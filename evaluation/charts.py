@@ -177,12 +177,13 @@ def conflict_by_layer_figure(report: Any, reference: float | None = None) -> go.
     skipped = len(data["by_layer"]) - len(layers)
     values = [data["by_layer"][k]["sign_conflict_rate"] for k in layers]
     fig = go.Figure(go.Bar(x=[f"L{k}" if k != "none" else "outside" for k in layers], y=values,
-                           text=[_label(v) for v in values], textposition="outside", cliponaxis=False,
-                           marker_color="#d6604d", name="measured",
+                           text=[_label(v) for v in values], textposition="inside", insidetextanchor="middle",
+                           textfont={"color": "white"}, marker_color="#d6604d", name="measured",
                            hovertemplate="layer %{x}: %{y:.0%} of shared entries disagree in sign<extra></extra>"))
     if reference is not None:
-        fig.add_hline(y=reference, line_dash="dash", line_color="#444",
-                      annotation_text=f"unrelated random vectors: {reference:.0%}", annotation_position="top left")
+        fig.add_hline(y=reference, line_dash="dash", line_color="#444", annotation_position="top right",
+                      annotation_text=f"unrelated random vectors: {reference:.0%}", annotation_yshift=4,
+                      annotation_bgcolor="rgba(255,255,255,0.85)")
     note = f"<br><sub>{skipped} layer(s) without a task vector left out</sub>" if skipped else ""
     fig.update_layout(title=f"Where the experts disagree: sign conflicts per layer{note}", height=380,
                       yaxis={"title": "entries with opposite signs", **_PERCENT_AXIS}, xaxis={"type": "category"},

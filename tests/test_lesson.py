@@ -29,4 +29,4 @@ def test_the_lesson_walks_from_two_experts_to_the_merges_score(tmp_path):
     merge_panel.merge_if_none(session, config)
     evaluate(session, config, None, 5)
     table = interference_panel.lesson_score_markdown(session)
-    assert f"Merge #{session.merge.version}" in table and "| math |" in table
+    assert f"merge #{session.merge.version}" in table and "| math |" in table

@@ -122,7 +122,8 @@ def lesson_score_markdown(session: Session) -> str:
     result = session.evaluation
     if result is None or session.merge is None:
         return "*No score yet: press **Score the merge** (or Evaluate in the Evaluate tab).*"
-    lines = [f"Merge #{session.merge.version}: {session.merge.describe()}", "",
+    examples = max((score.examples for score in result.scores.values()), default=0)
+    lines = [f"Scored: {session.merge.describe()}, {examples} examples a task", "",
              "| task | the merge | its expert | change |", "|---|---|---|---|"]
     for name, score in result.scores.items():
         merged, expert = score.accuracy, score.expert_accuracy

@@ -79,7 +79,7 @@ def test_the_teacher_shows_the_lesson_and_interference_reads(page):
     expect(example).to_contain_text("conflict")
     expect(example).to_contain_text("elected sign")
     page.locator("#lesson-score-run").click()
-    expect(page.locator("#lesson-score")).to_contain_text(re.compile(r"Merge #\d+"))
+    expect(page.locator("#lesson-score")).to_contain_text(re.compile(r"merge #\d+"))
     expect(page.locator("#lesson-score")).to_contain_text("its expert")
     no_error_badges(page, "lesson-conflicts", "lesson-example", "lesson-score")
     shot(page, "7-lesson")
