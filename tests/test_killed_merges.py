@@ -226,3 +226,38 @@ def test_full_disk_during_export_gives_a_message_and_leaves_nothing(small_disk, 
     message = str(error.value)
     assert "disk" in message.lower() or "space" in message.lower(), message
     assert not out.exists() and _hidden(out.parent) == []
+
+
+def test_full_disk_during_the_export_tab_save_gives_a_message_and_leaves_nothing(small_disk, tmp_path, monkeypatch):
+    """The same through the Export tab's handler (/export), the models folder on the small disk."""
+    from ui import export_panel, merge_panel, models_panel
+    from ui.hosting import HostConfig
+    from ui.session import new_session
+
+    models = (small_disk if small_disk is not None else tmp_path) / "models"
+    config = HostConfig.detect(hosted=False, models_dir=models)
+    session = new_session()
+    models_panel.check_models(session, config, models_panel.ModelsChoice("Zoo", "lm", ["math", "japanese"], "", ""))
+    merge_panel.run_merge(session, config, {"method": "task_arithmetic", "weights": [0.5, 0.5], "params": {},
+                                            "seed": 0})
+
+    def fill_the_disk(_fraction, desc=None) -> None:
+        filler = small_disk / "filler"
+        if not filler.exists():
+            with open(filler, "wb") as handle, pytest.raises(OSError):
+                handle.write(b"\0" * (4 << 20))
+
+    if small_disk is None:  # not root: simulated ENOSPC from the shard files
+        from merging import shards
+
+        class FullDisk(io.FileIO):
+            def write(self, data) -> int:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(shards, "open", lambda path, mode="r", *a, **k: FullDisk(path, mode.replace("b", "")),
+                            raising=False)
+    with pytest.raises(MergeLabError) as error:
+        export_panel.save_folder(session, config, "full", fill_the_disk if small_disk is not None else None)
+    assert "disk is full" in str(error.value), str(error.value)
+    folder = session.merged_folder(models, "full")
+    assert not folder.exists() and _hidden(folder.parent) == []
