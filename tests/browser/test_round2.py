@@ -34,6 +34,7 @@ def test_chat_first_opens_beside_the_first_expert_and_labels_the_merge(page):
     expect(merged).to_contain_text(re.compile(r"merge #\d+"))
     expect(page.locator("#chat-compare [data-testid='bot']").first).to_contain_text(re.compile(r"\S"))
     no_error_badges(page, "chat-merged", "chat-compare")
+    shot(page, "3-chat")
 
 
 def test_a_method_switch_re_merges_and_ties_starts_trimming(page):
