@@ -20,7 +20,7 @@ from typing import Any
 
 from evaluation.errors import SweepError
 from evaluation.runner import PointJob, PointOutcome
-from evaluation.sweep import DENSITY_PARAMS, _axes, point_recipe
+from evaluation.sweep import _axes, kept_fraction, point_recipe
 from evaluation.tasks import TaskSet
 from merging.export import mergekit_export
 from merging.methods.registry import get_method
@@ -74,8 +74,8 @@ class SearchSpace:
 
     @property
     def density_name(self) -> str | None:
-        spec = get_method(self.method)
-        return next((n for n in DENSITY_PARAMS if spec.param(n)), None)
+        param = kept_fraction(self.method)
+        return param.name if param is not None else None
 
     def dimensions(self) -> dict[str, tuple[float, float]]:
         """Every searched number by name ("weight:MODEL:0", "density:MODEL:0", "density:*:0") with its range."""

@@ -2,8 +2,8 @@
 once) and scored by loading the merged state dict into the same model instance (Evaluator.score_state); expert
 outputs are computed once for the whole sweep.
 
-The weight axis sets every merged model's `weight`; the density axis sets `density` (or SCE's `select_topk`).
-A method without such a parameter collapses that axis to one point (value None in the results). Methods with a
+The weight axis sets every merged model's `weight`; the density axis sets the method's kept fraction (`density`, or
+SCE's `select_topk`: the parameters declared with role "kept_fraction"). A method without such a parameter collapses that axis to one point (value None in the results). Methods with a
 `normalize` parameter get `normalize: false` unless the recipe sets it: normalising divides equal weights out, so
 the weight axis would change nothing; without it the weight scales the (trimmed, elected) task vectors.
 Results: a table, the best point by a chosen metric, and a results file (JSON with each point's recipe, per-task
@@ -31,12 +31,27 @@ from evaluation.runner import InProcessRunner, PointJob, PointOutcome, Scorer, e
 from evaluation.tasks import TaskSet, tasks_for_experts
 from inference.loading import load_model
 from merging.live import LiveMerger
-from merging.methods.registry import get_method
+from merging.methods.registry import Method, Param, get_method
 from merging.recipe import Recipe, load_recipe
 from merging.sources import open_model
 
 Progress = Callable[[float, str], Any]  # progress(fraction, description): gr.Progress fits
-DENSITY_PARAMS = ("density", "select_topk")
+GRID_ROLES = ("weight", "kept_fraction")  # the roles of the parameters a (weight × density) grid sets
+
+
+def kept_fraction(method: str) -> Param | None:
+    """The method's fraction of entries kept (density, SCE's select_topk), the sweeps' density axis; or None."""
+    return get_method(method).by_role("kept_fraction")
+
+
+def sweepable(param: Param) -> bool:
+    """A numeric parameter a settings sweep may vary by name: not the weight (its own axes) nor a tolerance (a
+    numerical floor such as RAM's epsilon, whose sweep would only show rounding)."""
+    return param.kind in ("float", "int") and param.role not in ("weight", "tolerance")
+
+
+def _grid_param_names(*methods: Method) -> set[str]:
+    return {p.name for method in methods for p in method.params if p.role in GRID_ROLES}
 
 
 MAX_GRID_POINTS = 10_000  # points on one axis from the command line; the page allows far fewer (ui/evaluate_panel.py)
@@ -276,22 +291,23 @@ def point_recipe(template: Recipe, method: str, weight: float | None, density: f
     data = copy.deepcopy(template.to_dict())
     data["merge_method"] = method
     spec = get_method(method)
-    density_param = next((spec.param(n) for n in DENSITY_PARAMS if spec.param(n)), None)
-    weight_param = spec.param("weight")
+    density_param = spec.by_role("kept_fraction")
+    weight_param = spec.by_role("weight")
+    grid_names = _grid_param_names(get_method(template.merge_method), spec)
     listed = [entry["model"] for entry in data["models"]]
     if spec.base == "ignored" and data.get("base_model") not in listed:
         data.pop("base_model", None)  # linear & co. mix the listed experts; the base would be one more input
     shared = data.setdefault("parameters", {})
-    for name in ("weight", *DENSITY_PARAMS):  # the grid decides these; stale ones could fail validation
+    for name in grid_names:  # the grid decides these; stale ones could fail validation
         shared.pop(name, None)
     for entry in data["models"]:
         params = entry.setdefault("parameters", {})
-        for name in ("weight", *DENSITY_PARAMS):
+        for name in grid_names:
             params.pop(name, None)
         if entry["model"] == data.get("base_model") and spec.base != "ignored":
             continue
         if weight_param is not None and weight is not None:
-            params["weight"] = weight
+            params[weight_param.name] = weight
         if density_param is not None and density_param.scope == "model" and density is not None:
             params[density_param.name] = density
     if density_param is not None and density_param.scope == "global" and density is not None:
@@ -309,8 +325,8 @@ def point_recipe(template: Recipe, method: str, weight: float | None, density: f
 
 def _axes(method: str, weights: list[float], densities: list[float]) -> list[tuple[float | None, float | None]]:
     spec = get_method(method)
-    method_weights = weights if spec.param("weight") is not None else [None]
-    method_densities = densities if any(spec.param(n) for n in DENSITY_PARAMS) else [None]
+    method_weights = weights if spec.by_role("weight") is not None else [None]
+    method_densities = densities if spec.by_role("kept_fraction") is not None else [None]
     return [(w, d) for w in method_weights for d in method_densities]
 
 
@@ -368,8 +384,7 @@ def axis_choices(method: str, sources: Sequence[str]) -> list[str]:
     choices = []
     if spec.param("weight") is not None:
         choices += [WEIGHT_AXIS, *(f"{WEIGHT_AXIS}:{s}" for s in sources)] if len(sources) > 1 else [WEIGHT_AXIS]
-    choices += [p.name for p in spec.params
-                if p.kind in ("float", "int") and p.name != "weight" and p.name not in ("eps", "tol")]
+    choices += [p.name for p in spec.params if sweepable(p)]
     return choices
 
 
@@ -380,18 +395,19 @@ def default_axes(method: str, params: Mapping[str, Any], sources: Sequence[str] 
     else λ; without one, two sources' weights against each other; otherwise the method's own numeric parameter
     (slerp's t). `params` is kept for callers; the choice no longer depends on it."""
     spec = get_method(method)
-    fraction = next((n for n in DENSITY_PARAMS if spec.param(n)), None)
-    numeric = [p.name for p in spec.params if p.kind in ("float", "int") and p.name not in ("weight", "eps", "tol")]
-    has_weight = spec.param("weight") is not None
+    fraction = spec.by_role("kept_fraction")
+    numeric = [p.name for p in spec.params if sweepable(p)]
+    has_weight = spec.by_role("weight") is not None
+    scale = spec.by_role("scale")
+    other = scale.name if scale is not None else None  # λ
     if fraction:
         if has_weight:
-            return WEIGHT_AXIS, fraction
-        other = "lambda" if spec.param("lambda") is not None else None
-        return (other, fraction) if other else (fraction, None)
+            return WEIGHT_AXIS, fraction.name
+        return (other, fraction.name) if other else (fraction.name, None)
     if has_weight and len(sources) >= 2:
         return f"{WEIGHT_AXIS}:{sources[0]}", f"{WEIGHT_AXIS}:{sources[1]}"
     if has_weight:
-        return WEIGHT_AXIS, ("lambda" if spec.param("lambda") is not None else None)
+        return WEIGHT_AXIS, other
     return (numeric[0], None) if numeric else (None, None)
 
 

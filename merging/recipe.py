@@ -94,18 +94,25 @@ class Recipe:
 
     def to_mergekit(self) -> tuple[dict[str, Any], list[str]]:
         """The recipe as mergekit 0.1.5 can run it, and a note for each thing that had to be rewritten or cannot be
-        expressed there. magnitude_prune becomes breadcrumbs with gamma 0 (the same pruning: keep the top
-        int(density·n) entries); `rescale: inverse_density` has no mergekit equivalent and becomes `true`."""
+        expressed there, as the method declares (`Method.mergekit`: magnitude_prune becomes breadcrumbs with gamma
+        0; `Param.mergekit_values`: `rescale: inverse_density` becomes `true`). A method mergekit lacks is left as
+        it is (merging.export labels it)."""
         data = self.to_dict()
         notes: list[str] = []
-        if self.merge_method == "magnitude_prune":
-            data["merge_method"] = "breadcrumbs"
-            data["parameters"] = {**data.get("parameters", {}), "gamma": 0.0}
-            notes.append("magnitude_prune is written as breadcrumbs with gamma 0 (the same pruning)")
-        if self.parameters.get("rescale") == "inverse_density":
-            data["parameters"] = {**data["parameters"], "rescale": True}
-            notes.append("mergekit has no `rescale: inverse_density`; written as `rescale: true` (L1 matching), "
-                         "so mergekit's result will differ")
+        method = get_method(self.merge_method)
+        export = method.mergekit
+        if export is not None and export.name not in (None, self.merge_method):
+            data["merge_method"] = export.name
+            notes.append(export.note or f"{self.merge_method} is written as mergekit's {export.name}")
+        if export is not None and export.parameters:
+            data["parameters"] = {**data.get("parameters", {}), **dict(export.parameters)}
+        for param in method.params:
+            for ours, theirs in param.mergekit_values:
+                value = self.parameters.get(param.name)
+                if type(value) is type(ours) and value == ours:
+                    data["parameters"] = {**data["parameters"], param.name: theirs}
+                    notes.append(f"mergekit has no `{param.name}: {ours}`; written as `{param.name}: "
+                                 f"{yaml.safe_dump(theirs).splitlines()[0]}`, so mergekit's result will differ")
         return data, notes
 
     def to_mergekit_yaml(self) -> str:

@@ -14,7 +14,7 @@ from ui import classify_panel, export_panel, learn_panel, merge_panel, models_pa
 from ui.catalog import HUB, load_catalog
 from ui.hosting import APP_ROOT, HostConfig, hosted_from_env
 from ui.session import new_session
-from ui.workspace import HIDDEN_PARAMS
+from ui.workspace import has_own_control
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -122,7 +122,8 @@ def test_controls_show_exactly_each_methods_parameters():
     for method in merge_panel.methods():
         updates = merge_panel.control_updates(method.name, specs)
         shown = {specs[key].name for key, update in zip(specs, updates) if update.get("visible") is True}
-        assert shown == {p.name for p in method.params if p.name not in HIDDEN_PARAMS}, method.name
+        assert shown == {p.name for p in method.params if has_own_control(p)}, method.name
+        assert not shown & {"weight", "int8_mask"}, method.name  # a slider per source; no effect here
         for key, update in zip(specs, updates):  # each shown control has the method's own range, help and default
             param = merge_panel.method_param_for(method.name, key)
             if update.get("visible") is True and param.kind == "float" and merge_panel.param_range(param):
@@ -153,7 +154,7 @@ def test_sparsifying_methods_start_where_they_trim():
     specs = merge_panel.param_specs()
     for name in ("ties", "dare_ties", "breadcrumbs", "della", "magnitude_prune", "sce"):
         updates = dict(zip(specs, merge_panel.control_updates(name, specs, {}, previous="task_arithmetic")))
-        fraction = next(updates[key]["value"] for key in specs if specs[key].name in merge_panel.KEPT_FRACTION
+        fraction = next(updates[key]["value"] for key in specs if specs[key].role == "kept_fraction"
                         and updates[key].get("visible") is True)
         assert 0 < fraction < 1, name
     from merging.methods import get_method

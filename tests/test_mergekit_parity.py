@@ -254,13 +254,22 @@ def run_mergekit_text(family: Family, text: str, seed: int = 0) -> dict[str, tor
     return load_state(out)
 
 
-def test_the_list_of_mergekit_methods_is_mergekit_s_own():
-    from mergekit.merge_methods import registry
+def test_each_method_s_declared_mergekit_name_is_mergekit_s_own():
+    """Export reads `Method.mergekit`: every name declared there is one mergekit registers, and every method of ours
+    that mergekit registers under the same name declares it (so none is exported as a MergeLab recipe by mistake)."""
+    from mergekit.merge_methods import registry as theirs
 
-    from merging.export import MERGEKIT_METHODS
+    from merging.methods.registry import list_methods
 
-    for name in MERGEKIT_METHODS:
-        assert registry.get(name) is not None
+    ours = list_methods()
+    registered = {m.spec.name for m in theirs.registered_methods()}
+    declared = {m.name: m.mergekit_name() for m in ours if m.mergekit is not None}
+    assert declared["magnitude_prune"] == "breadcrumbs" and declared["ties"] == "ties"
+    for name, mergekit_name in declared.items():
+        assert mergekit_name in registered, name
+    for method in ours:
+        if method.name in registered:
+            assert method.mergekit_name() == method.name, method.name
 
 
 def test_every_method_exported_as_mergekit_yaml_runs_in_mergekit_and_gives_our_result(family):
@@ -289,10 +298,14 @@ def test_every_method_exported_as_mergekit_yaml_runs_in_mergekit_and_gives_our_r
 
 
 def test_a_method_mergekit_lacks_is_exported_as_a_labelled_mergelab_recipe(family, monkeypatch):
+    import dataclasses
+
     import merging.export
+    from merging.methods import registry
     from merging.recipe import load_recipe
 
-    monkeypatch.setattr(merging.export, "MERGEKIT_METHODS", merging.export.MERGEKIT_METHODS - {"ties"})
+    ties = dataclasses.replace(registry.get_method("ties"), mergekit=None)  # declared as mergekit lacking it
+    monkeypatch.setitem(registry._METHODS, "ties", ties)
     recipe = family.recipe("ties", [{"weight": 1.0, "density": 0.5}])
     export = merging.export.mergekit_export(recipe)
     assert not export.runs_in_mergekit and export.filename == "mergelab_recipe.yaml"

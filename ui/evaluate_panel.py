@@ -34,16 +34,16 @@ from ui import sweep_search
 from ui.feedback import guarded, in_place_error
 from ui.fields import number_field
 from ui.hosting import HostConfig
-from ui.merge_panel import KEPT_FRACTION, merge_if_none, methods, settings_summary, start_value
+from ui.merge_panel import merge_if_none, methods, settings_summary, start_value
 from ui.resources import on_gpu, session_tokenizer, shared_model
 from ui.session import Session, session_downloads
 from ui.sweep_search import RUNNER_CHOICES, page_runner, runner_note
 from ui.workspace import (
-    HIDDEN_PARAMS,
     MergeSettings,
     _read_all,
     build_recipe,
     current_merge,
+    has_own_control,
     merged_state,
     require_models,
 )
@@ -136,11 +136,11 @@ def sweep_base_settings(session: Session, method: str) -> dict[str, Any]:
         return current.to_dict()
     spec = get_method(method)
     params = {p.name: start_value(p) for p in spec.params
-              if p.name not in HIDDEN_PARAMS and start_value(p) is not None}
-    carried = {k: v for k, v in (current.params if current else {}).items() if k in KEPT_FRACTION}
-    for name in KEPT_FRACTION:
-        if name in params and carried:
-            params[name] = next(iter(carried.values()))
+              if has_own_control(p) and start_value(p) is not None}
+    fraction = spec.by_role("kept_fraction")
+    carried = get_method(current.method).by_role("kept_fraction") if current is not None else None
+    if fraction is not None and carried is not None and current.params.get(carried.name) is not None:
+        params[fraction.name] = current.params[carried.name]  # density ↔ select_topk: one setting, two names
     n = len(session.sources)
     weights = []
     if spec.param("weight") is not None:

@@ -19,15 +19,13 @@ from ui.export_panel import task_folders_text
 from ui.hosting import HostConfig
 from ui.merge_record import MergeSettings
 from ui.session import Session
-from ui.workspace import HIDDEN_PARAMS, merge_live, merge_to_folder, require_models
+from ui.workspace import has_own_control, merge_live, merge_to_folder, require_models
 
 MAX_SOURCES = 8  # weight sliders made up front; the ones beyond the chosen sources stay hidden
 # "hidden" keeps a control mounted but invisible: a control made visible=False is not in the page, and updates that
 # show it can be lost when its tab mounts at the same moment.
 HIDDEN = "hidden"
 DEFAULT_METHOD = "ties"
-# Fractions of entries kept: one setting under two names, carried over when the method changes.
-KEPT_FRACTION = ("density", "select_topk")
 
 
 def methods() -> list[Method]:
@@ -57,7 +55,7 @@ def control_keys() -> dict[tuple[str, str], str]:
     first: dict[str, list[tuple[str, Param]]] = {}
     for method in methods():
         for param in method.params:
-            if param.name in HIDDEN_PARAMS:
+            if not has_own_control(param):
                 continue
             shared = next((key for key, other in first.get(param.name, []) if _same_meaning(other, param)), None)
             if shared is None:
@@ -164,6 +162,9 @@ def control_updates(method_name: str, specs: dict[str, Param], current: dict[str
     method = get_method(method_name)
     current = current or {}
     before = params_by_name(previous, current) if previous else {}
+    # a fraction of entries kept is one setting under several names (density, select_topk): carried over
+    previous_fraction = get_method(previous).by_role("kept_fraction") if previous else None
+    kept = before.get(previous_fraction.name) if previous_fraction is not None else None
     updates = []
     for key in specs:
         param = method_param_for(method.name, key)
@@ -172,7 +173,7 @@ def control_updates(method_name: str, specs: dict[str, Param], current: dict[str
             continue
         value = start_value(param)
         shared = previous is not None and method_param_for(previous, key) is not None
-        fraction = next((before[n] for n in KEPT_FRACTION if param.name in KEPT_FRACTION and n in before), None)
+        fraction = kept if param.role == "kept_fraction" else None
         if shared and current.get(key) is not None:
             value = current[key]
         elif fraction is not None and _within(fraction, param):

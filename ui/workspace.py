@@ -21,6 +21,7 @@ from merging.engine import merge_to_folder as engine_merge
 from merging.errors import CompatibilityError, MergeLabError, RecipeError, SourceError
 from merging.live import LiveMerger, ReaderTensors, live_memory_plan
 from merging.methods import get_method
+from merging.methods.registry import Param
 from merging.recipe import Recipe, validate_recipe
 from merging.sources import open_model, validate_hub_id
 from ui.catalog import require_hub
@@ -31,7 +32,12 @@ from ui.session import Session, SourceModel
 
 ORIGINS = ("Zoo", "Local folders", "Hub ids")
 BASE_LABEL = "base"
-HIDDEN_PARAMS = ("weight", "int8_mask")  # weight has its own slider per model; int8_mask changes nothing here
+
+
+def has_own_control(param: Param) -> bool:
+    """Whether the Merge panel shows a parameter as one of the method's own controls: not the weight (it has a
+    slider per source) nor a parameter without effect here (int8_mask), as their declared roles say."""
+    return param.role not in ("weight", "hidden")
 
 
 # --- choosing models ---------------------------------------------------------------------------------------------
@@ -216,7 +222,7 @@ def build_recipe(session: Session, settings: MergeSettings, *, by: str = "label"
     global_params: dict[str, Any] = {}
     for key, value in settings.params.items():
         param = method.param(key)
-        if param is None or value is None or key in HIDDEN_PARAMS:
+        if param is None or value is None or not has_own_control(param):
             continue
         global_params[key] = _coerce_choice(value)
     models = []

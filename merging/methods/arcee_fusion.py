@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from merging.methods.common import as_float32
-from merging.methods.registry import Method, register
+from merging.methods.registry import SAME_IN_MERGEKIT, Method, register
 
 PROBABILITY_FLOOR = 1e-8  # added to both distributions so log(p/q) stays finite (mergekit's value)
 OUTLIER_SPREAD = 1.5  # Tukey's fence: median + 1.5 × interquartile range
@@ -50,4 +50,5 @@ register(Method(
     "|change| × the row's distribution shift); keep the base elsewhere.",
     formula="s = |x − base|·KL(softmax(x)‖softmax(base)) per row; out = base + (x − base)·[s ≥ median(s) + 1.5·IQR(s)]",
     params=(), base="required", random=False, min_models=1, max_models=1, fn=arcee_fusion,
+    mergekit=SAME_IN_MERGEKIT,
 ))

@@ -8,24 +8,25 @@ import torch
 
 from merging.cancel import check_cancelled
 from merging.errors import RecipeError
+from merging.methods import params as P
 from merging.methods.common import as_float32
 from merging.methods.params import MAGNITUDE
-from merging.methods.registry import Method, Param, register
+from merging.methods.registry import SAME_IN_MERGEKIT, Method, Param, register
 
 T_SLERP = Param(name="t", scope="global", default=None, low=0.0, high=1.0, kind="float",
                 help="Position between the base (0) and the other model (1).", required=True)
 T_NEARSWAP = Param(name="t", scope="global", default=None, low=0.0, high=MAGNITUDE, kind="float",
                    help="Distance below which entries take the other model's value (larger = more of it).",
                    required=True, ui_range=(0.0, 0.01))
-WEIGHT = Param(name="weight", scope="model", default=None, low=-MAGNITUDE, high=MAGNITUDE, kind="float",
-               help="This model's share of the interpolation.", required=True, ui_range=(0.0, 1.0))
+WEIGHT = P.weight(help="This model's share of the interpolation.", ui_range=(0.0, 1.0))
 MAX_ITER = Param(name="max_iter", scope="global", default=10, low=1, high=1000, kind="int",
                  help="Iterations of the fixed-point search (at most 1000: each one passes over every model).",
                  ui_range=(1, 50))
 TOL = Param(name="tol", scope="global", default=1e-5, low=1e-12, high=1e-2, kind="float",
-            help="Stop when the update is smaller than this; also the norm below which a model counts as zero.")
+            help="Stop when the update is smaller than this; also the norm below which a model counts as zero.",
+            role="tolerance")
 EPS = Param(name="eps", scope="global", default=1e-8, low=1e-12, high=1e-2, kind="float",
-            help="Numerical floor for norms.")
+            help="Numerical floor for norms.", role="tolerance")
 DOT_THRESHOLD = 0.9995  # |cos| above this: the vectors are (anti)parallel, interpolate linearly
 
 
@@ -163,6 +164,7 @@ register(Method(
     explanation="Spherical interpolation between the base and one other model, tensor by tensor.",
     formula="θ = angle(base, x); out = sin((1−t)θ)/sinθ·base + sin(tθ)/sinθ·x  (linear if |cos θ| > 0.9995)",
     params=(T_SLERP,), base="required", random=False, min_models=1, max_models=1, fn=slerp,
+    mergekit=SAME_IN_MERGEKIT,
 ))
 register(Method(
     name="nuslerp", family="interpolation",
@@ -174,7 +176,7 @@ register(Method(
               help="Interpolate column vectors (dim 0)."),
         Param(name="nuslerp_flatten", scope="global", default=True, kind="bool", help="Treat each tensor as one vector."),
     ),
-    base="optional", random=False, min_models=2, max_models=2, fn=nuslerp,
+    base="optional", random=False, min_models=2, max_models=2, fn=nuslerp, mergekit=SAME_IN_MERGEKIT,
 ))
 register(Method(
     name="multislerp", family="interpolation",
@@ -186,18 +188,19 @@ register(Method(
               help="Scale the weights to sum to 1."),
         EPS,
     ),
-    base="optional", random=False, min_models=1, max_models=None, fn=multislerp,
+    base="optional", random=False, min_models=1, max_models=None, fn=multislerp, mergekit=SAME_IN_MERGEKIT,
 ))
 register(Method(
     name="karcher", family="interpolation",
     explanation="Riemannian (Karcher) mean of all models' directions, scaled by their mean norm.",
     formula="argmin_m Σ_i d(m, x_i/‖x_i‖)² on the sphere, times mean ‖x_i‖",
     params=(MAX_ITER, TOL),
-    base="ignored", random=False, min_models=1, max_models=None, fn=karcher,
+    base="ignored", random=False, min_models=1, max_models=None, fn=karcher, mergekit=SAME_IN_MERGEKIT,
 ))
 register(Method(
     name="nearswap", family="interpolation",
     explanation="Take the other model's value where it is close to the base's, interpolate elsewhere.",
     formula="w = clamp(t / |base − x|, 0, 1); out = w·x + (1 − w)·base",
     params=(T_NEARSWAP,), base="required", random=False, min_models=1, max_models=1, fn=nearswap,
+    mergekit=SAME_IN_MERGEKIT,
 ))

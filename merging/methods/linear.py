@@ -5,14 +5,11 @@ from __future__ import annotations
 import torch
 
 from merging.errors import RecipeError
+from merging.methods import params as P
 from merging.methods.common import as_float32
-from merging.methods.params import MAGNITUDE
-from merging.methods.registry import Method, Param, register
+from merging.methods.registry import SAME_IN_MERGEKIT, Method, Param, register
 
-WEIGHT = Param(
-    name="weight", scope="model", default=None, low=-MAGNITUDE, high=MAGNITUDE, kind="float",
-    help="This model's share of the average.", required=True, ui_range=(0.0, 2.0),
-)
+WEIGHT = P.weight(help="This model's share of the average.", ui_range=(0.0, 2.0))
 NORMALIZE = Param(name="normalize", scope="global", default=True, kind="bool",
                   help="Divide by the total weight (a true average).")
 
@@ -37,6 +34,6 @@ register(
     Method(
         name="linear", family="linear", explanation="Weighted average of the models' weights.",
         formula="out = Σ_i w_i x_i / Σ_i w_i", params=(WEIGHT, NORMALIZE), base="ignored", random=False,
-        min_models=1, max_models=None, fn=linear,
+        min_models=1, max_models=None, fn=linear, mergekit=SAME_IN_MERGEKIT,
     )
 )

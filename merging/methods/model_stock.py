@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from merging.methods.common import as_float32
-from merging.methods.registry import Method, Param, register
+from merging.methods.registry import SAME_IN_MERGEKIT, Method, Param, register
 
 
 def model_stock(base, tensors, model_params, params, generator) -> torch.Tensor:
@@ -39,5 +39,5 @@ register(Method(
     formula="cosθ = mean pairwise cos(δ_i, δ_j); t = N cosθ / (1 + (N−1) cosθ); out = t·mean(x_i) + (1−t)·base",
     params=(Param(name="filter_wise", scope="global", default=False, kind="bool",
                   help="One ratio per row instead of per tensor."),),
-    base="required", random=False, min_models=2, max_models=None, fn=model_stock,
+    base="required", random=False, min_models=2, max_models=None, fn=model_stock, mergekit=SAME_IN_MERGEKIT,
 ))

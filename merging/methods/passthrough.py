@@ -6,7 +6,7 @@ import torch
 
 from merging.methods.common import as_float32
 from merging.methods.params import MAGNITUDE
-from merging.methods.registry import Method, Param, register
+from merging.methods.registry import SAME_IN_MERGEKIT, Method, Param, register
 
 
 def passthrough(base, tensors, model_params, params, generator) -> torch.Tensor:
@@ -20,6 +20,6 @@ register(Method(
     explanation="Copy the one input model's weights unchanged (optionally scaled).",
     formula="out = scale · x",
     params=(Param(name="scale", scope="model", default=None, low=-MAGNITUDE, high=MAGNITUDE, kind="float",
-                  help="Multiply the tensor by this (unset = copy as is).", ui_range=(0.0, 2.0)),),
-    base="ignored", random=False, min_models=1, max_models=1, fn=passthrough,
+                  help="Multiply the tensor by this (unset = copy as is).", ui_range=(0.0, 2.0), role="scale"),),
+    base="ignored", random=False, min_models=1, max_models=1, fn=passthrough, mergekit=SAME_IN_MERGEKIT,
 ))

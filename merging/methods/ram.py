@@ -12,12 +12,12 @@ import torch
 
 from merging.methods.common import as_float32
 from merging.methods.params import MAGNITUDE
-from merging.methods.registry import Method, Param, register
+from merging.methods.registry import SAME_IN_MERGEKIT, Method, Param, register
 
 CHANGE_THRESHOLD = Param(
     name="epsilon", scope="global", default=1e-5, low=1e-12, high=1.0, kind="float",
     help="A change of at most this size counts as no change (RAM+ also divides by it when a model has no unique "
-    "entries).",
+    "entries).", role="tolerance",
 )
 R = Param(name="r", scope="global", default=0.1, low=-MAGNITUDE, high=MAGNITUDE, kind="float",
           help="How strongly the shared/unique ratio boosts each model's unique entries.", ui_range=(0.0, 1.0))
@@ -90,6 +90,7 @@ register(Method(
     "entry.",
     formula="δ_i = x_i − base where |x_i − base| > ε, else 0; n = #{i: δ_i ≠ 0}; out = base + Σ_i δ_i / max(n, 1)",
     params=(CHANGE_THRESHOLD,), base="required", random=False, min_models=1, max_models=None, fn=ram,
+    mergekit=SAME_IN_MERGEKIT,
 ))
 register(Method(
     name="ramplus_tl", family="ram",
@@ -97,4 +98,5 @@ register(Method(
     "this tensor.",
     formula="λ_i = 1 + r·min(shared_i / unique_i, α); out = base + (n = 1: λ_i·δ_i; n > 1: Σ_i δ_i / n)",
     params=(CHANGE_THRESHOLD, R, ALPHA), base="required", random=False, min_models=1, max_models=None, fn=ramplus_tl,
+    mergekit=SAME_IN_MERGEKIT,
 ))

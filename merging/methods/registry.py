@@ -23,6 +23,19 @@ from merging.errors import RecipeError
 Scope = Literal["model", "global"]
 Kind = Literal["float", "bool", "int", "choice"]
 BasePolicy = Literal["required", "optional", "ignored"]
+# What a parameter is for, beyond its own method: the UI, sweeps, searches and messages read it (DEVELOPERS.md,
+# "Methods"). None: an ordinary setting of the method (its own control; a sweep axis when numeric).
+#   "weight"         a model's share of the merge (the one shared `params.weight`): a slider per source on the page,
+#                    the sweeps' and searches' weight axis; named as a likely cause when huge
+#   "kept_fraction"  the fraction of task-vector entries kept (density, SCE's select_topk): the density axis of sweeps
+#                    and searches, carried over on the page when the method changes
+#   "scale"          multiplies the merged (or copied) tensor (λ, passthrough's scale): the second sweep axis where
+#                    there is no density; named as a likely cause when huge
+#   "tolerance"      a numerical threshold or floor (karcher's tol, multislerp's eps, RAM's epsilon): never a sweep
+#                    axis
+#   "hidden"         accepted for mergekit compatibility and without effect here (int8_mask): not on the page
+Role = Literal["weight", "kept_fraction", "scale", "tolerance", "hidden"]
+ROLES: tuple[str, ...] = ("weight", "kept_fraction", "scale", "tolerance", "hidden")
 
 MethodFn = Callable[[torch.Tensor | None, list[torch.Tensor], list[dict], dict, torch.Generator | None], torch.Tensor]
 
@@ -36,7 +49,9 @@ class Param:
     (and NaN/inf), so no recipe can make a merge run without end (karcher's max_iter) or overflow (a weight of 1e300).
     `ui_range` is the slider range to offer when the useful values are a small part of the bounds (weight −1..2 of
     ±100); without it a slider spans low..high. `ui_start` is where the page starts a control when `default` (kept as
-    mergekit's, for recipes) makes the method a no-op: density 1 trims nothing, so TIES would start as a plain sum."""
+    mergekit's, for recipes) makes the method a no-op: density 1 trims nothing, so TIES would start as a plain sum.
+    `role` says what the parameter is for (see `Role`). `mergekit_values` lists (our value, what mergekit is given
+    instead) for values mergekit 0.1.5 lacks (rescale's "inverse_density" → true); the export notes each one."""
 
     name: str
     scope: Scope
@@ -49,6 +64,22 @@ class Param:
     required: bool = False  # no default: every model must get a value (mergekit's `weight`)
     ui_range: tuple[float, float] | None = None
     ui_start: Any = None
+    role: Role | None = None
+    mergekit_values: tuple[tuple[Any, Any], ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Mergekit:
+    """How mergekit 0.1.5 runs a method: under `name` (None: the method's own name), with `parameters` added to the
+    recipe's top-level ones (magnitude_prune is mergekit's breadcrumbs with gamma 0), and `note` saying why it is
+    written differently (shown as a `# MergeLab:` comment). A Method without one is exported as a MergeLab recipe."""
+
+    name: str | None = None
+    parameters: tuple[tuple[str, Any], ...] = ()
+    note: str = ""
+
+
+SAME_IN_MERGEKIT = Mergekit()  # mergekit 0.1.5 has the method under the same name and parameter names
 
 
 @dataclass(frozen=True)
@@ -64,9 +95,18 @@ class Method:
     max_models: int | None
     fn: MethodFn
     aliases: tuple[str, ...] = field(default=())
+    mergekit: Mergekit | None = None  # None: mergekit 0.1.5 cannot run it (exported as a MergeLab recipe)
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
+
+    def by_role(self, role: Role) -> Param | None:
+        """The method's parameter with this role (a method has at most one of each but "tolerance"), or None."""
+        return next((p for p in self.params if p.role == role), None)
+
+    def mergekit_name(self) -> str | None:
+        """The merge_method mergekit 0.1.5 runs this method as; None when it cannot."""
+        return None if self.mergekit is None else self.mergekit.name or self.name
 
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params if not p.required}

@@ -9,7 +9,7 @@ from merging.methods.common import Workspace
 from merging.methods.consensus import consensus_merge_
 from merging.methods.fused import can_fuse, energies, fused_merge
 from merging.methods.params import INT8_MASK
-from merging.methods.registry import Method, Param, note, register
+from merging.methods.registry import SAME_IN_MERGEKIT, Method, Param, note, register
 from merging.methods.selection import drop_ties_, top_k_mask, value_at_rank
 from merging.methods.sparsify import sum_of_squares
 from merging.methods.task_arithmetic import ScratchWorkspace, delta_of, widened
@@ -17,6 +17,7 @@ from merging.methods.task_arithmetic import ScratchWorkspace, delta_of, widened
 SELECT_TOPK = Param(
     name="select_topk", scope="global", default=1.0, low=0.0, high=1.0, kind="float",
     help="Fraction of entries kept, those where the task vectors vary most across models (1 = all).", ui_start=0.5,
+    role="kept_fraction",
 )
 UNIFORM_BELOW = 1e-6  # mergekit: coefficients fall back to uniform when Σ mean(δ_i²) is below this
 DIVISOR_FLOOR = 1e-6  # mergekit: the disjoint mean's divisor Σ c_i [agree_i] is clamped at this
@@ -106,6 +107,6 @@ register(
         formula="m = top-k variance mask; c_i = mean(δ_i²)/Σ_j mean(δ_j²); out = base + Σ c_i [sign δ_i = s] m δ_i "
         "/ max(Σ c_i [sign δ_i = s], 1e-6)",
         params=(SELECT_TOPK, INT8_MASK), base="required", random=False, min_models=1, max_models=None,
-        fn=sce,
+        fn=sce, mergekit=SAME_IN_MERGEKIT,
     )
 )

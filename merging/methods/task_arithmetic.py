@@ -14,7 +14,7 @@ from merging.methods.chunks import full_buffer
 from merging.methods.common import Workspace, as_float32, default_generator
 from merging.methods.consensus import consensus_merge_, weight_sum_divisor
 from merging.methods.fused import can_fuse, fused_merge
-from merging.methods.registry import Method, MethodFn, Param, register
+from merging.methods.registry import SAME_IN_MERGEKIT, Mergekit, Method, MethodFn, Param, register
 
 # A sparsifier prunes (delta, this model's params, global params, generator, workspace) in place.
 Sparsifier = Callable[[torch.Tensor, dict, dict, torch.Generator | None, Workspace], torch.Tensor]
@@ -126,6 +126,7 @@ def _family(
     rescale: bool | None,
     extra: tuple[Param, ...] = (),
     random: bool = False,
+    mergekit: Mergekit = SAME_IN_MERGEKIT,
 ) -> Method:
     params: tuple[Param, ...] = (P.WEIGHT,)
     if sparsifier is not None:
@@ -138,6 +139,7 @@ def _family(
         Method(
             name=name, family="task_arithmetic", explanation=explanation, formula=formula, params=params,
             base="required", random=random, min_models=1, max_models=None, fn=_make_fn(sparsifier, consensus),
+            mergekit=mergekit,
         )
     )
 
@@ -155,6 +157,9 @@ _family(
     explanation="Task arithmetic after keeping only the largest-magnitude entries of each task vector.",
     formula="δ_i = top_k(|x_i − base|, density); out = base + λ·Σ_i w_i δ_i",
     sparsifier=_magnitude, consensus=False, normalize=False, rescale=False,
+    # the same pruning (keep the top int(density·n) entries): tests/test_mergekit_parity.py runs it in mergekit
+    mergekit=Mergekit(name="breadcrumbs", parameters=(("gamma", 0.0),),
+                      note="magnitude_prune is written as breadcrumbs with gamma 0 (the same pruning)"),
 )
 _family(
     "ties",
