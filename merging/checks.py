@@ -19,7 +19,6 @@ from merging.errors import MergeLabError
 from merging.methods.registry import get_method
 
 HUGE_SETTING = 1e4  # weights, lambdas and scales beyond this are named as the likely cause of an overflow
-SCALING_PARAMS = ("weight", "lambda", "scale", "t")
 NORMALIZING_PARAMS = ("normalize", "normalize_weights")
 
 
@@ -69,8 +68,9 @@ def method_failure(tensor_name: str, method_name: str, error: Exception, recipe:
 
 def _likely_cause(recipe: Any) -> str:
     """The recipe setting most likely to blame, in words a user can act on."""
+    scaling = _scaling_params(recipe)
     huge = [(where, key, value) for where, key, value in _numeric_settings(recipe)
-            if key in SCALING_PARAMS and abs(value) >= HUGE_SETTING]
+            if key in scaling and abs(value) >= HUGE_SETTING]
     if huge:
         where, key, value = max(huge, key=lambda item: abs(item[2]))
         return (f"Likely cause: `{key}: {value:g}` ({where}) is huge and overflows float32 (largest about 3.4e38); "
@@ -82,6 +82,15 @@ def _likely_cause(recipe: Any) -> str:
                 f"`{normalizer}` divides by their sum; change a weight, or set `{normalizer}: false`.")
     return ("Likely causes: NaN/inf values in an input model, or weights, lambda or normalize settings that push "
             "values out of range; check the models and the recipe's parameters.")
+
+
+def _scaling_params(recipe: Any) -> set[str]:
+    """The method's parameters that multiply the result (declared roles "weight" and "scale": weight, λ, scale)."""
+    try:
+        method = get_method(recipe.merge_method)
+    except (MergeLabError, AttributeError):
+        return set()
+    return {p.name for p in method.params if p.role in ("weight", "scale")}
 
 
 def _active_normalizer(recipe: Any) -> str | None:

@@ -134,3 +134,17 @@ def test_a_sweep_of_another_method_starts_from_the_merge_s_kept_fraction():
     settings = sweep_base_settings(session, "sce")
     assert settings["params"]["select_topk"] == 0.3 and "density" not in settings["params"]
     assert sweep_base_settings(session, "linear")["params"] == {"normalize": True}
+
+
+def test_a_failed_merge_names_a_huge_weight_or_scale_by_its_role():
+    """merging.checks words a non-finite merge's likely cause from the roles: a huge λ is named, a huge tolerance
+    (not a multiplier) is not."""
+    from types import SimpleNamespace
+
+    from merging.checks import _likely_cause
+
+    entry = SimpleNamespace(model="m", parameters={"weight": 1.0})
+    huge_lambda = SimpleNamespace(merge_method="ties", parameters={"lambda": 1e5}, models=[entry])
+    assert "`lambda: 100000`" in _likely_cause(huge_lambda)
+    huge_threshold = SimpleNamespace(merge_method="ram", parameters={"epsilon": 1e5}, models=[entry])
+    assert "huge" not in _likely_cause(huge_threshold)
