@@ -106,6 +106,16 @@ def test_the_guides_method_merges_in_memory_and_to_a_folder(guide_method, family
         assert torch.equal(written[name], expected[name].to(written[name].dtype)), name
 
 
+def test_the_guides_method_exports_as_its_declaration_says(guide_method, family):
+    """Step 4: the declaration's `mergekit=None` makes the export a labelled MergeLab recipe, not mergekit YAML."""
+    from merging.export import mergekit_export
+
+    export = mergekit_export(load_recipe(_recipe(family, 0.8)))
+    assert guide_method.mergekit is None and not export.runs_in_mergekit
+    assert f"mergekit 0.1.5 has no merge method '{NAME}'" in export.text
+    assert load_recipe(export.text).merge_method == NAME
+
+
 def test_the_method_is_gone_again_after_the_guide_tests():
     """After the fixture the registry is as before: the page's copy is gone; the name is unknown again, or, once a
     reader has followed the guide for real, it is their module's method."""
