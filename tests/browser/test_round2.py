@@ -97,4 +97,6 @@ def test_learn_says_how_long_before_it_starts(page):
     box.fill("5")
     box.press("Enter")
     expect(estimate).to_contain_text("5 steps")
-    shot(page, "6-learn-estimate")
+    page.locator("#learn-run").click()
+    expect(page.locator("#learn-status")).to_contain_text("Learned")
+    shot(page, "6-learn")
