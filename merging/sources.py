@@ -41,6 +41,11 @@ _HUB_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
 _STRICT_HUB_ID = re.compile(rf"^(?:{_HUB_PART}/)?{_HUB_PART}$")
 HUB_OWNER_MAX_CHARS = 96  # the Hub's limits on user/organisation and repository names
 HUB_NAME_MAX_CHARS = 96
+# A revision after "@" (`owner/name@revision`, as mergekit writes it): a branch, a tag, a commit id or a PR ref
+# (refs/pr/1). huggingface_hub writes a branch or tag into its cache's paths (refs/<revision>), so only plain names
+# pass: "/"-separated parts of letters, digits, "-", "_" and "." starting and ending with a letter or digit, no "..".
+_REVISION = re.compile(rf"^{_HUB_PART}(?:/{_HUB_PART})*$")
+REVISION_MAX_CHARS = 255
 
 
 class ModelSource:
@@ -201,23 +206,40 @@ def open_model(ref: str | os.PathLike, *, allow_pickle: bool = False, cache_dir:
 
 
 def looks_like_hub_id(ref: str) -> bool:
-    return bool(_HUB_ID.match(ref)) and not ref.startswith((".", "~"))
+    """`owner/name` or `owner/name@revision` in form (the revision is checked by split_revision)."""
+    repo_id = ref.partition("@")[0]
+    return bool(_HUB_ID.match(repo_id)) and not repo_id.startswith((".", "~"))
+
+
+def split_revision(ref: str) -> tuple[str, str | None]:
+    """(repository id, revision) of `owner/name@revision`; (ref, None) without "@". A revision that could be a
+    path trick (`..`, a leading "/", a backslash, spaces) raises SourceError saying what a revision looks like."""
+    repo_id, at, revision = ref.partition("@")
+    if not at:
+        return ref, None
+    if not (_REVISION.fullmatch(revision) and ".." not in revision and len(revision) <= REVISION_MAX_CHARS):
+        shown = revision if len(revision) <= 60 else revision[:59] + "…"
+        raise SourceError(f"Revision {shown!r} of {repo_id[:80]!r} is not a branch, tag or commit id: write "
+                          "owner/name@revision with a name such as main, v1.0, refs/pr/1 or a 40-character commit "
+                          "id.")
+    return repo_id, revision
 
 
 def validate_hub_id(ref: str) -> str:
-    """`ref` as a Hub repository id `owner/name` (or a legacy `name`), or SourceError saying what a Hub id looks
-    like. Paths never pass: no leading "/" or "~", no "..", no backslashes, at most one "/", the Hub's length
-    limits; and a caller with hub_only never looks the id up on the local disk anyway."""
-    repo_id = ref.strip()
+    """`ref` as a Hub repository id `owner/name` (or a legacy `name`), optionally `@revision` (see split_revision),
+    or SourceError saying what a Hub id looks like. Paths never pass: no leading "/" or "~", no "..", no
+    backslashes, at most one "/" before the revision, the Hub's length limits; and a caller with hub_only never looks
+    the id up on the local disk anyway."""
+    repo_id, revision = split_revision(ref.strip())
     owner, _, name = repo_id.partition("/")
-    valid = (bool(_STRICT_HUB_ID.match(repo_id)) and ".." not in repo_id and "--" not in repo_id
+    valid = (bool(_STRICT_HUB_ID.fullmatch(repo_id)) and ".." not in repo_id and "--" not in repo_id
              and len(owner) <= HUB_OWNER_MAX_CHARS and len(name) <= HUB_NAME_MAX_CHARS
              and not name.endswith(".git"))
     if not valid:
         shown = repo_id if len(repo_id) <= 80 else repo_id[:79] + "…"
         raise SourceError(f"{shown!r} is not a Hugging Face Hub id: give it as owner/name (letters, digits, '-', "
                           f"'_' and '.', e.g. openai-community/gpt2), not a path.")
-    return repo_id
+    return repo_id if revision is None else f"{repo_id}@{revision}"
 
 
 MAX_REF_CHARS = 1024  # a folder path or Hub id as typed; the file system's own limit is 4096 bytes
@@ -260,39 +282,45 @@ def _path_exists(path: Path, ref: str) -> bool:
                           "id.") from None
 
 
-def download_from_hub(repo_id: str, *, allow_pickle: bool = False, cache_dir: str | None = None) -> Path:
-    """Snapshot the files a merge needs. Offline (no route to the Hub, or HF_HUB_OFFLINE=1) only the local cache is
-    used, and a model missing from it fails at once with a SourceError naming the id."""
+def download_from_hub(ref: str, *, allow_pickle: bool = False, cache_dir: str | None = None) -> Path:
+    """Snapshot the files a merge needs of `owner/name` or `owner/name@revision` (a branch, tag or commit: some
+    repositories have safetensors only at a revision other than main). Offline (no route to the Hub, or
+    HF_HUB_OFFLINE=1) only the local cache is used, and a model missing from it fails at once with a SourceError
+    naming the id."""
     from huggingface_hub import snapshot_download  # deferred: huggingface_hub (~0.6 s), only Hub ids need it
+
+    repo_id, revision = split_revision(ref)
 
     patterns = ["*.safetensors", "*.safetensors.index.json", *HUB_SIDE_FILES]
     if allow_pickle:
         patterns += ["*.bin", "*.bin.index.json"]
     offline = not hub_reachable()
     try:
-        folder = snapshot_download(repo_id, allow_patterns=patterns, cache_dir=cache_dir, local_files_only=offline)
+        folder = snapshot_download(repo_id, revision=revision, allow_patterns=patterns, cache_dir=cache_dir,
+                                   local_files_only=offline)
     except Exception as exc:
         if offline:
             raise SourceError(
-                f"Cannot fetch {repo_id!r}: this machine cannot reach the Hugging Face Hub and the model is not in "
+                f"Cannot fetch {ref!r}: this machine cannot reach the Hugging Face Hub and the model is not in "
                 "the local cache, nor is it a local folder. Give a local folder path, or download the model where "
                 "there is network and copy it here."
             ) from exc
-        raise SourceError(f"Could not download {repo_id!r} from the Hugging Face Hub: {exc}. Check the id, and "
+        raise SourceError(f"Could not download {ref!r} from the Hugging Face Hub: {exc}. Check the id, and "
                           "for a gated or private model log in (hf auth login).") from exc
     folder = Path(folder)
-    if not allow_pickle and not any(folder.glob("*.safetensors")) and _hub_has_pickle_weights(repo_id):
-        raise SourceError(f"{repo_id!r} on the Hub has only pickle weights (*.bin). Pickle files can run code when "
-                          "loaded: choose a repository with safetensors, or opt in with allow_pickle "
-                          "(--allow-pickle); they are then loaded with torch.load(weights_only=True).")
+    if not allow_pickle and not any(folder.glob("*.safetensors")) and _hub_has_pickle_weights(repo_id, revision):
+        raise SourceError(f"{ref!r} on the Hub has only pickle weights (*.bin). Pickle files can run code when "
+                          "loaded: choose a repository with safetensors (another revision may have them: "
+                          "owner/name@revision), or opt in with allow_pickle (--allow-pickle); they are then loaded "
+                          "with torch.load(weights_only=True).")
     return folder
 
 
-def _hub_has_pickle_weights(repo_id: str) -> bool:
+def _hub_has_pickle_weights(repo_id: str, revision: str | None = None) -> bool:
     from huggingface_hub import HfApi  # deferred: huggingface_hub (~0.6 s), only Hub ids need it
 
     try:
-        return any(f.endswith(".bin") for f in HfApi().list_repo_files(repo_id))
+        return any(f.endswith(".bin") for f in HfApi().list_repo_files(repo_id, revision=revision))
     except Exception:  # noqa: BLE001 - only used to word the error better
         return False
 
