@@ -212,3 +212,22 @@ def test_per_session_state_goes_with_the_session():
     assert session_downloads(first, "recipe") == folder  # reused, not a new folder per call
     close_session(first)
     assert not (DOWNLOADS / first.id).exists()
+
+
+GENERIC = ("upstream Gradio app has raised an exception", "Something went wrong")
+
+
+def test_every_endpoint_answers_nulls_and_wrong_kinds_with_a_message(client):
+    """Each named endpoint, every argument null, then every argument a nested list: a message naming what is wrong
+    (a field, or what to do first), never gradio's generic error. /chat and /evaluate are sent nulls only: a nested
+    list where they take a chat history or an uploaded file fails in gradio's own parsing, before any component."""
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert {"/merge", "/sweep", "/learn", "/preflight", "/export_yaml", "/interference"} <= set(endpoints)
+    for name, endpoint in endpoints.items():
+        count = len(endpoint["parameters"])
+        forms = [[None] * count] + ([[[[[[]]]]] * count] if name not in ("/chat", "/evaluate") else [])
+        for args in forms:
+            try:
+                client.predict(*args, api_name=name)
+            except AppError as error:
+                assert not any(g in str(error) for g in GENERIC), (name, args[:1], str(error))

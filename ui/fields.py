@@ -40,3 +40,35 @@ def _kind(value: Any) -> str:
     if isinstance(value, str):
         return f"the text {value[:20]!r}"
     return type(value).__name__
+
+
+def guard_inputs(demo: Any) -> None:
+    """Every input component of the page answers a value it cannot take (null for a slider, a list for a textbox,
+    a 100,000-character string for a radio) with a message naming its field, instead of gradio's generic error: its
+    own preprocess runs first; a failure there becomes a gr.Error (shown even with show_error=False)."""
+    import gradio as gr
+
+    for block in list(demo.blocks.values()):
+        if isinstance(block, gr.components.Component) and not getattr(block, "_guarded", False):
+            block.preprocess = _guarded_preprocess(block.preprocess, _field_name(block))
+            block._guarded = True
+
+
+def _field_name(block: Any) -> str:
+    name = getattr(block, "label", None) or getattr(block, "elem_id", None) or type(block).__name__
+    return str(name)[:60]
+
+
+def _guarded_preprocess(preprocess: Any, name: str) -> Any:
+    import gradio as gr
+
+    def checked(payload: Any) -> Any:
+        try:
+            return preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception:  # noqa: BLE001 - any failure to read a value is the sender's: say which field
+            raise gr.Error(f"{name}: this field cannot take {_kind(payload)}; send the kind of value the page's "
+                           "control sends.") from None
+
+    return checked

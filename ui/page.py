@@ -19,6 +19,7 @@ from ui import (
     models_panel,
 )
 from ui.feedback import error_markdown, guarded, in_place_error, take_error, user_message
+from ui.fields import guard_inputs
 from ui.hosting import HostConfig
 from ui.merge_record import MergeSettings
 from ui.resources import on_gpu
@@ -81,6 +82,7 @@ def build_page(config: HostConfig) -> gr.Blocks:
         learn_panel.wire(learn, state, config)
         learn_panel.wire_sizing(learn_tab, learn, state)
         export_panel.wire(export, state, config)
+    guard_inputs(demo)  # a value a control cannot take gets a message naming the control
     return demo
 
 
