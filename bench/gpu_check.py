@@ -406,6 +406,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help="re-merges per method (cuda: 5)")
     parser.add_argument("--workdir", type=Path, help="folder for the on-disk sources (default: a temporary one)")
     parser.add_argument("--skip-folder", action="store_true", help="no folder merge (and no disk use)")
+    parser.add_argument("--skip-static", action="store_true",
+                        help="no static-cache generate row (on cuda its compile can take minutes)")
     return parser.parse_args()
 
 
@@ -442,8 +444,9 @@ def main() -> int:
     del base, experts, model
     guarded(rows, "live", lambda: live_remerge(held["merger"], held["model"], device, repeats))
     guarded(rows, "score", lambda: score(held["model"], tokenizer, device, count, new_tokens, batch))
-    guarded(rows, "score", lambda: score_static(held["model"], tokenizer, device, min(count, batch), new_tokens,
-                                                batch))
+    if not args.skip_static:
+        guarded(rows, "score", lambda: score_static(held["model"], tokenizer, device, min(count, batch), new_tokens,
+                                                    batch))
     guarded(rows, "sweep", lambda: sweep(held["merger"], held["model"], tokenizer, device, args.points, sweep_count,
                                          sweep_tokens, batch))
     states = {"base": held["merger"].base, **held["merger"].models}
