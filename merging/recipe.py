@@ -17,7 +17,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,22 @@ class Recipe:
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
+
+    def renamed(self, names: Mapping[str, str]) -> Recipe:
+        """The same recipe with its models (and base_model, a tokenizer_source naming a model) named by `names`
+        (old → new; names not in it kept): a pure renaming, nothing parsed or validated again (names are only keys, so a valid recipe
+        stays valid). Raises RecipeError when two models would get one name (the same folder chosen twice)."""
+        new = [names.get(m.model, m.model) for m in self.models]
+        twice = sorted(n for n, count in Counter(new).items() if count > 1)
+        if twice:
+            raise RecipeError(f"model {quote(twice[0])} is chosen twice: choose each model once")
+
+        tokenizer = self.tokenizer_source
+        if tokenizer not in (None, "base", "union"):  # mergekit's keywords name no model
+            tokenizer = names.get(tokenizer, tokenizer)
+        base = None if self.base_model is None else names.get(self.base_model, self.base_model)
+        return replace(self, models=[ModelEntry(n, dict(m.parameters)) for n, m in zip(new, self.models)],
+                       base_model=base, tokenizer_source=tokenizer, parameters=dict(self.parameters))
 
     def to_yaml(self) -> str:
         """YAML that mergekit 0.1.5 accepts (numeric gradient lists in flow style, as mergekit writes them)."""
@@ -500,8 +516,8 @@ def _leaf_problem(where: str, param: Param, leaf: Any) -> str | None:
         low = -math.inf if param.low is None else param.low
         high = math.inf if param.high is None else param.high
         if not low <= value <= high:
-            return (f"{where} = {quote(leaf)} is outside [{_fmt(param.low)}, {_fmt(param.high)}]: use a value in "
-                    "that range")
+            return (f"{where} = {quote(leaf)} is outside [{_fmt(param.low)}, {_fmt(param.high)}]: {param.help} "
+                    "Use a value in that range")
     return None
 
 

@@ -45,6 +45,7 @@ from ui.workspace import (
     current_merge,
     has_own_control,
     merged_state,
+    recorded_recipe,
     require_models,
 )
 
@@ -195,9 +196,9 @@ def sweep(session: Session, config: HostConfig, method: str = "ties", rows_grid:
     evaluator = evaluator_for(session, tasks, (tasks.source, per_task, tuple(session.labels), session.base.ref))
 
     def build(settings: dict) -> tuple[Any, Any]:
-        parsed = MergeSettings.from_dict(settings)
-        # Merged by label (the LiveMerger's keys); recorded as Export writes it (folders / Hub ids).
-        return build_recipe(session, parsed, by="label"), build_recipe(session, parsed, by="path")
+        # Built once, merged by label (the LiveMerger's keys); recorded as Export writes it (folders / Hub ids).
+        recipe = build_recipe(session, MergeSettings.from_dict(settings))
+        return recipe, recorded_recipe(session, recipe)
 
     run_on = page_runner(session, config, runner, {"all": tasks}, lambda: {"all": evaluator})
     session.cancel.clear()

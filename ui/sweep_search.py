@@ -22,7 +22,7 @@ from evaluation.sweep import SweepPoint, SweepResult, parse_grid
 from merging.errors import MergeLabError
 from ui.hosting import HostConfig
 from ui.session import Session
-from ui.workspace import MergeSettings, build_recipe, require_models
+from ui.workspace import MergeSettings, build_recipe, recorded_recipe, require_models
 
 RUNNER_CHOICES = ("this process", "Ray workers (this machine)")
 RAY_WORKERS = 2
@@ -157,8 +157,8 @@ def search(session: Session, config: HostConfig, base: dict[str, Any], tasks: An
 
     def build(values: dict[str, float]) -> tuple[Any, Any, dict[str, Any]]:
         settings = space.settings(base, labels, values)
-        parsed = MergeSettings.from_dict(settings)
-        return build_recipe(session, parsed, by="label"), build_recipe(session, parsed, by="path"), settings
+        recipe = build_recipe(session, MergeSettings.from_dict(settings))
+        return recipe, recorded_recipe(session, recipe), settings
 
     grid = _comparison_grid(base, labels, space, build) if compare else []
     runner = page_runner(session, config, runner_choice, splits, lambda: evaluators(splits))

@@ -162,7 +162,9 @@ def require_models(session: Session) -> None:
 # --- recipes from the merge controls -----------------------------------------------------------------------------
 
 def check_settings(session: Session, settings: MergeSettings) -> None:
-    """Problems the user can fix in the Merge panel, said in its terms (before the recipe validator's)."""
+    """Problems only the page has, said in its terms (before the recipe validator's): a weight per source, a method
+    that takes this many sources, weights that add nothing. Parameter bounds are the recipe validator's (it names
+    the parameter, its range and what it does)."""
     require_models(session)
     method = get_method(settings.method)
     problems = []
@@ -176,18 +178,6 @@ def check_settings(session: Session, settings: MergeSettings) -> None:
                   else f"at least {method.min_models}")
         problems.append(f"{method.name} takes {wanted} model(s) besides the base; you chose {len(session.sources)}: "
                         "change the sources in the Models tab or pick another method")
-    for name, value in settings.params.items():
-        param = method.param(name)
-        if param is None or value is None or param.kind not in ("float", "int"):
-            continue
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            problems.append(f"{name} must be a number, got {value!r}")
-            continue
-        if (param.low is not None and number < param.low) or (param.high is not None and number > param.high):
-            problems.append(f"{name} = {number:g} is outside [{param.low:g}, {param.high:g}]: {param.help} "
-                            f"Set it between {param.low:g} and {param.high:g}")
     if uses_weights and settings.weights and not problems:
         normalize = settings.params.get("normalize", (method.param("normalize") or _NO).default)
         total = sum(settings.weights)
@@ -209,15 +199,14 @@ _NO = _NoParam()
 
 
 def build_recipe(session: Session, settings: MergeSettings, *, by: str = "label") -> Recipe:
-    """The recipe the controls describe. `by="label"` names models by their labels (keys of the LiveMerger);
-    `by="path"` by folder or Hub id, for the engine and for export."""
+    """The recipe the controls describe, built and validated once. Models are named by their session labels (the
+    LiveMerger's keys); `by="path"` renames that recipe (`recorded_recipe`) for a merge record and export. A caller
+    that needs both builds once and renames: `recorded_recipe(session, build_recipe(session, settings))`."""
     check_settings(session, settings)
     method = get_method(settings.method)
 
     def name(model: SourceModel) -> str:
-        if by == "label":
-            return model.label
-        return model.ref if model.origin == "hub" else _portable(model)
+        return model.label
 
     global_params: dict[str, Any] = {}
     for key, value in settings.params.items():
@@ -238,7 +227,24 @@ def build_recipe(session: Session, settings: MergeSettings, *, by: str = "label"
         data["parameters"] = global_params
     recipe = Recipe.from_dict(data)
     validate_recipe(recipe)
-    return recipe
+    return recipe if by == "label" else recorded_recipe(session, recipe)
+
+
+def recorded_recipe(session: Session, recipe: Recipe) -> Recipe:
+    """A recipe named by labels (build_recipe's) with each model named as a record or export names it: a Hub id,
+    or a zoo folder relative to the app (portable). A pure renaming: nothing is validated again."""
+    return recipe.renamed({m.label: m.ref if m.origin == "hub" else _portable(m) for m in _models(session)})
+
+
+def folder_recipe(session: Session, recipe: Recipe) -> Recipe:
+    """A recipe named by labels with each model named by its local folder (Hub models are already downloaded), as
+    the engine reads it. A pure renaming."""
+    return recipe.renamed({m.label: str(m.path) for m in _models(session)})
+
+
+def _models(session: Session) -> list[SourceModel]:
+    """The base (labelled BASE_LABEL in recipes) and the sources."""
+    return [session.base, *session.sources]
 
 
 def _portable(model: SourceModel) -> str:
@@ -328,7 +334,7 @@ def merge_live(session: Session, settings: MergeSettings) -> MergeRecord:
     if session.live is None:
         reason = session.live_plan.reason if session.live_plan is not None else "the models are not read yet"
         raise MergeLabError(f"Live merging is off ({reason}): use Merge to folder.")
-    recipe = build_recipe(session, settings, by="label")
+    recipe = build_recipe(session, settings)
     started = time.perf_counter()
     with session.lock:
         previous = session.merge
@@ -341,7 +347,7 @@ def merge_live(session: Session, settings: MergeSettings) -> MergeRecord:
             raise CompatibilityError("The merged tensors do not match the model's parameter names; merge to a "
                                      "folder and load it instead.")
         dtype = str(session.live.output_dtype(recipe)).removeprefix("torch.")
-        return session.record_merge(settings, build_recipe(session, settings, by="path"), "live", dtype=dtype,
+        return session.record_merge(settings, recorded_recipe(session, recipe), "live", dtype=dtype,
                             seconds=time.perf_counter() - started)
 
 
@@ -401,8 +407,7 @@ def merge_to_folder(
 ) -> Path:
     """Stream the merge to ./models/merged/<session>/<name> (replacing an earlier one of that name) and record it:
     Chat and Evaluate then read that folder (through the cache, keyed by the folder's content)."""
-    recipe = build_recipe(session, settings, by="path")
-    engine_recipe = build_recipe_for_engine(session, settings)
+    recipe = build_recipe(session, settings)
     out = session.merged_folder(config.models_dir, name)
     session.cancel.clear()
     started = time.perf_counter()
@@ -412,41 +417,25 @@ def merge_to_folder(
             eta = f", about {p.eta_s:.0f} s left" if getattr(p, "eta_s", None) else ""
             progress(p.fraction, f"Tensor {p.tensor_index}/{p.num_tensors}{eta}")
 
-    result = engine_merge(engine_recipe, out, device=device(), seed=settings.seed, progress=report,
+    result = engine_merge(folder_recipe(session, recipe), out, device=device(), seed=settings.seed, progress=report,
                           cancel=session.cancel, overwrite=True)
-    session.record_merge(settings, recipe, "folder", dtype=result.out_dtype, folder=out,
+    session.record_merge(settings, recorded_recipe(session, recipe), "folder", dtype=result.out_dtype, folder=out,
                  seconds=time.perf_counter() - started)
     if session.kind == "classifier" and session.live is not None:
         # Classify reads the session's per-task models: give them the same merge the folder holds.
-        session.live.merge_into(_merge_targets(session), build_recipe(session, settings, by="label"),
-                                seed=settings.seed)
+        session.live.merge_into(_merge_targets(session), recipe, seed=settings.seed)
     return out
 
 
 def build_recipe_for_engine(session: Session, settings: MergeSettings) -> Recipe:
     """The engine needs real folders (zoo models are named by folder, Hub models by their downloaded folder)."""
-    return engine_recipe(session, build_recipe(session, settings, by="label"), by="label")
+    return folder_recipe(session, build_recipe(session, settings))
 
 
-def engine_recipe(session: Session, recipe: Recipe, *, by: str = "path") -> Recipe:
-    """`recipe` with every model named by its local folder (Hub models are already downloaded). `by="label"`: the
-    recipe names models by their session labels (build_recipe's default); `by="path"`: by portable path, Hub id or
-    folder, as a merge record's recipe does."""
-    models = [session.base, *session.sources]
-    if by == "label":
-        folders = {BASE_LABEL: str(session.base.path), **{s.label: str(s.path) for s in session.sources}}
-    else:
-        folders = {name: str(m.path) for m in models for name in (m.ref, str(m.path), _portable(m))}
-
-    def folder(name: str) -> str:
-        return folders[name] if by == "label" else folders.get(name, name)
-
-    data = recipe.to_dict()
-    for entry in data["models"]:
-        entry["model"] = folder(entry["model"])
-    if data.get("base_model"):
-        data["base_model"] = folder(data["base_model"])
-    return Recipe.from_dict(data)
+def engine_recipe(session: Session, recipe: Recipe) -> Recipe:
+    """A recorded recipe (models named by Hub id, portable path or folder, as recorded_recipe names them) with
+    every model named by its local folder, as the engine reads it. A pure renaming."""
+    return recipe.renamed({name: str(m.path) for m in _models(session) for name in (m.ref, str(m.path), _portable(m))})
 
 
 def current_merge(session: Session, action: str = "use the result") -> MergeRecord:

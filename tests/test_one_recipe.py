@@ -1,0 +1,103 @@
+"""A recipe is built and validated once per merge (issue 21.2): the page builds it from its settings by label, the
+recorded/exported recipe and the engine's are pure renamings of it, and the page keeps only its own checks (bounds
+are the recipe validator's, in words that say what the parameter does)."""
+
+from __future__ import annotations
+
+import pytest
+
+from merging import recipe as recipe_module
+from merging.errors import RecipeError
+from merging.recipe import Recipe, load_recipe
+from tests.factory import make_family
+from ui import models_panel, workspace
+from ui.hosting import HostConfig
+from ui.merge_record import MergeSettings
+from ui.session import new_session
+
+SETTINGS = MergeSettings("ties", [0.7, 0.3], {"density": 0.5, "lambda": 1.0}, 0)
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    return make_family(tmp_path_factory.mktemp("one") / "f", n_experts=2, layers=1)
+
+
+@pytest.fixture
+def config(tmp_path) -> HostConfig:
+    return HostConfig.detect(hosted=False, models_dir=tmp_path / "models")
+
+
+@pytest.fixture
+def session(family, config):
+    session = new_session()
+    choice = models_panel.ModelsChoice("Local folders", None, [], str(family.base),
+                                       "\n".join(str(p) for p in family.experts))
+    assert "ready to merge" in models_panel.check_models(session, config, choice)
+    return session
+
+
+@pytest.fixture
+def validations(monkeypatch):
+    """How often a recipe is validated: the page's builder and the merge paths all call this function."""
+    calls: list[Recipe] = []
+    real = recipe_module.validate_recipe
+
+    def counting(recipe):
+        calls.append(recipe)
+        return real(recipe)
+
+    monkeypatch.setattr(workspace, "validate_recipe", counting)
+    return calls
+
+
+def test_a_folder_merge_builds_and_validates_its_recipe_once(session, config, validations):
+    workspace.merge_to_folder(session, config, SETTINGS, "once")
+    assert len(validations) == 1
+    built = validations[0]
+    assert [m.model for m in built.models] == session.labels  # built by label, then renamed
+    recorded = session.merge.recipe
+    assert recorded == workspace.recorded_recipe(session, built)
+    assert [m.model for m in recorded.models] == [workspace._portable(s) for s in session.sources]
+    assert [m.parameters for m in recorded.models] == [m.parameters for m in built.models]
+
+
+def test_a_live_merge_builds_and_validates_its_recipe_once(session, validations):
+    workspace.prepare_live(session)
+    workspace.merge_live(session, SETTINGS)
+    assert len(validations) == 1
+    assert session.merge.recipe == workspace.recorded_recipe(session, validations[0])
+
+
+def test_the_engine_s_recipe_is_a_renaming_of_the_recorded_one(session):
+    built = workspace.build_recipe(session, SETTINGS)
+    folders = workspace.folder_recipe(session, built)
+    assert folders.base_model == str(session.base.path)
+    assert [m.model for m in folders.models] == [str(s.path) for s in session.sources]
+    assert workspace.engine_recipe(session, workspace.recorded_recipe(session, built)) == folders
+    assert workspace.build_recipe(session, SETTINGS, by="path") == workspace.recorded_recipe(session, built)
+
+
+def test_bounds_are_the_validator_s_in_the_page_s_words(session):
+    bad = MergeSettings("ties", [0.7, 0.3], {"density": 1.5}, 0)
+    with pytest.raises(RecipeError) as error:
+        workspace.build_recipe(session, bad)
+    message = str(error.value)
+    assert "density = 1.5 is outside [0, 1]" in message
+    assert "Fraction of each task vector's entries kept" in message  # what the parameter does, as the page says
+    with pytest.raises(RecipeError, match="give one weight per source model"):  # a page-only check stays
+        workspace.build_recipe(session, MergeSettings("ties", [0.7], {}, 0))
+
+
+def test_renaming_is_pure_and_refuses_two_models_under_one_name():
+    recipe = load_recipe("merge_method: ties\nbase_model: base\nmodels:\n  - {model: a, parameters: {weight: 1, "
+                         "density: 0.5}}\n  - {model: b, parameters: {weight: 1, density: 0.5}}\n"
+                         "tokenizer_source: base\n")
+    renamed = recipe.renamed({"a": "/x/a", "base": "/x/base"})
+    assert [m.model for m in renamed.models] == ["/x/a", "b"] and renamed.base_model == "/x/base"
+    assert renamed.tokenizer_source == "base"  # mergekit's keyword, not a model
+    assert [m.model for m in recipe.models] == ["a", "b"]  # the original is untouched
+    renamed.models[0].parameters["weight"] = 9
+    assert recipe.models[0].parameters["weight"] == 1
+    with pytest.raises(RecipeError, match="chosen twice"):
+        recipe.renamed({"a": "same", "b": "same"})
