@@ -116,6 +116,42 @@ def _overheads(runner: RayRunner, template: Recipe, spec, grid: list[float]) -> 
             "share": statistics.mean(extra) / point, "points": len(outcomes)}
 
 
+def alternate(args: argparse.Namespace) -> None:
+    """The same points alternately in process and on one Ray worker (both ready first), so that the machine's load
+    falls on both alike: each point's seconds where it ran, and the Ray round trip beyond them."""
+    import torch
+
+    from evaluation.runner import PointJob
+    from evaluation.sweep import point_recipe
+    from zoo.families import real_family
+
+    family = real_family("smollm2")
+    template = _recipe(family.base, [family.experts["math"], family.experts["japanese"]])
+    spec = recipe_spec(template, load_tasks(family.tasks).limited(args.per_task), threads=1)
+    torch.set_num_threads(1)
+    here = InProcessRunner(build_scorer(replace(spec, threads=1)))
+    here.scorer.warm()
+    connect_ray("auto", num_cpus=2)
+    there = RayRunner(spec, workers=1, address=None)
+    there.start()
+    load = os.getloadavg()[0]
+    rows = {"in process": [], "Ray, 1 worker": []}
+    for round_ in range(args.rounds):
+        job = PointJob(label=f"round {round_}", recipe=point_recipe(template, "ties", 0.6, 0.2 + 0.15 * round_))
+        for name, runner in (("in process", here), ("Ray, 1 worker", there))[:: 1 if round_ % 2 == 0 else -1]:
+            outcome = runner.run([job])[0]
+            rows[name].append((outcome.seconds, outcome.wall_seconds))
+    there.close()
+    print(f"Machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load before {load:.1f}, "
+          f"after {os.getloadavg()[0]:.1f}; {args.rounds} points each, alternating")
+    print("| runner | mean s a point (where it ran) | median | mean wall s (as the caller saw it) |\n|---|---|---|---|")
+    for name, values in rows.items():
+        print(f"| {name} | {statistics.mean(v[0] for v in values):.2f} | "
+              f"{statistics.median(v[0] for v in values):.2f} | {statistics.mean(v[1] for v in values):.2f} |")
+    ratio = statistics.mean(v[1] for v in rows["Ray, 1 worker"]) / statistics.mean(v[1] for v in rows["in process"])
+    print(f"Ray wall / in-process wall: {ratio:.3f}")
+
+
 def search(args: argparse.Namespace) -> None:
     import torch
 
@@ -156,6 +192,10 @@ def main() -> None:
     one.add_argument("--per-task", type=int, default=2)
     one.add_argument("--grid", default="0.2:1.0:0.2", help="weights and densities; default 0.2:1.0:0.2 (5 x 5)")
     one.set_defaults(handler=sweep)
+    ab = commands.add_parser("alternate")
+    ab.add_argument("--per-task", type=int, default=2)
+    ab.add_argument("--rounds", type=int, default=6)
+    ab.set_defaults(handler=alternate)
     two = commands.add_parser("search")
     two.add_argument("--per-task", type=int, default=40)
     two.add_argument("--budget", type=int, default=15)
