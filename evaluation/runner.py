@@ -232,8 +232,10 @@ def estimate_seconds(point_seconds: float, points: int, workers: int = 1) -> flo
 # --- on Ray ---------------------------------------------------------------------------------------------------
 
 def connect_ray(address: str, *, num_cpus: int | None = None) -> bool:
-    """Start a local cluster (`address` "auto") or join one at `address`; returns True when this call started it
-    (the caller shuts it down). Reuses a connection this process already has."""
+    """Start a local cluster (`address` "auto", on 127.0.0.1) or join one at `address`; returns True when this
+    call started it (the caller shuts it down). Reuses a connection this process already has. Workers import this
+    repository from its path here (PYTHONPATH), so on a joined cluster every node needs it at the same path (or
+    MergeLab installed), and the model folders too."""
     if not ray_available():
         raise SweepError(RAY_MISSING)
     import ray  # deferred: optional dependency (module docstring)
