@@ -533,7 +533,7 @@ def _wire_search(panel: EvaluatePanel, state: gr.State, config: HostConfig) -> N
                    budget: float, compare: bool, runner: str | None = None, progress: gr.Progress = gr.Progress()):
         result = search(session, config, method, metric, per_task_field(per_task), task_file, sampler, int(budget),
                         bool(compare), runner, progress)
-        written = result.write(Path(tempfile.mkdtemp(prefix="mergelab-search-")) / "search.json")
+        written = result.write(session_downloads(session, "search") / "search.json")  # one folder per session
         choices = point_choices(session.sweep)
         return (sweep_search.search_markdown(result), sweep_search.search_figure(result),
                 [str(p) for p in written.values()], gr.update(choices=choices, value=choices[0][1] if choices else None))
