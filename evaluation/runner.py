@@ -26,13 +26,17 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from evaluation.agreement import Evaluator
 from evaluation.answer_cache import AnswerCache
 from evaluation.errors import SweepError
-from evaluation.tasks import TaskSet
+from evaluation.tasks import TaskSet, tasks_for_experts
+from inference.loading import load_model
 from merging.errors import MergeLabError
 from merging.live import LiveMerger
 from merging.recipe import Recipe
+from merging.sources import open_model
 
 ALL = "all"  # the split name of a plain sweep (the whole task set)
 RAY_MISSING = ("Ray is not installed here, so sweeps and searches run in this process "
@@ -147,15 +151,23 @@ class WorkerSpec:
         return [key for key in self.paths if key != self.base]
 
 
+def read_state(path: str | Path) -> tuple[dict[str, torch.Tensor], int]:
+    """All tensors of a model folder (memory-mapped reads) and its number of layers."""
+    source = open_model(str(path))
+    return {name: source.get(name) for name in source.tensor_names()}, source.num_layers
+
+
+def expert_name(model_ref: str) -> str:
+    """The expert name a recipe model stands for: its folder name (the zoo's folders are named after experts)."""
+    return Path(model_ref).name
+
+
 def recipe_spec(template: Recipe, tasks: TaskSet | Mapping[str, TaskSet], *,
                 experts: Mapping[str, str] | None = None, device: str = "cpu", dtype: str | None = None,
                 batch_size: int | None = None, threads: int = 0, cache_dir: str | None = None) -> WorkerSpec:
     """The WorkerSpec of a recipe file's models (keys: the recipe's model strings; experts named by folder, or by
     `experts` name -> model ref) scored on `tasks` (one task set, split "all", or several named splits), each cut
     to the tasks of those experts and composite tasks."""
-    from evaluation.sweep import expert_name  # deferred: evaluation.sweep imports this module
-    from evaluation.tasks import tasks_for_experts
-
     if not template.base_model:
         raise SweepError("The recipe has no base_model: a sweep merges task vectors, so name the base model.")
     refs = [m.model for m in template.models if m.model != template.base_model]
@@ -170,9 +182,6 @@ def recipe_spec(template: Recipe, tasks: TaskSet | Mapping[str, TaskSet], *,
 
 def build_scorer(spec: WorkerSpec) -> Scorer:
     """Read the base and models once into a LiveMerger, load the experts, and make one evaluator per split."""
-    from evaluation.sweep import read_state  # deferred: evaluation.sweep imports this module
-    from inference.loading import load_model
-
     base_state, num_layers = read_state(spec.paths[spec.base])
     merger = LiveMerger(base_state, {key: read_state(spec.paths[key])[0] for key in spec.models}, num_layers,
                         device=spec.device, threads=spec.threads or None)

@@ -22,18 +22,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from evaluation.agreement import METRICS, Evaluator
 from evaluation.answer_cache import AnswerCache
 from evaluation.errors import SweepError
-from evaluation.runner import InProcessRunner, PointJob, PointOutcome, Scorer, estimate_seconds
+from evaluation.runner import (
+    InProcessRunner,
+    PointJob,
+    PointOutcome,
+    Scorer,
+    estimate_seconds,
+    expert_name,
+    read_state,
+)
 from evaluation.tasks import TaskSet, tasks_for_experts
 from inference.loading import load_model
 from merging.live import LiveMerger
 from merging.methods.registry import Method, Param, get_method
 from merging.recipe import Recipe, load_recipe
-from merging.sources import open_model
 
 Progress = Callable[[float, str], Any]  # progress(fraction, description): gr.Progress fits
 GRID_ROLES = ("weight", "kept_fraction")  # the roles of the parameters a (weight × density) grid sets
@@ -554,17 +559,6 @@ def _check_metric(metric: str, tasks: TaskSet) -> None:
 
 
 # --- from a recipe file: load the models once, then sweep -------------------------------------------------------
-
-
-def read_state(path: str | Path) -> tuple[dict[str, torch.Tensor], int]:
-    """All tensors of a model folder (memory-mapped reads) and its number of layers."""
-    source = open_model(str(path))
-    return {name: source.get(name) for name in source.tensor_names()}, source.num_layers
-
-
-def expert_name(model_ref: str) -> str:
-    """The expert name a recipe model stands for: its folder name (the zoo's folders are named after experts)."""
-    return Path(model_ref).name
 
 
 @dataclass
