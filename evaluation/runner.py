@@ -272,8 +272,6 @@ def _worker_class() -> Any:
         """Holds one Scorer for the whole sweep or search; scores the points it is given."""
 
         def __init__(self, spec: WorkerSpec) -> None:
-            import torch
-
             threads = max(1, spec.threads)
             torch.set_num_threads(threads)
             self.scorer = build_scorer(replace(spec, threads=threads))
