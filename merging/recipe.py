@@ -64,6 +64,9 @@ class Recipe:
     tokenizer_source: str | None = None
     tokenizer: dict[str, Any] | None = None  # mergekit's `tokenizer:` block, kept as written
     chat_template: str | None = None
+    # What validate_recipe last found valid (the recipe's fingerprint): validating it again, unchanged, is free, so
+    # the page, LiveMerger and the engine's preflight can each ask without the merge being validated twice.
+    _valid_as: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_dict(cls, data: Any) -> Recipe:
@@ -91,9 +94,12 @@ class Recipe:
     def renamed(self, names: Mapping[str, str]) -> Recipe:
         """The same recipe with its models (and base_model, a tokenizer_source naming a model) named by `names`
         (old → new; names not in it kept): a pure renaming, nothing parsed or validated again (names are only keys, so a valid recipe
-        stays valid). Raises RecipeError when two models would get one name (the same folder chosen twice)."""
+        stays valid). Raises RecipeError when two models (the base included) would get one name: the same folder
+        chosen twice."""
         new = [names.get(m.model, m.model) for m in self.models]
-        twice = sorted(n for n, count in Counter(new).items() if count > 1)
+        old_names = {m.model for m in self.models} | {self.base_model} - {None}
+        new_names = [names.get(n, n) for n in old_names]
+        twice = sorted(n for n, count in Counter(new_names).items() if count > 1)
         if twice:
             raise RecipeError(f"model {quote(twice[0])} is chosen twice: choose each model once")
 
@@ -101,8 +107,11 @@ class Recipe:
         if tokenizer not in (None, "base", "union"):  # mergekit's keywords name no model
             tokenizer = names.get(tokenizer, tokenizer)
         base = None if self.base_model is None else names.get(self.base_model, self.base_model)
-        return replace(self, models=[ModelEntry(n, dict(m.parameters)) for n, m in zip(new, self.models)],
-                       base_model=base, tokenizer_source=tokenizer, parameters=dict(self.parameters))
+        out = replace(self, models=[ModelEntry(n, dict(m.parameters)) for n, m in zip(new, self.models)],
+                      base_model=base, tokenizer_source=tokenizer, parameters=dict(self.parameters))
+        if self._valid_as is not None and self._valid_as == _fingerprint(self):
+            out._valid_as = _fingerprint(out)  # valid before, valid renamed: validation reads no model's name
+        return out
 
     def to_yaml(self) -> str:
         """YAML that mergekit 0.1.5 accepts (numeric gradient lists in flow style, as mergekit writes them)."""
@@ -197,6 +206,8 @@ def load_recipe(source: str | Path, *, validate: bool = True) -> Recipe:
         problems += _problems(recipe)
     if problems or recipe is None:
         raise _recipe_error(problems, where if where != "the recipe" else None)
+    if validate:
+        recipe._valid_as = _fingerprint(recipe)  # validated just now: a merge that asks again does not re-check
     return recipe
 
 
@@ -437,10 +448,20 @@ def resolve_parameters(recipe: Recipe, tensor_name: str, num_layers: int) -> tup
 
 def validate_recipe(recipe: Recipe) -> None:
     """Raise RecipeError listing every problem in the recipe and how to fix it; return None when it is usable.
-    The error's `problems` attribute holds the list."""
+    The error's `problems` attribute holds the list. A recipe validated before and unchanged since is not checked
+    again (the page validates what it builds; LiveMerger and the engine then ask again for free)."""
+    fingerprint = _fingerprint(recipe)
+    if getattr(recipe, "_valid_as", None) == fingerprint:
+        return
     problems = _problems(recipe)
     if problems:
         raise _recipe_error(problems)
+    recipe._valid_as = fingerprint
+
+
+def _fingerprint(recipe: Recipe) -> str:
+    """Everything validation reads of a recipe, as text: a changed setting changes it."""
+    return repr(recipe.to_dict())
 
 
 def _recipe_error(problems: list[str], where: str | None = None) -> RecipeError:

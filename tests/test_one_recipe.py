@@ -39,15 +39,16 @@ def session(family, config):
 
 @pytest.fixture
 def validations(monkeypatch):
-    """How often a recipe is validated: the page's builder and the merge paths all call this function."""
+    """Each recipe actually validated (the page's builder, LiveMerger and the engine's preflight all call
+    validate_recipe; a recipe validated before and unchanged since is not checked again)."""
     calls: list[Recipe] = []
-    real = recipe_module.validate_recipe
+    real = recipe_module._problems
 
     def counting(recipe):
         calls.append(recipe)
         return real(recipe)
 
-    monkeypatch.setattr(workspace, "validate_recipe", counting)
+    monkeypatch.setattr(recipe_module, "_problems", counting)
     return calls
 
 
@@ -101,3 +102,15 @@ def test_renaming_is_pure_and_refuses_two_models_under_one_name():
     assert recipe.models[0].parameters["weight"] == 1
     with pytest.raises(RecipeError, match="chosen twice"):
         recipe.renamed({"a": "same", "b": "same"})
+    with pytest.raises(RecipeError, match="chosen twice"):  # the base chosen as a source too
+        recipe.renamed({"a": "same", "base": "same"})
+
+
+def test_a_validated_recipe_changed_afterwards_is_validated_again(validations):
+    recipe = load_recipe("merge_method: ties\nbase_model: base\nmodels:\n  - {model: a, parameters: {weight: 1}}\n")
+    recipe_module.validate_recipe(recipe)
+    recipe_module.validate_recipe(recipe.renamed({"a": "/x/a"}))
+    assert len(validations) == 1  # load_recipe validated it; unchanged and renamed: not again
+    recipe.models[0].parameters["density"] = 7.0
+    with pytest.raises(RecipeError, match=r"density = 7.0 is outside \[0, 1\]"):
+        recipe_module.validate_recipe(recipe)
