@@ -116,7 +116,7 @@ def _params(method: str, value: Any) -> dict[str, Any]:
         raise RecipeError(f'params must be an object of the method\'s parameters (like {{"density": 0.5}}), not '
                           f"{_kind(value)}.")
     spec = get_method(method)
-    known = [p.name for p in spec.params if p.name != "weight"]
+    known = [p.name for p in spec.params if p.role != "weight"]  # weights come as `weights`, one per source
     unknown = [str(k) for k in value if k not in known]
     if unknown or len(value) > MAX_SETTINGS_PARAMS:
         hint = " (per-model weights go in `weights`)" if "weight" in unknown else ""
