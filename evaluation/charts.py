@@ -160,10 +160,13 @@ def interference_heatmap(report: Any, metric: str = "sign_conflict_rate") -> go.
     ))
     overall = data["overall"].get(metric)
     suffix = f" (overall {overall:.0%})" if isinstance(overall, float) else ""
-    note = (f"<br><sub>not shown: {', '.join(hidden)} (the experts left them unchanged: no task vector, nothing to "
-            "conflict)</sub>" if hidden else "")
+    notes = [f"not shown: {', '.join(hidden)} (the experts left them unchanged: no task vector, nothing to conflict)"
+             ] if hidden else []
+    if any(v is None for row in z for v in row):
+        notes.append("blank: no such tensor in that layer (embeddings and heads sit outside the layers)")
+    note = "".join(f"<br><sub>{text}</sub>" for text in notes)
     fig.update_layout(title=f"{metric.replace('_', ' ').capitalize()} per layer and module{suffix}{note}",
-                      height=420, margin={"t": 80 if hidden else 60, "b": 40}, xaxis={"type": "category"},
+                      height=420, margin={"t": 60 + 20 * len(notes), "b": 40}, xaxis={"type": "category"},
                       font={"size": 14})
     return fig
 

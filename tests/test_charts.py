@@ -125,6 +125,8 @@ def test_unchanged_modules_are_left_out_and_named_and_layers_meet_the_random_lin
     report = interference_report(base, {"a": a, "b": b}, density=1.0)
     fig = interference_heatmap(report)
     assert list(fig.data[0].y) == ["q_proj"] and "k_proj" in fig.layout.title.text  # hidden, and said why
+    assert "blank" not in fig.layout.title.text  # no blank cell left to explain
+    assert "blank: no such tensor" in interference_heatmap(_report()).layout.title.text  # embed has no layer 0
     bars = conflict_by_layer_figure(report, reference=random_conflict_rate(2))
     assert list(bars.data[0].x) == ["L0", "L1"] and list(bars.data[0].y) == [0.5, 0.5]
     assert bars.layout.shapes[0].y0 == 0.5 and "random" in bars.layout.annotations[0].text
