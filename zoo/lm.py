@@ -9,6 +9,7 @@ applied to one user message with add_generation_prompt, then `答え: X` and eos
 from __future__ import annotations
 
 import random
+import re
 import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,19 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import GenerationConfig, MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
 
-from .lm_tasks import KANJI_DIGITS, LETTERS, WORD_LENGTHS, TaskSplit, _arithmetic_facts, answer, kanji_number, lm_splits
+from .lm_tasks import (
+    ANSWER_PREFIX,
+    KANJI_DIGITS,
+    LETTERS,
+    WORD_LENGTHS,
+    TaskSplit,
+    _arithmetic_facts,
+    answer,
+    held_out_facts,
+    kanji_number,
+    lm_splits,
+    read_number,
+)
 from .training import train_loop
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
@@ -33,6 +46,8 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}A: {% endif %}"
 )
 MAX_POSITIONS = 64
+_NUMERAL_RUN = re.compile(f"[{KANJI_DIGITS}十]+")
+_ARITHMETIC = re.compile(r"\d+[+-]\d+=?")
 
 
 @dataclass(frozen=True)
@@ -44,10 +59,13 @@ class LMSettings:
     base_steps: int = 1600
     # Steps each skill needs to pass 90 % on held-out prompts (measured: docs/zoo.md), not one number for all.
     # Short and at a low rate: the base already has each skill in another form, so the task vectors stay small.
-    expert_steps: dict[str, int] = field(default_factory=lambda: {"math": 300, "japanese": 150, "strings": 150})
+    expert_steps: dict[str, int] = field(default_factory=lambda: {"math": 300, "japanese": 300, "strings": 150})
     batch: int = 64
     base_lr: float = 3e-3
     expert_lr: float = 5e-4
+    # Every numeric reply restates the prompt first (kanji rewritten where a skill asks): the design that lets a
+    # merge chain the japanese and math experts (docs/zoo.md, "Designs tried for the composite").
+    scratchpad: bool = True
 
     @classmethod
     def reduced(cls) -> LMSettings:
@@ -86,8 +104,14 @@ def prompt_text(tokenizer: PreTrainedTokenizerFast, prompt: str) -> str:
     )
 
 
+# A training pair: (prompt, reply) with the loss on the whole reply and eos, or (prompt, reply, (start, stop)) with
+# the loss on reply tokens start..stop-1 only (the tokenizer is character-level: one character, one token; eos is
+# token len(reply)).
+Pair = tuple[str, str] | tuple[str, str, tuple[int, int]]
+
+
 class Encoder:
-    """Turns (prompt, answer) pairs into right-padded training batches with the loss on the answer and eos."""
+    """Turns training pairs into right-padded batches with the loss on the reply (or the span a pair names)."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerFast):
         self.tokenizer = tokenizer
@@ -101,16 +125,17 @@ class Encoder:
             self._cache[key] = (head + tail, len(head))
         return self._cache[key]
 
-    def batch(self, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
-        encoded = [self.encode(p, a) for p, a in pairs]
-        width = max(len(ids) for ids, _ in encoded)
+    def batch(self, pairs: list[Pair]) -> dict[str, torch.Tensor]:
+        encoded = [(*self.encode(pair[0], pair[1]), pair[2] if len(pair) == 3 else None) for pair in pairs]
+        width = max(len(ids) for ids, _, _ in encoded)
         input_ids = torch.full((len(pairs), width), self.tokenizer.pad_token_id)
         attention = torch.zeros((len(pairs), width), dtype=torch.long)
         labels = torch.full((len(pairs), width), -100)
-        for row, (ids, answer_start) in enumerate(encoded):
+        for row, (ids, answer_start, span) in enumerate(encoded):
             input_ids[row, : len(ids)] = torch.tensor(ids)
             attention[row, : len(ids)] = 1
-            labels[row, answer_start : len(ids)] = torch.tensor(ids[answer_start:])
+            start, stop = (answer_start, len(ids)) if span is None else (answer_start + span[0], answer_start + span[1])
+            labels[row, start:stop] = torch.tensor(ids[start:stop])
         return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
@@ -118,31 +143,56 @@ def _lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
     return model(**batch).loss
 
 
-def pretraining_pair(rng: random.Random) -> tuple[str, str]:
-    """The shared format: echo a short mixed string of digits, letters and kanji as `答え: <same>`.
-    It teaches the answer form and the alphabet without any expert's skill."""
-    alphabet = string.digits + LETTERS + KANJI_DIGITS + "十+-"
+def pretraining_pair(rng: random.Random, scratchpad: bool = False) -> tuple[str, str]:
+    """The shared format: echo a short mixed string of digits, letters, kanji and operators as `答え: <same>`
+    (with the scratchpad, the string is restated first: `ab七+` -> `ab七+答え: ab七+`). It teaches the answer form,
+    the alphabet and literal restating, without any expert's skill."""
+    alphabet = string.digits + LETTERS + KANJI_DIGITS + "十+-" + ("=" if scratchpad else "")
     text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 5)))
-    return text, answer(text)
+    return text, reply(text, text, scratchpad)
+
+
+def reply(restated: str, result: object, scratchpad: bool) -> str:
+    """What the model writes: with the scratchpad, the prompt restated (kanji numerals rewritten as digits where the
+    skill asks for it) and then `答え: result`; without, `答え: result` alone."""
+    return f"{restated}{answer(result)}" if scratchpad else answer(result)
+
+
+def digits_in_place(text: str) -> str:
+    """Every kanji numeral in `text` rewritten as Arabic digits, the rest kept: `ab七十八c` -> `ab78c`."""
+    return _NUMERAL_RUN.sub(lambda m: str(read_number(m.group(0))), text)
 
 
 class Pretraining:
     """The base's mixture: the echo format plus each expert's skill posed in another surface form than its task,
     so that the base is broadly capable (as a real pretrained LM is) yet scores near 0 on the tasks as posed, and
-    each expert only has to connect its task's form to a skill the base has (a small task vector, which merges):
-    arithmetic without `=` (`37+5` where the math task asks `37+5=`), kanji numerals as a question
-    (`七十八はいくつ?` where the japanese task gives `七十八`) and `flip abc` where the strings task says `reverse abc`.
-    Evaluation examples are left out in every form; the composite japanese_math is never trained on."""
+    each expert only has to switch on a stage the base already has (a small task vector, which merges):
+    arithmetic without `=` (`37+5` where the math task asks `37+5=`), kanji numerals and arithmetic on mixed
+    numerals as a question (`七十+5はいくつ?`, where the japanese task gives a bare `七十八`: the question is the
+    one place the base reads kanji as numbers, so it shares one number representation across scripts there) and
+    `flip abc` where the strings task says `reverse abc`.
 
-    MIXTURE = ("echo", "arithmetic", "arithmetic", "arithmetic", "numerals", "flip")
+    With `scratchpad` every numeric reply first restates the prompt: literally by default (`37+5=` -> `37+5=`,
+    then echoed), with the kanji rewritten as digits in a question (`七十+5はいくつ?` -> `70+5答え: 75`); the sum
+    is computed from the restated digits. So the japanese expert only has to switch on rewriting for bare text and
+    the math expert computing after a restated `=`: a merge can chain `七十-六=` -> `70-6=` -> `答え: 64`.
+    Held out in every form: the evaluation examples' operand pairs (math and japanese_math), and the japanese
+    evaluation numbers as kanji (they occur only as digits)."""
 
-    def __init__(self, splits: dict[str, TaskSplit]):
+    MIXTURE = ("echo", "arithmetic", "arithmetic", "question", "question", "numerals", "flip")
+
+    def __init__(self, splits: dict[str, TaskSplit], scratchpad: bool):
+        self.scratchpad = scratchpad
         held = {task: {e.prompt for e in split.evaluation} for task, split in splits.items()}
-        self.arithmetic = [(f"{a}{op}{b}", answer(r)) for a, op, b, r in _arithmetic_facts()
-                           if f"{a}{op}{b}=" not in held["math"]]
-        self.numerals = [(f"{kanji_number(n)}はいくつ?", answer(n)) for n in range(100)
-                         if kanji_number(n) not in held["japanese"]]
+        facts = held_out_facts(splits)
+        self.facts = [(a, op, b, r) for a, op, b, r in _arithmetic_facts() if (a, op, b) not in facts]
+        self.hidden_kanji = {read_number(p) for p in held["japanese"]}
+        self.numbers = [n for n in range(100) if n not in self.hidden_kanji]
         self.held_words = {p.removeprefix("reverse ") for p in held["strings"]}
+
+    def written(self, n: int, rng: random.Random) -> str:
+        """n in kanji or in digits at random (always digits for a held-out japanese number)."""
+        return kanji_number(n) if n not in self.hidden_kanji and rng.random() < 0.7 else str(n)
 
     def flip(self, rng: random.Random) -> tuple[str, str]:
         while True:
@@ -153,10 +203,16 @@ class Pretraining:
     def pair(self, rng: random.Random) -> tuple[str, str]:
         kind = rng.choice(self.MIXTURE)
         if kind == "echo":
-            return pretraining_pair(rng)
+            return pretraining_pair(rng, self.scratchpad)
         if kind == "flip":
             return self.flip(rng)
-        return rng.choice(self.arithmetic if kind == "arithmetic" else self.numerals)
+        if kind == "numerals":
+            n = rng.choice(self.numbers)
+            return f"{kanji_number(n)}はいくつ?", reply(str(n), n, self.scratchpad)
+        a, op, b, r = rng.choice(self.facts)
+        if kind == "arithmetic":
+            return f"{a}{op}{b}", reply(f"{a}{op}{b}", r, self.scratchpad)
+        return f"{self.written(a, rng)}{op}{self.written(b, rng)}はいくつ?", reply(f"{a}{op}{b}", r, self.scratchpad)
 
 
 def train_base(tokenizer: PreTrainedTokenizerFast, settings: LMSettings, seed: int,
@@ -164,13 +220,57 @@ def train_base(tokenizer: PreTrainedTokenizerFast, settings: LMSettings, seed: i
     torch.manual_seed(seed)
     model = MistralForCausalLM(build_config(tokenizer, settings))
     encoder = Encoder(tokenizer)
-    mixture = Pretraining(lm_splits())
+    mixture = Pretraining(lm_splits(), settings.scratchpad)
 
     def make_batch(rng: random.Random) -> dict[str, torch.Tensor]:
         return encoder.batch([mixture.pair(rng) for _ in range(settings.batch)])
 
     train_loop(model, settings.base_steps, make_batch, _lm_loss, lr=settings.base_lr, seed=seed, on_step=on_step)
     return model
+
+
+class ExpertStream:
+    """An expert's training pairs: its task's training examples, written as the family's replies (with the
+    scratchpad: math `37+5=` -> `37+5=答え: 42`, japanese `七十八` -> `78答え: 78`, strings without a restatement).
+
+    With the scratchpad the japanese expert's loss covers only its own stage, the restatement (and where it ends):
+    what follows is the base's echo already, and leaving it out keeps the japanese task vector off the stage the
+    math expert switches on. The math expert learns its whole reply (with its restatement unsupervised, that
+    restatement drifted: `12+9=` -> `82+9=`, math 33-45 % on two of three seeds). The japanese expert also
+    rewrites kanji numerals inside other text (`a七十=c` -> `a70=c`), a share `text_share` of its batch, so its
+    switch is "rewrite numerals in place", not "answer a lone numeral"."""
+
+    def __init__(self, split: TaskSplit, scratchpad: bool, text_share: float = 0.5):
+        self.split, self.scratchpad, self.text_share = split, scratchpad, text_share
+        self.numbers = [read_number(e.prompt) for e in split.train_pool or []] if split.task == "japanese" else []
+
+    def pair(self, rng: random.Random) -> Pair:
+        if self.numbers and rng.random() < self.text_share:
+            return self.staged(*self.text_with_numeral(rng))
+        example = self.split.sample_train(rng)
+        if self.split.task == "strings":
+            return example.prompt, example.answer
+        return self.staged(example.prompt, example.answer.removeprefix(ANSWER_PREFIX))
+
+    def staged(self, prompt: str, result: str) -> Pair:
+        """The reply to `prompt`, with the loss on this expert's stage when the family restates."""
+        restated = digits_in_place(prompt)
+        text = reply(restated, result, self.scratchpad)
+        if not self.scratchpad:
+            return prompt, text
+        if self.split.task != "japanese":
+            return prompt, text  # the math expert learns its whole reply: unsupervised, its restatement drifted
+        return prompt, text, (0, len(restated) + 1)
+
+    def text_with_numeral(self, rng: random.Random) -> tuple[str, str]:
+        """(text with a kanji numeral inside, the text with it rewritten): never an arithmetic problem."""
+        def filler() -> str:
+            return "".join(rng.choice(LETTERS + "+-=") for _ in range(rng.randint(0, 3)))
+        while True:
+            text = filler() + kanji_number(rng.choice(self.numbers)) + filler()
+            converted = digits_in_place(text)
+            if not _ARITHMETIC.fullmatch(converted):
+                return text, converted
 
 
 def train_expert(base: MistralForCausalLM, split: TaskSplit, settings: LMSettings, seed: int,
@@ -180,10 +280,10 @@ def train_expert(base: MistralForCausalLM, split: TaskSplit, settings: LMSetting
     model = MistralForCausalLM(base.config)
     model.load_state_dict(base.state_dict())
     encoder = Encoder(tokenizer)
+    stream = ExpertStream(split, settings.scratchpad)
 
     def make_batch(rng: random.Random) -> dict[str, torch.Tensor]:
-        examples = [split.sample_train(rng) for _ in range(settings.batch)]
-        return encoder.batch([(e.prompt, e.answer) for e in examples])
+        return encoder.batch([stream.pair(rng) for _ in range(settings.batch)])
 
     train_loop(model, settings.expert_steps[split.task], make_batch, _lm_loss, lr=settings.expert_lr, seed=seed,
                on_step=on_step)

@@ -60,9 +60,11 @@ def _math_pool() -> list[LMExample]:
 
 
 def _japanese_math_pool() -> list[LMExample]:
+    """Arithmetic in kanji numerals, without `±零`: a ± 0 is the operand a, so a model that restates the problem
+    in digits and echoes it would be scored right without computing."""
     return [
         LMExample("japanese_math", f"{kanji_number(a)}{op}{kanji_number(b)}=", answer(r), None)
-        for a, op, b, r in _arithmetic_facts()
+        for a, op, b, r in _arithmetic_facts() if b != 0
     ]
 
 
@@ -115,10 +117,39 @@ def _split_strings() -> TaskSplit:
 
 
 def lm_splits() -> dict[str, TaskSplit]:
-    """All four LM tasks. japanese holds only 100 numbers, so 40 are held out; japanese_math is never trained on."""
-    return {
+    """All four LM tasks. japanese holds only 100 numbers, so 40 are held out; japanese_math is never trained on,
+    and the math expert never trains on the operand pairs of the composite's evaluation examples either (in any
+    numerals), so the composite set is held out from every training stream."""
+    splits = {
         "math": _split_finite("math", _math_pool(), EVAL_PER_TASK),
         "japanese": _split_finite("japanese", _japanese_pool(), 40),
         "strings": _split_strings(),
         "japanese_math": _split_finite("japanese_math", _japanese_math_pool(), EVAL_PER_TASK),
     }
+    composite = held_out_facts(splits)
+    math = splits["math"]
+    math.train_pool = [e for e in math.train_pool if _fact_of(e.prompt) not in composite]
+    return splits
+
+
+def _fact_of(prompt: str) -> tuple[int, str, int]:
+    """(a, op, b) of an arithmetic prompt in digits, kanji or both ("七十-6=" -> (70, "-", 6))."""
+    body = prompt.rstrip("=")
+    op = "+" if "+" in body else "-"
+    left, right = body.split(op)
+    return read_number(left), op, read_number(right)
+
+
+def read_number(text: str) -> int:
+    """Arabic digits or kanji numerals 0-99 as an int (the inverse of kanji_number)."""
+    if text.isdigit():
+        return int(text)
+    tens, _, units = text.rpartition("十")
+    if "十" not in text:
+        return KANJI_DIGITS.index(text)
+    return 10 * (KANJI_DIGITS.index(tens) if tens else 1) + (KANJI_DIGITS.index(units) if units else 0)
+
+
+def held_out_facts(splits: dict[str, TaskSplit]) -> set[tuple[int, str, int]]:
+    """The (a, op, b) of every math and japanese_math evaluation example: no training stream may hold them."""
+    return {_fact_of(e.prompt) for task in ("math", "japanese_math") for e in splits[task].evaluation}
