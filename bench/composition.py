@@ -40,8 +40,8 @@ from zoo.lm_tasks import lm_splits
 from zoo.tasksets import lm_records
 from zoo.training import deterministic
 
-TASKS = ("math", "japanese", "japanese_math")
-EXPERTS = ("math", "japanese")
+TASKS = ("math", "japanese", "japanese_math", "strings")
+ALL_EXPERTS = ("math", "japanese", "strings")
 # (label, method, weights per expert, params): the app's methods at a few weights and densities, and layer-wise
 # recipes (design c: japanese in the lower layers, math in the upper ones; gradients over the 3 layers).
 MERGES = [
@@ -56,18 +56,25 @@ MERGES = [
     ("task_arithmetic math 0.5, japanese 0.7", "task_arithmetic", (0.5, 0.7), {}),
     ("layer-wise TA (math [0,1], japanese [1,0])", "task_arithmetic", ([0.0, 1.0], [1.0, 0.0]), {}),
     ("layer-wise TA (math [0.5,1], japanese [1,0.5])", "task_arithmetic", ([0.5, 1.0], [1.0, 0.5]), {}),
+    # all three experts (math, japanese, strings): the strings vector turned out to help the composite
+    ("all three: task_arithmetic 0.6", "task_arithmetic", (0.6, 0.6, 0.6), {}),
+    ("all three: task_arithmetic 0.7", "task_arithmetic", (0.7, 0.7, 0.7), {}),
+    ("all three: task_arithmetic math 1.0, japanese 0.5, strings 0.5", "task_arithmetic", (1.0, 0.5, 0.5), {}),
+    ("all three: task_arithmetic math 1.0, japanese 0.6, strings 0.6", "task_arithmetic", (1.0, 0.6, 0.6), {}),
+    ("all three: task_arithmetic math 0.7, japanese 0.5, strings 0.5", "task_arithmetic", (0.7, 0.5, 0.5), {}),
+    ("all three: ties 0.7 d0.5", "ties", (0.7, 0.7, 0.7), {"density": 0.5}),
 ]
 DESIGNS = {"scratchpad": {"scratchpad": True}, "direct": {"scratchpad": False}}
 
 
 def train_family(design: str, seed: int, folder: Path) -> tuple[dict, object]:
-    """Base and the math and japanese experts of one design, seeded per model as zoo.build seeds them; saved under
+    """Base and the three experts of one design, seeded per model as zoo.build seeds them; saved under
     `folder` and loaded from there when already trained (re-scoring costs no training)."""
     settings = replace(lm.LMSettings(), **DESIGNS[design])
     tokenizer = lm.build_tokenizer()
     splits = lm_splits()
     models = {}
-    for name in ("base", *EXPERTS):
+    for name in ("base", *ALL_EXPERTS):
         if (folder / name / "model.safetensors").is_file():
             models[name] = MistralForCausalLM.from_pretrained(folder / name, dtype=torch.float32).eval()
             continue
@@ -82,8 +89,9 @@ def train_family(design: str, seed: int, folder: Path) -> tuple[dict, object]:
 
 
 def recipe(method: str, weights: tuple, params: dict) -> Recipe:
+    """The merge of the first len(weights) of math, japanese, strings."""
     data = {"merge_method": method, "base_model": "base", "dtype": "float32",
-            "models": [{"model": e, "parameters": {"weight": w}} for e, w in zip(EXPERTS, weights)]}
+            "models": [{"model": e, "parameters": {"weight": w}} for e, w in zip(ALL_EXPERTS, weights)]}
     if params:
         data["parameters"] = dict(params)
     return Recipe.from_dict(data)
@@ -96,20 +104,20 @@ def score_design(design: str, seed: int, out: Path) -> dict:
     models, tokenizer = train_family(design, seed, out / f"{design}-{seed}")
     trained = time.perf_counter() - started
     # The task records the build writes (assets/tasks/zoo_lm.jsonl), straight from the current split.
-    tasks = tasks_for_experts(tasks_from_records(lm_records()[0], "zoo_lm"), EXPERTS)
+    tasks = tasks_for_experts(tasks_from_records(lm_records()[0], "zoo_lm"), ALL_EXPERTS)
     loaded = {name: LoadedModel(model=m, tokenizer=tokenizer, kind="lm") for name, m in models.items()}
-    evaluator = Evaluator(tasks, {e: loaded[e] for e in EXPERTS})
+    evaluator = Evaluator(tasks, {e: loaded[e] for e in ALL_EXPERTS})
     results, samples = {}, {}
 
     def record(label: str, result) -> None:
         results[label] = {t: result.scores[t].accuracy for t in TASKS}
         samples[label] = result.outputs["japanese_math"][:4]
 
-    for name in ("base", *EXPERTS):
+    for name in ("base", *ALL_EXPERTS):
         record(name, evaluator.score(loaded[name]))
     states = {name: m.state_dict() for name, m in models.items()}
-    merger = LiveMerger(states["base"], {e: states[e] for e in EXPERTS}, num_layers=models["base"].config.num_hidden_layers,
-                        threads=1)
+    merger = LiveMerger(states["base"], {e: states[e] for e in ALL_EXPERTS},
+                        num_layers=models["base"].config.num_hidden_layers, threads=1)
     for label, method, weights, params in MERGES:
         record(label, evaluator.score_state(merger.merge(recipe(method, weights, params))))
     prompts = [e.input for e in tasks.tasks["japanese_math"].examples[:4]]
@@ -132,7 +140,8 @@ def table(folder: Path) -> str:
         lines += [f"\n{design} (seeds {sorted(seeds[design])}): mean (min-max) accuracy, %",
                   "| model | " + " | ".join(TASKS) + " |", "|---" * (len(TASKS) + 1) + "|"]
         for label, row in rows.items():
-            cells = [f"{statistics.mean(v):.0f} ({min(v):.0f}-{max(v):.0f})" for v in (row[t] for t in TASKS)]
+            cells = [f"{statistics.mean(v):.0f} ({min(v):.0f}-{max(v):.0f})" if v else "–"
+                     for v in (row[t] for t in TASKS)]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
