@@ -117,15 +117,16 @@ def test_learn_merge_never_trains_on_held_out_inputs(classifiers, monkeypatch):
 
 def test_defaults_converge_on_the_lm_zoo():
     """SAMerging at its defaults on the shipped LM zoo (8 prompts per task: 6 learned on, 2 held out) falls far below
-    the loss of its best constant start, on the held-out prompts too, well within the default steps (60 of 200
-    here, to keep the test short), with ‖ε‖ a few % of ‖λ‖. Measured under load: train 0.265 → 0.03, held-out
-    0.18 → 0.07 by step 30."""
+    the loss of its best constant start, on the held-out prompts too, well within the default steps (80 of 200
+    here, to keep the test short), with ‖ε‖ a few % of ‖λ‖. Measured on the composing LM zoo (2026-12-06, whose
+    replies restate the prompt): train loss 0.31 of its start by step 60, 0.24 by step 80; held-out 0.48; ‖ε‖/‖λ‖
+    0.06. (On the earlier zoo: train 0.265 → 0.03, held-out 0.18 → 0.07 by step 30.)"""
     import zoo
 
     family = zoo.tiny_families()["lm"]
     rows = [json.loads(line) for line in family.unlabeled.read_text(encoding="utf-8").splitlines()]
     inputs = {e: [r["prompt"] for r in rows if r["expert"] == e][:8] for e in family.experts}
-    steps = 60
+    steps = 80
     assert steps < default_config("samerging").steps
     merge = learn_merge("samerging", family.base, family.experts, inputs, steps=steps)
     r = merge.result
