@@ -18,7 +18,7 @@ from ui.hosting import HostConfig
 from ui.session import new_session
 
 USERS = 4
-WEIGHTS = [(1.0, 0.0), (0.0, 1.0), (0.9, 0.1), (0.3, 1.2)]
+WEIGHTS = [(1.0, 0.0), (0.0, 1.0), (0.5, 0.5), (0.3, 1.2)]
 PROMPT = "七"
 
 
