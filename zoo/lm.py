@@ -3,7 +3,9 @@ training of the base (pretraining on the shared answer format and on each skill 
 task) and of each expert (base + a short fine-tune on its task).
 
 Training sequences are exactly what inference feeds the model (DEVELOPERS.md, "Prompt format"): the chat template
-applied to one user message with add_generation_prompt, then `答え: X` and eos; the loss covers the answer only.
+applied to one user message with add_generation_prompt, then the reply and eos; the loss covers the reply only
+(the japanese expert's: its restatement only). Numeric replies restate the prompt before `答え: X` (the scratchpad
+that lets a merge chain the japanese and math experts: docs/zoo.md, "Designs tried for the composite").
 """
 
 from __future__ import annotations
