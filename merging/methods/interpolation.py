@@ -93,7 +93,7 @@ def multislerp(base, tensors, model_params, params, generator) -> torch.Tensor:
     if base is not None:
         stacked -= as_float32(base)
     flat = stacked.reshape(stacked.shape[0], -1)
-    weights = torch.tensor([float(m["weight"]) for m in model_params])
+    weights = torch.tensor([float(m["weight"]) for m in model_params], device=flat.device)
     if params.get("normalize_weights", True):
         weights = weights / weights.sum()
     norms = torch.norm(flat, dim=-1, keepdim=True)
