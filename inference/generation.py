@@ -549,16 +549,15 @@ def _stream_greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, e
     eos = _eos_ids(model, tokenizer)
     generated: list[int] = []
     reply, last_sent = "", None
-    with torch.inference_mode():
-        for token in _greedy_tokens(model, encoded, max_new_tokens, eos, stop_event):
-            generated.append(token)
-            now = time.monotonic()
-            if last_sent is not None and now - last_sent < STREAM_INTERVAL_S:
-                continue
-            text = tokenizer.decode(generated, skip_special_tokens=True)
-            if text and not text.endswith("\ufffd") and text != reply:  # never half a multi-byte character
-                reply, last_sent = text, now
-                yield reply
+    for token in _greedy_tokens(model, encoded, max_new_tokens, eos, stop_event):
+        generated.append(token)
+        now = time.monotonic()
+        if last_sent is not None and now - last_sent < STREAM_INTERVAL_S:
+            continue
+        text = tokenizer.decode(generated, skip_special_tokens=True)
+        if text and not text.endswith("\ufffd") and text != reply:  # never half a multi-byte character
+            reply, last_sent = text, now
+            yield reply
     text = tokenizer.decode(generated, skip_special_tokens=True)
     if text != reply or not reply:
         yield text
@@ -566,21 +565,29 @@ def _stream_greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, e
 
 def _greedy_tokens(model: PreTrainedModel, encoded: dict[str, torch.Tensor], max_new_tokens: int, eos: set[int],
                    stop_event: threading.Event | None) -> Iterator[int]:
-    """One conversation's greedy tokens, eos left out, until eos, the limit or `stop_event`."""
+    """One conversation's greedy tokens, eos left out, until eos, the limit or `stop_event`.
+
+    Inference mode is entered around each forward pass and never held across a `yield`: a generator suspended
+    inside `with torch.inference_mode()` leaves the consumer's thread in inference mode until it is resumed, or for
+    good when it is abandoned (training and in-place weight loads in that thread then fail)."""
     extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
-    out = model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"], use_cache=True, **extra)
+    with torch.inference_mode():
+        out = model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"], use_cache=True,
+                    **extra)
     mask = encoded["attention_mask"]
     for count in range(1, max_new_tokens + 1):
-        token = int(out.logits[0, -1].argmax())
+        with torch.inference_mode():
+            token = int(out.logits[0, -1].argmax())
         if token in eos or (stop_event is not None and stop_event.is_set()):
             return
         yield token
         if count == max_new_tokens:
             return  # no forward pass for a token that will not be taken
-        mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
-        step = torch.tensor([[token]], dtype=torch.long, device=mask.device)
-        out = model(input_ids=step, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True,
-                    **extra)
+        with torch.inference_mode():
+            mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
+            step = torch.tensor([[token]], dtype=torch.long, device=mask.device)
+            out = model(input_ids=step, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True,
+                        **extra)
 
 
 def _chat_inputs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, messages: Iterable[Any],

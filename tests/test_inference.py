@@ -129,6 +129,21 @@ def test_stream_chat_flattens_blocks_and_streams_the_greedy_reply(loaded):
     assert pieces[-1].replace(" ", "") == greedy.replace(" ", "")
 
 
+def test_stream_chat_leaves_the_callers_thread_out_of_inference_mode(loaded):
+    """A reader that is between pieces, or that stops reading (a closed page), must not be left in inference mode:
+    training and in-place weight loads in that thread would fail ("does not require grad")."""
+    messages = [{"role": "user", "content": "1+2="}]
+    stream = stream_chat(loaded.model, loaded.tokenizer, messages, max_new_tokens=20, temperature=0)
+    first = next(stream)
+    assert first
+    assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()  # suspended mid-reply
+    del stream  # abandoned, never exhausted
+    assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
+    weight = torch.ones(2, requires_grad=True)
+    (weight * 2).sum().backward()  # what a Learn run in this thread does next
+    assert weight.grad is not None
+
+
 def test_stream_chat_stops_when_asked(loaded):
     stop = threading.Event()
     stop.set()
