@@ -7,6 +7,8 @@ mergekit is only a test dependency; its import costs ~8 s, so all recipes run in
 
 from __future__ import annotations
 
+import shutil
+import uuid
 from pathlib import Path
 
 import pytest
@@ -338,11 +340,17 @@ def test_the_export_tab_s_mergekit_yaml_runs_in_mergekit(family):
     from types import SimpleNamespace
 
     from ui import export_panel
+    from ui.session import DOWNLOADS
 
     recipe = family.recipe("magnitude_prune", [{"weight": 1.0, "density": 0.5}, {"weight": 0.5, "density": 0.3}])
-    session = SimpleNamespace(base=object(), sources=[object()], recipe=recipe)  # what the export reads
+    # what the export reads; the id names the session's own downloads folder, removed at the end
+    session = SimpleNamespace(id=f"parity-{uuid.uuid4().hex}", base=object(), sources=[object()], recipe=recipe)
     path = Path(export_panel.recipe_file(session))
-    assert path.name == "mergekit_config.yml"
-    theirs = run_mergekit_text(family, path.read_text(encoding="utf-8"))
+    try:
+        assert path.name == "mergekit_config.yml"
+        text = path.read_text(encoding="utf-8")
+    finally:
+        shutil.rmtree(DOWNLOADS / session.id, ignore_errors=True)
+    theirs = run_mergekit_text(family, text)
     ours = family.merger.merge(recipe)
     assert all(torch.allclose(ours[n], t.float(), rtol=1e-5, atol=1e-6) for n, t in theirs.items())
