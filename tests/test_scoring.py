@@ -50,8 +50,11 @@ class _CountInputs:
         self.widths.append(ids.shape[1])
         self.batches.append(ids.shape[0])
         positions = kwargs.get("position_ids")
+        mask = kwargs.get("attention_mask")
         if positions is not None:
             self.positions.append(int(positions.max()))
+        elif mask is not None:  # chat's own greedy loop passes the whole mask (prompt + cache), no position ids
+            self.positions.append(mask.shape[1] - 1)
 
     def remove(self):
         self.handle.remove()
