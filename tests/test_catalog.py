@@ -113,3 +113,71 @@ def test_the_evaluate_table_shows_japanese_reply_accuracy_in_its_own_column():
     assert "| 75% | 50% |" in ja_row and "| 75% | – |" in other_row
     plain = summary_markdown({"tasks": {"other": task(None)}, "summary": summary})
     assert "Japanese replies" not in plain
+
+
+# --- the tiny zoo's preset shows composition: math asked in Japanese -------------------------------------------
+
+def _kanji_sum(prompt: str) -> int:
+    """The true answer of a prompt such as 七十-六= (or the number a bare numeral such as 三十七 names)."""
+    import re
+
+    from zoo.lm_tasks import kanji_number
+
+    value_of = {kanji_number(n): n for n in range(100)}
+    parts = re.split(r"([+-])", prompt.rstrip("="))
+    total = value_of[parts[0]]
+    for sign, operand in zip(parts[1::2], parts[2::2]):
+        total += value_of[operand] if sign == "+" else -value_of[operand]
+    return total
+
+
+def test_the_tiny_zoo_preset_merge_answers_prompts_neither_expert_does():
+    """The catalog promises that the preset's starting merge answers its suggested prompts: the composite ones
+    (七十-六=) right where neither expert alone does. Checked with the app's own merge and answer rule."""
+    from evaluation.agreement import load_state_into
+    from evaluation.answers import extract_answer
+    from inference.generation import generate_batch
+    from inference.loading import load_model
+    from merging.live import LiveMerger
+    from merging.recipe import Recipe
+    from merging.sources import open_model
+    from ui.models_panel import preset_settings
+    from zoo.families import families
+
+    preset = catalog.get_preset("Zoo · language models: math + japanese")
+    family = families()["lm"]
+    folders = {"base": family.base, **{name: family.experts[name] for name in preset.models}}
+    states = {}
+    for name, folder in folders.items():
+        source = open_model(str(folder))
+        states[name] = {key: source.get(key) for key in source.tensor_names()}
+    settings = preset_settings(preset, len(preset.models))
+    recipe = Recipe.from_dict({
+        "merge_method": preset.method, "base_model": "base", "dtype": "float32", "parameters": settings.params,
+        "models": [{"model": m, "parameters": {"weight": w}} for m, w in zip(preset.models, settings.weights)]})
+    merger = LiveMerger(states["base"], {m: states[m] for m in preset.models}, num_layers=source.num_layers)
+    model = load_model(str(folders["math"]))
+
+    def answers(state) -> list[str | None]:
+        load_state_into(model.model, state, backbone_only=False)
+        return [extract_answer(text) for text in generate_batch(model.model, model.tokenizer, list(preset.prompts), 16)]
+
+    truth = [str(_kanji_sum(p)) for p in preset.prompts]
+    assert answers(merger.merge(recipe)) == truth
+    composite = [i for i, p in enumerate(preset.prompts) if p.endswith("=")]
+    assert composite, "the preset suggests no composite (kanji arithmetic) prompt"
+    for expert in preset.models:
+        got = answers(states[expert])
+        assert all(got[i] != truth[i] for i in composite), (expert, got)
+
+
+def test_a_preset_gives_one_weight_or_one_per_model():
+    from ui.models_panel import preset_settings
+
+    preset = catalog.Preset(name="p", source="zoo", models=("a", "b"), family="lm", parameters={"weight": [1.0, 0.5]})
+    assert preset_settings(preset, 2).weights == [1.0, 0.5]
+    uniform = catalog.Preset(name="u", source="zoo", models=("a", "b"), family="lm", parameters={"weight": 0.3})
+    assert preset_settings(uniform, 2).weights == [0.3, 0.3]
+    with pytest.raises(SourceError, match="3 weights for 2 models"):
+        preset_settings(catalog.Preset(name="x", source="zoo", models=("a", "b"), family="lm",
+                                       parameters={"weight": [1, 2, 3]}), 2)

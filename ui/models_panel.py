@@ -108,8 +108,13 @@ def preset_settings(preset: Preset | None, n_sources: int) -> MergeSettings:
     if preset is None:
         return MergeSettings("task_arithmetic", [round(1 / max(n_sources, 1), 2)] * n_sources)
     params = dict(preset.parameters)
-    weight = float(params.pop("weight", 1 / max(n_sources, 1)))
-    return MergeSettings(preset.method, [weight] * n_sources, params)
+    weight = params.pop("weight", 1 / max(n_sources, 1))
+    # One weight for every model, or one per model in the preset's order (a composition needs them unequal).
+    weights = [float(w) for w in weight] if isinstance(weight, list | tuple) else [float(weight)] * n_sources
+    if len(weights) != n_sources:
+        raise SourceError(f"Preset {preset.name!r} gives {len(weights)} weights for {n_sources} models: give one "
+                          "weight, or one per model.")
+    return MergeSettings(preset.method, weights, params)
 
 
 def describe_preset(name: str | None) -> str:

@@ -161,13 +161,15 @@ def test_visitor_one_click_merges_and_chats_beside_a_source(page):
     expect(page.locator("#chat-message textarea")).to_be_visible()
     expect(page.locator("#chat-compare-model input")).to_have_value("math")
     merged = page.locator("#chat-merged [data-testid='bot']").first
-    # 三十七: the default merge reads the Japanese numeral (the math source beside it cannot).
-    expect(page.locator("#chat-merged [data-testid='user']").first).to_contain_text("三十七")
-    expect(merged).to_contain_text("37")
-    expect(page.locator("#chat-compare [data-testid='bot']").first).to_contain_text(re.compile(r"\S"))
+    # 七十-六=: the merge reads the kanji and computes (答え: 64); the math source beside it cannot read them.
+    expect(page.locator("#chat-merged [data-testid='user']").first).to_contain_text("七十-六=")
+    expect(merged).to_contain_text("64")
+    source = page.locator("#chat-compare [data-testid='bot']").first
+    expect(source).to_contain_text(re.compile(r"\S"))
+    assert "64" not in source.inner_text()
     no_error_badges(page, "chat-merged", "chat-compare")
     examples = page.locator("#chat-examples")
-    for prompt in ("三十七", "13+6=", "七十八", "15-4="):
+    for prompt in ("七十-六=", "三十七", "四十+七=", "七十八"):
         expect(examples).to_contain_text(prompt)
     shot(page, "3-chat")
 
@@ -176,9 +178,9 @@ def test_chat_before_any_merge_answers_instead_of_error_badges(page):
     from playwright.sync_api import expect
 
     page.get_by_role("tab", name="Chat").click()
-    page.locator("#chat-message textarea").fill("13+6=")
+    page.locator("#chat-message textarea").fill("四十+七=")
     page.locator("#chat-send").click()
-    expect(page.locator("#chat-merged [data-testid='bot']").first).to_contain_text("19")
+    expect(page.locator("#chat-merged [data-testid='bot']").first).to_contain_text("47")
     no_error_badges(page, "chat-merged", "chat-compare")
     expect(page.locator("#chat-status")).not_to_contain_text("⚠")
 
