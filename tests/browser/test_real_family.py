@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
 
 import pytest
 
 from tests.browser.test_walkthrough import (  # noqa: F401 - chromium and the page helpers
     WORK,
+    app_on_preset,
     browser,
     choose,
     fetch_file,
@@ -28,21 +28,8 @@ REAL_PRESET = "SmolLM2-135M · math + japanese"
 @pytest.fixture(scope="module")
 def real_url(smollm2_family, tmp_path_factory):
     """The app on the SmolLM2 preset (the catalog's default), the family already built."""
-    from app import create_app
-    from ui.hosting import HostConfig
-    from ui.models_panel import DEFAULT_PRESET_ENV
-    from ui.page import CSS
-
-    before = os.environ.get(DEFAULT_PRESET_ENV)
-    os.environ[DEFAULT_PRESET_ENV] = REAL_PRESET
-    demo = create_app(HostConfig.detect(hosted=False, models_dir=tmp_path_factory.mktemp("models")))
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, css=CSS)
-    yield url
-    demo.close()
-    if before is None:
-        os.environ.pop(DEFAULT_PRESET_ENV, None)
-    else:
-        os.environ[DEFAULT_PRESET_ENV] = before
+    with app_on_preset(REAL_PRESET, tmp_path_factory.mktemp("models")) as url:
+        yield url
 
 
 @pytest.fixture

@@ -12,9 +12,11 @@ Screenshots go to test-artifacts/ (docs/screenshots/ holds a reviewed set)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,24 +41,34 @@ if not Path(CHROMIUM).exists() and not os.environ.get("CI"):
                 allow_module_level=True)
 
 
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    """The app on the tiny zoo's preset (the catalog's default may be a real family that takes minutes to build)."""
+@contextlib.contextmanager
+def app_on_preset(preset: str, models_dir: Path) -> Iterator[str]:
+    """The app started on `preset` (the catalog's default may be a real family that takes minutes to build); its
+    address while the block runs."""
     from app import create_app
     from ui.hosting import HostConfig
     from ui.models_panel import DEFAULT_PRESET_ENV
     from ui.page import CSS
 
     before = os.environ.get(DEFAULT_PRESET_ENV)
-    os.environ[DEFAULT_PRESET_ENV] = TINY_PRESET
-    demo = create_app(HostConfig.detect(hosted=False, models_dir=tmp_path_factory.mktemp("models")))
+    os.environ[DEFAULT_PRESET_ENV] = preset
+    demo = create_app(HostConfig.detect(hosted=False, models_dir=models_dir))
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, css=CSS)
-    yield url
-    demo.close()
-    if before is None:
-        os.environ.pop(DEFAULT_PRESET_ENV, None)
-    else:
-        os.environ[DEFAULT_PRESET_ENV] = before
+    try:
+        yield url
+    finally:
+        demo.close()
+        if before is None:
+            os.environ.pop(DEFAULT_PRESET_ENV, None)
+        else:
+            os.environ[DEFAULT_PRESET_ENV] = before
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    """The app on the tiny zoo's preset."""
+    with app_on_preset(TINY_PRESET, tmp_path_factory.mktemp("models")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
