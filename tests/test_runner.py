@@ -18,6 +18,7 @@ from evaluation.errors import SweepError
 from evaluation.runner import (
     RAY_MISSING,
     InProcessRunner,
+    PointJob,
     RayRunner,
     build_scorer,
     connect_ray,
@@ -25,7 +26,7 @@ from evaluation.runner import (
     recipe_spec,
 )
 from evaluation.search import SearchSpace, recipe_build, recipe_grid, run_search, split_tasks
-from evaluation.sweep import run_sweep
+from evaluation.sweep import point_recipe, run_sweep
 from evaluation.tasks import load_tasks
 from merging.recipe import Recipe, load_recipe
 
@@ -99,6 +100,30 @@ def test_a_killed_worker_has_its_point_retried_once_and_reported(ray_runner, in_
     assert len(retried) == 1 and "died" in retried[0].incident and "retried" in retried[0].incident
     assert _numbers(result) == _numbers(_sweep(in_process))  # the retry scored what the dead worker would have
     assert victim not in ray_runner.worker_pids()
+
+
+class _EndsItsWorker:
+    """Unpickled on a Ray worker (as a point's argument is), it ends that process: a point whose worker dies on every
+    attempt, made from nothing but what a point carries."""
+
+    def __reduce__(self):
+        return (os._exit, (1,))
+
+
+def test_a_point_that_kills_every_worker_is_reported_failed_not_dropped(ray_runner):
+    template = _template()
+    jobs = [PointJob(label=f"point {k}", recipe=point_recipe(template, "ties", 0.5, density), seed=3)
+            for k, density in enumerate((0.3, 1.0))]
+    jobs.insert(1, PointJob(label="deadly", recipe=point_recipe(template, "ties", 0.5, 0.5), seed=3,
+                            point={"payload": _EndsItsWorker()}))
+    outcomes = ray_runner.run(jobs)
+    assert sorted(o.index for o in outcomes) == [0, 1, 2]  # every point reported, none dropped
+    failed = [o for o in outcomes if o.failed]
+    assert [o.job.label for o in failed] == ["deadly"] and failed[0].attempts == 2
+    assert "retried" in failed[0].incident and "again: not scored" in failed[0].incident
+    assert failed[0].value("accuracy") is None
+    assert all(o.summary is not None and o.attempts == 1 for o in outcomes if not o.failed)
+    assert len(_sweep(ray_runner).points) == 4  # the runner goes on with fresh workers
 
 
 def test_cancel_stops_the_workers(ray_runner):
