@@ -39,6 +39,18 @@ def app_url(tmp_path_factory):
     demo.close()
 
 
+ZOO_LM = ("Zoo", "lm", ["math", "japanese"], "", "")  # /preflight's inputs for the tiny zoo's two LM experts
+
+
+@pytest.fixture(scope="module")
+def zoo_client(app_url):
+    """A gradio_client Client of the module's server with the tiny zoo's LM pair checked (ready to merge)."""
+    client = api_client(app_url)
+    report = client.predict(*ZOO_LM, None, api_name="/preflight")
+    assert "ready to merge" in report, report
+    return client
+
+
 @pytest.fixture(scope="module")
 def classifiers():
     """The shipped zoo's classifier family (a BERT base with per-task-head experts). It ships in assets/zoo, so a

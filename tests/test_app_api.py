@@ -15,15 +15,10 @@ from gradio_client.exceptions import AppError
 from tests.conftest import api_client
 from ui.catalog import HUB
 
-ZOO_LM = ("Zoo", "lm", ["math", "japanese"], "", "")
-
 
 @pytest.fixture(scope="module")
-def client(app_url):
-    client = api_client(app_url)
-    report = client.predict(*ZOO_LM, None, api_name="/preflight")
-    assert "ready to merge" in report, report
-    return client
+def client(zoo_client):
+    return zoo_client
 
 
 def settings(method="ties", weights=(0.6, 0.4), **params) -> dict:

@@ -19,16 +19,12 @@ from tests.conftest import api_client
 from ui.merge_record import MergeSettings
 from ui.session import DOWNLOADS
 
-ZOO_LM = ("Zoo", "lm", ["math", "japanese"], "", "")
 GOOD = {"method": "ties", "weights": [0.6, 0.4], "params": {"density": 0.5}, "seed": 0}
 
 
 @pytest.fixture(scope="module")
-def client(app_url):
-    client = api_client(app_url)
-    report = client.predict(*ZOO_LM, None, api_name="/preflight")
-    assert "ready to merge" in report, report
-    return client
+def client(zoo_client):
+    return zoo_client
 
 
 def _refused(client, *args, api_name: str) -> str:
