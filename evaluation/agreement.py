@@ -139,14 +139,17 @@ class Evaluator:
     classification tasks need their expert (its head)."""
 
     def __init__(self, tasks: TaskSet, experts: Mapping[str, LoadedModel], *, batch_size: int | None = None,
-                 template: LoadedModel | None = None, answer_cache: AnswerCache | None = None) -> None:
+                 template: LoadedModel | None = None, answer_cache: AnswerCache | None = None,
+                 scoring_copies: dict[str, PreTrainedModel] | None = None) -> None:
+        """`scoring_copies`: the models merged weights are loaded into, shared by evaluators that score one merge at
+        a time (a runner's splits): one copy of the model in memory, not one per split."""
         self.tasks = tasks
         self.answer_cache = answer_cache if answer_cache is not None else shared_memory_cache()
         self.experts = dict(experts)
         self.template = template  # what merged weights are loaded into (default: a copy of an LM expert)
         self.batch_size = batch_size
         self._expert_predictions: dict[str, Predictions] | None = None
-        self._scoring_copies: dict[str, PreTrainedModel] = {}
+        self._scoring_copies: dict[str, PreTrainedModel] = {} if scoring_copies is None else scoring_copies
         self._validate()
 
     def _validate(self) -> None:

@@ -193,7 +193,9 @@ def build_scorer(spec: WorkerSpec) -> Scorer:
     elif any(not t.is_classification for s in spec.splits.values() for t in s.tasks.values()):
         template = next((e for e in experts.values() if e.kind == "lm"), None)
     cache = AnswerCache(spec.cache_dir) if spec.cache_dir else None
-    evaluators = {name: Evaluator(tasks, experts, batch_size=spec.batch_size, template=template, answer_cache=cache)
+    copies: dict = {}  # one scoring model for every split: a worker scores one point at a time
+    evaluators = {name: Evaluator(tasks, experts, batch_size=spec.batch_size, template=template, answer_cache=cache,
+                                  scoring_copies=copies)
                   for name, tasks in spec.splits.items()}
     return Scorer(merger, evaluators)
 

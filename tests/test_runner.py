@@ -246,3 +246,14 @@ def test_a_stopped_search_keeps_what_it_scored_and_fails_nothing(in_process):
     result = run_search(in_process, space, recipe_build(template, space), budget=5, seed=0,
                         progress=lambda fraction, text: seen.append(1), should_stop=lambda: bool(seen))
     assert len(result.trials) == 1 and result.failed == [] and result.best.held_out_value is None
+
+
+def test_a_scorer_keeps_one_scoring_model_for_all_its_splits(in_process):
+    """A search scores on two splits (and a sweep on "all"): the merged weights go into one model, not one per split
+    (on a 7B worker each copy is 14.5 GB)."""
+    scorer = in_process.scorer
+    job = PointJob(label="p", recipe=point_recipe(_template(), "ties", 0.5, 0.5), seed=3)
+    for split in scorer.evaluators:
+        scorer.score(replace(job, split=split))
+    copies = {id(e._scoring_copies["__lm__"]) for e in scorer.evaluators.values()}
+    assert len(scorer.evaluators) == 3 and len(copies) == 1
