@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from merging.dtypes import DTYPES
 from merging.errors import RecipeError
 from merging.methods.chunks import compute_threads, spare_cores
 from merging.methods.fused import remember_thresholds, write_result_into
@@ -39,7 +40,6 @@ from merging.plan import available_bytes
 from merging.recipe import Recipe, validate_recipe
 from merging.step import MergeStep
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 # On the CPU, live merging is planned to use at most this share of the free memory (the rest: the evaluator's
 # copies, other sessions, the OS). Sources streamed to a GPU are held in host memory under the same share.
 MEMORY_SHARE = 0.7
@@ -283,7 +283,7 @@ class LiveMerger:
     def output_dtype(self, recipe: Recipe) -> torch.dtype:
         """What the engine writes for this recipe (all sources of one dtype): out_dtype, else dtype, else theirs."""
         chosen = recipe.out_dtype or recipe.dtype
-        return _DTYPES[chosen] if chosen in _DTYPES else self.source_dtype()
+        return DTYPES[chosen] if chosen in DTYPES else self.source_dtype()
 
     def _inputs(self, recipe: Recipe) -> list[str]:
         inputs = recipe.merge_inputs()
@@ -312,8 +312,8 @@ class LiveMerger:
         step = MergeStep(recipe, self.num_layers, seed=seed, device=self.device)
         sources = [self._source(key, recipe.base_model) for key in self._inputs(recipe)]
         base_in = [(self.base, self.base_streamed)] if step.uses_base else []
-        fixed = _DTYPES.get(recipe.out_dtype or recipe.dtype or "")
-        inputs = _Inputs(_DTYPES.get(recipe.dtype or ""), self.device)
+        fixed = DTYPES.get(recipe.out_dtype or recipe.dtype or "")
+        inputs = _Inputs(DTYPES.get(recipe.dtype or ""), self.device)
         if len(self._thresholds) > 64 * max(1, len(self.names)):
             self._thresholds.clear()
         # Thresholds are remembered by the tensors' storage: only for the kept tensors themselves, never for copies
