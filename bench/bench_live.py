@@ -114,9 +114,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def bench_handlers(n: int, family: str, device: str | None) -> tuple[dict[str, list[float]], str]:
+    from merging.settings import MergeSettings
     from ui import models_panel, resources
     from ui.hosting import HostConfig
-    from ui.merge_record import MergeSettings
     from ui.session import new_session
     from ui.workspace import merge_live
 
@@ -265,9 +265,9 @@ def bench_floor(n: int, family: str) -> dict[str, tuple[list[float], list[float]
     process and one thread, interleaved so the load hits both alike. Returns method -> (handler ms, floor ms)."""
     import torch
 
+    from merging.settings import MergeSettings
     from ui import models_panel
     from ui.hosting import HostConfig
-    from ui.merge_record import MergeSettings
     from ui.session import new_session
     from ui.workspace import merge_live
 

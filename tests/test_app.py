@@ -544,8 +544,8 @@ def test_the_start_up_build_survives_the_page_patching_tqdm(monkeypatch):
 
 
 def test_an_out_of_date_evaluation_names_the_earlier_merge_not_the_current_one():
+    from merging.settings import MergeSettings
     from ui.evaluate_panel import evaluated_text, stale_note
-    from ui.merge_record import MergeSettings
     from ui.session import SourceModel
 
     session = new_session()

@@ -9,10 +9,10 @@ import pytest
 from merging import recipe as recipe_module
 from merging.errors import RecipeError
 from merging.recipe import Recipe, load_recipe
+from merging.settings import MergeSettings
 from tests.factory import make_family
 from ui import models_panel, workspace
 from ui.hosting import HostConfig
-from ui.merge_record import MergeSettings
 from ui.session import new_session
 
 SETTINGS = MergeSettings("ties", [0.7, 0.3], {"density": 0.5, "lambda": 1.0}, 0)

@@ -15,8 +15,8 @@ from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
 from merging.jsonl import MAX_FILE_BYTES
+from merging.settings import MergeSettings
 from tests.conftest import api_client
-from ui.merge_record import MergeSettings
 from ui.session import DOWNLOADS
 
 GOOD = {"method": "ties", "weights": [0.6, 0.4], "params": {"density": 0.5}, "seed": 0}

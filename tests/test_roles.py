@@ -126,8 +126,8 @@ def test_a_sweep_of_another_method_starts_from_the_merge_s_kept_fraction():
     """ties at density 0.3, then a sweep of sce: its select_topk starts at 0.3 (one setting, two names)."""
     from types import SimpleNamespace
 
+    from merging.settings import MergeSettings
     from ui.evaluate_panel import sweep_base_settings
-    from ui.merge_record import MergeSettings
 
     current = MergeSettings("ties", [1.0, 0.5], {"density": 0.3, "lambda": 1.0}, 7)
     session = SimpleNamespace(merge_settings=current, sources=[object(), object()])

@@ -9,11 +9,11 @@ import torch
 from safetensors.torch import load_file
 
 from merging.engine import merge_to_folder
+from merging.settings import MergeSettings
 from ui import models_panel
 from ui.hosting import HostConfig
 from ui.session import new_session
 from ui.workspace import (
-    MergeSettings,
     build_recipe_for_engine,
     merge_live,
     merged_chat_model,

@@ -30,6 +30,7 @@ from inference import LoadedModel
 from merging.errors import MergeLabError, TaskSetError
 from merging.methods import get_method
 from merging.recipe import Recipe
+from merging.settings import MergeSettings
 from ui import sweep_search
 from ui.feedback import guarded, in_place_error
 from ui.fields import number_field
@@ -39,7 +40,6 @@ from ui.resources import on_gpu, session_tokenizer, shared_model
 from ui.session import Session, session_downloads
 from ui.sweep_search import RUNNER_CHOICES, page_runner, runner_note
 from ui.workspace import (
-    MergeSettings,
     _read_all,
     build_recipe,
     current_merge,

@@ -15,9 +15,9 @@ import gradio as gr
 from merging.cancel import cancellable
 from merging.methods import get_method, list_methods
 from merging.methods.registry import Method, Param
+from merging.settings import MergeSettings
 from ui.export_panel import task_folders_text
 from ui.hosting import HostConfig
-from ui.merge_record import MergeSettings
 from ui.session import Session
 from ui.workspace import has_own_control, merge_live, merge_to_folder, require_models
 

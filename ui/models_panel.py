@@ -15,6 +15,7 @@ import gradio as gr
 from merging.errors import SourceError
 from merging.methods import get_method
 from merging.preflight import preflight
+from merging.settings import MergeSettings
 from merging.sources import check_ref_text
 from ui.catalog import Preset, get_preset, hub_reachable, load_catalog
 from ui.hosting import HostConfig
@@ -22,7 +23,6 @@ from ui.resources import device
 from ui.session import Session
 from ui.workspace import (
     ORIGINS,
-    MergeSettings,
     build_recipe_for_engine,
     live_mode_text,
     prepare_live,

@@ -8,6 +8,7 @@ from typing import Any
 
 import gradio as gr
 
+from merging.settings import MergeSettings
 from ui import (
     chat_panel,
     classify_panel,
@@ -21,7 +22,6 @@ from ui import (
 from ui.feedback import error_markdown, guarded, in_place_error, take_error, user_message
 from ui.fields import guard_inputs
 from ui.hosting import HostConfig
-from ui.merge_record import MergeSettings
 from ui.resources import on_gpu
 from ui.session import FreshSession, Session, close_session, new_session
 

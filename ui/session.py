@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ui.merge_record import MergeRecord, MergeSettings, Mode, next_version
+from merging.settings import MergeSettings
+from ui.merge_record import MergeRecord, Mode, next_version
 
 if TYPE_CHECKING:  # typing only: heavy imports
     from evaluation.agreement import EvalResult

@@ -20,9 +20,10 @@ from evaluation.runner import RAY_MISSING, InProcessRunner, RayRunner, Scorer, W
 from evaluation.search import HELD_OUT, SEARCH, Candidate, SearchSpace, run_search, split_tasks
 from evaluation.sweep import SweepPoint, SweepResult, parse_grid
 from merging.errors import MergeLabError
+from merging.settings import MergeSettings
 from ui.hosting import HostConfig
 from ui.session import Session
-from ui.workspace import MergeSettings, build_recipe, recorded_recipe, require_models
+from ui.workspace import build_recipe, recorded_recipe, require_models
 
 RUNNER_CHOICES = ("this process", "Ray workers (this machine)")
 RAY_WORKERS = 2

@@ -23,10 +23,11 @@ from merging.live import LiveMerger, ReaderTensors, live_memory_plan
 from merging.methods import get_method
 from merging.methods.registry import Param
 from merging.recipe import Recipe, validate_recipe
+from merging.settings import MergeSettings
 from merging.sources import open_model, validate_hub_id
 from ui.catalog import require_hub
 from ui.hosting import APP_ROOT, HostConfig
-from ui.merge_record import MergeRecord, MergeSettings
+from ui.merge_record import MergeRecord
 from ui.resources import device, private_copy, shared_model
 from ui.session import Session, SourceModel
 
