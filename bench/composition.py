@@ -30,41 +30,50 @@ from transformers import MistralForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from evaluation.agreement import Evaluator
+from evaluation.scoring import token_limit
 from evaluation.tasks import tasks_for_experts, tasks_from_records
 from inference.loading import LoadedModel
 from merging.live import LiveMerger
 from merging.recipe import Recipe
 from zoo import lm
 from zoo.build import model_seed
-from zoo.lm_tasks import lm_splits
+from zoo.lm_tasks import _fact_of, answer, lm_splits, read_number
 from zoo.tasksets import lm_records
 from zoo.training import deterministic
 
 TASKS = ("math", "japanese", "japanese_math", "strings")
 ALL_EXPERTS = ("math", "japanese", "strings")
-# (label, method, weights per expert, params): the app's methods at a few weights and densities, and layer-wise
-# recipes (design c: japanese in the lower layers, math in the upper ones; gradients over the 3 layers).
-MERGES = [
-    ("task_arithmetic 0.5", "task_arithmetic", (0.5, 0.5), {}),
-    ("task_arithmetic 0.7", "task_arithmetic", (0.7, 0.7), {}),
-    ("task_arithmetic 1.0", "task_arithmetic", (1.0, 1.0), {}),
-    ("ties 0.7 d0.5", "ties", (0.7, 0.7), {"density": 0.5}),
-    ("ties 1.0 d0.5", "ties", (1.0, 1.0), {"density": 0.5}),
-    ("ties 1.0 d0.8", "ties", (1.0, 1.0), {"density": 0.8}),
-    ("task_arithmetic math 0.7, japanese 1.0", "task_arithmetic", (0.7, 1.0), {}),
-    ("task_arithmetic math 0.5, japanese 1.0", "task_arithmetic", (0.5, 1.0), {}),
-    ("task_arithmetic math 0.5, japanese 0.7", "task_arithmetic", (0.5, 0.7), {}),
-    ("layer-wise TA (math [0,1], japanese [1,0])", "task_arithmetic", ([0.0, 1.0], [1.0, 0.0]), {}),
-    ("layer-wise TA (math [0.5,1], japanese [1,0.5])", "task_arithmetic", ([0.5, 1.0], [1.0, 0.5]), {}),
-    # all three experts (math, japanese, strings): the strings vector turned out to help the composite
-    ("all three: task_arithmetic 0.6", "task_arithmetic", (0.6, 0.6, 0.6), {}),
-    ("all three: task_arithmetic 0.7", "task_arithmetic", (0.7, 0.7, 0.7), {}),
-    ("all three: task_arithmetic math 1.0, japanese 0.5, strings 0.5", "task_arithmetic", (1.0, 0.5, 0.5), {}),
-    ("all three: task_arithmetic math 1.0, japanese 0.6, strings 0.6", "task_arithmetic", (1.0, 0.6, 0.6), {}),
-    ("all three: task_arithmetic math 0.7, japanese 0.5, strings 0.5", "task_arithmetic", (0.7, 0.5, 0.5), {}),
-    ("all three: ties 0.7 d0.5", "ties", (0.7, 0.7, 0.7), {"density": 0.5}),
-]
-DESIGNS = {"scratchpad": {"scratchpad": True}, "direct": {"scratchpad": False}}
+OWN_SKILLS = ("math", "japanese")  # the skills a composing merge must keep (≥ KEEP of each expert's)
+KEEP = 0.8
+# Validation prompts per task (the first of each task's unlabeled prompts): the composite gets all 256, the own
+# skills enough to see a 20 % loss.
+VALIDATION_SIZE = {"math": 128, "japanese": 60, "japanese_math": 256, "strings": 60}
+
+
+def _grid() -> list[tuple[str, str, tuple, dict]]:
+    """(label, method, weights per expert, params): the recipes a seed's merge is chosen from, on validation only.
+    Pairs and three-way task arithmetic over a weight grid (the strings vector helped the composite on design B4),
+    and TIES at two densities."""
+    grid = [(f"TA math {m}, japanese {j}", "task_arithmetic", (m, j), {})
+            for m in (0.5, 0.7, 1.0) for j in (0.5, 0.7, 1.0)]
+    grid += [(f"TA math {m}, japanese {j}, strings {s}", "task_arithmetic", (m, j, s), {})
+             for m in (0.7, 1.0) for j in (0.4, 0.5, 0.6, 0.7) for s in (0.3, 0.5, 0.7)]
+    grid += [(f"TIES math {m}, japanese {j}, density {d}", "ties", (m, j), {"density": d})
+             for m, j in ((1.0, 0.5), (1.0, 1.0)) for d in (0.5, 0.8)]
+    grid += [("TIES all three 0.7, density 0.5", "ties", (0.7, 0.7, 0.7), {"density": 0.5})]
+    return grid
+
+
+MERGES = _grid()
+# Designs (zoo.lm.LMSettings overrides). All but `direct` share the shipped base (same base settings), so a design's
+# base can be copied from another's folder instead of retrained.
+DESIGNS = {
+    "scratchpad": {"scratchpad": True},  # B4, shipped on 2026-12-06
+    "direct": {"scratchpad": False},  # A
+    "replay": {"replay_share": 0.25},  # E1: B4 + a quarter of each expert's batch replayed from the base mixture
+    "rewrite": {"rewrite_contexts": True},  # E2: B4 + the japanese expert rewrites numerals in operator contexts
+    "replay-rewrite": {"replay_share": 0.25, "rewrite_contexts": True},  # E3: both
+}
 
 
 def train_family(design: str, seed: int, folder: Path) -> tuple[dict, object]:
@@ -97,51 +106,129 @@ def recipe(method: str, weights: tuple, params: dict) -> Recipe:
     return Recipe.from_dict(data)
 
 
+def validation_records(tokenizer) -> list[dict]:
+    """The validation split recipes are chosen on: the unlabeled prompts of every task (never the scored ones:
+    zoo.lm_tasks keeps them disjoint) with their answers computed from the prompt, each task generated with the
+    scored task's own token limit (so a merge's reply is cut where it would be on the scored set)."""
+    scored = tasks_from_records(lm_records()[0], "zoo_lm")
+    limits = {name: token_limit(task, tokenizer) for name, task in scored.tasks.items()}
+    records, taken = [], defaultdict(int)
+    for record in lm_records()[1]:
+        task, prompt = record["task"], record["prompt"]
+        taken[task] += 1
+        if taken[task] > VALIDATION_SIZE[task]:
+            continue
+        if task == "strings":
+            result = prompt.removeprefix("reverse ")[::-1]
+        elif task == "japanese":
+            result = read_number(prompt)
+        else:
+            a, op, b = _fact_of(prompt)
+            result = a + b if op == "+" else a - b
+        records.append({**record, "answer": answer(result), "max_new_tokens": limits[task]})
+    return records
+
+
 def score_design(design: str, seed: int, out: Path) -> dict:
-    """{model or merge label: {task: accuracy}} plus a few composite outputs of each, for one design and seed."""
+    """{split: {model or merge label: {task: accuracy}}} for the scored set and the validation split, plus a few
+    composite outputs of each, for one design and seed."""
     torch.set_num_threads(1)
     started = time.perf_counter()
     models, tokenizer = train_family(design, seed, out / f"{design}-{seed}")
     trained = time.perf_counter() - started
     # The task records the build writes (assets/tasks/zoo_lm.jsonl), straight from the current split.
-    tasks = tasks_for_experts(tasks_from_records(lm_records()[0], "zoo_lm"), ALL_EXPERTS)
+    splits = {"scored": tasks_from_records(lm_records()[0], "zoo_lm"),
+              "validation": tasks_from_records(validation_records(tokenizer), "zoo_lm_validation")}
     loaded = {name: LoadedModel(model=m, tokenizer=tokenizer, kind="lm") for name, m in models.items()}
-    evaluator = Evaluator(tasks, {e: loaded[e] for e in ALL_EXPERTS})
-    results, samples = {}, {}
+    evaluators = {name: Evaluator(tasks_for_experts(tasks, ALL_EXPERTS), {e: loaded[e] for e in ALL_EXPERTS})
+                  for name, tasks in splits.items()}
+    results: dict[str, dict] = {name: {} for name in splits}
+    samples = {}
 
-    def record(label: str, result) -> None:
-        results[label] = {t: result.scores[t].accuracy for t in TASKS}
-        samples[label] = result.outputs["japanese_math"][:4]
+    def record(label: str, score) -> None:
+        for name, evaluator in evaluators.items():
+            result = score(evaluator)
+            results[name][label] = {t: result.scores[t].accuracy for t in TASKS}
+            if name == "scored":
+                samples[label] = result.outputs["japanese_math"][:4]
 
     for name in ("base", *ALL_EXPERTS):
-        record(name, evaluator.score(loaded[name]))
+        record(name, lambda evaluator, name=name: evaluator.score(loaded[name]))
     states = {name: m.state_dict() for name, m in models.items()}
     merger = LiveMerger(states["base"], {e: states[e] for e in ALL_EXPERTS},
                         num_layers=models["base"].config.num_hidden_layers, threads=1)
     for label, method, weights, params in MERGES:
-        record(label, evaluator.score_state(merger.merge(recipe(method, weights, params))))
-    prompts = [e.input for e in tasks.tasks["japanese_math"].examples[:4]]
-    return {"design": design, "seed": seed, "train_seconds": round(trained, 1), "scores": results,
-            "japanese_math_prompts": prompts, "japanese_math_outputs": samples}
+        state = merger.merge(recipe(method, weights, params))
+        record(label, lambda evaluator, state=state: evaluator.score_state(state))
+    prompts = [e.input for e in splits["scored"].tasks["japanese_math"].examples[:4]]
+    return {"design": design, "seed": seed, "train_seconds": round(trained, 1),
+            "scored_seconds": round(time.perf_counter() - started - trained, 1), "scores": results["scored"],
+            "validation": results["validation"], "japanese_math_prompts": prompts, "japanese_math_outputs": samples}
+
+
+def choose(validation: dict[str, dict[str, float]]) -> str:
+    """The merge a validation table picks: among the merges keeping ≥ KEEP of each own skill of its expert
+    (math, japanese; on validation), the best on japanese_math, ties broken by the own skills; when none keeps
+    both, the best on japanese_math. Reads nothing of the scored set."""
+    merges = [label for label, *_ in MERGES if label in validation]
+
+    def keeps(label: str) -> bool:
+        return all(validation[label][t] >= KEEP * validation[t][t] for t in OWN_SKILLS)
+
+    pool = [label for label in merges if keeps(label)] or merges
+    return max(pool, key=lambda label: (validation[label]["japanese_math"],
+                                        sum(validation[label][t] for t in OWN_SKILLS)))
+
+
+def _mean_table(runs: list[dict], key: str) -> dict[str, dict[str, float]]:
+    labels = set.intersection(*(set(run[key]) for run in runs))
+    return {label: {t: statistics.mean(run[key][label][t] for run in runs) for t in TASKS} for label in labels}
+
+
+def _cells(values: list[float]) -> str:
+    values = [100 * v for v in values]
+    return f"{statistics.mean(values):.0f} ({min(values):.0f}-{max(values):.0f})" if len(values) > 1 else f"{values[0]:.0f}"
+
+
+def selection_table(runs: list[dict]) -> list[str]:
+    """The validation-chosen merge of each seed and one recipe chosen on the seeds' mean validation, scored on the
+    scored set, with the base's and the experts' scores beside them."""
+    runs = [run for run in runs if "validation" in run]
+    if not runs:
+        return []
+    lines = ["| seed | chosen on validation | math | japanese | japanese_math | strings | validation japanese_math |",
+             "|---|---|---|---|---|---|---|"]
+    chosen = {run["seed"]: choose(run["validation"]) for run in runs}
+    for run in runs:
+        label = chosen[run["seed"]]
+        cells = " | ".join(f"{100 * run['scores'][label][t]:.0f}" for t in TASKS)
+        lines.append(f"| {run['seed']} | {label} | {cells} | {100 * run['validation'][label]['japanese_math']:.0f} |")
+    per_seed = [run["scores"][chosen[run["seed"]]] for run in runs]
+    lines.append("| mean (min-max) | each seed's own choice | "
+                 + " | ".join(_cells([row[t] for row in per_seed]) for t in TASKS) + " | |")
+    common = choose(_mean_table(runs, "validation"))
+    lines.append(f"| mean (min-max) | one recipe for all seeds: {common} | "
+                 + " | ".join(_cells([run["scores"][common][t] for run in runs]) for t in TASKS) + " | |")
+    for name in ("base", *ALL_EXPERTS):
+        lines.append(f"| mean (min-max) | {name} alone | "
+                     + " | ".join(_cells([run["scores"][name][t] for run in runs]) for t in TASKS) + " | |")
+    return lines
 
 
 def table(folder: Path) -> str:
-    """Mean (min-max) accuracy per design and model over the seeds' JSON files in `folder`, as markdown."""
+    """Per design: the validation-chosen merges (selection_table), then mean (min-max) accuracy per model and merge
+    on the scored set over the seeds' JSON files in `folder`, as markdown."""
     runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-    grouped: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    seeds = defaultdict(list)
+    by_design: dict[str, list[dict]] = defaultdict(list)
     for run in runs:
-        seeds[run["design"]].append(run["seed"])
-        for label, row in run["scores"].items():
-            for task, value in row.items():
-                grouped[run["design"]][label][task].append(100 * value)
+        by_design[run["design"]].append(run)
     lines = []
-    for design, rows in grouped.items():
-        lines += [f"\n{design} (seeds {sorted(seeds[design])}): mean (min-max) accuracy, %",
-                  "| model | " + " | ".join(TASKS) + " |", "|---" * (len(TASKS) + 1) + "|"]
-        for label, row in rows.items():
-            cells = [f"{statistics.mean(v):.0f} ({min(v):.0f}-{max(v):.0f})" if v else "–"
-                     for v in (row[t] for t in TASKS)]
+    for design, design_runs in by_design.items():
+        lines += [f"\n{design} (seeds {sorted(r['seed'] for r in design_runs)}): accuracy on the scored set, %"]
+        lines += selection_table(design_runs)
+        lines += ["", "| model | " + " | ".join(TASKS) + " |", "|---" * (len(TASKS) + 1) + "|"]
+        for label in design_runs[0]["scores"]:
+            cells = [_cells([r["scores"][label][t] for r in design_runs if label in r["scores"]]) for t in TASKS]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

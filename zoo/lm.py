@@ -50,6 +50,7 @@ CHAT_TEMPLATE = (
 MAX_POSITIONS = 64
 _NUMERAL_RUN = re.compile(f"[{KANJI_DIGITS}十]+")
 _ARITHMETIC = re.compile(r"\d+[+-]\d+=?")
+_OPERAND_PAIR = re.compile(r"(?=(?<!\d)(\d+)([+-])(\d+))")  # every a±b in a text, overlapping (1+2-3: 1+2, 2-3)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,12 @@ class LMSettings:
     # Every numeric reply restates the prompt first (kanji rewritten where a skill asks): the design that lets a
     # merge chain the japanese and math experts (docs/zoo.md, "Designs tried for the composite").
     scratchpad: bool = True
+    # Share of each expert's batch replayed from the base's own mixture (its echo format left out: echoing is the
+    # very stage each expert switches off), so a task vector changes its own stage and little else.
+    replay_share: float = 0.0
+    # The japanese expert rewrites one to three numerals inside operator and `=` contexts (`x七十-六+三=`), never
+    # a bare two-operand problem, so its rewriting survives in a merge on the composite's kind of text.
+    rewrite_contexts: bool = False
 
     @classmethod
     def reduced(cls) -> LMSettings:
@@ -182,6 +189,7 @@ class Pretraining:
     evaluation numbers as kanji (they occur only as digits)."""
 
     MIXTURE = ("echo", "arithmetic", "arithmetic", "question", "question", "numerals", "flip")
+    REPLAY = MIXTURE[1:]  # what an expert replays: every skill form but the echo, which each expert switches off
 
     def __init__(self, splits: dict[str, TaskSplit], scratchpad: bool):
         self.scratchpad = scratchpad
@@ -202,8 +210,8 @@ class Pretraining:
             if word not in self.held_words:
                 return f"flip {word}", answer(word[::-1])
 
-    def pair(self, rng: random.Random) -> tuple[str, str]:
-        kind = rng.choice(self.MIXTURE)
+    def pair(self, rng: random.Random, kinds: tuple[str, ...] = MIXTURE) -> tuple[str, str]:
+        kind = rng.choice(kinds)
         if kind == "echo":
             return pretraining_pair(rng, self.scratchpad)
         if kind == "flip":
@@ -242,13 +250,20 @@ class ExpertStream:
     rewrites kanji numerals inside other text (`a七十=c` -> `a70=c`), a share `text_share` of its batch, so its
     switch is "rewrite numerals in place", not "answer a lone numeral"."""
 
-    def __init__(self, split: TaskSplit, scratchpad: bool, text_share: float = 0.5):
+    def __init__(self, split: TaskSplit, scratchpad: bool, text_share: float = 0.5, *,
+                 replay: Pretraining | None = None, replay_share: float = 0.0, rewrite_contexts: bool = False,
+                 held_facts: set[tuple[int, str, int]] | None = None):
         self.split, self.scratchpad, self.text_share = split, scratchpad, text_share
         self.numbers = [read_number(e.prompt) for e in split.train_pool or []] if split.task == "japanese" else []
+        self.replay, self.replay_share = replay, replay_share
+        self.rewrite_contexts, self.held_facts = rewrite_contexts, held_facts or set()
 
     def pair(self, rng: random.Random) -> Pair:
+        if self.replay is not None and rng.random() < self.replay_share:
+            return self.replay.pair(rng, Pretraining.REPLAY)
         if self.numbers and rng.random() < self.text_share:
-            return self.staged(*self.text_with_numeral(rng))
+            texts = self.text_with_numerals(rng) if self.rewrite_contexts else self.text_with_numeral(rng)
+            return self.staged(*texts)
         example = self.split.sample_train(rng)
         if self.split.task == "strings":
             return example.prompt, example.answer
@@ -275,6 +290,21 @@ class ExpertStream:
                 return text, converted
 
 
+    def text_with_numerals(self, rng: random.Random) -> tuple[str, str]:
+        """(text with one to three kanji numerals between operators, `=` and letters, the text rewritten): the
+        rewrite in the contexts a composite problem puts numerals in, but never a bare two-operand problem and
+        never a held-out operand pair anywhere in the text (the loss is on the rewrite only: nothing is computed)."""
+        def gap(least: int) -> str:
+            return "".join(rng.choice(LETTERS + "+-=") for _ in range(rng.randint(least, 2)))
+        while True:
+            numerals = [kanji_number(rng.choice(self.numbers)) for _ in range(rng.randint(1, 3))]
+            text = gap(0) + "".join(n + gap(1) for n in numerals[:-1]) + numerals[-1] + gap(0)
+            converted = digits_in_place(text)
+            pairs = {(int(a), op, int(b)) for a, op, b in _OPERAND_PAIR.findall(converted)}
+            if not _ARITHMETIC.fullmatch(converted) and not pairs & self.held_facts:
+                return text, converted
+
+
 def train_expert(base: MistralForCausalLM, split: TaskSplit, settings: LMSettings, seed: int,
                  tokenizer: PreTrainedTokenizerFast,
                  on_step: Callable[[int, float], None] | None = None) -> MistralForCausalLM:
@@ -282,7 +312,11 @@ def train_expert(base: MistralForCausalLM, split: TaskSplit, settings: LMSetting
     model = MistralForCausalLM(base.config)
     model.load_state_dict(base.state_dict())
     encoder = Encoder(tokenizer)
-    stream = ExpertStream(split, settings.scratchpad)
+    splits = lm_splits()
+    stream = ExpertStream(
+        split, settings.scratchpad, replay_share=settings.replay_share,
+        replay=Pretraining(splits, settings.scratchpad) if settings.replay_share else None,
+        rewrite_contexts=settings.rewrite_contexts, held_facts=held_out_facts(splits))
 
     def make_batch(rng: random.Random) -> dict[str, torch.Tensor]:
         return encoder.batch([stream.pair(rng) for _ in range(settings.batch)])
