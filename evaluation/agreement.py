@@ -254,11 +254,35 @@ class Evaluator:
             scores[task.name] = self._task_score(task, ours, experts)
         return EvalResult(scores=scores, answers=answers, outputs=outputs)
 
-    def _task_score(self, task: Task, ours: TaskOutputs, experts: dict[str, Predictions]) -> TaskScore:
+    def _expected(self, task: Task) -> list[str | None]:
+        """The task's true answers as comparable answers (a classifier's labels as its expert's head ids)."""
         label2id = None
         if task.is_classification:
             label2id = getattr(self.experts[task.expert].model.config, "label2id", None)
-        expected = expected_answers(task, label2id)
+        return expected_answers(task, label2id)
+
+    def outcomes(self, result: EvalResult) -> dict[str, dict[str, list[bool]]]:
+        """Example by example, what `result`'s shares are shares of: {"accuracy": {task: right or not, over the
+        examples with a known answer}, "agreement": {task: same answer as the task's expert or not, over the examples
+        the expert answered ("no answer" never agrees)}}; only tasks where the metric is defined. Two results of this
+        evaluator list the same examples in the same order, so they can be compared pair by pair
+        (evaluation.stats.paired_share_difference)."""
+        experts = self.expert_predictions()
+        accuracy_, agreement_ = {}, {}
+        for task in self.tasks.tasks.values():
+            ours = result.answers[task.name]
+            known = [a == e for a, e in zip(ours, self._expected(task), strict=True) if e is not None]
+            if known:
+                accuracy_[task.name] = known
+            if task.expert in experts:  # without experts, accuracy only
+                theirs = experts[task.expert].tasks[task.name].answers
+                answered = [a == b for a, b in zip(ours, theirs, strict=True) if b is not None]
+                if answered:
+                    agreement_[task.name] = answered
+        return {"accuracy": accuracy_, "agreement": agreement_}
+
+    def _task_score(self, task: Task, ours: TaskOutputs, experts: dict[str, Predictions]) -> TaskScore:
+        expected = self._expected(task)
         agreement_by_source, accuracy_by_source = {}, {}
         for name in self._sources_for(task):
             theirs = experts[name].tasks[task.name].answers

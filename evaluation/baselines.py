@@ -24,6 +24,7 @@ import torch
 
 from evaluation.agreement import EvalResult, Evaluator, compare_merges
 from evaluation.scoring import token_limit
+from evaluation.stats import ScoredSetError, direction, scored_set_error
 from evaluation.tasks import TaskSet, tasks_from_records
 from merging.errors import TaskSetError
 from merging.recipe import Recipe
@@ -203,11 +204,19 @@ def compare_with_baselines(evaluator: Evaluator, method: str, learned: Callable[
     return compare_merges(evaluator, {learned_label(method): learned, **baselines})
 
 
-def why_not_better(method: str, scores: Mapping[str, EvalResult]) -> str | None:
-    """The reason shown when the learned merge's mean agreement is no better than task arithmetic's; None when it is
-    better, or when either has no agreement score."""
-    learned = scores[learned_label(method)].mean("agreement")
-    reference = scores[REFERENCE].mean("agreement")
-    if learned is not None and reference is not None and learned <= reference:
-        return WHY_NOT[method]
-    return None
+def comparison_error(evaluator: Evaluator, method: str, scores: Mapping[str, EvalResult]) -> ScoredSetError:
+    """The scored set's sampling error of a comparison (compare_fairly's scores, all from `evaluator`): each merge's
+    ± on its mean accuracy and agreement, and the learned merge minus each baseline, example by example, with its
+    95 % interval."""
+    return scored_set_error({name: evaluator.outcomes(result) for name, result in scores.items()},
+                            learned_label(method))
+
+
+def why_not_better(method: str, error: ScoredSetError) -> str | None:
+    """The reason shown unless the learned merge's agreement is established higher than task arithmetic's (its
+    paired interval above 0); a higher mean whose interval reaches 0 is not a win. None when it is established
+    higher, or when there is no agreement to compare (no experts' answers)."""
+    difference = error.paired.get(REFERENCE, {}).get("agreement")
+    if difference is None or direction(difference) == "higher":
+        return None
+    return WHY_NOT[method]

@@ -18,7 +18,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from evaluation.stats import wilson_interval
+from evaluation.stats import Interval, ScoredSetError, direction, wilson_interval
 
 _PERCENT_AXIS = {"range": [0, 1.1], "tickformat": ".0%"}  # room above 100 % for the bar labels
 
@@ -279,37 +279,86 @@ def coefficients_figure(tasks: list[str], names: list[str], coefficients: Any) -
     return fig
 
 
-def comparison_figure(scores: dict[str, Any]) -> go.Figure:
-    """Mean agreement and accuracy of several merges (name -> EvalResult), side by side."""
+def comparison_figure(scores: dict[str, Any], error: ScoredSetError | None = None) -> go.Figure:
+    """Mean accuracy and agreement of several merges (name -> EvalResult), side by side; with `error`, each bar
+    carries the scored set's 95 % error (evaluation.stats.scored_set_error)."""
     fig = go.Figure()
-    for metric in ("agreement", "accuracy"):
-        fig.add_bar(name=metric, x=list(scores), y=[s.mean(metric) for s in scores.values()])
-    fig.update_layout(title="Learned merge beside task arithmetic and TIES (mean over tasks)", barmode="group",
-                      yaxis={"range": [0, 1], "tickformat": ".0%"}, height=360, margin={"t": 50, "b": 40})
+    for metric in ("accuracy", "agreement"):
+        bars: dict[str, Any] = {}
+        if error is not None:
+            halves = [error.halfwidth.get(name, {}).get(metric) for name in scores]
+            bars["error_y"] = {"type": "data", "array": [h or 0.0 for h in halves], "visible": True}
+        fig.add_bar(name=metric, x=list(scores), y=[s.mean(metric) for s in scores.values()], **bars)
+    title = "Learned merge beside task arithmetic and TIES (mean over tasks"
+    fig.update_layout(title=title + (", ± the scored set's 95 % error)" if error is not None else ")"),
+                      barmode="group", yaxis={"range": [0, 1.1], "tickformat": ".0%"}, height=360,
+                      margin={"t": 50, "b": 40})
     return fig
 
 
-def comparison_markdown(scores: dict[str, Any], notes: dict[str, str] | None = None) -> str:
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0%}"
+
+
+def _mean_cell(result: Any, metric: str, error: ScoredSetError | None, name: str) -> str:
+    half = None if error is None else error.halfwidth.get(name, {}).get(metric)
+    mean = result.mean(metric)
+    return _pct(mean) if half is None or mean is None else f"{_pct(mean)} ±{100 * half:.0f}"
+
+
+def _points(interval: Interval | None) -> str:
+    if interval is None:
+        return "–"
+    return f"{100 * interval.mean:+.1f} [{100 * interval.low:+.1f}, {100 * interval.high:+.1f}]"
+
+
+def _verdict(difference: Interval | None) -> str:
+    if difference is None:
+        return "–"
+    worded = direction(difference)
+    return f"**{worded}** (established)" if worded != "no difference established" else worded
+
+
+def paired_markdown(error: ScoredSetError) -> str:
+    """The reference (learned) merge minus each other merge on the same examples, in points with the 95 % interval,
+    each metric worded by its interval (established only when it excludes 0)."""
+    header = (f"| {error.reference} minus | Δ accuracy, points [95 % CI] | accuracy | Δ agreement, points [95 % CI] "
+              "| agreement |")
+    lines = [header, "|---|---|---|---|---|"]
+    for name, diffs in error.paired.items():
+        acc, agr = diffs.get("accuracy"), diffs.get("agreement")
+        lines.append(f"| {name} | {_points(acc)} | {_verdict(acc)} | {_points(agr)} | {_verdict(agr)} |")
+    return "\n".join(lines)
+
+
+def comparison_markdown(scores: dict[str, Any], notes: dict[str, str] | None = None,
+                        error: ScoredSetError | None = None) -> str:
     """A table of merges × tasks with accuracy on the true answers and agreement with the task's expert apart
     ("acc / agr"; – where a task has no answers or no expert), their means over tasks, and a note per merge (how a
-    baseline's settings were chosen)."""
-    def pct(v: float | None) -> str:
-        return "–" if v is None else f"{v:.0%}"
-
+    baseline's settings were chosen). With `error` (evaluation.stats.scored_set_error): each mean ± the scored set's
+    95 % error, and a second table of paired differences (the learned merge minus each baseline) worded by their
+    intervals; without it, a note on how uncertain a share of that many examples is."""
     notes = notes or {}
     tasks = list(next(iter(scores.values())).scores)
     lines = ["| merge | " + " | ".join(tasks) + " | mean accuracy | mean agreement | settings |",
              "|---" * (len(tasks) + 4) + "|"]
     for name, result in scores.items():
-        cells = [f"{pct(result.scores[t].accuracy)} / {pct(result.scores[t].agreement)}" for t in tasks]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {pct(result.mean('accuracy'))} | "
-                     f"{pct(result.mean('agreement'))} | {notes.get(name, '')} |")
+        cells = [f"{_pct(result.scores[t].accuracy)} / {_pct(result.scores[t].agreement)}" for t in tasks]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_mean_cell(result, 'accuracy', error, name)} | "
+                     f"{_mean_cell(result, 'agreement', error, name)} | {notes.get(name, '')} |")
     fewest = min(sc.examples for result in scores.values() for sc in result.scores.values())
-    low, high = wilson_interval(fewest // 2, fewest) if fewest else (0.0, 1.0)
-    return "\n".join(lines) + ("\n\n(cells: accuracy on the true answers / agreement with the task's expert, over "
-                               "the examples the expert answered; \"no answer\" never agrees. One run on "
-                               f"{fewest} examples per task: a share near 50 % is uncertain by ±{(high - low) / 2:.0%} "
-                               "(95 % Wilson interval); differences smaller than that are not established)")
+    cells_note = ("(cells: accuracy on the true answers / agreement with the task's expert, over the examples the "
+                  "expert answered; \"no answer\" never agrees. ")
+    if error is None:
+        low, high = wilson_interval(fewest // 2, fewest) if fewest else (0.0, 1.0)
+        return "\n".join(lines) + ("\n\n" + cells_note + f"One run on {fewest} examples per task: a share near 50 % "
+                                   f"is uncertain by ±{(high - low) / 2:.0%} (95 % Wilson interval); differences "
+                                   "smaller than that are not established)")
+    return ("\n".join(lines) + "\n\n" + paired_markdown(error) + "\n\n" + cells_note
+            + f"One run on {fewest} or more examples per task. ±: the scored set's 95 % error of the mean over tasks "
+            "(binomial, at each task's share). Δ: the learned merge minus a baseline on the same examples, with its "
+            "paired 95 % interval; a difference is established only when that interval excludes 0. The learning "
+            "inputs' draw is not varied here: bench/learned_experiments.py repeats it over draws.)")
 
 
 def search_figure(result: Any) -> go.Figure:

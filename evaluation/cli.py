@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -249,7 +250,7 @@ def _interference(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     _quiet_transformers()
-    from evaluation.baselines import WHY_NOT, compare_fairly, settings_recipe, why_not_better  # deferred: torch
+    from evaluation import baselines as fair  # deferred: torch
     from evaluation.charts import comparison_markdown  # deferred: plotly, which charts.py imports, is slow to import
     from evaluation.sweep import prepare_sweep  # deferred: torch (module comment)
     from merging.learned.recipe_io import INFO_FILE, RECIPE_FILE  # deferred: torch (module comment)
@@ -266,8 +267,8 @@ def _compare(args: argparse.Namespace) -> int:
     except (ValueError, KeyError, TypeError) as error:
         raise MergeLabError(f"{info} is not readable as a learned merge's summary ({error!r}): write the folder again "
                             "with `python -m merging learn --out DIR`.") from None
-    if method not in WHY_NOT:
-        raise MergeLabError(f"{info} names method {method!r}; learned merges are {', '.join(WHY_NOT)}.")
+    if method not in fair.WHY_NOT:
+        raise MergeLabError(f"{info} names method {method!r}; learned merges are {', '.join(fair.WHY_NOT)}.")
     tasks = load_tasks(args.tasks).limited(args.per_task)
     setup = prepare_sweep(recipe, tasks, experts=experts, device=args.device, dtype=_dtype(args),
                           answer_cache=_answer_cache(args))
@@ -275,23 +276,34 @@ def _compare(args: argparse.Namespace) -> int:
     refs = [m.model for m in setup.template.models if m.model != base]
 
     def merge(settings: Mapping[str, Any]) -> Any:
-        return setup.merger.merge(settings_recipe(base, refs, settings), seed=0)
+        return setup.merger.merge(fair.settings_recipe(base, refs, settings), seed=0)
 
-    scores, choices = compare_fairly(setup.evaluator, method, lambda: setup.merger.merge(setup.template, seed=0),
-                                     merge, len(refs), inputs)
-    print(comparison_markdown(scores, {name: choice.describe() for name, choice in choices.items()}))
-    reason = why_not_better(method, scores)
+    scores, choices = fair.compare_fairly(setup.evaluator, method, lambda: setup.merger.merge(setup.template, seed=0),
+                                          merge, len(refs), inputs)
+    error = fair.comparison_error(setup.evaluator, method, scores)
+    print(comparison_markdown(scores, {name: choice.describe() for name, choice in choices.items()}, error))
+    reason = fair.why_not_better(method, error)
     if reason:
-        print(f"\nWhy the learned merge does not beat task arithmetic here: {reason}")
-    baselines = {name: settings_recipe(base, refs, c.settings).to_dict() for name, c in choices.items()}
-    chosen = {name: {"how": c.how, "learning_split_agreement": c.score, "described": c.describe(),
-                     "tried": [{"settings": s, "learning_split_agreement": v} for s, v in c.tried]}
-              for name, c in choices.items()}
-    data = {"learned": str(folder), "method": method, "tasks_file": str(args.tasks), "baselines": baselines,
-            "baseline_choices": chosen, "scores": {name: result.to_dict() for name, result in scores.items()},
-            "why_not_better": reason}
+        print(f"\nWhy the learned merge is not shown to beat task arithmetic here: {reason}")
+    data = {"learned": str(folder), "method": method, "tasks_file": str(args.tasks),
+            "baselines": {name: fair.settings_recipe(base, refs, c.settings).to_dict() for name, c in choices.items()},
+            **_comparison_data(scores, choices, error), "why_not_better": reason}
     print(f"wrote {_write_json(args.out, data)}")
     return 0
+
+
+def _comparison_data(scores: Mapping[str, Any], choices: Mapping[str, Any], error: Any) -> dict[str, Any]:
+    """compare's JSON: how each baseline was chosen, every merge's scores, each mean's scored-set ± (half-width of
+    its 95 % interval) and the learned merge minus each baseline with its paired 95 % interval."""
+    return {
+        "baseline_choices": {name: {"how": c.how, "learning_split_agreement": c.score, "described": c.describe(),
+                                    "tried": [{"settings": s, "learning_split_agreement": v} for s, v in c.tried]}
+                             for name, c in choices.items()},
+        "scores": {name: result.to_dict() for name, result in scores.items()},
+        "scored_set_halfwidth": error.halfwidth,
+        "learned_minus_baseline": {name: {m: None if d is None else asdict(d) for m, d in diffs.items()}
+                                   for name, diffs in error.paired.items()},
+    }
 
 
 # --- entry point ----------------------------------------------------------------------------------------------

@@ -5,15 +5,16 @@ Two sources of noise, reported separately:
 - between draws (which unlabeled inputs a learner or a baseline's selection saw): the mean over draws with a
   Student-t interval, `mean_interval`; learned minus baseline draw by draw, `paired_difference`;
 - within the scored set (which prompts happen to be scored): a share of n answers has binomial error,
-  `wilson_interval` for one task, `binomial_halfwidth` for a mean of per-task shares.
+  `wilson_interval` for one task, `binomial_halfwidth` for a mean of per-task shares; two merges scored on the
+  same examples, `paired_share_difference`.
 A difference is written as established only when its interval excludes 0 (`direction`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 # Two-sided 95 % quantiles of Student's t, t_{0.975, df}, df = 1..30 (standard tables, e.g. NIST/SEMATECH
 # e-Handbook 1.3.6.7.2; tests/test_stats.py re-derives each by integrating the t density).
@@ -93,9 +94,71 @@ def binomial_halfwidth(shares: Sequence[float], counts: Sequence[int], z: float 
     return z * math.sqrt(variance) / len(shares)
 
 
+def paired_share_difference(ours: Mapping[str, Sequence[bool]], theirs: Mapping[str, Sequence[bool]],
+                            z: float = Z975) -> Interval | None:
+    """Two merges scored on the same examples: the difference of their means over tasks of per-task shares (task t:
+    the share of True among its outcomes), with the normal 95 % interval of that difference over the scored set,
+    example by example (paired: what both get right or wrong cancels). Tasks with no outcomes are left out, as a
+    mean over tasks leaves out tasks where a metric is undefined; None when no task has any. A task with one
+    outcome gets the largest variance a difference in {−1, 0, 1} can have (1), not 0."""
+    if set(ours) != set(theirs):
+        raise ValueError(f"paired outcomes need the same tasks: {sorted(ours)} against {sorted(theirs)}")
+    means, variance, examples = [], 0.0, 0
+    for task, mine in ours.items():
+        other = theirs[task]
+        if len(mine) != len(other):
+            raise ValueError(f"task {task!r}: paired outcomes need the same examples ({len(mine)} against "
+                             f"{len(other)})")
+        if not mine:
+            continue
+        diffs = [float(a) - float(b) for a, b in zip(mine, other, strict=True)]
+        n, mean = len(diffs), sum(diffs) / len(diffs)
+        spread = sum((d - mean) ** 2 for d in diffs) / (n - 1) if n > 1 else 1.0
+        means.append(mean)
+        variance += spread / n
+        examples += n
+    if not means:
+        return None
+    mean, half = sum(means) / len(means), z * math.sqrt(variance) / len(means)
+    return Interval(mean, mean - half, mean + half, examples)
+
+
 def direction(difference: Interval) -> str:
     """"higher" or "lower" only when the 95 % interval excludes 0, else "no difference established"."""
     if difference.excludes_zero():
         return "higher" if difference.mean > 0 else "lower"
     return "no difference established"
 
+
+
+Outcomes = Mapping[str, Mapping[str, Sequence[bool]]]  # metric -> task -> per-example outcome (Evaluator.outcomes)
+
+
+@dataclass
+class ScoredSetError:
+    """One run of several merges on one scored set: per merge and metric, the half-width of the 95 % interval of its
+    mean over tasks (`binomial_halfwidth` at its per-task shares); per other merge, `reference` minus it with the
+    paired 95 % interval over the same examples (`paired_share_difference`). None where the metric is undefined."""
+
+    reference: str
+    halfwidth: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    paired: dict[str, dict[str, Interval | None]] = field(default_factory=dict)
+
+
+def scored_set_error(outcomes: Mapping[str, Outcomes], reference: str) -> ScoredSetError:
+    """The scored set's sampling error of a comparison, from each merge's outcomes (name -> Evaluator.outcomes);
+    `reference` (the learned merge) is paired with every other merge."""
+    if reference not in outcomes:
+        raise ValueError(f"{reference!r} is not among the merges compared ({', '.join(outcomes)})")
+    error = ScoredSetError(reference)
+    for name, by_metric in outcomes.items():
+        error.halfwidth[name] = {}
+        for metric, tasks in by_metric.items():
+            scored = {t: o for t, o in tasks.items() if o}
+            shares = [sum(o) / len(o) for o in scored.values()]
+            counts = [len(o) for o in scored.values()]
+            error.halfwidth[name][metric] = binomial_halfwidth(shares, counts) if scored else None
+        if name != reference:
+            error.paired[name] = {metric: paired_share_difference(outcomes[reference][metric], tasks)
+                                  for metric, tasks in by_metric.items()}
+    return error

@@ -202,3 +202,27 @@ def test_classification_task_without_its_expert_is_refused(classifiers):
     experts, _, tasks = classifiers
     with pytest.raises(TaskSetError, match="'three'"):
         Evaluator(tasks, {"two": experts["two"]})
+
+
+def test_outcomes_are_what_the_scores_are_shares_of_and_silence_never_agrees(lm):
+    """Evaluator.outcomes lists, example by example, the right answers (known answers only) and the agreements (the
+    examples the task's expert answered only): their shares are the task scores; a merge silent where the expert is
+    silent gets no agreement for it."""
+    _, experts, _, _ = lm
+    evaluator = Evaluator(_lm_tasks(experts), experts)
+    result = evaluator.score(experts["second"])
+    outcomes = evaluator.outcomes(result)
+    assert set(outcomes["accuracy"]) == {"one", "mix"} and set(outcomes["agreement"]) == {"one"}  # mix: no owner
+    for metric, tasks in outcomes.items():
+        for task, right in tasks.items():
+            assert sum(right) / len(right) == pytest.approx(getattr(result.scores[task], metric))
+    records = [{"task": "n", "prompt": p, "answer": a, "expert": "first"} for p, a in zip(PROMPTS, "378")]
+    evaluator = Evaluator(tasks_from_records([*records, {"task": "n", "prompt": PROMPTS[3], "expert": "first"}]),
+                          experts)
+    evaluator._expert_predictions = {  # the expert answers the 1st and 3rd prompts only
+        "first": Predictions({"n": TaskOutputs(raw=[""] * 4, answers=["3", None, "8", None])}),
+        "second": Predictions({"n": TaskOutputs(raw=[""] * 4, answers=[None] * 4)})}
+    merge = agreement_module.EvalResult(scores={}, answers={"n": [None, None, "8", None]}, outputs={})
+    got = evaluator.outcomes(merge)
+    assert got["agreement"] == {"n": [False, True]}  # over the two the expert answered: None ≠ "3", "8" = "8"
+    assert got["accuracy"] == {"n": [False, False, True]}  # the three known answers "3", "7", "8"

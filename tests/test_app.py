@@ -227,6 +227,8 @@ def test_learn_streams_losses_and_becomes_the_merge(config):
                                       "TIES"]  # baselines chosen on the 4 prompts per task learned from
     assert "| learned (samerging) |" in table and "| TIES |" in table and "chosen on the learning split" in table
     assert "mean accuracy" in table and "mean agreement" in table
+    assert "| learned (samerging) minus |" in table and "paired 95 % interval" in table  # each baseline paired
+    assert figure.data[0].error_y.array is not None  # every bar with the scored set's error
 
 
 def test_learn_rejects_a_malformed_prompts_file(config, tmp_path):

@@ -85,3 +85,38 @@ def test_without_a_learning_split_the_baselines_are_fixed_and_say_so(family):
     assert list(scores) == ["learned (samerging)", baselines.UNIFORM, baselines.TIES]
     assert all("fixed" in c.describe() for c in choices.values())
     assert torch.equal(torch.tensor(choices[baselines.UNIFORM].settings["weights"]), torch.tensor([0.5, 0.5]))
+
+
+def test_the_learned_merge_is_said_to_beat_task_arithmetic_only_when_its_interval_excludes_0():
+    from evaluation.stats import Interval, ScoredSetError
+
+    def error(difference):
+        return ScoredSetError("learned (samerging)", paired={baselines.UNIFORM: {"agreement": difference}})
+
+    reason = baselines.WHY_NOT["samerging"]
+    assert baselines.why_not_better("samerging", error(Interval(0.04, 0.01, 0.07, 40))) is None  # established
+    assert baselines.why_not_better("samerging", error(Interval(0.04, -0.01, 0.09, 40))) == reason  # a higher mean
+    assert baselines.why_not_better("samerging", error(Interval(-0.04, -0.07, -0.01, 40))) == reason
+    assert baselines.why_not_better("samerging", error(None)) is None  # no agreement to compare
+
+
+def test_the_comparisons_error_pairs_the_learned_merge_with_each_baseline_on_the_scored_examples(family):
+    """The paired differences are the differences of the table's means; a "learned" merge that is the uniform
+    baseline itself differs from it by exactly 0, with no width."""
+    experts, merge = family
+    evaluator = Evaluator(_scored("y"), experts)
+    choices = baselines.choose_baselines(baselines.learning_selector(evaluator, LEARNING), merge, 2)
+    scores = baselines.compare_with_baselines(evaluator, "samerging", lambda: merge(
+        choices[baselines.UNIFORM].settings), merge, choices)
+    error = baselines.comparison_error(evaluator, "samerging", scores)
+    assert set(error.halfwidth) == set(scores) and list(error.paired) == list(scores)[1:]
+    learned = scores["learned (samerging)"]
+    for name, diffs in error.paired.items():
+        for metric, difference in diffs.items():
+            if learned.mean(metric) is None:
+                assert difference is None
+            else:
+                assert difference.mean == pytest.approx(learned.mean(metric) - scores[name].mean(metric))
+    itself = [d for d in error.paired[baselines.UNIFORM].values() if d is not None]
+    assert itself and all((d.mean, d.low, d.high) == (0.0, 0.0, 0.0) for d in itself)
+    assert baselines.why_not_better("samerging", error) == baselines.WHY_NOT["samerging"]

@@ -142,3 +142,26 @@ def test_comparison_table_reports_accuracy_and_agreement_apart_with_the_scored_s
     assert "| TIES | 80% / 90% | 40% / – | 60% | 90% | density 0.2, λ 1 (chosen on the learning split) |" in table
     low, high = wilson_interval(5, 10)
     assert "10 examples per task" in table and f"±{(high - low) / 2:.0%}" in table
+
+
+def test_comparison_with_the_scored_sets_error_gives_each_mean_its_interval_and_words_differences_by_them():
+    from evaluation.charts import comparison_figure, comparison_markdown
+    from evaluation.stats import Interval, ScoredSetError
+
+    error = ScoredSetError("learned (samerging)",
+                           halfwidth={"learned (samerging)": {"accuracy": 0.12, "agreement": 0.08},
+                                      "TIES": {"accuracy": 0.1, "agreement": None}},
+                           paired={"TIES": {"accuracy": Interval(0.06, 0.01, 0.11, 20),
+                                            "agreement": Interval(0.05, -0.02, 0.12, 10)}})
+    scores = {"learned (samerging)": _eval_result(), "TIES": _eval_result()}
+    table = comparison_markdown(scores, {}, error)
+    assert "| learned (samerging) | 80% / 90% | 40% / – | 60% ±12 | 90% ±8 |" in table
+    assert "| TIES | 80% / 90% | 40% / – | 60% ±10 | 90% |" in table  # no error where none is defined
+    # accuracy's interval excludes 0: established; agreement's reaches below 0: a higher mean, not established
+    assert ("| TIES | +6.0 [+1.0, +11.0] | **higher** (established) | +5.0 [-2.0, +12.0] | no difference established |"
+            in table)
+    assert "established only when that interval excludes 0" in table
+    fig = comparison_figure(scores, error)
+    assert [t.name for t in fig.data] == ["accuracy", "agreement"]
+    assert list(fig.data[0].error_y.array) == [0.12, 0.1] and list(fig.data[1].error_y.array) == [0.08, 0.0]
+    assert comparison_figure(scores).data[0].error_y.array is None  # no error given, none drawn

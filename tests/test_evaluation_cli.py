@@ -127,8 +127,13 @@ def test_compare_scores_a_learned_merge_beside_the_baselines(models, tmp_path, c
     assert scores["learned (samerging)"]["outputs"] == scores["task arithmetic"]["outputs"]
     assert scores["TIES"]["outputs"] != scores["task arithmetic"]["outputs"]  # the baselines are different merges
     assert data["why_not_better"] == WHY_NOT["samerging"]
+    assert set(data["scored_set_halfwidth"]) == set(scores)  # every row has its scored set's error
+    same = data["learned_minus_baseline"]["task arithmetic"]  # the same merge: no difference, none established
+    assert all(d is None or (d["mean"] == 0.0 and d["low"] <= 0.0 <= d["high"]) for d in same.values())
+    assert list(data["learned_minus_baseline"]) == ["task arithmetic", "TIES"]
     printed = capsys.readouterr().out
     assert "mean agreement" in printed and "mean accuracy" in printed
+    assert "| learned (samerging) minus |" in printed and "not shown to beat task arithmetic" in printed
 
     folder = tmp_path / "ties"
     merge_to_folder(Recipe.from_dict(data["baselines"]["TIES"]), folder)

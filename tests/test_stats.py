@@ -13,6 +13,8 @@ from evaluation.stats import (
     direction,
     mean_interval,
     paired_difference,
+    paired_share_difference,
+    scored_set_error,
     t_quantile_975,
     wilson_interval,
 )
@@ -85,3 +87,38 @@ def test_a_difference_is_worded_by_its_interval():
     assert direction(Interval(-0.05, -0.09, -0.01, 5)) == "lower"
     assert direction(Interval(0.05, -0.01, 0.11, 5)) == "no difference established"
     assert direction(Interval(0.05, 0.05, 0.05, 1)) == "no difference established"  # one draw: no interval
+
+
+def test_a_paired_share_difference_by_hand_and_what_it_leaves_out():
+    """Task a: 4 examples, differences (1, 0, 0, 1): mean 0.5, sample variance 1/3; task b: (0, −1), mean −0.5,
+    variance 0.5; task c has no outcomes. Mean over tasks 0, variance (1/3/4 + 0.5/2) / 2²."""
+    ours = {"a": [True, True, False, True], "b": [True, False], "c": []}
+    theirs = {"a": [False, True, False, False], "b": [True, True], "c": []}
+    diff = paired_share_difference(ours, theirs)
+    half = 1.959964 * math.sqrt((1 / 3) / 4 + 0.5 / 2) / 2
+    assert (diff.mean, diff.low, diff.high, diff.n) == pytest.approx((0.0, -half, half, 6))
+    same = paired_share_difference(ours, ours)  # what both get right or wrong cancels
+    assert (same.low, same.high) == (0.0, 0.0) and not same.excludes_zero()
+    always = paired_share_difference({"a": [True] * 5}, {"a": [False] * 5})  # right on every example, it on none
+    assert always.excludes_zero() and direction(always) == "higher"
+    lone = paired_share_difference({"a": [True]}, {"a": [False]})  # one example: the largest variance, not none
+    assert not lone.excludes_zero()
+    assert paired_share_difference({"a": []}, {"a": []}) is None
+    with pytest.raises(ValueError, match="same examples"):
+        paired_share_difference({"a": [True]}, {"a": [True, False]})
+    with pytest.raises(ValueError, match="same tasks"):
+        paired_share_difference({"a": [True]}, {"b": [True]})
+
+
+def test_scored_set_error_gives_each_row_its_binomial_error_and_pairs_the_reference():
+    learned = {"accuracy": {"a": [True] * 8 + [False] * 2}, "agreement": {}}  # e.g. no expert answered
+    baseline = {"accuracy": {"a": [True] * 5 + [False] * 5}, "agreement": {}}
+    error = scored_set_error({"learned": learned, "baseline": baseline}, "learned")
+    assert error.halfwidth["learned"]["accuracy"] == pytest.approx(binomial_halfwidth([0.8], [10]))
+    assert error.halfwidth["baseline"] == {"accuracy": pytest.approx(binomial_halfwidth([0.5], [10])),
+                                           "agreement": None}
+    assert list(error.paired) == ["baseline"]  # the reference is not paired with itself
+    assert error.paired["baseline"]["accuracy"].mean == pytest.approx(0.3)
+    assert error.paired["baseline"]["agreement"] is None  # undefined, not 0
+    with pytest.raises(ValueError, match="not among"):
+        scored_set_error({"baseline": baseline}, "learned")

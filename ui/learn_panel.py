@@ -196,7 +196,8 @@ def estimate_markdown(session: Session | None, settings: LearnSettings) -> str:
 def compare_with_baselines(session: Session, config: HostConfig, per_task: int = 20) -> tuple[Any, str]:
     """/learn_compare: the learned merge beside task arithmetic (one λ, and one λ per expert) and TIES, their
     settings chosen on the prompts the merge was learned from, all scored on the same tasks: accuracy on the true
-    answers and agreement with the experts, apart."""
+    answers and agreement with the experts, apart, each with the scored set's 95 % error, and the learned merge
+    minus each baseline with its paired interval."""
     require_models(session)
     if session.learned is None:
         raise MergeLabError("Learn coefficients first, then compare.")
@@ -212,11 +213,12 @@ def compare_with_baselines(session: Session, config: HostConfig, per_task: int =
     method = session.learned.method
     scores, choices = baselines.compare_fairly(evaluator, method, session.learned.merged, merge,
                                                len(session.sources), session.learned.inputs)
-    markdown = comparison_markdown(scores, {name: choice.describe() for name, choice in choices.items()})
-    why_not = baselines.why_not_better(method, scores)
+    error = baselines.comparison_error(evaluator, method, scores)
+    markdown = comparison_markdown(scores, {name: choice.describe() for name, choice in choices.items()}, error)
+    why_not = baselines.why_not_better(method, error)
     if why_not is not None:
-        markdown += f"\n\n**Why the learned merge does not beat task arithmetic here:** {why_not}"
-    return comparison_figure(scores), markdown
+        markdown += f"\n\n**Why the learned merge is not shown to beat task arithmetic here:** {why_not}"
+    return comparison_figure(scores, error), markdown
 
 
 # --- components ----------------------------------------------------------------------------------------------------
