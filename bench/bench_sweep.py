@@ -38,7 +38,7 @@ def markdown(result: SweepResult, timings: dict[str, float], args: argparse.Name
         HEADING,
         "",
         f"`bench/bench_sweep.py` merges the LM zoo (base + experts {_experts()}) with {args.method} at every",
-        (f"(weight, density) of a {len(result.weights)} x {len(result.densities)} grid in memory (LiveMerger, task "
+        (f"(weight, density) of a {len(result.rows.values)} x {len(result.columns.values)} grid in memory (LiveMerger, task "
          "vectors cached once), loads each merged state dict into"),
         (f"one model instance and scores it on all {examples} prompts of `assets/tasks/zoo_lm.jsonl` (tasks "
          f"{', '.join(result.tasks)}):"),

@@ -18,6 +18,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from evaluation.axes import Axis
 from evaluation.stats import Interval, ScoredSetError, direction, wilson_interval
 
 _PERCENT_AXIS = {"range": [0, 1.1], "tickformat": ".0%"}  # room above 100 % for the bar labels
@@ -69,7 +70,9 @@ def agreement_figure(result: Any, title: str = "Agreement of the merged model wi
     return fig
 
 
-def _sweep_grid(data: dict[str, Any], method: str, metric: str) -> tuple[list, list, list[list]]:
+def _sweep_grid(data: dict[str, Any], method: str, metric: str, axes: tuple[str, str | None]
+                ) -> tuple[list, list, list[list]]:
+    """(row values, column values, z[row][column]) of one method's points; each value is under its axis's key."""
     points = [p for p in data["points"] if p["method"] == method]
 
     def value(point: dict) -> float | None:
@@ -77,18 +80,15 @@ def _sweep_grid(data: dict[str, Any], method: str, metric: str) -> tuple[list, l
         return point["scores"][task][name] if task else point["summary"][name]
 
     order = lambda v: (v is None, v or 0)
-    weights = sorted({p["weight"] for p in points}, key=order)
-    densities = sorted({p["density"] for p in points}, key=order)
-    lookup = {(p["weight"], p["density"]): value(p) for p in points}
-    return weights, densities, [[lookup.get((w, d)) for d in densities] for w in weights]
+    at = lambda p: (p.get(axes[0]), p.get(axes[1]) if axes[1] else None)
+    rows = sorted({at(p)[0] for p in points}, key=order)
+    columns = sorted({at(p)[1] for p in points}, key=order)
+    lookup = {at(p): value(p) for p in points}
+    return rows, columns, [[lookup.get((r, c)) for c in columns] for r in rows]
 
 
 def _axis_title(axis: str | None) -> str:
-    if not axis:
-        return ""
-    if axis.startswith("weight:"):
-        return f"weight of {axis.split(':', 1)[1]}"
-    return {"weight": "weight (every source)", "lambda": "λ (scale of the merged task vector)"}.get(axis, axis)
+    return Axis(axis).title if axis else ""
 
 
 def sweep_heatmap(sweep: Any, method: str | None = None, metric: str | None = None) -> go.Figure:
@@ -97,16 +97,17 @@ def sweep_heatmap(sweep: Any, method: str | None = None, metric: str | None = No
     data = _as_dict(sweep)
     method = method or data["grid"]["methods"][0]
     metric = metric or data["metric"]
-    rows_axis, columns_axis = data["grid"].get("axes") or ["weight", "density"]
-    weights, densities, z = _sweep_grid(data, method, metric)
-    single = densities == [None]
-    x = [("all points" if single else "—") if d is None else f"{d:g}" for d in densities]
-    y = ["—" if w is None else f"{w:g}" for w in weights]
+    rows_axis, columns_axis = data["grid"].get("axes") or ["weight", "density"]  # results from before axes
+    rows, columns, z = _sweep_grid(data, method, metric, (rows_axis, columns_axis))
+    single = columns == [None]
+    x = [("all points" if single else "—") if c is None else f"{c:g}" for c in columns]
+    y = ["—" if r is None else f"{r:g}" for r in rows]
     best = data.get("best")
     starred = (best is not None and best["method"] == method and metric == data["metric"])
     text = [[_label(v) for v in row] for row in z]
-    if starred and best["weight"] in weights and best["density"] in densities:
-        i, j = weights.index(best["weight"]), densities.index(best["density"])
+    best_at = (best.get(rows_axis), best.get(columns_axis) if columns_axis else None) if best else None
+    if starred and best_at[0] in rows and best_at[1] in columns:
+        i, j = rows.index(best_at[0]), columns.index(best_at[1])
         text[i][j] = f"★ {text[i][j]}"  # the number stays readable; the star says which cell is best
     fig = go.Figure(go.Heatmap(
         z=z, x=x, y=y, zmin=0, zmax=1, colorscale="Viridis", colorbar={"title": metric},

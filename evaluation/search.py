@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evaluation.axes import kept_fraction
 from evaluation.errors import SweepError
 from evaluation.runner import PointJob, PointOutcome
-from evaluation.sweep import _axes, kept_fraction, point_recipe
+from evaluation.sweep import point_recipe, weight_density_pairs
 from evaluation.tasks import TaskSet
 from merging.export import mergekit_export
 from merging.methods.registry import get_method
@@ -67,7 +68,7 @@ class SearchSpace:
 
     def __post_init__(self) -> None:
         spec = get_method(self.method)
-        if spec.param("weight") is None and self.density_name is None:
+        if spec.by_role("weight") is None and self.density_name is None:
             raise SweepError(f"{self.method} has neither a weight nor a density to search: pick e.g. ties.")
         if not 1 <= self.layer_ranges <= MAX_LAYER_RANGES:
             raise SweepError(f"Layer ranges must be 1 to {MAX_LAYER_RANGES}, not {self.layer_ranges}.")
@@ -84,7 +85,7 @@ class SearchSpace:
         per_model_density = density and spec.param(density).scope == "model" and not self.shared_density
         for k in range(self.layer_ranges):
             for model in self.models:
-                if spec.param("weight") is not None:
+                if spec.by_role("weight") is not None:
                     names[f"weight:{model}:{k}"] = self.weight_range
                 if per_model_density:
                     names[f"density:{model}:{k}"] = self.density_range
@@ -107,17 +108,19 @@ class SearchSpace:
         """The template with this method and the searched values (normalize off, as in sweeps)."""
         data = point_recipe(template, self.method, 1.0, 0.5).to_dict()
         density = self.density_name
+        weight_param = get_method(self.method).by_role("weight")
         shared = self.value(values, "density", "*")
         for entry in data["models"]:
             if entry["model"] not in self.models:
                 continue
             params = entry.setdefault("parameters", {})
-            params.pop("weight", None)
+            if weight_param is not None:
+                params.pop(weight_param.name, None)
             if density:
                 params.pop(density, None)
             weight = self.value(values, "weight", entry["model"])
             if weight is not None:
-                params["weight"] = weight
+                params[weight_param.name] = weight
             own = self.value(values, "density", entry["model"])
             if own is not None:
                 params[density] = own
@@ -314,8 +317,8 @@ def recipe_build(template: Recipe, space: SearchSpace) -> Build:
 def recipe_grid(template: Recipe, method: str, weights: Sequence[float], densities: Sequence[float]
                 ) -> list[Candidate]:
     """A weight × density grid of a recipe file's models, as candidates (for the comparison)."""
-    out = []  # the grid's points as sweeps make them (_axes: a method without a density has one column)
-    for weight, density in _axes(method, list(weights), list(densities)):
+    out = []  # the grid's points as sweeps make them (a method without a density has one column)
+    for weight, density in weight_density_pairs(method, list(weights), list(densities)):
         recipe = point_recipe(template, method, weight, density)
         out.append(Candidate(f"grid weight={weight} density={density}", recipe, recipe, None,
                              {"weight": weight, "density": density}))

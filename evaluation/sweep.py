@@ -6,6 +6,9 @@ The weight axis sets every merged model's `weight`; the density axis sets the me
 SCE's `select_topk`: the parameters declared with role "kept_fraction"). A method without such a parameter collapses that axis to one point (value None in the results). Methods with a
 `normalize` parameter get `normalize: false` unless the recipe sets it: normalising divides equal weights out, so
 the weight axis would change nothing; without it the weight scales the (trimmed, elected) task vectors.
+Settings sweeps (the page's) vary one or two of the Merge panel's settings instead, each an `evaluation.axes.Axis`
+(every source's weight, one source's, λ, the density, another parameter). A point holds its values on the result's
+two axes (`row`, `column`), and the results name each value by its axis's key ("weight", "lambda", "density", ...).
 Results: a table, the best point by a chosen metric, and a results file (JSON with each point's recipe, per-task
 scores and each question's extracted answer, plus a CSV beside it and the best recipe as YAML).
 """
@@ -18,12 +21,13 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import InitVar, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from evaluation.agreement import METRICS, Evaluator
 from evaluation.answer_cache import AnswerCache
+from evaluation.axes import WEIGHT, Axis, axis_choices
 from evaluation.errors import SweepError
 from evaluation.runner import (
     InProcessRunner,
@@ -37,22 +41,14 @@ from evaluation.runner import (
 from evaluation.tasks import TaskSet, tasks_for_experts
 from inference.loading import load_model
 from merging.live import LiveMerger
-from merging.methods.registry import Method, Param, get_method
+from merging.methods.registry import Method, get_method
 from merging.recipe import Recipe, load_recipe
+from merging.settings import MergeSettings
 
 Progress = Callable[[float, str], Any]  # progress(fraction, description): gr.Progress fits
 GRID_ROLES = ("weight", "kept_fraction")  # the roles of the parameters a (weight × density) grid sets
-
-
-def kept_fraction(method: str) -> Param | None:
-    """The method's fraction of entries kept (density, SCE's select_topk), the sweeps' density axis; or None."""
-    return get_method(method).by_role("kept_fraction")
-
-
-def sweepable(param: Param) -> bool:
-    """A numeric parameter a settings sweep may vary by name: not the weight (its own axes) nor a tolerance (a
-    numerical floor such as RAM's epsilon, whose sweep would only show rounding)."""
-    return param.kind in ("float", "int") and param.role not in ("weight", "tolerance")
+DENSITY = "density"  # the key of a weight × density grid's column axis (the method's kept fraction, whatever its name)
+GRID_AXES = (WEIGHT, DENSITY)
 
 
 def _grid_param_names(*methods: Method) -> set[str]:
@@ -173,9 +169,12 @@ def _finite_value(value: Any, what: str) -> float:
 
 @dataclass
 class SweepPoint:
+    """One scored point: its values on the sweep's two axes (`row`, `column`; `axes` holds their keys, as the
+    result's do), the recipe scored, its scores and each question's answer."""
+
     method: str
-    weight: float | None
-    density: float | None
+    row: float | None
+    column: float | None
     recipe: dict[str, Any]
     summary: dict[str, float | None]
     scores: dict[str, dict[str, Any]]
@@ -185,26 +184,58 @@ class SweepPoint:
     worker: str = "in process"  # where it was scored (evaluation.runner)
     attempts: int = 1  # 2 when its first worker died and a fresh one scored it
     incident: str | None = None  # what happened on the way (a worker that died), None when nothing did
+    axes: tuple[str, str | None] = GRID_AXES  # the keys of the axes `row` and `column` lie on
 
     def value(self, metric: str) -> float | None:
         task, _, name = metric.rpartition(".")
         return self.scores[task][name] if task else self.summary[name]
 
+    def at(self, key: str) -> float | None:
+        """The point's value on the axis named `key` ("weight", "lambda", ...); None when its sweep has none."""
+        return self.row if key == self.axes[0] else self.column if key == self.axes[1] else None
+
+    @property
+    def weight(self) -> float | None:
+        """The every-source weight, when the sweep varies it (a weight × density grid does); else None."""
+        return self.at(WEIGHT)
+
+    @property
+    def density(self) -> float | None:
+        """The density, when the sweep varies it; else None."""
+        return self.at(DENSITY)
+
 
 @dataclass
 class SweepResult:
+    """A sweep's points over its two axes, `rows` and `columns` (an `Axis` each: the setting and the values asked
+    for; `columns` None when one setting was varied). Build one with `SweepResult.over(rows, columns, ...)`; the
+    plain constructor takes the values as `weights` and `densities` and the keys as `axes` (a weight × density grid,
+    the first kind, by default)."""
+
     metric: str
     methods: list[str]
-    weights: list[float]
-    densities: list[float]
+    weights: InitVar[Sequence[float | None]]  # the rows' values
+    densities: InitVar[Sequence[float | None]]  # the columns' values
     tasks: list[str]
     points: list[SweepPoint] = field(default_factory=list)
     questions: dict[str, list[str]] = field(default_factory=dict)
     expected: dict[str, list[Any]] = field(default_factory=dict)
     seconds: float = 0.0
-    axes: tuple[str, str | None] = ("weight", "density")  # what the `weight` / `density` fields of a point hold
+    axes: tuple[str, str | None] = GRID_AXES  # the keys of `rows` and `columns`
     where: str = "in process"  # the runner: in process, or Ray with N workers
     failed: list[dict[str, Any]] = field(default_factory=list)  # points not scored (their worker died twice)
+    rows: Axis = field(init=False)
+    columns: Axis | None = field(init=False)
+
+    def __post_init__(self, weights: Sequence[float | None], densities: Sequence[float | None]) -> None:
+        self.rows = Axis(self.axes[0], tuple(weights))
+        self.columns = Axis(self.axes[1], tuple(densities)) if self.axes[1] else None
+
+    @classmethod
+    def over(cls, rows: Axis, columns: Axis | None, **fields: Any) -> SweepResult:
+        """A result over these axes (the other fields as the constructor takes them)."""
+        return cls(weights=rows.values, densities=columns.values if columns else (),
+                   axes=(rows.key, columns.key if columns else None), **fields)
 
     @property
     def best(self) -> SweepPoint | None:
@@ -212,11 +243,22 @@ class SweepResult:
         scored = [p for p in self.points if p.value(self.metric) is not None]
         return max(scored, key=lambda p: p.value(self.metric)) if scored else None
 
+    def by_key(self, row: float | None, column: float | None) -> dict[str, float | None]:
+        """A point's row and column values under their axes' keys ("weight", "density" for weight × density)."""
+        return {self.rows.key: row} | ({self.columns.key: column} if self.columns else {})
+
+    def point_dict(self, p: SweepPoint) -> dict[str, Any]:
+        """A point as the results file holds it: the method, its values under the axes' keys, then the rest."""
+        data = asdict(p)
+        row, column = data.pop("row"), data.pop("column")
+        del data["axes"]
+        return {"method": data.pop("method"), **self.by_key(row, column), **data}
+
     def table(self) -> list[dict[str, Any]]:
-        """One row per point: method, weight, density, the metric, the mean metrics, per-task metrics."""
+        """One row per point: method, the axes' values, the metric, the mean metrics, per-task metrics."""
         rows = []
         for p in self.points:
-            row = {"method": p.method, "weight": p.weight, "density": p.density, self.metric: p.value(self.metric)}
+            row = {"method": p.method, **self.by_key(p.row, p.column), self.metric: p.value(self.metric)}
             row.update({f"mean_{m}": p.summary[m] for m in METRICS})
             for task in self.tasks:
                 row.update({f"{task}.{m}": p.scores[task][m] for m in METRICS})
@@ -228,37 +270,36 @@ class SweepResult:
         """The grid's table for a report: the swept settings, then one column per task holding the metric's measure
         (accuracy for "accuracy" or "japanese_math.accuracy"), then the mean over tasks."""
         measure = self.metric.rpartition(".")[2]
-        rows_axis, columns_axis = self.axes
         rows = []
         for p in self.points:
-            row = {"method": p.method, rows_axis or "weight": p.weight}
-            if columns_axis:
-                row[columns_axis] = p.density
+            row = {"method": p.method, **self.by_key(p.row, p.column)}
             row.update({task: p.scores[task][measure] for task in self.tasks})
             row[f"mean {measure}"] = p.summary[measure]
             rows.append(row)
         return rows
 
     def grid(self, method: str | None = None, metric: str | None = None) -> tuple[list, list, list[list]]:
-        """(weights, densities, z[weight][density]) of one method, for a heatmap; None where a point is missing."""
+        """(row values, column values, z[row][column]) of one method, for a heatmap; None where a point is
+        missing (weights, densities, z[weight][density] for a weight × density grid)."""
         method = method or self.methods[0]
         metric = metric or self.metric
         points = [p for p in self.points if p.method == method]
-        weights = sorted({p.weight for p in points}, key=lambda v: (v is None, v or 0))
-        densities = sorted({p.density for p in points}, key=lambda v: (v is None, v or 0))
-        lookup = {(p.weight, p.density): p.value(metric) for p in points}
-        return weights, densities, [[lookup.get((w, d)) for d in densities] for w in weights]
+        rows = sorted({p.row for p in points}, key=lambda v: (v is None, v or 0))
+        columns = sorted({p.column for p in points}, key=lambda v: (v is None, v or 0))
+        lookup = {(p.row, p.column): p.value(metric) for p in points}
+        return rows, columns, [[lookup.get((r, c)) for c in columns] for r in rows]
 
     def to_dict(self) -> dict[str, Any]:
         best = self.best
+        columns = self.columns
         return {
             "metric": self.metric,
-            "grid": {"methods": self.methods, "weights": self.weights, "densities": self.densities,
-                     "axes": list(self.axes)},
+            "grid": {"methods": self.methods, "axes": list(self.axes), "rows": list(self.rows.values),
+                     "columns": list(columns.values) if columns else []},
             "tasks": self.tasks,
             "seconds": round(self.seconds, 3),
-            "best": asdict(best) if best else None,
-            "points": [asdict(p) for p in self.points],
+            "best": self.point_dict(best) if best else None,
+            "points": [self.point_dict(p) for p in self.points],
             "questions": self.questions,
             "expected": self.expected,
         }
@@ -328,7 +369,10 @@ def point_recipe(template: Recipe, method: str, weight: float | None, density: f
     return Recipe.from_dict(data)
 
 
-def _axes(method: str, weights: list[float], densities: list[float]) -> list[tuple[float | None, float | None]]:
+def weight_density_pairs(method: str, weights: list[float], densities: list[float]
+                         ) -> list[tuple[float | None, float | None]]:
+    """The (weight, density) points of a weight × density grid for `method`: an axis the method lacks is one point
+    (None)."""
     spec = get_method(method)
     method_weights = weights if spec.by_role("weight") is not None else [None]
     method_densities = densities if spec.by_role("kept_fraction") is not None else [None]
@@ -358,18 +402,18 @@ def run_sweep(
     tasks = runner.tasks()
     methods = list(methods or [template.merge_method])
     _check_metric(metric, tasks)
-    plan = [(m, w, d) for m in methods for w, d in _axes(m, list(weights), list(densities))]
+    plan = [(m, w, d) for m in methods for w, d in weight_density_pairs(m, list(weights), list(densities))]
     if not plan:
         raise SweepError("The sweep grid is empty: give at least one weight and one density.")
     recipes = [point_recipe(template, m, w, d) for m, w, d in plan]  # fail on a bad method before any work
-    result = SweepResult(
-        metric=metric, methods=methods, weights=list(weights), densities=list(densities),
+    result = SweepResult.over(
+        Axis(WEIGHT, tuple(weights)), Axis(DENSITY, tuple(densities)), metric=metric, methods=methods,
         tasks=tasks.task_names, where=runner.where,
         questions={t.name: t.inputs for t in tasks.tasks.values()},
         expected={t.name: t.answers for t in tasks.tasks.values()},
     )
     jobs = [PointJob(label=f"{method} weight={weight} density={density}", recipe=recipe, seed=seed,
-                 point={"method": method, "weight": weight, "density": density, "recipe": recipe.to_dict()})
+                 point={"method": method, "row": weight, "column": density, "recipe": recipe.to_dict()})
             for (method, weight, density), recipe in zip(plan, recipes)]
     return _score_points(result, jobs, runner, progress, should_stop, partial)
 
@@ -377,101 +421,37 @@ def run_sweep(
 # --- settings sweeps: each point is the Merge panel's settings with one or two of them changed --------------------
 #
 # The caller turns settings into a recipe with the same function the Merge panel uses, so a point kept from the
-# sweep merges to exactly what was scored. An axis is "weight" (every source's weight), "weight:<source>" (one
-# source's weight, the others as the settings say) or the name of one of the method's numeric parameters.
+# sweep merges to exactly what was scored. Each axis is an evaluation.axes.Axis, named by its key: "weight" (every
+# source's weight), "weight:<source>" (one source's weight, the others as the settings say) or the name of one of
+# the method's numeric parameters (evaluation.axes.axis_choices).
 
-WEIGHT_AXIS = "weight"
-
-
-def axis_choices(method: str, sources: Sequence[str]) -> list[str]:
-    """The settings a sweep of `method` can vary: per-model weights and the method's numeric parameters."""
-    spec = get_method(method)
-    choices = []
-    if spec.param("weight") is not None:
-        choices += [WEIGHT_AXIS, *(f"{WEIGHT_AXIS}:{s}" for s in sources)] if len(sources) > 1 else [WEIGHT_AXIS]
-    choices += [p.name for p in spec.params if sweepable(p)]
-    return choices
+GridPoint = tuple[float | None, float | None, dict[str, Any]]  # (row value, column value, settings as /merge takes)
 
 
-def default_axes(method: str, params: Mapping[str, Any], sources: Sequence[str] = ()
-                 ) -> tuple[str | None, str | None]:
-    """Rows and columns worth looking at first. With a density (or SCE's select_topk) it is the columns, against
-    the shared weight for every method with a weight (a shared-weight point turns normalize off: see apply_axis),
-    else λ; without one, two sources' weights against each other; otherwise the method's own numeric parameter
-    (slerp's t). `params` is kept for callers; the choice no longer depends on it."""
-    spec = get_method(method)
-    fraction = spec.by_role("kept_fraction")
-    numeric = [p.name for p in spec.params if sweepable(p)]
-    has_weight = spec.by_role("weight") is not None
-    scale = spec.by_role("scale")
-    other = scale.name if scale is not None else None  # λ
-    if fraction:
-        if has_weight:
-            return WEIGHT_AXIS, fraction.name
-        return (other, fraction.name) if other else (fraction.name, None)
-    if has_weight and len(sources) >= 2:
-        return f"{WEIGHT_AXIS}:{sources[0]}", f"{WEIGHT_AXIS}:{sources[1]}"
-    if has_weight:
-        return WEIGHT_AXIS, other
-    return (numeric[0], None) if numeric else (None, None)
-
-
-def axis_range(method: str, axis: str) -> tuple[float, float]:
-    """The range of an axis: the parameter's ui_range (the useful part of wide bounds), else its bounds."""
-    spec = get_method(method)
-    param = spec.param(axis.split(":", 1)[0])
-    if param is None:
-        raise SweepError(f"{method} has no parameter {axis!r}: vary one of {', '.join(axis_choices(method, []))}.")
-    if param.ui_range is not None:
-        return float(param.ui_range[0]), float(param.ui_range[1])
-    return (param.low if param.low is not None else 0.0, param.high if param.high is not None else 1.0)
-
-
-def apply_axis(settings: Mapping[str, Any], axis: str, value: float, sources: Sequence[str]) -> dict[str, Any]:
-    """A copy of the settings ({method, weights, params, seed}) with one setting set to `value`."""
-    out = copy.deepcopy(dict(settings))
-    out.setdefault("params", {})
-    if axis == WEIGHT_AXIS:
-        out["weights"] = [value] * len(sources)
-        if get_method(out["method"]).param("normalize") is not None:
-            out["params"]["normalize"] = False  # normalising divides equal weights out: the axis would do nothing
-    elif axis.startswith(WEIGHT_AXIS + ":"):
-        name = axis.split(":", 1)[1]
-        if name not in sources:
-            raise SweepError(f"No source named {name!r} to vary: choose one of {', '.join(sources)}.")
-        weights = list(out.get("weights") or [])
-        weights[list(sources).index(name)] = value
-        out["weights"] = weights
-    else:
-        out["params"][axis] = int(value) if get_method(out["method"]).param(axis).kind == "int" else value
-    return out
-
-
-def settings_grid(settings: Mapping[str, Any], sources: Sequence[str], rows: str | None, row_values: Sequence[float],
-                  columns: str | None = None, column_values: Sequence[float] = ()
-                  ) -> list[tuple[float | None, float | None, dict[str, Any]]]:
-    """(row value, column value, settings) for every grid point; an absent axis is one point (value None)."""
+def settings_grid(settings: MergeSettings | Mapping[str, Any], sources: Sequence[str], rows: str | None,
+                  row_values: Sequence[float], columns: str | None = None, column_values: Sequence[float] = ()
+                  ) -> list[GridPoint]:
+    """(row value, column value, settings) for every grid point, the settings as /merge takes them; an absent axis
+    is one point (value None). `rows` and `columns` are axis keys (evaluation.axes.axis_choices)."""
+    base = settings if isinstance(settings, MergeSettings) else MergeSettings.from_dict(dict(settings))
     if rows is not None and rows == columns:
         raise SweepError(f"Rows and columns both vary {rows!r}: choose two different settings (or no columns).")
-    choices = axis_choices(settings["method"], sources)
-    for axis in (rows, columns):
-        if axis is not None and axis not in choices:
-            raise SweepError(f"{settings['method']} has no setting {axis!r} to vary: choose one of "
+    choices = axis_choices(base.method, sources)
+    for key in (rows, columns):
+        if key is not None and key not in choices:
+            raise SweepError(f"{base.method} has no setting {key!r} to vary: choose one of "
                              f"{', '.join(choices) or '(none)'}.")
     points = []
     for r in (list(row_values) if rows else [None]):
         for c in (list(column_values) if columns else [None]):
-            point = dict(settings)
-            if rows:
-                point = apply_axis(point, rows, r, sources)
-            if columns:
-                point = apply_axis(point, columns, c, sources)
-            points.append((r, c, point))
+            point = Axis(rows).apply(base, r, sources) if rows else base
+            point = Axis(columns).apply(point, c, sources) if columns else point
+            points.append((r, c, point.to_dict()))
     return points
 
 
 def run_settings_sweep(
-    points: Sequence[tuple[float | None, float | None, Mapping[str, Any]]],
+    points: Sequence[GridPoint],
     build: Callable[[Mapping[str, Any]], tuple[Recipe, Recipe]],
     merger: LiveMerger | None,
     evaluator: Evaluator | None,
@@ -483,9 +463,9 @@ def run_settings_sweep(
     runner: Any = None,
     partial: Callable[[SweepResult], Any] | None = None,
 ) -> SweepResult:
-    """Merge and score each point's settings. `build(settings)` gives (recipe the merger runs, recipe to record):
-    the second names models as an export does, so the kept point's YAML is what was scored. `runner`, `partial`:
-    as run_sweep's."""
+    """Merge and score each point's settings. `axes`: the keys of the points' row and column values (as given to
+    settings_grid). `build(settings)` gives (recipe the merger runs, recipe to record): the second names models as
+    an export does, so the kept point's YAML is what was scored. `runner`, `partial`: as run_sweep's."""
     runner = runner or InProcessRunner(Scorer(merger, {"all": evaluator}))
     tasks = runner.tasks()
     _check_metric(metric, tasks)
@@ -493,16 +473,16 @@ def run_settings_sweep(
         raise SweepError("The sweep grid is empty: give at least one value per axis.")
     recipes = [build(p[2]) for p in points]  # fail on a bad setting before any work
     methods = list(dict.fromkeys(p[2]["method"] for p in points))
-    result = SweepResult(
-        metric=metric, methods=methods,
-        weights=list(dict.fromkeys(p[0] for p in points)), densities=list(dict.fromkeys(p[1] for p in points)),
-        tasks=tasks.task_names, axes=(axes[0] or "", axes[1]), where=runner.where,
+    rows = Axis(axes[0] or "", tuple(dict.fromkeys(p[0] for p in points)))
+    columns = Axis(axes[1], tuple(dict.fromkeys(p[1] for p in points))) if axes[1] else None
+    result = SweepResult.over(
+        rows, columns, metric=metric, methods=methods, tasks=tasks.task_names, where=runner.where,
         questions={t.name: t.inputs for t in tasks.tasks.values()},
         expected={t.name: t.answers for t in tasks.tasks.values()},
     )
     jobs = [PointJob(label=f"{axes[0]}={row} {axes[1]}={column}", recipe=merged_recipe,
                  seed=int(settings.get("seed") or 0),
-                 point={"method": settings["method"], "weight": row, "density": column, "recipe": recorded.to_dict(),
+                 point={"method": settings["method"], "row": row, "column": column, "recipe": recorded.to_dict(),
                         "settings": copy.deepcopy(dict(settings))})
             for (row, column, settings), (merged_recipe, recorded) in zip(points, recipes)]
     return _score_points(result, jobs, runner, progress, should_stop, partial)
@@ -520,11 +500,14 @@ def _score_points(result: SweepResult, jobs: Sequence[PointJob], runner: Any, pr
 
     def on_point(outcome: PointOutcome, done: int, total: int) -> None:
         if outcome.failed:
-            result.failed.append({**outcome.job.point, "label": outcome.job.label, "incident": outcome.incident})
+            point = dict(outcome.job.point)
+            values = result.by_key(point.pop("row"), point.pop("column"))
+            result.failed.append({**point, **values, "label": outcome.job.label, "incident": outcome.incident})
         else:
             result.points.append(SweepPoint(
                 **outcome.job.point, summary=outcome.summary, scores=outcome.scores, answers=outcome.answers,
-                seconds=outcome.seconds, worker=outcome.worker, attempts=outcome.attempts, incident=outcome.incident))
+                seconds=outcome.seconds, worker=outcome.worker, attempts=outcome.attempts, incident=outcome.incident,
+                axes=result.axes))
             order[id(result.points[-1])] = outcome.index
         result.seconds = time.perf_counter() - started
         if partial is not None:

@@ -7,7 +7,8 @@ import dataclasses
 
 import pytest
 
-from evaluation.sweep import axis_choices, default_axes, point_recipe, sweepable
+from evaluation.axes import axis_choices, default_axes, sweepable
+from evaluation.sweep import point_recipe
 from merging.export import mergekit_export
 from merging.methods import params as P
 from merging.methods import registry

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from evaluation.axes import apply_axis, axis_choices, default_axes
 from evaluation.errors import SweepError
-from evaluation.sweep import apply_axis, axis_choices, default_axes, settings_grid
+from evaluation.sweep import settings_grid
 
 SOURCES = ["math", "japanese"]
 BASE = {"method": "ties", "weights": [0.5, 0.5], "params": {"density": 0.5, "normalize": True}, "seed": 3}

@@ -13,18 +13,11 @@ import gradio as gr
 
 from evaluation import load_tasks
 from evaluation.agreement import Evaluator
-from evaluation.charts import _axis_title, sweep_heatmap
+from evaluation.axes import Axis, axis_choices, axis_range, default_axes
 from evaluation.charts import agreement_figure as chart
+from evaluation.charts import sweep_heatmap
 from evaluation.results import write_results
-from evaluation.sweep import (
-    axis_choices,
-    axis_range,
-    default_axes,
-    grid_size,
-    parse_grids,
-    run_settings_sweep,
-    settings_grid,
-)
+from evaluation.sweep import grid_size, parse_grids, run_settings_sweep, settings_grid
 from evaluation.tasks import tasks_for_experts
 from inference import LoadedModel
 from merging.errors import MergeLabError, TaskSetError
@@ -144,7 +137,7 @@ def sweep_base_settings(session: Session, method: str) -> dict[str, Any]:
         params[fraction.name] = current.params[carried.name]  # density ↔ select_topk: one setting, two names
     n = len(session.sources)
     weights = []
-    if spec.param("weight") is not None:
+    if spec.by_role("weight") is not None:
         weights = list(current.weights) if current is not None and len(current.weights) == n else [0.5] * n
     return MergeSettings(method, weights, params, current.seed if current else 0).to_dict()
 
@@ -153,7 +146,7 @@ def default_grid(method: str, axis: str | None) -> str:
     """Five points across an axis's declared range (weights: 0.2 to 1)."""
     if not axis or axis == NO_AXIS:
         return ""
-    if axis.startswith("weight"):
+    if Axis(axis).sets_weights:
         return "0.2:1.0:0.2"
     low, high = axis_range(method, axis)
     step = (high - low) / 5
@@ -271,10 +264,9 @@ def search(session: Session, config: HostConfig, method: str = "ties", metric: s
 
 def point_text(result: Any, point: Any) -> str:
     """'λ 1 · density 0.5 → accuracy 65%' for a point of a sweep."""
-    rows, columns = result.axes
-    parts = [f"{_axis_title(rows)} {point.weight:g}"]
-    if columns:
-        parts.append(f"{_axis_title(columns)} {point.density:g}")
+    parts = [f"{result.rows.title} {point.row:g}"]
+    if result.columns is not None:
+        parts.append(f"{result.columns.title} {point.column:g}")
     value = point.value(result.metric)
     return f"{' · '.join(parts)} → {result.metric} {'–' if value is None else f'{value:.0%}'}"
 

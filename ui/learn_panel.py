@@ -22,12 +22,12 @@ from merging.learned.api import describe_run, learn_merge
 from merging.learned.inputs import read_inputs
 from merging.learned.recipe_io import recipe_dict
 from merging.recipe import Recipe
+from merging.settings import MergeSettings
 from merging.sources import open_model
 from ui.evaluate_panel import evaluator_for, task_set_for
 from ui.feedback import guarded
 from ui.fields import choice_field, number_field
 from ui.hosting import HostConfig
-from ui.merge_record import MergeSettings
 from ui.resources import device, on_gpu
 from ui.session import Session
 from ui.workspace import build_recipe, require_models, write_learned

@@ -15,6 +15,7 @@ from typing import Any
 
 import gradio as gr
 
+from evaluation.axes import TRIAL, Axis
 from evaluation.charts import search_figure  # noqa: F401 - the panel draws it from here
 from evaluation.runner import RAY_MISSING, InProcessRunner, RayRunner, Scorer, WorkerSpec, ray_available
 from evaluation.search import HELD_OUT, SEARCH, Candidate, SearchSpace, run_search, split_tasks
@@ -186,13 +187,15 @@ def _comparison_grid(base: dict[str, Any], labels: list[str], space: SearchSpace
 
 def as_sweep(result: Any, tasks: list[str]) -> SweepResult:
     """The search's proposals as sweep points (row: the trial number), best first by the search split's metric."""
-    sweep = SweepResult(metric=result.metric, methods=[result.method], weights=[], densities=[], tasks=tasks,
-                        axes=("trial", None), where=result.where, seconds=result.seconds)
-    for number, trial in enumerate(result.trials):
-        sweep.points.append(SweepPoint(method=result.method, weight=float(number), density=None,
+    trials = Axis(TRIAL, tuple(float(number) for number in range(len(result.trials))))
+    sweep = SweepResult.over(trials, None, metric=result.metric, methods=[result.method], tasks=tasks,
+                             where=result.where, seconds=result.seconds)
+    for number, trial in zip(trials.values, result.trials, strict=True):
+        sweep.points.append(SweepPoint(method=result.method, row=number, column=None,
                                        recipe=trial.recorded.to_dict(), summary=trial.summary,
                                        scores=trial.scores, answers={}, seconds=trial.seconds,
-                                       settings=trial.settings, worker=trial.worker, incident=trial.incident))
+                                       settings=trial.settings, worker=trial.worker, incident=trial.incident,
+                                       axes=sweep.axes))
     return sweep
 
 
