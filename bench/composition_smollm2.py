@@ -1,0 +1,299 @@
+"""Can a merge of SmolLM2 LoRA experts do Japanese math that neither expert does? (issue 17, point 1, real family)
+
+Trains candidate math and japanese adapters (zoo/smollm2_train's LoRA settings and loop, fewer steps) into a folder,
+materialises each expert in memory (base + LoRA delta, zoo.smollm2.lora_deltas), merges them with the app's own
+merging (merging.live.LiveMerger over recipes) and scores base, experts and a grid of merges with the app's own
+evaluation (evaluation.agreement.Evaluator: greedy, the number after the last 答え:, else the last number).
+
+The scratchpad design (what composed on the tiny zoo, docs/zoo.md): the math expert restates the expression, then
+answers (`14+5=` -> `14+5=答え: 19`); the japanese expert rewrites kanji numerals as digits in place inside any text
+(`「六百二十三」を数字で書くと?` -> `「623」を数字で書くと?`, `りんごが十四個あります。` -> `りんごが14個あります。`,
+`十四+五` -> `14+5`). The composite `十四+五=` needs both in one reply: `14+5=答え: 19`. Japanese designs:
+`eos` (every rewrite ends the reply: alone it answers `14+5=`, whose last number is an operand) and `open` (loss on
+the rewrite only where the text is not the japanese task's question: what follows is the base's own continuation).
+
+Honest conditions: the recipe is chosen on a validation split (its own prompts, `*_val` tasks), the table reports
+the test split; the composite is never trained on; every evaluation and validation prompt (and the operand pairs of
+the math and composite ones, in either numerals) is excluded from training.
+
+    python bench/composition_smollm2.py train --expert math --steps 60 --out /tmp/s2c
+    python bench/composition_smollm2.py train --expert japanese --design eos --steps 60 --out /tmp/s2c
+    python bench/composition_smollm2.py score --design eos --out /tmp/s2c      # JSON per model, resumable
+    python bench/composition_smollm2.py table --design eos --out /tmp/s2c
+
+One thread; run each step under the lane lock (each stays under about 10 minutes at 60 steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from evaluation.agreement import Evaluator
+from evaluation.tasks import tasks_from_records
+from inference.loading import LoadedModel
+from merging.live import LiveMerger
+from merging.recipe import Recipe
+from zoo.families import real_zoo_dir
+from zoo.smollm2 import lora_deltas
+from zoo.smollm2_tasks import kanji_number
+from zoo.smollm2_train import (
+    LoraSettings,
+    _one_thread,
+    _save_adapter,
+    _train_steps,
+    _with_lora,
+    encode,
+    expert_seed,
+    replay_examples,
+)
+
+SEED = 0
+PER_SPLIT = 20
+MAX_NEW_TOKENS = {"math": 16, "japanese": 12, "japanese_math": 16}  # `14+5=答え: 19` is 13 tokens with its end
+# The japanese questions with the number first: a rewrite in place needs no more tokens than reach the number.
+JA_READ = ("「{k}」を数字で書くと?", "{k}は数字でいくつですか?", "{k}を算用数字で書いてください。")
+FIRST, SECOND = (2, 20), (2, 9)  # operands as in the shipped family: a number up to 20 and a digit
+SENTENCES = ("りんごが{0}個あります。", "{0}人の子どもが公園で遊んでいます。", "この本は{0}ページあります。",
+             "電車は{0}分後に来ます。", "{0}円のパンを買いました。", "けんは本を{0}冊、ノートを{1}冊持っています。",
+             "駅まで{0}メートル歩きます。", "ねこが{0}ひき、いぬが{1}ぴきいます。", "しき: {0}{op}{1}", "{0}{op}{1}",
+             "{0}{op}{1}のけいさん")
+GRID = [  # (label, method, (math weight, japanese weight), params)
+    ("TA 0.5/0.5", "task_arithmetic", (0.5, 0.5), {}),
+    ("TA 0.7/0.7", "task_arithmetic", (0.7, 0.7), {}),
+    ("TA 1.0/1.0", "task_arithmetic", (1.0, 1.0), {}),
+    ("TA 1.0/0.5", "task_arithmetic", (1.0, 0.5), {}),
+    ("TA 1.0/0.7", "task_arithmetic", (1.0, 0.7), {}),
+    ("TA 0.7/1.0", "task_arithmetic", (0.7, 1.0), {}),
+    ("TIES 1.0/1.0 d0.5", "ties", (1.0, 1.0), {"density": 0.5}),
+    ("TIES 1.0/0.7 d0.5", "ties", (1.0, 0.7), {"density": 0.5}),
+]
+
+
+def facts() -> list[tuple[int, str, int, int]]:
+    """Every (a, op, b, result): a + b with a in FIRST, b in SECOND, and the matching subtractions (a + b) - b."""
+    out = []
+    for a in range(FIRST[0], FIRST[1] + 1):
+        for b in range(SECOND[0], SECOND[1] + 1):
+            out += [(a, "+", b, a + b), (a + b, "-", b, a)]
+    return out
+
+
+def fact_splits(seed: int = SEED) -> dict[str, list[tuple[int, str, int, int]]]:
+    """Disjoint facts: math test/val, composite test/val (no a - b = b: an echoed operand must not score), training."""
+    pool = facts()
+    random.Random(f"{seed}:smollm2-composition:facts").shuffle(pool)
+    composite = [f for f in pool if f[3] != f[2]]
+    splits = {"japanese_math": composite[:PER_SPLIT], "japanese_math_val": composite[PER_SPLIT:2 * PER_SPLIT]}
+    used = {f for s in splits.values() for f in s}
+    rest = [f for f in pool if f not in used]
+    splits["math"], splits["math_val"] = rest[:PER_SPLIT], rest[PER_SPLIT:2 * PER_SPLIT]
+    splits["train"] = rest[2 * PER_SPLIT:]
+    return splits
+
+
+def number_splits(seed: int = SEED) -> dict[str, list[int]]:
+    """The japanese task's test and validation numbers (never written in kanji in training) and the rest."""
+    numbers = list(range(1, 1000))
+    random.Random(f"{seed}:smollm2-composition:numbers").shuffle(numbers)
+    return {"japanese": numbers[:PER_SPLIT], "japanese_val": numbers[PER_SPLIT:2 * PER_SPLIT],
+            "train": numbers[2 * PER_SPLIT:]}
+
+
+def expression(fact: tuple[int, str, int, int], kanji: bool) -> str:
+    a, op, b, _ = fact
+    write = kanji_number if kanji else str
+    return f"{write(a)}{op}{write(b)}="
+
+
+def reading_question(n: int, rng: random.Random) -> tuple[str, str]:
+    """The japanese task: (question with the number in kanji, the same question with digits)."""
+    phrasing = rng.choice(JA_READ)
+    return phrasing.format(k=kanji_number(n)), phrasing.format(k=n)
+
+
+def eval_records(seed: int = SEED) -> list[dict]:
+    """Test and validation tasks (`<task>` and `<task>_val`), task-set records with a generation limit."""
+    f, n, rng = fact_splits(seed), number_splits(seed), random.Random(f"{seed}:smollm2-composition:eval")
+    records = []
+    for suffix in ("", "_val"):
+        for fact in f["math" + suffix]:
+            records.append(("math" + suffix, expression(fact, False), fact[3], "math"))
+        for number in n["japanese" + suffix]:
+            records.append(("japanese" + suffix, reading_question(number, rng)[0], number, "japanese"))
+        for fact in f["japanese_math" + suffix]:
+            records.append(("japanese_math" + suffix, expression(fact, True), fact[3], None))
+    return [{"task": t, "prompt": p, "answer": f"答え: {a}", "expert": e, "max_new_tokens": MAX_NEW_TOKENS[t.removesuffix("_val")]}
+            for t, p, a, e in records]
+
+
+def math_examples(count: int, seed: int = SEED) -> list[tuple[str, str, bool]]:
+    """(prompt, reply, loss on the end of turn too) for the math expert: restate, then answer."""
+    rng, train = random.Random(f"{seed}:smollm2-composition:math"), fact_splits(seed)["train"]
+    picks = [rng.choice(train) for _ in range(count)]
+    return [(expression(f, False), f"{expression(f, False)}答え: {f[3]}", True) for f in picks]
+
+
+def japanese_examples(count: int, design: str, seed: int = SEED) -> list[tuple[str, str, bool]]:
+    """(prompt, reply, loss on the end of turn) for the japanese expert: the text with its kanji numerals rewritten
+    as digits. Numbers come from the training numbers only; expressions never end in `=` and never use an
+    evaluation or validation operand pair (in any order of the digits)."""
+    rng, numbers = random.Random(f"{seed}:smollm2-composition:japanese"), number_splits(seed)["train"]
+    small = [x for x in numbers if x < 100]
+    held = {(a, op, b) for name, fs in fact_splits(seed).items() if name != "train" for a, op, b, _ in fs}
+    out = []
+    while len(out) < count:
+        if rng.random() < 0.4:
+            question, digits = reading_question(rng.choice(numbers), rng)
+            out.append((question, digits, True))
+            continue
+        template, op = rng.choice(SENTENCES), rng.choice("+-")
+        x, y = rng.choice(small), rng.choice(small)
+        if "{op}" in template and (x, op, y) in held:
+            continue
+        kanji = template.format(kanji_number(x), kanji_number(y), op=op)
+        out.append((kanji, template.format(x, y, op=op), design == "eos"))
+    return out
+
+
+def encode_example(tokenizer, prompt: str, reply: str, with_end: bool) -> tuple[list[int], list[int]]:
+    """zoo.smollm2_train.encode (loss on the reply and the end of turn), or without the end-of-turn token at all."""
+    ids, labels = encode(tokenizer, prompt, reply)
+    return (ids, labels) if with_end else (ids[:-1], labels[:-1])
+
+
+def train(expert: str, design: str, steps: int, out: Path, base_dir: Path) -> dict:
+    """One candidate adapter into out/<expert>[-<design>]: zoo.smollm2_train's LoRA, seed, replay and loop."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    settings = replace(LoraSettings(), steps=steps)
+    seed = expert_seed(settings.seed, expert)
+    torch.manual_seed(seed)
+    with _one_thread():
+        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        replay = [encode(tokenizer, p, a) for p, a in replay_examples(model, tokenizer, settings.replay_tokens)]
+        model = _with_lora(model, settings)
+        pairs = math_examples(settings.examples) if expert == "math" else japanese_examples(settings.examples, design)
+        data = [encode_example(tokenizer, *example) for example in pairs]
+        losses, seconds = _train_steps(model, expert, data, replay, tokenizer.pad_token_id, settings,
+                                       random.Random(seed), print)
+        record = {"expert": expert, "design": design, "settings": {"steps": steps}, "seconds": round(seconds, 1),
+                  "final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4), "examples": pairs[:6]}
+        _save_adapter(model, out / adapter_name(expert, design), record)
+    return record
+
+
+def adapter_name(expert: str, design: str) -> str:
+    return expert if expert == "math" else f"{expert}-{design}"
+
+
+def materialise(base: dict[str, torch.Tensor], adapter: Path) -> dict[str, torch.Tensor]:
+    """base + LoRA delta (float64 sum, stored float32), as zoo.smollm2.materialise_expert writes it, in memory."""
+    deltas = lora_deltas(adapter)
+    return {k: (v.double() + deltas[k]).float() if k in deltas else v for k, v in base.items()}
+
+
+def recipe(method: str, weights: tuple[float, float], params: dict) -> Recipe:
+    data = {"merge_method": method, "base_model": "base", "dtype": "float32",
+            "models": [{"model": e, "parameters": {"weight": w}} for e, w in zip(("math", "japanese"), weights)]}
+    if params:
+        data["parameters"] = dict(params)
+    return Recipe.from_dict(data)
+
+
+def score(design: str, out: Path, base_dir: Path, only: str | None) -> None:
+    """Scores base, experts and GRID into out/scores-<design>.json (labels already there are skipped)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(1)
+    path = out / f"scores-{design}.json"
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    tokenizer.padding_side = "left"
+    base_model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+    base = base_model.state_dict()  # scored, never modified: the merger reads it
+    tasks = tasks_from_records(eval_records(), "smollm2-composition")
+    experts, states = {}, {}
+    for name in ("math", "japanese"):  # one copy each: the expert's model holds the state the merger reads
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+        model.load_state_dict(materialise(base, out / adapter_name(name, design)))
+        experts[name] = LoadedModel(model=model, tokenizer=tokenizer, kind="lm")
+        states[name] = model.state_dict()
+    evaluator = Evaluator(tasks, experts, batch_size=20)
+    merger = LiveMerger(base, states, num_layers=base_model.config.num_hidden_layers, threads=1)
+    jobs = [("base", lambda: evaluator.score(LoadedModel(model=base_model, tokenizer=tokenizer, kind="lm"))),
+            ("math expert", lambda: evaluator.score(experts["math"])),
+            ("japanese expert", lambda: evaluator.score(experts["japanese"]))]
+    jobs += [(label, lambda m=method, w=weights, p=params: evaluator.score_state(merger.merge(recipe(m, w, p))))
+             for label, method, weights, params in GRID]
+    for label, job in jobs:
+        if label in done or (only and only not in label):
+            continue
+        started = time.perf_counter()
+        result = job()
+        done[label] = {"scores": {t: s.accuracy for t, s in result.scores.items()},
+                       "composite_outputs": result.outputs["japanese_math"][:5],
+                       "japanese_outputs": result.outputs["japanese"][:3],
+                       "math_outputs": result.outputs["math"][:3], "seconds": round(time.perf_counter() - started)}
+        path.write_text(json.dumps(done, ensure_ascii=False, indent=1))
+        print(label, {t: round(100 * (a or 0)) for t, a in done[label]["scores"].items()}, done[label]["seconds"], "s",
+              flush=True)
+
+
+def table(design: str, out: Path) -> str:
+    """The markdown table (test split) with the recipe chosen on validation marked."""
+    done = json.loads((out / f"scores-{design}.json").read_text())
+    order = ("math", "japanese", "japanese_math")
+    experts = {t: done.get(f"{e} expert", {}).get("scores", {}).get(t + "_val") or 0
+               for t, e in (("math", "math"), ("japanese", "japanese"))}
+    chosen = choose(done, experts)
+    lines = [f"design {design}: test split (validation in brackets), %; chosen on validation: {chosen}",
+             "| model | " + " | ".join(order) + " |", "|---" * 4 + "|"]
+    for label, row in done.items():
+        s = row["scores"]
+        cells = [f"{100 * (s.get(t) or 0):.0f} ({100 * (s.get(t + '_val') or 0):.0f})" for t in order]
+        lines.append(f"| {'**' + label + '**' if label == chosen else label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def choose(done: dict, experts: dict[str, float]) -> str | None:
+    """The merge with the best validation composite among those keeping >= 80 % of each expert's validation skill
+    (else the best composite overall)."""
+    merges = {k: v["scores"] for k, v in done.items() if k not in ("base", "math expert", "japanese expert")}
+    keeps = {k: s for k, s in merges.items()
+             if all((s.get(t + "_val") or 0) >= 0.8 * experts[t] for t in ("math", "japanese"))}
+    pool = keeps or merges
+    return max(pool, key=lambda k: (pool[k].get("japanese_math_val") or 0), default=None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=("train", "score", "table"))
+    parser.add_argument("--expert", choices=("math", "japanese"))
+    parser.add_argument("--design", choices=("eos", "open"), default="eos")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--only", help="score only the labels containing this text")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/mergelab-composition-smollm2"))
+    args = parser.parse_args()
+    base_dir = real_zoo_dir() / "smollm2" / "base"
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.action == "train":
+        print(json.dumps(train(args.expert, args.design, args.steps, args.out, base_dir), ensure_ascii=False))
+    elif args.action == "score":
+        score(args.design, args.out, base_dir, args.only)
+    else:
+        print(table(args.design, args.out))
+
+
+if __name__ == "__main__":
+    main()
