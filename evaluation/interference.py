@@ -17,6 +17,9 @@ from typing import Any
 import torch
 
 from merging.errors import CompatibilityError, MergeLabError
+from merging.methods.task_arithmetic import TIES_MEAN
+from merging.recipe import Recipe
+from merging.step import MergeStep
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)\.")
 # First match wins: norms before the projections whose names they contain (BERT "attention.output.LayerNorm").
@@ -338,44 +341,97 @@ def random_conflict_rate(tasks: int) -> float:
     return 1.0 - 2.0 ** (1 - tasks)
 
 
+# Methods whose trimming is the deterministic top-`density` by magnitude that trim_mask computes: the example marks
+# the trimmed entries for them. (DARE and DELLA drop at random, breadcrumbs also drops the largest: not marked.)
+MAGNITUDE_TRIMMED = ("ties", "magnitude_prune")
+WORKED_BASE = "base"  # the base's name in the default recipe of a worked example
+
+
 @dataclass
 class WorkedExample:
-    """A few entries of one tensor's task vectors, as TIES handles them: which are trimmed, the elected sign, the
-    merged value. `rows`: one dict per entry (index, each task's value, kept per task, elected sign, merged)."""
+    """A few entries of one tensor's task vectors, as a merge method handles them: the method's merged value (from
+    the registered method itself), and for the methods that do so, which entries trimming drops and the sign elected.
+    `rows`: one dict per entry (index, each task's value, kept per task or None, whether the signs conflict, the
+    elected sign or None, the merged task vector's value). `weights`: each task's weight; `density`: None when the
+    method keeps every entry."""
 
     tensor: str
     tasks: list[str]
-    density: float
+    density: float | None
     rows: list[dict[str, Any]]
+    method: str = "ties"
+    weights: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tensor": self.tensor, "tasks": self.tasks, "density": self.density, "rows": self.rows}
+        return {"tensor": self.tensor, "tasks": self.tasks, "density": self.density, "rows": self.rows,
+                "method": self.method, "weights": self.weights}
+
+
+def ties_recipe(tasks: Sequence[str], density: float) -> Recipe:
+    """TIES at `density` with every weight 1 and λ 1 over `tasks` (the worked example's default)."""
+    return Recipe.from_dict({"merge_method": "ties", "base_model": WORKED_BASE, "parameters": {"density": density},
+                             "models": [{"model": t, "parameters": {"weight": 1.0}} for t in tasks]})
 
 
 def worked_example(base: Mapping[str, torch.Tensor], experts: Mapping[str, Mapping[str, torch.Tensor]], name: str,
-                   *, density: float = 0.5, entries: int = 6) -> WorkedExample:
+                   *, density: float = 0.5, entries: int = 6, recipe: Recipe | None = None, num_layers: int = 1,
+                   seed: int = 0) -> WorkedExample:
     """`entries` entries of tensor `name` where the first two task vectors disagree in sign (the largest such
-    disagreements first, then agreements to fill), with what TIES does to each: trim each task vector to its top
-    `density` by magnitude (over the whole tensor), elect the sign of the kept values' sum, and average the kept
-    values that have the elected sign (weights 1)."""
+    disagreements first, then agreements to fill), with what `recipe`'s method makes of each (default: TIES at
+    `density`, weights 1). The recipe names the models as `experts` does (its base as `WORKED_BASE`, or any name not
+    among the experts); the merged value comes from merging.step.MergeStep, as the engine and live merging compute
+    it (`num_layers` and `seed` as theirs). For TIES and magnitude_prune the trimmed entries are marked (the top
+    share by magnitude over the whole tensor); for methods that elect a sign per entry, the elected sign is the
+    merged value's."""
     tasks = list(experts)
     vectors = _task_vectors(base, experts, tasks, name)
     if vectors is None or len(tasks) < 2:
         raise MergeLabError(f"{name} has no task vectors to show (not shared with the same shape by two experts).")
+    recipe = recipe if recipe is not None else ties_recipe(tasks, density)
+    step = MergeStep(recipe, num_layers, seed)
+    model_params, params = step.parameters(name)
+    own = _params_by_task(recipe, tasks, model_params)
+    kept_fraction = step.method.by_role("kept_fraction")
+    densities = [float(p[kept_fraction.name]) if kept_fraction is not None and p else None for p in own]
     flat = [v.reshape(-1) for v in vectors]
-    masks = [trim_mask(v, density) for v in flat]
+    trims = step.method.name in MAGNITUDE_TRIMMED and None not in densities
+    masks = [trim_mask(v, d) if trims else torch.ones_like(v, dtype=torch.bool) for v, d in zip(flat, densities)]
+    merged = (_merged_tensor(step, name, base, experts) - base[name].float()).reshape(-1)
+    # a sign-electing method's merged value has the elected sign, times the sign of its scale λ
+    elects = TIES_MEAN in step.method.formula
+    flip = -1.0 if float(params.get("lambda", 1.0)) < 0 else 1.0
+    rows = [_entry(i, flat, masks if trims else None, tasks, float(merged[i]), elects, flip)
+            for i in _chosen_entries(flat, masks, entries)]
+    weights = {t: float(p.get("weight", 1.0)) for t, p in zip(tasks, own, strict=True)}
+    return WorkedExample(name, tasks, densities[0], rows, step.method.name, weights)
+
+
+def _merged_tensor(step: MergeStep, name: str, base: Mapping[str, torch.Tensor],
+                   experts: Mapping[str, Mapping[str, torch.Tensor]]) -> torch.Tensor:
+    """The recipe's merge of tensor `name` (the recipe's inputs by name: the experts, any other name the base)."""
+    tensors = [experts.get(m, base)[name] for m in step.recipe.merge_inputs()]
+    return step(name, base[name] if step.uses_base else None, tensors).float()
+
+
+def _params_by_task(recipe: Recipe, tasks: list[str], model_params: list[dict]) -> list[dict]:
+    """Each task's own resolved parameters at this tensor ({} for a task the recipe does not merge)."""
+    by_input = dict(zip(recipe.merge_inputs(), model_params, strict=True))
+    return [by_input.get(t, {}) for t in tasks]
+
+
+def _chosen_entries(flat: list[torch.Tensor], masks: list[torch.Tensor], entries: int) -> list[int]:
+    """The strongest conflicts between the first two task vectors, the strongest conflict trimming settles by
+    dropping one side, the strongest agreement; then more conflicts to fill `entries`."""
     first, second = flat[0], flat[1]
     conflict = (first * second) < 0
     strength = torch.minimum(first.abs(), second.abs())
     one_trimmed = conflict & (masks[0] ^ masks[1])
     agree = (first * second) > 0
-    # the strongest conflicts, the strongest conflict TIES settles by trimming one side, the strongest agreement
     picks = _strongest(conflict, strength, max(1, entries - 2)) + _strongest(one_trimmed, strength, 1) \
         + _strongest(agree, strength, 1)
     chosen = list(dict.fromkeys(picks))
     chosen += [i for i in _strongest(conflict, strength, entries) if i not in chosen][: entries - len(chosen)]
-    rows = [_ties_entry(i, flat, masks, tasks) for i in chosen[:entries]]
-    return WorkedExample(name, tasks, density, rows)
+    return chosen[:entries]
 
 
 def _strongest(where: torch.Tensor, strength: torch.Tensor, count: int) -> list[int]:
@@ -385,14 +441,12 @@ def _strongest(where: torch.Tensor, strength: torch.Tensor, count: int) -> list[
     return [int(i) for i in top if bool(where[i])]
 
 
-def _ties_entry(index: int, flat: list[torch.Tensor], masks: list[torch.Tensor], tasks: list[str]) -> dict[str, Any]:
+def _entry(index: int, flat: list[torch.Tensor], masks: list[torch.Tensor] | None, tasks: list[str], merged: float,
+           elects: bool, flip: float = 1.0) -> dict[str, Any]:
     values = [float(v[index]) for v in flat]
-    kept = [bool(m[index]) for m in masks]
-    total = sum(v for v, k in zip(values, kept) if k)
-    elected = 1 if total > 0 else -1 if total < 0 else 0
-    agreeing = [v for v, k in zip(values, kept) if k and v * elected > 0]
-    merged = sum(agreeing) / len(agreeing) if agreeing else 0.0
-    return {"index": index, "values": dict(zip(tasks, values)), "kept": dict(zip(tasks, kept)),
+    kept = None if masks is None else dict(zip(tasks, (bool(m[index]) for m in masks), strict=True))
+    elected = (1 if merged * flip > 0 else -1 if merged * flip < 0 else 0) if elects else None
+    return {"index": index, "values": dict(zip(tasks, values, strict=True)), "kept": kept,
             "conflict": any(v > 0 for v in values) and any(v < 0 for v in values), "elected": elected,
             "merged": merged}
 

@@ -1,5 +1,6 @@
 """The Lesson tab on the tiny LM zoo: the task vectors' cosine, conflicts per layer beside the random line, a worked
-example from the most conflicting tensor (what TIES does to real entries), and the merge's score per task."""
+example from the most conflicting tensor (what the scored merge's method does to real entries), and the merge's score
+per task."""
 
 from __future__ import annotations
 
@@ -24,9 +25,46 @@ def test_the_lesson_walks_from_two_experts_to_the_merges_score(tmp_path):
         assert elections.data[0].y[layer] + elections.data[1].y[layer] == pytest.approx(1.0)
     assert cosine.data[0].z[0][0] == pytest.approx(1.0)
     assert conflicts.layout.shapes[0].y0 == random_conflict_rate(2)
-    assert "| entry | τ math | τ japanese |" in example and "conflict" in example and "trimmed" in example
+    # the preset starts with task arithmetic, which the lesson then scores: the worked example merges that way
+    assert "| entry | τ math | τ japanese | signs | merged τ |" in example and "conflict" in example
+    assert "merged by **task_arithmetic**" in example and "trimmed" not in example and "elected" not in example
     assert "No score yet" in score
     merge_panel.merge_if_none(session, config)
     evaluate(session, config, None, 5)
     table = interference_panel.lesson_score_markdown(session)
     assert f"merge #{session.merge.version}" in table and "| math |" in table
+
+
+def test_the_worked_example_merges_as_the_scored_merge_does(tmp_path):
+    """Task arithmetic (the preset's start), then TIES at other weights: each time the example's merged values are
+    the scored merge's own weights (the live merge of the same settings) less the base, at the example's entries;
+    TIES marks trimmed entries and the elected sign, task arithmetic neither."""
+    from evaluation.folder_state import LazyFolderState
+    from evaluation.interference import worked_example
+
+    config = HostConfig.detect(hosted=False, models_dir=tmp_path / "models")
+    session = new_session()
+    models_panel.check_models(session, config, models_panel.ModelsChoice("Zoo", "lm", ["math", "japanese"], "", ""))
+    base = LazyFolderState(session.base.path)
+    experts = {s.label: LazyFolderState(s.path) for s in session.sources}
+    name = "model.layers.1.mlp.down_proj.weight"
+    ties = {"method": "ties", "weights": [0.7, 0.4], "params": {"density": 0.5, "lambda": 1.0}, "seed": 0}
+    for settings in (None, ties):
+        if settings is None:
+            merge_panel.merge_if_none(session, config)
+        else:
+            merge_panel.run_merge(session, config, settings)
+        recipe, note = interference_panel.lesson_recipe(session, 0.5)
+        assert recipe.merge_method == session.merge.settings.method and note == ""  # the same density: no note
+        example = worked_example(base, experts, name, recipe=recipe, num_layers=base.source.num_layers)
+        merged = session.live.merge(recipe)[name].float().reshape(-1) - base[name].float().reshape(-1)
+        assert example.method == session.merge.settings.method and len(example.rows) == 6
+        for row in example.rows:
+            assert row["merged"] == pytest.approx(float(merged[row["index"]]), abs=1e-6)
+        marked = [row for row in example.rows if row["kept"] is not None and row["elected"] is not None]
+        assert len(marked) == (6 if settings is ties else 0)
+        text = interference_panel.lesson(session, config, 0.5)[2]
+        assert f"merged by **{example.method}**" in text and ("elected sign" in text) == (settings is ties)
+    assert example.weights == {"math": 0.7, "japanese": 0.4} and example.density == 0.5
+    _, other = interference_panel.lesson_recipe(session, 0.3)
+    assert "the scored merge uses 0.5" in other  # the lesson's slider differs from the merge's density: said so

@@ -24,10 +24,13 @@ from evaluation.interference import (
     worked_example,
 )
 from merging.errors import MergeLabError
+from merging.methods.registry import get_method
+from merging.recipe import Recipe
+from merging.settings import MergeSettings
 from ui.feedback import guarded
 from ui.hosting import HostConfig
 from ui.session import Session
-from ui.workspace import require_models
+from ui.workspace import build_recipe, require_models
 
 
 def interference(session: Session, config: HostConfig, density: float = 0.5, progress: Any = None) -> dict:
@@ -91,30 +94,61 @@ LESSON_INTRO = """## From two experts to one merged model
 2. **Where they disagree.** An entry of the weights that one expert raised and another lowered has a *sign
    conflict*: a plain average cancels both. The bars show the share of such entries per layer; the dashed line is
    what unrelated, random task vectors would give. Bars under the line: the experts pull together more than chance.
-3. **One tensor up close.** Real numbers from the layer that conflicts most: TIES keeps each task vector's largest
-   entries (the density), elects one sign per entry (the sign of the kept values' sum), and averages only the kept
-   values that agree with it. The loser's value is dropped.
+3. **One tensor up close.** Real numbers from the layer that conflicts most, merged by the method of the merge the
+   lesson scores (the Merge tab's). Task arithmetic adds the weighted task vectors, so opposite values cancel;
+   TIES keeps each task vector's largest entries (the density), elects one sign per entry (the sign of the kept
+   values' sum), and averages only the kept values that agree with it: the loser's value is dropped.
 4. **Who pays for each layer's conflicts.** Per layer, the share of the contested entries each task's sign wins;
    where a task loses, its expert's change is dropped. Then the merge's accuracy per task beside each expert's: the
    task that loses most elections is the one to watch.
 """
 
 
-def lesson_example_markdown(example: Any) -> str:
-    """The worked example as a table a class can follow."""
-    first, second = example.tasks[:2]
+SIGN_NAMES = {1: "+", -1: "−", 0: "none"}
 
-    def kept(row: dict, task: str) -> str:
-        return f"{row['values'][task]:+.4f}" if row["kept"][task] else f"~~{row['values'][task]:+.4f}~~ trimmed"
 
-    lines = [f"**{example.tensor}**, TIES at density {example.density:g} (weights 1):", "",
-             f"| entry | τ {first} | τ {second} | signs | elected sign | merged τ |", "|---|---|---|---|---|---|"]
+def lesson_example_markdown(example: Any, note: str = "") -> str:
+    """The worked example as a table a class can follow: each task's value, what trimming drops and the sign elected
+    (for the methods that do either), and the merged value; headed by the method, its settings and its rule."""
+    method = get_method(example.method)
+    settings = ", ".join(f"{t} {w:g}" for t, w in example.weights.items())
+    density = "" if example.density is None else f" at density {example.density:g}"
+    elects = any(row["elected"] is not None for row in example.rows)
+
+    def value(row: dict, task: str) -> str:
+        trimmed = row["kept"] is not None and not row["kept"][task]
+        return f"~~{row['values'][task]:+.4f}~~ trimmed" if trimmed else f"{row['values'][task]:+.4f}"
+
+    heading = (f"**{example.tensor}**, merged by **{method.name}**{density} (weights {settings}){note}: "
+               f"{method.explanation}")
+    lines = [heading, "", f"`{method.formula}`", "",
+             "| entry | " + " | ".join(f"τ {t}" for t in example.tasks) + " | signs | "
+             + ("elected sign | " if elects else "") + "merged τ |",
+             "|---" * (len(example.tasks) + 3 + elects) + "|"]
     for row in example.rows:
         signs = "**conflict**" if row["conflict"] else "agree"
-        elected = {1: "+", -1: "−", 0: "none"}[row["elected"]]
-        lines.append(f"| {row['index']} | {kept(row, first)} | {kept(row, second)} | {signs} | {elected} | "
-                     f"{row['merged']:+.4f} |")
+        elected = f"{SIGN_NAMES[row['elected']]} | " if elects else ""
+        lines.append(f"| {row['index']} | " + " | ".join(value(row, t) for t in example.tasks)
+                     + f" | {signs} | {elected}{row['merged']:+.4f} |")
     return "\n".join(lines)
+
+
+def lesson_recipe(session: Session, density: float) -> tuple[Recipe | None, str]:
+    """The merge the lesson teaches: the current merge's settings (else the Merge tab's starting ones), at the
+    lesson's density when the method keeps a share of entries, as a recipe naming the models by label; and a note
+    when that density is not the merge's own. (None, note) when nothing is set up yet: TIES at that density."""
+    settings = session.merge_settings
+    if settings is None:
+        return None, " (no merge set up yet: TIES, weights 1)"
+    kept = get_method(settings.method).by_role("kept_fraction")
+    params, note = dict(settings.params), ""
+    if kept is not None:
+        own = params.get(kept.name)
+        if own is not None and float(own) != float(density):
+            note = f" (the lesson's density; the scored merge uses {float(own):g})"
+        params[kept.name] = float(density)
+    changed = MergeSettings(settings.method, list(settings.weights), params, settings.seed)
+    return build_recipe(session, changed), note
 
 
 def lesson_score_markdown(session: Session) -> str:
@@ -135,14 +169,17 @@ def lesson_score_markdown(session: Session) -> str:
 
 def lesson(session: Session, config: HostConfig, density: float = 0.5, progress: Any = None) -> list[Any]:
     """The lesson's charts and tables: cosine, conflicts per layer with the random line, the worked example from the
-    most conflicting tensor, and the merge's score."""
+    most conflicting tensor (merged by the scored merge's method, lesson_recipe), and the merge's score."""
     report = interference(session, config, density, progress)
     base = LazyFolderState(session.base.path)
     experts = {s.label: LazyFolderState(s.path) for s in session.sources}
     name = most_conflicting_tensor(base, experts, report)
-    example = worked_example(base, experts, name, density=float(density))
+    recipe, note = lesson_recipe(session, float(density))
+    seed = session.merge_settings.seed if session.merge_settings is not None else 0
+    example = worked_example(base, experts, name, density=float(density), recipe=recipe,
+                             num_layers=base.source.num_layers, seed=seed)
     reference = random_conflict_rate(len(report["tasks"]))
-    return [cosine_heatmap(report), conflict_by_layer_figure(report, reference), lesson_example_markdown(example),
+    return [cosine_heatmap(report), conflict_by_layer_figure(report, reference), lesson_example_markdown(example, note),
             election_figure(report), lesson_score_markdown(session)]
 
 
