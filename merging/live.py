@@ -285,8 +285,8 @@ class LiveMerger:
         chosen = recipe.out_dtype or recipe.dtype
         return DTYPES[chosen] if chosen in DTYPES else self.source_dtype()
 
-    def _inputs(self, recipe: Recipe) -> list[str]:
-        inputs = recipe.merge_inputs()
+    def _loaded(self, inputs: list[str], recipe: Recipe) -> list[str]:
+        """The merge inputs, each one this merger holds (RecipeError naming any it does not)."""
         known = set(self.models) | ({recipe.base_model} if recipe.base_model else set())
         missing = [m for m in inputs if m not in known]
         if missing:
@@ -310,7 +310,7 @@ class LiveMerger:
         yielded shares its storage) where the output dtype is float32 too."""
         validate_recipe(recipe)
         step = MergeStep(recipe, self.num_layers, seed=seed, device=self.device)
-        sources = [self._source(key, recipe.base_model) for key in self._inputs(recipe)]
+        sources = [self._source(key, recipe.base_model) for key in self._loaded(step.inputs, recipe)]
         base_in = [(self.base, self.base_streamed)] if step.uses_base else []
         fixed = DTYPES.get(recipe.out_dtype or recipe.dtype or "")
         inputs = _Inputs(DTYPES.get(recipe.dtype or ""), self.device)

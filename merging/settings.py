@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from merging.errors import RecipeError
-from merging.methods.registry import get_method
+from merging.methods.registry import Method, get_method
 
 
 @dataclass
@@ -35,9 +35,9 @@ class MergeSettings:
         if unknown:
             raise RecipeError(f"Merge settings have unknown field(s) {_names(unknown)}: use method, weights, params "
                               f"and seed, like {SETTINGS_EXAMPLE}.")
-        method = _method_name(raw.get("method"))
-        return cls(method=method, weights=_weights(raw.get("weights")), params=_params(method, raw.get("params")),
-                   seed=_seed(raw.get("seed")))
+        method = _method(raw.get("method"))
+        return cls(method=method.name, weights=_weights(raw.get("weights")),
+                   params=_params(method, raw.get("params")), seed=_seed(raw.get("seed")))
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "weights": list(self.weights), "params": dict(self.params), "seed": self.seed}
@@ -74,12 +74,12 @@ def _number(value: Any, field: str) -> float:
     return float(value)
 
 
-def _method_name(value: Any) -> str:
+def _method(value: Any) -> Method:
     if not isinstance(value, str) or not value.strip():
         raise RecipeError(f'method must be a merge method\'s name such as "ties", not {_kind(value)}.')
     if len(value) > MAX_NAME_CHARS:
         raise RecipeError(f"method {_names([value])} is not a merge method: use one of the Merge tab's methods.")
-    return get_method(value.strip()).name  # an unknown name: RecipeError listing the methods
+    return get_method(value.strip())  # an unknown name: RecipeError listing the methods
 
 
 def _weights(value: Any) -> list[float]:
@@ -95,21 +95,20 @@ def _weights(value: Any) -> list[float]:
     return [_number(w, f"weights[{i}]") for i, w in enumerate(value)]
 
 
-def _params(method: str, value: Any) -> dict[str, Any]:
+def _params(spec: Method, value: Any) -> dict[str, Any]:
     """The method's own parameters, each a number, string or boolean: unknown names and nulls are refused."""
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise RecipeError(f'params must be an object of the method\'s parameters (like {{"density": 0.5}}), not '
                           f"{_kind(value)}.")
-    spec = get_method(method)
     known = [p.name for p in spec.params if p.role != "weight"]  # weights come as `weights`, one per source
     unknown = [str(k) for k in value if k not in known]
     if unknown or len(value) > MAX_SETTINGS_PARAMS:
         hint = " (per-model weights go in `weights`)" if "weight" in unknown else ""
         what = f"{_names(unknown)} {'is not a parameter' if len(unknown) == 1 else 'are not parameters'}" \
             if unknown else f"has {len(value)} entries, which"
-        raise RecipeError(f"params {what} of {method}{hint}: use {', '.join(known) or 'none'}.")
+        raise RecipeError(f"params {what} of {spec.name}{hint}: use {', '.join(known) or 'none'}.")
     params = {}
     for name, item in value.items():
         field = f"params.{name}"

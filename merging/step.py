@@ -31,23 +31,24 @@ class MergeStep:
     """Merges single tensors for one recipe: build once per merge, call once per tensor.
 
     `num_layers` places a tensor within the model for gradients; `seed` and `device` make each random method's
-    per-tensor generator. `notes` collects the methods' per-tensor messages (name → messages, in order)."""
+    per-tensor generator. `inputs` are the models passed as `tensors`, in order (`recipe.merge_inputs()`);
+    `uses_base` says whether `base` is passed: "required", or "optional" with a base_model in the recipe. `notes`
+    collects the methods' per-tensor messages (name → messages, in order)."""
 
     recipe: Any
     num_layers: int
     seed: int = 0
     device: str | torch.device = "cpu"
     method: Method = field(init=False)
+    inputs: list[str] = field(init=False)
+    uses_base: bool = field(init=False)
     notes: dict[str, list[str]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.method = get_method(self.recipe.merge_method)
         self._resolve = ParameterResolver(self.recipe, self.num_layers)
-
-    @property
-    def uses_base(self) -> bool:
-        """Whether `base` is passed to the method: "required", or "optional" with a base_model in the recipe."""
-        return self.method.base == "required" or (
+        self.inputs = self._resolve.inputs
+        self.uses_base = self.method.base == "required" or (
             self.method.base == "optional" and getattr(self.recipe, "base_model", None) is not None)
 
     def parameters(self, name: str) -> tuple[list[dict], dict]:

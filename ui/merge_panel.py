@@ -38,7 +38,7 @@ def method_help(name: str) -> str:
     base = {"required": "needs the base model", "optional": "uses the base model when given",
             "ignored": "does not use the base model"}[method.base]
     random = " Random: the seed makes it reproducible." if method.random else ""
-    weights = "" if method.param("weight") is not None else " It has no per-model weight."
+    weights = "" if method.by_role("weight") is not None else " It has no per-model weight."
     return f"**{method.name}** — {method.explanation}\n\n`{method.formula}`\n\n*It {base}.{random}{weights}*"
 
 
@@ -184,7 +184,7 @@ def control_updates(method_name: str, specs: dict[str, Param], current: dict[str
 
 def weight_range(method_name: str) -> tuple[float, float] | None:
     """The weight sliders' range for a method; None when it has no per-model weight."""
-    param = get_method(method_name).param("weight")
+    param = get_method(method_name).by_role("weight")
     return None if param is None else (param_range(param) or (-1.0, 2.0))
 
 
@@ -210,7 +210,7 @@ def collect_settings(session: Session, method: str, seed: float | None, weights:
     """The controls as the JSON the /merge endpoint takes: only this method's parameters, one weight per source
     (none when the method has no per-model weight)."""
     chosen = get_method(method)
-    n = len(session.sources) if chosen.param("weight") is not None else 0
+    n = len(session.sources) if chosen.by_role("weight") is not None else 0
     kept = {k: v for k, v in params_by_name(chosen.name, params).items() if v is not None}
     return MergeSettings(method, [float(w) for w in weights[:n]], kept, int(seed or 0)).to_dict()
 
@@ -219,7 +219,7 @@ def settings_summary(settings: MergeSettings | dict, labels: list[str]) -> str:
     """The settings in one line: method · weights per source · parameters · seed (what a status line names)."""
     settings = MergeSettings.from_dict(settings) if isinstance(settings, dict) else settings
     parts = [f"**{settings.method}**"]
-    if settings.weights and get_method(settings.method).param("weight") is not None:
+    if settings.weights and get_method(settings.method).by_role("weight") is not None:
         parts.append("weights: " + ", ".join(f"{label} {w:g}" for label, w in zip(labels, settings.weights)))
     if settings.params:
         parts.append(", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
@@ -236,7 +236,8 @@ def merge_status(session: Session, where: str) -> str:
     timing = f" in {seconds * 1000:.0f} ms" if where == "memory" and seconds else ""
     number = f" #{record.version}" if getattr(record, "version", None) else ""
     place = "in memory" if where == "memory" else "to the session's folder"
-    return (f"✓ Merged with {settings_summary(session.merge_settings, session.labels)} ({place}{timing}; the "
+    settings = record.settings if record is not None else session.merge_settings
+    return (f"✓ Merged with {settings_summary(settings, session.labels)} ({place}{timing}; the "
             f"current merge{number}). "
             f"{'Classify' if session.kind == 'classifier' else 'Chat'}, Evaluate and Export use this model.")
 
@@ -260,6 +261,18 @@ def run_merge(session: Session, config: HostConfig, raw_settings: dict, progress
             merge_live(session, settings)
         return merge_status(session, "memory")
     return run_merge_to_folder(session, config, raw_settings, "merged", progress)
+
+
+def follow_move(session: Session, config: HostConfig, method: str, seed: float | None, weights: list[float],
+                params: dict[str, Any], stamp: float | None) -> str | None:
+    """A control moved (the page's live re-merge): merge in memory with the values the controls show, or say that
+    these models merge to a folder. None when a later move has been merged already (`stamp`: see newest_move)."""
+    settings = collect_settings(session, method, seed, weights, params)
+    if session.live is None:
+        return (f"*Settings changed ({settings_summary(settings, session.labels)}); these models merge to a folder: "
+                "press **Merge** to apply them.*")
+    with session.lock:
+        return run_merge(session, config, settings) if newest_move(session, stamp) else None
 
 
 def merge_if_none(session: Session, config: HostConfig, progress: Any = None) -> str | None:

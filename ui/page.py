@@ -273,15 +273,8 @@ def _wire_live_merges(config: HostConfig, state: gr.State, page: Page, switched:
         *values, stamp = values
         try:
             weights, params = values[:n_weights], dict(zip(specs, values[n_weights:]))
-            settings = merge_panel.collect_settings(session, method, seed, list(weights), params)
-            if session.live is None:
-                summary = merge_panel.settings_summary(settings, session.labels)
-                return (f"*Settings changed ({summary}); these models merge to a folder: press **Merge** to apply "
-                        "them.*")
-            with session.lock:
-                if not merge_panel.newest_move(session, stamp):
-                    return gr.update()  # a later move has been merged already
-                return merge_panel.run_merge(session, config, settings)
+            status = merge_panel.follow_move(session, config, method, seed, list(weights), params, stamp)
+            return gr.update() if status is None else status  # None: a later move has been merged already
         except Exception as error:  # noqa: BLE001 - shown where the sliders are, in words
             return merge_panel.error_status(session, user_message(error, config))
 

@@ -169,7 +169,7 @@ def check_settings(session: Session, settings: MergeSettings) -> None:
     require_models(session)
     method = get_method(settings.method)
     problems = []
-    uses_weights = method.param("weight") is not None
+    uses_weights = method.by_role("weight") is not None
     if uses_weights and len(settings.weights) != len(session.sources):
         problems.append(f"give one weight per source model: {len(session.sources)} sources "
                         f"({', '.join(session.labels)}), {len(settings.weights)} weights")
@@ -216,8 +216,9 @@ def build_recipe(session: Session, settings: MergeSettings, *, by: str = "label"
             continue
         global_params[key] = _coerce_choice(value)
     models = []
+    weight = method.by_role("weight")
     for i, source in enumerate(session.sources):
-        params = {"weight": float(settings.weights[i])} if method.param("weight") is not None else {}
+        params = {weight.name: float(settings.weights[i])} if weight is not None else {}
         models.append({"model": name(source), "parameters": params})
     # dtype is the compute dtype (as in mergekit), out_dtype the written one: the sources' own (bf16 in, bf16 out).
     data: dict[str, Any] = {"merge_method": method.name, "models": models, "dtype": "float32",
