@@ -1,7 +1,7 @@
 """Plotly figure builders: pure functions of results (the objects or their `to_dict()` form, as saved in JSON).
 
 - `agreement_figure`: per task, the merged model's agreement with each source expert, and its accuracy.
-- `sweep_heatmap`: a (weight × density) sweep of one method with the best point marked.
+- `sweep_heatmap`: a (weight × density) sweep of one method with the best point marked (none when all tie).
 - `interference_heatmap`: one interference metric over layers × module types (blank rows and columns left out).
 - `conflict_by_layer_figure`: sign conflicts per layer beside the rate of unrelated random vectors.
 - `election_figure`: per layer, the share of TIES' sign elections each task wins.
@@ -19,7 +19,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from evaluation.axes import Axis
-from evaluation.stats import Interval, ScoredSetError, direction, wilson_interval
+from evaluation.stats import Interval, ScoredSetError, best_indices, direction, wilson_interval
 
 _PERCENT_AXIS = {"range": [0, 1.1], "tickformat": ".0%"}  # room above 100 % for the bar labels
 
@@ -76,8 +76,7 @@ def _sweep_grid(data: dict[str, Any], method: str, metric: str, axes: tuple[str,
     points = [p for p in data["points"] if p["method"] == method]
 
     def value(point: dict) -> float | None:
-        task, _, name = metric.rpartition(".")
-        return point["scores"][task][name] if task else point["summary"][name]
+        return _point_value(point, metric)
 
     order = lambda v: (v is None, v or 0)
     at = lambda p: (p.get(axes[0]), p.get(axes[1]) if axes[1] else None)
@@ -87,13 +86,27 @@ def _sweep_grid(data: dict[str, Any], method: str, metric: str, axes: tuple[str,
     return rows, columns, [[lookup.get((r, c)) for c in columns] for r in rows]
 
 
+def _point_value(point: dict[str, Any], metric: str) -> float | None:
+    """A sweep point's (results-file form) value of `metric`: a mean over tasks, or "<task>.<metric>"."""
+    task, _, name = metric.rpartition(".")
+    return point["scores"][task][name] if task else point["summary"][name]
+
+
+def _sweep_best(data: dict[str, Any]) -> tuple[float | None, str | None]:
+    """The value the best cells hold, or None and why no point is best (stats.best_indices over every point)."""
+    values = [_point_value(p, data["metric"]) for p in data["points"]]
+    indices, note = best_indices(values)
+    return (values[indices[0]] if indices else None), note
+
+
 def _axis_title(axis: str | None) -> str:
     return Axis(axis).title if axis else ""
 
 
 def sweep_heatmap(sweep: Any, method: str | None = None, metric: str | None = None) -> go.Figure:
     """One method's grid (rows × columns of the swept settings, weight × density by default), coloured by the
-    metric; the best cell keeps its number and gets a star beside it."""
+    metric; the best cell keeps its number and gets a star beside it (each one when several tie for the top). When
+    every point scores the same or the top is 0, no cell is starred and the title says why."""
     data = _as_dict(sweep)
     method = method or data["grid"]["methods"][0]
     metric = metric or data["metric"]
@@ -102,13 +115,11 @@ def sweep_heatmap(sweep: Any, method: str | None = None, metric: str | None = No
     single = columns == [None]
     x = [("all points" if single else "—") if c is None else f"{c:g}" for c in columns]
     y = ["—" if r is None else f"{r:g}" for r in rows]
-    best = data.get("best")
-    starred = (best is not None and best["method"] == method and metric == data["metric"])
+    top, note = _sweep_best(data)
     text = [[_label(v) for v in row] for row in z]
-    best_at = (best.get(rows_axis), best.get(columns_axis) if columns_axis else None) if best else None
-    if starred and best_at[0] in rows and best_at[1] in columns:
-        i, j = rows.index(best_at[0]), columns.index(best_at[1])
-        text[i][j] = f"★ {text[i][j]}"  # the number stays readable; the star says which cell is best
+    if metric == data["metric"] and top is not None:  # every cell at the top (several when they tie) is starred
+        text = [[f"★ {t}" if v == top else t for t, v in zip(trow, zrow, strict=True)]
+                for trow, zrow in zip(text, z, strict=True)]  # the number stays readable beside the star
     fig = go.Figure(go.Heatmap(
         z=z, x=x, y=y, zmin=0, zmax=1, colorscale="Viridis", colorbar={"title": metric},
         text=text, texttemplate="%{text}", textfont={"size": 13},
@@ -116,7 +127,7 @@ def sweep_heatmap(sweep: Any, method: str | None = None, metric: str | None = No
                       "%{z:.1%}<extra></extra>",
     ))
     what = f"{_axis_title(rows_axis)} × {_axis_title(columns_axis)}" if columns_axis else _axis_title(rows_axis)
-    fig.update_layout(title=f"{method}: {metric} over {what}",
+    fig.update_layout(title=f"{method}: {metric} over {what}" + (f" ({note})" if note else ""),
                       xaxis={"title": _axis_title(columns_axis) or "(one setting varied)", "type": "category"},
                       yaxis={"title": _axis_title(rows_axis), "type": "category"}, height=440,
                       margin={"t": 60, "b": 40}, showlegend=False)

@@ -153,10 +153,7 @@ def _sweep(args: argparse.Namespace) -> int:
         print(f"not scored: {failed['label']}: {failed['incident']}")
     for method in result.methods:
         _print_grid(result, method)
-    best = result.best
-    if best is not None:
-        print(f"best {args.metric} = {best.value(args.metric):.3f} with {best.method} weight={best.weight} "
-              f"density={best.density}")
+    _print_best(result, args.metric)
     retried = [p for p in result.points if p.incident]
     for point in retried:
         print(f"note: weight={point.weight} density={point.density}: {point.incident}")
@@ -211,12 +208,26 @@ def _print_search(result: Any) -> None:
 
 
 def _print_grid(result: Any, method: str) -> None:
+    """One method's grid, the best cells starred (each of several that tie for the top; none when all tie)."""
     weights, densities, z = result.grid(method)
+    best = {(p.row, p.column) for p in result.best_points()[0] if p.method == method}
     print(f"{method}: {result.metric} (rows: weight, columns: density)")
     print("weight \\ density " + " ".join(f"{'-' if d is None else f'{d:g}':>7}" for d in densities))
     for weight, row in zip(weights, z, strict=True):
-        cells = " ".join(f"{_percent(v):>7}" for v in row)
+        cells = " ".join(f"{('*' if (weight, d) in best else '') + _percent(v).strip():>7}"
+                         for d, v in zip(densities, row, strict=True))
         print(f"{'-' if weight is None else f'{weight:g}':>16} {cells}")
+
+
+def _print_best(result: Any, metric: str) -> None:
+    """The best point (and how many tie for it), or why no point is best (* marks the best cells above)."""
+    best, note = result.best_points()
+    if note is not None:
+        print(f"no best {metric}: {note}")
+    elif best:
+        tied = f" (* {len(best)} points tie for it)" if len(best) > 1 else " (*)"
+        print(f"best {metric} = {best[0].value(metric):.3f} with {best[0].method} weight={best[0].weight} "
+              f"density={best[0].density}{tied}")
 
 
 # --- interference ---------------------------------------------------------------------------------------------

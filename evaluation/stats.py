@@ -131,6 +131,25 @@ def direction(difference: Interval) -> str:
 
 
 
+def best_indices(values: Sequence[float | None]) -> tuple[list[int], str | None]:
+    """Which of several scores (shares, e.g. a sweep's points; None = not scored) may be called best: the indices of
+    the highest (every one of them when several share it), or none, with the reason, when the highest is 0 or every
+    scored value is the same (two or more): starring one of equals would single out an arbitrary point. ([], None)
+    when nothing was scored."""
+    scored = [(i, v) for i, v in enumerate(values) if v is not None]
+    if not scored:
+        return [], None
+    top = max(v for _, v in scored)
+    tied = [i for i, v in scored if v == top]
+    if len(scored) == 1 and top == 0:
+        return [], "the one scored point is at 0 %: nothing to call best"
+    if len(tied) == len(scored) > 1:
+        return [], f"all {len(scored)} scored points are at {top:.0%}: no point is best"
+    if top == 0:  # below 0 elsewhere: a metric that can be negative; 0 is still no skill to call best
+        return [], "the highest score is 0 %: no point is best"
+    return tied, None
+
+
 Outcomes = Mapping[str, Mapping[str, Sequence[bool]]]  # metric -> task -> per-example outcome (Evaluator.outcomes)
 
 

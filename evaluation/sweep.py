@@ -38,6 +38,7 @@ from evaluation.runner import (
     expert_name,
     read_state,
 )
+from evaluation.stats import best_indices
 from evaluation.tasks import TaskSet, tasks_for_experts
 from inference.loading import load_model
 from merging.live import LiveMerger
@@ -239,9 +240,16 @@ class SweepResult:
 
     @property
     def best(self) -> SweepPoint | None:
-        """The point with the highest metric (the first one among equals); None when no point has a value."""
+        """The point with the highest metric (the first one among equals); None when no point has a value. What is
+        shown as best is `best_points` (which says when no point may be called best)."""
         scored = [p for p in self.points if p.value(self.metric) is not None]
         return max(scored, key=lambda p: p.value(self.metric)) if scored else None
+
+    def best_points(self) -> tuple[list[SweepPoint], str | None]:
+        """The points to show as best (every one when several tie for the top), or none and why: every scored point
+        scores the same (0 % everywhere, say) or the top is 0 (evaluation.stats.best_indices)."""
+        indices, note = best_indices([p.value(self.metric) for p in self.points])
+        return [self.points[i] for i in indices], note
 
     def by_key(self, row: float | None, column: float | None) -> dict[str, float | None]:
         """A point's row and column values under their axes' keys ("weight", "density" for weight × density)."""
@@ -299,6 +307,7 @@ class SweepResult:
             "tasks": self.tasks,
             "seconds": round(self.seconds, 3),
             "best": self.point_dict(best) if best else None,
+            "best_note": self.best_points()[1],  # why no point is shown as best (a tie across the grid, or 0)
             "points": [self.point_dict(p) for p in self.points],
             "questions": self.questions,
             "expected": self.expected,

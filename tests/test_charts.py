@@ -77,6 +77,52 @@ def test_sweep_heatmap_places_values_and_stars_the_best():
     assert other.data[0].z[0][0] == 0.9
 
 
+def _sweep_of(values: dict[tuple[float, float], float]) -> SweepResult:
+    result = SweepResult(metric="accuracy", methods=["ties"], weights=[0.5, 1.0], densities=[0.2, 0.8], tasks=["t"])
+    for (w, d), value in values.items():
+        result.points.append(SweepPoint("ties", w, d, {"merge_method": "ties"},
+                                        {"agreement": value, "accuracy": value, "normalized_accuracy": None},
+                                        {"t": {"agreement": value, "accuracy": value}}, {"t": []}, 0.1))
+    return result
+
+
+def test_a_sweep_whose_points_all_tie_stars_none_and_says_so():
+    """0 % everywhere, or the same share everywhere: no cell starred (no arbitrary best), the title, the results file,
+    the Evaluate tab's verdict and point list and the command line's table say why; a partial tie stars each."""
+    from ui.evaluate_panel import best_text, point_choices
+
+    grid = [(0.5, 0.2), (0.5, 0.8), (1.0, 0.2), (1.0, 0.8)]
+    for value, note in ((0.0, "all 4 scored points are at 0%"), (0.4, "all 4 scored points are at 40%")):
+        sweep = _sweep_of(dict.fromkeys(grid, value))
+        assert sweep.best_points() == ([], f"{note}: no point is best")
+        for given in (sweep, json.loads(json.dumps(sweep.to_dict()))):
+            fig = sweep_heatmap(given)
+            assert not any("★" in cell for row in fig.data[0].text for cell in row)
+            assert note in fig.layout.title.text
+        assert sweep.to_dict()["best_note"] == f"{note}: no point is best"
+        assert best_text(sweep).startswith("**No best point**") and note in best_text(sweep)
+        assert not any("best" in label for label, _ in point_choices(sweep))
+    tied = _sweep_of({(0.5, 0.2): 0.2, (0.5, 0.8): 0.6, (1.0, 0.2): 0.6, (1.0, 0.8): 0.4})
+    assert [list(row) for row in sweep_heatmap(tied).data[0].text] == [["20%", "★ 60%"], ["★ 60%", "40%"]]
+    assert "2 points tie" in best_text(tied) and [label.startswith("★ best") for label, _ in point_choices(tied)] == [
+        True, True, False, False]
+
+
+def test_the_command_lines_sweep_table_stars_the_best_or_says_why_none(capsys):
+    from evaluation.cli import _print_best, _print_grid
+
+    grid = [(0.5, 0.2), (0.5, 0.8), (1.0, 0.2), (1.0, 0.8)]
+    _print_grid(_sweep_of(dict.fromkeys(grid, 0.0)), "ties")
+    _print_best(_sweep_of(dict.fromkeys(grid, 0.0)), "accuracy")
+    out = capsys.readouterr().out
+    assert "*" not in out and "no best accuracy: all 4 scored points are at 0%: no point is best" in out
+    one = _sweep_of({(0.5, 0.2): 0.2, (0.5, 0.8): 0.6, (1.0, 0.2): 0.3, (1.0, 0.8): 0.4})
+    _print_grid(one, "ties")
+    _print_best(one, "accuracy")
+    out = capsys.readouterr().out
+    assert out.count("*") == 2 and " *60.0%" in out and "best accuracy = 0.600" in out  # the cell, and the line
+
+
 def test_sweep_heatmap_of_one_varied_setting_names_it():
     result = SweepResult("accuracy", ["slerp"], [0.25, 0.75], [None], ["t"], axes=("t", None))
     for t in (0.25, 0.75):

@@ -9,6 +9,7 @@ import pytest
 
 from evaluation.stats import (
     Interval,
+    best_indices,
     binomial_halfwidth,
     direction,
     mean_interval,
@@ -122,3 +123,13 @@ def test_scored_set_error_gives_each_row_its_binomial_error_and_pairs_the_refere
     assert error.paired["baseline"]["agreement"] is None  # undefined, not 0
     with pytest.raises(ValueError, match="not among"):
         scored_set_error({"baseline": baseline}, "learned")
+
+
+def test_only_a_score_above_the_rest_is_called_best():
+    assert best_indices([0.2, 0.6, None, 0.4]) == ([1], None)
+    assert best_indices([0.6, 0.2, 0.6]) == ([0, 2], None)  # a partial tie: each of the top
+    assert best_indices([0.0, 0.0, None]) == ([], "all 2 scored points are at 0%: no point is best")
+    assert best_indices([0.5, 0.5]) == ([], "all 2 scored points are at 50%: no point is best")
+    assert best_indices([0.0]) == ([], "the one scored point is at 0 %: nothing to call best")
+    assert best_indices([0.3]) == ([0], None)  # one point above 0: it is the best of one
+    assert best_indices([None, None]) == ([], None)

@@ -272,18 +272,30 @@ def point_text(result: Any, point: Any) -> str:
 
 
 def point_choices(result: Any) -> list[tuple[str, int]]:
-    """(label, index) of every point, best first."""
-    best = result.best
-    order = sorted(range(len(result.points)), key=lambda i: (result.points[i] is not best, i))
-    return [(("★ best: " if result.points[i] is best else "") + point_text(result, result.points[i]), i)
+    """(label, index) of every point, the best first and starred (each of several that tie for the top; none when
+    every point scores the same or the top is 0)."""
+    best = {id(p) for p in result.best_points()[0]}
+    order = sorted(range(len(result.points)), key=lambda i: (id(result.points[i]) not in best, i))
+    return [(("★ best: " if id(result.points[i]) in best else "") + point_text(result, result.points[i]), i)
             for i in order]
 
 
+def best_text(result: Any) -> str:
+    """The sweep's verdict: its best point (saying so when several tie for it), or why no point is best."""
+    best, note = result.best_points()
+    done = f"({len(result.points)} points in {result.seconds:.1f} s)"
+    if note is not None:
+        return (f"**No best point**: {note} {done}. **Use this point** still puts the chosen point into Merge, Chat "
+                "and Export.")
+    if not best:
+        return "No point was scored."
+    tied = f" ({len(best)} points tie for it; the first is shown)" if len(best) > 1 else ""
+    return (f"**Best**: {best[0].method} at {point_text(result, best[0])}{tied} {done}. **Use this point** puts it "
+            "into Merge, Chat and Export.")
+
+
 def sweep_outputs(result: Any, folder: Path | None = None) -> tuple[Any, str, list[str]]:
-    best = result.best
-    text = "No point was scored." if best is None else (
-        f"**Best**: {best.method} at {point_text(result, best)} ({len(result.points)} points in "
-        f"{result.seconds:.1f} s). **Use this point** puts it into Merge, Chat and Export.")
+    text = best_text(result)
     folder = folder if folder is not None else Path(tempfile.mkdtemp(prefix="mergelab-sweep-"))
     written = result.write(folder / "sweep.json")
     return sweep_heatmap(result), text, [str(p) for p in written.values()]

@@ -60,7 +60,8 @@ def test_the_student_sweeps_japanese_math_alone_and_downloads_the_grid(real_page
     for elem, grid in (("sweep-weights", "0.7"), ("sweep-densities", "0.3,0.7")):
         page.locator(f"#{elem} textarea, #{elem} input").first.fill(grid)
     page.locator("#sweep-run").click()
-    expect(page.locator("#sweep-best")).to_contain_text("Best", timeout=WORK)
+    # a best point, or why there is none (both points at the same share, 0 % say, star neither)
+    expect(page.locator("#sweep-best")).to_contain_text(re.compile(r"Best|No best point"), timeout=WORK)
     expect(page.locator("#sweep-chart .gtitle")).to_contain_text("japanese_math")
     rows = list(csv.DictReader(io.StringIO(fetch_file(page, "sweep-files", ".tasks.csv"))))
     assert len(rows) == 2, rows  # one row a point
