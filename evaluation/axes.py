@@ -41,11 +41,6 @@ class Axis:
         return self.key == WEIGHT or self.source is not None
 
     @property
-    def param(self) -> str | None:
-        """The method parameter this axis sets (density, lambda, t, ...); None for a weight axis or trials."""
-        return None if self.sets_weights or self.key == TRIAL else self.key
-
-    @property
     def title(self) -> str:
         """How the page and the charts name the axis: "weight of math", "λ (scale of the merged task vector)"."""
         return f"weight of {self.source}" if self.source is not None else _TITLES.get(self.key, self.key)
