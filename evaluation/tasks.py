@@ -11,13 +11,12 @@ of strings that end an answer, e.g. "\n\n") and `reply_language` ("ja": an answe
 only when the reply is in Japanese, as Sakana counts MGSM-JA). A task takes the largest `max_new_tokens`, every `stop`
 and any `reply_language` of its lines, so writing them on one line of a task sets them for the whole task.
 
-Files are bounded (hosted users share one server): at most MAX_FILE_BYTES, MAX_LINES lines and MAX_LINE_BYTES a line;
+Files are bounded (hosted users share one server): merging.jsonl's MAX_FILE_BYTES, MAX_LINES lines and MAX_LINE_BYTES a line;
 prompts longer than a model's context are cut at generation time (inference.generation.fit_prompt).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 from evaluation.answers import is_numeric_answer
 from merging.errors import TaskSetError
-from merging.jsonl import MAX_FILE_BYTES, MAX_LINE_BYTES, MAX_LINES  # one set of limits for every upload path
+from merging.jsonl import read_jsonl  # one set of limits for every upload path
 
 MAX_NEW_TOKENS = 4096
 MAX_STOP_STRINGS = 8
@@ -195,51 +194,14 @@ def _numeric(items: list[Example]) -> bool:
 
 
 def load_tasks(path: str | Path) -> TaskSet:
-    """Read and validate a JSONL task file. Size limits are checked before the work they would cause: the file's
-    size first, then each line's as it is read (a huge line is never read whole)."""
+    """Read and validate a JSONL task file, within the limits every upload path shares (merging.jsonl.read_jsonl:
+    the file's size before any of it is read, then each line's length, the line count and JSON nesting as it is
+    read); each line is then checked as a task example (parse_record)."""
     file = Path(path)
     if not file.is_file():
         raise TaskSetError(f"Task file {str(file)!r} does not exist: give a .jsonl file, one example a line.")
-    size = file.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise TaskSetError(f"{file.name} is {_size(size)}; task files may be at most {_size(MAX_FILE_BYTES)}: keep "
-                           "fewer examples (a few hundred per task are plenty to compare merges), or split the file.")
-    examples = []
-    with file.open("rb") as handle:
-        for number in range(1, MAX_LINES + 2):
-            raw = handle.readline(MAX_LINE_BYTES + 1)
-            if not raw:
-                break
-            if number > MAX_LINES:
-                raise _fail(file.name, number, f"the file has more than {MAX_LINES} lines, the most a task file may "
-                            "have: keep fewer examples, or split the file.")
-            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
-                raise _fail(file.name, number, f"the line is longer than {_size(MAX_LINE_BYTES)}, the most one "
-                            "example may take: shorten its prompt (models read only their context's worth anyway).")
-            record = _decode_line(raw, file.name, number)
-            if record is not None:
-                examples.append(parse_record(record, number, file.name))
+    examples = [parse_record(record, number, file.name) for number, record in read_jsonl(file, file.name)]
     return TaskSet(examples, source=file.name)
-
-
-def _decode_line(raw: bytes, source: str, number: int) -> Any:
-    """The JSON value of one line (None for a blank line)."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _fail(source, number, "not UTF-8 text: save the file as UTF-8.") from None
-    if not text.strip():
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise _fail(source, number, f"not valid JSON ({error.msg} at column {error.colno}).") from None
-    except RecursionError:
-        raise _fail(source, number, "JSON nested too deeply: one flat object a line.") from None
-
-
-def _size(count: int) -> str:
-    return f"{count / 1e6:.1f} MB" if count >= 1_000_000 else f"{count / 1e3:.0f} KB"
 
 
 def tasks_for_experts(tasks: TaskSet, experts: Iterable[str], *, whose: str = "the chosen sources") -> TaskSet:

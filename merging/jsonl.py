@@ -80,7 +80,8 @@ def read_jsonl(path: str | Path, shown: str | None = None, what: str = "task fil
                                    "may have: keep fewer examples, or split the file.")
             if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
                 raise TaskSetError(f"{shown}:{number}: the line is longer than {size_text(MAX_LINE_BYTES)}, the most "
-                                   "one example may take: shorten it.")
+                                   "one example may take: shorten its prompt or text (a model reads only its "
+                                   "context's worth anyway).")
             value = decode_line(raw, shown, number)
             if value is not None:
                 yield number, value

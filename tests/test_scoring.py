@@ -12,7 +12,7 @@ import torch
 from transformers import GenerationConfig
 
 import evaluation.scoring as scoring_module
-import evaluation.tasks as tasks_module
+import merging.jsonl as jsonl_module
 from evaluation.agreement import Evaluator
 from evaluation.answer_cache import AnswerCache
 from evaluation.tasks import load_tasks, tasks_from_records
@@ -207,7 +207,7 @@ def test_bad_stop_strings_are_explained(stop):
 def test_a_file_over_the_size_limit_is_refused_at_once(tmp_path, monkeypatch):
     path = tmp_path / "huge.jsonl"
     with path.open("wb") as handle:
-        handle.truncate(tasks_module.MAX_FILE_BYTES + 1)  # sparse: no time spent writing it
+        handle.truncate(jsonl_module.MAX_FILE_BYTES + 1)  # sparse: no time spent writing it
     opened = []
     real_open = Path.open
     monkeypatch.setattr(Path, "open", lambda self, *a, **k: opened.append(self) or real_open(self, *a, **k))
@@ -220,22 +220,41 @@ def test_a_line_over_the_limit_names_the_line_and_the_limit(tmp_path):
     path = tmp_path / "long.jsonl"
     records = [{"task": "a", "prompt": "1+2="}, {"task": "a", "prompt": "x" * 70_000}]
     _write(path, records)
-    with pytest.raises(TaskSetError, match=r"long.jsonl, line 2: the line is longer than 64 KB.*shorten its prompt"):
+    with pytest.raises(TaskSetError, match=r"long.jsonl:2: the line is longer than 64 KB.*shorten its prompt"):
         load_tasks(path)
 
 
 def test_too_many_lines_are_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(tasks_module, "MAX_LINES", 3)
+    monkeypatch.setattr(jsonl_module, "MAX_LINES", 3)  # the one limit task files and prompts files share
     path = _write(tmp_path / "many.jsonl", [{"task": "a", "prompt": f"{i}+1="} for i in range(5)])
-    with pytest.raises(TaskSetError, match=r"many.jsonl, line 4: the file has more than 3 lines"):
+    with pytest.raises(TaskSetError, match=r"many.jsonl:4: the file has more than 3 lines"):
         load_tasks(path)
 
 
 def test_a_line_that_is_not_utf8_is_named(tmp_path):
     path = tmp_path / "latin.jsonl"
     path.write_bytes(b'{"task": "a", "prompt": "1+2="}\n{"task": "a", "prompt": "caf\xe9"}\n')
-    with pytest.raises(TaskSetError, match=r"latin.jsonl, line 2: not UTF-8"):
+    with pytest.raises(TaskSetError, match=r"latin.jsonl is not UTF-8 text \(line 2\): save the file as UTF-8"):
         load_tasks(path)
+
+
+@pytest.mark.parametrize(("second", "message"), [
+    ('{"task": "a", "prompt": "' + "x" * 70_000 + '"}', r"bad.jsonl:2: the line is longer than 64 KB"),
+    ('{"task": "a", "prompt": "1+1=", "stop": ' + "[" * 40 + "]" * 40 + "}", r"bad.jsonl:2: JSON nested more than 32"),
+    ('{"task": "a", "prompt": "1+1=", ', r"bad.jsonl:2: not valid JSON"),
+])
+def test_task_files_and_prompts_files_share_one_bounded_reader(tmp_path, second, message):
+    """load_tasks reads through merging.jsonl.read_jsonl, as a learned merge's prompts file does: the same bad line
+    is refused by both with the same words (a task line nested 40 deep included, which load_tasks once let through
+    to its field checks)."""
+    from merging.learned.inputs import read_inputs
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"task": "a", "prompt": "1+2=", "expert": "a"}\n' + second + "\n", encoding="utf-8")
+    with pytest.raises(TaskSetError, match=message):
+        load_tasks(path)
+    with pytest.raises(TaskSetError, match=message):
+        read_inputs(path, ["a"], 1, display="bad.jsonl")
 
 
 def test_token_limit_over_the_maximum_is_refused():

@@ -56,7 +56,7 @@ def test_classification_examples_and_optional_fields(tmp_path):
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ('{"task": "math", "prompt": "1+2=", ', r"line 2: not valid JSON"),
+        ('{"task": "math", "prompt": "1+2=", ', r"tasks.jsonl:2: not valid JSON"),
         ('["math", "1+2="]', r"line 2: expected a JSON object"),
         ('{"prompt": "1+2=", "answer": "3"}', r'line 2: missing field "task"'),
         ('{"task": "math", "answer": "3"}', r'line 2: give exactly one of "prompt"'),
