@@ -55,9 +55,9 @@ def _grid() -> list[tuple[str, str, tuple, dict]]:
     Pairs and three-way task arithmetic over a weight grid (the strings vector helped the composite on design B4),
     and TIES at two densities."""
     grid = [(f"TA math {m}, japanese {j}", "task_arithmetic", (m, j), {})
-            for m in (0.5, 0.7, 1.0) for j in (0.5, 0.7, 1.0)]
+            for m in (0.5, 0.7, 1.0, 1.3) for j in (0.5, 0.7, 1.0)]
     grid += [(f"TA math {m}, japanese {j}, strings {s}", "task_arithmetic", (m, j, s), {})
-             for m in (0.7, 1.0) for j in (0.4, 0.5, 0.6, 0.7) for s in (0.3, 0.5, 0.7)]
+             for m in (0.7, 1.0, 1.3) for j in (0.4, 0.5, 0.6, 0.7) for s in (0.3, 0.5, 0.7)]
     grid += [(f"TIES math {m}, japanese {j}, density {d}", "ties", (m, j), {"density": d})
              for m, j in ((1.0, 0.5), (1.0, 1.0)) for d in (0.5, 0.8)]
     grid += [("TIES all three 0.7, density 0.5", "ties", (0.7, 0.7, 0.7), {"density": 0.5})]
@@ -73,7 +73,13 @@ DESIGNS = {
     "replay": {"replay_share": 0.25},  # E1: B4 + a quarter of each expert's batch replayed from the base mixture
     "rewrite": {"rewrite_contexts": True},  # E2: B4 + the japanese expert rewrites numerals in operator contexts
     "replay-rewrite": {"replay_share": 0.25, "rewrite_contexts": True},  # E3: both
+    # E4, E5: as E1, E3 with the math expert trained twice as long (600 steps): with replay it learned less
+    "replay-math600": {"replay_share": 0.25, "expert_steps": {"math": 600, "japanese": 300, "strings": 150}},
+    "replay-rewrite-math600": {"replay_share": 0.25, "rewrite_contexts": True,
+                               "expert_steps": {"math": 600, "japanese": 300, "strings": 150}},
 }
+# An expert's training depends on the base, its own stream and its own step count only, so designs that share
+# them share the expert: a design's folder may be filled with another design's trained models before a run.
 
 
 def train_family(design: str, seed: int, folder: Path) -> tuple[dict, object]:

@@ -13,6 +13,7 @@ from zoo.lm_tasks import KANJI_DIGITS, _fact_of, answer, held_out_facts, kanji_n
 
 SPLITS = lm_splits()
 ARITHMETIC = re.compile(rf"^([0-9{KANJI_DIGITS}十]+)([+-])([0-9{KANJI_DIGITS}十]+)=?(はいくつ\?)?$")
+PAIR = re.compile(r"(?=(?<!\d)(\d+)([+-])(\d+))")  # every a±b inside a text, overlapping
 
 
 def test_read_number_inverts_kanji_number_and_rewrites_in_place():
@@ -37,21 +38,32 @@ def _posed(pairs) -> list[str]:
     return [pair[0] for pair in pairs if not pair[1].endswith(answer(pair[0]))]
 
 
-@pytest.mark.parametrize("scratchpad", [True, False], ids=["scratchpad", "direct"])
-def test_no_training_stream_holds_an_evaluation_problem(scratchpad):
-    """Neither the base's mixture nor any expert's stream poses a math or japanese_math evaluation operand pair (in
-    any numerals), and the japanese evaluation numbers never occur as kanji outside the random echo strings."""
+SETTINGS = {
+    "shipped": lm.LMSettings(),
+    "direct": lm.LMSettings(scratchpad=False),
+    "scratchpad without replay": lm.LMSettings(replay_share=0.0, rewrite_contexts=False),
+    "replay and rewrite contexts": lm.LMSettings(replay_share=0.25, rewrite_contexts=True),
+}
+
+
+@pytest.mark.parametrize("settings", SETTINGS.values(), ids=SETTINGS.keys())
+def test_no_training_stream_holds_an_evaluation_problem(settings):
+    """Neither the base's mixture nor any expert's stream (its replay of the base mixture and its rewriting in
+    operator contexts included) poses a math or japanese_math evaluation operand pair (in any numerals, anywhere in
+    the text), and the japanese evaluation numbers never occur as kanji outside the random echo strings."""
     held = held_out_facts(SPLITS)
     hidden = {e.prompt for e in SPLITS["japanese"].evaluation}
     rng = random.Random(0)
-    mixture = lm.Pretraining(SPLITS, scratchpad)
-    streams = [lm.ExpertStream(SPLITS[t], scratchpad) for t in ("math", "japanese", "strings")]
+    mixture = lm.Pretraining(SPLITS, settings.scratchpad)
+    streams = [lm.expert_stream(SPLITS[t], settings) for t in ("math", "japanese", "strings")]
     seen_arithmetic = 0
     for _ in range(4000):
         for prompt in _posed([mixture.pair(rng)] + [s.pair(rng) for s in streams]):
             fact = _arithmetic_fact(prompt)
             seen_arithmetic += fact is not None
             assert fact not in held, prompt
+            pairs = {(int(a), op, int(b)) for a, op, b in PAIR.findall(lm.digits_in_place(prompt))}
+            assert not pairs & held, prompt
             if not ARITHMETIC.match(prompt) and prompt.endswith("はいくつ?"):
                 assert prompt.removesuffix("はいくつ?") not in hidden, prompt
     hidden_numbers = {read_number(n) for n in hidden}

@@ -305,6 +305,15 @@ class ExpertStream:
                 return text, converted
 
 
+def expert_stream(split: TaskSplit, settings: LMSettings) -> ExpertStream:
+    """The training stream of the expert for `split` under `settings` (replay and rewrite contexts included)."""
+    splits = lm_splits()
+    return ExpertStream(
+        split, settings.scratchpad, replay_share=settings.replay_share,
+        replay=Pretraining(splits, settings.scratchpad) if settings.replay_share else None,
+        rewrite_contexts=settings.rewrite_contexts, held_facts=held_out_facts(splits))
+
+
 def train_expert(base: MistralForCausalLM, split: TaskSplit, settings: LMSettings, seed: int,
                  tokenizer: PreTrainedTokenizerFast,
                  on_step: Callable[[int, float], None] | None = None) -> MistralForCausalLM:
@@ -312,11 +321,7 @@ def train_expert(base: MistralForCausalLM, split: TaskSplit, settings: LMSetting
     model = MistralForCausalLM(base.config)
     model.load_state_dict(base.state_dict())
     encoder = Encoder(tokenizer)
-    splits = lm_splits()
-    stream = ExpertStream(
-        split, settings.scratchpad, replay_share=settings.replay_share,
-        replay=Pretraining(splits, settings.scratchpad) if settings.replay_share else None,
-        rewrite_contexts=settings.rewrite_contexts, held_facts=held_out_facts(splits))
+    stream = expert_stream(split, settings)
 
     def make_batch(rng: random.Random) -> dict[str, torch.Tensor]:
         return encoder.batch([stream.pair(rng) for _ in range(settings.batch)])
