@@ -375,7 +375,7 @@ def _read_tensor(inputs: MergeInputs, name: str, device: str) -> tuple[torch.Ten
             tensor = tensor.to(compute_dtype)
         return tensor if device == "cpu" else tensor.to(device, non_blocking=True)
 
-    base = prepared(inputs.base_ref) if inputs.method_uses_base else None
+    base = prepared(inputs.base_ref) if inputs.recipe.uses_base() else None
     return base, [prepared(ref) for ref in inputs.operand_refs]
 
 

@@ -45,13 +45,9 @@ class MergeInputs:
     def tokenizer_donor(self) -> ModelSource:
         return self.sources[self.tokenizer_ref]
 
-    @property
-    def method_uses_base(self) -> bool:
-        return self.method.base != "ignored" and self.base_ref is not None
-
     def refs_read_per_tensor(self) -> list[str]:
         """Distinct models read for every tensor (base first when the method uses it)."""
-        refs = ([self.base_ref] if self.method_uses_base else []) + self.operand_refs
+        refs = ([self.base_ref] if self.recipe.uses_base() else []) + self.operand_refs
         if self.resolve_vocab and self.tokenizer_ref not in refs:
             refs.append(self.tokenizer_ref)
         return list(dict.fromkeys(refs))
@@ -101,7 +97,7 @@ def tokenizer_ref(recipe: Any, donor_ref: str) -> tuple[str, bool]:
 
 def open_inputs(recipe: Any, *, allow_pickle: bool = False, cache_dir: str | None = None) -> MergeInputs:
     """Open every model the recipe names (raises SourceError / RecipeError, closing what was opened)."""
-    method = get_method(recipe.merge_method)
+    method = recipe.method or get_method(recipe.merge_method)  # unknown: RecipeError listing the methods
     refs = list(dict.fromkeys(([recipe.base_model] if recipe.base_model else []) +
                               [entry.model for entry in recipe.models]))
     if not refs:

@@ -64,9 +64,17 @@ class Recipe:
     tokenizer_source: str | None = None
     tokenizer: dict[str, Any] | None = None  # mergekit's `tokenizer:` block, kept as written
     chat_template: str | None = None
+    # The registry's declaration of merge_method, resolved once when the recipe is made (None for an unknown name:
+    # validation says so). The step, validation and merge_inputs read it; nothing looks the method up by name again.
+    # To change the method, make a new recipe (dataclasses.replace resolves the new name).
+    method: Method | None = field(default=None, repr=False, compare=False)
     # What validate_recipe last found valid (the recipe's fingerprint): validating it again, unchanged, is free, so
     # the page, LiveMerger and the engine's preflight can each ask without the merge being validated twice.
     _valid_as: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.method is None or self.method.name != self.merge_method:
+            self.method = _registered(self.merge_method)
 
     @classmethod
     def from_dict(cls, data: Any) -> Recipe:
@@ -124,7 +132,7 @@ class Recipe:
         it is (merging.export labels it)."""
         data = self.to_dict()
         notes: list[str] = []
-        method = get_method(self.merge_method)
+        method = self.method or get_method(self.merge_method)  # unknown: RecipeError listing the methods
         export = method.mergekit
         if export is not None and export.name not in (None, self.merge_method):
             data["merge_method"] = export.name
@@ -151,7 +159,7 @@ class Recipe:
         methods that ignore the base (linear, passthrough) every listed model, plus an unlisted base_model appended
         last, as mergekit does."""
         listed = [m.model for m in self.models]
-        if _base_policy(self.merge_method) == "ignored":
+        if self.method is not None and self.method.base == "ignored":
             if self.base_model and self.base_model not in listed:
                 listed.append(self.base_model)
             return listed
@@ -167,11 +175,18 @@ class Recipe:
         return next((m.parameters for m in self.models if m.model == model), {})
 
 
-def _base_policy(method_name: str) -> str:
+    def uses_base(self) -> bool:
+        """Whether the method is handed the base model's tensor as `base`: it does not ignore the base and the
+        recipe names one (the engine reads it then, live merging passes it, the step expects it)."""
+        return self.method is not None and self.method.base != "ignored" and self.base_model is not None
+
+
+def _registered(name: str) -> Method | None:
+    """The registry's method of this name; None when there is none."""
     try:
-        return get_method(method_name).base
+        return get_method(name)
     except RecipeError:
-        return "required"
+        return None
 
 
 class _Dumper(yaml.SafeDumper):
@@ -396,12 +411,15 @@ class ParameterResolver:
     """Resolves a recipe's parameters per tensor name; build once per merge, call per tensor.
 
     `ParameterResolver(recipe)(name, num_layers)` and `ParameterResolver(recipe, num_layers)(name)` both work.
-    Returns (one dict per merge input in `recipe.merge_inputs()` order, the global dict), defaults filled."""
+    Returns (one dict per merge input in `recipe.merge_inputs()` order, the global dict), defaults filled.
+    `method`, `inputs` (`recipe.merge_inputs()`) and `uses_base` (`recipe.uses_base()`) are read once here, for the
+    step that calls it."""
 
     def __init__(self, recipe: Recipe, num_layers: int | None = None) -> None:
-        self.method = get_method(recipe.merge_method)
+        self.method = recipe.method or get_method(recipe.merge_method)  # unknown: RecipeError listing the methods
         self.num_layers = num_layers
         self.inputs = recipe.merge_inputs()
+        self.uses_base = recipe.uses_base()
         self._shared = dict(recipe.parameters)
         self._own = [dict(recipe.model_settings(m)) for m in self.inputs]
         self._global_params = [p for p in self.method.params if p.scope == "global"]
@@ -489,10 +507,10 @@ def _listed(problems: list[str]) -> str:
 
 def _problems(recipe: Recipe) -> list[str]:
     problems: list[str] = []
-    known = {m.name: m for m in list_methods()}
-    method = known.get(recipe.merge_method)
+    method = recipe.method
     if method is None:
-        problems.append(f"unknown merge_method {quote(recipe.merge_method)}: use one of {', '.join(known)}")
+        known = ", ".join(m.name for m in list_methods())
+        problems.append(f"unknown merge_method {quote(recipe.merge_method)}: use one of {known}")
     for key in ("dtype", "out_dtype"):
         value = getattr(recipe, key)
         if value is not None and value not in DTYPES:

@@ -23,6 +23,13 @@ class MergeSettings:
     weights: list[float]
     params: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    # The registry's declaration of `method`, resolved once when the settings are made and passed down with them
+    # (the recipe built from them keeps it); not part of the settings' value (equality, to_dict).
+    spec: Method = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.spec is None or self.spec.name != self.method:
+            self.spec = get_method(self.method)  # an unknown name: RecipeError listing the methods
 
     @classmethod
     def from_dict(cls, raw: Any) -> MergeSettings:
@@ -35,9 +42,14 @@ class MergeSettings:
         if unknown:
             raise RecipeError(f"Merge settings have unknown field(s) {_names(unknown)}: use method, weights, params "
                               f"and seed, like {SETTINGS_EXAMPLE}.")
-        method = _method(raw.get("method"))
-        return cls(method=method.name, weights=_weights(raw.get("weights")),
-                   params=_params(method, raw.get("params")), seed=_seed(raw.get("seed")))
+        return cls.checked(_method(raw.get("method")), raw.get("weights"), raw.get("params"), raw.get("seed"))
+
+    @classmethod
+    def checked(cls, method: Method, weights: Any, params: Any, seed: Any) -> MergeSettings:
+        """Settings of a method already looked up, the other fields checked as from_dict checks them (the page's
+        controls: their method was resolved to read them)."""
+        return cls(method=method.name, weights=_weights(weights), params=_params(method, params), seed=_seed(seed),
+                   spec=method)
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "weights": list(self.weights), "params": dict(self.params), "seed": self.seed}

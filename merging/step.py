@@ -22,7 +22,7 @@ import torch
 
 from merging.checks import method_failure, require_finite, require_input_count
 from merging.methods.common import tensor_generator
-from merging.methods.registry import Method, collect_notes, get_method
+from merging.methods.registry import Method, collect_notes
 from merging.recipe import ParameterResolver
 
 
@@ -32,8 +32,8 @@ class MergeStep:
 
     `num_layers` places a tensor within the model for gradients; `seed` and `device` make each random method's
     per-tensor generator. `inputs` are the models passed as `tensors`, in order (`recipe.merge_inputs()`);
-    `uses_base` says whether `base` is passed: "required", or "optional" with a base_model in the recipe. `notes`
-    collects the methods' per-tensor messages (name → messages, in order)."""
+    `uses_base` says whether `base` is passed (`recipe.uses_base()`: the method does not ignore the base and the
+    recipe names one). `notes` collects the methods' per-tensor messages (name → messages, in order)."""
 
     recipe: Any
     num_layers: int
@@ -45,11 +45,8 @@ class MergeStep:
     notes: dict[str, list[str]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.method = get_method(self.recipe.merge_method)
-        self._resolve = ParameterResolver(self.recipe, self.num_layers)
-        self.inputs = self._resolve.inputs
-        self.uses_base = self.method.base == "required" or (
-            self.method.base == "optional" and getattr(self.recipe, "base_model", None) is not None)
+        self._resolve = ParameterResolver(self.recipe, self.num_layers)  # the recipe read once, its method with it
+        self.method, self.inputs, self.uses_base = self._resolve.method, self._resolve.inputs, self._resolve.uses_base
 
     def parameters(self, name: str) -> tuple[list[dict], dict]:
         """(one dict per merge input, the global dict) resolved for tensor `name`."""

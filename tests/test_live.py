@@ -342,19 +342,18 @@ def test_engine_and_live_give_the_same_tensors_through_one_step(small_family, tm
     assert all(torch.equal(merged[n], folder[n]) for n in folder), method_name
 
 
-def test_live_rewords_method_failures_as_the_engine_does(merger, monkeypatch):
+def test_live_rewords_method_failures_as_the_engine_does(merger):
     import dataclasses
 
     from merging.errors import MergeLabError
 
     live, _, _ = merger
-    rec = load_recipe(recipe("ties", TWO))
 
     def broken(*args):
         raise RuntimeError("value cannot be converted to type float without overflow")
 
     failing = dataclasses.replace(get_method("ties"), fn=broken)
-    monkeypatch.setattr("merging.step.get_method", lambda name: failing)
+    rec = dataclasses.replace(load_recipe(recipe("ties", TWO)), method=failing)  # the step calls the recipe's Method
     with pytest.raises(MergeLabError, match="Merging tensor .* with ties failed .*overflow"):
         live.merge(rec)
 

@@ -79,9 +79,8 @@ def method_param_for(method_name: str, key: str) -> Param | None:
     return next((p for p in method.params if control_keys().get((method.name, p.name)) == key), None)
 
 
-def params_by_name(method_name: str, values: dict[str, Any]) -> dict[str, Any]:
+def params_by_name(method: Method, values: dict[str, Any]) -> dict[str, Any]:
     """Control values (by key) -> the method's parameters (by name)."""
-    method = get_method(method_name)
     keys = control_keys()
     return {p.name: values[keys[(method.name, p.name)]] for p in method.params
             if (method.name, p.name) in keys and keys[(method.name, p.name)] in values}
@@ -161,9 +160,10 @@ def control_updates(method_name: str, specs: dict[str, Param], current: dict[str
     shared by one meaning keep their values anyway."""
     method = get_method(method_name)
     current = current or {}
-    before = params_by_name(previous, current) if previous else {}
+    before_method = get_method(previous) if previous else None
+    before = params_by_name(before_method, current) if before_method is not None else {}
     # a fraction of entries kept is one setting under several names (density, select_topk): carried over
-    previous_fraction = get_method(previous).by_role("kept_fraction") if previous else None
+    previous_fraction = before_method.by_role("kept_fraction") if before_method is not None else None
     kept = before.get(previous_fraction.name) if previous_fraction is not None else None
     updates = []
     for key in specs:
@@ -206,25 +206,26 @@ def weight_control_updates(session: Session | None, method_name: str, current: l
 
 
 def collect_settings(session: Session, method: str, seed: float | None, weights: list[float],
-                     params: dict[str, Any]) -> dict[str, Any]:
-    """The controls as the JSON the /merge endpoint takes: only this method's parameters, one weight per source
-    (none when the method has no per-model weight)."""
+                     params: dict[str, Any]) -> MergeSettings:
+    """The controls as settings, checked as the /merge endpoint checks its JSON (`to_dict()` is that JSON): only
+    this method's parameters, one weight per source (none when the method has no per-model weight). The method is
+    looked up here, once: the settings carry it down to the recipe."""
     chosen = get_method(method)
     n = len(session.sources) if chosen.by_role("weight") is not None else 0
-    kept = {k: v for k, v in params_by_name(chosen.name, params).items() if v is not None}
-    return MergeSettings(method, [float(w) for w in weights[:n]], kept, int(seed or 0)).to_dict()
+    kept = {k: v for k, v in params_by_name(chosen, params).items() if v is not None}
+    return MergeSettings.checked(chosen, [float(w) for w in weights[:n]], kept, int(seed or 0))
 
 
 def settings_summary(settings: MergeSettings | dict, labels: list[str]) -> str:
     """The settings in one line: method · weights per source · parameters · seed (what a status line names)."""
     settings = MergeSettings.from_dict(settings) if isinstance(settings, dict) else settings
     parts = [f"**{settings.method}**"]
-    if settings.weights and get_method(settings.method).by_role("weight") is not None:
+    if settings.weights and settings.spec.by_role("weight") is not None:
         parts.append("weights: " + ", ".join(f"{label} {w:g}" for label, w in zip(labels, settings.weights)))
     if settings.params:
         parts.append(", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                                for k, v in settings.params.items()))
-    if get_method(settings.method).random:
+    if settings.spec.random:
         parts.append(f"seed {settings.seed}")
     return " · ".join(parts)
 
@@ -256,14 +257,19 @@ def run_merge(session: Session, config: HostConfig, raw_settings: dict, progress
     require_models(session)
     settings = MergeSettings.from_dict(raw_settings)
     if session.live is not None:
-        session.cancel.clear()  # a Cancel pressed while nothing ran must not stop this merge
-        with cancellable(session.cancel):  # /cancel_merge reaches loops inside a method (karcher's iterations)
-            merge_live(session, settings)
-        return merge_status(session, "memory")
+        return merge_in_memory(session, settings)
     return run_merge_to_folder(session, config, raw_settings, "merged", progress)
 
 
-def follow_move(session: Session, config: HostConfig, method: str, seed: float | None, weights: list[float],
+def merge_in_memory(session: Session, settings: MergeSettings) -> str:
+    """Merge checked settings in memory (live merging is on) and say so in the status line."""
+    session.cancel.clear()  # a Cancel pressed while nothing ran must not stop this merge
+    with cancellable(session.cancel):  # /cancel_merge reaches loops inside a method (karcher's iterations)
+        merge_live(session, settings)
+    return merge_status(session, "memory")
+
+
+def follow_move(session: Session, method: str, seed: float | None, weights: list[float],
                 params: dict[str, Any], stamp: float | None) -> str | None:
     """A control moved (the page's live re-merge): merge in memory with the values the controls show, or say that
     these models merge to a folder. None when a later move has been merged already (`stamp`: see newest_move)."""
@@ -272,7 +278,7 @@ def follow_move(session: Session, config: HostConfig, method: str, seed: float |
         return (f"*Settings changed ({settings_summary(settings, session.labels)}); these models merge to a folder: "
                 "press **Merge** to apply them.*")
     with session.lock:
-        return run_merge(session, config, settings) if newest_move(session, stamp) else None
+        return merge_in_memory(session, settings) if newest_move(session, stamp) else None
 
 
 def merge_if_none(session: Session, config: HostConfig, progress: Any = None) -> str | None:

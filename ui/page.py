@@ -195,7 +195,7 @@ def _wire_merge(config: HostConfig, state: gr.State, page: Page) -> Any:
     @guarded(config, "merge settings", in_place=True)
     def collect(session: Session, method: str, seed: float, *values: Any) -> dict:
         weights, params = values[:n_weights], dict(zip(specs, values[n_weights:]))
-        return merge_panel.collect_settings(_session(session), method, seed, list(weights), params)
+        return merge_panel.collect_settings(_session(session), method, seed, list(weights), params).to_dict()
 
     @guarded(config, "merge", in_place=True)
     def do_merge(session: Session, settings: dict, progress: gr.Progress = gr.Progress()) -> str:
@@ -273,7 +273,7 @@ def _wire_live_merges(config: HostConfig, state: gr.State, page: Page, switched:
         *values, stamp = values
         try:
             weights, params = values[:n_weights], dict(zip(specs, values[n_weights:]))
-            status = merge_panel.follow_move(session, config, method, seed, list(weights), params, stamp)
+            status = merge_panel.follow_move(session, method, seed, list(weights), params, stamp)
             return gr.update() if status is None else status  # None: a later move has been merged already
         except Exception as error:  # noqa: BLE001 - shown where the sliders are, in words
             return merge_panel.error_status(session, user_message(error, config))

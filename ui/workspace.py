@@ -20,9 +20,8 @@ from inference import model_kind
 from merging.engine import merge_to_folder as engine_merge
 from merging.errors import CompatibilityError, MergeLabError, RecipeError, SourceError
 from merging.live import LiveMerger, ReaderTensors, live_memory_plan
-from merging.methods import get_method
 from merging.methods.registry import Param
-from merging.recipe import Recipe, validate_recipe
+from merging.recipe import ModelEntry, Recipe, validate_recipe
 from merging.settings import MergeSettings
 from merging.sources import open_model, validate_hub_id
 from ui.catalog import require_hub
@@ -167,7 +166,7 @@ def check_settings(session: Session, settings: MergeSettings) -> None:
     that takes this many sources, weights that add nothing. Parameter bounds are the recipe validator's (it names
     the parameter, its range and what it does)."""
     require_models(session)
-    method = get_method(settings.method)
+    method = settings.spec
     problems = []
     uses_weights = method.by_role("weight") is not None
     if uses_weights and len(settings.weights) != len(session.sources):
@@ -204,30 +203,20 @@ def build_recipe(session: Session, settings: MergeSettings, *, by: str = "label"
     LiveMerger's keys); `by="path"` renames that recipe (`recorded_recipe`) for a merge record and export. A caller
     that needs both builds once and renames: `recorded_recipe(session, build_recipe(session, settings))`."""
     check_settings(session, settings)
-    method = get_method(settings.method)
-
-    def name(model: SourceModel) -> str:
-        return model.label
-
+    method = settings.spec  # resolved with the settings; the recipe keeps it
     global_params: dict[str, Any] = {}
     for key, value in settings.params.items():
         param = method.param(key)
         if param is None or value is None or not has_own_control(param):
             continue
         global_params[key] = _coerce_choice(value)
-    models = []
     weight = method.by_role("weight")
-    for i, source in enumerate(session.sources):
-        params = {weight.name: float(settings.weights[i])} if weight is not None else {}
-        models.append({"model": name(source), "parameters": params})
+    models = [ModelEntry(source.label, {weight.name: float(settings.weights[i])} if weight is not None else {})
+              for i, source in enumerate(session.sources)]
     # dtype is the compute dtype (as in mergekit), out_dtype the written one: the sources' own (bf16 in, bf16 out).
-    data: dict[str, Any] = {"merge_method": method.name, "models": models, "dtype": "float32",
-                            "out_dtype": session.dtype}
-    if method.base != "ignored":
-        data["base_model"] = name(session.base)
-    if global_params:
-        data["parameters"] = global_params
-    recipe = Recipe.from_dict(data)
+    recipe = Recipe(merge_method=method.name, models=models, parameters=global_params, dtype="float32",
+                    out_dtype=session.dtype, base_model=None if method.base == "ignored" else session.base.label,
+                    method=method)
     validate_recipe(recipe)
     return recipe if by == "label" else recorded_recipe(session, recipe)
 

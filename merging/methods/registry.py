@@ -111,6 +111,13 @@ class Method:
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params if not p.required}
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        """A registered method pickles (and deep-copies) as its name: a recipe sent to a sweep worker holds the
+        registry's own Method there too (its fn may be a closure, which pickle cannot carry)."""
+        if _METHODS.get(self.name) is self:
+            return get_method, (self.name,)
+        return super().__reduce_ex__(protocol)
+
 
 _METHODS: dict[str, Method] = {}
 _FAMILY_MODULES = (
