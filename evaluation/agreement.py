@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -97,7 +97,12 @@ def _config(model: PreTrainedModel) -> dict:
 def check_same_architecture(reference: PreTrainedModel, other: PreTrainedModel, other_name: str,
                             reference_name: str = "the merged model") -> None:
     """CompatibilityError naming the field where `other` differs from `reference`."""
-    ours, theirs = _config(reference), _config(other)
+    check_same_config(_config(reference), _config(other), other_name, reference_name)
+
+
+def check_same_config(ours: Mapping[str, Any], theirs: Mapping[str, Any], other_name: str,
+                      reference_name: str = "the merged model") -> None:
+    """check_same_architecture on two configs' dicts (an expert whose model was released keeps its config)."""
     for key in _STRUCTURE:
         if ours.get(key) != theirs.get(key):
             raise CompatibilityError(
@@ -146,6 +151,11 @@ class Evaluator:
         self.tasks = tasks
         self.answer_cache = answer_cache if answer_cache is not None else shared_memory_cache()
         self.experts = dict(experts)
+        released = [name for name, e in self.experts.items() if e.model is None]
+        if released:
+            raise TaskSetError(f"Expert {released[0]!r} was released after its answers were computed "
+                               "(Evaluator.release_experts): build every evaluator of these experts before that.")
+        self._configs = {name: e.model.config for name, e in self.experts.items()}  # kept when models are released
         self.template = template  # what merged weights are loaded into (default: a copy of an LM expert)
         self.batch_size = batch_size
         self._expert_predictions: dict[str, Predictions] | None = None
@@ -179,6 +189,28 @@ class Evaluator:
             return [task.expert]
         return [name for name, e in self.experts.items() if e.kind == "lm"]
 
+    def release_experts(self) -> None:
+        """For an evaluator that owns its experts (nothing else uses their models): compute their answers on every
+        task, make the template (or the first LM expert) itself the model merged weights are loaded into, and each
+        classification task's expert its head's (instead of copies: no second model in memory, even for a moment),
+        keep the configs and tokenizers, and drop every other reference to the expert models, whose memory is then
+        freed. score_state and score give the same numbers as before."""
+        if all(e.model is None for e in self.experts.values()):
+            return  # released already (a runner warms its scorer before every run)
+        self.expert_predictions()
+        adopted = {}
+        if any(not t.is_classification for t in self.tasks.tasks.values()):
+            adopted["__lm__"] = self._lm_template().model
+        for task in self.tasks.tasks.values():
+            if task.is_classification:
+                adopted[f"head:{task.expert}"] = self.experts[task.expert].model
+        for key, model in adopted.items():
+            if key not in self._scoring_copies:  # made already: by an evaluator sharing them, or a score before
+                self._scoring_copies[key] = model.eval()
+        self.experts = {name: replace(e, model=None) for name, e in self.experts.items()}
+        if self.template is not None:
+            self.template = replace(self.template, model=None)
+
     def expert_predictions(self) -> dict[str, Predictions]:
         if self._expert_predictions is None:
             predictions = {name: Predictions() for name in self.experts}
@@ -204,8 +236,8 @@ class Evaluator:
 
     def score(self, merged: LoadedModel) -> EvalResult:
         """Score a loaded model. For classification tasks its backbone is read through each task expert's head."""
-        for name, expert in self.experts.items():
-            check_same_architecture(merged.model, expert.model, name)
+        for name, config in self._configs.items():
+            check_same_config(_config(merged.model), config.to_dict(), name)
         needs_state = any(t.is_classification for t in self.tasks.tasks.values())
         return self._score(merged, merged.model.state_dict() if needs_state else None)
 
@@ -214,24 +246,33 @@ class Evaluator:
         the model (one per task head for classifiers), made once and reused: no reloads."""
         merged = None
         if any(not t.is_classification for t in self.tasks.tasks.values()):
-            template = self.template or next((e for e in self.experts.values() if e.kind == "lm"), None)
-            if template is None:
-                raise TaskSetError("Scoring merged weights on generation tasks needs a language-model expert or a "
-                                   "template model to load them into; pass one.")
+            template = self._lm_template()
             instance = self._scoring_copy("__lm__", template.model)
             load_state_into(instance, state, backbone_only=False)
             merged = LoadedModel(model=instance, tokenizer=template.tokenizer, kind="lm")
         return self._score(merged, state)
 
-    def _scoring_copy(self, key: str, template: PreTrainedModel) -> PreTrainedModel:
+    def _lm_template(self) -> LoadedModel:
+        """What generation tasks load merged weights into (a copy of it): the template, else the first LM expert."""
+        template = self.template or next((e for e in self.experts.values() if e.kind == "lm"), None)
+        if template is None:
+            raise TaskSetError("Scoring merged weights on generation tasks needs a language-model expert or a "
+                               "template model to load them into; pass one.")
+        return template
+
+    def _scoring_copy(self, key: str, template: PreTrainedModel | None) -> PreTrainedModel:
+        """The model merged weights are loaded into for `key`, copied from `template` once (None once released)."""
         if key not in self._scoring_copies:
+            if template is None:
+                raise TaskSetError(f"No scoring model {key!r} was made before the experts were released: release "
+                                   "them after the evaluator has every task it scores.")
             self._scoring_copies[key] = copy.deepcopy(template).eval()
         return self._scoring_copies[key]
 
     def _classifier_outputs(self, task: Task, state: Mapping[str, torch.Tensor]) -> TaskOutputs:
         expert = self.experts[task.expert]
         instance = self._scoring_copy(f"head:{task.expert}", expert.model)
-        load_state_into(instance, _as_backbone_state(state, expert.model), backbone_only=True)
+        load_state_into(instance, _as_backbone_state(state, instance), backbone_only=True)  # a copy of the expert
         return classify_task(instance, expert.tokenizer, task, batch_size=self._batch_size(instance))
 
     def _score(self, merged: LoadedModel | None, classifier_state: Mapping[str, torch.Tensor] | None) -> EvalResult:
@@ -258,7 +299,7 @@ class Evaluator:
         """The task's true answers as comparable answers (a classifier's labels as its expert's head ids)."""
         label2id = None
         if task.is_classification:
-            label2id = getattr(self.experts[task.expert].model.config, "label2id", None)
+            label2id = getattr(self._configs[task.expert], "label2id", None)
         return expected_answers(task, label2id)
 
     def outcomes(self, result: EvalResult) -> dict[str, dict[str, list[bool]]]:

@@ -226,3 +226,28 @@ def test_outcomes_are_what_the_scores_are_shares_of_and_silence_never_agrees(lm)
     got = evaluator.outcomes(merge)
     assert got["agreement"] == {"n": [False, True]}  # over the two the expert answered: None ≠ "3", "8" = "8"
     assert got["accuracy"] == {"n": [False, False, True]}  # the three known answers "3", "7", "8"
+
+
+def test_released_experts_score_as_kept_ones_through_every_head(classifiers, lm):
+    """release_experts (for an evaluator that owns its experts: here, copies) keeps the answers and configs and makes
+    the experts' own models the scoring models: classifier heads (label ids from the config) and a generated task
+    score as a kept evaluator's copies do; an evaluator cannot be built from released experts."""
+    import copy
+
+    experts, base_state, tasks = classifiers
+    owned = copy.deepcopy(experts)
+    kept, released = Evaluator(tasks, experts), Evaluator(tasks, owned)
+    released.release_experts()
+    assert all(e.model is None for e in released.experts.values())
+    assert released._scoring_copies["head:three"] is owned["three"].model  # adopted, not copied
+    for state in (base_state, {k: v for k, v in experts["three"].model.state_dict().items() if k.startswith("bert.")}):
+        assert released.score_state(state).to_dict() == kept.score_state(state).to_dict()
+    with pytest.raises(TaskSetError, match="released"):
+        Evaluator(tasks, released.experts)
+    _, lms, _, _ = lm
+    owned = copy.deepcopy(lms)
+    kept, released = Evaluator(_lm_tasks(lms), lms), Evaluator(_lm_tasks(owned), owned)
+    released.release_experts()
+    state = lms["second"].model.state_dict()
+    assert released.score_state(state).to_dict() == kept.score_state(state).to_dict()
+    assert released.score(lms["second"]).to_dict() == kept.score(lms["second"]).to_dict()  # checked on configs

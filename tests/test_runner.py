@@ -257,3 +257,41 @@ def test_a_scorer_keeps_one_scoring_model_for_all_its_splits(in_process):
         scorer.score(replace(job, split=split))
     copies = {id(e._scoring_copies["__lm__"]) for e in scorer.evaluators.values()}
     assert len(scorer.evaluators) == 3 and len(copies) == 1
+
+
+def test_a_scorer_that_owns_its_experts_frees_them_once_their_answers_are_known():
+    """build_scorer's scorer (what each Ray worker holds), once warmed, holds one full model besides the merger: the
+    first expert's, become the scoring model; the other expert model is unreferenced (freed), and no copy is made.
+    Every split scores every point exactly as a scorer that kept the experts and a copy."""
+    import gc
+    import weakref
+
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        spec = replace(_spec(), threads=1)
+        freed, kept = build_scorer(spec), build_scorer(spec, release_experts=False)
+        models = {name: e.model for name, e in freed.evaluators["all"].experts.items()}
+        assert {id(e.model) for ev in freed.evaluators.values() for e in ev.experts.values()} == \
+               {id(m) for m in models.values()}  # math and japanese, shared by the three splits' evaluators
+        alive = {name: weakref.ref(m) for name, m in models.items()}
+        del models
+        freed.warm()
+        freed.warm()  # a runner warms before every run: releasing again is a no-op
+        kept.warm()
+        gc.collect()
+        assert alive["japanese"]() is None  # freed
+        scoring = {id(ev._scoring_copies["__lm__"]) for ev in freed.evaluators.values()}
+        assert scoring == {id(alive["math"]())}  # the math expert's own model scores: no copy beside it
+        assert all(e.model is None for ev in freed.evaluators.values() for e in ev.experts.values())
+        for density in (0.3, 1.0):
+            job = PointJob(label="p", recipe=point_recipe(_template(), "ties", 0.5, density), seed=3)
+            for split in freed.evaluators:
+                ours, theirs = freed.score(replace(job, split=split)), kept.score(replace(job, split=split))
+                assert {k: v for k, v in ours.items() if k != "seconds"} == \
+                       {k: v for k, v in theirs.items() if k != "seconds"}
+        assert kept.evaluators["all"]._scoring_copies["__lm__"] is not kept.evaluators["all"].experts["math"].model
+    finally:
+        torch.set_num_threads(before)
