@@ -161,14 +161,14 @@ def require_models(session: Session) -> None:
 
 # --- recipes from the merge controls -----------------------------------------------------------------------------
 
-def check_settings(session: Session, settings: MergeSettings) -> None:
+def check_settings(session: Session, settings: MergeSettings, weight: Param | None) -> None:
     """Problems only the page has, said in its terms (before the recipe validator's): a weight per source, a method
-    that takes this many sources, weights that add nothing. Parameter bounds are the recipe validator's (it names
-    the parameter, its range and what it does)."""
+    that takes this many sources, weights that add nothing. `weight`: the method's weight parameter (None: it has
+    none). Parameter bounds are the recipe validator's (it names the parameter, its range and what it does)."""
     require_models(session)
     method = settings.spec
     problems = []
-    uses_weights = method.by_role("weight") is not None
+    uses_weights = weight is not None
     if uses_weights and len(settings.weights) != len(session.sources):
         problems.append(f"give one weight per source model: {len(session.sources)} sources "
                         f"({', '.join(session.labels)}), {len(settings.weights)} weights")
@@ -202,15 +202,15 @@ def build_recipe(session: Session, settings: MergeSettings, *, by: str = "label"
     """The recipe the controls describe, built and validated once. Models are named by their session labels (the
     LiveMerger's keys); `by="path"` renames that recipe (`recorded_recipe`) for a merge record and export. A caller
     that needs both builds once and renames: `recorded_recipe(session, build_recipe(session, settings))`."""
-    check_settings(session, settings)
     method = settings.spec  # resolved with the settings; the recipe keeps it
+    weight = method.by_role("weight")
+    check_settings(session, settings, weight)
     global_params: dict[str, Any] = {}
     for key, value in settings.params.items():
         param = method.param(key)
         if param is None or value is None or not has_own_control(param):
             continue
         global_params[key] = _coerce_choice(value)
-    weight = method.by_role("weight")
     models = [ModelEntry(source.label, {weight.name: float(settings.weights[i])} if weight is not None else {})
               for i, source in enumerate(session.sources)]
     # dtype is the compute dtype (as in mergekit), out_dtype the written one: the sources' own (bf16 in, bf16 out).
@@ -337,7 +337,7 @@ def merge_live(session: Session, settings: MergeSettings) -> MergeRecord:
         if not written:
             raise CompatibilityError("The merged tensors do not match the model's parameter names; merge to a "
                                      "folder and load it instead.")
-        dtype = str(session.live.output_dtype(recipe)).removeprefix("torch.")
+        dtype = recipe.out_dtype  # build_recipe sets it: what the engine writes, and live merging rounds to
         return session.record_merge(settings, recorded_recipe(session, recipe), "live", dtype=dtype,
                             seconds=time.perf_counter() - started)
 
