@@ -1,7 +1,7 @@
-"""Checks on a merge while it runs, shared by the engine (folder) and LiveMerger (in memory): a method gets as many
-parameter sets as tensors, and no merged tensor holds NaN or inf (a weight of 1e308, weights summing to 0 with
-normalize on, ...). Failing either raises a MergeLabError naming the tensor and the likely cause, so a merge is
-refused before anything that looks finished is written.
+"""Checks on a merge while it runs, made by the per-tensor step (merging.step) that the engine (folder) and
+LiveMerger (in memory) share: no merged tensor holds NaN or inf (a weight of 1e308, weights summing to 0 with
+normalize on, ...), and a method's failure is reworded. Either raises a MergeLabError naming the tensor and the likely
+cause, so a merge is refused before anything that looks finished is written.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +24,6 @@ NORMALIZING_PARAMS = ("normalize", "normalize_weights")
 
 class NonFiniteMergeError(MergeLabError):
     """A merged tensor has NaN or inf values (or values the output dtype cannot hold)."""
-
-
-def require_input_count(tensor_name: str, tensors: Sequence[Any], model_params: Sequence[Any],
-                        method_name: str) -> None:
-    """The method gets one parameter set per input tensor; a mismatch would let `zip` drop a model silently."""
-    if len(tensors) != len(model_params):
-        raise MergeLabError(
-            f"Internal inconsistency merging {tensor_name!r} with {method_name}: {len(tensors)} input tensors but "
-            f"{len(model_params)} parameter sets. The models read and the recipe's merge inputs disagree; please "
-            "report this with the recipe.")
 
 
 def require_finite(tensor_name: str, tensor: torch.Tensor, recipe: Any, out_dtype: torch.dtype | None = None) -> None:

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from merging.checks import method_failure, require_finite, require_input_count
+from merging.checks import method_failure, require_finite
+from merging.errors import MergeLabError
 from merging.methods.common import tensor_generator
 from merging.methods.registry import Method, collect_notes
 from merging.recipe import ParameterResolver
@@ -61,8 +62,12 @@ class MergeStep:
         """The merged tensor `name` (the method's compute dtype, float32 unless the recipe's dtype says otherwise),
         checked to be finite and to fit `out_dtype`. MergeLabError for a failure the recipe can cause."""
         model_params, params = self.parameters(name)
+        if len(tensors) != len(model_params):  # `zip` in a method would drop a model silently
+            raise MergeLabError(
+                f"Internal inconsistency merging {name!r} with {self.method.name}: {len(tensors)} input tensors but "
+                f"{len(model_params)} parameter sets. The models read and the recipe's merge inputs disagree; please "
+                "report this with the recipe.")
         generator = self.generator(name)
-        require_input_count(name, tensors, model_params, self.method.name)
         with collect_notes() as tensor_notes:
             try:
                 merged = self.method.fn(base, tensors, model_params, params, generator)

@@ -6,8 +6,6 @@ its content (inference.cache.folder_identity), and results.json names the record
 
 from __future__ import annotations
 
-import itertools
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -16,13 +14,6 @@ from merging.recipe import Recipe
 from merging.settings import MergeSettings
 
 Mode = Literal["live", "folder", "learned"]
-_VERSIONS = itertools.count(1)
-_VERSIONS_LOCK = threading.Lock()
-
-
-def next_version() -> int:
-    with _VERSIONS_LOCK:
-        return next(_VERSIONS)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ cache in ui.resources."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 import threading
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from merging.settings import MergeSettings
-from ui.merge_record import MergeRecord, Mode, next_version
+from ui.merge_record import MergeRecord, Mode
 
 if TYPE_CHECKING:  # typing only: heavy imports
     from evaluation.agreement import EvalResult
@@ -26,6 +27,9 @@ if TYPE_CHECKING:  # typing only: heavy imports
     from merging.recipe import Recipe
 
 DOWNLOADS = Path(tempfile.gettempdir()) / "mergelab-downloads"  # <session id>/<what>/: see session_downloads
+# Merge versions, unique in this process across all sessions (a record's `version`; Session.record_merge draws them).
+_VERSIONS = itertools.count(1)
+_VERSIONS_LOCK = threading.Lock()
 
 
 @dataclass
@@ -107,7 +111,9 @@ class Session:
                      folder: Path | None = None, learned: LearnedMerge | None = None) -> MergeRecord:
         """Make this session's current merge. The only place a merge is recorded: the previous one's results (the
         last evaluation, which scored it) are dropped, so nothing downstream can mix the two."""
-        record = MergeRecord(settings=settings, recipe=recipe, mode=mode, dtype=dtype, version=next_version(),
+        with _VERSIONS_LOCK:
+            version = next(_VERSIONS)
+        record = MergeRecord(settings=settings, recipe=recipe, mode=mode, dtype=dtype, version=version,
                              created=time.time(), seconds=seconds, folder=folder, learned=learned)
         with self.lock:
             self.merge = record

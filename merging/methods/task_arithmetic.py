@@ -73,14 +73,15 @@ def mix_deltas_(
     """λ·(Σ_i mask_i w_i δ_i) / divisor from float32 task vectors the caller owns (they are overwritten), plus
     `base` when given (then the merged tensor is returned)."""
     weights = [float(m["weight"]) for m in model_params]
-    generator = default_generator(generator)  # one stream for all models, so their masks differ
-    ws = ScratchWorkspace(deltas[0])
-    for delta, model, weight in zip(deltas, model_params, weights):
-        if sparsifier is not None:
+    if sparsifier is not None:  # a generator and scratch only where something is pruned
+        generator = default_generator(generator)  # one stream for all models, so their masks differ
+        ws = ScratchWorkspace(deltas[0])
+        for delta, model in zip(deltas, model_params):
             sparsifier(delta, model, params, generator, ws)
+        del ws  # free the full-size scratch: the combine step needs only chunk-sized buffers
+    for delta, weight in zip(deltas, weights):
         if weight != 1:
             delta.mul_(weight)
-    del ws  # free the full-size scratch: the combine step needs only chunk-sized buffers
     normalize = bool(params.get("normalize", False))
     scale = float(params.get("lambda", 1.0))
     if consensus:
