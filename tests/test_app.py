@@ -120,12 +120,12 @@ def test_hub_id_without_network_fails_before_any_download(config, offline):
 def test_controls_show_exactly_each_methods_parameters():
     specs = merge_panel.param_specs()
     for method in merge_panel.methods():
-        updates = merge_panel.control_updates(method.name, specs)
+        updates = merge_panel.control_updates(method, specs)
         shown = {specs[key].name for key, update in zip(specs, updates) if update.get("visible") is True}
         assert shown == {p.name for p in method.params if has_own_control(p)}, method.name
         assert not shown & {"weight", "int8_mask"}, method.name  # a slider per source; no effect here
         for key, update in zip(specs, updates):  # each shown control has the method's own range, help and default
-            param = merge_panel.method_param_for(method.name, key)
+            param = merge_panel.method_param_for(method, key)
             if update.get("visible") is True and param.kind == "float" and merge_panel.param_range(param):
                 low, high = merge_panel.param_range(param)
                 assert (update["minimum"], update["maximum"], update["info"]) == (low, high, param.help), key
@@ -134,30 +134,40 @@ def test_controls_show_exactly_each_methods_parameters():
 
 
 def test_switching_method_keeps_the_kept_fraction_and_takes_declared_values():
+    from merging.methods import get_method
+
     specs = merge_panel.param_specs()
     shown = {key: 0.5 if specs[key].name == "density" else None for key in specs}
-    updates = dict(zip(specs, merge_panel.control_updates("dare_ties", specs, shown, previous="ties")))
+    ties = get_method("ties")
+    updates = dict(zip(specs, merge_panel.control_updates(get_method("dare_ties"), specs, shown, previous=ties)))
     assert updates["density"]["value"] == 0.5  # not the declared 1.0, where DARE would drop nothing
-    sce = dict(zip(specs, merge_panel.control_updates("sce", specs, shown, previous="ties")))
+    sce = dict(zip(specs, merge_panel.control_updates(get_method("sce"), specs, shown, previous=ties)))
     assert sce["select_topk"]["value"] == 0.5
     keys = merge_panel.control_keys()
     slerp_t, nearswap_t = keys[("slerp", "t")], keys[("nearswap", "t")]
     assert slerp_t != nearswap_t  # different declarations, different controls
-    slerp = dict(zip(specs, merge_panel.control_updates("slerp", specs, {nearswap_t: 0.004}, previous="nearswap")))
+    slerp = dict(zip(specs, merge_panel.control_updates(get_method("slerp"), specs, {nearswap_t: 0.004},
+                                                        previous=get_method("nearswap"))))
     assert slerp[slerp_t]["value"] == 0.5 and slerp[slerp_t]["maximum"] == 1.0
-    assert merge_panel.weight_range("slerp") is None  # no per-model weight: the weight sliders hide
+    assert merge_panel.weight_range(get_method("slerp")) is None  # no per-model weight: the weight sliders hide
+    # the page's method switch: the same updates, the help, the shown method and the values to set again
+    switched = merge_panel.method_switch_updates(None, "dare_ties", "ties", [], shown, specs)
+    assert switched[0] == merge_panel.method_help(get_method("dare_ties")) and switched[-2] == "dare_ties"
+    assert dict(zip(specs, switched[1 + merge_panel.MAX_SOURCES:-2]))["density"]["value"] == 0.5
 
 
 def test_sparsifying_methods_start_where_they_trim():
     """A method whose declared density (or select_topk) default keeps everything starts the page below 1, so a
     switch to ties trims from the first merge; recipes keep mergekit's default."""
+    from merging.methods import get_method
+
     specs = merge_panel.param_specs()
     for name in ("ties", "dare_ties", "breadcrumbs", "della", "magnitude_prune", "sce"):
-        updates = dict(zip(specs, merge_panel.control_updates(name, specs, {}, previous="task_arithmetic")))
+        updates = dict(zip(specs, merge_panel.control_updates(get_method(name), specs, {},
+                                                              previous=get_method("task_arithmetic"))))
         fraction = next(updates[key]["value"] for key in specs if specs[key].role == "kept_fraction"
                         and updates[key].get("visible") is True)
         assert 0 < fraction < 1, name
-    from merging.methods import get_method
 
     assert get_method("ties").param("density").default == 1.0  # mergekit's default for recipes is unchanged
 
@@ -165,7 +175,7 @@ def test_sparsifying_methods_start_where_they_trim():
 def test_method_help_has_explanation_and_formula():
     from merging.methods import get_method
 
-    text = merge_panel.method_help("ties")
+    text = merge_panel.method_help(get_method("ties"))
     assert get_method("ties").formula in text and get_method("ties").explanation in text
 
 

@@ -32,9 +32,8 @@ def methods() -> list[Method]:
     return sorted(list_methods(), key=lambda m: m.name)
 
 
-def method_help(name: str) -> str:
+def method_help(method: Method) -> str:
     """One-line explanation and formula, as Markdown."""
-    method = get_method(name)
     base = {"required": "needs the base model", "optional": "uses the base model when given",
             "ignored": "does not use the base model"}[method.base]
     random = " Random: the seed makes it reproducible." if method.random else ""
@@ -73,9 +72,8 @@ def param_specs() -> dict[str, Param]:
     return specs
 
 
-def method_param_for(method_name: str, key: str) -> Param | None:
+def method_param_for(method: Method, key: str) -> Param | None:
     """The method's parameter a control key shows, or None."""
-    method = get_method(method_name)
     return next((p for p in method.params if control_keys().get((method.name, p.name)) == key), None)
 
 
@@ -152,22 +150,20 @@ def _param_update(param: Param, value: Any) -> Any:
     return gr.update(**update)
 
 
-def control_updates(method_name: str, specs: dict[str, Param], current: dict[str, Any] | None = None,
-                    previous: str | None = None) -> list[Any]:
+def control_updates(method: Method, specs: dict[str, Param], current: dict[str, Any] | None = None,
+                    previous: Method | None = None) -> list[Any]:
     """Show the method's parameters, explained and valued as it declares them; hide the others. `current` holds
     the controls' values by key: a kept fraction (density ↔ select_topk) carries over from the previous method when
     it fits, so switching ties → dare_ties keeps the density instead of resetting it to 'keep everything'; controls
     shared by one meaning keep their values anyway."""
-    method = get_method(method_name)
     current = current or {}
-    before_method = get_method(previous) if previous else None
-    before = params_by_name(before_method, current) if before_method is not None else {}
+    before = params_by_name(previous, current) if previous is not None else {}
     # a fraction of entries kept is one setting under several names (density, select_topk): carried over
-    previous_fraction = before_method.by_role("kept_fraction") if before_method is not None else None
+    previous_fraction = previous.by_role("kept_fraction") if previous is not None else None
     kept = before.get(previous_fraction.name) if previous_fraction is not None else None
     updates = []
     for key in specs:
-        param = method_param_for(method.name, key)
+        param = method_param_for(method, key)
         if param is None:
             updates.append(gr.update(visible=HIDDEN))
             continue
@@ -182,16 +178,16 @@ def control_updates(method_name: str, specs: dict[str, Param], current: dict[str
     return updates
 
 
-def weight_range(method_name: str) -> tuple[float, float] | None:
+def weight_range(method: Method) -> tuple[float, float] | None:
     """The weight sliders' range for a method; None when it has no per-model weight."""
-    param = get_method(method_name).by_role("weight")
+    param = method.by_role("weight")
     return None if param is None else (param_range(param) or (-1.0, 2.0))
 
 
-def weight_control_updates(session: Session | None, method_name: str, current: list[float] | None = None
+def weight_control_updates(session: Session | None, method: Method, current: list[float] | None = None
                            ) -> list[Any]:
     """One slider per source, ranged as the method's `weight` declares; all hidden when it has none."""
-    bounds = weight_range(method_name)
+    bounds = weight_range(method)
     sources = session.sources if session else []
     updates = []
     for i in range(MAX_SOURCES):
@@ -336,10 +332,11 @@ def build(config: HostConfig) -> MergePanel:
     specs = param_specs()
     names = [m.name for m in methods()]
     default = DEFAULT_METHOD if DEFAULT_METHOD in names else names[0]
+    default_method = get_method(default)
     with gr.Row():
         method = gr.Dropdown(names, value=default, label="Method", elem_id="merge-method", scale=1)
-        help_md = gr.Markdown(method_help(default), elem_id="method-help")
-    low, high = weight_range(default) or (-1.0, 2.0)
+        help_md = gr.Markdown(method_help(default_method), elem_id="method-help")
+    low, high = weight_range(default_method) or (-1.0, 2.0)
     with gr.Row(elem_id="weights-row"):
         weights = [gr.Slider(low, high, value=0.5, step=0.01, label=f"model {i + 1}", elem_id=f"weight-{i}",
                              info="weight: how much of this model's task vector goes in",
@@ -357,9 +354,8 @@ def build(config: HostConfig) -> MergePanel:
     stamp = gr.Number(0, visible=False)  # when the browser sent a control move (set by the event's js)
     shown_method = gr.State(default)  # the method whose controls are shown (values carry over on a switch)
     # Initial visibility, ranges and values for the default method.
-    default_method = get_method(default)
     for key, control in params.items():
-        param = method_param_for(default_method.name, key)
+        param = method_param_for(default_method, key)
         control.visible = True if param is not None else HIDDEN
         if param is not None and isinstance(control, gr.Slider) and param_range(param):
             control.minimum, control.maximum = param_range(param)
@@ -371,7 +367,7 @@ def build(config: HostConfig) -> MergePanel:
 def weight_updates(session: Session | None, values: bool = True) -> list[Any]:
     """One visible slider per source, labelled (and, with `values`, set to the session's starting weights)."""
     settings = session.merge_settings if session else None
-    method = settings.method if settings else DEFAULT_METHOD
+    method = settings.spec if settings else get_method(DEFAULT_METHOD)
     updates = weight_control_updates(session, method, settings.weights if settings else None)
     if not values:
         updates = [gr.update(**{k: v for k, v in u.items() if k != "value"}) for u in updates]
@@ -387,15 +383,26 @@ def session_control_updates(session: Session, specs: dict[str, Param]) -> list[A
 
 def settings_control_updates(session: Session, settings: MergeSettings, specs: dict[str, Param]) -> list[Any]:
     """[method, help, *weights, *params, shown method] set to `settings` (values not in it: the declared ones)."""
-    method = get_method(settings.method)
-    params = control_updates(method.name, specs)
+    method = settings.spec
+    params = control_updates(method, specs)
     for i, key in enumerate(specs):
-        param = method_param_for(method.name, key)
+        param = method_param_for(method, key)
         if param is not None and param.name in settings.params:
             value = settings.params[param.name]
             params[i] = _param_update(param, _choice_value(value) if param.kind == "choice" else value)
-    weights = weight_control_updates(session, method.name, settings.weights or None)
-    return [gr.update(value=method.name), method_help(method.name), *weights, *params, method.name]
+    weights = weight_control_updates(session, method, settings.weights or None)
+    return [gr.update(value=method.name), method_help(method), *weights, *params, method.name]
+
+
+def method_switch_updates(session: Session | None, name: str, previous: str | None, weights: list[float],
+                          params: dict[str, Any], specs: dict[str, Param]) -> list[Any]:
+    """Another method chosen: [help, *weight sliders, *parameter controls, shown method, pending values], each
+    control re-ranged and valued as the new method declares it, shared values and a kept fraction carried over
+    from `previous` (control_updates). Both methods are looked up here, once."""
+    method = get_method(name)
+    before = get_method(previous) if previous else None
+    updates = [*weight_control_updates(session, method, weights), *control_updates(method, specs, params, before)]
+    return [method_help(method), *updates, method.name, pending_values(updates)]
 
 
 def newest_move(session: Session, stamp: float | None) -> bool:

@@ -229,9 +229,7 @@ def _wire_method_switch(state: gr.State, page: Page) -> Any:
 
     def method_changed(session: Session | None, name: str, previous: str | None, *values: Any) -> list[Any]:
         weights, params = list(values[:n_weights]), dict(zip(specs, values[n_weights:]))
-        updates = [*merge_panel.weight_control_updates(session, name, weights),
-                   *merge_panel.control_updates(name, specs, params, previous)]
-        return [merge_panel.method_help(name), *updates, name, merge_panel.pending_values(updates)]
+        return merge_panel.method_switch_updates(session, name, previous, weights, params, specs)
 
     return _then_values(merge.method.input(
         method_changed, [state, merge.method, merge.shown_method, *merge.weights, *param_controls],
