@@ -179,11 +179,10 @@ def check_settings(session: Session, settings: MergeSettings, weight: Param | No
         problems.append(f"{method.name} takes {wanted} model(s) besides the base; you chose {len(session.sources)}: "
                         "change the sources in the Models tab or pick another method")
     if uses_weights and settings.weights and not problems:
-        normalize = settings.params.get("normalize", (method.param("normalize") or _NO).default)
         total = sum(settings.weights)
         if all(w == 0 for w in settings.weights):
             problems.append("every weight is 0, so the merge would add nothing: raise at least one model's weight")
-        elif normalize is True and abs(total) < 1e-9:
+        elif abs(total) < 1e-9 and _normalizes(settings):
             problems.append(f"the weights sum to zero ({' + '.join(f'{w:g}' for w in settings.weights)}) and "
                             f"{method.name} divides by that sum: make them add up to something other than 0, or "
                             "turn normalize off")
@@ -191,11 +190,10 @@ def check_settings(session: Session, settings: MergeSettings, weight: Param | No
         raise RecipeError("Cannot merge: " + "; ".join(problems) + ".")
 
 
-class _NoParam:
-    default = None
-
-
-_NO = _NoParam()
+def _normalizes(settings: MergeSettings) -> bool:
+    """Whether the merge divides by the sum of the weights: normalize set, or declared on by default."""
+    declared = settings.spec.param("normalize")
+    return settings.params.get("normalize", declared.default if declared is not None else None) is True
 
 
 def build_recipe(session: Session, settings: MergeSettings, *, by: str = "label") -> Recipe:
