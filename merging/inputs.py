@@ -17,14 +17,12 @@ from typing import Any
 import torch
 
 from merging.errors import RecipeError
-from merging.methods.registry import get_method
 from merging.sources import ModelSource, open_model
 
 
 @dataclass
 class MergeInputs:
-    recipe: Any  # merging.recipe.Recipe
-    method: Any  # merging.methods.registry.Method
+    recipe: Any  # merging.recipe.Recipe, validated (the engine and pre-flight open inputs after validation)
     sources: dict[str, ModelSource]  # one per distinct model reference
     base_ref: str | None
     operand_refs: list[str]
@@ -97,7 +95,6 @@ def tokenizer_ref(recipe: Any, donor_ref: str) -> tuple[str, bool]:
 
 def open_inputs(recipe: Any, *, allow_pickle: bool = False, cache_dir: str | None = None) -> MergeInputs:
     """Open every model the recipe names (raises SourceError / RecipeError, closing what was opened)."""
-    method = recipe.method or get_method(recipe.merge_method)  # unknown: RecipeError listing the methods
     refs = list(dict.fromkeys(([recipe.base_model] if recipe.base_model else []) +
                               [entry.model for entry in recipe.models]))
     if not refs:
@@ -113,7 +110,7 @@ def open_inputs(recipe: Any, *, allow_pickle: bool = False, cache_dir: str | Non
             source.close()
         raise
     renamed = _align_names(sources, recipe.base_model)
-    return MergeInputs(recipe=recipe, method=method, sources=sources, base_ref=recipe.base_model,
+    return MergeInputs(recipe=recipe, sources=sources, base_ref=recipe.base_model,
                        operand_refs=operand_refs(recipe), donor_ref=donor, tokenizer_ref=tok_ref,
                        resolve_vocab=resolve, renamed=renamed)
 
