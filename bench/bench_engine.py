@@ -302,14 +302,14 @@ def markdown(summaries: list[dict], rows: dict[str, list[dict]], args: argparse.
     ]
     for s in summaries:
         lines += [
-            f"#### {s['size']} ({s['params'] / 1e6:.0f}M parameters, {s['model_mb']:.0f} MB per model) "
-            f"on {args.device}",
+            (f"#### {s['size']} ({s['params'] / 1e6:.0f}M parameters, {s['model_mb']:.0f} MB per model) "
+             f"on {args.device}"),
             "",
-            f"I/O floor: {s['floor2_s']:.1f} s with 2 inputs, {s['floor3_s']:.1f} s with 3 "
-            f"(peak {s['floor3_mb']:.0f} MB).",
+            (f"I/O floor: {s['floor2_s']:.1f} s with 2 inputs, {s['floor3_s']:.1f} s with 3 "
+             f"(peak {s['floor3_mb']:.0f} MB)."),
             "",
-            "| method | MergeLab s | x floor | in method fns s | engine x floor | MergeLab peak MB | mergekit s "
-            "| mergekit peak MB | memory vs mergekit |",
+            ("| method | MergeLab s | x floor | in method fns s | engine x floor | MergeLab peak MB | mergekit s "
+             "| mergekit peak MB | memory vs mergekit |"),
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows[s["size"]]:

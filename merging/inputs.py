@@ -54,7 +54,7 @@ class MergeInputs:
         for source in self.sources.values():
             source.close()
 
-    def __enter__(self) -> MergeInputs:
+    def __enter__(self) -> MergeInputs:  # noqa: PYI034 (never subclassed)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -206,8 +206,8 @@ def _align_names(sources: dict[str, Any], base_ref: str | None) -> dict[str, str
     if len(prefixes) == 1:
         prefix = prefixes.pop()
         sources[base_ref] = RenamedSource(base, {f"{prefix}.{n}": n for n in base.tensor_names()})
-        done[base_ref] = "; ".join(filter(None, [done.get(base_ref), f"tensors read with the `{prefix}.` prefix "
-                                                 "its fine-tunes use (it was saved without it)"]))
+        done[base_ref] = "; ".join(filter(None, [done.get(base_ref), (f"tensors read with the `{prefix}.` prefix "
+                                                 "its fine-tunes use (it was saved without it)")]))
     return done
 
 

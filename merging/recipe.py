@@ -338,7 +338,7 @@ def coerce(param: Param, value: Any) -> Any:
         shown = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in param.choices)
         raise ValueError(f"must be one of {shown}")
     if isinstance(value, bool):
-        raise ValueError("must be a number")
+        raise ValueError("must be a number")  # noqa: TRY004 (callers turn ValueError into the field's message)
     try:
         number = float(value)
     except (TypeError, ValueError):

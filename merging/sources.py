@@ -137,7 +137,7 @@ class ModelSource:
                     os.close(fd)
             self._handles.clear()
 
-    def __enter__(self) -> ModelSource:
+    def __enter__(self) -> ModelSource:  # noqa: PYI034 (subclasses are used through the base type)
         return self
 
     def __exit__(self, *exc: object) -> None:

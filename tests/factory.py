@@ -40,7 +40,7 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_config(arch: str = "mistral", *, vocab_size: int = 96, hidden: int = 32, layers: int = 2):
-    common = dict(
+    common = dict(  # noqa: C408 (keyword form reads as a config)
         vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False,
         bos_token_id=1, eos_token_id=2, pad_token_id=0,

@@ -68,8 +68,8 @@ def direct_merge(recipe, seed: int = 0) -> dict[str, torch.Tensor]:
 
 def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert sorted(a) == sorted(b)
-    for name in a:
-        assert a[name].dtype == b[name].dtype and torch.equal(a[name], b[name]), name
+    for name, tensor in a.items():
+        assert tensor.dtype == b[name].dtype and torch.equal(tensor, b[name]), name
 
 
 def test_output_is_a_complete_model_equal_to_direct_application(fam, tmp_path):
@@ -380,7 +380,7 @@ def _tiny_gpt2_family(root: Path) -> tuple[Path, dict[str, Path]]:
     from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    common = dict(n_embd=32, n_layer=2, n_head=4, n_positions=16, vocab_size=50, pad_token_id=0)
+    common = {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 16, "vocab_size": 50, "pad_token_id": 0}
     lm = GPT2LMHeadModel(GPT2Config(**common))
     base = root / "gpt2"
     lm.config.architectures = ["GPT2LMHeadModel"]

@@ -65,8 +65,8 @@ def test_yaml_round_trip_keeps_everything():
     TIES_WITH_GRADIENTS,
     "merge_method: linear\nmodels:\n- {model: a, parameters: {weight: 1}}\n- {model: b, parameters: {weight: 2}}\n",
     "merge_method: slerp\nbase_model: a\nmodels: [{model: a}, {model: b}]\nparameters: {t: [0, 0.5, 1]}\n",
-    "merge_method: dare_ties\nbase_model: a\nmodels: [{model: b, parameters: {weight: 1, density: 0.3}}]\n"
-    "parameters: {rescale: false}\n",
+    ("merge_method: dare_ties\nbase_model: a\nmodels: [{model: b, parameters: {weight: 1, density: 0.3}}]\n"
+     "parameters: {rescale: false}\n"),
 ])
 def test_written_yaml_is_accepted_by_mergekit(text):
     recipe = load_recipe(text)
