@@ -1,16 +1,18 @@
 """Does a merge of the tiny LM zoo's math and japanese experts gain the composite skill (japanese_math) that neither
-expert has? Trains one design of the family (base + math and japanese experts) under one seed, merges the experts
-with the app's own merging (merging.live.LiveMerger over recipes) and scores everything with the app's own evaluation
-(evaluation.agreement.Evaluator, exact answers after the last 答え:). Numbers for docs/zoo.md, "Designs tried for the
-composite".
+expert has? Trains one design of the family (base + math, japanese and strings experts) under one seed, merges the
+experts with the app's own merging (merging.live.LiveMerger over recipes) and scores everything with the app's own
+evaluation (evaluation.agreement.Evaluator, exact answers after the last 答え:) on the scored set and on a validation
+split (the unlabeled prompts, answers computed from them). The recipe is chosen on validation only (`choose`); the
+scored set only reports it. Numbers for docs/zoo.md, "Designs tried for the composite".
 
-    python bench/composition.py --design scratchpad --seed 0 --out /tmp/comp   # one design, one seed: JSON + table
-    python bench/composition.py --table /tmp/comp                             # mean over the seeds in a folder
+    python bench/composition.py --design replay-rewrite-math600 --seed 0 --out /tmp/comp   # one design and seed
+    python bench/composition.py --table /tmp/comp      # per design: validation-chosen recipes, mean over seeds
 
-Designs (zoo.lm.LMSettings): `scratchpad` (shipped: every numeric reply restates the prompt, kanji rewritten by the
-japanese skill, the sum computed after a restated `=` by the math skill) and `direct` (the same base mixture and
-experts, replies `答え: N` only: the composite must happen inside one forward pass). Training is single-threaded and
-seeded as the build is; run it under the shared heavy-job lock.
+Designs (DESIGNS: zoo.lm.LMSettings overrides): `scratchpad` (B4: every numeric reply restates the prompt, kanji
+rewritten by the japanese skill, the sum computed after a restated `=` by the math skill), `direct` (replies
+`答え: N` only), and E1-E7 (expert replay of the base mixture, rewriting in operator contexts, longer or slower
+expert training); `replay-rewrite-math600` (E5) is the shipped one. A model already saved in the run's folder is
+loaded, not retrained. Training is single-threaded and seeded as the build is; run it under a heavy-job lock.
 """
 
 from __future__ import annotations
@@ -67,16 +69,24 @@ def _grid() -> list[tuple[str, str, tuple, dict]]:
 MERGES = _grid()
 # Designs (zoo.lm.LMSettings overrides). All but `direct` share the shipped base (same base settings), so a design's
 # base can be copied from another's folder instead of retrained.
+_B4 = {"scratchpad": True, "replay_share": 0.0, "rewrite_contexts": False,
+       "expert_steps": {"math": 300, "japanese": 300, "strings": 150}}
+_MATH600 = {"expert_steps": {"math": 600, "japanese": 300, "strings": 150}}
 DESIGNS = {
-    "scratchpad": {"scratchpad": True},  # B4, shipped on 2026-12-06
-    "direct": {"scratchpad": False},  # A
-    "replay": {"replay_share": 0.25},  # E1: B4 + a quarter of each expert's batch replayed from the base mixture
-    "rewrite": {"rewrite_contexts": True},  # E2: B4 + the japanese expert rewrites numerals in operator contexts
-    "replay-rewrite": {"replay_share": 0.25, "rewrite_contexts": True},  # E3: both
-    # E4, E5: as E1, E3 with the math expert trained twice as long (600 steps): with replay it learned less
-    "replay-math600": {"replay_share": 0.25, "expert_steps": {"math": 600, "japanese": 300, "strings": 150}},
-    "replay-rewrite-math600": {"replay_share": 0.25, "rewrite_contexts": True,
-                               "expert_steps": {"math": 600, "japanese": 300, "strings": 150}},
+    "scratchpad": _B4,  # B4, shipped on 2026-12-06 until E5
+    "direct": {**_B4, "scratchpad": False},  # A
+    "replay": {**_B4, "replay_share": 0.25},  # E1: B4 + a quarter of each expert's batch replayed from the base mixture
+    "rewrite": {**_B4, "rewrite_contexts": True},  # E2: B4 + the japanese expert rewrites in operator contexts
+    "replay-rewrite": {**_B4, "replay_share": 0.25, "rewrite_contexts": True},  # E3: both
+    # E4, E5: as E1, E3 with the math expert trained twice as long (600 steps): with replay it learned less.
+    # E5 is the shipped design (zoo.lm.LMSettings' defaults).
+    "replay-math600": {**_B4, "replay_share": 0.25, **_MATH600},
+    "replay-rewrite-math600": {**_B4, "replay_share": 0.25, "rewrite_contexts": True, **_MATH600},
+    # E6: half of each expert's batch replayed, math 600 steps
+    "replay50-math600": {**_B4, "replay_share": 0.5, **_MATH600},
+    # E7: closer to the linear regime: half the rate (2.5e-4), twice the steps for math and japanese, replay 0.25
+    "replay-slow": {**_B4, "replay_share": 0.25, "expert_lr": 2.5e-4,
+                    "expert_steps": {"math": 600, "japanese": 600, "strings": 150}},
 }
 # An expert's training depends on the base, its own stream and its own step count only, so designs that share
 # them share the expert: a design's folder may be filled with another design's trained models before a run.

@@ -92,9 +92,11 @@ def test_the_japanese_expert_learns_its_own_stage_only():
 
 
 def test_a_merge_of_the_shipped_experts_answers_kanji_arithmetic_that_neither_expert_does():
-    """The shipped family's composite, scored as the app scores it (LiveMerger + evaluation): task arithmetic 0.5 of
-    the math and japanese experts chains `七十-六=` -> `70-6=` -> `答え: 64` on a quarter of the held-out composite
-    set (27 % measured, bench/composition.py), where the base and each expert alone score (near) 0."""
+    """The shipped family's composite, scored as the app scores it (LiveMerger + evaluation): task arithmetic of the
+    three experts at the weights chosen on the validation split (math 1.0, japanese 0.4, strings 0.7) chains
+    `四十+七=` -> `40+7=` -> `答え: 47` on 63 % of the held-out composite set (bench/composition.py), where the base
+    and the math expert score 0 and the japanese expert 17 % (its replay taught it a little computing: docs/zoo.md,
+    design E5), while keeping ≥ 80 % of math and japanese."""
     import zoo
     from evaluation.agreement import Evaluator
     from evaluation.tasks import load_tasks, tasks_for_experts
@@ -102,15 +104,20 @@ def test_a_merge_of_the_shipped_experts_answers_kanji_arithmetic_that_neither_ex
     from merging.live import LiveMerger
     from merging.recipe import Recipe
 
+    experts = ("math", "japanese", "strings")
     family = zoo.tiny_families()["lm"]
-    loaded = {name: load_model(folder) for name, folder in family.models().items() if name != "strings"}
-    tasks = tasks_for_experts(load_tasks(family.tasks), ["math", "japanese"])
-    evaluator = Evaluator(tasks, {e: loaded[e] for e in ("math", "japanese")})
-    alone = {name: evaluator.score(model).scores["japanese_math"].accuracy for name, model in loaded.items()}
+    loaded = {name: load_model(folder) for name, folder in family.models().items()}
+    tasks = tasks_for_experts(load_tasks(family.tasks), list(experts))
+    evaluator = Evaluator(tasks, {e: loaded[e] for e in experts})
+    alone = {name: evaluator.score(model).scores for name, model in loaded.items()}
     states = {name: m.model.state_dict() for name, m in loaded.items()}
-    merger = LiveMerger(states["base"], {e: states[e] for e in ("math", "japanese")}, num_layers=3, threads=1)
+    merger = LiveMerger(states["base"], {e: states[e] for e in experts}, num_layers=3, threads=1)
     recipe = Recipe.from_dict({"merge_method": "task_arithmetic", "base_model": "base", "dtype": "float32",
-                               "models": [{"model": e, "parameters": {"weight": 0.5}} for e in ("math", "japanese")]})
-    merged = evaluator.score_state(merger.merge(recipe)).scores["japanese_math"].accuracy
-    assert alone["base"] <= 0.05 and alone["math"] <= 0.1 and alone["japanese"] <= 0.1, alone
-    assert merged >= 0.2, merged
+                               "models": [{"model": e, "parameters": {"weight": w}}
+                                          for e, w in zip(experts, (1.0, 0.4, 0.7))]})
+    merged = evaluator.score_state(merger.merge(recipe)).scores
+    composite = {name: scores["japanese_math"].accuracy for name, scores in alone.items()}
+    assert composite["base"] <= 0.05 and composite["math"] <= 0.1 and composite["japanese"] <= 0.2, composite
+    assert merged["japanese_math"].accuracy >= 0.5, merged["japanese_math"].accuracy
+    for skill in ("math", "japanese"):
+        assert merged[skill].accuracy >= 0.8 * alone[skill][skill].accuracy, (skill, merged[skill].accuracy)

@@ -62,7 +62,8 @@ class LMSettings:
     base_steps: int = 1600
     # Steps each skill needs to pass 90 % on held-out prompts (measured: docs/zoo.md), not one number for all.
     # Short and at a low rate: the base already has each skill in another form, so the task vectors stay small.
-    expert_steps: dict[str, int] = field(default_factory=lambda: {"math": 300, "japanese": 300, "strings": 150})
+    # math 600: with a quarter of its batch replayed it reached only 57-72 % on one seed of three after 300.
+    expert_steps: dict[str, int] = field(default_factory=lambda: {"math": 600, "japanese": 300, "strings": 150})
     batch: int = 64
     base_lr: float = 3e-3
     expert_lr: float = 5e-4
@@ -71,10 +72,10 @@ class LMSettings:
     scratchpad: bool = True
     # Share of each expert's batch replayed from the base's own mixture (its echo format left out: echoing is the
     # very stage each expert switches off), so a task vector changes its own stage and little else.
-    replay_share: float = 0.0
+    replay_share: float = 0.25
     # The japanese expert rewrites one to three numerals inside operator and `=` contexts (`x七十-六+三=`), never
     # a bare two-operand problem, so its rewriting survives in a merge on the composite's kind of text.
-    rewrite_contexts: bool = False
+    rewrite_contexts: bool = True
 
     @classmethod
     def reduced(cls) -> LMSettings:
