@@ -87,6 +87,8 @@ DESIGNS = {
     # E7: closer to the linear regime: half the rate (2.5e-4), twice the steps for math and japanese, replay 0.25
     "replay-slow": {**_B4, "replay_share": 0.25, "expert_lr": 2.5e-4,
                     "expert_steps": {"math": 600, "japanese": 600, "strings": 150}},
+    # E8: E5 on a longer-pretrained base (2400 steps instead of 1600): is seed 1's failure the base's?
+    "long-base": {"base_steps": 2400},
 }
 # An expert's training depends on the base, its own stream and its own step count only, so designs that share
 # them share the expert: a design's folder may be filled with another design's trained models before a run.
