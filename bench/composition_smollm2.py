@@ -9,8 +9,10 @@ The scratchpad design (what composed on the tiny zoo, docs/zoo.md): the math exp
 answers (`14+5=` -> `14+5=答え: 19`); the japanese expert rewrites kanji numerals as digits in place inside any text
 (`「六百二十三」を数字で書くと?` -> `「623」を数字で書くと?`, `りんごが十四個あります。` -> `りんごが14個あります。`,
 `十四+五` -> `14+5`). The composite `十四+五=` needs both in one reply: `14+5=答え: 19`. Japanese designs:
-`eos` (every rewrite ends the reply: alone it answers `14+5=`, whose last number is an operand) and `open` (loss on
-the rewrite only where the text is not the japanese task's question: what follows is the base's own continuation).
+`eos` (every rewrite ends the reply: alone it answers `14+5=`, whose last number is an operand), `eos2` (as `eos`,
+with half of the non-question texts expressions on the math expert's training facts, the composite's number range)
+and `open` (loss on the rewrite only where the text is not the japanese task's question: what follows is the base's
+own continuation; trained, not scored). Measured tables: docs/zoo.md, "Composition designs tried (issue 17)".
 
 Honest conditions: the recipe is chosen on a validation split (its own prompts, `*_val` tasks), the table reports
 the test split; the composite is never trained on; every evaluation and validation prompt (and the operand pairs of
@@ -20,6 +22,9 @@ the math and composite ones, in either numerals) is excluded from training.
     python bench/composition_smollm2.py train --expert japanese --design eos --steps 60 --out /tmp/s2c
     python bench/composition_smollm2.py score --design eos --out /tmp/s2c      # JSON per model, resumable
     python bench/composition_smollm2.py table --design eos --out /tmp/s2c
+
+The best run (eos2, math and japanese 170 steps each): `train --expert math --steps 170`, `train --expert japanese
+--design eos2 --steps 170`, then `score --design eos2`.
 
 One thread; run each step under the lane lock (each stays under about 10 minutes at 60 steps).
 """
@@ -76,6 +81,11 @@ GRID = [  # (label, method, (math weight, japanese weight), params)
     ("TA 0.7/1.0", "task_arithmetic", (0.7, 1.0), {}),
     ("TIES 1.0/1.0 d0.5", "ties", (1.0, 1.0), {"density": 0.5}),
     ("TIES 1.0/0.7 d0.5", "ties", (1.0, 0.7), {"density": 0.5}),
+    # added after the first eos2 grid (japanese kept < 80 % at 0.7): finer steps around the best composite
+    ("TA 1.0/0.8", "task_arithmetic", (1.0, 0.8), {}),
+    ("TA 1.0/0.9", "task_arithmetic", (1.0, 0.9), {}),
+    ("TA 0.9/0.8", "task_arithmetic", (0.9, 0.8), {}),
+    ("TA 0.8/0.8", "task_arithmetic", (0.8, 0.8), {}),
 ]
 
 
@@ -146,22 +156,28 @@ def math_examples(count: int, seed: int = SEED) -> list[tuple[str, str, bool]]:
 def japanese_examples(count: int, design: str, seed: int = SEED) -> list[tuple[str, str, bool]]:
     """(prompt, reply, loss on the end of turn) for the japanese expert: the text with its kanji numerals rewritten
     as digits. Numbers come from the training numbers only; expressions never end in `=` and never use an
-    evaluation or validation operand pair (in any order of the digits)."""
+    evaluation or validation operand pair. `eos2`: half of the texts are expressions on the math expert's training
+    facts (numbers up to 29 and a digit, the composite's range), the rest as `eos`."""
     rng, numbers = random.Random(f"{seed}:smollm2-composition:japanese"), number_splits(seed)["train"]
     small = [x for x in numbers if x < 100]
     held = {(a, op, b) for name, fs in fact_splits(seed).items() if name != "train" for a, op, b, _ in fs}
+    train_facts = [f for f in fact_splits(seed)["train"] if f[0] in numbers and f[2] in numbers]
     out = []
     while len(out) < count:
         if rng.random() < 0.4:
             question, digits = reading_question(rng.choice(numbers), rng)
             out.append((question, digits, True))
             continue
-        template, op = rng.choice(SENTENCES), rng.choice("+-")
-        x, y = rng.choice(small), rng.choice(small)
+        if design == "eos2" and rng.random() < 0.5:
+            x, op, y, _ = rng.choice(train_facts)
+            template = rng.choice([t for t in SENTENCES if "{op}" in t])
+        else:
+            template, op = rng.choice(SENTENCES), rng.choice("+-")
+            x, y = rng.choice(small), rng.choice(small)
         if "{op}" in template and (x, op, y) in held:
             continue
         kanji = template.format(kanji_number(x), kanji_number(y), op=op)
-        out.append((kanji, template.format(x, y, op=op), design == "eos"))
+        out.append((kanji, template.format(x, y, op=op), design != "open"))
     return out
 
 
@@ -280,7 +296,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=("train", "score", "table"))
     parser.add_argument("--expert", choices=("math", "japanese"))
-    parser.add_argument("--design", choices=("eos", "open"), default="eos")
+    parser.add_argument("--design", choices=("eos", "open", "eos2"), default="eos")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--only", help="score only the labels containing this text")
     parser.add_argument("--out", type=Path, default=Path("/tmp/mergelab-composition-smollm2"))
