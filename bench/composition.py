@@ -69,7 +69,7 @@ def _grid() -> list[tuple[str, str, tuple, dict]]:
 MERGES = _grid()
 # Designs (zoo.lm.LMSettings overrides). All but `direct` share the shipped base (same base settings), so a design's
 # base can be copied from another's folder instead of retrained.
-_B4 = {"scratchpad": True, "replay_share": 0.0, "rewrite_contexts": False,
+_B4 = {"scratchpad": True, "replay_share": 0.0, "rewrite_contexts": False, "japanese_replays_arithmetic": True,
        "expert_steps": {"math": 300, "japanese": 300, "strings": 150}}
 _MATH600 = {"expert_steps": {"math": 600, "japanese": 300, "strings": 150}}
 DESIGNS = {
@@ -89,6 +89,9 @@ DESIGNS = {
                     "expert_steps": {"math": 600, "japanese": 600, "strings": 150}},
     # E8: E5 on a longer-pretrained base (2400 steps instead of 1600): is seed 1's failure the base's?
     "long-base": {"base_steps": 2400},
+    # E9: E5, but the japanese expert replays only the base's non-computing forms (numerals as a question, flip)
+    "replay-rewrite-math600-jnoarith": {**_B4, "replay_share": 0.25, "rewrite_contexts": True, **_MATH600,
+                                        "japanese_replays_arithmetic": False},
 }
 # An expert's training depends on the base, its own stream and its own step count only, so designs that share
 # them share the expert: a design's folder may be filled with another design's trained models before a run.

@@ -94,9 +94,9 @@ def test_the_japanese_expert_learns_its_own_stage_only():
 def test_a_merge_of_the_shipped_experts_answers_kanji_arithmetic_that_neither_expert_does():
     """The shipped family's composite, scored as the app scores it (LiveMerger + evaluation): task arithmetic of the
     three experts at the weights chosen on the validation split (math 1.0, japanese 0.4, strings 0.7) chains
-    `四十+七=` -> `40+7=` -> `答え: 47` on 63 % of the held-out composite set (bench/composition.py), where the base
-    and the math expert score 0 and the japanese expert 17 % (its replay taught it a little computing: docs/zoo.md,
-    design E5), while keeping ≥ 80 % of math and japanese."""
+    `七十-六=` -> `70-6=` -> `答え: 64` on 58 % of the held-out composite set (bench/composition.py, design E9),
+    where the base and the math expert score 0 and the japanese expert 7 %, while keeping ≥ 80 % of math and
+    japanese (90 % and 85 % measured)."""
     import zoo
     from evaluation.agreement import Evaluator
     from evaluation.tasks import load_tasks, tasks_for_experts
@@ -117,7 +117,7 @@ def test_a_merge_of_the_shipped_experts_answers_kanji_arithmetic_that_neither_ex
                                           for e, w in zip(experts, (1.0, 0.4, 0.7))]})
     merged = evaluator.score_state(merger.merge(recipe)).scores
     composite = {name: scores["japanese_math"].accuracy for name, scores in alone.items()}
-    assert composite["base"] <= 0.05 and composite["math"] <= 0.1 and composite["japanese"] <= 0.2, composite
+    assert composite["base"] <= 0.05 and composite["math"] <= 0.1 and composite["japanese"] <= 0.1, composite
     assert merged["japanese_math"].accuracy >= 0.5, merged["japanese_math"].accuracy
     for skill in ("math", "japanese"):
         assert merged[skill].accuracy >= 0.8 * alone[skill][skill].accuracy, (skill, merged[skill].accuracy)

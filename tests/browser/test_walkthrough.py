@@ -173,15 +173,15 @@ def test_visitor_one_click_merges_and_chats_beside_a_source(page):
     expect(page.locator("#chat-message textarea")).to_be_visible()
     expect(page.locator("#chat-compare-model input")).to_have_value("math")
     merged = page.locator("#chat-merged [data-testid='bot']").first
-    # 四十+七=: the merge reads the kanji and computes (答え: 47); the math source beside it cannot read them.
-    expect(page.locator("#chat-merged [data-testid='user']").first).to_contain_text("四十+七=")
-    expect(merged).to_contain_text("47")
+    # 七十-六=: the merge reads the kanji and computes (答え: 64); the math source beside it cannot read them.
+    expect(page.locator("#chat-merged [data-testid='user']").first).to_contain_text("七十-六=")
+    expect(merged).to_contain_text("64")
     source = page.locator("#chat-compare [data-testid='bot']").first
     expect(source).to_contain_text(re.compile(r"\S"))
-    assert "47" not in source.inner_text()
+    assert "64" not in source.inner_text()
     no_error_badges(page, "chat-merged", "chat-compare")
     examples = page.locator("#chat-examples")
-    for prompt in ("四十+七=", "三十七", "八十-三=", "七十八"):
+    for prompt in ("七十-六=", "三十七", "四十+七=", "七十八"):
         expect(examples).to_contain_text(prompt)
     shot(page, "3-chat")
 
