@@ -49,6 +49,7 @@ from inference.loading import LoadedModel
 from merging.live import LiveMerger
 from merging.recipe import Recipe
 from zoo.families import real_zoo_dir
+from zoo.scoring import greedy_answers
 from zoo.smollm2 import lora_deltas
 from zoo.smollm2_tasks import kanji_number
 from zoo.smollm2_train import (
@@ -187,7 +188,16 @@ def encode_example(tokenizer, prompt: str, reply: str, with_end: bool) -> tuple[
     return (ids, labels) if with_end else (ids[:-1], labels[:-1])
 
 
-def train(expert: str, design: str, steps: int, out: Path, base_dir: Path) -> dict:
+def other_stage_prompts(expert: str, count: int = 32, seed: int = SEED) -> list[str]:
+    """`--replay-other`: the other expert's task prompts on training numbers or facts (never a test, validation or
+    composite prompt), whose base replies join the replay pool, so the task vector stays off the other stage."""
+    rng = random.Random(f"{seed}:smollm2-composition:other:{expert}")
+    if expert == "math":
+        return [reading_question(n, rng)[0] for n in rng.sample(number_splits(seed)["train"], count)]
+    return [expression(f, False) for f in rng.sample(fact_splits(seed)["train"], count)]
+
+
+def train(expert: str, design: str, steps: int, out: Path, base_dir: Path, replay_other: bool = False) -> dict:
     """One candidate adapter into out/<expert>[-<design>]: zoo.smollm2_train's LoRA, seed, replay and loop."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -198,6 +208,10 @@ def train(expert: str, design: str, steps: int, out: Path, base_dir: Path) -> di
         tokenizer = AutoTokenizer.from_pretrained(base_dir)
         model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
         replay = [encode(tokenizer, p, a) for p, a in replay_examples(model, tokenizer, settings.replay_tokens)]
+        if replay_other:
+            prompts = other_stage_prompts(expert)
+            replies = greedy_answers(model, tokenizer, prompts, max_new_tokens=settings.replay_tokens, batch_size=8)
+            replay += [encode(tokenizer, p, r.strip()) for p, r in zip(prompts, replies) if r.strip()]
         model = _with_lora(model, settings)
         pairs = math_examples(settings.examples) if expert == "math" else japanese_examples(settings.examples, design)
         data = [encode_example(tokenizer, *example) for example in pairs]
@@ -298,13 +312,16 @@ def main() -> None:
     parser.add_argument("--expert", choices=("math", "japanese"))
     parser.add_argument("--design", choices=("eos", "open", "eos2"), default="eos")
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--replay-other", action="store_true",
+                        help="replay the base's replies to the other expert's task prompts too (training numbers)")
     parser.add_argument("--only", help="score only the labels containing this text")
     parser.add_argument("--out", type=Path, default=Path("/tmp/mergelab-composition-smollm2"))
     args = parser.parse_args()
     base_dir = real_zoo_dir() / "smollm2" / "base"
     args.out.mkdir(parents=True, exist_ok=True)
     if args.action == "train":
-        print(json.dumps(train(args.expert, args.design, args.steps, args.out, base_dir), ensure_ascii=False))
+        print(json.dumps(train(args.expert, args.design, args.steps, args.out, base_dir,
+                                    args.replay_other), ensure_ascii=False))
     elif args.action == "score":
         score(args.design, args.out, base_dir, args.only)
     else:
