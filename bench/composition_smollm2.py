@@ -197,12 +197,14 @@ def other_stage_prompts(expert: str, count: int = 32, seed: int = SEED) -> list[
     return [expression(f, False) for f in rng.sample(fact_splits(seed)["train"], count)]
 
 
-def train(expert: str, design: str, steps: int, out: Path, base_dir: Path, replay_other: bool = False) -> dict:
-    """One candidate adapter into out/<expert>[-<design>]: zoo.smollm2_train's LoRA, seed, replay and loop."""
+def train(expert: str, design: str, steps: int, out: Path, base_dir: Path, replay_other: bool = False,
+          training_seed: int = 0) -> dict:
+    """One candidate adapter into out/<expert>[-<design>]: zoo.smollm2_train's LoRA, seed, replay and loop.
+    `training_seed` changes the adapter's initialisation and batch order only (the data and splits stay)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     settings = replace(LoraSettings(), steps=steps)
-    seed = expert_seed(settings.seed, expert)
+    seed = expert_seed(training_seed, expert)
     torch.manual_seed(seed)
     with _one_thread():
         tokenizer = AutoTokenizer.from_pretrained(base_dir)
@@ -267,7 +269,7 @@ def score(design: str, out: Path, base_dir: Path, only: str | None) -> None:
     jobs += [(label, lambda m=method, w=weights, p=params: evaluator.score_state(merger.merge(recipe(m, w, p))))
              for label, method, weights, params in GRID]
     for label, job in jobs:
-        if label in done or (only and only not in label):
+        if label in done or (only and label not in only.split(",")):
             continue
         started = time.perf_counter()
         result = job()
@@ -314,14 +316,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--replay-other", action="store_true",
                         help="replay the base's replies to the other expert's task prompts too (training numbers)")
-    parser.add_argument("--only", help="score only the labels containing this text")
+    parser.add_argument("--only", help="score only these labels (comma-separated)")
+    parser.add_argument("--training-seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("/tmp/mergelab-composition-smollm2"))
     args = parser.parse_args()
     base_dir = real_zoo_dir() / "smollm2" / "base"
     args.out.mkdir(parents=True, exist_ok=True)
     if args.action == "train":
         print(json.dumps(train(args.expert, args.design, args.steps, args.out, base_dir,
-                                    args.replay_other), ensure_ascii=False))
+                                    args.replay_other, args.training_seed), ensure_ascii=False))
     elif args.action == "score":
         score(args.design, args.out, base_dir, args.only)
     else:
