@@ -67,6 +67,10 @@ def test_evaluate_before_any_merge_merges_and_names_the_merge(page):
 def test_the_teacher_shows_the_lesson_and_interference_reads(page):
     from playwright.sync_api import expect
 
+    # The lesson's worked example follows the current merge: the teacher merges with TIES to show sign election.
+    page.get_by_role("tab", name="Merge").click()
+    choose(page, "merge-method", "ties")
+    expect(page.locator("#merge-status")).to_contain_text("Merged with ties")
     page.get_by_role("tab", name="Interference").click()
     page.locator("#interference-run").click()
     expect(page.locator("#interference-conflicts .gtitle")).to_contain_text("Sign conflict rate")
@@ -77,6 +81,7 @@ def test_the_teacher_shows_the_lesson_and_interference_reads(page):
     expect(page.locator("#lesson-conflicts")).to_contain_text("unrelated random vectors")
     example = page.locator("#lesson-example")
     expect(example).to_contain_text("conflict")
+    expect(example).to_contain_text("merged by ties")
     expect(example).to_contain_text("elected sign")
     page.locator("#lesson-score-run").click()
     expect(page.locator("#lesson-score")).to_contain_text(re.compile(r"merge #\d+"))
