@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.serving import close_app, launch_local
+
 API_TIMEOUT_S = 900  # one HTTP call of gradio_client on a loaded 2-core machine (its default is httpx's 5 s)
 
 
@@ -34,9 +36,9 @@ def app_url(tmp_path_factory):
 
     config = HostConfig.detect(hosted=False, models_dir=tmp_path_factory.mktemp("models"))
     demo = create_app(config)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    url = launch_local(demo)
     yield url
-    demo.close()
+    close_app(demo)
 
 
 ZOO_LM = ("Zoo", "lm", ["math", "japanese"], "", "")  # /preflight's inputs for the tiny zoo's two LM experts

@@ -13,6 +13,7 @@ pytest.importorskip("gradio_client")
 
 from app import create_app
 from tests.conftest import api_client
+from tests.serving import close_app, launch_local
 from ui import chat_panel, evaluate_panel, merge_panel, models_panel
 from ui.hosting import HostConfig
 from ui.session import new_session
@@ -30,9 +31,9 @@ def settings(weights) -> dict:
 def served(tmp_path_factory):
     config = HostConfig.detect(hosted=False, models_dir=tmp_path_factory.mktemp("models"))
     demo = create_app(config)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    url = launch_local(demo)
     yield url, config
-    demo.close()
+    close_app(demo)
 
 
 def one_user(url: str, weights) -> dict:

@@ -17,6 +17,7 @@ from merging.errors import SourceError
 from merging.sources import open_model, validate_hub_id
 from tests.conftest import api_client
 from tests.factory import make_family
+from tests.serving import close_app, launch_local
 from ui import models_panel
 from ui.catalog import HUB, hub_reachable
 from ui.hosting import HostConfig
@@ -160,7 +161,7 @@ def test_hosted_api_refuses_server_paths_in_the_hub_id_field_and_in_uploads(stan
 
     config = HostConfig.detect(hosted=True, models_dir=tmp_path / "models")
     demo = create_app(config)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    url = launch_local(demo)
     secret = tmp_path / "server-side.jsonl"  # a file on the server that no user uploaded
     secret.write_text('{"task": "t", "prompt": "p", "answer": "1", "expert": null}\n', encoding="utf-8")
     try:
@@ -174,7 +175,7 @@ def test_hosted_api_refuses_server_paths_in_the_hub_id_field_and_in_uploads(stan
             "data": [{"path": str(secret), "meta": {"_type": "gradio.FileData"}}, 5]})
         events = httpx.get(f"{url}gradio_api/call/evaluate/{call.json()['event_id']}", timeout=60).text
     finally:
-        demo.close()
+        close_app(demo)
     message = str(error.value)
     assert "not a Hugging Face Hub id" in message and "ready to merge" not in message
     assert str(Path(outside_family.base).parent) not in message

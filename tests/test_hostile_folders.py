@@ -16,6 +16,7 @@ from gradio_client.exceptions import AppError
 
 from tests.conftest import api_client
 from tests.factory import make_family
+from tests.serving import close_app, launch_local
 
 SETTINGS = {"method": "task_arithmetic", "weights": [0.5, 0.5], "params": {}, "seed": 0}
 
@@ -121,9 +122,9 @@ def url(zoo):
     from ui.hosting import HostConfig
 
     demo = create_app(HostConfig.detect(hosted=False, models_dir=zoo[0] / "models"))
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    url = launch_local(demo)
     yield url
-    demo.close()
+    close_app(demo)
 
 
 def _broken(zoo, fault, role: str) -> tuple[Path, Path]:

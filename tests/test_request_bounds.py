@@ -17,6 +17,7 @@ from gradio_client.exceptions import AppError
 from merging.jsonl import MAX_FILE_BYTES
 from merging.settings import MergeSettings
 from tests.conftest import api_client
+from tests.serving import close_app, launch_local
 from ui.session import DOWNLOADS
 
 GOOD = {"method": "ties", "weights": [0.6, 0.4], "params": {"density": 0.5}, "seed": 0}
@@ -174,9 +175,9 @@ def hosted_url(tmp_path_factory):
 
     config = HostConfig.detect(hosted=True, models_dir=tmp_path_factory.mktemp("hosted-models"))
     demo = create_app(config)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    url = launch_local(demo)
     yield url
-    demo.close()
+    close_app(demo)
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.serving import close_app, launch_local
+
 pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
@@ -53,11 +55,11 @@ def app_on_preset(preset: str, models_dir: Path) -> Iterator[str]:
     before = os.environ.get(DEFAULT_PRESET_ENV)
     os.environ[DEFAULT_PRESET_ENV] = preset
     demo = create_app(HostConfig.detect(hosted=False, models_dir=models_dir))
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, css=CSS)
+    url = launch_local(demo, css=CSS)
     try:
         yield url
     finally:
-        demo.close()
+        close_app(demo)
         if before is None:
             os.environ.pop(DEFAULT_PRESET_ENV, None)
         else:
@@ -203,6 +205,8 @@ def test_teacher_drags_and_the_last_value_wins(page):
     from playwright.sync_api import expect
 
     page.get_by_role("tab", name="Merge").click()
+    choose(page, "merge-method", "ties")  # the preset merges by task arithmetic; the teacher drags density too
+    expect(page.locator("#param-density input[type=range]")).to_be_visible()
     expect(page.locator("#weight-0 input[type=range]")).to_be_visible()
     status = page.locator("#merge-status")
     for k in range(4):  # the protocol: a quick drag, then the status must reach its end value and stay
