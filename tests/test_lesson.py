@@ -33,6 +33,28 @@ def test_the_lesson_walks_from_two_experts_to_the_merges_score(tmp_path):
     evaluate(session, config, None, 5)
     table = interference_panel.lesson_score_markdown(session)
     assert f"merge #{session.merge.version}" in table and "| math |" in table
+    # japanese_math has no expert of its own: the row says so and names the best single source there
+    composite = session.evaluation.scores["japanese_math"]
+    best = max(composite.accuracy_by_source.values())
+    leaders = [s for s, v in composite.accuracy_by_source.items() if v == best]
+    row = next(line for line in table.splitlines() if line.startswith("| japanese_math |"))
+    assert f"no expert of its own; best single source: {' / '.join(leaders)} {best:.0%}" in row, row
+
+
+def _score(expert, by_source, expert_accuracy):
+    from evaluation.agreement import TaskScore
+
+    return TaskScore(task="t", expert=expert, examples=10, agreement=None, accuracy=0.5,
+                     expert_accuracy=expert_accuracy, normalized_accuracy=None, accuracy_by_source=by_source)
+
+
+def test_a_task_without_an_expert_shows_the_best_single_source_named():
+    cell = interference_panel.reference_cell
+    assert cell(_score("math", {"math": 0.9, "japanese": 0.2}, 0.9)) == "90%"
+    assert cell(_score(None, {"math": 0.1, "japanese": 0.05}, 0.1)) == (
+        "no expert of its own; best single source: math 10%")
+    assert cell(_score(None, {"math": 0.3, "japanese": 0.3, "strings": 0.0}, 0.3)).endswith("math / japanese 30%")
+    assert cell(_score(None, {}, None)) == "no expert of its own (no source scored)"
 
 
 def test_the_worked_example_merges_as_the_scored_merge_does(tmp_path):

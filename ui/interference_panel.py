@@ -162,9 +162,22 @@ def lesson_score_markdown(session: Session) -> str:
     for name, score in result.scores.items():
         merged, expert = score.accuracy, score.expert_accuracy
         change = f"{merged - expert:+.0%}" if merged is not None and expert is not None else "–"
-        lines.append(f"| {name} | {'–' if merged is None else f'{merged:.0%}'} | "
-                     f"{'–' if expert is None else f'{expert:.0%}'} | {change} |")
+        lines.append(f"| {name} | {'–' if merged is None else f'{merged:.0%}'} | {reference_cell(score)} | "
+                     f"{change} |")
     return "\n".join(lines)
+
+
+def reference_cell(score: Any) -> str:
+    """What the merge is measured against on a task (an evaluation.agreement.TaskScore): its own expert's accuracy,
+    or, for a task no expert owns (a composite such as japanese_math), the best single source there, named (every
+    source tied for best is named), since there is no expert of its own to show."""
+    if score.expert is not None:
+        return "–" if score.expert_accuracy is None else f"{score.expert_accuracy:.0%}"
+    best = score.expert_accuracy
+    if best is None:
+        return "no expert of its own (no source scored)"
+    names = [source for source, value in score.accuracy_by_source.items() if value == best]
+    return f"no expert of its own; best single source: {' / '.join(names)} {best:.0%}"
 
 
 def lesson(session: Session, config: HostConfig, density: float = 0.5, progress: Any = None) -> list[Any]:
