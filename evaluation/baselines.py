@@ -2,21 +2,15 @@
 the learning split (never on the scored set), all scored on the same tasks by one evaluator, and why a learned
 merge that does not beat task arithmetic may not.
 
-Baselines (`choose_baselines`), each picked by agreement with the experts on the learning split (the unlabeled
-inputs the learned merge was given; the experts' answers there are the only targets, as for the learner):
-- "task arithmetic": one λ for every expert, the best of UNIFORM_GRID;
-- "task arithmetic, task-wise λ": one λ per expert, from the best uniform λ by one coordinate pass over the grid
-  (expert by expert, keeping a change only when it improves) — the few scalars a learned merge may mostly be
-  rebalancing;
-- "TIES": the best density and λ of TIES_DENSITIES × TIES_LAMBDAS (TIES's disjoint mean normalises the weights, so
-  its scale is λ).
-Ties in the selection score keep the earlier candidate, so the choice is deterministic.
+Baselines (`choose_baselines`): uniform and task-wise task arithmetic and TIES, each picked by mean agreement with
+the experts on the learning split (the unlabeled inputs the learned merge was given, as a task set: learning_tasks);
+the candidates and the rule are merging.learned.baselines' (shared with the glue-bert preset's report), described
+there. Ties in the selection score keep the earlier candidate, so the choice is deterministic.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -27,15 +21,22 @@ from evaluation.scoring import token_limit
 from evaluation.stats import ScoredSetError, direction, scored_set_error
 from evaluation.tasks import TaskSet, tasks_from_records
 from merging.errors import TaskSetError
-from merging.recipe import Recipe
+from merging.learned.baselines import (  # noqa: F401 - TASK_WISE, TIES, the grids, settings_recipe: re-exported
+    TASK_WISE,
+    TIES,
+    TIES_DENSITIES,
+    TIES_LAMBDAS,
+    UNIFORM,
+    UNIFORM_GRID,
+    BaselineChoice,
+    Settings,
+    choose,
+    settings_recipe,
+    task_arithmetic_settings,
+    ties_settings,
+)
 
-UNIFORM = "task arithmetic"
-TASK_WISE = "task arithmetic, task-wise λ"
-TIES = "TIES"
 REFERENCE = UNIFORM  # the baseline a learned merge is expected to beat
-UNIFORM_GRID = (0.3, 0.5, 0.7, 1.0)
-TIES_DENSITIES = (0.2, 0.5, 0.8)
-TIES_LAMBDAS = (0.5, 0.7, 1.0)
 SELECTION_METRIC = "agreement"
 BASELINE_WEIGHT = 0.5  # the fixed weight used only when there is no learning split to choose on
 
@@ -50,42 +51,11 @@ WHY_NOT = {
 }
 
 Weights = Mapping[str, torch.Tensor]
-Settings = dict[str, Any]
-
-
-@dataclass
-class BaselineChoice:
-    """A baseline's merge settings ({method, weights, params, seed}, as the Merge tab takes them), how they were
-    chosen, the selection score (agreement on the learning split, None when fixed) and every candidate's score."""
-
-    settings: Settings
-    how: str
-    score: float | None = None
-    tried: list[tuple[Settings, float | None]] = field(default_factory=list)
-
-    def describe(self) -> str:
-        """e.g. "λ 0.5, 0.7, 0.5 (agreement 91 % on the learning split)"."""
-        params = self.settings.get("params") or {}
-        if self.settings["method"] == "ties":
-            what = f"density {params.get('density'):g}, λ {params.get('lambda', 1.0):g}"
-        else:
-            what = "λ " + ", ".join(f"{w:g}" for w in self.settings["weights"])
-        score = "" if self.score is None else f", agreement {self.score:.0%} on the learning split"
-        return f"{what} ({self.how}{score})"
 
 
 def learned_label(method: str) -> str:
     """The learned merge's name in the comparison, e.g. "learned (samerging)"."""
     return f"learned ({method})"
-
-
-def task_arithmetic_settings(weights: Sequence[float]) -> Settings:
-    return {"method": "task_arithmetic", "weights": [float(w) for w in weights], "params": {}, "seed": 0}
-
-
-def ties_settings(n_sources: int, density: float, lam: float) -> Settings:
-    return {"method": "ties", "weights": [1.0] * n_sources, "params": {"density": float(density), "lambda": float(lam)},
-            "seed": 0}
 
 
 def fixed_baselines(n_sources: int) -> dict[str, BaselineChoice]:
@@ -129,50 +99,7 @@ def choose_baselines(selector: Evaluator, merge: Callable[[Settings], Weights], 
     def score(settings: Settings) -> float | None:
         return selector.score_state(merge(settings)).mean(SELECTION_METRIC)
 
-    how = "chosen on the learning split"
-    uniform = _best([task_arithmetic_settings([w] * n_sources) for w in UNIFORM_GRID], score, how)
-    task_wise = _coordinate_pass(uniform, score, how)
-    ties = _best([ties_settings(n_sources, d, lam) for d in TIES_DENSITIES for lam in TIES_LAMBDAS], score, how)
-    return {UNIFORM: uniform, TASK_WISE: task_wise, TIES: ties}
-
-
-def _key(value: float | None) -> float:
-    return -1.0 if value is None else value
-
-
-def _best(candidates: list[Settings], score: Callable[[Settings], float | None], how: str) -> BaselineChoice:
-    tried = [(c, score(c)) for c in candidates]
-    best = max(range(len(tried)), key=lambda i: (_key(tried[i][1]), -i))  # the earliest of equals
-    return BaselineChoice(tried[best][0], how, tried[best][1], tried)
-
-
-def _coordinate_pass(start: BaselineChoice, score: Callable[[Settings], float | None], how: str) -> BaselineChoice:
-    """From the best uniform λ, each expert's λ in turn set to the best of UNIFORM_GRID with the others held."""
-    weights, best = list(start.settings["weights"]), start.score
-    tried = list(start.tried)
-    for i in range(len(weights)):
-        for w in UNIFORM_GRID:
-            if w == weights[i]:
-                continue
-            candidate = task_arithmetic_settings(weights[:i] + [w] + weights[i + 1:])
-            value = score(candidate)
-            tried.append((candidate, value))
-            if _key(value) > _key(best):
-                weights, best = candidate["weights"], value
-    return BaselineChoice(task_arithmetic_settings(weights), how, best, tried)
-
-
-def settings_recipe(base_model: str, models: Sequence[str], settings: Mapping[str, Any]) -> Recipe:
-    """Merge settings as a recipe over `base_model` and `models` (the refs a LiveMerger is keyed by): for a caller
-    without the Merge tab's recipe builder (python -m evaluation compare, the benches)."""
-    data: dict[str, Any] = {
-        "merge_method": settings["method"], "base_model": base_model, "dtype": "float32",
-        "models": [{"model": ref, "parameters": {"weight": float(w)}} for ref, w in zip(models, settings["weights"],
-                                                                                        strict=True)],
-    }
-    if settings.get("params"):
-        data["parameters"] = dict(settings["params"])
-    return Recipe.from_dict(data)
+    return choose(score, n_sources)
 
 
 def learning_selector(evaluator: Evaluator, inputs: Mapping[str, Sequence[Any]]) -> Evaluator:

@@ -64,6 +64,38 @@ def test_glue_bert_preset_learns_and_reports_every_task(glue_like, tmp_path, cap
     assert len(info["tasks"]) == 6
     printed = capsys.readouterr().out
     assert "| mnli | 12 |" in printed and "| mean |" in printed
+    baselines = json.loads((out / "baselines.json").read_text())
+    assert list(baselines) == ["task arithmetic", "task arithmetic, task-wise λ", "TIES"]
+    for b in baselines.values():
+        assert "chosen on the learning split" in b["chosen"] and list(b["tasks"]) == list(report)
+    assert "| learned (samerging) |" in printed and "| TIES | density " in printed
+
+
+def test_baselines_are_chosen_on_the_learning_split_and_scored_like_the_learned_merge(glue_like):
+    """compare_with_baselines: each baseline is the best of its candidates by agreement on the unlabeled inputs;
+    the learned row equals score(); task arithmetic at its chosen λ, merged by the engine's step, scores as the
+    learned-merge path does at that constant λ (coefficients all λ)."""
+    from merging.learned import baselines as rules
+    from merging.learned.adapters import setup_classifier
+
+    models, data = glue_like
+    base, experts = presets.resolve_models("glue-bert", models, allow_pickle=False)
+    unlabeled, scored = presets.load_data("glue-bert", data, 8, 12)
+    names = setup_classifier(base, experts, unlabeled, need_teachers=False).vectors.names
+    learned = torch.full((6,), 0.4)
+    comparison = presets.compare_with_baselines(base, experts, learned, names, unlabeled, scored)
+    assert comparison["learned"] == presets.score(base, experts, learned, names, scored)
+    choices = {name: b["choice"] for name, b in comparison["baselines"].items()}
+    assert list(choices) == [rules.UNIFORM, rules.TASK_WISE, rules.TIES]
+    for choice in choices.values():
+        assert choice.score == max(v for _, v in choice.tried)
+    assert choices[rules.TASK_WISE].score >= choices[rules.UNIFORM].score
+    assert len(choices[rules.TIES].tried) == len(rules.TIES_DENSITIES) * len(rules.TIES_LAMBDAS)
+    lam = choices[rules.UNIFORM].settings["weights"][0]
+    assert comparison["baselines"][rules.UNIFORM]["tasks"] == presets.score(base, experts, torch.full((6,), lam),
+                                                                            names, scored)
+    table = presets.comparison_markdown("samerging", comparison)
+    assert table.splitlines()[2].startswith("| learned (samerging) |") and f"λ {lam:g}" in table
 
 
 def test_scores_match_a_direct_reading_of_each_expert(glue_like):

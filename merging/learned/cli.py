@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                             progress=bar.update)
     finally:
         bar.close()
-    _save_and_report(args, experts, merge, scored)
+    _save_and_report(args, experts, merge, scored, inputs)
     return 0
 
 
@@ -152,8 +152,9 @@ class _StepBar:
 
 
 def _save_and_report(args: argparse.Namespace, experts: dict[str, str], merge: LearnedMerge,
-                     scored: dict | None) -> None:
-    """Write the recipe folder and print what was learned; with a preset, also score the merge and write report.json."""
+                     scored: dict | None, inputs: dict) -> None:
+    """Write the recipe folder and print what was learned; with a preset, also score the merge (report.json) beside
+    task arithmetic and TIES chosen on the same unlabeled inputs (baselines.json)."""
     settings = {k: v for k, v in vars(args).items() if k not in ("func", "command", "quiet")}
     recipe = save_learned_merge(merge, args.out, args.base, experts, settings)
     first, last = merge.losses[0], merge.losses[-1]
@@ -161,9 +162,14 @@ def _save_and_report(args: argparse.Namespace, experts: dict[str, str], merge: L
           f"(loss {first:.4f} → {last:.4f}); recipe: {recipe}")
     print(describe_run(merge))
     if scored is not None:
-        report = presets.score(args.base, experts, merge.coefficients, merge.names, scored, device=args.device)
-        (Path(args.out) / "report.json").write_text(json.dumps(report, indent=1))
-        print(presets.report_markdown(report))
+        comparison = presets.compare_with_baselines(args.base, experts, merge.coefficients, merge.names, inputs,
+                                                    scored, device=args.device)
+        (Path(args.out) / "report.json").write_text(json.dumps(comparison["learned"], indent=1))
+        (Path(args.out) / "baselines.json").write_text(json.dumps(presets.comparison_json(comparison), indent=1,
+                                                                  ensure_ascii=False))
+        print(presets.report_markdown(comparison["learned"]))
+        print("\nBeside the baselines, each chosen on the same unlabeled inputs (accuracy %):")
+        print(presets.comparison_markdown(args.method, comparison))
 
 
 def _parse_init(value: str | float) -> float | str:

@@ -7,8 +7,9 @@ PyTorch pickles, so the command needs --allow-pickle, which loads them with weig
 (`datasets.load_dataset("nyu-mll/glue", task)`): the first 32 training inputs of each task are the unlabeled inputs
 (labels never read), the first `--eval-per-task` validation examples (MNLI: validation_matched) are scored. The
 report gives, per task, the merged model's agreement with the task's teacher and its accuracy, beside the teacher's
-own accuracy. GLUE's labels are mapped to each teacher's head ids first: textattack's MNLI head orders the classes
-differently from GLUE (its own evaluation remaps GLUE's labels with [1, 2, 0]).
+own accuracy, and beside it task arithmetic (uniform and task-wise λ) and TIES, each chosen on the unlabeled inputs
+(compare_with_baselines). GLUE's labels are mapped to each teacher's head ids first: textattack's MNLI head orders
+the classes differently from GLUE (its own evaluation remaps GLUE's labels with [1, 2, 0]).
 
 Offline (or to test): `--preset-models DIR` holds folders named like the Hub repositories' last part
 (DIR/bert-base-uncased, DIR/bert-base-uncased-CoLA, ...) and `--preset-data DIR` one JSONL per task
@@ -26,7 +27,9 @@ import torch
 
 from merging.errors import MergeLabError, TaskSetError
 from merging.learned.adapters import setup_classifier
+from merging.learned.baselines import choose, settings_recipe
 from merging.sources import download_from_hub
+from merging.step import MergeStep
 
 
 @dataclass(frozen=True)
@@ -99,24 +102,89 @@ def score(base: str, experts: dict[str, str], coefficients, names: list[str],
           scored: dict[str, list[tuple[Any, int]]], *, device: str = "cpu", batch_size: int = 32) -> dict[str, dict]:
     """Per task: agreement of the merged backbone (θ(λ), read through the task's head) with the teacher, its
     accuracy, and the teacher's accuracy, on the scored examples."""
+    setup = _scoring_setup(base, experts, names, scored, None, device, batch_size)
+    setup.vectors.materialize(coefficients, setup.params)
+    return _task_report(setup, scored)
+
+
+def compare_with_baselines(base: str, experts: dict[str, str], coefficients, names: list[str],
+                           unlabeled: dict[str, list[Any]], scored: dict[str, list[tuple[Any, int]]], *,
+                           device: str = "cpu", batch_size: int = 32) -> dict[str, Any]:
+    """The learned merge's report (as `score`) beside the baselines evaluation.baselines compares with: uniform and
+    task-wise task arithmetic and TIES (merging.learned.baselines), each chosen by mean agreement with the teachers
+    on the learning split (`unlabeled`, the inputs the merge was learned from; labels never read), never on the
+    scored set. {"learned": report, "baselines": {name: {"choice": BaselineChoice, "tasks": report}}}."""
+    setup = _scoring_setup(base, experts, names, scored, unlabeled, device, batch_size)
+    num_layers = int(json.loads((Path(base) / "config.json").read_text()).get("num_hidden_layers", 1))
+
+    def merge_into_model(settings: dict) -> None:
+        _merge_settings(setup, settings, num_layers)
+
+    def selection(settings: dict) -> float:
+        merge_into_model(settings)
+        return sum(_agreement(setup, t, "heldout") for t in range(len(setup.tasks))) / len(setup.tasks)
+
+    baselines = {}
+    for name, choice in choose(selection, len(setup.tasks)).items():
+        merge_into_model(choice.settings)
+        baselines[name] = {"choice": choice, "tasks": _task_report(setup, scored)}
+    setup.vectors.materialize(coefficients, setup.params)
+    return {"learned": _task_report(setup, scored), "baselines": baselines}
+
+
+def _scoring_setup(base: str, experts: dict[str, str], names: list[str], scored: dict[str, list[tuple[Any, int]]],
+                   unlabeled: dict[str, list[Any]] | None, device: str, batch_size: int):
+    """The teachers' outputs on the scored inputs (the "train" split here) and on the learning split (the "heldout"
+    one, when given), with one merged backbone read through each task's head."""
     inputs = {t: [x for x, _ in rows] for t, rows in scored.items()}
-    setup = setup_classifier(base, experts, inputs, batch_size=batch_size, device=device, temperature=1.0)
+    setup = setup_classifier(base, experts, inputs, batch_size=batch_size, device=device, temperature=1.0,
+                             heldout=unlabeled)
     if list(setup.vectors.names) != list(names):
         raise MergeLabError("the learned coefficients do not match these models' tensors")
-    setup.vectors.materialize(coefficients, setup.params)
+    return setup
+
+
+@torch.no_grad()
+def _merge_settings(setup, settings: dict, num_layers: int) -> None:
+    """Write the merge of `settings` (a method, one weight per task, its parameters) into the backbone, tensor by
+    tensor, with the engine's own merge step; the experts are rebuilt per tensor from the base and the task vectors."""
+    vectors = setup.vectors
+    step = MergeStep(settings_recipe("base", list(setup.tasks), settings), num_layers)
+    for name in vectors.names:
+        shape = vectors.shapes[name]
+        base = vectors.base[name].to(vectors.device)
+        block = vectors.blocks[name].to(vectors.device)
+        merged = step(name, base.view(shape), [(base + block[t]).view(shape) for t in range(vectors.num_tasks)])
+        setup.params[name].copy_(merged.reshape(shape))
+
+
+@torch.no_grad()
+def _predictions(setup, task: int, split: str) -> tuple[list[int], list[int]]:
+    """(the merged backbone's classes, the teacher's) for every input of `task` in `split`."""
+    own = (setup.teachers if split == "train" else setup.heldout_teachers)[task]
+    merged, teacher = [], []
+    for b in range(len(own)):
+        merged += setup.student_logits(task, b, split).argmax(-1).tolist()
+        teacher += setup.teacher(task, b, split).probs.argmax(-1).tolist()
+    return merged, teacher
+
+
+def _agreement(setup, task: int, split: str) -> float:
+    merged, teacher = _predictions(setup, task, split)
+    return sum(m == e for m, e in zip(merged, teacher, strict=True)) / len(merged)
+
+
+def _task_report(setup, scored: dict[str, list[tuple[Any, int]]]) -> dict[str, dict]:
+    """Per task, on the scored examples: agreement with the teacher, accuracy, the teacher's accuracy."""
     report = {}
-    with torch.no_grad():
-        for t, task in enumerate(setup.tasks):
-            gold = [y for _, y in scored[task]]
-            merged, teacher = [], []
-            for b in range(len(setup.teachers[t])):
-                merged += setup.student_logits(t, b).argmax(-1).tolist()
-                teacher += setup.teacher(t, b).probs.argmax(-1).tolist()
-            n = len(gold)
-            report[task] = {"examples": n,
-                            "agreement": sum(m == e for m, e in zip(merged, teacher)) / n,
-                            "accuracy": sum(m == g for m, g in zip(merged, gold)) / n,
-                            "teacher_accuracy": sum(e == g for e, g in zip(teacher, gold)) / n}
+    for t, task in enumerate(setup.tasks):
+        gold = [y for _, y in scored[task]]
+        merged, teacher = _predictions(setup, t, "train")
+        n = len(gold)
+        report[task] = {"examples": n,
+                        "agreement": sum(m == e for m, e in zip(merged, teacher)) / n,
+                        "accuracy": sum(m == g for m, g in zip(merged, gold)) / n,
+                        "teacher_accuracy": sum(e == g for e, g in zip(teacher, gold)) / n}
     return report
 
 
@@ -129,6 +197,28 @@ def report_markdown(report: dict[str, dict]) -> str:
     lines.append(f"| mean | | {100 * mean['agreement']:.1f} | {100 * mean['accuracy']:.1f} | "
                  f"{100 * mean['teacher_accuracy']:.1f} |")
     return "\n".join(lines)
+
+
+def comparison_markdown(method: str, comparison: dict[str, Any]) -> str:
+    """Accuracy per task and the means, the learned merge first, then each baseline with how it was chosen."""
+    tasks = list(comparison["learned"])
+    rows = [(f"learned ({method})", "", comparison["learned"])]
+    rows += [(name, b["choice"].describe(), b["tasks"]) for name, b in comparison["baselines"].items()]
+    lines = ["| merge | settings | " + " | ".join(tasks) + " | mean accuracy | mean agreement |",
+             "|---|---|" + "---|" * (len(tasks) + 2)]
+    for name, how, report in rows:
+        accuracy = [report[t]["accuracy"] for t in tasks]
+        agreement = sum(report[t]["agreement"] for t in tasks) / len(tasks)
+        lines.append(f"| {name} | {how} | " + " | ".join(f"{100 * a:.1f}" for a in accuracy)
+                     + f" | {100 * sum(accuracy) / len(tasks):.1f} | {100 * agreement:.1f} |")
+    return "\n".join(lines)
+
+
+def comparison_json(comparison: dict[str, Any]) -> dict[str, Any]:
+    """compare_with_baselines' baselines as JSON: each one's settings, how chosen, selection score and report."""
+    return {name: {"settings": b["choice"].settings, "chosen": b["choice"].describe(),
+                   "selection_agreement": b["choice"].score, "tasks": b["tasks"]}
+            for name, b in comparison["baselines"].items()}
 
 
 def _preset(name: str):
