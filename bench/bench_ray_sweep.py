@@ -9,7 +9,8 @@ the grid (issue 16). Never run in CI; run it under the heavy lock:
 wall time of the points, each runner's mean seconds a point (merge + score, measured where it ran), and Ray's
 per-point overhead: the round trip as the driver saw it (hand-out to result) beyond the worker's own seconds.
 `search`: on the tiny LM zoo, TPE and CMA-ES searches with a budget of 15 against the 25-point grid, for 3 seeds
-(each seed its own search/held-out split): the held-out accuracy of each one's best. Prints markdown rows.
+(each seed its own search/held-out split; `--seeds 1` runs one): the held-out accuracy of each one's best. Prints
+markdown rows.
 """
 
 from __future__ import annotations
@@ -152,6 +153,19 @@ def alternate(args: argparse.Namespace) -> None:
     print(f"Ray wall / in-process wall: {ratio:.3f}")
 
 
+def _chosen(candidate) -> str:
+    """A search's or the grid's best point: its parameters (each expert's weight and density, the expert named by its
+    folder), or its settings."""
+    values = candidate.params or (candidate.settings or {})
+    return ", ".join(f"{_short(k)} {v:.2f}" if isinstance(v, float) else f"{_short(k)} {v}" for k, v in values.items())
+
+
+def _short(key: str) -> str:
+    """"weight:/…/lm/math:0" -> "math weight" (a search parameter's name); other keys as they are."""
+    kind, _, rest = key.partition(":")
+    return f"{Path(rest.rpartition(':')[0]).name} {kind}" if rest else key
+
+
 def search(args: argparse.Namespace) -> None:
     import torch
 
@@ -162,7 +176,7 @@ def search(args: argparse.Namespace) -> None:
     space = SearchSpace("ties", tuple(m.model for m in template.models))
     rows = []
     load = os.getloadavg()[0]
-    for seed in (0, 1, 2):
+    for seed in args.seeds:
         splits = split_tasks(tasks, 0.5, seed=seed)
         runner = InProcessRunner(build_scorer(recipe_spec(template, splits, threads=1)))
         grid = recipe_grid(template, "ties", GRID, GRID)
@@ -171,14 +185,15 @@ def search(args: argparse.Namespace) -> None:
                                 seed=seed, grid=grid if sampler == "tpe" else ())
             if sampler == "tpe":
                 grid_best = result.grid_best
-                rows.append((seed, f"grid ({len(grid)} points)", grid_best.search_value, grid_best.held_out_value))
+                rows.append((seed, f"grid ({len(grid)} points)", grid_best.search_value, grid_best.held_out_value,
+                             _chosen(grid_best)))
             rows.append((seed, f"{sampler} (budget {args.budget})", result.best.search_value,
-                         result.best.held_out_value))
+                         result.best.held_out_value, _chosen(result.best)))
     print(f"Machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load before {load:.1f}, "
           f"after {os.getloadavg()[0]:.1f}; {len(tasks)} prompts ({args.per_task} per task), half held out")
-    print("| seed | what | search-split accuracy | held-out accuracy |\n|---|---|---|---|")
-    for seed, what, found, held in rows:
-        print(f"| {seed} | {what} | {found:.1%} | {held:.1%} |")
+    print("| seed | what | search-split accuracy | held-out accuracy | chosen |\n|---|---|---|---|---|")
+    for seed, what, found, held, chosen in rows:
+        print(f"| {seed} | {what} | {found:.1%} | {held:.1%} | {chosen} |")
     for what in ("grid", "tpe", "cmaes"):
         held = [r[3] for r in rows if r[1].startswith(what)]
         print(f"| mean | {what} | | {statistics.mean(held):.1%} |")
@@ -199,6 +214,8 @@ def main() -> None:
     two = commands.add_parser("search")
     two.add_argument("--per-task", type=int, default=40)
     two.add_argument("--budget", type=int, default=15)
+    two.add_argument("--seeds", type=lambda text: [int(x) for x in text.split(",")], default=[0, 1, 2],
+                     help="split and sampler seeds, e.g. 0,1,2 (default); one at a time fits a short lock hold")
     two.set_defaults(handler=search)
     args = parser.parse_args()
     args.handler(args)
