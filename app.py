@@ -30,6 +30,13 @@ def create_app(config: HostConfig | None = None):
     return demo
 
 
+def launch_options(config: HostConfig) -> dict:
+    """demo.launch's settings that follow from the host: the upload limit, no tracebacks shown, and the session
+    downloads folder (inside the models folder) as a place gradio may serve files from, wherever the app is started
+    (gradio otherwise allows only the working directory and the temp folder)."""
+    return {"max_file_size": config.max_upload, "show_error": False, "allowed_paths": [str(config.downloads_dir)]}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="MergeLab: a model-merging workbench in the browser.")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
@@ -41,8 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     config.models_dir.mkdir(parents=True, exist_ok=True)
     start_default_family_build()  # first start: the default real family builds while the page comes up
     demo = create_app(config)
-    demo.launch(server_name=args.host, server_port=args.port, max_file_size=config.max_upload, css=CSS,
-                show_error=False)
+    demo.launch(server_name=args.host, server_port=args.port, css=CSS, **launch_options(config))
 
 
 if __name__ == "__main__":

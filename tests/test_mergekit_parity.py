@@ -7,7 +7,6 @@ mergekit is only a test dependency; its import costs ~8 s, so all recipes run in
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from pathlib import Path
 
@@ -335,22 +334,19 @@ def test_the_engine_s_folder_and_its_mergekit_config_equal_mergekit(family, tmp_
         assert torch.allclose(ours[name].float(), tensor.float(), rtol=1e-5, atol=1e-6), name
 
 
-def test_the_export_tab_s_mergekit_yaml_runs_in_mergekit(family):
+def test_the_export_tab_s_mergekit_yaml_runs_in_mergekit(family, tmp_path):
     """The Export tab's "Recipe as mergekit YAML" for magnitude_prune (which mergekit spells breadcrumbs, gamma 0)."""
     from types import SimpleNamespace
 
     from ui import export_panel
-    from ui.session import DOWNLOADS
 
     recipe = family.recipe("magnitude_prune", [{"weight": 1.0, "density": 0.5}, {"weight": 0.5, "density": 0.3}])
-    # what the export reads; the id names the session's own downloads folder, removed at the end
-    session = SimpleNamespace(id=f"parity-{uuid.uuid4().hex}", base=object(), sources=[object()], recipe=recipe)
+    # what the export reads; its downloads go under tmp_path/<id>
+    session = SimpleNamespace(id=f"parity-{uuid.uuid4().hex}", downloads_root=tmp_path, base=object(),
+                              sources=[object()], recipe=recipe)
     path = Path(export_panel.recipe_file(session))
-    try:
-        assert path.name == "mergekit_config.yml"
-        text = path.read_text(encoding="utf-8")
-    finally:
-        shutil.rmtree(DOWNLOADS / session.id, ignore_errors=True)
+    assert path.name == "mergekit_config.yml" and path.is_relative_to(tmp_path / session.id)
+    text = path.read_text(encoding="utf-8")
     theirs = run_mergekit_text(family, text)
     ours = family.merger.merge(recipe)
     assert all(torch.allclose(ours[n], t.float(), rtol=1e-5, atol=1e-6) for n, t in theirs.items())

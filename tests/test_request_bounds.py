@@ -18,7 +18,6 @@ from merging.jsonl import MAX_FILE_BYTES
 from merging.settings import MergeSettings
 from tests.conftest import api_client
 from tests.serving import close_app, launch_local
-from ui.session import DOWNLOADS
 
 GOOD = {"method": "ties", "weights": [0.6, 0.4], "params": {"density": 0.5}, "seed": 0}
 
@@ -155,7 +154,6 @@ def test_export_yaml_reuses_one_folder_per_session(client):
     paths = {client.predict(api_name="/export_yaml")[0] for _ in range(3)}
     assert set(Path(tempfile.gettempdir()).glob("mergelab-recipe-*")) == before  # no temp folder per call
     assert len({Path(p).parent for p in paths}) == 1  # gradio's cached copies: the same file each time
-    assert any(DOWNLOADS.glob("*/recipe/*"))
 
 
 def test_merge_settings_refuse_non_finite_numbers():
@@ -208,7 +206,7 @@ def test_per_session_state_goes_with_the_session():
     (folder / "mergekit_config.yml").write_text("x", encoding="utf-8")
     assert session_downloads(first, "recipe") == folder  # reused, not a new folder per call
     close_session(first)
-    assert not (DOWNLOADS / first.id).exists()
+    assert not (first.downloads_root / first.id).exists()
 
 
 GENERIC = ("upstream Gradio app has raised an exception", "Something went wrong")

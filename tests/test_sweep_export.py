@@ -25,7 +25,7 @@ def test_the_sweep_s_best_recipe_names_the_model_folders_and_passes_check(tmp_pa
     assert "ready to merge" in models_panel.check_models(session, config, choice)
     merge_panel.run_merge(session, config, {"method": "ties", "weights": [0.5, 0.5], "params": {}})
     result = evaluate_panel.sweep(session, config, "ties", "0.5,1.0", "0.5", per_task=2)
-    _chart, _text, files = evaluate_panel.sweep_outputs(result)
+    _chart, _text, files = evaluate_panel.sweep_outputs(result, tmp_path / "sweep")
     best = load_recipe(next(Path(f) for f in files if f.endswith(".yaml")))
     refs = [best.base_model, *(m.model for m in best.models)]
     assert not set(refs) & {"base", *session.labels}, refs

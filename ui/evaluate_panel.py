@@ -4,7 +4,6 @@ recipe as YAML to download."""
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -294,9 +293,9 @@ def best_text(result: Any) -> str:
             "into Merge, Chat and Export.")
 
 
-def sweep_outputs(result: Any, folder: Path | None = None) -> tuple[Any, str, list[str]]:
+def sweep_outputs(result: Any, folder: Path) -> tuple[Any, str, list[str]]:
+    """The sweep's heatmap, its verdict and its files written into `folder` (the session's sweep downloads)."""
     text = best_text(result)
-    folder = folder if folder is not None else Path(tempfile.mkdtemp(prefix="mergelab-sweep-"))
     written = result.write(folder / "sweep.json")
     return sweep_heatmap(result), text, [str(p) for p in written.values()]
 

@@ -49,6 +49,13 @@ class HostConfig:
             gpu=torch.cuda.is_available(),
         )
 
+    @property
+    def downloads_dir(self) -> Path:
+        """Where the page's sessions write the files they offer for download (recipe, results, sweep, search): inside
+        the app's models folder, so a hosted app writes nothing outside its own folders; one folder per session,
+        bounded in number (ui.session.session_downloads)."""
+        return self.models_dir / "downloads"
+
     def resolve_local(self, ref: str) -> Path:
         """A local model folder the user typed. Hosted: relative to ./models and never outside it."""
         text = ref.strip()

@@ -48,7 +48,8 @@ def build_page(config: HostConfig) -> gr.Blocks:
         # Freed when the tab closes (gradio keeps a closed tab's state an hour); no time limit while it is open,
         # since the session is changed in place and a time_to_live would count from its creation.
         state = gr.State(None, delete_callback=delete)
-        state.value = FreshSession()  # set after construction, which would deep-copy it into a Session already
+        # set after construction, which would deep-copy it into a Session already
+        state.value = FreshSession(config.downloads_dir)
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         # Tabs render their children up front: the Models tab updates controls in Merge and Chat before they open.
         with gr.Tabs(elem_id="tabs") as tabs:

@@ -5,6 +5,7 @@ cache in ui.resources."""
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import tempfile
 import threading
@@ -26,7 +27,12 @@ if TYPE_CHECKING:  # typing only: heavy imports
     from merging.preflight import PreflightReport
     from merging.recipe import Recipe
 
-DOWNLOADS = Path(tempfile.gettempdir()) / "mergelab-downloads"  # <session id>/<what>/: see session_downloads
+# Where a session made outside a page (tests, benches, scripts) keeps its downloads; a page's sessions use its
+# HostConfig.downloads_dir (inside the app's models folder), given to FreshSession. <root>/<session id>/<what>/.
+DOWNLOADS = Path(tempfile.gettempdir()) / "mergelab-downloads"
+# At most this many sessions' download folders are kept under a root; the least recently used go first. gradio copies
+# a returned file into its own cache as the event ends, so removing an idle session's folder loses nothing it shows.
+MAX_DOWNLOAD_SESSIONS = 32
 # Merge versions, unique in this process across all sessions (a record's `version`; Session.record_merge draws them).
 _VERSIONS = itertools.count(1)
 _VERSIONS_LOCK = threading.Lock()
@@ -48,6 +54,7 @@ class Session:
     `record_merge`); the panels read it."""
 
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    downloads_root: Path = DOWNLOADS  # this session's downloads go to downloads_root/<id>/ (session_downloads)
     # --- the chosen models (ui.workspace.select_models)
     family: str | None = None  # zoo family name when the models come from the zoo
     kind: str = "lm"  # "lm" or "classifier"
@@ -146,25 +153,57 @@ class Session:
             self.learned = None
 
 
-def new_session() -> Session:
-    return Session()
+def new_session(downloads_root: Path = DOWNLOADS) -> Session:
+    return Session(downloads_root=downloads_root)
 
 
 class FreshSession:
     """The initial value of the page's gr.State. Gradio deep-copies a State's initial value once per browser session;
-    copying this gives a new Session. (A callable initial value would be run by a page-load event of its own, racing
-    the app's load event and replacing the session that event had just filled.)"""
+    copying this gives a new Session, whose downloads go under `downloads_root` (the page's
+    HostConfig.downloads_dir). (A callable initial value would be run by a page-load event of its own, racing the
+    app's load event and replacing the session that event had just filled.)"""
+
+    def __init__(self, downloads_root: Path = DOWNLOADS) -> None:
+        self.downloads_root = downloads_root
 
     def __deepcopy__(self, memo: dict) -> Session:
-        return new_session()
+        return new_session(self.downloads_root)
 
 
 def session_downloads(session: Session, what: str) -> Path:
     """The session's own folder for a kind of download (`what`: "recipe", ...), made on first use and reused by
-    every later call (a file in it is replaced, not added), removed with the session (close_session)."""
-    folder = DOWNLOADS / session.id / what
+    every later call (a file in it is replaced, not added), removed with the session (close_session). Sessions
+    that are never closed (an API client that just stops, a killed server) are bounded too: a session making its
+    folder leaves at most MAX_DOWNLOAD_SESSIONS under the root (prune_downloads)."""
+    own = session.downloads_root / session.id
+    if not own.is_dir():
+        prune_downloads(session.downloads_root, keep=MAX_DOWNLOAD_SESSIONS - 1)
+    folder = own / what
     folder.mkdir(parents=True, exist_ok=True)
+    now = time.time()  # the fine clock (a folder's own time is coarse): the order of use is kept
+    os.utime(own, (now, now))  # used now: the newest, so the last a later prune removes
     return folder
+
+
+def prune_downloads(root: Path, keep: int) -> list[Path]:
+    """Remove all but the `keep` most recently used session folders under `root` (by modification time); returns
+    those removed. Anything that is not a plain folder is left alone."""
+    try:
+        folders = [p for p in root.iterdir() if p.is_dir() and not p.is_symlink()]
+    except OSError:  # no root yet
+        return []
+    folders.sort(key=_mtime, reverse=True)
+    removed = folders[max(keep, 0):]
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return removed
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed meanwhile (another session's prune)
+        return 0.0
 
 
 def close_session(session: Session | None, models_dir: Path | None = None) -> None:
@@ -172,6 +211,6 @@ def close_session(session: Session | None, models_dir: Path | None = None) -> No
     if session is None:
         return
     session.reset_models()
-    shutil.rmtree(DOWNLOADS / session.id, ignore_errors=True)
+    shutil.rmtree(session.downloads_root / session.id, ignore_errors=True)
     if models_dir is not None:
         shutil.rmtree(models_dir / "merged" / session.id, ignore_errors=True)
