@@ -214,15 +214,39 @@ GENERIC = ("upstream Gradio app has raised an exception", "Something went wrong"
 
 def test_every_endpoint_answers_nulls_and_wrong_kinds_with_a_message(client):
     """Each named endpoint, every argument null, then every argument a nested list: a message naming what is wrong
-    (a field, or what to do first), never gradio's generic error. /chat and /evaluate are sent nulls only: a nested
-    list where they take a chat history or an uploaded file fails in gradio's own parsing, before any component."""
+    (a field, or what to do first), never gradio's generic error. /chat's chat histories and /evaluate's task file
+    included: gradio checks them against its data models before any component (ui.fields.checked_data_model)."""
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert {"/merge", "/sweep", "/learn", "/preflight", "/export_yaml", "/interference"} <= set(endpoints)
+    assert {"/merge", "/sweep", "/learn", "/preflight", "/export_yaml", "/interference", "/chat",
+            "/evaluate"} <= set(endpoints)
     for name, endpoint in endpoints.items():
         count = len(endpoint["parameters"])
-        forms = [[None] * count] + ([[[[[[]]]]] * count] if name not in ("/chat", "/evaluate") else [])
+        forms = [[None] * count, [[[[[]]]]] * count]
         for args in forms:
             try:
                 client.predict(*args, api_name=name)
             except AppError as error:
                 assert not any(g in str(error) for g in GENERIC), (name, args[:1], str(error))
+
+
+CHAT_HISTORY = 'send the conversation as a list of messages, each {"role": "user" or "assistant", "content"'
+TASK_FILE = 'Task file (optional, JSONL): send a file (in Python: gradio_client.handle_file("path/to/file"))'
+
+
+@pytest.mark.parametrize(
+    ("text", "merged", "compare", "expected"),
+    [("3+4=", [["3+4=", "7"]], [], f"Merged model: {CHAT_HISTORY}"),  # the old (user, bot) pairs
+     ("3+4=", [{"role": "user", "content": "3+4="}], [], f"Merged model: {CHAT_HISTORY}"),  # content not as parts
+     ("3+4=", "3+4=", [], f"Merged model: {CHAT_HISTORY}"),
+     ("3+4=", [], {"role": "user"}, f"Source model: {CHAT_HISTORY}"),
+     ([["3+4="]], [], [], "Message: send text, not a list")],  # never chatted as its Python text "[['3+4=']]"
+)
+def test_chat_says_what_a_history_and_a_message_must_look_like(client, text, merged, compare, expected):
+    message = _refused(client, text, merged, compare, "(none)", 4, 0.0, 1.0, "none", api_name="/chat")
+    assert expected in message, message
+
+
+@pytest.mark.parametrize("task_file", [[[["x"]]], "tasks.jsonl", 5, {"path": "/etc/passwd"}])
+def test_evaluate_says_how_to_send_a_task_file(client, task_file):
+    message = _refused(client, task_file, 5, api_name="/evaluate")
+    assert TASK_FILE in message and "passwd" not in message, message

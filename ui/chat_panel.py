@@ -170,7 +170,7 @@ def build(config: HostConfig) -> ChatPanel:
         merged = gr.Chatbot(label="Merged model", elem_id="chat-merged", height=320)
         compare = gr.Chatbot(label="Source model", elem_id="chat-compare", height=320)
     with gr.Row():
-        message = gr.Textbox(placeholder="Ask both models, e.g. 三+四=", show_label=False, scale=4,
+        message = gr.Textbox(label="Message", placeholder="Ask both models, e.g. 三+四=", show_label=False, scale=4,
                              elem_id="chat-message")
         # Custom values: API clients name a source without the page having refreshed the choices first.
         compare_label = gr.Dropdown([NO_COMPARISON], value=NO_COMPARISON, label="Answer beside it",

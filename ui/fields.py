@@ -34,6 +34,17 @@ def choice_field(value: Any, name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _shape(value: Any) -> str:
+    """What a value of the wrong shape was, without repeating it."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, list | tuple):
+        return "a list in another shape"
+    if isinstance(value, dict):
+        return "an object in another shape"
+    return "a number" if isinstance(value, int | float) and not isinstance(value, bool) else _kind(value)
+
+
 def _kind(value: Any) -> str:
     if value is None:
         return "empty"
@@ -44,19 +55,67 @@ def _kind(value: Any) -> str:
 
 def guard_inputs(demo: Any) -> None:
     """Every input component of the page answers a value it cannot take (null for a slider, a list for a textbox,
-    a 100,000-character string for a radio) with a message naming its field, instead of gradio's generic error: its
-    own preprocess runs first; a failure there becomes a gr.Error (shown even with show_error=False)."""
+    a 100,000-character string for a radio, a nested list for a chat history or a file) with a message naming its
+    field and saying what to send, instead of gradio's generic error: its own preprocess runs first, and before it
+    the check of its data model (a chat history's messages, a file's metadata); a failure in either becomes a
+    gr.Error (shown even with show_error=False)."""
     import gradio as gr
 
     for block in list(demo.blocks.values()):
         if isinstance(block, gr.components.Component) and not getattr(block, "_guarded", False):
-            block.preprocess = _guarded_preprocess(block.preprocess, _field_name(block))
+            name = _field_name(block)
+            preprocess = _text_only(block.preprocess, name) if isinstance(block, gr.Textbox) else block.preprocess
+            block.preprocess = _guarded_preprocess(preprocess, name)
+            if getattr(block, "data_model", None) is not None:
+                block.data_model = checked_data_model(block.data_model, name)
             block._guarded = True
+
+
+# What to send, by the gradio data model a component checks a request's value against (before its preprocess).
+DATA_MODEL_HINTS = {
+    "ChatbotDataMessages": ('the conversation as a list of messages, each {"role": "user" or "assistant", '
+                            '"content": [{"type": "text", "text": "..."}]} (as /chat returns them), or [] to start one'),
+    "FileData": 'a file (in Python: gradio_client.handle_file("path/to/file")), or null for none',
+    "ListFiles": 'a list of files (in Python: [gradio_client.handle_file("path/to/file"), ...]), or null for none',
+}
+
+
+def checked_data_model(model: type, name: str) -> type:
+    """A stand-in for a component's gradio data model (same name, fields and schema, so the API description is
+    unchanged) whose model_validate turns a value of the wrong shape into a gr.Error naming the field `name` and
+    saying what to send (DATA_MODEL_HINTS), never repeating the value. gradio checks a request's value against the
+    component's data model before its preprocess, where guard_inputs' other wrapper cannot see the failure."""
+    import gradio as gr
+    from pydantic import ValidationError
+
+    hint = DATA_MODEL_HINTS.get(model.__name__, "the kind of value the page's control sends (see \"Use via API\")")
+
+    def model_validate(cls: type, obj: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return model.model_validate(obj, *args, **kwargs)
+        except ValidationError:
+            raise gr.Error(f"{name}: send {hint}, not {_shape(obj)}.") from None
+
+    return type(model.__name__, (model,), {"__module__": model.__module__, "__doc__": model.__doc__,
+                                          "model_validate": classmethod(model_validate)})
 
 
 def _field_name(block: Any) -> str:
     name = getattr(block, "label", None) or getattr(block, "elem_id", None) or type(block).__name__
     return str(name)[:60]
+
+
+def _text_only(preprocess: Any, name: str) -> Any:
+    """A textbox's preprocess that refuses a list or an object (gradio's own would turn it into its Python text,
+    e.g. a chat message "[['hi']]", and carry on)."""
+    import gradio as gr
+
+    def checked(payload: Any) -> Any:
+        if isinstance(payload, list | tuple | dict):
+            raise gr.Error(f"{name}: send text, not {_shape(payload)}.")
+        return preprocess(payload)
+
+    return checked
 
 
 def _guarded_preprocess(preprocess: Any, name: str) -> Any:
