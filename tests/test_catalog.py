@@ -115,6 +115,21 @@ def test_the_evaluate_table_shows_japanese_reply_accuracy_in_its_own_column():
     assert "Japanese replies" not in plain
 
 
+def test_the_evaluate_table_names_the_best_single_source_of_a_task_no_expert_owns():
+    from ui.evaluate_panel import summary_markdown
+
+    tasks = {"math": {"expert": "math", "agreement": 0.9, "accuracy": 0.8, "expert_accuracy": 0.85, "examples": 10,
+                      "accuracy_by_source": {"math": 0.85, "japanese": 0.1}},
+             "japanese_math": {"expert": None, "agreement": None, "accuracy": 0.4, "expert_accuracy": 0.1,
+                               "examples": 10, "accuracy_by_source": {"math": 0.0, "japanese": 0.1}}}
+    summary = {"agreement": 0.9, "accuracy": 0.6, "normalized_accuracy": None}
+    rows = summary_markdown({"tasks": tasks, "summary": summary}).splitlines()
+    math_row = next(r for r in rows if r.startswith("| math |"))
+    composite_row = next(r for r in rows if r.startswith("| japanese_math |"))
+    assert "| 85% | 10 |" in math_row
+    assert "no expert of its own; best single source: japanese 10%" in composite_row
+
+
 # --- the tiny zoo's preset shows composition: math asked in Japanese -------------------------------------------
 
 def _kanji_sum(prompt: str) -> int:

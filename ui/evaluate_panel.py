@@ -333,12 +333,24 @@ def summary_markdown(result: dict[str, Any]) -> str:
              + " expert's accuracy | examples |", "|---|---|---|---|" + ("---|" if japanese else "") + "---|---|"]
     for name, s in result["tasks"].items():
         ja = f" {pct(s.get('japanese_accuracy'))} |" if japanese else ""
+        reference = reference_cell(s["expert"], s["expert_accuracy"], s.get("accuracy_by_source") or {})
         lines.append(f"| {name} | {s['expert'] or '(none)'} | {pct(s['agreement'])} | {pct(s['accuracy'])} |{ja} "
-                     f"{pct(s['expert_accuracy'])} | {s['examples']} |")
+                     f"{reference} | {s['examples']} |")
     summary = result["summary"]
     lines.append(f"\n**Mean** agreement {pct(summary['agreement'])} · accuracy {pct(summary['accuracy'])} · "
                  f"normalized accuracy {pct(summary['normalized_accuracy'])}")
     return "\n".join(lines)
+
+
+def reference_cell(expert: str | None, expert_accuracy: float | None, accuracy_by_source: dict[str, float]) -> str:
+    """What the merge is measured against on a task: its own expert's accuracy, or, for a task no expert owns (a
+    composite such as japanese_math), the best single source there, named (every source tied for best is named)."""
+    if expert is not None:
+        return "–" if expert_accuracy is None else f"{expert_accuracy:.0%}"
+    if expert_accuracy is None:
+        return "no expert of its own (no source scored)"
+    names = [source for source, value in accuracy_by_source.items() if value == expert_accuracy]
+    return f"no expert of its own; best single source: {' / '.join(names)} {expert_accuracy:.0%}"
 
 
 def per_task_field(value: Any) -> int | None:

@@ -27,6 +27,7 @@ from merging.errors import MergeLabError
 from merging.methods.registry import get_method
 from merging.recipe import Recipe
 from merging.settings import MergeSettings
+from ui.evaluate_panel import reference_cell as evaluate_reference_cell
 from ui.feedback import guarded
 from ui.hosting import HostConfig
 from ui.session import Session
@@ -168,16 +169,8 @@ def lesson_score_markdown(session: Session) -> str:
 
 
 def reference_cell(score: Any) -> str:
-    """What the merge is measured against on a task (an evaluation.agreement.TaskScore): its own expert's accuracy,
-    or, for a task no expert owns (a composite such as japanese_math), the best single source there, named (every
-    source tied for best is named), since there is no expert of its own to show."""
-    if score.expert is not None:
-        return "–" if score.expert_accuracy is None else f"{score.expert_accuracy:.0%}"
-    best = score.expert_accuracy
-    if best is None:
-        return "no expert of its own (no source scored)"
-    names = [source for source, value in score.accuracy_by_source.items() if value == best]
-    return f"no expert of its own; best single source: {' / '.join(names)} {best:.0%}"
+    """The Evaluate table's reference cell (ui.evaluate_panel.reference_cell) for an evaluation.agreement.TaskScore."""
+    return evaluate_reference_cell(score.expert, score.expert_accuracy, score.accuracy_by_source)
 
 
 def lesson(session: Session, config: HostConfig, density: float = 0.5, progress: Any = None) -> list[Any]:
