@@ -57,7 +57,9 @@ def project_file(filename: str) -> str | None:
 
 def trace_stays(call: Callable[[], Any], *, as_read: bool = True) -> tuple[Any, list[Stay]]:
     """Run `call()` with a profiler that follows the innermost project frame; returns its result and the stays.
-    `as_read`: a call site (caller's code and line, callee's code) is followed once; its repeats are skipped."""
+    `as_read`: a call site (the caller's code and call instruction, the callee's code) is followed once; its repeats
+    are skipped. The instruction, not the line: `with a(), b():` is two call sites on one line (both go through
+    contextlib's __enter__, so keyed by line the second would be skipped as a repeat of the first)."""
     stays: list[Stay] = []
     names: dict[str, str | None] = {}
     seen: set[tuple[Any, int, Any]] = set()
@@ -83,7 +85,7 @@ def trace_stays(call: Callable[[], Any], *, as_read: bool = True) -> tuple[Any, 
                 skipping.clear()
             return
         if event == "call" and as_read and frame.f_back is not None:
-            site = (frame.f_back.f_code, frame.f_back.f_lineno, frame.f_code)
+            site = (frame.f_back.f_code, frame.f_back.f_lasti, frame.f_code)
             if site in seen:
                 skipping.append(frame)
                 return

@@ -26,7 +26,6 @@ listed in `unmerged_names`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,9 +34,9 @@ import torch
 from merging.dtypes import DTYPES
 from merging.errors import RecipeError
 from merging.methods.chunks import compute_threads, spare_cores
-from merging.methods.fused import remember_thresholds, write_result_into
+from merging.methods.fused import reusing
 from merging.plan import available_bytes
-from merging.recipe import Recipe, validate_recipe
+from merging.recipe import Recipe
 from merging.step import MergeStep
 
 # On the CPU, live merging is planned to use at most this share of the free memory (the rest: the evaluator's
@@ -308,8 +307,7 @@ class LiveMerger:
                 ) -> Iterator[tuple[str, torch.Tensor]]:
         """tensors(); with `into`, a float32 result may be written straight into `into[name]` (then the tensor
         yielded shares its storage) where the output dtype is float32 too."""
-        validate_recipe(recipe)
-        step = MergeStep(recipe, self.num_layers, seed=seed, device=self.device)
+        step = MergeStep(recipe, self.num_layers, seed=seed, device=self.device)  # validates the recipe
         sources = [self._source(key, recipe.base_model) for key in self._loaded(step.inputs, recipe)]
         base_in = [(self.base, self.base_streamed)] if step.uses_base else []
         fixed = DTYPES.get(recipe.out_dtype or recipe.dtype or "")
@@ -318,16 +316,15 @@ class LiveMerger:
             self._thresholds.clear()
         # Thresholds are remembered by the tensors' storage: only for the kept tensors themselves, never for copies
         # (a freed copy's address can come back holding other values): not when a dtype is rounded or streamed.
-        memo = self._thresholds if all(inputs.kept_as_is(d) for d in self._dtypes) else None
+        copies = any(streamed for _, streamed in base_in + sources)
+        memo = self._thresholds if not copies and all(inputs.kept_as_is(d) for d in self._dtypes) else None
         with compute_threads(self.threads):
             for name in self.names:
                 read = [src[name] for src, _ in base_in + sources]
                 out_dtype = fixed or _promoted(t.dtype for t in read)  # per tensor, as the engine plans it
-                copies = any(streamed for _, streamed in base_in + sources)
                 prepared = [inputs.prepared(t) for t in read]
-                remember = remember_thresholds(memo) if memo is not None and not copies else nullcontext()
                 target = into.get(name) if into is not None and out_dtype == torch.float32 else None
-                with remember, write_result_into(target):
+                with reusing(thresholds=memo, into=target):
                     result = step(name, prepared[0] if base_in else None, prepared[len(base_in):], out_dtype)
                 yield name, result if result.dtype == out_dtype else result.to(out_dtype)
         self.notes = step.note_lines()

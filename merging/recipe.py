@@ -413,10 +413,13 @@ class ParameterResolver:
     `ParameterResolver(recipe)(name, num_layers)` and `ParameterResolver(recipe, num_layers)(name)` both work.
     Returns (one dict per merge input in `recipe.merge_inputs()` order, the global dict), defaults filled.
     `method`, `inputs` (`recipe.merge_inputs()`) and `uses_base` (`recipe.uses_base()`) are read once here, for the
-    step that calls it."""
+    step that calls it. The recipe is validated first (RecipeError listing its problems): resolution reads only
+    valid settings, and every merge (engine, live, the step's other callers) resolves through here. Free for a
+    recipe validated before and unchanged since."""
 
     def __init__(self, recipe: Recipe, num_layers: int | None = None) -> None:
-        self.method = recipe.method or get_method(recipe.merge_method)  # unknown: RecipeError listing the methods
+        validate_recipe(recipe)
+        self.method: Method = recipe.method  # valid: the method is registered
         self.num_layers = num_layers
         self.inputs = recipe.merge_inputs()
         self.uses_base = recipe.uses_base()
@@ -573,13 +576,14 @@ def _method_problems(recipe: Recipe, method: Method) -> list[str]:
     count_problem = _count_problem(method, len(inputs))
     if count_problem:
         problems.append(count_problem)
-    problems += _global_parameter_problems(recipe, method)
-    problems += _model_parameter_problems(recipe, method)
+    declared = {p.name: p for p in method.params}  # the checks below look parameters up by name: built once
+    problems += _global_parameter_problems(recipe, method, declared)
+    problems += _model_parameter_problems(recipe, method, declared)
     problems += _required_parameter_problems(recipe, method, inputs)
     if method.name == "linear" and recipe.parameters.get("normalize", True) is True:
         problems += _zero_weight_problems(recipe, inputs)
-    if method.param("epsilon") is not None:
-        problems += _della_problems(recipe, method, inputs)
+    if "epsilon" in declared:
+        problems += _della_problems(recipe, method, inputs, declared["epsilon"].default)
     return problems
 
 
@@ -589,9 +593,9 @@ def _unknown_parameter(method: Method, where: str, key: Any) -> str:
         _unknown_hint(method.name, key)
 
 
-def _global_parameter_problems(recipe: Recipe, method: Method) -> list[str]:
-    """The top-level `parameters`: known to the method, every value (gradient point, filter value) in range."""
-    known = {p.name: p for p in method.params}
+def _global_parameter_problems(recipe: Recipe, method: Method, known: dict[str, Param]) -> list[str]:
+    """The top-level `parameters`: known to the method (`known`: its parameters by name), every value (gradient
+    point, filter value) in range."""
     problems: list[str] = []
     for key, value in recipe.parameters.items():
         param = known.get(key)
@@ -602,20 +606,20 @@ def _global_parameter_problems(recipe: Recipe, method: Method) -> list[str]:
     return problems
 
 
-def _model_parameter_problems(recipe: Recipe, method: Method) -> list[str]:
-    """Each model's `parameters`: known, per model (not global), every value in range; the base's are ignored when the
-    method uses a base, as mergekit does."""
-    known = {p.name: p for p in method.params}
+def _model_parameter_problems(recipe: Recipe, method: Method, known: dict[str, Param]) -> list[str]:
+    """Each model's `parameters`: known (`known`: the method's parameters by name), per model (not global), every
+    value in range; the base's are ignored when the method uses a base, as mergekit does."""
     problems: list[str] = []
     for index, entry in enumerate(recipe.models):
         is_base = entry.model == recipe.base_model and method.base != "ignored"
         for key, value in entry.parameters.items():
-            where = f"models[{index}].parameters.{cut(str(key), MAX_QUOTED_CHARS)}"
             param = known.get(key)
             if param is None:
                 if not is_base:  # mergekit ignores the base's parameters; so do we
-                    problems.append(_unknown_parameter(method, where, key))
+                    unknown = f"models[{index}].parameters.{cut(str(key), MAX_QUOTED_CHARS)}"  # any text: cut
+                    problems.append(_unknown_parameter(method, unknown, key))
                 continue
+            where = f"models[{index}].parameters.{key}"  # a declared name (short), as in the top-level check
             if param.scope == "global":
                 problems.append(f"{where}: {key} applies to the whole merge; move it to the top-level `parameters`")
                 continue
@@ -676,9 +680,8 @@ def _unknown_hint(method_name: str, key: str) -> str:
     return ""
 
 
-def _della_problems(recipe: Recipe, method: Method, inputs: list[str]) -> list[str]:
+def _della_problems(recipe: Recipe, method: Method, inputs: list[str], epsilon_default: float) -> list[str]:
     problems = []
-    epsilon_default = method.param("epsilon").default
     for model in inputs:
         own = recipe.model_settings(model)
         densities = [_number(v) for v in _leaves(own.get("density", recipe.parameters.get("density", 1.0)))]

@@ -29,7 +29,8 @@ from merging.recipe import ParameterResolver
 
 @dataclass
 class MergeStep:
-    """Merges single tensors for one recipe: build once per merge, call once per tensor.
+    """Merges single tensors for one recipe: build once per merge (RecipeError for an invalid recipe), call once per
+    tensor.
 
     `num_layers` places a tensor within the model for gradients; `seed` and `device` make each random method's
     per-tensor generator. `inputs` are the models passed as `tensors`, in order (`recipe.merge_inputs()`);
@@ -46,7 +47,8 @@ class MergeStep:
     notes: dict[str, list[str]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._resolve = ParameterResolver(self.recipe, self.num_layers)  # the recipe read once, its method with it
+        # the recipe validated (free when it was before) and read once, its method with it
+        self._resolve = ParameterResolver(self.recipe, self.num_layers)
         self.method, self.inputs, self.uses_base = self._resolve.method, self._resolve.inputs, self._resolve.uses_base
 
     def parameters(self, name: str) -> tuple[list[dict], dict]:

@@ -203,12 +203,9 @@ def build_recipe(session: Session, settings: MergeSettings, *, by: str = "label"
     method = settings.spec  # resolved with the settings; the recipe keeps it
     weight = method.by_role("weight")
     check_settings(session, settings, weight)
-    global_params: dict[str, Any] = {}
-    for key, value in settings.params.items():
-        param = method.param(key)
-        if param is None or value is None or not has_own_control(param):
-            continue
-        global_params[key] = _coerce_choice(value)
+    own = {param.name for param in method.params if has_own_control(param)}  # unknown and hidden ones are dropped
+    global_params = {key: _coerce_choice(value) for key, value in settings.params.items()
+                     if key in own and value is not None}
     models = [ModelEntry(source.label, {weight.name: float(settings.weights[i])} if weight is not None else {})
               for i, source in enumerate(session.sources)]
     # dtype is the compute dtype (as in mergekit), out_dtype the written one: the sources' own (bf16 in, bf16 out).

@@ -94,18 +94,6 @@ _REMEMBERED: ContextVar[dict | None] = ContextVar("remembered_thresholds", defau
 _OUTPUT: ContextVar[torch.Tensor | None] = ContextVar("fused_output", default=None)
 
 
-@contextmanager
-def write_result_into(target: torch.Tensor | None) -> Iterator[None]:
-    """Within the block, a fused merge whose result fits `target` (float32, contiguous, as many elements, same
-    device, no input's storage) writes it there and returns a view of it: live merging hands a model's own
-    parameter, so the merged values need no copy. Otherwise (or with None) a new tensor, as always."""
-    token = _OUTPUT.set(target)
-    try:
-        yield
-    finally:
-        _OUTPUT.reset(token)
-
-
 def _output_for(base: torch.Tensor, xs: list[torch.Tensor]) -> torch.Tensor:
     """The flat float32 tensor the combine pass writes: the caller's target where it fits, else a new one."""
     target = _OUTPUT.get()
@@ -117,16 +105,22 @@ def _output_for(base: torch.Tensor, xs: list[torch.Tensor]) -> torch.Tensor:
 
 
 @contextmanager
-def remember_thresholds(memo: dict) -> Iterator[dict]:
-    """Within the block (this thread or task), magnitude thresholds are kept in `memo` and reused, keyed by the
-    tensors' storage (base and each x), the keep counts and the chunking. For callers that merge the same unchanged
-    tensors again and again (live merging: a weight slider moves, the thresholds do not): the caller keeps those
-    tensors alive and unchanged while it uses `memo`, and clears it when they change."""
-    token = _REMEMBERED.set(memo)
+def reusing(thresholds: dict | None = None, into: torch.Tensor | None = None) -> Iterator[None]:
+    """What a fused merge within the block (this thread or task) may reuse, for a caller that merges the same
+    unchanged tensors again and again (live merging: a weight slider moves, the sources do not).
+
+    `thresholds`: magnitude thresholds are kept in this dict and reused, keyed by the tensors' storage (base and each
+    x), the keep counts and the chunking; the caller keeps those tensors alive and unchanged while it uses the dict,
+    and clears it when they change. None: found afresh.
+    `into`: a result that fits it (float32, contiguous, as many elements, same device, no input's storage) is written
+    there and a view of it returned: live merging hands a model's own parameter, so the merged values need no copy.
+    None (or a tensor that does not fit): a new tensor, as always."""
+    remembered, output = _REMEMBERED.set(thresholds), _OUTPUT.set(into)
     try:
-        yield memo
+        yield
     finally:
-        _REMEMBERED.reset(token)
+        _OUTPUT.reset(output)
+        _REMEMBERED.reset(remembered)
 
 
 def _thresholds(base: torch.Tensor, xs: list[torch.Tensor], keep_counts: list[int | None]) -> list[_Threshold | None]:
