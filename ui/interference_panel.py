@@ -156,7 +156,8 @@ def lesson_score_markdown(session: Session) -> str:
     """Step 4: the last evaluation of the current merge, per task, beside the experts; or how to get one."""
     result = session.evaluation
     if result is None or session.merge is None:
-        return "*No score yet: press **Score the merge** (or Evaluate in the Evaluate tab).*"
+        return ("*No score yet: press **Score the merge**, which scores as the Evaluate tab does (its examples per "
+                "task and task file), or Evaluate there.*")
     examples = max((score.examples for score in result.scores.values()), default=0)
     lines = [f"Scored: {session.merge.describe()}, {examples} examples a task", "",
              "| task | the merge | its expert | change |", "|---|---|---|---|"]
@@ -218,8 +219,11 @@ def build_lesson(config: HostConfig) -> LessonPanel:
     return LessonPanel(density, run, cosine, conflicts, example, elections, score_run, score)
 
 
-def wire_lesson(panel: LessonPanel, state: gr.State, config: HostConfig) -> None:
-    from ui.evaluate_panel import evaluate  # the Evaluate tab's scoring, so the lesson shows the same numbers
+def wire_lesson(panel: LessonPanel, state: gr.State, config: HostConfig, per_task: gr.Slider,
+                task_file: gr.File) -> None:
+    """`per_task` and `task_file`: the Evaluate tab's controls, so "Score the merge" scores as Evaluate does (the
+    same examples) and the lesson's table shows the Evaluate tab's numbers."""
+    from ui.evaluate_panel import evaluate, per_task_field
     from ui.merge_panel import merge_if_none
 
     @guarded(config, "lesson")
@@ -230,10 +234,10 @@ def wire_lesson(panel: LessonPanel, state: gr.State, config: HostConfig) -> None
                     [panel.cosine, panel.conflicts, panel.example, panel.elections, panel.score], api_name="lesson")
 
     @guarded(config, "score")
-    def score(session: Session, progress: gr.Progress = gr.Progress()):
+    def score(session: Session, examples: Any, uploaded: str | None, progress: gr.Progress = gr.Progress()):
         merge_if_none(session, config, progress)
         progress(0.2, desc="Scoring the experts (once) and the merge…")
-        evaluate(session, config, None, 10)
+        evaluate(session, config, uploaded, per_task_field(examples))
         return lesson_score_markdown(session)
 
-    panel.score_run.click(score, state, panel.score, api_visibility="private")
+    panel.score_run.click(score, [state, per_task, task_file], panel.score, api_visibility="private")

@@ -79,7 +79,7 @@ def build_page(config: HostConfig) -> gr.Blocks:
         classify_panel.wire(classify, state, config)
         evaluate_panel.wire(evaluate, state, config)
         interference_panel.wire(interference, state, config)
-        interference_panel.wire_lesson(lesson, state, config)
+        interference_panel.wire_lesson(lesson, state, config, evaluate.per_task, evaluate.task_file)
         learn_panel.wire(learn, state, config)
         learn_panel.wire_sizing(learn_tab, learn, state)
         export_panel.wire(export, state, config)

@@ -74,6 +74,9 @@ def test_the_teacher_walks_the_lesson_on_the_real_family(real_page):
     from playwright.sync_api import expect
 
     page = real_page
+    page.get_by_role("tab", name="Evaluate").click()  # the lesson scores with the Evaluate tab's examples per task
+    page.locator("#eval-per-task input[type=number]").fill("5")
+    page.locator("#eval-per-task input[type=number]").press("Enter")
     page.get_by_role("tab", name="Lesson").click()
     page.locator("#lesson-run").click()
     expect(page.locator("#lesson-conflicts")).to_contain_text("unrelated random vectors", timeout=WORK)
@@ -82,6 +85,7 @@ def test_the_teacher_walks_the_lesson_on_the_real_family(real_page):
     page.locator("#lesson-score-run").click()
     score = page.locator("#lesson-score")
     expect(score).to_contain_text(re.compile(r"merge #\d+"), timeout=WORK)
+    expect(score).to_contain_text("5 examples a task")
     for task in ("math", "japanese"):
         expect(score).to_contain_text(task)
     no_error_badges(page, "lesson-conflicts", "lesson-example", "lesson-score")
