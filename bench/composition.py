@@ -72,6 +72,7 @@ MERGES = _grid()
 _B4 = {"scratchpad": True, "replay_share": 0.0, "rewrite_contexts": False, "japanese_replays_arithmetic": True,
        "expert_steps": {"math": 300, "japanese": 300, "strings": 150}}
 _MATH600 = {"expert_steps": {"math": 600, "japanese": 300, "strings": 150}}
+_E9 = {**_B4, "replay_share": 0.25, "rewrite_contexts": True, **_MATH600, "japanese_replays_arithmetic": False}
 DESIGNS = {
     "scratchpad": _B4,  # B4, shipped on 2026-12-06 until E5
     "direct": {**_B4, "scratchpad": False},  # A
@@ -88,10 +89,19 @@ DESIGNS = {
     "replay-slow": {**_B4, "replay_share": 0.25, "expert_lr": 2.5e-4,
                     "expert_steps": {"math": 600, "japanese": 600, "strings": 150}},
     # E8: E5 on a longer-pretrained base (2400 steps instead of 1600): is seed 1's failure the base's?
-    "long-base": {"base_steps": 2400},
+    "long-base": {**_B4, "replay_share": 0.25, "rewrite_contexts": True, **_MATH600, "base_steps": 2400},
     # E9: E5, but the japanese expert replays only the base's non-computing forms (numerals as a question, flip)
-    "replay-rewrite-math600-jnoarith": {**_B4, "replay_share": 0.25, "rewrite_contexts": True, **_MATH600,
-                                        "japanese_replays_arithmetic": False},
+    "replay-rewrite-math600-jnoarith": _E9,
+    # E10: E9 with every expert's gradient taken at randomly perturbed weights (10 % of each tensor's spread): can a
+    # fine-tune be made to keep its skill when another vector is added? (seed 1's math stage is fragile, docs/zoo.md)
+    "noisy-experts": {**_E9, "expert_weight_noise": 0.1},
+    # E11, E12: E9 on a base pretrained 2400 steps (seed 1's 1600-step base computes fragilely; E8's long base did
+    # not), the japanese expert 300 or 600 steps (on E8's long base its 300 steps rewrote poorly)
+    "long-base-e9": {**_E9, "base_steps": 2400},
+    "long-base-e9-j600": {**_E9, "base_steps": 2400,
+                          "expert_steps": {"math": 600, "japanese": 600, "strings": 150}},
+    # E13: E9 on a base pretrained under weight noise (5 % of each tensor's spread): a flatter base, same steps
+    "noisy-base": {**_E9, "base_weight_noise": 0.05},
 }
 # An expert's training depends on the base, its own stream and its own step count only, so designs that share
 # them share the expert: a design's folder may be filled with another design's trained models before a run.

@@ -79,6 +79,12 @@ class LMSettings:
     # Whether the japanese expert's replay includes the base's computing forms (arithmetic, questions). Off: with
     # them it picked up some computing after a restated problem (17 % of the composite alone on seed 0, design E5).
     japanese_replays_arithmetic: bool = False
+    # Experts' gradients taken at randomly perturbed weights (zoo.training.train_loop's weight_noise: per tensor,
+    # this times its standard deviation), so a task vector keeps its skill when another vector is added beside it.
+    expert_weight_noise: float = 0.0
+    # The same for the base's pretraining: a base whose skills sit in a flat region, so that the experts built on it
+    # (and their sums) keep them.
+    base_weight_noise: float = 0.0
 
     @classmethod
     def reduced(cls) -> LMSettings:
@@ -239,7 +245,8 @@ def train_base(tokenizer: PreTrainedTokenizerFast, settings: LMSettings, seed: i
     def make_batch(rng: random.Random) -> dict[str, torch.Tensor]:
         return encoder.batch([mixture.pair(rng) for _ in range(settings.batch)])
 
-    train_loop(model, settings.base_steps, make_batch, _lm_loss, lr=settings.base_lr, seed=seed, on_step=on_step)
+    train_loop(model, settings.base_steps, make_batch, _lm_loss, lr=settings.base_lr, seed=seed,
+               weight_noise=settings.base_weight_noise, on_step=on_step)
     return model
 
 
@@ -334,7 +341,7 @@ def train_expert(base: MistralForCausalLM, split: TaskSplit, settings: LMSetting
         return encoder.batch([stream.pair(rng) for _ in range(settings.batch)])
 
     train_loop(model, settings.expert_steps[split.task], make_batch, _lm_loss, lr=settings.expert_lr, seed=seed,
-               on_step=on_step)
+               weight_noise=settings.expert_weight_noise, on_step=on_step)
     return model
 
 

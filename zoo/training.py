@@ -40,20 +40,45 @@ def train_loop(
     lr: float,
     seed: int,
     weight_decay: float = 0.0,
+    weight_noise: float = 0.0,
     on_step: Callable[[int, float], None] | None = None,
 ) -> None:
-    """AdamW with the warm-up + decay schedule over `steps` batches drawn from a seeded data RNG."""
+    """AdamW with the warm-up + decay schedule over `steps` batches drawn from a seeded data RNG. With
+    `weight_noise` > 0 each step's gradient is taken at randomly perturbed weights (Gaussian, per tensor
+    `weight_noise` times the tensor's own standard deviation) and applied to the unperturbed ones: a fine-tune that
+    keeps working when another task vector is added (docs/zoo.md, design E10)."""
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, steps))
     model.train()
     for step in range(steps):
+        saved = _perturb(model, weight_noise) if weight_noise else []
         loss = loss_fn(model, make_batch(rng))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        _restore(model, saved)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         if on_step:
             on_step(step, loss.item())
     model.eval()
+
+
+@torch.no_grad()
+def _perturb(model: torch.nn.Module, scale: float) -> list[torch.Tensor]:
+    """Adds Gaussian noise (per tensor: `scale` times the tensor's standard deviation) to every parameter and
+    returns the unperturbed values for `_restore` (a copy: subtracting the noise again would not round-trip
+    exactly). Drawn from torch's seeded RNG, so a seeded run is repeatable."""
+    saved = []
+    for parameter in model.parameters():
+        saved.append(parameter.detach().clone())
+        spread = parameter.std() if parameter.numel() > 1 else parameter.abs().mean()
+        parameter.add_(torch.randn_like(parameter) * (scale * spread))
+    return saved
+
+
+@torch.no_grad()
+def _restore(model: torch.nn.Module, saved: list[torch.Tensor]) -> None:
+    for parameter, value in zip(model.parameters(), saved):
+        parameter.copy_(value)
