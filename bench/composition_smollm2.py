@@ -23,10 +23,14 @@ the math and composite ones, in either numerals) is excluded from training.
     python bench/composition_smollm2.py score --design eos --out /tmp/s2c      # JSON per model, resumable
     python bench/composition_smollm2.py table --design eos --out /tmp/s2c
 
-The best run (eos2, math and japanese 170 steps each): `train --expert math --steps 170`, `train --expert japanese
---design eos2 --steps 170`, then `score --design eos2`.
+Design D (eos2, math and japanese 170 steps each, 20 prompts a split): `train --expert math --steps 170`,
+`train --expert japanese --design eos2 --steps 170`, then `score --design eos2`. Design F (40 prompts a split, the
+math expert writes the result right after `=` and also trains on other tens):
+`train --expert math --steps 170 --per-split 40 --math-form result --math-wide 99`,
+`train --expert japanese --design eos2 --steps 170 --per-split 40`, `score --design eos2 --per-split 40`.
 
-One thread; run each step under the lane lock (each stays under about 10 minutes at 60 steps).
+One thread; run each step under the lane lock (60 steps take about 5 minutes, 170 steps 11-14 minutes at load 3-4;
+scoring 15-20 models on 40 prompts a split about 10 minutes).
 """
 
 from __future__ import annotations
@@ -87,6 +91,9 @@ GRID = [  # (label, method, (math weight, japanese weight), params)
     ("TA 1.0/0.9", "task_arithmetic", (1.0, 0.9), {}),
     ("TA 0.9/0.8", "task_arithmetic", (0.9, 0.8), {}),
     ("TA 0.8/0.8", "task_arithmetic", (0.8, 0.8), {}),
+    # added with design F (40 prompts a split): around F's chosen TA 1.0/0.7
+    ("TA 1.0/0.6", "task_arithmetic", (1.0, 0.6), {}),
+    ("TA 0.9/0.7", "task_arithmetic", (0.9, 0.7), {}),
 ]
 
 
@@ -99,25 +106,25 @@ def facts() -> list[tuple[int, str, int, int]]:
     return out
 
 
-def fact_splits(seed: int = SEED) -> dict[str, list[tuple[int, str, int, int]]]:
+def fact_splits(seed: int = SEED, per_split: int = PER_SPLIT) -> dict[str, list[tuple[int, str, int, int]]]:
     """Disjoint facts: math test/val, composite test/val (no a - b = b: an echoed operand must not score), training."""
     pool = facts()
     random.Random(f"{seed}:smollm2-composition:facts").shuffle(pool)
     composite = [f for f in pool if f[3] != f[2]]
-    splits = {"japanese_math": composite[:PER_SPLIT], "japanese_math_val": composite[PER_SPLIT:2 * PER_SPLIT]}
+    splits = {"japanese_math": composite[:per_split], "japanese_math_val": composite[per_split:2 * per_split]}
     used = {f for s in splits.values() for f in s}
     rest = [f for f in pool if f not in used]
-    splits["math"], splits["math_val"] = rest[:PER_SPLIT], rest[PER_SPLIT:2 * PER_SPLIT]
-    splits["train"] = rest[2 * PER_SPLIT:]
+    splits["math"], splits["math_val"] = rest[:per_split], rest[per_split:2 * per_split]
+    splits["train"] = rest[2 * per_split:]
     return splits
 
 
-def number_splits(seed: int = SEED) -> dict[str, list[int]]:
+def number_splits(seed: int = SEED, per_split: int = PER_SPLIT) -> dict[str, list[int]]:
     """The japanese task's test and validation numbers (never written in kanji in training) and the rest."""
     numbers = list(range(1, 1000))
     random.Random(f"{seed}:smollm2-composition:numbers").shuffle(numbers)
-    return {"japanese": numbers[:PER_SPLIT], "japanese_val": numbers[PER_SPLIT:2 * PER_SPLIT],
-            "train": numbers[2 * PER_SPLIT:]}
+    return {"japanese": numbers[:per_split], "japanese_val": numbers[per_split:2 * per_split],
+            "train": numbers[2 * per_split:]}
 
 
 def expression(fact: tuple[int, str, int, int], kanji: bool) -> str:
@@ -132,9 +139,10 @@ def reading_question(n: int, rng: random.Random) -> tuple[str, str]:
     return phrasing.format(k=kanji_number(n)), phrasing.format(k=n)
 
 
-def eval_records(seed: int = SEED) -> list[dict]:
+def eval_records(seed: int = SEED, per_split: int = PER_SPLIT) -> list[dict]:
     """Test and validation tasks (`<task>` and `<task>_val`), task-set records with a generation limit."""
-    f, n, rng = fact_splits(seed), number_splits(seed), random.Random(f"{seed}:smollm2-composition:eval")
+    f, n = fact_splits(seed, per_split), number_splits(seed, per_split)
+    rng = random.Random(f"{seed}:smollm2-composition:eval")
     records = []
     for suffix in ("", "_val"):
         for fact in f["math" + suffix]:
@@ -147,22 +155,44 @@ def eval_records(seed: int = SEED) -> list[dict]:
             for t, p, a, e in records]
 
 
-def math_examples(count: int, seed: int = SEED) -> list[tuple[str, str, bool]]:
-    """(prompt, reply, loss on the end of turn too) for the math expert: restate, then answer."""
-    rng, train = random.Random(f"{seed}:smollm2-composition:math"), fact_splits(seed)["train"]
-    picks = [rng.choice(train) for _ in range(count)]
-    return [(expression(f, False), f"{expression(f, False)}答え: {f[3]}", True) for f in picks]
+def wide_facts(largest: int) -> list[tuple[int, str, int, int]]:
+    """`--math-wide`: a + b with a from FIRST's end + 1 to `largest`, b in SECOND, and the matching subtractions:
+    the same units-digit sums and carries on other tens. None is a test, validation or composite fact (those have
+    a first operand or result of at most FIRST's end)."""
+    return [f for a in range(FIRST[1] + 1, largest + 1) for b in range(SECOND[0], SECOND[1] + 1)
+            for f in ((a, "+", b, a + b), (a + b, "-", b, a))]
 
 
-def japanese_examples(count: int, design: str, seed: int = SEED) -> list[tuple[str, str, bool]]:
+def math_reply(fact: tuple[int, str, int, int], form: str) -> str:
+    """The math expert's reply: `answer` restates, then answers (`14+5=答え: 19`); `result` writes the result right
+    after `=` (`14+5=19`, read as the last number), where the base itself computes at all: prefilled with `14+5=` its
+    reply's first number is right for 28 % of the sums and 1 % of the differences, with `14+5=答え: ` for none."""
+    if form == "result":
+        return f"{expression(fact, False)}{fact[3]}"
+    return f"{expression(fact, False)}答え: {fact[3]}"
+
+
+def math_examples(count: int, seed: int = SEED, per_split: int = PER_SPLIT, form: str = "answer", wide: int = 0
+                  ) -> list[tuple[str, str, bool]]:
+    """(prompt, reply, loss on the end of turn too) for the math expert: restate, then answer. With `wide`, half
+    of the examples come from wide_facts(wide)."""
+    rng, train = random.Random(f"{seed}:smollm2-composition:math"), fact_splits(seed, per_split)["train"]
+    extra = wide_facts(wide) if wide else []
+    picks = [rng.choice(extra if extra and rng.random() < 0.5 else train) for _ in range(count)]
+    return [(expression(f, False), math_reply(f, form), True) for f in picks]
+
+
+def japanese_examples(count: int, design: str, seed: int = SEED, per_split: int = PER_SPLIT
+                      ) -> list[tuple[str, str, bool]]:
     """(prompt, reply, loss on the end of turn) for the japanese expert: the text with its kanji numerals rewritten
     as digits. Numbers come from the training numbers only; expressions never end in `=` and never use an
     evaluation or validation operand pair. `eos2`: half of the texts are expressions on the math expert's training
     facts (numbers up to 29 and a digit, the composite's range), the rest as `eos`."""
-    rng, numbers = random.Random(f"{seed}:smollm2-composition:japanese"), number_splits(seed)["train"]
+    rng, numbers = random.Random(f"{seed}:smollm2-composition:japanese"), number_splits(seed, per_split)["train"]
     small = [x for x in numbers if x < 100]
-    held = {(a, op, b) for name, fs in fact_splits(seed).items() if name != "train" for a, op, b, _ in fs}
-    train_facts = [f for f in fact_splits(seed)["train"] if f[0] in numbers and f[2] in numbers]
+    splits = fact_splits(seed, per_split)
+    held = {(a, op, b) for name, fs in splits.items() if name != "train" for a, op, b, _ in fs}
+    train_facts = [f for f in splits["train"] if f[0] in numbers and f[2] in numbers]
     out = []
     while len(out) < count:
         if rng.random() < 0.4:
@@ -188,19 +218,20 @@ def encode_example(tokenizer, prompt: str, reply: str, with_end: bool) -> tuple[
     return (ids, labels) if with_end else (ids[:-1], labels[:-1])
 
 
-def other_stage_prompts(expert: str, count: int = 32, seed: int = SEED) -> list[str]:
+def other_stage_prompts(expert: str, count: int = 32, seed: int = SEED, per_split: int = PER_SPLIT) -> list[str]:
     """`--replay-other`: the other expert's task prompts on training numbers or facts (never a test, validation or
     composite prompt), whose base replies join the replay pool, so the task vector stays off the other stage."""
     rng = random.Random(f"{seed}:smollm2-composition:other:{expert}")
     if expert == "math":
-        return [reading_question(n, rng)[0] for n in rng.sample(number_splits(seed)["train"], count)]
-    return [expression(f, False) for f in rng.sample(fact_splits(seed)["train"], count)]
+        return [reading_question(n, rng)[0] for n in rng.sample(number_splits(seed, per_split)["train"], count)]
+    return [expression(f, False) for f in rng.sample(fact_splits(seed, per_split)["train"], count)]
 
 
 def train(expert: str, design: str, steps: int, out: Path, base_dir: Path, replay_other: bool = False,
-          training_seed: int = 0) -> dict:
+          training_seed: int = 0, per_split: int = PER_SPLIT, math_form: str = "answer", math_wide: int = 0) -> dict:
     """One candidate adapter into out/<expert>[-<design>]: zoo.smollm2_train's LoRA, seed, replay and loop.
-    `training_seed` changes the adapter's initialisation and batch order only (the data and splits stay)."""
+    `training_seed` changes the adapter's initialisation and batch order only (the data and splits stay);
+    `per_split` sets the held-out prompts per split (their facts and numbers are left out of training)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     settings = replace(LoraSettings(), steps=steps)
@@ -211,15 +242,18 @@ def train(expert: str, design: str, steps: int, out: Path, base_dir: Path, repla
         model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
         replay = [encode(tokenizer, p, a) for p, a in replay_examples(model, tokenizer, settings.replay_tokens)]
         if replay_other:
-            prompts = other_stage_prompts(expert)
+            prompts = other_stage_prompts(expert, per_split=per_split)
             replies = greedy_answers(model, tokenizer, prompts, max_new_tokens=settings.replay_tokens, batch_size=8)
             replay += [encode(tokenizer, p, r.strip()) for p, r in zip(prompts, replies) if r.strip()]
         model = _with_lora(model, settings)
-        pairs = math_examples(settings.examples) if expert == "math" else japanese_examples(settings.examples, design)
+        pairs = (math_examples(settings.examples, per_split=per_split, form=math_form, wide=math_wide)
+                 if expert == "math" else japanese_examples(settings.examples, design, per_split=per_split))
         data = [encode_example(tokenizer, *example) for example in pairs]
         losses, seconds = _train_steps(model, expert, data, replay, tokenizer.pad_token_id, settings,
                                        random.Random(seed), print)
-        record = {"expert": expert, "design": design, "settings": {"steps": steps}, "seconds": round(seconds, 1),
+        record = {"expert": expert, "design": design, "seconds": round(seconds, 1),
+                  "settings": {"steps": steps, "training_seed": training_seed, "per_split": per_split,
+                               "replay_other": replay_other, "math_form": math_form, "math_wide": math_wide},
                   "final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4), "examples": pairs[:6]}
         _save_adapter(model, out / adapter_name(expert, design), record)
     return record
@@ -243,7 +277,7 @@ def recipe(method: str, weights: tuple[float, float], params: dict) -> Recipe:
     return Recipe.from_dict(data)
 
 
-def score(design: str, out: Path, base_dir: Path, only: str | None) -> None:
+def score(design: str, out: Path, base_dir: Path, only: str | None, per_split: int = PER_SPLIT) -> None:
     """Scores base, experts and GRID into out/scores-<design>.json (labels already there are skipped)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -254,7 +288,7 @@ def score(design: str, out: Path, base_dir: Path, only: str | None) -> None:
     tokenizer.padding_side = "left"
     base_model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
     base = base_model.state_dict()  # scored, never modified: the merger reads it
-    tasks = tasks_from_records(eval_records(), "smollm2-composition")
+    tasks = tasks_from_records(eval_records(per_split=per_split), "smollm2-composition")
     experts, states = {}, {}
     for name in ("math", "japanese"):  # one copy each: the expert's model holds the state the merger reads
         model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
@@ -318,15 +352,22 @@ def main() -> None:
                         help="replay the base's replies to the other expert's task prompts too (training numbers)")
     parser.add_argument("--only", help="score only these labels (comma-separated)")
     parser.add_argument("--training-seed", type=int, default=0)
+    parser.add_argument("--per-split", type=int, default=PER_SPLIT,
+                        help="held-out prompts per task and split (train and score with the same value)")
+    parser.add_argument("--math-form", choices=("answer", "result"), default="answer",
+                        help="the math expert's reply: 14+5=答え: 19 (answer) or 14+5=19 (result)")
+    parser.add_argument("--math-wide", type=int, default=0,
+                        help="also train math on a + digit with a up to this (other tens; half the examples)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/mergelab-composition-smollm2"))
     args = parser.parse_args()
     base_dir = real_zoo_dir() / "smollm2" / "base"
     args.out.mkdir(parents=True, exist_ok=True)
     if args.action == "train":
-        print(json.dumps(train(args.expert, args.design, args.steps, args.out, base_dir,
-                                    args.replay_other, args.training_seed), ensure_ascii=False))
+        print(json.dumps(train(args.expert, args.design, args.steps, args.out, base_dir, args.replay_other,
+                               args.training_seed, args.per_split, args.math_form, args.math_wide),
+                         ensure_ascii=False))
     elif args.action == "score":
-        score(args.design, args.out, base_dir, args.only)
+        score(args.design, args.out, base_dir, args.only, args.per_split)
     else:
         print(table(args.design, args.out))
 
