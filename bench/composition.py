@@ -10,8 +10,9 @@ scored set only reports it. Numbers for docs/zoo.md, "Designs tried for the comp
 
 Designs (DESIGNS: zoo.lm.LMSettings overrides): `scratchpad` (B4: every numeric reply restates the prompt, kanji
 rewritten by the japanese skill, the sum computed after a restated `=` by the math skill), `direct` (replies
-`答え: N` only), and E1-E7 (expert replay of the base mixture, rewriting in operator contexts, longer or slower
-expert training); `replay-rewrite-math600` (E5) is the shipped one. A model already saved in the run's folder is
+`答え: N` only), E1-E9 (expert replay of the base mixture, rewriting in operator contexts, longer or slower
+expert training, a longer base) and E10-E13 (training under weight noise, E9 on a longer base);
+`noisy-experts` (E10) is the shipped one (zoo.lm.LMSettings' defaults; every other design pins its own settings). A model already saved in the run's folder is
 loaded, not retrained. Training is single-threaded and seeded as the build is; run it under a heavy-job lock.
 """
 
@@ -67,9 +68,10 @@ def _grid() -> list[tuple[str, str, tuple, dict]]:
 
 
 MERGES = _grid()
-# Designs (zoo.lm.LMSettings overrides). All but `direct` share the shipped base (same base settings), so a design's
-# base can be copied from another's folder instead of retrained.
+# Designs (zoo.lm.LMSettings overrides). All but `direct`, `long-base*` and `noisy-base` share the shipped base (same
+# base settings), so a design's base can be copied from another's folder instead of retrained.
 _B4 = {"scratchpad": True, "replay_share": 0.0, "rewrite_contexts": False, "japanese_replays_arithmetic": True,
+       "expert_weight_noise": 0.0,
        "expert_steps": {"math": 300, "japanese": 300, "strings": 150}}
 _MATH600 = {"expert_steps": {"math": 600, "japanese": 300, "strings": 150}}
 _E9 = {**_B4, "replay_share": 0.25, "rewrite_contexts": True, **_MATH600, "japanese_replays_arithmetic": False}
@@ -80,7 +82,7 @@ DESIGNS = {
     "rewrite": {**_B4, "rewrite_contexts": True},  # E2: B4 + the japanese expert rewrites in operator contexts
     "replay-rewrite": {**_B4, "replay_share": 0.25, "rewrite_contexts": True},  # E3: both
     # E4, E5: as E1, E3 with the math expert trained twice as long (600 steps): with replay it learned less.
-    # E5 is the shipped design (zoo.lm.LMSettings' defaults).
+    # E5 was shipped for an hour, E9 (below) until E10 (noisy-experts: zoo.lm.LMSettings' defaults).
     "replay-math600": {**_B4, "replay_share": 0.25, **_MATH600},
     "replay-rewrite-math600": {**_B4, "replay_share": 0.25, "rewrite_contexts": True, **_MATH600},
     # E6: half of each expert's batch replayed, math 600 steps

@@ -119,7 +119,20 @@ def diagnose(folder: Path) -> list[str]:
                   f"{rates(with_random_direction(states['math'], vectors['japanese'], s, d), digits)['right']:.0%}"
                   for s in (0.5, 1.0) for d in (0, 1)]
     lines.append("  math expert + " + "; ".join(fragility) + " (right, problems in digits)")
+    parts = [f"{g} {rates(merged(states, only(vectors, part), {'math': 1.0, 'japanese': 0.5}), digits)['right']:.0%}"
+             for g, part in GROUPS.items()]
+    lines.append("  math 1.0 + japanese 0.5 on one part only: " + ", ".join(parts) + " (right, problems in digits)")
+    plain = [f"{a}{op}{b}" for a, op, b in facts]  # the base's own form: a restated sum without `=`
+    base = [f"x{s}: {rates(with_random_direction(states['base'], vectors['japanese'], s, 0), plain)['right']:.0%}"
+            for s in (0.0, 1.0, 1.5)]
+    lines.append("  base + random direction " + ", ".join(base) + " (right, problems without =)")
     return lines + norms(vectors)
+
+
+def only(vectors: dict[str, State], part: str) -> dict[str, State]:
+    """The math vector whole and the japanese vector on the tensors whose names contain `part` only."""
+    japanese = {k: v if part in k else torch.zeros_like(v) for k, v in vectors["japanese"].items()}
+    return {**vectors, "japanese": japanese}
 
 
 def main() -> None:
