@@ -214,8 +214,12 @@ def test_chat_opens_beside_the_first_expert_and_labels_answers_with_their_merge(
     merged, compare = list(chat_panel.chat(session, config, "3+4=", [], [], "math", settings))[-1]
     first = session.merge.version
     assert merged[-1]["content"].endswith(f"— *merge #{first}*") and "merge #" not in compare[-1]["content"]
+    assert compare[-1]["content"].endswith("— *math*")  # whose answer it is, under it
     merge_panel.run_merge(session, config, {"method": "task_arithmetic", "weights": [0.5, 0.5], "params": {}})
-    merged, _ = list(chat_panel.chat(session, config, "3+4=", merged, compare, "math", settings))[-1]
+    merged, compare = list(chat_panel.chat(session, config, "3+4=", merged, compare, "japanese", settings))[-1]
+    # the pane switched sources mid-conversation: each answer keeps its own source's name; models never see them
+    assert compare[1]["content"].endswith("— *math*") and compare[-1]["content"].endswith("— *japanese*")
+    assert all("— *" not in m["content"] for m in chat_panel.untagged(compare))
     assert merged[1]["content"].endswith(f"#{first}*") and merged[-1]["content"].endswith(f"#{session.merge.version}*")
     assert "merge #" not in chat_panel.untagged(merged)[1]["content"]  # the model never sees the labels
     assert chat_panel.untagged([{"role": "assistant", "content": chat_panel.tagged("7", 3)}])[0]["content"] == "7"

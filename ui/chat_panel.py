@@ -62,6 +62,7 @@ def default_comparison(session: Session | None) -> str:
 
 
 MERGE_TAG = re.compile(r"\n\n— \*merge #\d+\*$")
+ANSWER_TAG = re.compile(r"\n\n— \*[^*\n]+\*$")  # a merge's or a source's label under an answer
 
 
 def tagged(answer: str, version: int) -> str:
@@ -69,10 +70,16 @@ def tagged(answer: str, version: int) -> str:
     return f"{answer}\n\n— *merge #{version}*"
 
 
+def tagged_by(answer: str, label: str) -> str:
+    """A source's answer labelled with the source that gave it: the pane beside the merge can switch sources
+    mid-conversation, and each answer keeps saying whose it is."""
+    return f"{answer}\n\n— *{label.replace('*', '')}*"
+
+
 def untagged(history: History) -> History:
-    """The conversation as the model sees it: without the merge labels under the merged answers."""
-    return [{**m, "content": MERGE_TAG.sub("", m["content"])} if isinstance(m.get("content"), str) else m
-            for m in history]
+    """The conversation as the model sees it: without the labels under the answers."""
+    return [{**m, "content": ANSWER_TAG.sub("", m["content"])}
+            if m.get("role") == "assistant" and isinstance(m.get("content"), str) else m for m in history]
 
 
 def _model_for(session: Session, label: str, quant: str | None):
@@ -121,7 +128,7 @@ def chat(
     merged_history += [_user(message), _assistant("")]
     if compare_label and compare_label != NO_COMPARISON:
         model, tok = _model_for(session, compare_label, settings.quant)
-        streams["compare"] = stream_chat(model, tok, [*compare_history, _user(message)], **kwargs)
+        streams["compare"] = stream_chat(model, tok, [*untagged(compare_history), _user(message)], **kwargs)
         compare_history += [_user(message), _assistant("")]
     targets = {"merged": merged_history, "compare": compare_history}
     # Round-robin over both streams so the two answers grow together.
@@ -129,7 +136,7 @@ def chat(
         for key in list(streams):
             try:
                 text = next(streams[key])
-                targets[key][-1] = _assistant(tagged(text, version) if key == "merged" else text)
+                targets[key][-1] = _assistant(tagged(text, version) if key == "merged" else tagged_by(text, compare_label))
             except StopIteration:
                 del streams[key]
         yield merged_history, compare_history
