@@ -11,7 +11,7 @@ scored set only reports it. Numbers for docs/zoo.md, "Designs tried for the comp
 Designs (DESIGNS: zoo.lm.LMSettings overrides): `scratchpad` (B4: every numeric reply restates the prompt, kanji
 rewritten by the japanese skill, the sum computed after a restated `=` by the math skill), `direct` (replies
 `答え: N` only), E1-E9 (expert replay of the base mixture, rewriting in operator contexts, longer or slower
-expert training, a longer base) and E10-E13 (training under weight noise, E9 on a longer base);
+expert training, a longer base), E10-E13 (training under weight noise, E9 on a longer base) and E14-E15 (more expert noise);
 `noisy-experts` (E10) is the shipped one (zoo.lm.LMSettings' defaults; every other design pins its own settings). A model already saved in the run's folder is
 loaded, not retrained. Training is single-threaded and seeded as the build is; run it under a heavy-job lock.
 """
@@ -97,6 +97,10 @@ DESIGNS = {
     # E10: E9 with every expert's gradient taken at randomly perturbed weights (10 % of each tensor's spread): can a
     # fine-tune be made to keep its skill when another vector is added? (seed 1's math stage is fragile, docs/zoo.md)
     "noisy-experts": {**_E9, "expert_weight_noise": 0.1},
+    # E14, E15: E10 with twice and three times the noise (20 %, 30 % of each tensor's spread): does a flatter expert
+    # close seed 1's own-skill gap? (measured only; E10 stays shipped)
+    "noisier-experts": {**_E9, "expert_weight_noise": 0.2},
+    "noisiest-experts": {**_E9, "expert_weight_noise": 0.3},
     # E11, E12: E9 on a base pretrained 2400 steps (seed 1's 1600-step base computes fragilely; E8's long base did
     # not), the japanese expert 300 or 600 steps (on E8's long base its 300 steps rewrote poorly)
     "long-base-e9": {**_E9, "base_steps": 2400},
