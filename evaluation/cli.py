@@ -6,6 +6,8 @@
     python -m evaluation interference RECIPE.yaml [--density 0.5] --out FILE.json
     python -m evaluation compare LEARNED_DIR --tasks FILE.jsonl --out FILE.json    (a learned merge beside task
                                arithmetic and TIES, as the Learn tab's Compare; LEARNED_DIR from python -m merging learn)
+    python -m evaluation compare LEARNED_DIR --preset glue-bert --out FILE.json    (the same for the glue-bert preset,
+                               on GLUE validation: evaluation/learned_presets.py)
 
 User errors (MergeLabError) print one paragraph and exit with status 2, without a traceback.
 The experts' generated answers are kept in a cache folder (--cache-dir, default $MERGELAB_ANSWER_CACHE or
@@ -263,6 +265,27 @@ def _compare(args: argparse.Namespace) -> int:
     _quiet_transformers()
     from evaluation import baselines as fair  # deferred: torch
     from evaluation.charts import comparison_markdown  # deferred: plotly, which charts.py imports, is slow to import
+
+    if args.preset:
+        method, scores, choices, error, data = _compare_preset(args)
+    elif args.tasks:
+        method, scores, choices, error, data = _compare_on_tasks(args)
+    else:
+        raise MergeLabError("give --tasks FILE.jsonl (a task set) or --preset glue-bert (the preset's GLUE "
+                            "validation examples)")
+    print(comparison_markdown(scores, {name: choice.describe() for name, choice in choices.items()}, error))
+    reason = fair.why_not_better(method, error)
+    if reason:
+        print(f"\nWhy the learned merge is not shown to beat task arithmetic here: {reason}")
+    data = {"learned": str(args.learned), "method": method, **data, **_comparison_data(scores, choices, error),
+            "why_not_better": reason}
+    print(f"wrote {_write_json(args.out, data)}")
+    return 0
+
+
+def _compare_on_tasks(args: argparse.Namespace) -> tuple[str, dict, dict, Any, dict[str, Any]]:
+    """A learned merge from a task set's prompts, beside its baselines on that task set (generation and answers)."""
+    from evaluation import baselines as fair  # deferred: torch
     from evaluation.sweep import prepare_sweep  # deferred: torch (module comment)
     from merging.learned.recipe_io import INFO_FILE, RECIPE_FILE  # deferred: torch (module comment)
 
@@ -292,15 +315,21 @@ def _compare(args: argparse.Namespace) -> int:
     scores, choices = fair.compare_fairly(setup.evaluator, method, lambda: setup.merger.merge(setup.template, seed=0),
                                           merge, len(refs), inputs)
     error = fair.comparison_error(setup.evaluator, method, scores)
-    print(comparison_markdown(scores, {name: choice.describe() for name, choice in choices.items()}, error))
-    reason = fair.why_not_better(method, error)
-    if reason:
-        print(f"\nWhy the learned merge is not shown to beat task arithmetic here: {reason}")
-    data = {"learned": str(folder), "method": method, "tasks_file": str(args.tasks),
-            "baselines": {name: fair.settings_recipe(base, refs, c.settings).to_dict() for name, c in choices.items()},
-            **_comparison_data(scores, choices, error), "why_not_better": reason}
-    print(f"wrote {_write_json(args.out, data)}")
-    return 0
+    data = {"tasks_file": str(args.tasks),
+            "baselines": {name: fair.settings_recipe(base, refs, c.settings).to_dict() for name, c in choices.items()}}
+    return method, scores, choices, error, data
+
+
+def _compare_preset(args: argparse.Namespace) -> tuple[str, dict, dict, Any, dict[str, Any]]:
+    """A learned merge of a preset (glue-bert), beside its baselines on the preset's validation examples."""
+    from evaluation.learned_presets import compare_preset  # deferred: torch (module comment)
+
+    if args.tasks:
+        raise MergeLabError("give either --tasks or --preset: the preset scores its own GLUE validation examples")
+    result = compare_preset(args.learned, args.preset, models_dir=args.preset_models, data_dir=args.preset_data,
+                            eval_per_task=args.per_task or 1000, allow_pickle=args.allow_pickle, device=args.device)
+    data = {"preset": args.preset, "baselines": {name: c.settings for name, c in result.choices.items()}}
+    return result.method, result.scores, result.choices, result.error, data
 
 
 def _comparison_data(scores: Mapping[str, Any], choices: Mapping[str, Any], error: Any) -> dict[str, Any]:
@@ -406,7 +435,14 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="a learned merge beside task arithmetic and TIES, on one task set")
     compare.add_argument("learned", help="a learned merge's folder (recipe.yaml + learned.json, from "
                                          "python -m merging learn)")
-    compare.add_argument("--tasks", required=True, help="JSONL task file")
+    compare.add_argument("--tasks", default=None, help="JSONL task file (or --preset)")
+    compare.add_argument("--preset", choices=("glue-bert",), default=None,
+                         help="a learned merge of `python -m merging learn --preset glue-bert`: scored on the "
+                              "preset's GLUE validation examples (--per-task of them, default 1000)")
+    compare.add_argument("--preset-models", default=None, help="preset: local model folders instead of the Hub")
+    compare.add_argument("--preset-data", default=None, help="preset: local JSONL per task instead of GLUE")
+    compare.add_argument("--allow-pickle", action="store_true",
+                         help="preset: accept PyTorch pickle checkpoints (textattack's), loaded with weights_only")
     compare.add_argument("--out", required=True, help="results JSON file")
     _scoring_arguments(compare)
     compare.set_defaults(handler=_compare)

@@ -64,11 +64,57 @@ def test_glue_bert_preset_learns_and_reports_every_task(glue_like, tmp_path, cap
     assert len(info["tasks"]) == 6
     printed = capsys.readouterr().out
     assert "| mnli | 12 |" in printed and "| mean |" in printed
-    baselines = json.loads((out / "baselines.json").read_text())
-    assert list(baselines) == ["task arithmetic", "task arithmetic, task-wise λ", "TIES"]
-    for b in baselines.values():
-        assert "chosen on the learning split" in b["chosen"] and list(b["tasks"]) == list(report)
-    assert "| learned (samerging) |" in printed and "| TIES | density " in printed
+    for r in report.values():  # each example's outcomes, which the compared table's intervals are built on
+        assert sum(r["outcomes"]["accuracy"]) == round(r["accuracy"] * 12)
+        assert sum(r["outcomes"]["agreement"]) == round(r["agreement"] * 12)
+
+
+def test_the_printed_compare_command_scores_the_run_beside_its_baselines_with_intervals(glue_like, tmp_path, capsys):
+    """learn --preset prints the `python -m evaluation compare` command for its run; run literally, it scores the
+    learned merge beside the three baselines (chosen on the learning split) on the same validation examples, with
+    each mean's scored-set error and the paired learned − baseline interval."""
+    import shlex
+
+    from evaluation.cli import main as evaluation_main
+    from merging.cli import main
+
+    models, data = glue_like
+    out = tmp_path / "run"
+    assert main(["learn", "--preset", "glue-bert", "--preset-models", str(models), "--preset-data", str(data),
+                 "--eval-per-task", "10", "--steps", "2", "--quiet", "--out", str(out)]) == 0
+    command = next(line.strip() for line in capsys.readouterr().out.splitlines()
+                   if line.strip().startswith("python -m evaluation compare"))
+    words = shlex.split(command)[3:]
+    assert words[words.index("--per-task") + 1] == "10"
+    assert evaluation_main(words) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "comparison.json").read_text())
+    learned = "learned (samerging)"
+    assert list(result["scores"]) == [learned, "task arithmetic", "task arithmetic, task-wise λ", "TIES"]
+    report = json.loads((out / "report.json").read_text())
+    for task, r in report.items():  # the learned row is the run's own report, on the same 10 examples
+        assert result["scores"][learned]["tasks"][task]["accuracy"] == r["accuracy"]
+        assert result["scores"][learned]["tasks"][task]["examples"] == 10
+    for name, choice in result["baseline_choices"].items():
+        assert "chosen on the learning split" in choice["described"]
+        assert choice["learning_split_agreement"] == max(t["learning_split_agreement"] for t in choice["tried"])
+    for name in result["scores"]:
+        assert 0 < result["scored_set_halfwidth"][name]["accuracy"] < 1
+    for name in ("task arithmetic", "task arithmetic, task-wise λ", "TIES"):
+        difference = result["learned_minus_baseline"][name]["accuracy"]
+        ours = result["scores"][learned]["summary"]["accuracy"]
+        theirs = result["scores"][name]["summary"]["accuracy"]
+        assert abs(difference["mean"] - (ours - theirs)) < 1e-9
+        assert difference["low"] <= difference["mean"] <= difference["high"]
+    assert "±" in printed and "| learned (samerging) |" in printed and "paired" in printed
+
+
+def test_compare_preset_refuses_a_run_of_other_tasks(glue_like, tmp_path):
+    from evaluation.learned_presets import compare_preset
+    from merging.errors import MergeLabError
+
+    with pytest.raises(MergeLabError, match="holds no readable learned.json"):
+        compare_preset(tmp_path, "glue-bert", models_dir=glue_like[0], data_dir=glue_like[1])
 
 
 def test_baselines_are_chosen_on_the_learning_split_and_scored_like_the_learned_merge(glue_like):
@@ -94,8 +140,6 @@ def test_baselines_are_chosen_on_the_learning_split_and_scored_like_the_learned_
     lam = choices[rules.UNIFORM].settings["weights"][0]
     assert comparison["baselines"][rules.UNIFORM]["tasks"] == presets.score(base, experts, torch.full((6,), lam),
                                                                             names, scored)
-    table = presets.comparison_markdown("samerging", comparison)
-    assert table.splitlines()[2].startswith("| learned (samerging) |") and f"λ {lam:g}" in table
 
 
 def test_scores_match_a_direct_reading_of_each_expert(glue_like):

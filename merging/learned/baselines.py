@@ -44,13 +44,13 @@ class BaselineChoice:
     tried: list[tuple[Settings, float | None]] = field(default_factory=list)
 
     def describe(self) -> str:
-        """e.g. "λ 0.5, 0.7, 0.5 (agreement 91 % on the learning split)"."""
+        """e.g. "λ 0.5, 0.7, 0.5 (chosen on the learning split, agreement 91% there)"."""
         params = self.settings.get("params") or {}
         if self.settings["method"] == "ties":
             what = f"density {params.get('density'):g}, λ {params.get('lambda', 1.0):g}"
         else:
             what = "λ " + ", ".join(f"{w:g}" for w in self.settings["weights"])
-        score = "" if self.score is None else f", agreement {self.score:.0%} on the learning split"
+        score = "" if self.score is None else f", agreement {self.score:.0%} there"
         return f"{what} ({self.how}{score})"
 
 

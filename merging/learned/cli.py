@@ -153,8 +153,8 @@ class _StepBar:
 
 def _save_and_report(args: argparse.Namespace, experts: dict[str, str], merge: LearnedMerge,
                      scored: dict | None, inputs: dict) -> None:
-    """Write the recipe folder and print what was learned; with a preset, also score the merge (report.json) beside
-    task arithmetic and TIES chosen on the same unlabeled inputs (baselines.json)."""
+    """Write the recipe folder and print what was learned; with a preset, also score the merge (report.json) and say
+    how to compare it with its baselines (python -m evaluation compare, which adds the scored set's intervals)."""
     settings = {k: v for k, v in vars(args).items() if k not in ("func", "command", "quiet")}
     recipe = save_learned_merge(merge, args.out, args.base, experts, settings)
     first, last = merge.losses[0], merge.losses[-1]
@@ -162,14 +162,27 @@ def _save_and_report(args: argparse.Namespace, experts: dict[str, str], merge: L
           f"(loss {first:.4f} → {last:.4f}); recipe: {recipe}")
     print(describe_run(merge))
     if scored is not None:
-        comparison = presets.compare_with_baselines(args.base, experts, merge.coefficients, merge.names, inputs,
-                                                    scored, device=args.device)
-        (Path(args.out) / "report.json").write_text(json.dumps(comparison["learned"], indent=1))
-        (Path(args.out) / "baselines.json").write_text(json.dumps(presets.comparison_json(comparison), indent=1,
-                                                                  ensure_ascii=False))
-        print(presets.report_markdown(comparison["learned"]))
-        print("\nBeside the baselines, each chosen on the same unlabeled inputs (accuracy %):")
-        print(presets.comparison_markdown(args.method, comparison))
+        report = presets.score(args.base, experts, merge.coefficients, merge.names, scored, device=args.device)
+        (Path(args.out) / "report.json").write_text(json.dumps(report, indent=1))
+        print(presets.report_markdown(report))
+        print("\nBeside task arithmetic (uniform and task-wise λ) and TIES, each chosen on the same unlabeled inputs, "
+              "with 95 % intervals:\n  " + _compare_command(args))
+
+
+def _compare_command(args: argparse.Namespace) -> str:
+    """The `python -m evaluation compare` command that scores this preset run beside its baselines, reading the same
+    models and data."""
+    words = ["python -m evaluation compare", str(args.out), "--preset", args.preset]
+    for flag, value in (("--preset-models", args.preset_models), ("--preset-data", args.preset_data)):
+        if value is not None:
+            words += [flag, str(value)]
+    if args.eval_per_task != 1000:
+        words += ["--per-task", str(args.eval_per_task)]
+    if args.allow_pickle:
+        words.append("--allow-pickle")
+    if args.device != "cpu":
+        words += ["--device", args.device]
+    return " ".join(words + ["--out", str(Path(args.out) / "comparison.json")])
 
 
 def _parse_init(value: str | float) -> float | str:

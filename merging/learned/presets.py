@@ -7,9 +7,10 @@ PyTorch pickles, so the command needs --allow-pickle, which loads them with weig
 (`datasets.load_dataset("nyu-mll/glue", task)`): the first 32 training inputs of each task are the unlabeled inputs
 (labels never read), the first `--eval-per-task` validation examples (MNLI: validation_matched) are scored. The
 report gives, per task, the merged model's agreement with the task's teacher and its accuracy, beside the teacher's
-own accuracy, and beside it task arithmetic (uniform and task-wise λ) and TIES, each chosen on the unlabeled inputs
-(compare_with_baselines). GLUE's labels are mapped to each teacher's head ids first: textattack's MNLI head orders
-the classes differently from GLUE (its own evaluation remaps GLUE's labels with [1, 2, 0]).
+own accuracy. `python -m evaluation compare OUT --preset glue-bert` (evaluation/learned_presets.py) then puts it
+beside task arithmetic (uniform and task-wise λ) and TIES, each chosen on the unlabeled inputs (compare_with_baselines
+here), with the scored set's 95 % intervals. GLUE's labels are mapped to each teacher's head ids first: textattack's
+MNLI head orders the classes differently from GLUE (its own evaluation remaps GLUE's labels with [1, 2, 0]).
 
 Offline (or to test): `--preset-models DIR` holds folders named like the Hub repositories' last part
 (DIR/bert-base-uncased, DIR/bert-base-uncased-CoLA, ...) and `--preset-data DIR` one JSONL per task
@@ -175,16 +176,19 @@ def _agreement(setup, task: int, split: str) -> float:
 
 
 def _task_report(setup, scored: dict[str, list[tuple[Any, int]]]) -> dict[str, dict]:
-    """Per task, on the scored examples: agreement with the teacher, accuracy, the teacher's accuracy."""
+    """Per task, on the scored examples: agreement with the teacher, accuracy, the teacher's accuracy, and each
+    example's outcome under both metrics."""
     report = {}
     for t, task in enumerate(setup.tasks):
         gold = [y for _, y in scored[task]]
         merged, teacher = _predictions(setup, t, "train")
         n = len(gold)
-        report[task] = {"examples": n,
-                        "agreement": sum(m == e for m, e in zip(merged, teacher)) / n,
-                        "accuracy": sum(m == g for m, g in zip(merged, gold)) / n,
-                        "teacher_accuracy": sum(e == g for e, g in zip(teacher, gold)) / n}
+        agrees = [m == e for m, e in zip(merged, teacher, strict=True)]
+        correct = [m == g for m, g in zip(merged, gold, strict=True)]
+        report[task] = {"examples": n, "agreement": sum(agrees) / n, "accuracy": sum(correct) / n,
+                        "teacher_accuracy": sum(e == g for e, g in zip(teacher, gold)) / n,
+                        # per example, for the scored set's intervals (evaluation.learned_presets)
+                        "outcomes": {"accuracy": correct, "agreement": agrees}}
     return report
 
 
@@ -197,28 +201,6 @@ def report_markdown(report: dict[str, dict]) -> str:
     lines.append(f"| mean | | {100 * mean['agreement']:.1f} | {100 * mean['accuracy']:.1f} | "
                  f"{100 * mean['teacher_accuracy']:.1f} |")
     return "\n".join(lines)
-
-
-def comparison_markdown(method: str, comparison: dict[str, Any]) -> str:
-    """Accuracy per task and the means, the learned merge first, then each baseline with how it was chosen."""
-    tasks = list(comparison["learned"])
-    rows = [(f"learned ({method})", "", comparison["learned"])]
-    rows += [(name, b["choice"].describe(), b["tasks"]) for name, b in comparison["baselines"].items()]
-    lines = ["| merge | settings | " + " | ".join(tasks) + " | mean accuracy | mean agreement |",
-             "|---|---|" + "---|" * (len(tasks) + 2)]
-    for name, how, report in rows:
-        accuracy = [report[t]["accuracy"] for t in tasks]
-        agreement = sum(report[t]["agreement"] for t in tasks) / len(tasks)
-        lines.append(f"| {name} | {how} | " + " | ".join(f"{100 * a:.1f}" for a in accuracy)
-                     + f" | {100 * sum(accuracy) / len(tasks):.1f} | {100 * agreement:.1f} |")
-    return "\n".join(lines)
-
-
-def comparison_json(comparison: dict[str, Any]) -> dict[str, Any]:
-    """compare_with_baselines' baselines as JSON: each one's settings, how chosen, selection score and report."""
-    return {name: {"settings": b["choice"].settings, "chosen": b["choice"].describe(),
-                   "selection_agreement": b["choice"].score, "tasks": b["tasks"]}
-            for name, b in comparison["baselines"].items()}
 
 
 def _preset(name: str):
