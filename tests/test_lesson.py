@@ -38,7 +38,9 @@ def test_the_lesson_walks_from_two_experts_to_the_merges_score(tmp_path):
     best = max(composite.accuracy_by_source.values())
     leaders = [s for s, v in composite.accuracy_by_source.items() if v == best]
     row = next(line for line in table.splitlines() if line.startswith("| japanese_math |"))
-    assert f"no expert of its own; best single source: {' / '.join(leaders)} {best:.0%}" in row, row
+    expected = (f"best single source: {' / '.join(leaders)} {best:.0%}" if best > 0
+                else "no single source answers any (all 0%)")
+    assert f"no expert of its own; {expected}" in row, row
 
 
 def _score(expert, by_source, expert_accuracy):
@@ -55,6 +57,8 @@ def test_a_task_without_an_expert_shows_the_best_single_source_named():
         "no expert of its own; best single source: math 10%")
     assert cell(_score(None, {"math": 0.3, "japanese": 0.3, "strings": 0.0}, 0.3)).endswith("math / japanese 30%")
     assert cell(_score(None, {}, None)) == "no expert of its own (no source scored)"
+    assert cell(_score(None, {"math": 0.0, "japanese": 0.0}, 0.0)) == (
+        "no expert of its own; no single source answers any (all 0%)")
 
 
 def test_the_worked_example_merges_as_the_scored_merge_does(tmp_path):

@@ -344,11 +344,14 @@ def summary_markdown(result: dict[str, Any]) -> str:
 
 def reference_cell(expert: str | None, expert_accuracy: float | None, accuracy_by_source: dict[str, float]) -> str:
     """What the merge is measured against on a task: its own expert's accuracy, or, for a task no expert owns (a
-    composite such as japanese_math), the best single source there, named (every source tied for best is named)."""
+    composite such as japanese_math), the best single source there, named (every source tied for best is named;
+    none when all score 0 %)."""
     if expert is not None:
         return "–" if expert_accuracy is None else f"{expert_accuracy:.0%}"
     if expert_accuracy is None:
         return "no expert of its own (no source scored)"
+    if expert_accuracy == 0:  # naming every source as "best" at 0 % would read like a finding
+        return "no expert of its own; no single source answers any (all 0%)"
     names = [source for source, value in accuracy_by_source.items() if value == expert_accuracy]
     return f"no expert of its own; best single source: {' / '.join(names)} {expert_accuracy:.0%}"
 
