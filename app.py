@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = HostConfig.detect(hosted=args.hosted)
     config.models_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.update(config.environment())  # before the page is built: gradio reads its upload folder then
     start_default_family_build()  # first start: the default real family builds while the page comes up
     demo = create_app(config)
     demo.launch(server_name=args.host, server_port=args.port, css=CSS, **launch_options(config))

@@ -180,3 +180,53 @@ def test_hosted_api_refuses_server_paths_in_the_hub_id_field_and_in_uploads(stan
     assert "not a Hugging Face Hub id" in message and "ready to merge" not in message
     assert str(Path(outside_family.base).parent) not in message
     assert "event: error" in events and "event: complete" not in events, events
+
+
+def test_hosted_hub_downloads_go_into_the_models_folder(tmp_path, monkeypatch):
+    """A Hub id typed on a hosted page is fetched into ./models/hub-cache, not huggingface_hub's cache in the home
+    folder: laid out as huggingface_hub lays out a cache and read offline, the id resolves only there."""
+    import shutil
+
+    from merging import sources
+    from ui import workspace
+
+    config = HostConfig.detect(hosted=True, models_dir=tmp_path / "models")
+    assert config.hub_cache_dir == config.models_dir / "hub-cache"
+    assert HostConfig.detect(hosted=False, models_dir=tmp_path / "models").hub_cache_dir is None
+    family = make_family(tmp_path / "made", n_experts=1, layers=1)
+    commit = "c" * 40
+    repo = config.hub_cache_dir / "models--owner--name"
+    shutil.copytree(family.base, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(sources, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(workspace, "require_hub", lambda what: None)  # the gate in front; the download is tested
+    label, folder = workspace._resolve_ref("owner/name", "Hub ids", config)
+    assert (label, folder) == ("name", repo / "snapshots" / commit)
+    assert folder.is_relative_to(config.models_dir)
+
+
+def test_hosted_uploads_land_in_the_models_folder(tmp_path, monkeypatch):
+    """Hosted, the server sets gradio's upload folder inside ./models before the page is built (app.main applies
+    HostConfig.environment()): a task file sent through the real API is stored there, not in the system's temp."""
+    import gradio_client
+    from gradio_client import handle_file
+
+    from app import create_app
+
+    config = HostConfig.detect(hosted=True, models_dir=tmp_path / "models")
+    assert HostConfig.detect(hosted=False, models_dir=tmp_path / "models").environment() == {}
+    for name, value in config.environment().items():
+        monkeypatch.setenv(name, value)
+    task_file = tmp_path / "my-tasks.jsonl"
+    task_file.write_text('{"task": "t", "prompt": "p", "answer": "1", "expert": null}\n', encoding="utf-8")
+    demo = create_app(config)
+    url = launch_local(demo)
+    try:
+        with pytest.raises(gradio_client.exceptions.AppError, match="merge"):  # no merge yet: refused after upload
+            api_client(url).predict(handle_file(str(task_file)), 5, api_name="/evaluate")
+    finally:
+        close_app(demo)
+    stored = list(config.uploads_dir.rglob("my-tasks.jsonl"))
+    assert stored and all(p.read_bytes() == task_file.read_bytes() for p in stored)

@@ -56,6 +56,23 @@ class HostConfig:
         bounded in number (ui.session.session_downloads)."""
         return self.models_dir / "downloads"
 
+    @property
+    def uploads_dir(self) -> Path:
+        """Hosted, where gradio keeps the files users upload (and those it caches to serve): inside the models
+        folder, not the system's temp folder (HostConfig.environment)."""
+        return self.models_dir / "uploads"
+
+    @property
+    def hub_cache_dir(self) -> Path | None:
+        """Where models named by a Hub id are downloaded: hosted, inside the models folder; otherwise
+        huggingface_hub's own cache (None), which a local user shares with their other tools."""
+        return self.models_dir / "hub-cache" if self.hosted else None
+
+    def environment(self) -> dict[str, str]:
+        """What the server sets in its environment before the page is built: hosted, gradio's upload folder (read
+        from GRADIO_TEMP_DIR when the components and the server are created) inside the models folder."""
+        return {"GRADIO_TEMP_DIR": str(self.uploads_dir)} if self.hosted else {}
+
     def resolve_local(self, ref: str) -> Path:
         """A local model folder the user typed. Hosted: relative to ./models and never outside it."""
         text = ref.strip()

@@ -68,7 +68,8 @@ def _resolve_ref(ref: str, origin: str, config: HostConfig) -> tuple[str, Path]:
         if config.hosted:
             ref = validate_hub_id(ref)  # before anything else, so a path is refused whether or not the Hub answers
         require_hub(f"Hub id {ref!r}")
-        with open_model(ref, hub_only=config.hosted) as source:  # downloads the safetensors and side files once
+        cache = None if config.hub_cache_dir is None else str(config.hub_cache_dir)
+        with open_model(ref, hub_only=config.hosted, cache_dir=cache) as source:  # downloads the files a merge needs
             return ref.rstrip("/").split("/")[-1], source.path
     folder = config.resolve_local(ref)
     if not folder.is_dir():
