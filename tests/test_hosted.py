@@ -224,7 +224,7 @@ def test_hosted_uploads_land_in_the_models_folder(tmp_path, monkeypatch):
     demo = create_app(config)
     url = launch_local(demo)
     try:
-        with pytest.raises(gradio_client.exceptions.AppError, match="merge"):  # no merge yet: refused after upload
+        with pytest.raises(gradio_client.exceptions.AppError, match="Choose the models"):  # refused after upload
             api_client(url).predict(handle_file(str(task_file)), 5, api_name="/evaluate")
     finally:
         close_app(demo)
