@@ -53,7 +53,9 @@ class Session:
     """Everything one user has picked, merged and measured. The current merge is one record (`merge`, made only by
     `record_merge`); the panels read it."""
 
-    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    # 122 random bits (uuid4): the id names the session's download and merged folders, which gradio serves to whoever
+    # knows the path, so it must not be guessable.
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
     downloads_root: Path = DOWNLOADS  # this session's downloads go to downloads_root/<id>/ (session_downloads)
     # --- the chosen models (ui.workspace.select_models)
     family: str | None = None  # zoo family name when the models come from the zoo
@@ -80,7 +82,7 @@ class Session:
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)  # set to stop a merge or training
     stop_chat: threading.Event = field(default_factory=threading.Event, repr=False)
-    newest_move: float = 0.0  # the browser stamp of the newest Merge control move merged (ui.merge_panel.newest_move)
+    newest_move: float = 0.0  # the browser stamp of the newest Merge control move merged (ui.workspace.newest_move)
     # No __deepcopy__: Gradio 6 deep-copies only a gr.State's initial value (gradio/state_holder.py), which is a
     # FreshSession (below); a Session itself is never copied.
 
