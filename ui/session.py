@@ -53,8 +53,8 @@ class Session:
     """Everything one user has picked, merged and measured. The current merge is one record (`merge`, made only by
     `record_merge`); the panels read it."""
 
-    # 122 random bits (uuid4): the id names the session's download and merged folders, which gradio serves to whoever
-    # knows the path, so it must not be guessable.
+    # 122 random bits (uuid4): the id names the session's downloads folder, which gradio serves to whoever knows the
+    # path, so it must not be guessable.
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     downloads_root: Path = DOWNLOADS  # this session's downloads go to downloads_root/<id>/ (session_downloads)
     # --- the chosen models (ui.workspace.select_models)
