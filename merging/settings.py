@@ -51,6 +51,17 @@ class MergeSettings:
         return cls(method=method.name, weights=_weights(weights), params=_params(method, params), seed=_seed(seed),
                    spec=method)
 
+    @classmethod
+    def from_controls(cls, method: str, weights: list[float], params: dict[str, Any], seed: float | None,
+                      sources: int) -> MergeSettings:
+        """The Merge tab's controls as settings, checked as from_dict checks JSON: the method's name (looked up
+        here, once), every weight slider's value (the first `sources` taken; none when the method has no
+        per-model weight), the method's parameters by name (None: a control not shown, left out) and the seed."""
+        spec = get_method(method)
+        n = sources if spec.weight is not None else 0
+        kept = {name: value for name, value in params.items() if value is not None}
+        return cls.checked(spec, [float(w) for w in weights[:n]], kept, int(seed or 0))
+
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "weights": list(self.weights), "params": dict(self.params), "seed": self.seed}
 

@@ -194,14 +194,15 @@ def test_hosted_local_folders_field_gives_a_short_message(hosted_url, base, sour
 def test_per_session_state_goes_with_the_session():
     """The Merge panel's newest-move stamp and the downloads folder belong to the session: nothing per session is
     kept at module level, and closing a session removes its downloads."""
-    from ui import merge_panel
+    from ui import merge_panel, workspace
     from ui.session import close_session, new_session, session_downloads
 
     first, second = new_session(), new_session()
-    assert merge_panel.newest_move(first, 5.0) and not merge_panel.newest_move(first, 4.0)
-    assert merge_panel.newest_move(second, 4.0)  # another session's stamps do not count
-    assert not merge_panel.newest_move(first, float("nan"))
-    assert not any(isinstance(v, dict) and first.id in v for v in vars(merge_panel).values())
+    assert workspace.newest_move(first, 5.0) and not workspace.newest_move(first, 4.0)
+    assert workspace.newest_move(second, 4.0)  # another session's stamps do not count
+    assert not workspace.newest_move(first, float("nan"))
+    assert not any(isinstance(v, dict) and first.id in v for module in (merge_panel, workspace)
+                   for v in vars(module).values())
     folder = session_downloads(first, "recipe")
     (folder / "mergekit_config.yml").write_text("x", encoding="utf-8")
     assert session_downloads(first, "recipe") == folder  # reused, not a new folder per call

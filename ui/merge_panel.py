@@ -5,7 +5,6 @@ in memory at once (small models re-merge as sliders move) or streamed to a folde
 from __future__ import annotations
 
 import functools
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,7 @@ from merging.settings import MergeSettings
 from ui.export_panel import task_folders_text
 from ui.hosting import HostConfig
 from ui.session import Session
-from ui.workspace import has_own_control, merge_live, merge_to_folder, require_models
+from ui.workspace import MoveResult, apply_move, has_own_control, merge_live, merge_to_folder, require_models
 
 MAX_SOURCES = 8  # weight sliders made up front; the ones beyond the chosen sources stay hidden
 # "hidden" keeps a control mounted but invisible: a control made visible=False is not in the page, and updates that
@@ -37,7 +36,7 @@ def method_help(method: Method) -> str:
     base = {"required": "needs the base model", "optional": "uses the base model when given",
             "ignored": "does not use the base model"}[method.base]
     random = " Random: the seed makes it reproducible." if method.random else ""
-    weights = "" if method.by_role("weight") is not None else " It has no per-model weight."
+    weights = "" if method.weight is not None else " It has no per-model weight."
     return f"**{method.name}** — {method.explanation}\n\n`{method.formula}`\n\n*It {base}.{random}{weights}*"
 
 
@@ -77,11 +76,9 @@ def method_param_for(method: Method, key: str) -> Param | None:
     return next((p for p in method.params if control_keys().get((method.name, p.name)) == key), None)
 
 
-def params_by_name(method: Method, values: dict[str, Any]) -> dict[str, Any]:
-    """Control values (by key) -> the method's parameters (by name)."""
-    keys = control_keys()
-    return {p.name: values[keys[(method.name, p.name)]] for p in method.params
-            if (method.name, p.name) in keys and keys[(method.name, p.name)] in values}
+def params_by_name(method: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Control values (by key) -> the named method's parameters (by name, in declared order)."""
+    return {name: values[key] for (owner, name), key in control_keys().items() if owner == method and key in values}
 
 
 def _choice_value(value: Any) -> str:
@@ -157,7 +154,7 @@ def control_updates(method: Method, specs: dict[str, Param], current: dict[str, 
     it fits, so switching ties → dare_ties keeps the density instead of resetting it to 'keep everything'; controls
     shared by one meaning keep their values anyway."""
     current = current or {}
-    before = params_by_name(previous, current) if previous is not None else {}
+    before = params_by_name(previous.name, current) if previous is not None else {}
     # a fraction of entries kept is one setting under several names (density, select_topk): carried over
     previous_fraction = previous.by_role("kept_fraction") if previous is not None else None
     kept = before.get(previous_fraction.name) if previous_fraction is not None else None
@@ -180,7 +177,7 @@ def control_updates(method: Method, specs: dict[str, Param], current: dict[str, 
 
 def weight_range(method: Method) -> tuple[float, float] | None:
     """The weight sliders' range for a method; None when it has no per-model weight."""
-    param = method.by_role("weight")
+    param = method.weight
     return None if param is None else (param_range(param) or (-1.0, 2.0))
 
 
@@ -203,20 +200,17 @@ def weight_control_updates(session: Session | None, method: Method, current: lis
 
 def collect_settings(session: Session, method: str, seed: float | None, weights: list[float],
                      params: dict[str, Any]) -> MergeSettings:
-    """The controls as settings, checked as the /merge endpoint checks its JSON (`to_dict()` is that JSON): only
-    this method's parameters, one weight per source (none when the method has no per-model weight). The method is
-    looked up here, once: the settings carry it down to the recipe."""
-    chosen = get_method(method)
-    n = len(session.sources) if chosen.by_role("weight") is not None else 0
-    kept = {k: v for k, v in params_by_name(chosen, params).items() if v is not None}
-    return MergeSettings.checked(chosen, [float(w) for w in weights[:n]], kept, int(seed or 0))
+    """The controls (`params` by control key) as settings, checked as the /merge endpoint checks its JSON
+    (`to_dict()` is that JSON): only this method's parameters, one weight per source (none when the method has no
+    per-model weight)."""
+    return MergeSettings.from_controls(method, weights, params_by_name(method, params), seed, len(session.sources))
 
 
 def settings_summary(settings: MergeSettings | dict, labels: list[str]) -> str:
     """The settings in one line: method · weights per source · parameters · seed (what a status line names)."""
     settings = MergeSettings.from_dict(settings) if isinstance(settings, dict) else settings
     parts = [f"**{settings.method}**"]
-    if settings.weights and settings.spec.by_role("weight") is not None:
+    if settings.weights and settings.spec.weight is not None:
         parts.append("weights: " + ", ".join(f"{label} {w:g}" for label, w in zip(labels, settings.weights)))
     if settings.params:
         parts.append(", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
@@ -229,14 +223,19 @@ def settings_summary(settings: MergeSettings | dict, labels: list[str]) -> str:
 def merge_status(session: Session, where: str) -> str:
     """Which settings the current merge has (the status line under the controls)."""
     record = getattr(session, "merge", None)  # ui.merge_record.MergeRecord
+    settings = record.settings if record is not None else session.merge_settings
+    return merged_text(settings_summary(settings, session.labels), record, where, session.kind)
+
+
+def merged_text(summary: str, record: Any, where: str, kind: str) -> str:
+    """The status line of a merge: its settings' `summary`, where it went ("memory" or "folder"), how long it took
+    and its number (`record`: a ui.merge_record.MergeRecord, or None), and which tabs use it (`kind`)."""
     seconds = getattr(record, "seconds", None)
     timing = f" in {seconds * 1000:.0f} ms" if where == "memory" and seconds else ""
     number = f" #{record.version}" if getattr(record, "version", None) else ""
     place = "in memory" if where == "memory" else "to the session's folder"
-    settings = record.settings if record is not None else session.merge_settings
-    return (f"✓ Merged with {settings_summary(settings, session.labels)} ({place}{timing}; the "
-            f"current merge{number}). "
-            f"{'Classify' if session.kind == 'classifier' else 'Chat'}, Evaluate and Export use this model.")
+    return (f"✓ Merged with {summary} ({place}{timing}; the current merge{number}). "
+            f"{'Classify' if kind == 'classifier' else 'Chat'}, Evaluate and Export use this model.")
 
 
 def error_status(session: Session | None, message: str) -> str:
@@ -259,22 +258,25 @@ def run_merge(session: Session, config: HostConfig, raw_settings: dict, progress
 
 def merge_in_memory(session: Session, settings: MergeSettings) -> str:
     """Merge checked settings in memory (live merging is on) and say so in the status line."""
-    session.cancel.clear()  # a Cancel pressed while nothing ran must not stop this merge
-    with cancellable(session.cancel):  # /cancel_merge reaches loops inside a method (karcher's iterations)
-        merge_live(session, settings)
+    merge_live(session, settings)
     return merge_status(session, "memory")
 
 
 def follow_move(session: Session, method: str, seed: float | None, weights: list[float],
                 params: dict[str, Any], stamp: float | None) -> str | None:
-    """A control moved (the page's live re-merge): merge in memory with the values the controls show, or say that
-    these models merge to a folder. None when a later move has been merged already (`stamp`: see newest_move)."""
-    settings = collect_settings(session, method, seed, weights, params)
-    if session.live is None:
-        return (f"*Settings changed ({settings_summary(settings, session.labels)}); these models merge to a folder: "
-                "press **Merge** to apply them.*")
-    with session.lock:
-        return merge_in_memory(session, settings) if newest_move(session, stamp) else None
+    """A control moved (the page's live re-merge): the values the controls show (`params` by control key) merged
+    in memory by workspace.apply_move, worded for the status line; where these models merge to a folder, the
+    settings only. None when a later move has been merged already (`stamp`: see workspace.newest_move)."""
+    moved = apply_move(session, method, weights, params_by_name(method, params), seed, stamp)
+    return None if moved is None else move_status(moved)
+
+
+def move_status(moved: MoveResult) -> str:
+    """The status line after a control move (workspace.apply_move's result)."""
+    summary = settings_summary(moved.settings, moved.labels)
+    if moved.record is None:
+        return f"*Settings changed ({summary}); these models merge to a folder: press **Merge** to apply them.*"
+    return merged_text(summary, moved.record, "memory", moved.kind)
 
 
 def merge_if_none(session: Session, config: HostConfig, progress: Any = None) -> str | None:
@@ -403,16 +405,6 @@ def method_switch_updates(session: Session | None, name: str, previous: str | No
     before = get_method(previous) if previous else None
     updates = [*weight_control_updates(session, method, weights), *control_updates(method, specs, params, before)]
     return [method_help(method), *updates, method.name, pending_values(updates)]
-
-
-def newest_move(session: Session, stamp: float | None) -> bool:
-    """True (and remembered in the session, so it goes with it) when `stamp` is not older than the newest move
-    merged for this session. Call under the session's lock."""
-    stamp = float(stamp or 0)
-    if not math.isfinite(stamp) or stamp < session.newest_move:
-        return False
-    session.newest_move = stamp
-    return True
 
 
 def pending_values(updates: list[Any]) -> list[Any]:

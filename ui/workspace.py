@@ -10,6 +10,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 
 import zoo
 from inference import model_kind
+from merging.cancel import cancellable
 from merging.engine import merge_to_folder as engine_merge
 from merging.errors import CompatibilityError, MergeLabError, RecipeError, SourceError
 from merging.live import LiveMerger, ReaderTensors, live_memory_plan
@@ -202,7 +204,7 @@ def build_recipe(session: Session, settings: MergeSettings, *, by: str = "label"
     LiveMerger's keys); `by="path"` renames that recipe (`recorded_recipe`) for a merge record and export. A caller
     that needs both builds once and renames: `recorded_recipe(session, build_recipe(session, settings))`."""
     method = settings.spec  # resolved with the settings; the recipe keeps it
-    weight = method.by_role("weight")
+    weight = method.weight
     check_settings(session, settings, weight)
     own = {param.name for param in method.params if has_own_control(param)}  # unknown and hidden ones are dropped
     global_params = {key: _coerce_choice(value) for key, value in settings.params.items()
@@ -315,15 +317,55 @@ def live_mode_text(session: Session) -> str:
     return f"**Live merging is off**: {plan.reason}. Use *Merge to folder*."
 
 
+@dataclass(frozen=True)
+class MoveResult:
+    """What one move of a Merge-tab control did (apply_move), for the panel to word: the settings the controls gave,
+    the sources' labels, the merge recorded (None: these models merge to a folder, so nothing was merged) and the
+    session's kind (which tab uses the merge)."""
+
+    settings: MergeSettings
+    labels: list[str]
+    record: MergeRecord | None
+    kind: str
+
+
+def apply_move(session: Session, method: str, weights: list[float], params: dict[str, Any], seed: float | None,
+               stamp: float | None) -> MoveResult | None:
+    """A Merge-tab control moved (the page's live re-merge): the controls' values (the method's name, every weight
+    slider, the method's parameters by name, the seed) checked as settings, then merged in memory into the
+    session's own model and recorded when live merging is on (merge_live). None when a later move has been merged
+    already (`stamp`: see newest_move)."""
+    settings = MergeSettings.from_controls(method, weights, params, seed, len(session.sources))
+    if session.live is None:
+        return MoveResult(settings, session.labels, None, session.kind)
+    with session.lock:
+        if not newest_move(session, stamp):
+            return None
+        return MoveResult(settings, session.labels, merge_live(session, settings), session.kind)
+
+
+def newest_move(session: Session, stamp: float | None) -> bool:
+    """True (and remembered in the session, so it goes with it) when `stamp` is not older than the newest move
+    merged for this session. Call under the session's lock."""
+    stamp = float(stamp or 0)
+    if not math.isfinite(stamp) or stamp < session.newest_move:
+        return False
+    session.newest_move = stamp
+    return True
+
+
 def merge_live(session: Session, settings: MergeSettings) -> MergeRecord:
-    """Merge in memory straight into this session's own model(s) (their parameters, in place) and record it."""
+    """Merge in memory straight into this session's own model(s) (their parameters, in place) and record it.
+    Cancellable: /cancel_merge reaches loops inside a method (karcher's iterations); a Cancel pressed while nothing
+    ran does not stop it."""
     require_models(session)
     if session.live is None:
         reason = session.live_plan.reason if session.live_plan is not None else "the models are not read yet"
         raise MergeLabError(f"Live merging is off ({reason}): use Merge to folder.")
+    session.cancel.clear()
     recipe = build_recipe(session, settings)
     started = time.perf_counter()
-    with session.lock:
+    with session.lock, cancellable(session.cancel):
         previous = session.merge
         try:
             written = session.live.merge_into(_merge_targets(session), recipe, seed=settings.seed)

@@ -96,6 +96,12 @@ class Method:
     fn: MethodFn
     aliases: tuple[str, ...] = field(default=())
     mergekit: Mergekit | None = None  # None: mergekit 0.1.5 cannot run it (exported as a MergeLab recipe)
+    # The per-model weight parameter (by_role("weight"); None: the method has none), found once when the method is
+    # declared: the page's settings, the recipe built from them and the status line read it on every merge.
+    weight: Param | None = field(init=False, default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weight", self.by_role("weight"))  # frozen: set once, here
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
