@@ -12,7 +12,7 @@ Designs (DESIGNS: zoo.lm.LMSettings overrides): `scratchpad` (B4: every numeric 
 rewritten by the japanese skill, the sum computed after a restated `=` by the math skill), `direct` (replies
 `答え: N` only), E1-E9 (expert replay of the base mixture, rewriting in operator contexts, longer or slower
 expert training, a longer base), E10-E13 (training under weight noise, E9 on a longer base) and E14-E15 (more expert noise);
-`noisy-experts` (E10) is the shipped one (zoo.lm.LMSettings' defaults; every other design pins its own settings). A model already saved in the run's folder is
+`noisiest-experts` (E15) is the shipped one (zoo.lm.LMSettings' defaults; every design pins its own settings). A model already saved in the run's folder is
 loaded, not retrained. Training is single-threaded and seeded as the build is; run it under a heavy-job lock.
 """
 
@@ -82,7 +82,8 @@ DESIGNS = {
     "rewrite": {**_B4, "rewrite_contexts": True},  # E2: B4 + the japanese expert rewrites in operator contexts
     "replay-rewrite": {**_B4, "replay_share": 0.25, "rewrite_contexts": True},  # E3: both
     # E4, E5: as E1, E3 with the math expert trained twice as long (600 steps): with replay it learned less.
-    # E5 was shipped for an hour, E9 (below) until E10 (noisy-experts: zoo.lm.LMSettings' defaults).
+    # E5 was shipped for an hour, E9 (below) until E10 (noisy-experts), E10 until E15 (noisiest-experts: zoo.lm.LMSettings'
+    # defaults since 2026-12-07).
     "replay-math600": {**_B4, "replay_share": 0.25, **_MATH600},
     "replay-rewrite-math600": {**_B4, "replay_share": 0.25, "rewrite_contexts": True, **_MATH600},
     # E6: half of each expert's batch replayed, math 600 steps
@@ -98,7 +99,7 @@ DESIGNS = {
     # fine-tune be made to keep its skill when another vector is added? (seed 1's math stage is fragile, docs/zoo.md)
     "noisy-experts": {**_E9, "expert_weight_noise": 0.1},
     # E14, E15: E10 with twice and three times the noise (20 %, 30 % of each tensor's spread): does a flatter expert
-    # close seed 1's own-skill gap? (measured only; E10 stays shipped)
+    # close seed 1's own-skill gap? (E15 shipped since 2026-12-07; seed 1 still fails)
     "noisier-experts": {**_E9, "expert_weight_noise": 0.2},
     "noisiest-experts": {**_E9, "expert_weight_noise": 0.3},
     # E11, E12: E9 on a base pretrained 2400 steps (seed 1's 1600-step base computes fragilely; E8's long base did

@@ -93,10 +93,10 @@ def test_the_japanese_expert_learns_its_own_stage_only():
 
 def test_a_merge_of_the_shipped_experts_answers_kanji_arithmetic_that_neither_expert_does():
     """The shipped family's composite, scored as the app scores it (LiveMerger + evaluation): task arithmetic of the
-    three experts at the weights chosen on the validation split (math 1.0, japanese 0.5, strings 0.7) chains
-    `七十-六=` -> `70-6=` -> `答え: 64` on 63 % of the held-out composite set (bench/composition.py, design E10),
-    where the base and the math expert score 0 and the japanese expert 8 %, while keeping ≥ 80 % of math and
-    japanese (87 % and 92 % measured)."""
+    three experts at the weights chosen on the validation split (math 1.3, japanese 0.4, strings 0.7) chains
+    `七十-六=` -> `70-6=` -> `答え: 64` on 78 % of the held-out composite set (bench/composition.py, design E15),
+    where the base scores 0, the math expert 7 % and the japanese expert 3 %, while keeping ≥ 80 % of math and
+    japanese (97 % and 92 % measured)."""
     import zoo
     from evaluation.agreement import Evaluator
     from evaluation.tasks import load_tasks, tasks_for_experts
@@ -114,10 +114,10 @@ def test_a_merge_of_the_shipped_experts_answers_kanji_arithmetic_that_neither_ex
     merger = LiveMerger(states["base"], {e: states[e] for e in experts}, num_layers=3, threads=1)
     recipe = Recipe.from_dict({"merge_method": "task_arithmetic", "base_model": "base", "dtype": "float32",
                                "models": [{"model": e, "parameters": {"weight": w}}
-                                          for e, w in zip(experts, (1.0, 0.5, 0.7))]})
+                                          for e, w in zip(experts, (1.3, 0.4, 0.7))]})
     merged = evaluator.score_state(merger.merge(recipe)).scores
     composite = {name: scores["japanese_math"].accuracy for name, scores in alone.items()}
     assert composite["base"] <= 0.05 and composite["math"] <= 0.1 and composite["japanese"] <= 0.1, composite
-    assert merged["japanese_math"].accuracy >= 0.5, merged["japanese_math"].accuracy
+    assert merged["japanese_math"].accuracy >= 0.6, merged["japanese_math"].accuracy
     for skill in ("math", "japanese"):
         assert merged[skill].accuracy >= 0.8 * alone[skill][skill].accuracy, (skill, merged[skill].accuracy)

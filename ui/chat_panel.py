@@ -20,7 +20,9 @@ from ui.workspace import merged_chat_model, require_models
 
 NO_COMPARISON = "(none)"
 QUANTIZATIONS = ("none", "8bit", "4bit")
-EXAMPLES = ["3+4=", "三十七", "三+四=", "reverse abcd"]
+# Used only when the default preset suggests no prompts and has no task file: the tiny LM zoo's kinds of prompt
+# (kanji arithmetic, a kanji numeral, digits, strings), the composite first as in the tiny preset's own list.
+EXAMPLES = ["七十-六=", "四十二", "3+4=", "reverse abcd"]
 
 History = list[dict[str, Any]]
 
