@@ -1,7 +1,7 @@
-"""Checks on a merge while it runs, made by the per-tensor step (merging.step) that the engine (folder) and
-LiveMerger (in memory) share: no merged tensor holds NaN or inf (a weight of 1e308, weights summing to 0 with
-normalize on, ...), and a method's failure is reworded. Either raises a MergeLabError naming the tensor and the likely
-cause, so a merge is refused before anything that looks finished is written.
+"""What a merge's checks say, and its output folder's checks. The per-tensor step (merging.step) that the engine
+(folder) and LiveMerger (in memory) share refuses a merged tensor holding NaN or inf (a weight of 1e308, weights
+summing to 0 with normalize on, ...) and a method's failure; the errors here word either, naming the tensor and the
+likely cause, so a merge is refused before anything that looks finished is written.
 """
 
 from __future__ import annotations
@@ -26,25 +26,21 @@ class NonFiniteMergeError(MergeLabError):
     """A merged tensor has NaN or inf values (or values the output dtype cannot hold)."""
 
 
-def require_finite(tensor_name: str, tensor: torch.Tensor, recipe: Any, out_dtype: torch.dtype | None = None) -> None:
-    """Raise NonFiniteMergeError when `tensor` has NaN/inf values, or values beyond what `out_dtype` holds.
-
-    One min/max pass (NaN propagates through both), so it costs a fraction of the merge itself."""
-    if not tensor.is_floating_point() or tensor.numel() == 0:
-        return
+def non_finite_result(tensor_name: str, tensor: torch.Tensor, recipe: Any,
+                      out_dtype: torch.dtype | None = None) -> NonFiniteMergeError:
+    """The error for a merged tensor the step found unfit to write (merging.step: NaN/inf values, or values beyond
+    what `out_dtype` holds): which it is, and the recipe setting most likely to blame."""
     low, high = (float(v) for v in torch.aminmax(tensor.detach()))
     if math.isfinite(low) and math.isfinite(high):
         limit = torch.finfo(out_dtype).max if out_dtype is not None and out_dtype.is_floating_point else math.inf
-        if max(-low, high) <= limit:
-            return
-        raise NonFiniteMergeError(
+        return NonFiniteMergeError(
             f"The merge was refused: tensor {tensor_name!r} has values up to {max(-low, high):.3g}, beyond what "
             f"{str(out_dtype).removeprefix('torch.')} holds (±{limit:.5g}), so the saved model would hold inf. "
             f"{_likely_cause(recipe)} Or set out_dtype: float32 (or bfloat16). Nothing was written.")
     nan = int(torch.isnan(tensor).sum())
     inf = tensor.numel() - nan - int(torch.isfinite(tensor).sum())
     counts = ", ".join(f"{n} {what}" for n, what in ((nan, "NaN"), (inf, "inf")) if n)
-    raise NonFiniteMergeError(
+    return NonFiniteMergeError(
         f"The merge was refused: tensor {tensor_name!r} came out with non-finite values ({counts} of "
         f"{tensor.numel()}). {_likely_cause(recipe)} Nothing was written.")
 

@@ -307,7 +307,8 @@ class LiveMerger:
                 ) -> Iterator[tuple[str, torch.Tensor]]:
         """tensors(); with `into`, a float32 result may be written straight into `into[name]` (then the tensor
         yielded shares its storage) where the output dtype is float32 too."""
-        step = MergeStep(recipe, self.num_layers, seed=seed, device=self.device)  # validates the recipe
+        # validates the recipe and resolves every tensor's parameters, once
+        step = MergeStep(recipe, self.num_layers, seed=seed, device=self.device, names=self.names)
         sources = [self._source(key, recipe.base_model) for key in self._loaded(step.inputs, recipe)]
         base_in = [(self.base, self.base_streamed)] if step.uses_base else []
         fixed = DTYPES.get(recipe.out_dtype or recipe.dtype or "")

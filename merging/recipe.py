@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -413,11 +413,12 @@ class ParameterResolver:
     `ParameterResolver(recipe)(name, num_layers)` and `ParameterResolver(recipe, num_layers)(name)` both work.
     Returns (one dict per merge input in `recipe.merge_inputs()` order, the global dict), defaults filled.
     `method`, `inputs` (`recipe.merge_inputs()`) and `uses_base` (`recipe.uses_base()`) are read once here, for the
-    step that calls it. The recipe is validated first (RecipeError listing its problems): resolution reads only
-    valid settings, and every merge (engine, live, the step's other callers) resolves through here. Free for a
-    recipe validated before and unchanged since."""
+    step that calls it; `resolved` holds the answers for `names` (with num_layers), resolved here, up front. The
+    recipe is validated first (RecipeError listing its problems): resolution reads only valid settings, and every
+    merge (engine, live, the step's other callers) resolves through here. Free for a recipe validated before and
+    unchanged since."""
 
-    def __init__(self, recipe: Recipe, num_layers: int | None = None) -> None:
+    def __init__(self, recipe: Recipe, num_layers: int | None = None, names: Iterable[str] = ()) -> None:
         validate_recipe(recipe)
         self.method: Method = recipe.method  # valid: the method is registered
         self.num_layers = num_layers
@@ -427,6 +428,7 @@ class ParameterResolver:
         self._own = [dict(recipe.model_settings(m)) for m in self.inputs]
         self._global_params = [p for p in self.method.params if p.scope == "global"]
         self._model_params = [p for p in self.method.params if p.scope == "model"]
+        self.resolved: dict[str, tuple[list[dict], dict]] = {name: self(name) for name in names}
 
     def __call__(self, tensor_name: str, num_layers: int | None = None) -> tuple[list[dict], dict]:
         layers = num_layers if num_layers is not None else self.num_layers

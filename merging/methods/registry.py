@@ -2,17 +2,13 @@
 line and the UI all read that declaration.
 
 A method is a pure tensor function (see DEVELOPERS.md, "Methods"). Methods that need to tell the caller something
-about one tensor (SCE falling back to uniform coefficients, say) call `note(...)`; a caller that wants those notes
-wraps the call in `with collect_notes() as notes:`. Notes are per thread (a context variable), so an engine that
-merges tensors in several threads collects each tensor's notes separately.
+about one tensor (SCE falling back to uniform coefficients, say) call `note(...)` (merging/methods/notes.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -176,25 +172,3 @@ def list_methods() -> list[Method]:
         seen.setdefault(method.name, method)
     return list(seen.values())
 
-
-# --- per-tensor notes -------------------------------------------------------------------------------------------
-
-_notes: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("merge_notes", default=None)
-
-
-def note(message: str) -> None:
-    """Record something the user should know about the tensor being merged; free when nobody collects."""
-    notes = _notes.get()
-    if notes is not None:
-        notes.append(message)
-
-
-@contextlib.contextmanager
-def collect_notes() -> Iterator[list[str]]:
-    """`with collect_notes() as notes: method.fn(...)` — `notes` then holds that call's messages."""
-    notes: list[str] = []
-    token = _notes.set(notes)
-    try:
-        yield notes
-    finally:
-        _notes.reset(token)

@@ -8,8 +8,9 @@ import torch
 from merging.methods.common import Workspace
 from merging.methods.consensus import consensus_merge_
 from merging.methods.fused import can_fuse, energies, fused_merge
+from merging.methods.notes import note
 from merging.methods.params import INT8_MASK
-from merging.methods.registry import SAME_IN_MERGEKIT, Method, Param, note, register
+from merging.methods.registry import SAME_IN_MERGEKIT, Method, Param, register
 from merging.methods.selection import drop_ties_, top_k_mask, value_at_rank
 from merging.methods.sparsify import sum_of_squares
 from merging.methods.task_arithmetic import ScratchWorkspace, delta_of, widened
