@@ -91,6 +91,21 @@ def test_live_gives_the_engine_step_bit_for_bit(merger, method, models, params):
         assert torch.equal(out[name], expected), name
 
 
+def test_a_step_prepared_with_names_resolves_them_up_front_and_merges_the_same(merger):
+    _, base, experts = merger
+    rec = load_recipe(recipe("dare_ties", "- {model: math, parameters: {weight: [0.2, 0.9], density: 0.5}}\n"
+                             "- {model: japanese, parameters: {weight: 0.4, density: [{filter: mlp, value: 0.3}, "
+                             "{value: 0.7}]}}"))
+    prepared = MergeStep(rec, LAYERS, seed=7, names=list(base))
+    asked = MergeStep(rec, LAYERS, seed=7)  # resolves each tensor when it is merged
+    resolver = ParameterResolver(rec, LAYERS)
+    assert set(prepared._resolve.resolved) == set(base) and asked._resolve.resolved == {}
+    for name in base:
+        assert prepared.parameters(name) == asked.parameters(name) == resolver(name)
+        tensors = [experts[m][name] for m in rec.merge_inputs()]
+        assert torch.equal(prepared(name, base[name], tensors), asked(name, base[name], tensors)), name
+
+
 def test_same_seed_same_bits_other_seed_differs(merger):
     live, _, _ = merger
     rec = load_recipe(recipe("dare_linear", TWO))

@@ -231,6 +231,17 @@ def test_sce_coefficients_from_energies_normalise_or_fall_back_with_a_note():
     assert len(notes) == 1 and "uniform" in notes[0]
 
 
+def test_collected_returns_a_call_s_result_and_its_notes_only():
+    from merging.methods.notes import collected
+
+    result, notes = collected(coefficients_from_energies, [UNIFORM_BELOW / 4, UNIFORM_BELOW / 4])
+    assert result == [0.5, 0.5] and len(notes) == 1 and "uniform" in notes[0]
+    assert collected(coefficients_from_energies, [3.0, 1.0]) == ([0.75, 0.25], [])
+    with collect_notes() as outer:  # an enclosing collector does not see the inner call's notes
+        collected(coefficients_from_energies, [UNIFORM_BELOW / 4, UNIFORM_BELOW / 4])
+    assert outer == []
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_and_plain_sce_coefficients_are_the_same_numbers(dtype):
     base = torch.randn(700, 400, generator=gen(3)).to(dtype)

@@ -70,6 +70,36 @@ def test_a_live_merge_builds_and_validates_its_recipe_once(session, validations)
     assert session.merge.recipe == workspace.recorded_recipe(session, validations[0])
 
 
+def test_a_control_move_is_one_call_that_merges_and_records_it(session):
+    """workspace.apply_move: the controls' values in, the merge recorded and what the panel words out; an older
+    move is dropped; a method without per-model weights takes no slider's value."""
+    from ui import merge_panel
+
+    workspace.prepare_live(session)
+    moved = workspace.apply_move(session, "ties", [0.7, 0.3, 0.5], {"density": 0.5, "lambda": None}, 3.0, 10.0)
+    assert moved.record is session.merge and moved.record.mode == "live" and moved.kind == session.kind
+    assert moved.settings == MergeSettings("ties", [0.7, 0.3], {"density": 0.5}, 3)
+    assert moved.labels == session.labels
+    status = merge_panel.move_status(moved)
+    assert status.startswith("✓ Merged with **ties** · weights: ") and f"#{moved.record.version}" in status
+    assert workspace.apply_move(session, "ties", [0.1, 0.1], {}, 0, 9.0) is None  # older than the merged move
+    assert session.merge is moved.record
+    unweighted = workspace.apply_move(session, "sce", [0.7, 0.3], {}, 0, 11.0)
+    assert unweighted.settings.weights == [] and session.merge is unweighted.record
+    assert "weights:" not in merge_panel.move_status(unweighted)
+
+
+def test_a_move_where_models_merge_to_a_folder_only_checks_the_settings(session):
+    from ui import merge_panel
+
+    session.live = None
+    moved = workspace.apply_move(session, "ties", [0.7, 0.3], {"density": 0.5}, 0, 1.0)
+    assert moved.record is None and session.merge is None
+    assert "press **Merge**" in merge_panel.move_status(moved)
+    with pytest.raises(RecipeError, match="'gamma' is not a parameter of ties"):  # checked as /merge checks JSON
+        workspace.apply_move(session, "ties", [0.7, 0.3], {"gamma": 0.1}, 0, 2.0)
+
+
 def test_the_engine_s_recipe_is_a_renaming_of_the_recorded_one(session):
     built = workspace.build_recipe(session, SETTINGS)
     folders = workspace.folder_recipe(session, built)

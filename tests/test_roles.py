@@ -51,6 +51,13 @@ def test_a_mergekit_mapping_sets_only_parameters_mergekit_s_method_has(method):
         assert method.param(name) is None, (method.name, name)  # never overwrites one of the method's own settings
 
 
+@pytest.mark.parametrize("method", list_methods(), ids=lambda m: m.name)
+def test_a_method_s_weight_is_its_weight_role_found_once(method):
+    assert method.weight is method.by_role("weight")
+    changed = dataclasses.replace(method, params=tuple(p for p in method.params if p.role != "weight"))
+    assert changed.weight is None  # a method made from another finds its own
+
+
 def test_the_known_roles_are_where_the_readers_expect_them():
     assert get_method("ties").by_role("kept_fraction").name == "density"
     assert get_method("sce").by_role("kept_fraction").name == "select_topk"
