@@ -252,14 +252,9 @@ def run_merge(session: Session, config: HostConfig, raw_settings: dict, progress
     require_models(session)
     settings = MergeSettings.from_dict(raw_settings)
     if session.live is not None:
-        return merge_in_memory(session, settings)
+        merge_live(session, settings)
+        return merge_status(session, "memory")
     return run_merge_to_folder(session, config, raw_settings, "merged", progress)
-
-
-def merge_in_memory(session: Session, settings: MergeSettings) -> str:
-    """Merge checked settings in memory (live merging is on) and say so in the status line."""
-    merge_live(session, settings)
-    return merge_status(session, "memory")
 
 
 def follow_move(session: Session, method: str, seed: float | None, weights: list[float],
