@@ -28,9 +28,15 @@ Design D (eos2, math and japanese 170 steps each, 20 prompts a split): `train --
 math expert writes the result right after `=` and also trains on other tens):
 `train --expert math --steps 170 --per-split 40 --math-form result --math-wide 99`,
 `train --expert japanese --design eos2 --steps 170 --per-split 40`, `score --design eos2 --per-split 40`.
+Design G (F's japanese expert; a math expert with rank 16 on every linear module of layers 10-29, 240 steps):
+`train --expert math --steps 240 --per-split 40 --math-form result --math-wide 99 --lora-rank 16
+--lora-first-layer 10 --lora-all-modules`, then `score` as F (the JSON now keeps every reply) and
+`table --per-split 40 --answer-rule app|equals` (the composite read by the app's rule, or by the number right
+after the reply's first `=`: a bench-only rule, see after_equals).
 
 One thread; run each step under the lane lock (60 steps take about 5 minutes, 170 steps 11-14 minutes at load 3-4;
-scoring 15-20 models on 40 prompts a split about 10 minutes).
+scoring 15-20 models on 40 prompts a split about 10 minutes; design G's math expert 240 steps 15-16 minutes at
+load 2-3).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import time
 from dataclasses import replace
@@ -48,6 +55,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from evaluation.agreement import Evaluator
+from evaluation.answers import _NUMBER, canonical_number, extract_answer, normalize_text
 from evaluation.tasks import tasks_from_records
 from inference.loading import LoadedModel
 from merging.live import LiveMerger
@@ -227,14 +235,32 @@ def other_stage_prompts(expert: str, count: int = 32, seed: int = SEED, per_spli
     return [expression(f, False) for f in rng.sample(fact_splits(seed, per_split)["train"], count)]
 
 
+ALL_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def lora_settings(steps: int, rank: int = 0, first_layer: int = -1, all_modules: bool = False) -> LoraSettings:
+    """zoo.smollm2_train's LoRA settings with `steps`, optionally a higher rank (alpha twice the rank, as there),
+    more layers (`first_layer` to the last) or every linear module of a layer (`--lora-*`, design G)."""
+    settings = replace(LoraSettings(), steps=steps)
+    if rank:
+        settings = replace(settings, rank=rank, alpha=2 * rank)
+    if first_layer >= 0:
+        settings = replace(settings, layers=tuple(range(first_layer, settings.layers[-1] + 1)))
+    if all_modules:
+        settings = replace(settings, target_modules=ALL_MODULES)
+    return settings
+
+
 def train(expert: str, design: str, steps: int, out: Path, base_dir: Path, replay_other: bool = False,
-          training_seed: int = 0, per_split: int = PER_SPLIT, math_form: str = "answer", math_wide: int = 0) -> dict:
+          training_seed: int = 0, per_split: int = PER_SPLIT, math_form: str = "answer", math_wide: int = 0,
+          settings: LoraSettings | None = None) -> dict:
     """One candidate adapter into out/<expert>[-<design>]: zoo.smollm2_train's LoRA, seed, replay and loop.
     `training_seed` changes the adapter's initialisation and batch order only (the data and splits stay);
-    `per_split` sets the held-out prompts per split (their facts and numbers are left out of training)."""
+    `per_split` sets the held-out prompts per split (their facts and numbers are left out of training);
+    `settings` overrides the LoRA settings (lora_settings)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    settings = replace(LoraSettings(), steps=steps)
+    settings = settings or replace(LoraSettings(), steps=steps)
     seed = expert_seed(training_seed, expert)
     torch.manual_seed(seed)
     with _one_thread():
@@ -253,7 +279,9 @@ def train(expert: str, design: str, steps: int, out: Path, base_dir: Path, repla
                                        random.Random(seed), print)
         record = {"expert": expert, "design": design, "seconds": round(seconds, 1),
                   "settings": {"steps": steps, "training_seed": training_seed, "per_split": per_split,
-                               "replay_other": replay_other, "math_form": math_form, "math_wide": math_wide},
+                               "replay_other": replay_other, "math_form": math_form, "math_wide": math_wide,
+                               "rank": settings.rank, "layers": [settings.layers[0], settings.layers[-1]],
+                               "modules": list(settings.target_modules)},
                   "final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4), "examples": pairs[:6]}
         _save_adapter(model, out / adapter_name(expert, design), record)
     return record
@@ -310,24 +338,58 @@ def score(design: str, out: Path, base_dir: Path, only: str | None, per_split: i
         done[label] = {"scores": {t: s.accuracy for t, s in result.scores.items()},
                        "composite_outputs": result.outputs["japanese_math"][:5],
                        "japanese_outputs": result.outputs["japanese"][:3],
-                       "math_outputs": result.outputs["math"][:3], "seconds": round(time.perf_counter() - started)}
+                       "math_outputs": result.outputs["math"][:3], "seconds": round(time.perf_counter() - started),
+                       "outputs": {t: list(o) for t, o in result.outputs.items()}}
         path.write_text(json.dumps(done, ensure_ascii=False, indent=1))
         print(label, {t: round(100 * (a or 0)) for t, a in done[label]["scores"].items()}, done[label]["seconds"], "s",
               flush=True)
 
 
-def table(design: str, out: Path) -> str:
-    """The markdown table (test split) with the recipe chosen on validation marked."""
-    done = json.loads((out / f"scores-{design}.json").read_text())
+def after_equals(text: str | None) -> str | None:
+    """`--answer-rule equals` (design G, bench only: the app's evaluation has no such rule): the number written
+    right after the reply's first `=` (spaces allowed), e.g. 18 in `20-2=18=12`, none in `20-2=` or in a reply
+    without `=`. The app's rule (evaluation.answers.extract_answer: after the last 答え:, else the last number)
+    reads 12 there, and reads whatever number a chatty reply ends on."""
+    normalized = normalize_text(text or "")
+    sign = re.search(r"=\s*", normalized)
+    number = _NUMBER.match(normalized, sign.end()) if sign else None
+    return canonical_number(number.group(0)) if number else None
+
+
+def rescored(done: dict, rule: str, per_split: int = PER_SPLIT) -> dict:
+    """`done` with the composite's scores (test and validation) recomputed from the stored replies under `rule`
+    ("app": unchanged; "equals": after_equals). Rows scored before replies were stored are left out."""
+    if rule == "app":
+        return done
+    expected: dict[str, list] = {}
+    for record in eval_records(per_split=per_split):
+        expected.setdefault(record["task"], []).append(extract_answer(record["answer"]))
+    out = {}
+    for label, row in done.items():
+        if "outputs" not in row:
+            continue
+        scores = dict(row["scores"])
+        for task in ("japanese_math", "japanese_math_val"):
+            replies = row["outputs"][task]
+            scores[task] = sum(after_equals(r) == w for r, w in zip(replies, expected[task])) / len(replies)
+        out[label] = {**row, "scores": scores}
+    return out
+
+
+def table(design: str, out: Path, rule: str = "app", per_split: int = PER_SPLIT) -> str:
+    """The markdown table (test split) with the recipe chosen on validation marked; `rule` reads the composite's
+    answers (rescored)."""
+    done = rescored(json.loads((out / f"scores-{design}.json").read_text()), rule, per_split)
     order = ("math", "japanese", "japanese_math")
     experts = {t: done.get(f"{e} expert", {}).get("scores", {}).get(t + "_val") or 0
                for t, e in (("math", "math"), ("japanese", "japanese"))}
     chosen = choose(done, experts)
-    lines = [f"design {design}: test split (validation in brackets), %; chosen on validation: {chosen}",
+    lines = [(f"design {design}, composite read by the {rule} rule: test split (validation in brackets), %; "
+              f"chosen on validation: {chosen}"),
              "| model | " + " | ".join(order) + " |", "|---" * 4 + "|"]
     for label, row in done.items():
         s = row["scores"]
-        cells = [f"{100 * (s.get(t) or 0):.0f} ({100 * (s.get(t + '_val') or 0):.0f})" for t in order]
+        cells = [f"{100 * (s.get(t) or 0):.1f} ({100 * (s.get(t + '_val') or 0):.1f})" for t in order]
         lines.append(f"| {'**' + label + '**' if label == chosen else label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -358,18 +420,27 @@ def main() -> None:
                         help="the math expert's reply: 14+5=答え: 19 (answer) or 14+5=19 (result)")
     parser.add_argument("--math-wide", type=int, default=0,
                         help="also train math on a + digit with a up to this (other tens; half the examples)")
+    parser.add_argument("--lora-rank", type=int, default=0, help="LoRA rank (alpha twice it); 0: the family's 8")
+    parser.add_argument("--lora-first-layer", type=int, default=-1,
+                        help="LoRA on this layer to the last; -1: the family's upper 12 (18-29)")
+    parser.add_argument("--lora-all-modules", action="store_true",
+                        help="LoRA on every linear module (q, k, v, o, gate, up, down), not q, v, up, down")
+    parser.add_argument("--answer-rule", choices=("app", "equals"), default="app",
+                        help="table: read the composite by the app's rule or by the number right after the first =")
     parser.add_argument("--out", type=Path, default=Path("/tmp/mergelab-composition-smollm2"))
     args = parser.parse_args()
     base_dir = real_zoo_dir() / "smollm2" / "base"
     args.out.mkdir(parents=True, exist_ok=True)
     if args.action == "train":
         print(json.dumps(train(args.expert, args.design, args.steps, args.out, base_dir, args.replay_other,
-                               args.training_seed, args.per_split, args.math_form, args.math_wide),
+                               args.training_seed, args.per_split, args.math_form, args.math_wide,
+                               lora_settings(args.steps, args.lora_rank, args.lora_first_layer,
+                                             args.lora_all_modules)),
                          ensure_ascii=False))
     elif args.action == "score":
         score(args.design, args.out, base_dir, args.only, args.per_split)
     else:
-        print(table(args.design, args.out))
+        print(table(args.design, args.out, args.answer_rule, args.per_split))
 
 
 if __name__ == "__main__":
