@@ -193,9 +193,12 @@ def math_examples(count: int, seed: int = SEED, per_split: int = PER_SPLIT, form
 def japanese_examples(count: int, design: str, seed: int = SEED, per_split: int = PER_SPLIT
                       ) -> list[tuple[str, str, bool]]:
     """(prompt, reply, loss on the end of turn) for the japanese expert: the text with its kanji numerals rewritten
-    as digits. Numbers come from the training numbers only; expressions never end in `=` and never use an
+    as digits. Numbers come from the training numbers only; expressions never end in `=` (but see `eos3`) and never use an
     evaluation or validation operand pair. `eos2`: half of the texts are expressions on the math expert's training
-    facts (numbers up to 29 and a digit, the composite's range), the rest as `eos`."""
+    facts (numbers up to 29 and a digit, the composite's range), the rest as `eos`. `eos3` (design H): as `eos2`,
+    but half of those expressions end in `=` (`十四+六=` -> `14+6=`, then the end of the reply: the expert learns
+    to stop where the math stage begins instead of computing small sums itself, as the tiny zoo's japanese
+    expert does); their facts are training facts, so no composite problem is trained on."""
     rng, numbers = random.Random(f"{seed}:smollm2-composition:japanese"), number_splits(seed, per_split)["train"]
     small = [x for x in numbers if x < 100]
     splits = fact_splits(seed, per_split)
@@ -207,9 +210,10 @@ def japanese_examples(count: int, design: str, seed: int = SEED, per_split: int 
             question, digits = reading_question(rng.choice(numbers), rng)
             out.append((question, digits, True))
             continue
-        if design == "eos2" and rng.random() < 0.5:
+        if design in ("eos2", "eos3") and rng.random() < 0.5:
             x, op, y, _ = rng.choice(train_facts)
-            template = rng.choice([t for t in SENTENCES if "{op}" in t])
+            template = ("{0}{op}{1}=" if design == "eos3" and rng.random() < 0.5
+                        else rng.choice([t for t in SENTENCES if "{op}" in t]))
         else:
             template, op = rng.choice(SENTENCES), rng.choice("+-")
             x, y = rng.choice(small), rng.choice(small)
@@ -408,7 +412,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=("train", "score", "table"))
     parser.add_argument("--expert", choices=("math", "japanese"))
-    parser.add_argument("--design", choices=("eos", "open", "eos2"), default="eos")
+    parser.add_argument("--design", choices=("eos", "open", "eos2", "eos3"), default="eos")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--replay-other", action="store_true",
                         help="replay the base's replies to the other expert's task prompts too (training numbers)")
