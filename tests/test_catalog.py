@@ -173,17 +173,21 @@ def test_the_tiny_zoo_preset_merge_answers_prompts_neither_expert_does():
     merger = LiveMerger(states["base"], {m: states[m] for m in preset.models}, num_layers=source.num_layers)
     model = load_model(str(folders["math"]))
 
-    def answers(state) -> list[str | None]:
+    def answers(state, prompts=preset.prompts) -> list[str | None]:
         load_state_into(model.model, state, backbone_only=False)
-        return [extract_answer(text) for text in generate_batch(model.model, model.tokenizer, list(preset.prompts), 16)]
+        return [extract_answer(text) for text in generate_batch(model.model, model.tokenizer, list(prompts), 16)]
 
     truth = [str(_kanji_sum(p)) for p in preset.prompts]
-    assert answers(merger.merge(recipe)) == truth
+    merged = merger.merge(recipe)
+    assert answers(merged) == truth
     composite = [i for i, p in enumerate(preset.prompts) if p.endswith("=")]
     assert composite, "the preset suggests no composite (kanji arithmetic) prompt"
     for expert in preset.models:
         got = answers(states[expert])
         assert all(got[i] != truth[i] for i in composite), (expert, got)
+    # Its description shows interference on 13+6= (the merge answers 29, the math expert 19): still so.
+    assert "13+6= gets 29 here, 19 from the math expert" in preset.about
+    assert answers(merged, ["13+6="]) == ["29"] and answers(states["math"], ["13+6="]) == ["19"]
 
 
 def test_a_preset_gives_one_weight_or_one_per_model():
