@@ -325,7 +325,11 @@ def test_teacher_sweeps_task_arithmetic_over_two_weights(page):
     title = page.locator("#sweep-chart .gtitle")
     expect(title).to_contain_text("weight of math × weight of japanese")
     cells = page.locator("#sweep-chart text")
-    expect(cells.filter(has_text=re.compile(r"★ \d+%"))).to_have_count(1)  # the best keeps its number
+    starred = cells.filter(has_text=re.compile(r"★ \d+%"))
+    expect(starred.first).to_be_visible()  # the best keeps its number; every point tied for best is starred
+    numbers = [int(m) for t in cells.all_text_contents() for m in re.findall(r"^(?:★ )?(\d+)%$", t.strip())]
+    best = {int(re.search(r"(\d+)%", t).group(1)) for t in starred.all_text_contents()}
+    assert len(best) == 1 and max(numbers) == best.pop() and starred.count() == numbers.count(max(numbers))
     assert page.locator("#sweep-chart .xtick", has_text="—").count() == 0
 
 
