@@ -32,7 +32,9 @@ Design G (F's japanese expert; a math expert with rank 16 on every linear module
 `train --expert math --steps 240 --per-split 40 --math-form result --math-wide 99 --lora-rank 16
 --lora-first-layer 10 --lora-all-modules`, then `score` as F (the JSON now keeps every reply) and
 `table --per-split 40 --answer-rule app|equals` (the composite read by the app's rule, or by the number right
-after the reply's first `=`: a bench-only rule, see after_equals).
+after the reply's first `=`: a bench-only rule, see after_equals). Design H: `train --expert japanese --design
+eos3 ...` with G's math expert. Design I (disjoint layers): F's japanese data on layers 0-9 (`--lora-first-layer 0
+--lora-last-layer 9`) with G's math expert (layers 10-29).
 
 One thread; run each step under the lane lock (60 steps take about 5 minutes, 170 steps 11-14 minutes at load 3-4;
 scoring 15-20 models on 40 prompts a split about 10 minutes; design G's math expert 240 steps 15-16 minutes at
@@ -242,14 +244,18 @@ def other_stage_prompts(expert: str, count: int = 32, seed: int = SEED, per_spli
 ALL_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def lora_settings(steps: int, rank: int = 0, first_layer: int = -1, all_modules: bool = False) -> LoraSettings:
+def lora_settings(steps: int, rank: int = 0, first_layer: int = -1, all_modules: bool = False, last_layer: int = -1
+                  ) -> LoraSettings:
     """zoo.smollm2_train's LoRA settings with `steps`, optionally a higher rank (alpha twice the rank, as there),
-    more layers (`first_layer` to the last) or every linear module of a layer (`--lora-*`, design G)."""
+    other layers (`first_layer` to `last_layer`, each defaulting to the family's) or every linear module of a layer
+    (`--lora-*`, designs G and I)."""
     settings = replace(LoraSettings(), steps=steps)
     if rank:
         settings = replace(settings, rank=rank, alpha=2 * rank)
-    if first_layer >= 0:
-        settings = replace(settings, layers=tuple(range(first_layer, settings.layers[-1] + 1)))
+    if first_layer >= 0 or last_layer >= 0:
+        first = first_layer if first_layer >= 0 else settings.layers[0]
+        last = last_layer if last_layer >= 0 else settings.layers[-1]
+        settings = replace(settings, layers=tuple(range(first, last + 1)))
     if all_modules:
         settings = replace(settings, target_modules=ALL_MODULES)
     return settings
@@ -427,7 +433,8 @@ def main() -> None:
                         help="also train math on a + digit with a up to this (other tens; half the examples)")
     parser.add_argument("--lora-rank", type=int, default=0, help="LoRA rank (alpha twice it); 0: the family's 8")
     parser.add_argument("--lora-first-layer", type=int, default=-1,
-                        help="LoRA on this layer to the last; -1: the family's upper 12 (18-29)")
+                        help="LoRA from this layer; -1: the family's (18)")
+    parser.add_argument("--lora-last-layer", type=int, default=-1, help="LoRA up to this layer; -1: the family's (29)")
     parser.add_argument("--lora-all-modules", action="store_true",
                         help="LoRA on every linear module (q, k, v, o, gate, up, down), not q, v, up, down")
     parser.add_argument("--answer-rule", choices=("app", "equals"), default="app",
@@ -440,7 +447,7 @@ def main() -> None:
         print(json.dumps(train(args.expert, args.design, args.steps, args.out, base_dir, args.replay_other,
                                args.training_seed, args.per_split, args.math_form, args.math_wide,
                                lora_settings(args.steps, args.lora_rank, args.lora_first_layer,
-                                             args.lora_all_modules)),
+                                             args.lora_all_modules, args.lora_last_layer)),
                          ensure_ascii=False))
     elif args.action == "score":
         score(args.design, args.out, base_dir, args.only, args.per_split)
