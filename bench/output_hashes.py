@@ -4,7 +4,7 @@ change": engine and LiveMerger outputs bit-identical before/after).
 For every registered method × float32/bf16/fp16 sources: a tiny Mistral family (base and two experts, hidden 384,
 so the MLP tensors are large enough for the fused path, merging/methods/fused.py), a recipe made from the method's
 declaration alone (two inputs where it takes two, required per-model values 0.6 / 0.4, density 0.5, required global
-values 0.3, as tests/test_live.py's `_declared_recipe`), then
+values 0.3, as tests.factory.declared_recipe), then
 - the engine's folder (merging.engine.merge_to_folder, seed 3),
 - LiveMerger.merge twice and merge_into twice (into float32 parameters: the fused path writes into them, and the
   second call reuses remembered thresholds),
@@ -43,25 +43,6 @@ def digest(state: dict) -> str:
     return h.hexdigest()[:16]
 
 
-def declared_recipe(method, base: str, experts: list[str]):
-    """A recipe for `method` from its declaration alone (as tests/test_live.py's `_declared_recipe`)."""
-    from merging.recipe import Recipe
-
-    count = 2 if method.max_models is None or method.max_models >= 2 else method.max_models
-    models = []
-    for index, expert in enumerate(experts[:count]):
-        own = {p.name: (0.6, 0.4)[index] for p in method.params if p.scope == "model" and p.required}
-        own.update({p.name: 0.5 for p in method.params if p.scope == "model" and p.name == "density"})
-        models.append({"model": expert, **({"parameters": own} if own else {})})
-    data = {"merge_method": method.name, "models": models}
-    if method.base != "ignored":
-        data["base_model"] = base
-    shared = {p.name: 0.3 for p in method.params if p.scope == "global" and p.required}
-    if shared:
-        data["parameters"] = shared
-    return Recipe.from_dict(data)
-
-
 def read(folder: Path) -> dict:
     from merging.sources import open_model
 
@@ -76,7 +57,7 @@ def hashes(work: Path) -> dict[str, str]:
     from merging.engine import merge_to_folder
     from merging.live import LiveMerger
     from merging.methods.registry import list_methods
-    from tests.factory import make_family
+    from tests.factory import declared_recipe, make_family
 
     out: dict[str, str] = {}
     for dtype in DTYPES:

@@ -94,3 +94,24 @@ def make_family(
         expert.load_state_dict(state)
         experts.append(_save(expert, root / f"expert{i}", dtype, shard))
     return TinyFamily(base=root / "base", experts=experts)
+
+
+def declared_recipe(method, base: str, experts: list[str]):
+    """A recipe for `method` (a registry Method) from its declaration alone, so that methods added later are covered
+    too: two inputs where it takes two, required per-model values 0.6 / 0.4, density 0.5, required global values 0.3.
+    (tests/test_live.py and bench/output_hashes.py.)"""
+    from merging.recipe import Recipe
+
+    count = 2 if method.max_models is None or method.max_models >= 2 else method.max_models
+    models = []
+    for index, expert in enumerate(experts[:count]):
+        own = {p.name: (0.6, 0.4)[index] for p in method.params if p.scope == "model" and p.required}
+        own.update({p.name: 0.5 for p in method.params if p.scope == "model" and p.name == "density"})
+        models.append({"model": expert, **({"parameters": own} if own else {})})
+    data = {"merge_method": method.name, "models": models}
+    if method.base != "ignored":
+        data["base_model"] = base
+    shared = {p.name: 0.3 for p in method.params if p.scope == "global" and p.required}
+    if shared:
+        data["parameters"] = shared
+    return Recipe.from_dict(data)

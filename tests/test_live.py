@@ -11,6 +11,7 @@ from merging.live import LiveMerger
 from merging.methods.registry import get_method
 from merging.recipe import ParameterResolver, load_recipe
 from merging.step import MergeStep
+from tests.factory import declared_recipe
 
 LAYERS = 2
 
@@ -297,26 +298,6 @@ def test_mixed_dtypes_are_promoted_per_tensor_as_the_engine_does(bf16_family, tm
 
 # --- one per-tensor step: the engine and live merging both merge every tensor through MergeStep --------------------
 
-def _declared_recipe(method, base: str, experts: list[str]):
-    """A recipe for `method` from its declaration alone (so methods added later are covered too): two inputs where
-    it takes two, required per-model values 0.6 / 0.4, density 0.5, required global values 0.3."""
-    from merging.recipe import Recipe
-
-    count = 2 if method.max_models is None or method.max_models >= 2 else method.max_models
-    models = []
-    for index, expert in enumerate(experts[:count]):
-        own = {p.name: (0.6, 0.4)[index] for p in method.params if p.scope == "model" and p.required}
-        own.update({p.name: 0.5 for p in method.params if p.scope == "model" and p.name == "density"})
-        models.append({"model": expert, **({"parameters": own} if own else {})})
-    data = {"merge_method": method.name, "models": models}
-    if method.base != "ignored":
-        data["base_model"] = base
-    shared = {p.name: 0.3 for p in method.params if p.scope == "global" and p.required}
-    if shared:
-        data["parameters"] = shared
-    return Recipe.from_dict(data)
-
-
 @pytest.fixture(scope="module")
 def small_family(tmp_path_factory):
     from tests.factory import make_family
@@ -338,7 +319,7 @@ def test_engine_and_live_give_the_same_tensors_through_one_step(small_family, tm
 
     family, states = small_family
     base, experts = str(family.base), [str(p) for p in family.experts]
-    rec = _declared_recipe(get_method(method_name), base, experts)
+    rec = declared_recipe(get_method(method_name), base, experts)
     calls: dict[str, list[str]] = {"engine": [], "live": []}
     real_call = MergeStep.__call__
     who = ["engine"]
