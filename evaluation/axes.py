@@ -79,7 +79,7 @@ def axis_choices(method: str, sources: Sequence[str]) -> list[str]:
     """The keys of the settings a sweep of `method` can vary: per-model weights and its numeric parameters."""
     spec = get_method(method)
     choices = []
-    if spec.by_role("weight") is not None:
+    if spec.weight is not None:
         choices += [WEIGHT, *(f"{WEIGHT}:{s}" for s in sources)] if len(sources) > 1 else [WEIGHT]
     choices += [p.name for p in spec.params if sweepable(p)]
     return choices
@@ -94,7 +94,7 @@ def default_axes(method: str, params: Mapping[str, Any], sources: Sequence[str] 
     spec = get_method(method)
     fraction = spec.by_role("kept_fraction")
     numeric = [p.name for p in spec.params if sweepable(p)]
-    has_weight = spec.by_role("weight") is not None
+    has_weight = spec.weight is not None
     scale = spec.by_role("scale")
     other = scale.name if scale is not None else None  # λ
     if fraction:
@@ -112,7 +112,7 @@ def axis_range(method: str, key: str) -> tuple[float, float]:
     """The range of an axis: the parameter's ui_range (the useful part of wide bounds), else its bounds."""
     spec = get_method(method)
     axis = Axis(key)
-    param = spec.by_role("weight") if axis.sets_weights else spec.param(key)
+    param = spec.weight if axis.sets_weights else spec.param(key)
     if param is None:
         raise SweepError(f"{method} has no parameter {key!r}: vary one of {', '.join(axis_choices(method, []))}.")
     if param.ui_range is not None:

@@ -68,7 +68,7 @@ class SearchSpace:
 
     def __post_init__(self) -> None:
         spec = get_method(self.method)
-        if spec.by_role("weight") is None and self.density_name is None:
+        if spec.weight is None and self.density_name is None:
             raise SweepError(f"{self.method} has neither a weight nor a density to search: pick e.g. ties.")
         if not 1 <= self.layer_ranges <= MAX_LAYER_RANGES:
             raise SweepError(f"Layer ranges must be 1 to {MAX_LAYER_RANGES}, not {self.layer_ranges}.")
@@ -85,7 +85,7 @@ class SearchSpace:
         per_model_density = density and spec.param(density).scope == "model" and not self.shared_density
         for k in range(self.layer_ranges):
             for model in self.models:
-                if spec.by_role("weight") is not None:
+                if spec.weight is not None:
                     names[f"weight:{model}:{k}"] = self.weight_range
                 if per_model_density:
                     names[f"density:{model}:{k}"] = self.density_range
@@ -108,7 +108,7 @@ class SearchSpace:
         """The template with this method and the searched values (normalize off, as in sweeps)."""
         data = point_recipe(template, self.method, 1.0, 0.5).to_dict()
         density = self.density_name
-        weight_param = get_method(self.method).by_role("weight")
+        weight_param = get_method(self.method).weight
         shared = self.value(values, "density", "*")
         for entry in data["models"]:
             if entry["model"] not in self.models:

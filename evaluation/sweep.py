@@ -347,7 +347,7 @@ def point_recipe(template: Recipe, method: str, weight: float | None, density: f
     data["merge_method"] = method
     spec = get_method(method)
     density_param = spec.by_role("kept_fraction")
-    weight_param = spec.by_role("weight")
+    weight_param = spec.weight
     grid_names = _grid_param_names(get_method(template.merge_method), spec)
     listed = [entry["model"] for entry in data["models"]]
     if spec.base == "ignored" and data.get("base_model") not in listed:
@@ -383,7 +383,7 @@ def weight_density_pairs(method: str, weights: list[float], densities: list[floa
     """The (weight, density) points of a weight × density grid for `method`: an axis the method lacks is one point
     (None)."""
     spec = get_method(method)
-    method_weights = weights if spec.by_role("weight") is not None else [None]
+    method_weights = weights if spec.weight is not None else [None]
     method_densities = densities if spec.by_role("kept_fraction") is not None else [None]
     return [(w, d) for w in method_weights for d in method_densities]
 

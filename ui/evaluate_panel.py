@@ -136,7 +136,7 @@ def sweep_base_settings(session: Session, method: str) -> dict[str, Any]:
         params[fraction.name] = current.params[carried.name]  # density ↔ select_topk: one setting, two names
     n = len(session.sources)
     weights = []
-    if spec.by_role("weight") is not None:
+    if spec.weight is not None:
         weights = list(current.weights) if current is not None and len(current.weights) == n else [0.5] * n
     return MergeSettings(method, weights, params, current.seed if current else 0).to_dict()
 
