@@ -40,7 +40,7 @@ from merging.live import LiveMerger
 from merging.recipe import Recipe
 from zoo import lm
 from zoo.build import model_seed
-from zoo.lm_tasks import _fact_of, answer, lm_splits, read_number
+from zoo.lm_tasks import answer, lm_splits, true_value
 from zoo.tasksets import lm_records
 from zoo.training import deterministic
 
@@ -158,11 +158,8 @@ def validation_records(tokenizer) -> list[dict]:
             continue
         if task == "strings":
             result = prompt.removeprefix("reverse ")[::-1]
-        elif task == "japanese":
-            result = read_number(prompt)
         else:
-            a, op, b = _fact_of(prompt)
-            result = a + b if op == "+" else a - b
+            result = true_value(prompt)
         records.append({**record, "answer": answer(result), "max_new_tokens": limits[task]})
     return records
 

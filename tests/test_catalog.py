@@ -132,20 +132,6 @@ def test_the_evaluate_table_names_the_best_single_source_of_a_task_no_expert_own
 
 # --- the tiny zoo's preset shows composition: math asked in Japanese -------------------------------------------
 
-def _kanji_sum(prompt: str) -> int:
-    """The true answer of a prompt such as 七十-六= (or the number a bare numeral such as 三十七 names)."""
-    import re
-
-    from zoo.lm_tasks import kanji_number
-
-    value_of = {kanji_number(n): n for n in range(100)}
-    parts = re.split(r"([+-])", prompt.rstrip("="))
-    total = value_of[parts[0]]
-    for sign, operand in zip(parts[1::2], parts[2::2]):
-        total += value_of[operand] if sign == "+" else -value_of[operand]
-    return total
-
-
 def test_the_tiny_zoo_preset_merge_answers_prompts_neither_expert_does():
     """The catalog promises that the preset's starting merge answers its suggested prompts: the composite ones
     (七十-六=) right where neither expert alone does. Checked with the app's own merge and answer rule."""
@@ -158,6 +144,7 @@ def test_the_tiny_zoo_preset_merge_answers_prompts_neither_expert_does():
     from merging.sources import open_model
     from ui.models_panel import preset_settings
     from zoo.families import families
+    from zoo.lm_tasks import true_value
 
     preset = catalog.get_preset("Zoo · language models: math + japanese")
     family = families()["lm"]
@@ -177,7 +164,7 @@ def test_the_tiny_zoo_preset_merge_answers_prompts_neither_expert_does():
         load_state_into(model.model, state, backbone_only=False)
         return [extract_answer(text) for text in generate_batch(model.model, model.tokenizer, list(prompts), 16)]
 
-    truth = [str(_kanji_sum(p)) for p in preset.prompts]
+    truth = [str(true_value(p)) for p in preset.prompts]
     merged = merger.merge(recipe)
     assert answers(merged) == truth
     composite = [i for i, p in enumerate(preset.prompts) if p.endswith("=")]

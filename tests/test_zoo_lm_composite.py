@@ -9,7 +9,16 @@ import re
 import pytest
 
 from zoo import lm
-from zoo.lm_tasks import KANJI_DIGITS, _fact_of, answer, held_out_facts, kanji_number, lm_splits, read_number
+from zoo.lm_tasks import (
+    KANJI_DIGITS,
+    _fact_of,
+    answer,
+    held_out_facts,
+    kanji_number,
+    lm_splits,
+    read_number,
+    true_value,
+)
 
 SPLITS = lm_splits()
 ARITHMETIC = re.compile(rf"^([0-9{KANJI_DIGITS}十]+)([+-])([0-9{KANJI_DIGITS}十]+)=?(はいくつ\?)?$")
@@ -121,3 +130,9 @@ def test_a_merge_of_the_shipped_experts_answers_kanji_arithmetic_that_neither_ex
     assert merged["japanese_math"].accuracy >= 0.6, merged["japanese_math"].accuracy
     for skill in ("math", "japanese"):
         assert merged[skill].accuracy >= 0.8 * alone[skill][skill].accuracy, (skill, merged[skill].accuracy)
+
+
+def test_true_value_reads_a_numeral_or_computes_an_arithmetic_prompt():
+    assert true_value("七十-六=") == 64 and true_value("四十+7=") == 47 and true_value("13+6=") == 19
+    assert true_value("四十二") == 42 and true_value("37") == 37
+    assert all(true_value(f"{kanji_number(a)}-{b}=") == a - b for a in range(10, 100) for b in range(10))

@@ -140,6 +140,15 @@ def _fact_of(prompt: str) -> tuple[int, str, int]:
     return read_number(left), op, read_number(right)
 
 
+def true_value(prompt: str) -> int:
+    """What a numeric prompt of this family stands for, in digits, kanji or both: an arithmetic prompt's result
+    ("七十-六=" -> 64) or the number a bare numeral names ("四十二" -> 42)."""
+    if "+" not in prompt and "-" not in prompt:
+        return read_number(prompt)
+    a, op, b = _fact_of(prompt)
+    return a + b if op == "+" else a - b
+
+
 def read_number(text: str) -> int:
     """Arabic digits or kanji numerals 0-99 as an int (the inverse of kanji_number)."""
     if text.isdigit():

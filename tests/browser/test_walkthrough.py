@@ -175,13 +175,12 @@ def test_visitor_one_click_merges_and_chats_beside_a_source(page):
     expect(page.locator("#chat-message textarea")).to_be_visible()
     expect(page.locator("#chat-compare-model input")).to_have_value("math")
     from ui.catalog import get_preset
-    from zoo.lm_tasks import _fact_of
+    from zoo.lm_tasks import true_value
 
     # The preset's first suggestion, a kanji sum such as 七十-六=: the merge reads the kanji and computes it; the math
     # source beside it cannot read them (both checked off the page in tests/test_catalog.py).
     first = get_preset(TINY_PRESET).prompts[0]
-    a, op, b = _fact_of(first)
-    truth = str(a + b if op == "+" else a - b)
+    truth = str(true_value(first))
     merged = page.locator("#chat-merged [data-testid='bot']").first
     expect(page.locator("#chat-merged [data-testid='user']").first).to_contain_text(first)
     expect(merged).to_contain_text(truth)
