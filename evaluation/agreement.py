@@ -379,7 +379,7 @@ def japanese_accuracy(task: Task, ours: TaskOutputs, expected: list[str | None])
     replies (generated tasks only: a classifier has no reply)."""
     if task.reply_language != "ja" or task.is_classification:
         return None
-    return accuracy([extract(raw, task.numeric, require_japanese=True) for raw in ours.raw], expected)
+    return accuracy([extract(raw, task.answer_type, require_japanese=True) for raw in ours.raw], expected)
 
 
 def accuracy(answers: list[str | None], expected: list[str | None]) -> float | None:

@@ -6,6 +6,11 @@ NFKC-normalised first, so full-width digits, "，", "．", "＋", "－" read as 
 "1200.0" and "1200" agree, "0.50" and ".5" agree, "-0" is "0" (a model that writes "1200.0" did answer 1200).
 A sign counts only where it is not part of an expression: in "7-2=5" the numbers are 7, 2 and 5.
 Text answers: the text after the last "答え:" marker (to the end of its line), NFKC-normalised and stripped.
+Equation answers (for prompts that are an expression ending in "=", replied to as "14+5=19"): the number written
+right after the reply's FIRST "=" (spaces allowed, and one "答え:" marker between them: "14+5=答え: 19" reads 19);
+None where the reply has no "=" or no number right after it. So "20-2=18=12" reads 18 (the first result, not the
+last number) and a chatty reply ending on the right number ("The number 12 is…") gives no answer. Equation answers
+compare as numbers, by value, like number answers. `extract(text, answer_type)` picks the rule (ANSWER_TYPES).
 
 Optionally the reply must be in Japanese (`require_japanese=True`), as Sakana counts MGSM-JA: a reply in English with
 the right number then gives no answer. A reply is Japanese when it holds kana (hiragana or katakana: kanji alone
@@ -19,7 +24,13 @@ import re
 import unicodedata
 from decimal import Decimal, InvalidOperation
 
+from merging.errors import TaskSetError
+
 _MARKER = re.compile(r"答え\s*[:：]")
+# After NFKC ("＝" is "="): the first "=", then spaces and at most one "答え:" marker before the number.
+_FIRST_EQUALS = re.compile(r"=\s*(?:答え\s*:\s*)?")
+ANSWER_TYPES = ("number", "text", "equation")  # how a task's replies are read (evaluation.tasks: "answer_type")
+NUMERIC_TYPES = ("number", "equation")  # the answer types whose answers compare as numbers
 # Grouped thousands first (1,200,000), then plain digits; optional decimals; a sign only where it does not follow
 # a digit or a Latin letter (so "3-2" is 3 and 2, while "気温は-5度" is -5).
 _NUMBER = re.compile(
@@ -88,6 +99,18 @@ def extract_answer(text: str | None, *, require_japanese: bool = False) -> str |
     return canonical_number(found[-1]) if found else None
 
 
+def extract_equation_answer(text: str | None) -> str | None:
+    """The canonical number written right after the text's first "=" (after spaces and an optional "答え:"), or None
+    where the text has no "=" or no number follows it: "14+5=19" and "14 + 5 = 19" give "19", "3-5=-2" gives "-2",
+    "20-2=18=12" gives "18", "14+5=答え: 19" gives "19", "14+5=" and "14+5=nineteen" give None."""
+    if not text:
+        return None
+    normalized = normalize_text(text)
+    equals = _FIRST_EQUALS.search(normalized)
+    number = _NUMBER.match(normalized, equals.end()) if equals else None
+    return canonical_number(number.group(0)) if number else None
+
+
 def extract_text_answer(text: str | None) -> str | None:
     """The text after the last "答え:" marker up to the end of its line (the whole first line without a marker),
     normalised; None where that is empty."""
@@ -116,17 +139,26 @@ def is_numeric_answer(answer: object) -> bool:
     return isinstance(answer, str) and canonical_number(answer_body(answer)) is not None
 
 
-def expected_answer(answer: object, numeric: bool) -> str | None:
-    """The canonical form of an expected answer from a task file ("答え: 1,200" and 1200 give "1200")."""
+def expected_answer(answer: object, answer_type: str) -> str | None:
+    """The canonical form of an expected answer from a task file ("答え: 1,200" and 1200 give "1200"; numbers for
+    the number and equation types, text otherwise)."""
     if answer is None:
         return None
     body = answer_body(answer)
-    return canonical_number(body) if numeric else body
+    return canonical_number(body) if _checked(answer_type) in NUMERIC_TYPES else body
 
 
-def extract(text: str | None, numeric: bool, *, require_japanese: bool = False) -> str | None:
-    """extract_answer for numeric tasks, extract_text_answer for text tasks; with `require_japanese` a reply not in
-    Japanese gives None."""
+def extract(text: str | None, answer_type: str, *, require_japanese: bool = False) -> str | None:
+    """The reply's answer by the task's answer type: extract_answer ("number"), extract_text_answer ("text") or
+    extract_equation_answer ("equation"); with `require_japanese` a reply not in Japanese gives None."""
+    rule = {"number": extract_answer, "text": extract_text_answer, "equation": extract_equation_answer}[
+        _checked(answer_type)]
     if require_japanese and not is_japanese_reply(text):
         return None
-    return extract_answer(text) if numeric else extract_text_answer(text)
+    return rule(text)
+
+
+def _checked(answer_type: str) -> str:
+    if answer_type not in ANSWER_TYPES:
+        raise TaskSetError(f"Unknown answer type {answer_type!r}: use one of {', '.join(ANSWER_TYPES)}.")
+    return answer_type

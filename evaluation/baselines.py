@@ -83,7 +83,7 @@ def learning_tasks(inputs: Mapping[str, Sequence[Any]], scored: TaskSet, tokeniz
         for item in items:
             record = {"task": expert, "expert": expert, ("text" if like.is_classification else "prompt"): item}
             if not like.is_classification:
-                record["answer_type"] = "number" if like.numeric else "text"
+                record["answer_type"] = like.answer_type
                 if like.stop:
                     record["stop"] = list(like.stop)
                 if limit:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from evaluation.answer_cache import AnswerCache, answer_key
-from evaluation.answers import expected_answer, extract
+from evaluation.answers import answer_body, expected_answer, extract
 from evaluation.tasks import Task
 from inference.generation import classify_batch, format_prompt, generate_batch
 
@@ -33,13 +33,18 @@ class Predictions:
 
 
 def token_limit(task: Task, tokenizer: PreTrainedTokenizerBase) -> int:
-    """The task's own `max_new_tokens`, else enough for the longest expected "答え: X" plus eos and a margin."""
+    """The task's own `max_new_tokens`, else enough for the longest expected "答え: X" (an equation task: the prompt
+    restated, then the answer, "14+5=19") plus eos and a margin."""
     if task.max_new_tokens:
         return task.max_new_tokens
-    known = [a for a in task.answers if a is not None]
+    known = [(e.input, e.answer) for e in task.examples if e.answer is not None]
     if not known:
         return DEFAULT_MAX_NEW_TOKENS
-    written = [str(a) if "答え" in str(a) else f"答え: {a}" for a in known]
+    if task.answer_type == "equation":  # the prompt as written stands for its restatement (kanji "十四" is no
+        # shorter than "14" in the families' tokenizers); a file sets `max_new_tokens` where that does not hold
+        written = [f"{prompt}{answer_body(a)}" for prompt, a in known]
+    else:
+        written = [str(a) if "答え" in str(a) else f"答え: {a}" for _, a in known]
     longest = max(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in written)
     return longest + 1 + TOKEN_MARGIN
 
@@ -62,7 +67,7 @@ def generate_tasks(
     result = {}
     for task in tasks:
         texts = [text for text, owner in zip(raw, owners) if owner == task.name]
-        result[task.name] = TaskOutputs(raw=texts, answers=[extract(text, task.numeric) for text in texts])
+        result[task.name] = TaskOutputs(raw=texts, answers=[extract(text, task.answer_type) for text in texts])
     return result
 
 
@@ -103,7 +108,7 @@ def classify_task(
 def expected_answers(task: Task, label2id: dict[str, int] | None = None) -> list[str | None]:
     """The task's expected answers in the same form as extracted ones (label names mapped to ids)."""
     if not task.is_classification:
-        return [expected_answer(a, task.numeric) for a in task.answers]
+        return [expected_answer(a, task.answer_type) for a in task.answers]
     result: list[str | None] = []
     for label in task.answers:
         if isinstance(label, str) and label2id and label in label2id:

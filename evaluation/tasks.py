@@ -5,8 +5,11 @@
 
 `prompt` examples are generated and scored by their extracted answer; `text` examples are classified. `answer` /
 `label` may be left out where unknown (agreement with the expert still works). `expert` names the expert that owns
-the task, null (or left out) for a composite task. Optional: `answer_type` ("number" | "text"; by default inferred
-from the answers, numbers when none are known), `max_new_tokens` (a generation limit) and `stop` (a string or a list
+the task, null (or left out) for a composite task. Optional: `answer_type` ("number" | "text" | "equation"; by
+default number or text, inferred from the answers, numbers when none are known; "equation" for prompts that are an
+expression ending in "=", replied to as "14+5=19": the number right after the reply's first "=", compared as a
+number; evaluation.answers describes each rule; one answer type a task, declared on one line or on all of them),
+`max_new_tokens` (a generation limit) and `stop` (a string or a list
 of strings that end an answer, e.g. "\n\n") and `reply_language` ("ja": an answer also counts in `japanese_accuracy`
 only when the reply is in Japanese, as Sakana counts MGSM-JA). A task takes the largest `max_new_tokens`, every `stop`
 and any `reply_language` of its lines, so writing them on one line of a task sets them for the whole task.
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evaluation.answers import is_numeric_answer
+from evaluation.answers import ANSWER_TYPES, NUMERIC_TYPES, is_numeric_answer
 from merging.errors import TaskSetError
 from merging.jsonl import read_jsonl  # one set of limits for every upload path
 
@@ -54,10 +57,15 @@ class Task:
     examples: tuple[Example, ...]
     expert: str | None
     is_classification: bool
-    numeric: bool  # compare answers as numbers (else as text); unused for classification
+    answer_type: str  # how replies are read: "number" | "text" | "equation" (ANSWER_TYPES); unused for classification
     max_new_tokens: int | None  # from the file, else derived from the answers by the scorer
     stop: tuple[str, ...] = ()  # strings that end an answer (besides eos), from the file
     reply_language: str | None = None  # "ja": also scored counting Japanese replies only (agreement.japanese_accuracy)
+
+    @property
+    def numeric(self) -> bool:
+        """Whether answers compare as numbers (the number and equation types), else as text."""
+        return self.answer_type in NUMERIC_TYPES
 
     @property
     def inputs(self) -> list[str]:
@@ -139,8 +147,7 @@ def parse_record(record: Any, line: int, source: str = "<memory>") -> Example:
         raise _fail(source, line, '"max_new_tokens" must be a positive integer.')
     if record.get("max_new_tokens") is not None and record["max_new_tokens"] > MAX_NEW_TOKENS:
         raise _fail(source, line, f'"max_new_tokens" is {record["max_new_tokens"]}; the most is {MAX_NEW_TOKENS}.')
-    if record.get("answer_type") not in (None, "number", "text"):
-        raise _fail(source, line, '"answer_type" must be "number" or "text".')
+    _check_answer_type(record, has_prompt, source, line)
     if record.get("reply_language") not in REPLY_LANGUAGES:
         raise _fail(source, line, '"reply_language" must be "ja" (replies must be in Japanese) or null.')
     return Example(
@@ -149,6 +156,20 @@ def parse_record(record: Any, line: int, source: str = "<memory>") -> Example:
         max_new_tokens=record.get("max_new_tokens"), answer_type=record.get("answer_type"),
         stop=_stop_strings(record.get("stop"), source, line), reply_language=record.get("reply_language"),
     )
+
+
+def _check_answer_type(record: dict, has_prompt: bool, source: str, line: int) -> None:
+    """`answer_type` is one of ANSWER_TYPES; a numeric one (number, equation) needs a numeric answer where given."""
+    declared = record.get("answer_type")
+    if declared is None:
+        return
+    if declared not in ANSWER_TYPES:
+        raise _fail(source, line, f'"answer_type" must be "number", "text" or "equation" (the number right after the '
+                    f'reply\'s first "="), not {declared!r}.')
+    answer = record.get("answer")
+    if has_prompt and declared in NUMERIC_TYPES and answer is not None and not is_numeric_answer(answer):
+        raise _fail(source, line, f'"answer_type" is "{declared}" but the answer {answer!r} is not a number: write '
+                    'the number (e.g. "answer": "19" or "答え: 19"), or use "answer_type": "text".')
 
 
 def _stop_strings(value: Any, source: str, line: int) -> tuple[str, ...]:
@@ -178,19 +199,25 @@ def _group(examples: Iterable[Example], source: str) -> dict[str, Task]:
                 raise _fail(source, e.line, f'task "{name}" mixes "prompt" and "text" examples; use one kind a task.')
         tasks[name] = Task(
             name=name, examples=tuple(items), expert=first.expert, is_classification=first.is_classification,
-            numeric=_numeric(items), max_new_tokens=max((e.max_new_tokens or 0) for e in items) or None,
+            answer_type=_answer_type(items, name, source), max_new_tokens=max((e.max_new_tokens or 0) for e in items) or None,
             stop=tuple(dict.fromkeys(s for e in items for s in e.stop)),
             reply_language=next((e.reply_language for e in items if e.reply_language), None),
         )
     return tasks
 
 
-def _numeric(items: list[Example]) -> bool:
-    declared = {e.answer_type for e in items if e.answer_type}
+def _answer_type(items: list[Example], name: str, source: str) -> str:
+    """The task's declared answer type (one for the whole task), else "number" when every known answer is a number
+    (or none is known) and "text" otherwise."""
+    declared = [e for e in items if e.answer_type]
+    for e in declared[1:]:
+        if e.answer_type != declared[0].answer_type:
+            raise _fail(source, e.line, f'task "{name}" has "answer_type" "{e.answer_type}" here but '
+                        f'"{declared[0].answer_type}" on line {declared[0].line}; use one answer type a task.')
     if declared:
-        return declared == {"number"}
+        return declared[0].answer_type
     known = [e.answer for e in items if e.answer is not None]
-    return all(is_numeric_answer(a) for a in known)
+    return "number" if all(is_numeric_answer(a) for a in known) else "text"
 
 
 def load_tasks(path: str | Path) -> TaskSet:

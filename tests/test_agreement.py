@@ -7,7 +7,9 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 import evaluation.agreement as agreement_module
+import evaluation.scoring as scoring_module
 from evaluation.agreement import Evaluator, accuracy, agreement_share
+from evaluation.answer_cache import AnswerCache
 from evaluation.scoring import DEFAULT_MAX_NEW_TOKENS, TOKEN_MARGIN, Predictions, TaskOutputs, token_limit
 from evaluation.tasks import tasks_from_records
 from inference import generate_batch, load_model
@@ -117,6 +119,45 @@ def test_token_limit_comes_from_the_task_or_its_longest_answer():
     assert token_limit(tasks.tasks["short"], tokenizer) == len("答え: 18") + 1 + TOKEN_MARGIN  # + eos
     assert token_limit(tasks.tasks["own"], tokenizer) == 7
     assert token_limit(tasks.tasks["unknown"], tokenizer) == DEFAULT_MAX_NEW_TOKENS
+
+
+def test_an_equation_tasks_limit_holds_the_restated_prompt_and_its_answer():
+    tokenizer = tiny_tokenizer()  # one token per character
+    tasks = tasks_from_records([{"task": "e", "prompt": "百+百=", "answer": "答え: 200", "answer_type": "equation"},
+                                {"task": "e", "prompt": "1+1=", "answer": 2}])
+    assert token_limit(tasks.tasks["e"], tokenizer) == len("百+百=200") + 1 + TOKEN_MARGIN
+
+
+EQUATION_PROMPTS = ["十四+五=", "二十-二=", "三+四="]
+
+
+def _equation_scores(lm, answer_type: str, monkeypatch):
+    """Scores of the base (as the merge) on EQUATION_PROMPTS through Evaluator.score, with generation replaced by
+    fixed replies: expert "first" restates and computes (once rambling on: "20-2=18=12"), the merge chats about the
+    right numbers without an "=", expert "second" says nothing."""
+    _, experts, _, base = lm
+    replies = {id(experts["first"].model): ["14+5=19", "20-2=18=12", "3+4=7"],
+               id(experts["second"].model): ["", "", ""],
+               id(base.model): ["The number 19 is a special number", "二十-二 is 18", "3+4 gives 7"]}
+    by_prompt = {key: dict(zip(EQUATION_PROMPTS, texts)) for key, texts in replies.items()}
+    monkeypatch.setattr(scoring_module, "generate_batch",
+                        lambda model, tokenizer, prompts, *a, **k: [by_prompt[id(model)][p] for p in prompts])
+    records = [{"task": "sums", "prompt": p, "answer": a, "expert": "first", "answer_type": answer_type}
+               for p, a in zip(EQUATION_PROMPTS, ["答え: 19", "18", 7])]
+    evaluator = Evaluator(tasks_from_records(records), experts, answer_cache=AnswerCache())
+    return evaluator.score(base).scores["sums"]
+
+
+def test_an_equation_task_file_is_scored_by_the_first_equals_rule(lm, monkeypatch):
+    """The same replies scored as declared: under "equation" the merge's chatty replies give no answer (0 %) and
+    the expert's "20-2=18=12" is right; under "number" the chatty replies count (100 %) and 12 is read there.
+    Agreement reads the expert's and the merge's answers by the same rule, and no answer never agrees."""
+    equation = _equation_scores(lm, "equation", monkeypatch)
+    assert (equation.accuracy, equation.expert_accuracy, equation.agreement) == (0.0, 1.0, 0.0)
+    number = _equation_scores(lm, "number", monkeypatch)
+    assert number.accuracy == 1.0 and number.expert_accuracy == pytest.approx(2 / 3)
+    assert number.agreement == pytest.approx(2 / 3)  # 19 and 7 agree; the expert's 12 is not the merge's 18
+    assert "second" not in equation.agreement_by_source  # an expert that answered nothing: nothing to agree with
 
 
 def test_no_answer_never_counts_as_agreement():

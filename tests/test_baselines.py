@@ -49,6 +49,13 @@ def test_the_learning_split_is_scored_like_the_tasks_its_experts_own():
         baselines.learning_tasks({"nobody": ["x"]}, _scored("y"))
 
 
+def test_the_learning_split_keeps_an_equation_tasks_answer_type():
+    scored = tasks_from_records([{"task": "sums", "prompt": "14+5=", "answer": "19", "expert": "expert0",
+                                  "answer_type": "equation", "max_new_tokens": 8}])
+    learning = baselines.learning_tasks({"expert0": ["十四+五="]}, scored).tasks["expert0"]
+    assert (learning.answer_type, learning.numeric, learning.max_new_tokens) == ("equation", True, 8)
+
+
 def test_each_baseline_is_the_best_of_its_candidates_on_the_learning_split(family):
     experts, merge = family
     selector = Evaluator(baselines.learning_tasks(LEARNING, _scored("y")), experts)

@@ -5,14 +5,17 @@ from __future__ import annotations
 import pytest
 
 from evaluation.answers import (
+    ANSWER_TYPES,
     canonical_number,
     expected_answer,
     extract,
     extract_answer,
+    extract_equation_answer,
     extract_text_answer,
     is_japanese_reply,
     japanese_share,
 )
+from merging.errors import TaskSetError
 
 CASES = [
     # the number after the marker wins over later numbers
@@ -98,11 +101,11 @@ def test_extract_text_answer(text, expected):
 
 
 def test_extract_picks_the_mode_and_expected_answers_normalise_the_same_way():
-    assert extract("答え: 1,200", numeric=True) == expected_answer(1200, numeric=True) == "1200"
-    assert extract("答え: ＡＢＣ", numeric=False) == expected_answer("ABC", numeric=False) == "ABC"
-    assert expected_answer(None, numeric=True) is None
-    assert expected_answer("答え: 1,200", numeric=True) == "1200"  # zoo files write answers with the marker
-    assert expected_answer("答え: ejd", numeric=False) == "ejd"
+    assert extract("答え: 1,200", "number") == expected_answer(1200, "number") == "1200"
+    assert extract("答え: ＡＢＣ", "text") == expected_answer("ABC", "text") == "ABC"
+    assert expected_answer(None, "number") is None
+    assert expected_answer("答え: 1,200", "number") == "1200"  # zoo files write answers with the marker
+    assert expected_answer("答え: ejd", "text") == "ejd"
 
 
 # --- the optional "reply must be in Japanese" rule (as Sakana counts MGSM-JA) --------------------------------------
@@ -137,10 +140,60 @@ def test_japanese_share_counts_letters_only():
 def test_extract_answer_can_require_a_japanese_reply(text, plain, japanese_only):
     assert extract_answer(text) == plain  # off by default: the rule is unchanged
     assert extract_answer(text, require_japanese=True) == japanese_only
-    assert extract(text, True, require_japanese=True) == japanese_only
+    assert extract(text, "number", require_japanese=True) == japanese_only
 
 
 def test_extract_text_answers_can_require_a_japanese_reply_too():
-    assert extract("答え: 東京", False, require_japanese=True) == "東京"
-    assert extract("答え: Tokyo", False) == "Tokyo"
-    assert extract("The capital is Tokyo.", False, require_japanese=True) is None
+    assert extract("答え: 東京", "text", require_japanese=True) == "東京"
+    assert extract("答え: Tokyo", "text") == "Tokyo"
+    assert extract("The capital is Tokyo.", "text", require_japanese=True) is None
+
+
+# --- equation answers: the number right after the reply's first "=" ------------------------------------------------
+
+@pytest.mark.parametrize("text, expected", [
+    ("14+5=19", "19"),
+    ("14 + 5 = 19", "19"),  # spaces around "="
+    ("14+5=   19 apples", "19"),
+    ("14+5=\n19", "19"),  # whitespace includes a line break
+    ("１４＋５＝１９", "19"),  # full-width "＝" and digits (NFKC)
+    ("3-5=-2", "-2"),  # a negative result: the sign right after "=" is the number's
+    ("3-5=−2", "-2"),  # the Unicode minus sign too
+    ("1/2=0.5", "0.5"),
+    ("7/2=3.50", "3.5"),  # compared by value: canonical form
+    ("600+600=1,200", "1200"),
+    ("20-2=18=12", "18"),  # the FIRST "=": the computed result, not the rambling after it
+    ("14+5=19. So 14+5 is not 20", "19"),
+    ("14+5=答え: 19", "19"),  # one answer marker between "=" and the number is skipped
+    ("14+5=答え：１９", "19"),
+    ("14+5=", None),  # nothing after "="
+    ("14+5= nineteen", None),  # a non-number follows
+    ("14+5=x, and x is 19", None),
+    ("The number 12 is a special number", None),  # no "=": a chatty reply ending on the right number
+    ("答え: 19", None),  # the number rule's marker alone is not an equation
+    ("", None),
+    (None, None),
+])
+def test_extract_equation_answer(text, expected):
+    assert extract_equation_answer(text) == expected
+
+
+def test_equation_and_number_rules_differ_where_the_equation_rule_matters():
+    assert (extract("20-2=18=12", "equation"), extract("20-2=18=12", "number")) == ("18", "12")
+    chatty = "十四-二= The number 12 is a special number"
+    assert (extract(chatty, "equation"), extract(chatty, "number")) == (None, "12")
+    assert expected_answer("答え: 19", "equation") == expected_answer(19, "number") == "19"  # numbers, by value
+
+
+def test_equation_answers_can_require_a_japanese_reply():
+    assert extract("14+5=19", "equation") == "19"
+    assert extract("14+5=19", "equation", require_japanese=True) is None  # no kana: not a Japanese reply
+    assert extract("十四たす五=19です", "equation", require_japanese=True) == "19"
+
+
+def test_an_unknown_answer_type_is_refused_by_name():
+    assert ANSWER_TYPES == ("number", "text", "equation")
+    with pytest.raises(TaskSetError, match="'numbers'.*number, text, equation"):
+        extract("1+1=2", "numbers")
+    with pytest.raises(TaskSetError, match="'eq'"):
+        expected_answer("2", "eq")

@@ -53,5 +53,5 @@ def test_the_task_set_loads_as_one_numeric_japanese_task():
     assert len(task.examples) == len(ja_gsm.TEMPLATES) * ja_gsm.PER_TEMPLATE >= 36
     assert len(set(task.inputs)) == len(task.inputs)
     assert all(is_japanese_reply(prompt) for prompt in task.inputs)  # posed in Japanese
-    assert all(expected_answer(a, True) == str(a) for a in task.answers)
+    assert all(expected_answer(a, "number") == str(a) for a in task.answers)
     assert task.max_new_tokens == ja_gsm.MAX_NEW_TOKENS

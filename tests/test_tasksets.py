@@ -71,12 +71,34 @@ def test_classification_examples_and_optional_fields(tmp_path):
         ('{"task": "math", "prompt": "1+2=", "max_new_tokens": 0}', r'line 2: "max_new_tokens" must be a positive'),
         ('{"task": "math", "prompt": "1+2=", "expert": "strings"}', r'line 2: task "math" has expert'),
         ('{"task": "math", "text": "1+2=", "expert": "math"}', r'line 2: task "math" mixes "prompt" and "text"'),
+        ('{"task": "m", "prompt": "1+2=", "answer_type": "equations"}',
+         r'line 2: "answer_type" must be "number", "text" or "equation".*not \'equations\''),
+        ('{"task": "m", "prompt": "1+2=", "answer": "three", "answer_type": "equation"}',
+         r'line 2: "answer_type" is "equation" but the answer \'three\' is not a number'),
+        ('{"task": "math", "prompt": "1+2=", "answer": "3", "expert": "math", "answer_type": "equation"}',
+         r'line 2: task "math" has "answer_type" "equation" here but "number" on line 1; use one answer type a task'),
     ],
 )
 def test_bad_lines_name_the_line_and_the_problem(tmp_path, line, message):
-    path = _write(tmp_path, _rows({"task": "math", "prompt": "3+4=", "answer": "7", "expert": "math"}) + [line])
+    path = _write(tmp_path, _rows({"task": "math", "prompt": "3+4=", "answer": "7", "expert": "math",
+                                   "answer_type": "number"}) + [line])
     with pytest.raises(TaskSetError, match=message):
         load_tasks(path)
+
+
+def test_answer_types_declared_or_inferred(tmp_path):
+    """One answer type a task: declared on one line it holds for every line; undeclared it is inferred (number
+    when every known answer is a number or none is known, else text), never "equation"."""
+    tasks = load_tasks(_write(tmp_path, _rows(
+        {"task": "sums", "prompt": "14+5=", "answer": "答え: 19", "answer_type": "equation"},
+        {"task": "sums", "prompt": "十四+五=", "answer": 19},
+        {"task": "plain", "prompt": "14+5=", "answer": "19"},
+        {"task": "words", "prompt": "reverse ab", "answer": "ba"},
+        {"task": "open", "prompt": "say hi"},
+    )))
+    kinds = {name: (task.answer_type, task.numeric) for name, task in tasks.tasks.items()}
+    assert kinds == {"sums": ("equation", True), "plain": ("number", True), "words": ("text", False),
+                     "open": ("number", True)}
 
 
 def test_empty_task_set_is_an_error(tmp_path):
