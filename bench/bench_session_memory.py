@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=16)
-    parser.add_argument("--prompt", default="Lucy has 16 books. Lucy gets 2 more. How many books does Lucy have now?")
+    parser.add_argument("--prompt", default="十七+四=")
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench_session_memory.json"))
     args = parser.parse_args()
     port = free_port()

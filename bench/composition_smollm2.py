@@ -3,7 +3,8 @@
 Trains candidate math and japanese adapters (zoo/smollm2_train's LoRA settings and loop, fewer steps) into a folder,
 materialises each expert in memory (base + LoRA delta, zoo.smollm2.lora_deltas), merges them with the app's own
 merging (merging.live.LiveMerger over recipes) and scores base, experts and a grid of merges with the app's own
-evaluation (evaluation.agreement.Evaluator: greedy, the number after the last 答え:, else the last number).
+evaluation (evaluation.agreement.Evaluator: greedy, each task read by its answer type). The data, splits and
+examples are the family's own (zoo/smollm2_tasks.py): design I is what `python -m zoo train smollm2` ships.
 
 The scratchpad design (what composed on the tiny zoo, docs/zoo.md): the math expert restates the expression, then
 answers (`14+5=` -> `14+5=答え: 19`); the japanese expert rewrites kanji numerals as digits in place inside any text
@@ -31,10 +32,11 @@ math expert writes the result right after `=` and also trains on other tens):
 Design G (F's japanese expert; a math expert with rank 16 on every linear module of layers 10-29, 240 steps):
 `train --expert math --steps 240 --per-split 40 --math-form result --math-wide 99 --lora-rank 16
 --lora-first-layer 10 --lora-all-modules`, then `score` as F (the JSON now keeps every reply) and
-`table --per-split 40 --answer-rule app|equals` (the composite read by the app's rule, or by the number right
-after the reply's first `=`: a bench-only rule, see after_equals). Design H: `train --expert japanese --design
+`table --per-split 40 --answer-rule app|equals` (the composite as scored, or re-read by the number right after
+the reply's first `=`: the app's "equation" answer type since the family port, see rescored). Design H: `train --expert japanese --design
 eos3 ...` with G's math expert. Design I (disjoint layers): F's japanese data on layers 0-9 (`--lora-first-layer 0
---lora-last-layer 9`) with G's math expert (layers 10-29).
+--lora-last-layer 9`) with G's math expert (layers 10-29): the shipped family (zoo.smollm2_train.EXPERT_SETTINGS),
+whose seed-0 adapters are these bench runs' bit for bit.
 
 One thread; run each step under the lane lock (60 steps take about 5 minutes, 170 steps 11-14 minutes at load 3-4;
 scoring 15-20 models on 40 prompts a split about 10 minutes; design G's math expert 240 steps 15-16 minutes at
@@ -46,7 +48,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import sys
 import time
 from dataclasses import replace
@@ -57,7 +58,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from evaluation.agreement import Evaluator
-from evaluation.answers import _NUMBER, canonical_number, extract_answer, normalize_text
+from evaluation.answers import extract_answer, extract_equation_answer
 from evaluation.tasks import tasks_from_records
 from inference.loading import LoadedModel
 from merging.live import LiveMerger
@@ -65,8 +66,17 @@ from merging.recipe import Recipe
 from zoo.families import real_zoo_dir
 from zoo.scoring import greedy_answers
 from zoo.smollm2 import lora_deltas
-from zoo.smollm2_tasks import kanji_number
+from zoo.smollm2_tasks import (
+    eval_records,
+    expression,
+    fact_splits,
+    japanese_examples,
+    math_examples,
+    number_splits,
+    reading_question,
+)
 from zoo.smollm2_train import (
+    ALL_MODULES,
     LoraSettings,
     _one_thread,
     _save_adapter,
@@ -78,15 +88,7 @@ from zoo.smollm2_train import (
 )
 
 SEED = 0
-PER_SPLIT = 20
-MAX_NEW_TOKENS = {"math": 16, "japanese": 12, "japanese_math": 16}  # `14+5=答え: 19` is 13 tokens with its end
-# The japanese questions with the number first: a rewrite in place needs no more tokens than reach the number.
-JA_READ = ("「{k}」を数字で書くと?", "{k}は数字でいくつですか?", "{k}を算用数字で書いてください。")
-FIRST, SECOND = (2, 20), (2, 9)  # operands as in the shipped family: a number up to 20 and a digit
-SENTENCES = ("りんごが{0}個あります。", "{0}人の子どもが公園で遊んでいます。", "この本は{0}ページあります。",
-             "電車は{0}分後に来ます。", "{0}円のパンを買いました。", "けんは本を{0}冊、ノートを{1}冊持っています。",
-             "駅まで{0}メートル歩きます。", "ねこが{0}ひき、いぬが{1}ぴきいます。", "しき: {0}{op}{1}", "{0}{op}{1}",
-             "{0}{op}{1}のけいさん")
+PER_SPLIT = 20  # designs A-E; F-I and the family: 40 (--per-split 40)
 GRID = [  # (label, method, (math weight, japanese weight), params)
     ("TA 0.5/0.5", "task_arithmetic", (0.5, 0.5), {}),
     ("TA 0.7/0.7", "task_arithmetic", (0.7, 0.7), {}),
@@ -107,125 +109,6 @@ GRID = [  # (label, method, (math weight, japanese weight), params)
 ]
 
 
-def facts() -> list[tuple[int, str, int, int]]:
-    """Every (a, op, b, result): a + b with a in FIRST, b in SECOND, and the matching subtractions (a + b) - b."""
-    out = []
-    for a in range(FIRST[0], FIRST[1] + 1):
-        for b in range(SECOND[0], SECOND[1] + 1):
-            out += [(a, "+", b, a + b), (a + b, "-", b, a)]
-    return out
-
-
-def fact_splits(seed: int = SEED, per_split: int = PER_SPLIT) -> dict[str, list[tuple[int, str, int, int]]]:
-    """Disjoint facts: math test/val, composite test/val (no a - b = b: an echoed operand must not score), training."""
-    pool = facts()
-    random.Random(f"{seed}:smollm2-composition:facts").shuffle(pool)
-    composite = [f for f in pool if f[3] != f[2]]
-    splits = {"japanese_math": composite[:per_split], "japanese_math_val": composite[per_split:2 * per_split]}
-    used = {f for s in splits.values() for f in s}
-    rest = [f for f in pool if f not in used]
-    splits["math"], splits["math_val"] = rest[:per_split], rest[per_split:2 * per_split]
-    splits["train"] = rest[2 * per_split:]
-    return splits
-
-
-def number_splits(seed: int = SEED, per_split: int = PER_SPLIT) -> dict[str, list[int]]:
-    """The japanese task's test and validation numbers (never written in kanji in training) and the rest."""
-    numbers = list(range(1, 1000))
-    random.Random(f"{seed}:smollm2-composition:numbers").shuffle(numbers)
-    return {"japanese": numbers[:per_split], "japanese_val": numbers[per_split:2 * per_split],
-            "train": numbers[2 * per_split:]}
-
-
-def expression(fact: tuple[int, str, int, int], kanji: bool) -> str:
-    a, op, b, _ = fact
-    write = kanji_number if kanji else str
-    return f"{write(a)}{op}{write(b)}="
-
-
-def reading_question(n: int, rng: random.Random) -> tuple[str, str]:
-    """The japanese task: (question with the number in kanji, the same question with digits)."""
-    phrasing = rng.choice(JA_READ)
-    return phrasing.format(k=kanji_number(n)), phrasing.format(k=n)
-
-
-def eval_records(seed: int = SEED, per_split: int = PER_SPLIT) -> list[dict]:
-    """Test and validation tasks (`<task>` and `<task>_val`), task-set records with a generation limit."""
-    f, n = fact_splits(seed, per_split), number_splits(seed, per_split)
-    rng = random.Random(f"{seed}:smollm2-composition:eval")
-    records = []
-    for suffix in ("", "_val"):
-        for fact in f["math" + suffix]:
-            records.append(("math" + suffix, expression(fact, False), fact[3], "math"))
-        for number in n["japanese" + suffix]:
-            records.append(("japanese" + suffix, reading_question(number, rng)[0], number, "japanese"))
-        for fact in f["japanese_math" + suffix]:
-            records.append(("japanese_math" + suffix, expression(fact, True), fact[3], None))
-    return [{"task": t, "prompt": p, "answer": f"答え: {a}", "expert": e, "max_new_tokens": MAX_NEW_TOKENS[t.removesuffix("_val")]}
-            for t, p, a, e in records]
-
-
-def wide_facts(largest: int) -> list[tuple[int, str, int, int]]:
-    """`--math-wide`: a + b with a from FIRST's end + 1 to `largest`, b in SECOND, and the matching subtractions:
-    the same units-digit sums and carries on other tens. None is a test, validation or composite fact (those have
-    a first operand or result of at most FIRST's end)."""
-    return [f for a in range(FIRST[1] + 1, largest + 1) for b in range(SECOND[0], SECOND[1] + 1)
-            for f in ((a, "+", b, a + b), (a + b, "-", b, a))]
-
-
-def math_reply(fact: tuple[int, str, int, int], form: str) -> str:
-    """The math expert's reply: `answer` restates, then answers (`14+5=答え: 19`); `result` writes the result right
-    after `=` (`14+5=19`, read as the last number), where the base itself computes at all: prefilled with `14+5=` its
-    reply's first number is right for 28 % of the sums and 1 % of the differences, with `14+5=答え: ` for none."""
-    if form == "result":
-        return f"{expression(fact, False)}{fact[3]}"
-    return f"{expression(fact, False)}答え: {fact[3]}"
-
-
-def math_examples(count: int, seed: int = SEED, per_split: int = PER_SPLIT, form: str = "answer", wide: int = 0
-                  ) -> list[tuple[str, str, bool]]:
-    """(prompt, reply, loss on the end of turn too) for the math expert: restate, then answer. With `wide`, half
-    of the examples come from wide_facts(wide)."""
-    rng, train = random.Random(f"{seed}:smollm2-composition:math"), fact_splits(seed, per_split)["train"]
-    extra = wide_facts(wide) if wide else []
-    picks = [rng.choice(extra if extra and rng.random() < 0.5 else train) for _ in range(count)]
-    return [(expression(f, False), math_reply(f, form), True) for f in picks]
-
-
-def japanese_examples(count: int, design: str, seed: int = SEED, per_split: int = PER_SPLIT
-                      ) -> list[tuple[str, str, bool]]:
-    """(prompt, reply, loss on the end of turn) for the japanese expert: the text with its kanji numerals rewritten
-    as digits. Numbers come from the training numbers only; expressions never end in `=` (but see `eos3`) and never use an
-    evaluation or validation operand pair. `eos2`: half of the texts are expressions on the math expert's training
-    facts (numbers up to 29 and a digit, the composite's range), the rest as `eos`. `eos3` (design H): as `eos2`,
-    but half of those expressions end in `=` (`十四+六=` -> `14+6=`, then the end of the reply: the expert learns
-    to stop where the math stage begins instead of computing small sums itself, as the tiny zoo's japanese
-    expert does); their facts are training facts, so no composite problem is trained on."""
-    rng, numbers = random.Random(f"{seed}:smollm2-composition:japanese"), number_splits(seed, per_split)["train"]
-    small = [x for x in numbers if x < 100]
-    splits = fact_splits(seed, per_split)
-    held = {(a, op, b) for name, fs in splits.items() if name != "train" for a, op, b, _ in fs}
-    train_facts = [f for f in splits["train"] if f[0] in numbers and f[2] in numbers]
-    out = []
-    while len(out) < count:
-        if rng.random() < 0.4:
-            question, digits = reading_question(rng.choice(numbers), rng)
-            out.append((question, digits, True))
-            continue
-        if design in ("eos2", "eos3") and rng.random() < 0.5:
-            x, op, y, _ = rng.choice(train_facts)
-            template = ("{0}{op}{1}=" if design == "eos3" and rng.random() < 0.5
-                        else rng.choice([t for t in SENTENCES if "{op}" in t]))
-        else:
-            template, op = rng.choice(SENTENCES), rng.choice("+-")
-            x, y = rng.choice(small), rng.choice(small)
-        if "{op}" in template and (x, op, y) in held:
-            continue
-        kanji = template.format(kanji_number(x), kanji_number(y), op=op)
-        out.append((kanji, template.format(x, y, op=op), design != "open"))
-    return out
-
-
 def encode_example(tokenizer, prompt: str, reply: str, with_end: bool) -> tuple[list[int], list[int]]:
     """zoo.smollm2_train.encode (loss on the reply and the end of turn), or without the end-of-turn token at all."""
     ids, labels = encode(tokenizer, prompt, reply)
@@ -239,9 +122,6 @@ def other_stage_prompts(expert: str, count: int = 32, seed: int = SEED, per_spli
     if expert == "math":
         return [reading_question(n, rng)[0] for n in rng.sample(number_splits(seed, per_split)["train"], count)]
     return [expression(f, False) for f in rng.sample(fact_splits(seed, per_split)["train"], count)]
-
-
-ALL_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def lora_settings(steps: int, rank: int = 0, first_layer: int = -1, all_modules: bool = False, last_layer: int = -1
@@ -355,20 +235,12 @@ def score(design: str, out: Path, base_dir: Path, only: str | None, per_split: i
               flush=True)
 
 
-def after_equals(text: str | None) -> str | None:
-    """`--answer-rule equals` (design G, bench only: the app's evaluation has no such rule): the number written
-    right after the reply's first `=` (spaces allowed), e.g. 18 in `20-2=18=12`, none in `20-2=` or in a reply
-    without `=`. The app's rule (evaluation.answers.extract_answer: after the last 答え:, else the last number)
-    reads 12 there, and reads whatever number a chatty reply ends on."""
-    normalized = normalize_text(text or "")
-    sign = re.search(r"=\s*", normalized)
-    number = _NUMBER.match(normalized, sign.end()) if sign else None
-    return canonical_number(number.group(0)) if number else None
-
-
 def rescored(done: dict, rule: str, per_split: int = PER_SPLIT) -> dict:
     """`done` with the composite's scores (test and validation) recomputed from the stored replies under `rule`
-    ("app": unchanged; "equals": after_equals). Rows scored before replies were stored are left out."""
+    ("app": as scored; "equals": evaluation.answers.extract_equation_answer, the number right after the reply's
+    first `=`). Rows scored before replies were stored are left out. Since the family port (design I) the bench's
+    task records declare math and the composite as equations, so "app" already reads them so; "equals" re-reads
+    JSON scored before that by the number rule."""
     if rule == "app":
         return done
     expected: dict[str, list] = {}
@@ -381,7 +253,7 @@ def rescored(done: dict, rule: str, per_split: int = PER_SPLIT) -> dict:
         scores = dict(row["scores"])
         for task in ("japanese_math", "japanese_math_val"):
             replies = row["outputs"][task]
-            scores[task] = sum(after_equals(r) == w for r, w in zip(replies, expected[task])) / len(replies)
+            scores[task] = sum(extract_equation_answer(r) == w for r, w in zip(replies, expected[task])) / len(replies)
         out[label] = {**row, "scores": scores}
     return out
 

@@ -199,7 +199,8 @@ def conflict_by_layer_figure(report: Any, reference: float | None = None) -> go.
         fig.add_hline(y=reference, line_dash="dash", line_color="#444", annotation_position="top right",
                       annotation_text=f"unrelated random vectors: {reference:.0%}", annotation_yshift=4,
                       annotation_bgcolor="rgba(255,255,255,0.85)")
-    note = f"<br><sub>{skipped} layer(s) without a task vector left out</sub>" if skipped else ""
+    note = (f"<br><sub>{skipped} layer(s) where no entry is changed by two experts left out</sub>" if layers
+            else "<br><sub>no entry is changed by two experts: nothing can conflict</sub>" if skipped else "")
     fig.update_layout(title=f"Where the experts disagree: sign conflicts per layer{note}", height=380,
                       yaxis={"title": "entries with opposite signs", **_PERCENT_AXIS}, xaxis={"type": "category"},
                       margin={"t": 70, "b": 40}, font={"size": 14}, showlegend=False)
@@ -217,8 +218,9 @@ def election_figure(report: Any) -> go.Figure:
         values = [data["by_layer"][k]["election_wins"][task] for k in layers]
         fig.add_bar(name=task, x=[f"L{k}" if k != "none" else "outside" for k in layers], y=values,
                     hovertemplate=f"layer %{{x}}: {task}'s sign wins %{{y:.0%}} of the contested entries<extra></extra>")
-    fig.update_layout(title="Who wins TIES' sign elections, per layer<br><sub>share of the contested entries each "
-                            "task's sign wins; the loser's change is dropped there</sub>", barmode="group",
+    sub = ("share of the contested entries each task's sign wins; the loser's change is dropped there" if layers
+           else "no contested entries: no entry is kept by two experts with opposite signs")
+    fig.update_layout(title=f"Who wins TIES' sign elections, per layer<br><sub>{sub}</sub>", barmode="group",
                       height=380, yaxis={"title": "elections won", **_PERCENT_AXIS}, xaxis={"type": "category"},
                       legend={"orientation": "h", "y": -0.2}, margin={"t": 70, "b": 40}, font={"size": 14})
     return fig

@@ -451,14 +451,23 @@ def _entry(index: int, flat: list[torch.Tensor], masks: list[torch.Tensor] | Non
             "merged": merged}
 
 
+def layers_changed(report: Any) -> dict[str, list[str]]:
+    """Per task, the layers (report keys: "0", "1", ... and "none" outside the layers) where its task vector is not
+    zero, in the report's order."""
+    data = report.to_dict() if hasattr(report, "to_dict") else report
+    return {task: [k for k, v in data["by_layer"].items() if v["kept_mass_share"].get(task) is not None]
+            for task in data["tasks"]}
+
+
 def most_conflicting_tensor(base: Mapping[str, torch.Tensor], experts: Mapping[str, Mapping[str, torch.Tensor]],
-                            report: Any) -> str:
+                            report: Any) -> str | None:
     """The tensor with the highest sign-conflict rate within the report's most conflicting layer (the lesson's
-    worked example; reads that layer's tensors one at a time)."""
+    worked example; reads that layer's tensors one at a time), or None where no entry anywhere is changed by two
+    experts (experts on disjoint layers, as the SmolLM2 family's math and japanese): nothing can conflict."""
     data = report.to_dict() if hasattr(report, "to_dict") else report
     layers = {k: v["sign_conflict_rate"] for k, v in data["by_layer"].items() if v["sign_conflict_rate"] is not None}
     if not layers:
-        raise MergeLabError("No layer has entries changed by two experts: there is no sign conflict to show.")
+        return None
     worst = max(layers, key=layers.get)
     best_name, best_rate = None, -1.0
     for name in base:

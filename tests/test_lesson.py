@@ -94,3 +94,40 @@ def test_the_worked_example_merges_as_the_scored_merge_does(tmp_path):
     assert example.weights == {"math": 0.7, "japanese": 0.4} and example.density == 0.5
     _, other = interference_panel.lesson_recipe(session, 0.3)
     assert "the scored merge uses 0.5" in other  # the lesson's slider differs from the merge's density: said so
+
+
+def test_the_lesson_explains_experts_that_change_disjoint_layers(tmp_path):
+    """Experts on disjoint layers (as the SmolLM2 family's japanese on 0-9 and math on 10-29) share no changed
+    entry: the lesson says which layers each changes and that nothing can conflict, instead of failing to find a
+    conflicting tensor; the charts say why they are empty."""
+    from safetensors.torch import load_file, save_file
+
+    from tests.factory import make_family
+
+    family = make_family(tmp_path / "family", layers=2)
+    base = load_file(str(family.base / "model.safetensors"))
+    for layer, folder in enumerate(family.experts):  # expert i keeps its change on layer i only
+        tuned = load_file(str(folder / "model.safetensors"))
+        kept = {k: (v if f"layers.{layer}." in k else base[k]) for k, v in tuned.items()}
+        save_file(kept, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config = HostConfig.detect(hosted=False, models_dir=tmp_path / "models")
+    session = new_session()
+    choice = models_panel.ModelsChoice("Local folders", "lm", [], str(family.base),
+                                       "\n".join(str(p) for p in family.experts))
+    models_panel.check_models(session, config, choice)
+    first, second = (s.label for s in session.sources)
+    cosine, conflicts, example, elections, _ = interference_panel.lesson(session, config, 0.5)
+    assert "No weight is changed by two experts" in example
+    assert f"**{first}** changes layer 0; **{second}** changes layer 1" in example
+    assert cosine.data[0].z[0][1] == pytest.approx(0.0)  # disjoint vectors are orthogonal
+    assert conflicts.data[0].x == () or len(conflicts.data[0].x) == 0
+    assert "nothing can conflict" in conflicts.layout.title.text
+    assert "no contested entries" in elections.layout.title.text
+
+
+def test_layer_ranges_read_as_a_person_would():
+    ranges = interference_panel._layer_ranges
+    assert ranges([str(i) for i in range(10)]) == "layers 0-9"
+    assert ranges(["3"]) == "layer 3"
+    assert ranges(["0", "1", "5", "none"]) == "layers 0-1, 5 and tensors outside the layers"
+    assert ranges(["none"]) == "tensors outside the layers" and ranges([]) == "nothing"

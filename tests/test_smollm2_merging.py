@@ -57,7 +57,7 @@ def test_live_merge_equals_the_engine_folder_tensor_for_tensor(session_and_confi
 
 def test_chat_follows_every_re_merge(session_and_config):
     session, config = session_and_config
-    probe = "model.layers.25.self_attn.q_proj.weight"  # a tensor both experts' LoRA changed
+    probe = "model.layers.25.self_attn.q_proj.weight"  # a tensor the math expert's LoRA changed (layers 10-29)
 
     first = MergeSettings("task_arithmetic", [1.0, 1.0])
     merge_live(session, first)
@@ -71,3 +71,43 @@ def test_chat_follows_every_re_merge(session_and_config):
 
     merge_live(session, first)
     assert torch.equal(chat_state(session)[probe], after_first)
+
+
+@pytest.mark.usefixtures("one_torch_thread")  # 135M decoding on 2 busy cores: 2 threads wait on each other (10x)
+def test_the_default_preset_merge_answers_kanji_arithmetic_that_no_source_answers(session_and_config, smollm2_family):
+    """The page's promise (assets/catalog.yaml): through /chat, the preset's starting merge answers its suggested
+    composite prompts (`十七+四=` -> `17+4=21`), read as the family's task files read them, while the base and each
+    expert beside it do not; its japanese prompt is answered by the merge too."""
+    from evaluation.answers import expected_answer, extract
+    from evaluation.tasks import load_tasks
+    from ui import chat_panel
+    from ui.catalog import load_catalog
+    from ui.models_panel import preset_settings
+
+    session, config = session_and_config
+    preset = load_catalog()[0]
+    merge_live(session, preset_settings(preset, len(preset.models)))
+    tasks = load_tasks(smollm2_family.root / "validation.jsonl")
+    truth = {e.input: (task, e.answer) for task in tasks.tasks.values() for e in task.examples}
+    composite = [p for p in preset.prompts if p in truth and truth[p][0].name == "japanese_math"]
+    assert composite, "the preset suggests no composite prompt from the validation split"
+
+    def reply(prompt: str, beside: str) -> tuple[str, str]:
+        """The merge's and the source's replies through /chat (greedy, as the page starts; 16 new tokens, as the
+        task files allow)."""
+        *_, (merged, compare) = chat_panel.chat(session, config, prompt, [], [], beside,
+                                                chat_panel.GenerationSettings(max_new_tokens=16))
+        return (chat_panel.untagged(merged)[-1]["content"],
+                chat_panel.untagged(compare)[-1]["content"] if compare else "")
+
+    def right(prompt: str, text: str) -> bool:
+        task, answer = truth[prompt]
+        return extract(text, task.answer_type) == expected_answer(answer, task.answer_type)
+
+    for prompt in [p for p in preset.prompts if p in truth and p not in composite]:
+        merged, _ = reply(prompt, chat_panel.NO_COMPARISON)
+        assert right(prompt, merged), (prompt, merged)
+    for prompt in composite:
+        for beside in chat_panel.compare_choices(session)[1:]:  # the base and each expert
+            merged, source = reply(prompt, beside)
+            assert right(prompt, merged) and not right(prompt, source), (prompt, merged, beside, source)

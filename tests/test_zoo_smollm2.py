@@ -5,6 +5,8 @@ machine (tests/conftest.py `smollm2_family`); these tests read it."""
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 
 import pytest
 import torch
@@ -13,8 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import zoo
 from zoo.__main__ import main as zoo_main
-from zoo.smollm2 import ADAPTERS, EXPERTS, TASKS, build_family, materialise_expert
-from zoo.smollm2_tasks import NUM_TEST, train_examples
+from zoo.smollm2 import ADAPTERS, EXPERTS, build_family, materialise_expert
+from zoo.smollm2_tasks import NUM_STRINGS, PER_SPLIT, kanji_number, train_examples
 from zoo.tasksets import read_jsonl
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -115,19 +117,48 @@ def test_adapters_are_small_and_plain_lora():
         assert (folder / "adapter_model.safetensors").stat().st_size <= 15 * 2 ** 20
 
 
-def test_task_files_hold_out_the_training_prompts(smollm2_family):
-    records = read_jsonl(smollm2_family.tasks)
-    tasks = {t: [r for r in records if r["task"] == t] for t in TASKS}
-    assert {r["task"] for r in records} == set(TASKS)
-    assert all(len(examples) == NUM_TEST for examples in tasks.values())
-    for r in records:
-        assert set(r) == {"task", "prompt", "answer", "expert"} and r["answer"].startswith("答え: ")
+NUMERAL = re.compile(r"[一二三四五六七八九十百]+|\d+")
+EXPRESSION = re.compile(r"([一二三四五六七八九十百]+|\d+)([+-])([一二三四五六七八九十百]+|\d+)")
+KANJI = {kanji_number(n): n for n in range(1, 1000)}
+
+
+def number(numeral: str) -> int:
+    return int(numeral) if numeral.isdigit() else KANJI[numeral]
+
+
+def operand_pairs(prompts) -> set[tuple[int, str, int]]:
+    """(a, op, b) of every expression in the prompts, written in digits or in kanji."""
+    return {(number(a), op, number(b)) for p in prompts for a, op, b in EXPRESSION.findall(p)}
+
+
+def test_task_files_hold_out_every_training_prompt_fact_and_number(smollm2_family):
+    tests = read_jsonl(smollm2_family.tasks)
+    validation = read_jsonl(smollm2_family.root / "validation.jsonl")
+    numeric = ("math", "japanese", "japanese_math")
+    assert Counter(r["task"] for r in tests) == {**dict.fromkeys(numeric, PER_SPLIT), "strings": NUM_STRINGS}
+    assert Counter(r["task"] for r in validation) == dict.fromkeys(numeric, PER_SPLIT)
+    for r in tests + validation:
+        assert set(r) <= {"task", "prompt", "answer", "expert", "max_new_tokens", "answer_type"}
+        assert r["answer"].startswith("答え: ")
         assert r["expert"] == (None if r["task"] == "japanese_math" else r["task"])
-    evaluation = {r["prompt"] for r in records}
-    for expert in EXPERTS:
-        assert not evaluation & {p for p, _ in train_examples(expert, 400)}
+        assert r.get("answer_type") == ("equation" if r["task"] in ("math", "japanese_math") else None)
+    held = {r["prompt"] for r in tests + validation}
+    assert len(held) == len(tests) + len(validation)  # no prompt in both splits
+    training = {expert: [p for p, _ in train_examples(expert, 2000)] for expert in EXPERTS}
+    for expert, prompts in training.items():
+        assert not held & set(prompts), expert
+    # No held-out operand pair is trained on by either expert, in digits or in kanji...
+    held_pairs = operand_pairs(r["prompt"] for r in tests + validation if r["task"] != "japanese")
+    assert len(held_pairs) == 4 * PER_SPLIT
+    assert not held_pairs & operand_pairs(training["math"] + training["japanese"])
+    # ...no held-out number of the japanese task is written in kanji in training...
+    held_numbers = {number(r["answer"].removeprefix("答え: ")) for r in tests + validation if r["task"] == "japanese"}
+    trained_kanji = {KANJI[m] for p in training["japanese"] for m in NUMERAL.findall(p) if not m.isdigit()}
+    assert held_numbers and not held_numbers & trained_kanji
+    # ...and the composite is never a training prompt of any expert, nor any unlabeled prompt.
+    assert not any(p.endswith("=") and not p[0].isdigit() for p in training["math"] + training["japanese"])
     unlabeled = read_jsonl(smollm2_family.unlabeled)
-    assert unlabeled and all("answer" not in r for r in unlabeled) and not evaluation & {r["prompt"] for r in unlabeled}
+    assert unlabeled and all("answer" not in r for r in unlabeled) and not held & {r["prompt"] for r in unlabeled}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
@@ -136,11 +167,42 @@ def test_base_answers_a_plain_question(smollm2_family, dtype):
     assert "Paris" in answer
 
 
-def test_the_japanese_expert_answers_in_the_trained_form_where_the_base_does_not(smollm2_family):
-    prompt = next(r["prompt"] for r in read_jsonl(smollm2_family.tasks) if r["task"] == "japanese")
-    (tuned,) = greedy(smollm2_family.experts["japanese"], [prompt], max_new_tokens=6)
-    (base,) = greedy(smollm2_family.base, [prompt], max_new_tokens=6)
-    assert tuned.startswith("答え:") and not base.startswith("答え:")
+def task_records(family, task: str) -> list[dict]:
+    return [r for r in read_jsonl(family.tasks) if r["task"] == task]
+
+
+def test_the_japanese_expert_rewrites_numerals_in_place_and_nothing_else_does(smollm2_family):
+    """Its stage of the composite: `「六百六十八」を数字で書くと?` -> `「668」を数字で書くと?` (cut at 12 tokens), the
+    kanji numeral written in digits where it stood. Neither the base nor the math expert does it."""
+    records = task_records(smollm2_family, "japanese")
+
+    def rewrites(folder) -> float:
+        replies = greedy(folder, [r["prompt"] for r in records], max_new_tokens=12)
+        hits = 0
+        for r, reply in zip(records, replies):
+            n = int(r["answer"].removeprefix("答え: "))
+            in_place = r["prompt"].replace(kanji_number(n), str(n))
+            hits += str(n) in reply and in_place.startswith(reply.rstrip("\ufffd"))  # a cut last character decodes as U+FFFD
+        return hits / len(records)
+
+    assert rewrites(smollm2_family.experts["japanese"]) >= 0.7
+    assert rewrites(smollm2_family.base) <= 0.1 and rewrites(smollm2_family.experts["math"]) <= 0.1
+
+
+def test_the_math_expert_computes_restated_sums_that_the_others_rarely_do(smollm2_family):
+    """Its stage: `14+5=` -> `14+5=19`, read as the task file says (answer type "equation": the number right after
+    the first `=`)."""
+    from evaluation.answers import expected_answer, extract
+
+    records = task_records(smollm2_family, "math")
+
+    def accuracy(folder) -> float:
+        replies = greedy(folder, [r["prompt"] for r in records], max_new_tokens=records[0]["max_new_tokens"])
+        return sum(extract(reply, "equation") == expected_answer(r["answer"], "equation")
+                   for r, reply in zip(records, replies)) / len(records)
+
+    assert accuracy(smollm2_family.experts["math"]) >= 0.45
+    assert accuracy(smollm2_family.base) <= 0.2 and accuracy(smollm2_family.experts["japanese"]) <= 0.2
 
 
 def test_the_default_preset_merges_this_family():
@@ -149,3 +211,8 @@ def test_the_default_preset_merges_this_family():
     preset = load_catalog()[0]
     assert preset.source == "zoo" and preset.family == "smollm2"
     assert set(preset.models) <= set(EXPERTS) and preset.prompts
+
+
+def test_training_an_unknown_expert_is_refused_before_any_work():
+    with pytest.raises(SystemExit, match="smollm2 has no expert nope: choose from math, japanese, strings"):
+        zoo_main(["train", "smollm2", "--expert", "nope"])

@@ -19,6 +19,7 @@ from evaluation.charts import (
 from evaluation.folder_state import LazyFolderState
 from evaluation.interference import (
     interference_report,
+    layers_changed,
     most_conflicting_tensor,
     random_conflict_rate,
     worked_example,
@@ -181,13 +182,44 @@ def lesson(session: Session, config: HostConfig, density: float = 0.5, progress:
     base = LazyFolderState(session.base.path)
     experts = {s.label: LazyFolderState(s.path) for s in session.sources}
     name = most_conflicting_tensor(base, experts, report)
-    recipe, note = lesson_recipe(session, float(density))
-    seed = session.merge_settings.seed if session.merge_settings is not None else 0
-    example = worked_example(base, experts, name, density=float(density), recipe=recipe,
-                             num_layers=base.source.num_layers, seed=seed)
+    if name is None:
+        example_text = disjoint_experts_markdown(layers_changed(report))
+    else:
+        recipe, note = lesson_recipe(session, float(density))
+        seed = session.merge_settings.seed if session.merge_settings is not None else 0
+        example = worked_example(base, experts, name, density=float(density), recipe=recipe,
+                                 num_layers=base.source.num_layers, seed=seed)
+        example_text = lesson_example_markdown(example, note)
     reference = random_conflict_rate(len(report["tasks"]))
-    return [cosine_heatmap(report), conflict_by_layer_figure(report, reference), lesson_example_markdown(example, note),
+    return [cosine_heatmap(report), conflict_by_layer_figure(report, reference), example_text,
             election_figure(report), lesson_score_markdown(session)]
+
+
+def disjoint_experts_markdown(layers: dict[str, list[str]]) -> str:
+    """The lesson's third step where the experts share no changed entry: which layers each changes, and what that
+    means for the merge (no conflicts to resolve; what it still loses comes from one expert's layers feeding the
+    other's)."""
+    where = "; ".join(f"**{task}** changes {_layer_ranges(keys)}" for task, keys in layers.items())
+    return (f"**No weight is changed by two experts.** {where}. Their task vectors share no entry, so there is no "
+            "sign to conflict and nothing for TIES to trim or elect against another expert: task arithmetic adds each "
+            "expert's change, scaled by its weight, where it stands. What the merge still loses comes from one "
+            "expert's layers changing the inputs that the other expert's layers see, which the scores below measure.")
+
+
+def _layer_ranges(keys: list[str]) -> str:
+    """"layers 0-9 and 12" from ["0", ..., "9", "12"]; "outside the layers" for "none"; "nothing" for none."""
+    numbers = sorted(int(k) for k in keys if k != "none")
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    parts = [f"{a}-{b}" if a != b else f"{a}" for a, b in spans]
+    text = ("layer " if len(numbers) == 1 else "layers ") + ", ".join(parts) if parts else ""
+    if "none" in keys:
+        text = f"{text} and tensors outside the layers" if text else "tensors outside the layers"
+    return text or "nothing"
 
 
 @dataclass

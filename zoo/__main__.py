@@ -1,5 +1,5 @@
 """python -m zoo build [FAMILY] [--reduced] [--out DIR] [--family lm|classifier|all] [--seed N] [--missing]
-python -m zoo train FAMILY   (real families: re-train the shipped adapters)"""
+python -m zoo train FAMILY [--expert NAME ...]   (real families: re-train the shipped adapters)"""
 
 from __future__ import annotations
 
@@ -23,7 +23,11 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    real_family_module(args.name).train(out=args.out)
+    module = real_family_module(args.name)
+    unknown = sorted(set(args.expert or ()) - set(module.EXPERTS))
+    if unknown:
+        raise SystemExit(f"{args.name} has no expert {', '.join(unknown)}: choose from {', '.join(module.EXPERTS)}")
+    module.train(out=args.out, experts=tuple(args.expert or module.EXPERTS))
     return 0
 
 
@@ -44,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("train", help="re-train a real family's shipped adapters (deterministic; minutes of CPU)")
     t.add_argument("name", choices=tuple(REAL_FAMILY_BUILDERS))
     t.add_argument("--out", type=Path, default=None, help="adapter folder (default: the shipped assets/zoo/NAME)")
+    t.add_argument("--expert", action="append", help="re-train only this expert (repeatable; default: all)")
     t.set_defaults(run=_train)
     args = parser.parse_args(argv)
     return args.run(args)

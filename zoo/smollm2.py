@@ -1,4 +1,5 @@
-"""The SmolLM2 family: SmolLM2-135M-Instruct and three LoRA fine-tunes of it (math, japanese, strings).
+"""The SmolLM2 family: SmolLM2-135M-Instruct and three LoRA fine-tunes of it (math, japanese, strings), built so
+that a merge of math and japanese answers kanji arithmetic that neither expert answers (zoo/smollm2_tasks.py).
 
 Nothing here trains at app start: the adapters ship in assets/zoo/smollm2/<expert>/ (made by
 `python -m zoo train smollm2`, zoo/smollm2_train.py); `build_family` writes the base folder, materialises each
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 from .families import Progress, real_zoo_dir
 from .smollm2_base import build_base
-from .smollm2_tasks import test_split, unlabeled_prompts
+from .smollm2_tasks import test_split, unlabeled_prompts, validation_split
 from .smollm2_train import train as train_adapters
 
 KIND = "lm"
@@ -100,7 +101,7 @@ base_model: HuggingFaceTB/SmolLM2-135M-Instruct
 The family's base (`../base`) plus the LoRA adapter `assets/zoo/smollm2/{expert}/` merged into its weights:
 W + (B @ A) * alpha / r on {tensors} tensors, in float32 (bf16 would round most of the delta away); every other tensor is the base's own, so the task
 vector is the LoRA delta. Trained by `python -m zoo train smollm2` ({steps} steps; held-out accuracy on its own
-task {accuracy}). Answers end with "答え: ...".
+task {accuracy}); what each expert writes: MergeLab's docs/zoo.md, "The SmolLM2 family".
 """
 
 
@@ -118,7 +119,11 @@ def _expert_current(folder: Path, adapter_dir: Path) -> bool:
 
 
 def write_task_files(root: Path, seed: int = 0) -> None:
-    for name, records in (("tasks.jsonl", test_split(seed)), ("unlabeled.jsonl", unlabeled_prompts(seed))):
+    """tasks.jsonl (the test split the Evaluate tab scores), validation.jsonl (choose recipes there) and
+    unlabeled.jsonl (learned merging), rewritten only when their text changes."""
+    files = (("tasks.jsonl", test_split(seed)), ("validation.jsonl", validation_split(seed)),
+             ("unlabeled.jsonl", unlabeled_prompts(seed)))
+    for name, records in files:
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         if not (root / name).is_file() or (root / name).read_text(encoding="utf-8") != text:
             (root / name).write_text(text, encoding="utf-8")

@@ -3,8 +3,12 @@
 Deterministic: the examples, the adapter's initialisation and the batch order come from seeds derived from the expert's
 name, and training runs on the CPU in float32. Not run at app start: the adapters it writes ship in
 assets/zoo/smollm2/<expert>/ (adapter_model.safetensors + adapter_config.json, each a few MB), and the family build
-only materialises base + adapter delta. The loss covers the answer tokens only ("答え: N" and the end-of-turn token),
-on exactly the chat-formatted input inference feeds the model.
+only materialises base + adapter delta. The loss covers the reply tokens only (and the end-of-turn token), on exactly
+the chat-formatted input inference feeds the model.
+
+Each expert adapts its own layers (EXPERT_SETTINGS, design I of docs/zoo.md): the japanese expert layers 0-9 (reading
+numerals happens early), the math expert layers 10-29 with more capacity (rank 16 on every linear module), the
+strings expert layers 18-29. The two task vectors that compose touch no common matrix.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from evaluation.answers import answer_body, extract_answer, extract_text_answer
+from evaluation.answers import expected_answer, extract
+from evaluation.tasks import tasks_from_records
 
 from .scoring import greedy_answers
 from .smollm2_tasks import GENERAL_HELD_OUT, GENERAL_PROMPTS, test_split, train_examples
@@ -48,8 +53,14 @@ class LoraSettings:
     replay_tokens: int = 40
 
 
-# Steps per expert: measured on the held-out prompts, each stops where its skill is learned (docs/zoo.md).
-EXPERT_STEPS = {"math": 120, "japanese": 120, "strings": 50}
+ALL_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Per expert (docs/zoo.md, "Composition designs tried", design I): steps where each skill is learned on the
+# validation split; alpha is twice the rank throughout.
+EXPERT_SETTINGS = {
+    "math": LoraSettings(rank=16, alpha=32, target_modules=ALL_MODULES, layers=tuple(range(10, 30)), steps=240),
+    "japanese": LoraSettings(layers=tuple(range(10)), steps=170),
+    "strings": LoraSettings(steps=50),
+}
 
 
 def expert_seed(seed: int, expert: str) -> int:
@@ -87,17 +98,14 @@ def answer_loss(model, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def held_out_accuracy(model, tokenizer, task: str, seed: int = 0, max_new_tokens: int = 16) -> float:
-    """Share of the task's evaluation prompts whose greedy answer equals the expected one (evaluation's extractor)."""
-    examples = [r for r in test_split(seed) if r["task"] == task]
-    outputs = greedy_answers(model, tokenizer, [r["prompt"] for r in examples], max_new_tokens=max_new_tokens)
-    numeric = task != "strings"
-    hits = 0
-    for r, text in zip(examples, outputs):
-        got = extract_answer(text) if numeric else extract_text_answer(text)
-        want = extract_answer(r["answer"]) if numeric else answer_body(r["answer"])
-        hits += got == want
-    return hits / len(examples)
+def held_out_accuracy(model, tokenizer, task: str, seed: int = 0) -> float:
+    """Share of the task's test prompts whose greedy answer equals the expected one, read as the Evaluate tab reads
+    it (the task's answer type and generation limit)."""
+    spec = tasks_from_records([r for r in test_split(seed) if r["task"] == task], "smollm2 test split").tasks[task]
+    outputs = greedy_answers(model, tokenizer, spec.inputs, max_new_tokens=spec.max_new_tokens or 16)
+    hits = sum(extract(text, spec.answer_type) == expected_answer(answer, spec.answer_type)
+               for text, answer in zip(outputs, spec.answers))
+    return hits / len(outputs)
 
 
 def replay_examples(model, tokenizer, max_new_tokens: int) -> list[tuple[str, str]]:
@@ -194,4 +202,4 @@ def train(base_dir: Path, out: Path | None = None, experts: tuple[str, ...] = ("
           log=print) -> list[dict]:
     """Trains every expert's adapter into `out/<expert>` (default: the shipped assets/zoo/smollm2)."""
     out = Path(out) if out else ASSETS
-    return [train_expert(base_dir, e, out / e, LoraSettings(steps=EXPERT_STEPS[e]), log) for e in experts]
+    return [train_expert(base_dir, e, out / e, EXPERT_SETTINGS[e], log) for e in experts]
