@@ -80,8 +80,12 @@ def test_the_teacher_walks_the_lesson_on_the_real_family(real_page):
     page.get_by_role("tab", name="Lesson").click()
     page.locator("#lesson-run").click()
     expect(page.locator("#lesson-conflicts")).to_contain_text("unrelated random vectors", timeout=WORK)
-    # the preset's merge is task arithmetic (weight 0.7), so the worked example merges that way, not by TIES
-    expect(page.locator("#lesson-example")).to_contain_text("merged by task_arithmetic")
+    # this family's experts change disjoint layers (japanese 0-9, math 10-29): no entry can conflict, and the
+    # lesson says so where the worked example would stand
+    expect(page.locator("#lesson-conflicts")).to_contain_text("nothing can conflict")
+    example = page.locator("#lesson-example")
+    expect(example).to_contain_text("No weight is changed by two experts")
+    expect(example).to_contain_text("math changes layers 10-29; japanese changes layers 0-9")
     page.locator("#lesson-score-run").click()
     score = page.locator("#lesson-score")
     expect(score).to_contain_text(re.compile(r"merge #\d+"), timeout=WORK)
