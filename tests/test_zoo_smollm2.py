@@ -115,6 +115,8 @@ def test_adapters_are_small_and_plain_lora():
         config = json.loads((folder / "adapter_config.json").read_text())
         assert config["peft_type"] == "LORA" and not config.get("use_dora") and not config.get("use_rslora")
         assert (folder / "adapter_model.safetensors").stat().st_size <= 15 * 2 ** 20
+        weights = load_file(str(folder / "adapter_model.safetensors"))  # float16: the assets' 20 MB budget
+        assert {t.dtype for t in weights.values()} == {torch.float16}
 
 
 NUMERAL = re.compile(r"[一二三四五六七八九十百]+|\d+")
