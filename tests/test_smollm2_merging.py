@@ -73,7 +73,7 @@ def test_chat_follows_every_re_merge(session_and_config):
     assert torch.equal(chat_state(session)[probe], after_first)
 
 
-@pytest.mark.usefixtures("one_torch_thread")  # 135M decoding on 2 busy cores: 2 threads wait on each other (10x)
+@pytest.mark.usefixtures("one_torch_thread")  # 135M decoding on 2 busy cores: 2 threads wait on each other (2-10x slower)
 def test_the_default_preset_merge_answers_kanji_arithmetic_that_no_source_answers(session_and_config, smollm2_family):
     """The page's promise (assets/catalog.yaml): through /chat, the preset's starting merge answers its suggested
     composite prompts (`十七+四=` -> `17+4=21`), read as the family's task files read them, while the base and each
