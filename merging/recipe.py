@@ -77,6 +77,14 @@ class Recipe:
             self.method = _registered(self.merge_method)
 
     @classmethod
+    def checked(cls, **fields: Any) -> Recipe:
+        """A recipe made from its fields and validated (RecipeError listing every problem and how to fix it): what
+        a caller that builds a recipe to merge it needs, in one call."""
+        recipe = cls(**fields)
+        validate_recipe(recipe)
+        return recipe
+
+    @classmethod
     def from_dict(cls, data: Any) -> Recipe:
         """Build a recipe from parsed YAML/JSON; raises RecipeError listing every structural problem."""
         recipe, problems = _parse(data)

@@ -341,9 +341,13 @@ def test_the_export_tab_s_mergekit_yaml_runs_in_mergekit(family, tmp_path):
     from ui import export_panel
 
     recipe = family.recipe("magnitude_prune", [{"weight": 1.0, "density": 0.5}, {"weight": 0.5, "density": 0.3}])
-    # what the export reads; its downloads go under tmp_path/<id>
-    session = SimpleNamespace(id=f"parity-{uuid.uuid4().hex}", downloads_root=tmp_path, base=object(),
-                              sources=[object()], recipe=recipe)
+    # What the export reads: a record's recipe names models by session label, and the export renames them to
+    # their folders (outside the app: absolute); its downloads go under tmp_path/<id>.
+    models = [SimpleNamespace(label=label, origin="local", ref=path, path=Path(path))
+              for label, path in zip(("base", "first", "second"), (family.base, *family.experts[:2]))]
+    by_label = recipe.renamed({str(m.path): m.label for m in models})
+    session = SimpleNamespace(id=f"parity-{uuid.uuid4().hex}", downloads_root=tmp_path, base=models[0],
+                              sources=models[1:], recipe=by_label)
     path = Path(export_panel.recipe_file(session))
     assert path.name == "mergekit_config.yml" and path.is_relative_to(tmp_path / session.id)
     text = path.read_text(encoding="utf-8")

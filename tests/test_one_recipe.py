@@ -56,18 +56,30 @@ def test_a_folder_merge_builds_and_validates_its_recipe_once(session, config, va
     workspace.merge_to_folder(session, config, SETTINGS, "once")
     assert len(validations) == 1
     built = validations[0]
-    assert [m.model for m in built.models] == session.labels  # built by label, then renamed
+    assert [m.model for m in built.models] == session.labels  # built by label; the engine read a renaming
+    assert session.merge.recipe is built  # the record keeps the recipe as merged
+
+
+def test_export_and_reports_name_the_recorded_recipe_s_models_portably(session):
+    from ui import export_panel
+
+    workspace.prepare_live(session)
+    workspace.merge_live(session, SETTINGS)
     recorded = session.merge.recipe
-    assert recorded == workspace.recorded_recipe(session, built)
-    assert [m.model for m in recorded.models] == [workspace._portable(s) for s in session.sources]
-    assert [m.parameters for m in recorded.models] == [m.parameters for m in built.models]
+    assert [m.model for m in recorded.models] == session.labels
+    exported = workspace.recorded_recipe(session, recorded)
+    assert [m.model for m in exported.models] == [workspace._portable(s) for s in session.sources]
+    assert [m.parameters for m in exported.models] == [m.parameters for m in recorded.models]
+    text = export_panel.recipe_export(session).text
+    assert all(workspace._portable(s) in text for s in session.sources)
+    assert not any(f"model: {label}" in text for label in session.labels)
 
 
 def test_a_live_merge_builds_and_validates_its_recipe_once(session, validations):
     workspace.prepare_live(session)
     workspace.merge_live(session, SETTINGS)
     assert len(validations) == 1
-    assert session.merge.recipe == workspace.recorded_recipe(session, validations[0])
+    assert session.merge.recipe is validations[0]
 
 
 def test_a_control_move_is_one_call_that_merges_and_records_it(session):
@@ -100,13 +112,13 @@ def test_a_move_where_models_merge_to_a_folder_only_checks_the_settings(session)
         workspace.apply_move(session, "ties", [0.7, 0.3], {"gamma": 0.1}, 0, 2.0)
 
 
-def test_the_engine_s_recipe_is_a_renaming_of_the_recorded_one(session):
+def test_the_engine_s_recipe_is_a_renaming_of_the_built_one(session):
     built = workspace.build_recipe(session, SETTINGS)
     folders = workspace.folder_recipe(session, built)
     assert folders.base_model == str(session.base.path)
     assert [m.model for m in folders.models] == [str(s.path) for s in session.sources]
-    assert workspace.engine_recipe(session, workspace.recorded_recipe(session, built)) == folders
-    assert workspace.build_recipe(session, SETTINGS, by="path") == workspace.recorded_recipe(session, built)
+    assert [m.parameters for m in folders.models] == [m.parameters for m in built.models]
+    assert folders.parameters == built.parameters and folders.merge_method == built.merge_method
 
 
 def test_bounds_are_the_validator_s_in_the_page_s_words(session):

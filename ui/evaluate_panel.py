@@ -107,8 +107,8 @@ def evaluate(session: Session, config: HostConfig, uploaded: str | None = None,
     with session.lock:  # a merge made while scoring is not what was scored: keep no result for it
         if session.merge is record:
             session.evaluation = result
-    return {"recipe": record.recipe.to_dict(), "merge": {"version": record.version, "mode": record.mode,
-                                                         "dtype": record.dtype}, **result.to_dict()}
+    merge = {"version": record.version, "mode": record.mode, "dtype": record.dtype}
+    return {"recipe": recorded_recipe(session, record.recipe).to_dict(), "merge": merge, **result.to_dict()}
 
 
 SWEEP_METRICS = ("accuracy", "agreement", "normalized_accuracy")  # means over tasks; "<task>.accuracy" one task
@@ -366,7 +366,7 @@ def write_downloads(session: Session, result: dict[str, Any]) -> list[str]:
     evaluation replaces them, and the folder goes with the session)."""
     folder = session_downloads(session, "results")
     # The recipe scored is the one evaluate() put in the result (a later merge does not rename it).
-    scored = result.get("recipe", session.recipe.to_dict() if session.recipe else None)
+    scored = result.get("recipe", recorded_recipe(session, session.recipe).to_dict() if session.recipe else None)
     written = write_results(folder / "results.json", {**result, "recipe": scored})
     paths = [str(written["json"]), str(written["csv"])]
     if scored is not None:

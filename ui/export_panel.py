@@ -18,7 +18,7 @@ from ui.feedback import guarded, in_place_error
 from ui.hosting import HostConfig
 from ui.resources import device
 from ui.session import Session, session_downloads
-from ui.workspace import engine_recipe, require_models
+from ui.workspace import folder_recipe, recorded_recipe, require_models
 
 
 def _require_merge(session: Session) -> None:
@@ -32,7 +32,7 @@ def recipe_export(session: Session) -> RecipeExport:
     MergeLab recipe with a comment on top saying so (mergelab_recipe.yaml): never a file labelled mergekit YAML
     that mergekit refuses."""
     _require_merge(session)
-    return mergekit_export(session.recipe)
+    return mergekit_export(recorded_recipe(session, session.recipe))
 
 
 def recipe_yaml(session: Session) -> str:
@@ -59,7 +59,7 @@ def _save(session: Session, config: HostConfig, name: str, progress: Any = None)
     out = session.merged_folder(config.models_dir, name or "merged")
     if record.folder is not None and record.folder == out and out.is_dir():
         return out
-    recipe = engine_recipe(session, session.recipe)
+    recipe = folder_recipe(session, record.recipe)
 
     def report(p: Any) -> None:
         if progress is not None:

@@ -100,8 +100,7 @@ def learn(session: Session, config: HostConfig, settings: LearnSettings, uploade
     if session.cancel.is_set() and len(result.losses) < settings.steps:
         yield loss_figure(result.losses, settings.method), None, "Cancelled: the merge was not changed."
         return
-    data = recipe_dict(str(session.base.path), [str(experts[t]) for t in result.tasks], result.names,
-                       result.coefficients)
+    data = recipe_dict(session.base.label, list(result.tasks), result.names, result.coefficients)  # by label
     write_learned(session, result, Recipe.from_dict(data), result.seconds)  # the one place a merge is recorded
     yield (loss_figure(result.losses, settings.method),
            coefficients_figure(result.tasks, result.names, result.coefficients),
@@ -208,7 +207,7 @@ def compare_with_baselines(session: Session, config: HostConfig, per_task: int =
     evaluator = evaluator_for(session, tasks, (tasks.source, per_task, tuple(session.labels), session.base.ref))
 
     def merge(settings: dict[str, Any]) -> Any:
-        return session.live.merge(build_recipe(session, MergeSettings.from_dict(settings), by="label"), seed=0)
+        return session.live.merge(build_recipe(session, MergeSettings.from_dict(settings)), seed=0)
 
     method = session.learned.method
     scores, choices = baselines.compare_fairly(evaluator, method, session.learned.merged, merge,

@@ -18,9 +18,10 @@ Mode = Literal["live", "folder", "learned"]
 
 @dataclass(frozen=True)
 class MergeRecord:
-    """One merge: what the controls said (`settings`), the recipe (models named by portable path or Hub id, as
-    exported), where the weights are (`mode`: "live" and "learned" in the session's own models, "folder" in `folder`),
-    the output dtype, a version unique in this process, when it was made and how long it took."""
+    """One merge: what the controls said (`settings`), the recipe as merged (models named by session label; export
+    and reports rename them: ui.workspace.recorded_recipe), where the weights are (`mode`: "live" and "learned" in
+    the session's own models, "folder" in `folder`), the output dtype, a version unique in this process, when it
+    was made and how long it took."""
 
     settings: MergeSettings
     recipe: Recipe

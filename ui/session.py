@@ -88,7 +88,8 @@ class Session:
 
     @property
     def recipe(self) -> Recipe | None:
-        """The current merge's recipe (models named by portable path or Hub id)."""
+        """The current merge's recipe, models named by session label (ui.workspace.recorded_recipe names them
+        for export and reports)."""
         return self.merge.recipe if self.merge is not None else None
 
     @property

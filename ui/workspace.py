@@ -23,7 +23,7 @@ from merging.engine import merge_to_folder as engine_merge
 from merging.errors import CompatibilityError, MergeLabError, RecipeError, SourceError
 from merging.live import LiveMerger, ReaderTensors, live_memory_plan
 from merging.methods.registry import Param
-from merging.recipe import ModelEntry, Recipe, validate_recipe
+from merging.recipe import ModelEntry, Recipe
 from merging.settings import MergeSettings
 from merging.sources import open_model, validate_hub_id
 from ui.catalog import require_hub
@@ -199,10 +199,10 @@ def _normalizes(settings: MergeSettings) -> bool:
     return settings.params.get("normalize", declared.default if declared is not None else None) is True
 
 
-def build_recipe(session: Session, settings: MergeSettings, *, by: str = "label") -> Recipe:
-    """The recipe the controls describe, built and validated once. Models are named by their session labels (the
-    LiveMerger's keys); `by="path"` renames that recipe (`recorded_recipe`) for a merge record and export. A caller
-    that needs both builds once and renames: `recorded_recipe(session, build_recipe(session, settings))`."""
+def build_recipe(session: Session, settings: MergeSettings) -> Recipe:
+    """The recipe the controls describe, built and validated once, its models named by their session labels (the
+    LiveMerger's keys, and what a merge record keeps). Where a recipe leaves the session it is renamed:
+    `recorded_recipe` for export and reports, `folder_recipe` for the engine."""
     method = settings.spec  # resolved with the settings; the recipe keeps it
     weight = method.weight
     check_settings(session, settings, weight)
@@ -212,16 +212,15 @@ def build_recipe(session: Session, settings: MergeSettings, *, by: str = "label"
     models = [ModelEntry(source.label, {weight.name: float(settings.weights[i])} if weight is not None else {})
               for i, source in enumerate(session.sources)]
     # dtype is the compute dtype (as in mergekit), out_dtype the written one: the sources' own (bf16 in, bf16 out).
-    recipe = Recipe(merge_method=method.name, models=models, parameters=global_params, dtype="float32",
-                    out_dtype=session.dtype, base_model=None if method.base == "ignored" else session.base.label,
-                    method=method)
-    validate_recipe(recipe)
-    return recipe if by == "label" else recorded_recipe(session, recipe)
+    return Recipe.checked(merge_method=method.name, models=models, parameters=global_params, dtype="float32",
+                          out_dtype=session.dtype, base_model=None if method.base == "ignored" else session.base.label,
+                          method=method)
 
 
 def recorded_recipe(session: Session, recipe: Recipe) -> Recipe:
-    """A recipe named by labels (build_recipe's) with each model named as a record or export names it: a Hub id,
-    or a zoo folder relative to the app (portable). A pure renaming: nothing is validated again."""
+    """A recipe named by labels (build_recipe's, a merge record's) with each model named as an export or a report
+    names it: a Hub id, or a zoo folder relative to the app (portable). A pure renaming: nothing is validated
+    again."""
     return recipe.renamed({m.label: m.ref if m.origin == "hub" else _portable(m) for m in _models(session)})
 
 
@@ -376,8 +375,7 @@ def merge_live(session: Session, settings: MergeSettings) -> MergeRecord:
             raise CompatibilityError("The merged tensors do not match the model's parameter names; merge to a "
                                      "folder and load it instead.")
         dtype = recipe.out_dtype  # build_recipe sets it: what the engine writes, and live merging rounds to
-        return session.record_merge(settings, recorded_recipe(session, recipe), "live", dtype=dtype,
-                            seconds=time.perf_counter() - started)
+        return session.record_merge(settings, recipe, "live", dtype=dtype, seconds=time.perf_counter() - started)
 
 
 def _merge_targets(session: Session) -> list[dict[str, torch.Tensor]]:
@@ -398,7 +396,7 @@ def _restore_models(session: Session, previous: MergeRecord | None) -> None:
     made again from the sources on the next merge)."""
     if previous is not None and previous.mode == "live" and session.live is not None:
         try:
-            session.live.merge_into(_merge_targets(session), build_recipe(session, previous.settings, by="label"),
+            session.live.merge_into(_merge_targets(session), build_recipe(session, previous.settings),
                                     seed=previous.settings.seed)
             return
         except Exception as error:  # noqa: BLE001 - fall through to dropping the models
@@ -411,7 +409,7 @@ def _restore_models(session: Session, previous: MergeRecord | None) -> None:
 
 def write_learned(session: Session, learned: Any, recipe: Recipe, seconds: float) -> MergeRecord:
     """Put a learned merge (merging.learned.LearnedMerge) into the session's own models, rounded to the dtype the
-    engine writes for its recipe, and record it."""
+    engine writes for its recipe (models named by session label, as every record's), and record it."""
     dtype = recipe.out_dtype or recipe.dtype or session.dtype
     out = getattr(torch, dtype)
     merged = learned.merged()
@@ -448,8 +446,8 @@ def merge_to_folder(
 
     result = engine_merge(folder_recipe(session, recipe), out, device=device(), seed=settings.seed, progress=report,
                           cancel=session.cancel, overwrite=True)
-    session.record_merge(settings, recorded_recipe(session, recipe), "folder", dtype=result.out_dtype, folder=out,
-                 seconds=time.perf_counter() - started)
+    session.record_merge(settings, recipe, "folder", dtype=result.out_dtype, folder=out,
+                         seconds=time.perf_counter() - started)
     if session.kind == "classifier" and session.live is not None:
         # Classify reads the session's per-task models: give them the same merge the folder holds.
         session.live.merge_into(_merge_targets(session), recipe, seed=settings.seed)
@@ -459,12 +457,6 @@ def merge_to_folder(
 def build_recipe_for_engine(session: Session, settings: MergeSettings) -> Recipe:
     """The engine needs real folders (zoo models are named by folder, Hub models by their downloaded folder)."""
     return folder_recipe(session, build_recipe(session, settings))
-
-
-def engine_recipe(session: Session, recipe: Recipe) -> Recipe:
-    """A recorded recipe (models named by Hub id, portable path or folder, as recorded_recipe names them) with
-    every model named by its local folder, as the engine reads it. A pure renaming."""
-    return recipe.renamed({name: str(m.path) for m in _models(session) for name in (m.ref, str(m.path), _portable(m))})
 
 
 def current_merge(session: Session, action: str = "use the result") -> MergeRecord:
