@@ -90,12 +90,6 @@ def _generate_cached(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     return [known[key] for key in keys]
 
 
-def generate_task(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, *, batch_size: int | None = None
-) -> TaskOutputs:
-    return generate_tasks(model, tokenizer, [task], batch_size=batch_size)[task.name]
-
-
 def classify_task(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, *, batch_size: int = 128
 ) -> TaskOutputs:

@@ -26,7 +26,6 @@ from merging.learned.coefficients import TaskVectors, shared_tensor_names
 from merging.learned.objectives import TeacherTargets, teacher_targets
 
 Kind = Literal["lm", "classifier"]
-StudentFn = Callable[[int, int], torch.Tensor]
 
 
 Split = Literal["train", "heldout"]
