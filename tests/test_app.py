@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from merging.errors import MergeLabError, SourceError, TaskSetError
+from merging.sources import open_model
 from ui import classify_panel, export_panel, learn_panel, merge_panel, models_panel
 from ui.catalog import HUB, load_catalog
 from ui.hosting import APP_ROOT, HostConfig, hosted_from_env
@@ -236,6 +237,16 @@ def test_learn_streams_losses_and_becomes_the_merge(config):
     assert len(loss_figure.data[0].y) == 3
     assert session.recipe.merge_method == "task_arithmetic" and session.chat_model is not None
     assert len(coefficients.data[0].y) == 2  # tasks x tensors
+    # Recorded as every merge is (models by label); Export names them as the YAML is read elsewhere, and its
+    # folder holds the learned merge (the engine reads the same recipe with folders for labels).
+    assert [m.model for m in session.recipe.models] == session.labels
+    text = export_panel.recipe_yaml(session)
+    assert str(session.base.path) not in text and all(f"model: {label}\n" not in text for label in session.labels)
+    learned = {name: value.detach().clone() for name, value in session.chat_model.model.state_dict().items()}
+    with open_model(export_panel._save(session, config, "learned")) as folder:
+        written = {name: folder.get(name) for name in folder.tensor_names()}
+    changed = [name for name in written if not torch.equal(written[name], learned[name])]
+    assert all(torch.allclose(written[n].float(), learned[n].float(), atol=1e-6) for n in changed), changed
     figure, table = learn_panel.compare_with_baselines(session, config, per_task=5)
     assert list(figure.data[0].x) == ["learned (samerging)", "task arithmetic", "task arithmetic, task-wise λ",
                                       "TIES"]  # baselines chosen on the 4 prompts per task learned from
