@@ -17,7 +17,7 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,12 +105,15 @@ def merge_to_folder(
     cancel: CancelFlag = None,
     overwrite: bool = False,
     allow_pickle: bool = False,
+    shown_names: Mapping[str, str] | None = None,
 ) -> MergeResult:
     """Merge `recipe` (a Recipe, a YAML path or YAML text) into a complete model folder at `out_dir`.
 
     Runs the pre-flight check first and raises CompatibilityError with its errors; raises MergeCancelled (leaving
     nothing behind) when `cancel` is set. `overwrite` replaces an existing non-empty folder only once the new one is
-    complete.
+    complete. `shown_names` renames the models in what the folder tells its readers (model card, recipe files):
+    model as the recipe names it → the name a reader finds it by (the app gives Hub ids and app-relative paths for
+    the folders it read); models not in it keep the recipe's names.
     """
     recipe = _as_recipe(recipe)
     out = Path(out_dir).expanduser().absolute()
@@ -131,7 +134,7 @@ def merge_to_folder(
         temp.mkdir(parents=True)
         with open_inputs(recipe, allow_pickle=allow_pickle) as inputs:
             built = _build_folder(inputs, temp, device=device, seed=seed, max_shard=max_shard, progress=progress,
-                                  cancel=cancel, started=started)
+                                  cancel=cancel, started=started, shown_names=shown_names or {})
         _move_into_place(temp, out, overwrite)
     return MergeResult(
         out_dir=out, files=sorted(p.name for p in out.iterdir()), num_tensors=len(built.plan),
@@ -169,9 +172,10 @@ def _nothing_left_on_failure(temp: Path, out: Path) -> Iterator[None]:
 
 
 def _build_folder(inputs: MergeInputs, folder: Path, *, device: str, seed: int, max_shard: int,
-                  progress: ProgressFn | None, cancel: CancelFlag, started: float) -> _BuiltFolder:
+                  progress: ProgressFn | None, cancel: CancelFlag, started: float,
+                  shown_names: Mapping[str, str]) -> _BuiltFolder:
     """Write the whole model into `folder`: the merged tensors, the per-task folders (if the experts have their own
-    heads), then the side files with config.json last."""
+    heads), then the side files with config.json last (naming the models by `shown_names`)."""
     plan = plan_outputs(inputs)
     shards = plan_shards([p.planned for p in plan], max_shard)
     stages: dict[str, float] = {"read": 0.0, "merge": 0.0, "write": 0.0}
@@ -185,7 +189,7 @@ def _build_folder(inputs: MergeInputs, folder: Path, *, device: str, seed: int, 
     if written:
         notes.append(f"Per-task heads are not merged: each task is read through its own head, in "
                      f"{TASKS_DIR}/<task>/ ({', '.join(written)}).")
-    _write_side_files(inputs, folder, out_dtype, inputs.recipe)
+    _write_side_files(inputs, folder, out_dtype, shown_names)
     return _BuiltFolder(plan=plan, notes=notes, tasks=written, out_dtype=out_dtype, stages=stages)
 
 
@@ -418,8 +422,11 @@ def _get(q: queue.Queue, stop: threading.Event) -> Any:
 # --- the output folder ------------------------------------------------------------------------------------------
 
 
-def _write_side_files(inputs: MergeInputs, folder: Path, out_dtype: torch.dtype, recipe: Any) -> None:
-    """Tokenizer, generation config, model card and recipe; config.json last (its presence marks completeness)."""
+def _write_side_files(inputs: MergeInputs, folder: Path, out_dtype: torch.dtype, shown_names: Mapping[str, str]
+                      ) -> None:
+    """Tokenizer, generation config, model card and recipe (models named by `shown_names`); config.json last (its
+    presence marks completeness)."""
+    recipe = inputs.recipe.renamed(shown_names)
     tok_path = inputs.tokenizer_donor.path
     for name in TOKENIZER_FILES:
         if (tok_path / name).is_file():
@@ -435,7 +442,7 @@ def _write_side_files(inputs: MergeInputs, folder: Path, out_dtype: torch.dtype,
     export = mergekit_export(recipe)
     if export.runs_in_mergekit:
         (folder / MERGEKIT_RECIPE_FILE).write_text(export.text, encoding="utf-8")
-    (folder / "README.md").write_text(model_card(inputs, recipe_yaml, export.reason), encoding="utf-8")
+    (folder / "README.md").write_text(model_card(inputs, recipe_yaml, export.reason, shown_names), encoding="utf-8")
     _write_config(inputs.donor.config, inputs, out_dtype, folder)
 
 
@@ -498,9 +505,12 @@ def _write_task_side_files(inputs: MergeInputs, ref: str, name: str, folder: Pat
     _write_config(expert.config, inputs, out_dtype, folder)
 
 
-def model_card(inputs: MergeInputs, recipe_yaml: str, mergekit_gap: str | None = None) -> str:
-    """README.md of the merged folder; `mergekit_gap` says why there is no mergekit_config.yml (None: there is)."""
-    recipe = inputs.recipe
+def model_card(inputs: MergeInputs, recipe_yaml: str, mergekit_gap: str | None = None,
+               shown_names: Mapping[str, str] | None = None) -> str:
+    """README.md of the merged folder, its models named by `shown_names` (see merge_to_folder); `mergekit_gap` says
+    why there is no mergekit_config.yml (None: there is)."""
+    shown_names = shown_names or {}
+    recipe = inputs.recipe.renamed(shown_names)
     for_mergekit = (f"`{MERGEKIT_RECIPE_FILE}` holds it as mergekit 0.1.5 runs it" if mergekit_gap is None
                     else f"{mergekit_gap}, so there is no `{MERGEKIT_RECIPE_FILE}`")
     models = "\n".join(f"- {ref}" for ref in dict.fromkeys(e.model for e in recipe.models))
@@ -508,16 +518,16 @@ def model_card(inputs: MergeInputs, recipe_yaml: str, mergekit_gap: str | None =
     return (
         "---\nlibrary_name: transformers\ntags:\n- mergelab\n- merge\n---\n"
         f"# Merged model\n\nMade with MergeLab using the `{recipe.merge_method}` method{base}.\n\n"
-        f"## Models merged\n\n{models}\n\n{_tasks_section(inputs)}## Recipe\n\nThe recipe (also in `{RECIPE_FILE}`; {for_mergekit}):\n\n"
+        f"## Models merged\n\n{models}\n\n{_tasks_section(inputs, shown_names)}## Recipe\n\nThe recipe (also in `{RECIPE_FILE}`; {for_mergekit}):\n\n"
         f"```yaml\n{recipe_yaml.rstrip()}\n```\n"
     )
 
 
-def _tasks_section(inputs: MergeInputs) -> str:
+def _tasks_section(inputs: MergeInputs, shown_names: Mapping[str, str]) -> str:
     heads = task_heads(inputs)
     if heads is None:
         return ""
-    rows = "\n".join(f"- `{TASKS_DIR}/{heads.tasks[ref]}/`: read through the head of `{ref}` "
+    rows = "\n".join(f"- `{TASKS_DIR}/{heads.tasks[ref]}/`: read through the head of `{shown_names.get(ref, ref)}` "
                       f"({', '.join(f'`{n}`' for n in names) or 'no tensors of its own'})"
                       for ref, names in heads.heads.items() if ref in heads.own)
     base_only = (f" Tensors only the base has ({', '.join(f'`{n}`' for n in heads.base_only)}) are the base's, "

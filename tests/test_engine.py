@@ -93,6 +93,21 @@ def test_output_is_a_complete_model_equal_to_direct_application(fam, tmp_path):
     assert AutoTokenizer.from_pretrained(out).chat_template
 
 
+def test_shown_names_rename_the_models_in_the_card_and_recipe_files_only(fam, tmp_path):
+    """What a merged folder tells its readers names the models as they can find them (the app gives Hub ids):
+    the merge itself reads the folders."""
+    recipe = ta_recipe(fam)
+    shown = {str(fam["base"]): "org/base", str(fam["a"]): "org/math"}
+    merge_to_folder(recipe, tmp_path / "plain")
+    merge_to_folder(recipe, tmp_path / "shown", shown_names=shown)
+    assert_same(read_folder(tmp_path / "shown"), read_folder(tmp_path / "plain"))
+    assert load_recipe(tmp_path / "shown" / "mergelab_recipe.yaml").to_dict() == recipe.renamed(shown).to_dict()
+    assert load_recipe(tmp_path / "shown" / "mergekit_config.yml").to_dict() == recipe.renamed(shown).to_dict()
+    card = (tmp_path / "shown" / "README.md").read_text()
+    assert "- org/math\n" in card and "`org/base` as the base" in card and str(fam["b"]) in card  # b: not renamed
+    assert str(fam["a"]) not in card and str(fam["base"]) not in card
+
+
 def test_small_shard_size_writes_an_index(fam, tmp_path):
     out = tmp_path / "sharded"
     merge_to_folder(ta_recipe(fam), out, shard_size="10KB")

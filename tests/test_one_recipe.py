@@ -60,6 +60,16 @@ def test_a_folder_merge_builds_and_validates_its_recipe_once(session, config, va
     assert session.merge.recipe is built  # the record keeps the recipe as merged
 
 
+def test_a_folder_merged_from_the_page_names_no_server_folder(session, config, family, monkeypatch):
+    """The merged folder's card and recipe files name each model as Export does: a zoo folder relative to the app
+    (here the family is put inside it), not where the server keeps it."""
+    monkeypatch.setattr(workspace, "APP_ROOT", family.base.parent.parent)
+    out = workspace.merge_to_folder(session, config, SETTINGS, "shown")
+    written = "".join((out / name).read_text() for name in ("README.md", "mergekit_config.yml", "mergelab_recipe.yaml"))
+    assert str(family.base.parent) not in written
+    assert all(f"f/{folder.name}" in written for folder in (family.base, *family.experts))
+
+
 def test_export_and_reports_name_the_recorded_recipe_s_models_portably(session):
     from ui import export_panel
 

@@ -18,7 +18,7 @@ from ui.feedback import guarded, in_place_error
 from ui.hosting import HostConfig
 from ui.resources import device
 from ui.session import Session, session_downloads
-from ui.workspace import folder_recipe, recorded_recipe, require_models
+from ui.workspace import folder_recipe, recorded_recipe, require_models, shown_names
 
 
 def _require_merge(session: Session) -> None:
@@ -67,7 +67,7 @@ def _save(session: Session, config: HostConfig, name: str, progress: Any = None)
 
     session.cancel.clear()
     merge_to_folder(recipe, out, device=device(), seed=record.settings.seed, progress=report, cancel=session.cancel,
-                    overwrite=True)
+                    overwrite=True, shown_names=shown_names(session))
     session.record_saved(record, out)
     return out
 

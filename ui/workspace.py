@@ -221,7 +221,17 @@ def recorded_recipe(session: Session, recipe: Recipe) -> Recipe:
     """A recipe named by labels (build_recipe's, a merge record's) with each model named as an export or a report
     names it: a Hub id, or a zoo folder relative to the app (portable). A pure renaming: nothing is validated
     again."""
-    return recipe.renamed({m.label: m.ref if m.origin == "hub" else _portable(m) for m in _models(session)})
+    return recipe.renamed({m.label: _shown(m) for m in _models(session)})
+
+
+def shown_names(session: Session) -> dict[str, str]:
+    """Folder → the name a merged folder's card and recipe files give that model (as an export names it): what
+    merging.engine.merge_to_folder takes for a folder_recipe, so no server path is written into a merged model."""
+    return {str(m.path): _shown(m) for m in _models(session)}
+
+
+def _shown(model: SourceModel) -> str:
+    return model.ref if model.origin == "hub" else _portable(model)
 
 
 def folder_recipe(session: Session, recipe: Recipe) -> Recipe:
@@ -445,7 +455,7 @@ def merge_to_folder(
             progress(p.fraction, f"Tensor {p.tensor_index}/{p.num_tensors}{eta}")
 
     result = engine_merge(folder_recipe(session, recipe), out, device=device(), seed=settings.seed, progress=report,
-                          cancel=session.cancel, overwrite=True)
+                          cancel=session.cancel, overwrite=True, shown_names=shown_names(session))
     session.record_merge(settings, recipe, "folder", dtype=result.out_dtype, folder=out,
                          seconds=time.perf_counter() - started)
     if session.kind == "classifier" and session.live is not None:
