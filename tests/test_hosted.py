@@ -222,11 +222,14 @@ def test_hosted_uploads_land_in_the_models_folder(tmp_path, monkeypatch):
     task_file = tmp_path / "my-tasks.jsonl"
     task_file.write_text('{"task": "t", "prompt": "p", "answer": "1", "expert": null}\n', encoding="utf-8")
     demo = create_app(config)
+    assert demo.delete_cache == config.cache_sweep == (3600, 4 * 3600)  # swept hourly of files over 4 h old
+    assert create_app(HostConfig.detect(hosted=False, models_dir=tmp_path / "local")).delete_cache is None
     url = launch_local(demo)
     try:
         with pytest.raises(gradio_client.exceptions.AppError, match="Choose the models"):  # refused after upload
             api_client(url).predict(handle_file(str(task_file)), 5, api_name="/evaluate")
+        stored = list(config.uploads_dir.rglob("my-tasks.jsonl"))
+        assert stored and all(p.read_bytes() == task_file.read_bytes() for p in stored)
     finally:
         close_app(demo)
-    stored = list(config.uploads_dir.rglob("my-tasks.jsonl"))
-    assert stored and all(p.read_bytes() == task_file.read_bytes() for p in stored)
+    assert not list(config.uploads_dir.rglob("my-tasks.jsonl"))  # the server stopped: its cache is removed

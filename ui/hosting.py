@@ -17,6 +17,8 @@ from merging.errors import SourceError
 APP_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS_DIR = APP_ROOT / "models"
 HOSTED_MAX_UPLOAD = "20mb"
+HOSTED_CACHE_SWEEP_S = 3600  # hosted: how often gradio's cache (uploads, files it serves) is swept
+HOSTED_CACHE_AGE_S = 4 * 3600  # hosted: what the sweep removes, by age (a page session rarely lasts longer)
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[^\s'\"`:,()]+/)+([^\s'\"`:,()]*)")
 
 
@@ -67,6 +69,13 @@ class HostConfig:
         """Where models named by a Hub id are downloaded: hosted, inside the models folder; otherwise
         huggingface_hub's own cache (None), which a local user shares with their other tools."""
         return self.models_dir / "hub-cache" if self.hosted else None
+
+    @property
+    def cache_sweep(self) -> tuple[int, int] | None:
+        """gr.Blocks(delete_cache=): hosted, every HOSTED_CACHE_SWEEP_S gradio removes the files it keeps for this
+        page (uploads in uploads_dir, files it serves) older than HOSTED_CACHE_AGE_S, and all of them when the
+        server stops, so visitors' uploads do not fill a Space's disk. Local: None (kept, the user's machine)."""
+        return (HOSTED_CACHE_SWEEP_S, HOSTED_CACHE_AGE_S) if self.hosted else None
 
     def environment(self) -> dict[str, str]:
         """What the server sets in its environment before the page is built: hosted, gradio's upload folder (read

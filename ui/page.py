@@ -44,7 +44,7 @@ def _session(state: Session | None) -> Session:
 
 def build_page(config: HostConfig) -> gr.Blocks:
     delete = (lambda s: close_session(s, config.models_dir)) if config.hosted else (lambda s: close_session(s))
-    with gr.Blocks(title=TITLE) as demo:
+    with gr.Blocks(title=TITLE, delete_cache=config.cache_sweep) as demo:
         # Freed when the tab closes (gradio keeps a closed tab's state an hour); no time limit while it is open,
         # since the session is changed in place and a time_to_live would count from its creation.
         state = gr.State(None, delete_callback=delete)
