@@ -106,6 +106,8 @@ def test_a_control_move_is_one_call_that_merges_and_records_it(session):
     assert status.startswith("✓ Merged with **ties** · weights: ") and f"#{moved.record.version}" in status
     assert workspace.apply_move(session, "ties", [0.1, 0.1], {}, 0, 9.0) is None  # older than the merged move
     assert session.merge is moved.record
+    again = workspace.apply_move(session, "ties", [0.7, 0.3, 0.5], {"density": 0.5, "lambda": None}, 3.0, 10.5)
+    assert again.record is moved.record and session.merge is moved.record  # the same values: not merged again
     unweighted = workspace.apply_move(session, "sce", [0.7, 0.3], {}, 0, 11.0)
     assert unweighted.settings.weights == [] and session.merge is unweighted.record
     assert "weights:" not in merge_panel.move_status(unweighted)

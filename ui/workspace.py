@@ -350,6 +350,11 @@ def apply_move(session: Session, method: str, weights: list[float], params: dict
     with session.lock:
         if not newest_move(session, stamp):
             return None
+        current = session.merge
+        if current is not None and current.mode == "live" and current.settings == settings:
+            # the same values again (a slider's release after its input, a number box losing focus): the session's
+            # models hold this merge already, so it stands instead of being merged and recorded a second time
+            return MoveResult(settings, session.labels, current, session.kind)
         return MoveResult(settings, session.labels, merge_live(session, settings), session.kind)
 
 
